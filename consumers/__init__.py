@@ -1,0 +1,1 @@
+"""Kafka applications and the command line, built on :mod:`pipeline`."""

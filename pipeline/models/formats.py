@@ -1,0 +1,246 @@
+"""Reading CLIP weights files into a state dict in OpenAI's layout.
+
+Formats understood, told apart by content, never by trusting the file name alone:
+
+- OpenAI's TorchScript archives (the released ``.pt`` files): a zip holding ``code/`` and
+  ``constants.pkl``. TorchScript cannot be loaded with ``weights_only``; only load archives
+  from a source you trust (the registry checks their SHA-256 on download).
+- Plain PyTorch state dicts (``torch.save(model.state_dict())``), loaded with
+  ``weights_only=True``; a ``{"state_dict": ...}`` wrapper and a ``module.`` prefix (open_clip
+  training checkpoints) are unwrapped.
+- safetensors: OpenAI-layout keys (open_clip's ``open_clip_model.safetensors``, our demo model),
+  or Hugging Face ``CLIPModel`` keys (``model.safetensors``), mapped onto ours. A
+  ``config.json`` beside a Hugging Face file supplies head counts and the activation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import WeightsFormatError, WeightsNotFound
+from pipeline.models.model import Activation
+
+__all__ = ["WeightsFile", "from_hf_state_dict", "read_weights", "to_hf_state_dict"]
+
+
+@dataclass
+class WeightsFile:
+    state_dict: dict[str, torch.Tensor]  # OpenAI-layout keys
+    format: str  # "openai-torchscript", "state-dict", "safetensors", "hf-safetensors", ...
+    vision_heads: int | None = None  # from a Hugging Face config, when one was found
+    text_heads: int | None = None
+    activation: Activation = "quick_gelu"
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any(
+        "/code/" in n for n in names
+    )
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]  # open_clip training checkpoint
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsFormatError(f"{path}: the file holds a {type(obj).__name__}, not a state dict")
+    sd = {str(k): v for k, v in obj.items()}
+    if sd and all(k.startswith("module.") for k in sd):  # saved from DistributedDataParallel
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+_HF_LAYER = re.compile(r"^(text|vision)_model\.encoder\.layers\.(\d+)\.(.+)$")
+_HF_LAYER_PARTS = {
+    "self_attn.out_proj": "attn.out_proj",
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+}
+_HF_FIXED = {
+    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+    "text_model.embeddings.position_embedding.weight": "positional_embedding",
+    "text_model.final_layer_norm.weight": "ln_final.weight",
+    "text_model.final_layer_norm.bias": "ln_final.bias",
+    "vision_model.embeddings.class_embedding": "visual.class_embedding",
+    "vision_model.embeddings.patch_embedding.weight": "visual.conv1.weight",
+    "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
+    "vision_model.pre_layrnorm.weight": "visual.ln_pre.weight",
+    "vision_model.pre_layrnorm.bias": "visual.ln_pre.bias",
+    "vision_model.post_layernorm.weight": "visual.ln_post.weight",
+    "vision_model.post_layernorm.bias": "visual.ln_post.bias",
+    "logit_scale": "logit_scale",
+}
+_HF_TRANSPOSED = {"text_projection.weight": "text_projection", "visual_projection.weight": "visual.proj"}
+
+
+def _is_hf(sd: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.startswith(("text_model.", "vision_model.")) for k in sd)
+
+
+def from_hf_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a Hugging Face ``CLIPModel`` state dict onto OpenAI's keys.
+
+    Linear projections are stored transposed by Hugging Face; q, k and v are separate there
+    and one stacked ``in_proj`` here. Unknown keys are kept as they are, so strict loading
+    reports them."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
+    for key, value in sd.items():
+        if key.endswith("position_ids"):
+            continue  # a buffer of 0..n-1, not a weight
+        if key in _HF_FIXED:
+            out[_HF_FIXED[key]] = value
+            continue
+        if key in _HF_TRANSPOSED:
+            out[_HF_TRANSPOSED[key]] = value.t().contiguous()
+            continue
+        m = _HF_LAYER.match(key)
+        if m is None:
+            out[key] = value
+            continue
+        tower, layer, rest = m.groups()
+        prefix = f"transformer.resblocks.{layer}." if tower == "text" else (
+            f"visual.transformer.resblocks.{layer}."
+        )
+        proj = re.match(r"^self_attn\.([qkv])_proj\.(weight|bias)$", rest)
+        if proj is not None:
+            qkv.setdefault((prefix, proj.group(2), tower), {})[proj.group(1)] = value
+            continue
+        module, _, param = rest.rpartition(".")
+        if module in _HF_LAYER_PARTS:
+            out[f"{prefix}{_HF_LAYER_PARTS[module]}.{param}"] = value
+        else:
+            out[key] = value
+    for (prefix, param, _tower), parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise WeightsFormatError(f"{prefix}: q/k/v projections incomplete: {sorted(parts)}")
+        out[f"{prefix}attn.in_proj_{param}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def to_hf_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`from_hf_state_dict` for ViT models (used to export and test)."""
+    fixed = {v: k for k, v in _HF_FIXED.items()}
+    transposed = {v: k for k, v in _HF_TRANSPOSED.items()}
+    parts = {v: k for k, v in _HF_LAYER_PARTS.items()}
+    out: dict[str, torch.Tensor] = {}
+    layer = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)$")
+    for key, value in sd.items():
+        if key in fixed:
+            out[fixed[key]] = value
+        elif key in transposed:
+            out[transposed[key]] = value.t().contiguous()
+        elif (m := layer.match(key)) is not None:
+            tower = "vision_model" if m.group(1) else "text_model"
+            prefix = f"{tower}.encoder.layers.{m.group(2)}."
+            module, _, param = m.group(3).rpartition(".")
+            if m.group(3).startswith("attn.in_proj_"):
+                param = m.group(3).removeprefix("attn.in_proj_")
+                for name, chunk in zip("qkv", value.chunk(3), strict=True):
+                    out[f"{prefix}self_attn.{name}_proj.{param}"] = chunk.contiguous()
+            else:
+                out[f"{prefix}{parts[module]}.{param}"] = value
+        else:
+            raise WeightsFormatError(f"{key}: no Hugging Face equivalent (ViT models only)")
+    return out
+
+
+def _hf_config(path: Path) -> tuple[int | None, int | None, Activation]:
+    cfg_path = path.with_name("config.json")
+    if not cfg_path.is_file():
+        return None, None, "quick_gelu"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        vision = cfg.get("vision_config", {})
+        text = cfg.get("text_config", {})
+        act = text.get("hidden_act", "quick_gelu")
+    except (OSError, ValueError, AttributeError) as e:
+        raise WeightsFormatError(f"{cfg_path}: unreadable Hugging Face config: {e}") from e
+    if act not in ("quick_gelu", "gelu"):
+        raise WeightsFormatError(f"{cfg_path}: hidden_act {act!r} is not supported")
+    return vision.get("num_attention_heads"), text.get("num_attention_heads"), act
+
+
+def read_weights(path: str | Path) -> WeightsFile:
+    """Read a weights file of any supported format into OpenAI-layout tensors (on the CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFound(f"no weights file at {path}")
+    try:
+        if _is_safetensors(path):
+            sd, meta = _read_safetensors(path)
+            fmt = "safetensors"
+        elif _is_torchscript(path):
+            archive = torch.jit.load(str(path), map_location="cpu")
+            sd = {k: v.detach().clone() for k, v in archive.state_dict().items()}
+            fmt = "openai-torchscript"
+            meta = {}
+        else:
+            sd = _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
+            fmt = "state-dict"
+            meta = {}
+    except (WeightsFormatError, WeightsNotFound):
+        raise
+    except Exception as e:  # torch and safetensors raise many types for a bad file
+        raise WeightsFormatError(
+            f"{path}: not a readable CLIP weights file (TorchScript archive, PyTorch state "
+            f"dict or safetensors): {type(e).__name__}: {e}"
+        ) from e
+    sd = _unwrap(sd, path)
+    if _is_hf(sd):
+        vision_heads, text_heads, act = _hf_config(path)
+        return WeightsFile(
+            state_dict=from_hf_state_dict(sd),
+            format=f"hf-{fmt}",
+            vision_heads=vision_heads,
+            text_heads=text_heads,
+            activation=act,
+        )
+    act = meta.get("clip.activation", "quick_gelu")
+    if act not in ("quick_gelu", "gelu"):
+        raise WeightsFormatError(f"{path}: metadata names an unknown activation {act!r}")
+    return WeightsFile(
+        state_dict=sd,
+        format=fmt,
+        vision_heads=_int_or_none(meta.get("clip.vision_heads")),
+        text_heads=_int_or_none(meta.get("clip.text_heads")),
+        activation=act,
+    )
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and the string metadata (``clip.vision_heads``, ``clip.text_heads``,
+    ``clip.activation`` override what the shapes imply)."""
+    from safetensors import safe_open
+
+    sd: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt", device="cpu") as fh:
+        meta = dict(fh.metadata() or {})
+        for key in fh.keys():  # noqa: SIM118 (safe_open is not a Mapping)
+            sd[key] = fh.get_tensor(key)
+    return sd, meta
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with an 8-byte little-endian header length and a JSON header."""
+    with path.open("rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        first = fh.read(1)
+    return 1 < n < 100_000_000 and first == b"{"

@@ -5,6 +5,14 @@ builtin fits, from that builtin too, so callers can catch either::
 
     ClipguardError
     ├── ConfigError(ClipguardError, ValueError)       bad settings or arguments
+    ├── PolicyError(ClipguardError, ValueError)       a policy file is invalid (file:line:col)
+    ├── DecodeError(ClipguardError, ValueError)       an input could not be turned into frames
+    │   ├── InvalidMedia(DecodeError)                 not valid media of the declared type
+    │   ├── UnsupportedMedia(DecodeError)             valid, but not something clipguard decodes
+    │   ├── LimitExceeded(DecodeError)                over a configured decode limit
+    │   ├── DecodeTimeout(DecodeError)                over the wall-clock limit (or a network stall)
+    │   ├── DecodeCrash(DecodeError)                  the decode process died
+    │   └── MediaUnavailable(DecodeError)             the input could not be read (missing, HTTP)
     └── ModelError(ClipguardError)                    anything about CLIP weights
         ├── WeightsNotFound(ModelError, FileNotFoundError)
         ├── WeightsFormatError(ModelError, ValueError)
@@ -20,10 +28,18 @@ __all__ = [
     "ChecksumMismatch",
     "ClipguardError",
     "ConfigError",
+    "DecodeCrash",
+    "DecodeError",
+    "DecodeTimeout",
     "DownloadError",
+    "InvalidMedia",
+    "LimitExceeded",
+    "MediaUnavailable",
     "ModelError",
+    "PolicyError",
     "StateDictMismatch",
     "TokenizerError",
+    "UnsupportedMedia",
     "WeightsFormatError",
     "WeightsNotFound",
 ]
@@ -35,6 +51,41 @@ class ClipguardError(Exception):
 
 class ConfigError(ClipguardError, ValueError):
     """A setting or argument is invalid."""
+
+
+class PolicyError(ClipguardError, ValueError):
+    """A policy file cannot be read or is invalid; the message names file, line and column."""
+
+
+class DecodeError(ClipguardError, ValueError):
+    """A media input could not be decoded into frames; the message says which input and why."""
+
+
+class InvalidMedia(DecodeError):
+    """The bytes are not valid media of the declared type: empty, truncated before any frame,
+    corrupt, random, or another format than the content type says."""
+
+
+class UnsupportedMedia(DecodeError):
+    """The input may be well-formed but clipguard does not decode it: an unknown content type,
+    a playlist, a URL scheme other than file and http(s), no video stream, no decoder."""
+
+
+class LimitExceeded(DecodeError):
+    """The input goes over a configured decode limit (pixels, frames, duration, bytes, memory)."""
+
+
+class DecodeTimeout(DecodeError):
+    """Decoding took longer than the wall-clock limit, or a network read stalled."""
+
+
+class DecodeCrash(DecodeError):
+    """The decode process died (a signal such as SIGSEGV, or an exit) or failed unexpectedly;
+    a raw stream pinned to that process lost its decoder state and must be reopened."""
+
+
+class MediaUnavailable(DecodeError):
+    """The input could not be read at all: a missing file, an HTTP error, a refused connection."""
 
 
 class ModelError(ClipguardError):

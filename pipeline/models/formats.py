@@ -45,9 +45,7 @@ def _is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
-    return any(n.endswith("/constants.pkl") for n in names) and any(
-        "/code/" in n for n in names
-    )
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -83,7 +81,10 @@ _HF_FIXED = {
     "vision_model.post_layernorm.bias": "visual.ln_post.bias",
     "logit_scale": "logit_scale",
 }
-_HF_TRANSPOSED = {"text_projection.weight": "text_projection", "visual_projection.weight": "visual.proj"}
+_HF_TRANSPOSED = {
+    "text_projection.weight": "text_projection",
+    "visual_projection.weight": "visual.proj",
+}
 
 
 def _is_hf(sd: Mapping[str, torch.Tensor]) -> bool:
@@ -112,8 +113,10 @@ def from_hf_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
             out[key] = value
             continue
         tower, layer, rest = m.groups()
-        prefix = f"transformer.resblocks.{layer}." if tower == "text" else (
-            f"visual.transformer.resblocks.{layer}."
+        prefix = (
+            f"transformer.resblocks.{layer}."
+            if tower == "text"
+            else (f"visual.transformer.resblocks.{layer}.")
         )
         proj = re.match(r"^self_attn\.([qkv])_proj\.(weight|bias)$", rest)
         if proj is not None:
@@ -184,7 +187,7 @@ def read_weights(path: str | Path) -> WeightsFile:
             sd, meta = _read_safetensors(path)
             fmt = "safetensors"
         elif _is_torchscript(path):
-            archive = torch.jit.load(str(path), map_location="cpu")
+            archive = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
             sd = {k: v.detach().clone() for k, v in archive.state_dict().items()}
             fmt = "openai-torchscript"
             meta = {}
@@ -201,17 +204,19 @@ def read_weights(path: str | Path) -> WeightsFile:
         ) from e
     sd = _unwrap(sd, path)
     if _is_hf(sd):
-        vision_heads, text_heads, act = _hf_config(path)
+        vision_heads, text_heads, hf_act = _hf_config(path)
         return WeightsFile(
             state_dict=from_hf_state_dict(sd),
             format=f"hf-{fmt}",
             vision_heads=vision_heads,
             text_heads=text_heads,
-            activation=act,
+            activation=hf_act,
         )
-    act = meta.get("clip.activation", "quick_gelu")
-    if act not in ("quick_gelu", "gelu"):
-        raise WeightsFormatError(f"{path}: metadata names an unknown activation {act!r}")
+    act: Activation = "quick_gelu"
+    if "clip.activation" in meta:
+        if meta["clip.activation"] not in ("quick_gelu", "gelu"):
+            raise WeightsFormatError(f"{path}: metadata names an unknown activation")
+        act = "gelu" if meta["clip.activation"] == "gelu" else "quick_gelu"
     return WeightsFile(
         state_dict=sd,
         format=fmt,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -13,7 +14,6 @@ from pipeline.models.model import CLIP, build_model, config_from_state_dict
 from pipeline.models.registry import (
     DEMO_NOTICE,
     ModelInfo,
-    get_model_info,
     list_models,
     resolve_weights,
 )
@@ -70,6 +70,7 @@ def load_clip(
             _log.warning(DEMO_NOTICE)
     else:
         model.name = str(path)
+    model.weights_sha256 = _sha256(path)
     _log.info(
         "loaded CLIP %s (%s, %s, input %dpx, embed %d) on %s as %s",
         model.name,
@@ -81,6 +82,14 @@ def load_clip(
         dtype,
     )
     return model
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def save_clip(model: CLIP, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:

@@ -12,6 +12,7 @@ Layout note: OpenAI's code runs its transformers sequence-first (LND); ours run 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -328,6 +329,26 @@ class CLIP(nn.Module):
         self.image_mean: tuple[float, float, float] = OPENAI_MEAN
         self.image_std: tuple[float, float, float] = OPENAI_STD
         self.name: str = ""
+        self.weights_sha256: str = ""  # of the file it was loaded from; see fingerprint()
+
+    def fingerprint(self) -> str:
+        """SHA-256 identifying these weights: the weights file's, when loaded from one, else
+        a hash of the state dict. Keys caches of things computed with the model."""
+        if not self.weights_sha256:
+            h = hashlib.sha256()
+            for key, value in self.state_dict().items():
+                h.update(key.encode())
+                h.update(
+                    value.detach()
+                    .cpu()
+                    .reshape(-1)
+                    .contiguous()
+                    .view(torch.uint8)
+                    .numpy()
+                    .tobytes()
+                )
+            self.weights_sha256 = h.hexdigest()
+        return self.weights_sha256
 
     @property
     def input_resolution(self) -> int:
@@ -374,12 +395,14 @@ class CLIP(nn.Module):
                 proj_std = (tower.width**-0.5) * ((2 * tower.layers) ** -0.5)
                 for block in tower.resblocks:
                     assert isinstance(block, ResidualAttentionBlock)
+                    c_proj = block.mlp.get_submodule("c_proj")
+                    assert isinstance(c_proj, nn.Linear)
                     normal_(block.attn.out_proj.weight, proj_std)
-                    normal_(block.mlp.c_proj.weight, proj_std)
+                    normal_(c_proj.weight, proj_std)
         if isinstance(self.visual, ModifiedResNet):
-            for name, param in self.visual.named_parameters():
-                if name.endswith("bn3.weight"):  # each residual branch starts as identity
-                    nn.init.zeros_(param)
+            for module in self.visual.modules():
+                if isinstance(module, Bottleneck):  # each residual branch starts at zero
+                    nn.init.zeros_(module.bn3.weight)
         if isinstance(self.visual, VisionTransformer):
             width = self.visual.class_embedding.shape[0]
             normal_(self.visual.class_embedding, width**-0.5)
@@ -437,7 +460,8 @@ class CLIP(nn.Module):
         # the end-of-text token has the largest id: its position holds the sentence feature
         eot = tokens.argmax(dim=-1)  # (N,)
         x = x[torch.arange(x.shape[0], device=x.device), eot]  # (N, D)
-        return x @ self.text_projection  # (N, E)
+        out: torch.Tensor = x @ self.text_projection  # (N, E)
+        return out
 
     def forward(
         self, pixels: torch.Tensor, tokens: torch.Tensor
@@ -494,7 +518,9 @@ def config_from_state_dict(
         elif "visual.attnpool.positional_embedding" in state_dict:
             stages = tuple(_count_blocks(keys, f"visual.layer{i}.") for i in (1, 2, 3, 4))
             width = state_dict["visual.layer1.0.conv1.weight"].shape[0]
-            spatial = round((state_dict["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+            spatial = round(
+                (state_dict["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5
+            )
             vision = VisionConfig(
                 kind="resnet",
                 image_resolution=spatial * 32,

@@ -30,8 +30,8 @@ __all__ = [
 DEMO_MODEL = "clipguard-demo"
 DEMO_NOTICE = (
     "clipguard-demo is a tiny demo model: it only knows synthetic shapes, colours and a few "
-    "printed words. For real moderation use a real CLIP: `clipguard models download ViT-B/32` "
-    "and pass `--model ViT-B/32` (or set CLIPGUARD_MODEL)."
+    "printed words. For real moderation use a real CLIP: `clipguard models download ViT-B/32`, "
+    'then pass `--model ViT-B/32` (or load_clip("ViT-B/32") in Python).'
 )
 
 _OPENAI_BASE = "https://openaipublic.azureedge.net/clip/models"
@@ -62,7 +62,8 @@ class ModelInfo:
         vis = self.config.vision
         if vis.kind == "vit":
             return f"ViT {vis.layers}x{vis.width} /{vis.patch_size}"
-        return f"ResNet {'-'.join(str(n) for n in vis.layers)} w{vis.width}"  # type: ignore[union-attr]
+        depths = vis.layers if isinstance(vis.layers, tuple) else (vis.layers,)
+        return f"ResNet {'-'.join(str(n) for n in depths)} w{vis.width}"
 
     def path(self) -> Path:
         """Where this model's weights are expected on disk (they may not be there)."""
@@ -109,12 +110,11 @@ def _vit(res: int, width: int, layers: int, patch: int) -> VisionConfig:
     )
 
 
+# The demo model's architecture; scripts/train_demo_model.py trains exactly this.
 _DEMO_CONFIG = CLIPConfig(
-    embed_dim=128,
-    vision=VisionConfig(
-        kind="vit", image_resolution=64, width=192, layers=4, heads=3, patch_size=8
-    ),
-    text=TextConfig(context_length=32, vocab_size=49408, width=128, heads=2, layers=3),
+    embed_dim=96,
+    vision=VisionConfig(kind="resnet", image_resolution=64, width=16, layers=(1, 2, 2, 1), heads=4),
+    text=TextConfig(context_length=24, vocab_size=49408, width=64, heads=2, layers=3),
 )
 
 _MODELS: dict[str, ModelInfo] = {
@@ -124,7 +124,7 @@ _MODELS: dict[str, ModelInfo] = {
             name=DEMO_MODEL,
             config=_DEMO_CONFIG,
             url="",
-            sha256="",  # filled from the model card at load time; see demo_model/README.md
+            sha256="",  # bundled: never downloaded, nothing to verify against
             filename="clipguard-demo.safetensors",
             bundled=True,
             demo=True,

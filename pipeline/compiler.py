@@ -1,0 +1,176 @@
+"""Compiling a policy set for a model, with an on-disk cache.
+
+Each policy compiles to its own block of rows (:func:`pipeline.scoring.compile_policy`), cached
+under a key made of the model's name and weights SHA-256, the embedding size, the exact text
+of every prompt, template and negative, and the bytes of every exemplar image. A worker that
+starts with a warm cache never runs the text encoder; editing one policy recompiles only that
+policy (its key changes, the others' do not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from pipeline.errors import PolicyError
+from pipeline.models.model import CLIP
+from pipeline.models.registry import cache_dir as _model_cache_dir
+from pipeline.models.tokenizer import tokenize
+from pipeline.policy import LoadedPolicy, PolicySet
+from pipeline.scoring import (
+    CompiledPolicies,
+    LabelRows,
+    PolicyBlock,
+    compile_policies,
+    compile_policy,
+)
+
+__all__ = ["PolicyCompiler", "default_cache_dir"]
+
+_log = logging.getLogger(__name__)
+_FORMAT = 1  # bump when the block layout changes: old cache entries are then ignored
+
+
+def default_cache_dir() -> Path:
+    """``$CLIPGUARD_POLICY_CACHE``, else ``policies/`` beside the model weights cache."""
+    override = os.environ.get("CLIPGUARD_POLICY_CACHE")
+    return Path(override) if override else _model_cache_dir().parent / "policies"
+
+
+class PolicyCompiler:
+    """Compiles policy sets for one model; ``hits`` and ``misses`` count cache use."""
+
+    def __init__(self, model: CLIP, *, cache_dir: Path | None = None, use_cache: bool = True):
+        self.model = model
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.use_cache = use_cache
+        self.hits = 0
+        self.misses = 0
+
+    # -- encoders --------------------------------------------------------------------------
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        tokens = tokenize(list(texts), context_length=self.model.context_length, truncate=True)
+        with torch.inference_mode():
+            return self.model.encode_text(tokens.to(self.model.device)).float().cpu()
+
+    def encode_images(self, paths: Sequence[str]) -> torch.Tensor:
+        frames = []
+        for p in paths:
+            bgr = cv2.imread(p, cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise PolicyError(f"{p}: exemplar image cannot be read")
+            frames.append(torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])))
+        with torch.inference_mode():
+            out = [self.model.encode_image(self.model.preprocess(f[None])) for f in frames]
+        return torch.cat(out).float().cpu()
+
+    # -- cache -----------------------------------------------------------------------------
+
+    def key(self, lp: LoadedPolicy) -> str:
+        """What the policy's block depends on, hashed."""
+        labels = []
+        for label in lp.policy.labels:
+            exemplars = []
+            for e in label.exemplars:
+                path = lp.resolve(e)
+                try:
+                    exemplars.append(hashlib.sha256(path.read_bytes()).hexdigest())
+                except OSError as err:
+                    raise PolicyError(f"{lp.path}: exemplar {e}: {err.strerror or err}") from err
+            labels.append(
+                {
+                    "name": label.name,
+                    "texts": label.texts(),
+                    "negatives": label.negative_texts(),
+                    "exemplars": exemplars,
+                }
+            )
+        blob = json.dumps(
+            {
+                "format": _FORMAT,
+                "model": self.model.name,
+                "weights": self.model.fingerprint(),
+                "embed_dim": self.model.embed_dim,
+                "labels": labels,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.cache_dir / f"{key}.safetensors"
+
+    def _load(self, path: Path) -> PolicyBlock | None:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as fh:
+                meta = json.loads((fh.metadata() or {})["layout"])
+                matrix = fh.get_tensor("matrix")
+        except Exception as e:  # any unreadable entry is recompiled, never fatal
+            _log.warning("ignoring unreadable policy cache entry %s: %s", path, e)
+            return None
+        labels = tuple(
+            LabelRows(
+                name=d["name"],
+                row=d["row"],
+                negative_rows=tuple(d["negative_rows"]),
+                prompt_rows=tuple(d["prompt_rows"]),
+                prompts=tuple(d["prompts"]),
+            )
+            for d in meta
+        )
+        return PolicyBlock(matrix=matrix, labels=labels)
+
+    def _store(self, path: Path, block: PolicyBlock) -> None:
+        from safetensors.torch import save_file
+
+        layout = [
+            {
+                "name": r.name,
+                "row": r.row,
+                "negative_rows": list(r.negative_rows),
+                "prompt_rows": list(r.prompt_rows),
+                "prompts": list(r.prompts),
+            }
+            for r in block.labels
+        ]
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            save_file({"matrix": block.matrix}, str(tmp), metadata={"layout": json.dumps(layout)})
+            tmp.replace(path)
+        except OSError as e:  # a read-only cache slows start-up; it does not stop scoring
+            _log.warning("cannot write policy cache entry %s: %s", path, e)
+
+    def compile_one(self, lp: LoadedPolicy) -> PolicyBlock:
+        if self.use_cache:
+            path = self._path(self.key(lp))
+            if path.is_file() and (block := self._load(path)) is not None:
+                self.hits += 1
+                return block
+        self.misses += 1
+        block = compile_policy(lp, self.encode_text, self.encode_images)
+        if self.use_cache:
+            self._store(path, block)
+        _log.info(
+            "compiled policy %s (%d rows) for %s", lp.policy.id, len(block.matrix), self.model.name
+        )
+        return block
+
+    def compile(self, policies: PolicySet) -> CompiledPolicies:
+        return compile_policies(
+            policies,
+            self.encode_text,
+            logit_scale=float(self.model.logit_scale.detach().exp()),
+            compile_one=self.compile_one,
+        )

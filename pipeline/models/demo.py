@@ -1,0 +1,274 @@
+"""Training and evaluating ``clipguard-demo``, the tiny CLIP that knows synthetic scenes.
+
+The demo model is our own CLIP architecture (:class:`~pipeline.models.model.CLIP`) with the
+real BPE tokenizer, trained contrastively on :mod:`pipeline.synthetic` scenes and their
+captions. It exists so that the demo and the end-to-end tests show real zero-shot moderation
+without downloadable weights; it knows nothing but shapes, colours and four printed words.
+
+``scripts/train_demo_model.py`` is the command line around :func:`train`; the evaluation
+functions here are what the model card's accuracy table and the tests measure.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline import synthetic
+from pipeline.models.model import CLIP, CLIPConfig
+from pipeline.models.tokenizer import tokenize
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "ZeroShotReport",
+    "class_prompts",
+    "evaluate_pair_retrieval",
+    "evaluate_zero_shot",
+    "train",
+]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: CLIPConfig  # architecture to train
+    seed: int = 0  # everything random derives from it
+    steps: int = 2000  # optimiser steps (the run may stop earlier at max_seconds)
+    batch_size: int = 128  # scenes per step
+    lr: float = 1e-3  # peak learning rate (AdamW), after linear warm-up
+    warmup: int = 150  # warm-up steps
+    weight_decay: float = 0.05  # on matrices only, not on norms, biases, embeddings
+    threads: int = 2  # torch intra-op threads (fixed, for reproducibility)
+    max_seconds: float = math.inf  # wall-clock budget; cosine schedule is still over `steps`
+    p_letterbox: float = 0.15  # share of scenes shown letterboxed, as the decode stage pads
+    log_every: int = 50  # steps between progress lines
+
+
+@dataclass
+class TrainResult:
+    model: CLIP
+    steps: int  # steps actually taken
+    seconds: float  # wall-clock training time
+    losses: list[float] = field(default_factory=list)  # mean loss per log interval
+
+
+@dataclass
+class ZeroShotReport:
+    accuracy: float  # top-1 over all images
+    n: int  # images evaluated
+    per_class: dict[str, tuple[int, int]]  # prompt -> (correct, total)
+    by_group: dict[str, float]  # "shapes", "words", "empty" -> accuracy
+
+    def table(self) -> str:
+        lines = [f"{'class':<24} {'correct':>8} {'total':>6} {'acc':>6}"]
+        for name, (ok, n) in sorted(self.per_class.items()):
+            lines.append(f"{name:<24} {ok:>8} {n:>6} {ok / max(n, 1):>6.2f}")
+        lines.append(f"{'all':<24} {'':>8} {self.n:>6} {self.accuracy:>6.3f}")
+        return "\n".join(lines)
+
+
+def class_prompts() -> list[str]:
+    """The zero-shot classes: every coloured shape, every word, and the empty background."""
+    prompts = [synthetic.concept_caption(s, c) for s in synthetic.SHAPES for c in synthetic.COLOURS]
+    prompts += [synthetic.concept_caption(w) for w in synthetic.WORDS]
+    prompts.append(synthetic.EMPTY_CAPTION)
+    return prompts
+
+
+def _content_key(spec: synthetic.SceneSpec) -> tuple[tuple[str, str, int], ...]:
+    """What a caption can say about a scene: its objects by concept, colour and count.
+
+    Scenes with equal keys are positives for each other's captions in the contrastive loss
+    (their captions are interchangeable), so duplicates in a batch are not pushed apart."""
+    counts: dict[tuple[str, str], int] = {}
+    for obj in spec.objects:
+        # a word's caption often omits its colour: words match on the word alone
+        colour = "" if obj.kind == "word" else obj.colour
+        counts[obj.concept, colour] = counts.get((obj.concept, colour), 0) + 1
+    return tuple(sorted((c, col, n) for (c, col), n in counts.items()))
+
+
+def _letterbox(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Shrink the scene along one axis and pad with a dark bar, as ``fit=pad`` shows wide or
+    tall frames to the model."""
+    import cv2
+
+    side = img.shape[0]
+    short = int(rng.integers(side * 9 // 16, side * 7 // 8))
+    out = np.full_like(img, int(rng.integers(0, 24)))
+    off = (side - short) // 2
+    if rng.random() < 0.7:  # wide source: bars top and bottom
+        out[off : off + short] = cv2.resize(img, (side, short), interpolation=cv2.INTER_AREA)
+    else:
+        out[:, off : off + short] = cv2.resize(img, (short, side), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def _batch(
+    rng: np.random.Generator, n: int, size: int, p_letterbox: float
+) -> tuple[np.ndarray, list[str], list[tuple[tuple[str, str, int], ...]]]:
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    captions: list[str] = []
+    keys: list[tuple[tuple[str, str, int], ...]] = []
+    for i in range(n):
+        spec = synthetic.sample_spec(rng, split="train")
+        img = synthetic.render(spec, size)
+        images[i] = _letterbox(img, rng) if rng.random() < p_letterbox else img
+        captions.append(synthetic.caption(spec, rng))
+        keys.append(_content_key(spec))
+    return images, captions, keys
+
+
+def _param_groups(model: CLIP, weight_decay: float) -> list[dict[str, object]]:
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():
+        is_matrix = p.ndim >= 2 and "embedding" not in name and name != "text_projection"
+        (decay if is_matrix else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = None) -> TrainResult:
+    """Train a CLIP of ``cfg.model``'s architecture from scratch on synthetic scenes.
+
+    Deterministic for a given config and thread count: scenes come from one seeded NumPy
+    generator and weights from one seeded torch generator."""
+    say = progress or _log.info
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = CLIP(cfg.model)
+    model.init_weights(torch.Generator().manual_seed(cfg.seed))
+    model.train()
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    size = cfg.model.vision.image_resolution
+    ctx = cfg.model.text.context_length
+    start = time.perf_counter()
+    losses: list[float] = []
+    window: list[float] = []
+    step = 0
+    while step < cfg.steps and time.perf_counter() - start < cfg.max_seconds:
+        images, captions, keys = _batch(rng, cfg.batch_size, size, cfg.p_letterbox)
+        tokens = tokenize(captions, context_length=ctx, truncate=True)
+        # soft targets: every caption of the same content is a positive
+        ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        label = torch.tensor([ids[k] for k in keys])
+        same = (label[:, None] == label[None, :]).float()
+        targets = same / same.sum(dim=1, keepdim=True)
+
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        pixels = model.preprocess(torch.from_numpy(images))
+        per_image, per_text = model(pixels, tokens)
+        loss = 0.5 * (F.cross_entropy(per_image, targets) + F.cross_entropy(per_text, targets.t()))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0.0, math.log(100.0))
+        window.append(float(loss.detach()))
+        step += 1
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            losses.append(sum(window) / len(window))
+            window.clear()
+            say(
+                f"step {step}/{cfg.steps} loss {losses[-1]:.3f} lr {lr_at(step - 1):.2e} "
+                f"scale {model.logit_scale.exp().item():.1f} "
+                f"{time.perf_counter() - start:.0f}s"
+            )
+    model.eval().requires_grad_(False)
+    return TrainResult(model=model, steps=step, seconds=time.perf_counter() - start, losses=losses)
+
+
+@torch.inference_mode()
+def _encode_prompts(model: CLIP, prompts: Sequence[str]) -> torch.Tensor:
+    tokens = tokenize(list(prompts), context_length=model.context_length, truncate=True)
+    return F.normalize(model.encode_text(tokens).float(), dim=-1)
+
+
+@torch.inference_mode()
+def _encode_images(model: CLIP, images: np.ndarray, batch: int = 256) -> torch.Tensor:
+    out = []
+    for i in range(0, len(images), batch):
+        px = model.preprocess(torch.from_numpy(np.ascontiguousarray(images[i : i + batch])))
+        out.append(F.normalize(model.encode_image(px).float(), dim=-1))
+    return torch.cat(out)
+
+
+def evaluate_zero_shot(model: CLIP, *, n: int = 600, seed: int = 1234) -> ZeroShotReport:
+    """Top-1 zero-shot accuracy on held-out single-object scenes (and empty backgrounds)
+    among :func:`class_prompts`. Every object forms a (concept, colour, background) triple
+    the training split never shows."""
+    rng = np.random.default_rng(seed)
+    size = model.input_resolution
+    prompts = class_prompts()
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    truth: list[str] = []
+    n_empty = max(1, n // 20)
+    for i in range(n):
+        if i < n_empty:  # empty backgrounds have no held-out triple; any unseen seed will do
+            spec = synthetic.SceneSpec(
+                background=synthetic.sample_spec(rng, split="train", p_empty=1.0).background
+            )
+        else:
+            spec = synthetic.sample_single_object_spec(rng, split="heldout")
+        images[i] = synthetic.render(spec, size)
+        truth.append(synthetic.canonical_caption(spec.primary))
+    sims = _encode_images(model, images) @ _encode_prompts(model, prompts).t()
+    pred = [prompts[j] for j in sims.argmax(dim=1).tolist()]
+    per_class: dict[str, tuple[int, int]] = {}
+    groups: dict[str, list[bool]] = {"shapes": [], "words": [], "empty": []}
+    for p, t in zip(pred, truth, strict=True):
+        ok, total = per_class.get(t, (0, 0))
+        per_class[t] = (ok + (p == t), total + 1)
+        group = (
+            "empty"
+            if t == synthetic.EMPTY_CAPTION
+            else ("words" if t.startswith("the word") else "shapes")
+        )
+        groups[group].append(p == t)
+    correct = sum(ok for ok, _ in per_class.values())
+    return ZeroShotReport(
+        accuracy=correct / n,
+        n=n,
+        per_class=per_class,
+        by_group={k: sum(v) / len(v) for k, v in groups.items() if v},
+    )
+
+
+def evaluate_pair_retrieval(
+    model: CLIP, *, per_pair: int = 20, seed: int = 4321
+) -> dict[tuple[str, str], float]:
+    """For every (shape, colour) pair: the share of its held-out images on which its caption
+    ranks first among the captions of all 48 pairs."""
+    rng = np.random.default_rng(seed)
+    size = model.input_resolution
+    pairs = [(s, c) for s in synthetic.SHAPES for c in synthetic.COLOURS]
+    prompts = [synthetic.concept_caption(s, c) for s, c in pairs]
+    images = np.empty((len(pairs) * per_pair, size, size, 3), dtype=np.uint8)
+    for i, (s, c) in enumerate(pairs):
+        for j in range(per_pair):
+            spec = synthetic.sample_single_object_spec(rng, split="heldout", concept=s, colour=c)
+            images[i * per_pair + j] = synthetic.render(spec, size)
+    best = (_encode_images(model, images) @ _encode_prompts(model, prompts).t()).argmax(dim=1)
+    hits = (best.view(len(pairs), per_pair) == torch.arange(len(pairs))[:, None]).float()
+    return {pair: float(h) for pair, h in zip(pairs, hits.mean(dim=1).tolist(), strict=True)}

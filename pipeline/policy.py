@@ -1,0 +1,402 @@
+"""Moderation policies: the YAML format, strict validation with file:line:column errors, and
+loading a policy set from files and folders.
+
+One policy a file, named after its id (``policies/weapons.yaml`` holds ``id: weapons``)::
+
+    id: red-triangle
+    version: 3
+    description: A red triangle anywhere in the frame.
+    owner: trust-and-safety@example.com
+    severity: medium            # low | medium | high | critical
+    action: flag                # flag | review | block
+    mode: enforce               # enforce | shadow (scored and counted, never flagged)
+    model: clipguard-demo       # the model the thresholds were calibrated for
+    labels:
+      - name: red-triangle
+        prompts: [a red triangle, red triangle]
+        templates: ["{}", "a photo of {}"]   # each prompt in each template
+        negatives: [a red square, a purple triangle]
+        exemplars: [examples/red-triangle.png]   # images whose embeddings join the prompts
+        threshold: 0.28         # cosine; or `probability: 0.6` (softmax against negatives)
+        margin: 0.02            # and beat the best negative by this much
+    temporal: {k: 2, n: 3, close_after: 2, cooldown_s: 0}
+    examples:
+      - {path: examples/clip.mp4, expect: flag, label: red-triangle, start_s: 4, end_s: 9}
+
+Files are read with PyYAML's safe loader only. Every problem (unknown key, wrong type, empty
+prompt list, duplicate label or policy id, bad threshold) is a :class:`PolicyError` naming the
+file, line and column and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import PolicyError
+
+__all__ = [
+    "Example",
+    "Label",
+    "Policy",
+    "PolicySet",
+    "Temporal",
+    "load_policies",
+    "load_policy",
+    "parse_policy",
+    "policy_files",
+]
+
+_ID = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+_Text = Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Label(_Strict):
+    name: Annotated[str, Field(pattern=_ID)]
+    prompts: Annotated[list[_Text], Field(min_length=1)]
+    templates: list[_Text] = ["{}"]
+    negatives: list[_Text] = []
+    exemplars: list[_Text] = []
+    threshold: Annotated[float, Field(gt=-1.0, le=1.0)] | None = None
+    probability: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    margin: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+
+    @field_validator("threshold", "probability", "margin", mode="before")
+    @classmethod
+    def _int_is_a_number(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_have_a_slot(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if t.count("{}") != 1 or re.search(r"\{(?!\})|(?<!\{)\}", t):
+                raise ValueError(
+                    f"template {t!r} must contain exactly one '{{}}' and no other braces"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Label:
+        if (self.threshold is None) == (self.probability is None):
+            raise ValueError(
+                "give exactly one decision rule: `threshold` (cosine) or `probability`"
+            )
+        if (self.probability is not None or self.margin is not None) and not self.negatives:
+            raise ValueError("`probability` and `margin` compare against `negatives`; list some")
+        return self
+
+    def texts(self) -> list[str]:
+        """Every prompt in every template, in order, without duplicates."""
+        return list(dict.fromkeys(t.replace("{}", p) for p in self.prompts for t in self.templates))
+
+    def negative_texts(self) -> list[str]:
+        return list(
+            dict.fromkeys(t.replace("{}", n) for n in self.negatives for t in self.templates)
+        )
+
+
+class Temporal(_Strict):
+    k: Annotated[int, Field(ge=1)] = 1  # open when k of the last n sampled frames pass...
+    n: Annotated[int, Field(ge=1)] = 1
+    min_duration_s: Annotated[float, Field(ge=0.0)] = 0.0  # ...and passing has lasted this long
+    close_after: Annotated[int, Field(ge=1)] = 1  # close after this many frames below in a row
+    cooldown_s: Annotated[float, Field(ge=0.0)] = 0.0  # no new incident this soon after a close
+
+    @field_validator("min_duration_s", "cooldown_s", mode="before")
+    @classmethod
+    def _int_is_a_number(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _k_within_n(self) -> Temporal:
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) cannot exceed n ({self.n})")
+        return self
+
+
+class Example(_Strict):
+    path: _Text  # image or video, relative to the policy file
+    expect: Literal["flag", "no_flag"]
+    label: Annotated[str, Field(pattern=_ID)] | None = None  # default: any label of the policy
+    start_s: Annotated[float, Field(ge=0.0)] | None = None  # for videos: where the flag should
+    end_s: Annotated[float, Field(ge=0.0)] | None = None  # ...be, within one sampling interval
+
+    @field_validator("start_s", "end_s", mode="before")
+    @classmethod
+    def _int_is_a_number(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _range(self) -> Example:
+        if self.start_s is not None and self.end_s is not None and self.end_s < self.start_s:
+            raise ValueError("end_s is before start_s")
+        return self
+
+
+class Policy(_Strict):
+    id: Annotated[str, Field(pattern=_ID)]
+    version: Annotated[int, Field(ge=1)]
+    description: _Text
+    owner: _Text
+    severity: Literal["low", "medium", "high", "critical"]
+    action: Literal["flag", "review", "block"]
+    mode: Literal["enforce", "shadow"] = "enforce"
+    model: _Text | None = None  # the model its thresholds were written for
+    calibrated: bool = False  # thresholds measured on labelled data with that model
+    labels: Annotated[list[Label], Field(min_length=1)]
+    temporal: Temporal = Temporal()
+    examples: list[Example] = []
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, labels: list[Label]) -> list[Label]:
+        names = [label.name for label in labels]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate label names: {', '.join(dupes)}")
+        return labels
+
+    @model_validator(mode="after")
+    def _examples_name_labels(self) -> Policy:
+        names = [label.name for label in self.labels]
+        for ex in self.examples:
+            if ex.label is not None and ex.label not in names:
+                raise ValueError(f"example {ex.path!r} names unknown label {ex.label!r}")
+        return self
+
+    def label(self, name: str) -> Label:
+        for label in self.labels:
+            if label.name == name:
+                return label
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    policy: Policy
+    path: Path  # the file it came from
+    sha256: str  # of the file's bytes
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the policy (exemplar, example) relative to the policy file."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.path.parent / p
+
+
+# --------------------------------------------------------------------------------------------
+# YAML with positions
+
+
+class _Node:
+    """Where each value of a YAML document sits: (path) -> (line, column), 1-based."""
+
+    def __init__(self) -> None:
+        self.marks: dict[tuple[str | int, ...], tuple[int, int]] = {}  # where values start
+        self.keys: dict[tuple[str | int, ...], tuple[int, int]] = {}  # where their keys are
+
+    def locate(self, loc: Sequence[str | int], *, key: bool = False) -> tuple[int, int]:
+        path = tuple(loc)
+        if key and path in self.keys:
+            return self.keys[path]
+        while path and path not in self.marks:
+            path = path[:-1]
+        return self.marks.get(path, (1, 1))
+
+
+_PLAIN_TAGS = {
+    yaml.MappingNode: "tag:yaml.org,2002:map",
+    yaml.SequenceNode: "tag:yaml.org,2002:seq",
+}
+
+
+def _to_python(node: yaml.Node, path: tuple[str | int, ...], where: _Node, file: Path) -> Any:
+    where.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    plain = _PLAIN_TAGS.get(type(node))
+    if plain is not None and node.tag != plain:
+        line, col = where.marks[path]
+        raise PolicyError(
+            f"{file}:{line}:{col}: the tag {node.tag} is not allowed (plain YAML only)"
+        )
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key_value = _scalar(key_node, file)
+            if not isinstance(key_value, str):
+                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                raise PolicyError(f"{file}:{line}:{col}: keys must be strings, not {key_value!r}")
+            if key_value in out:
+                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                raise PolicyError(f"{file}:{line}:{col}: duplicate key {key_value!r}")
+            where.keys[(*path, key_value)] = (
+                key_node.start_mark.line + 1,
+                key_node.start_mark.column + 1,
+            )
+            out[key_value] = _to_python(value_node, (*path, key_value), where, file)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(v, (*path, i), where, file) for i, v in enumerate(node.value)]
+    return _scalar(node, file)
+
+
+def _scalar(node: yaml.Node, file: Path) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        raise PolicyError(f"{file}:{line}:{col}: expected a plain value here")
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as e:
+        line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        raise PolicyError(
+            f"{file}:{line}:{col}: the tag {node.tag} is not allowed (plain YAML only): "
+            f"{getattr(e, 'problem', e)}"
+        ) from e
+    finally:
+        loader.dispose()
+
+
+def _describe(err: Any) -> str:
+    kind = err.get("type", "")
+    msg = str(err.get("msg", "invalid value"))
+    if kind == "extra_forbidden":
+        return "unknown key (not part of the policy format; check the spelling)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind.endswith("_type") or kind == "literal_error":
+        got = err.get("input")
+        return f"{msg.lower()} (got {type(got).__name__} {got!r})"
+    return msg.removeprefix("Value error, ")
+
+
+def parse_policy(text: str, *, path: Path | str = "<string>") -> Policy:
+    """Validate one policy document; :class:`PolicyError` with file:line:col on any problem."""
+    file = Path(path)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+        raise PolicyError(f"{file}:{line}:{col}: not valid YAML: {e.problem}") from e
+    except yaml.YAMLError as e:
+        raise PolicyError(f"{file}: not valid YAML: {e}") from e
+    if root is None:
+        raise PolicyError(f"{file}:1:1: the file is empty; expected a policy mapping")
+    where = _Node()
+    data = _to_python(root, (), where, file)
+    if not isinstance(data, dict):
+        raise PolicyError(
+            f"{file}:1:1: expected a mapping of policy keys, got {type(data).__name__}"
+        )
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+            line, col = where.locate(loc, key=err.get("type") == "extra_forbidden")
+            dotted = ".".join(str(p) for p in loc) or "(policy)"
+            problems.append(f"{file}:{line}:{col}: {dotted}: {_describe(err)}")
+        raise PolicyError("\n".join(problems)) from None
+
+
+def load_policy(path: str | Path) -> LoadedPolicy:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise PolicyError(f"{path}: cannot read policy file: {e.strerror or e}") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"{path}: not UTF-8 text: {e}") from e
+    policy = parse_policy(text, path=path)
+    if path.stem != policy.id:
+        where = _Node()
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        assert root is not None  # parse_policy accepted it
+        _to_python(root, (), where, path)
+        line, col = where.locate(["id"], key=True)
+        raise PolicyError(
+            f"{path}:{line}:{col}: id: policy id {policy.id!r} must match the file name "
+            f"({path.stem!r}); one policy a file, named after its id"
+        )
+    return LoadedPolicy(policy=policy, path=path, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def policy_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Policy files named directly, and ``*.yaml``/``*.yml`` directly inside named folders."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml") and q.is_file())
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise PolicyError(f"{p}: no such policy file or folder")
+    return out
+
+
+class PolicySet:
+    """Policies loaded together; ids are unique across the set."""
+
+    def __init__(self, loaded: Sequence[LoadedPolicy]) -> None:
+        seen: dict[str, Path] = {}
+        for lp in loaded:
+            if lp.policy.id in seen:
+                other = seen[lp.policy.id]
+                raise PolicyError(
+                    f"{lp.path}: duplicate policy id {lp.policy.id!r} (also in {other})"
+                )
+            seen[lp.policy.id] = lp.path
+        self.loaded = list(loaded)
+
+    def __iter__(self) -> Iterator[LoadedPolicy]:
+        return iter(self.loaded)
+
+    def __len__(self) -> int:
+        return len(self.loaded)
+
+    def get(self, policy_id: str) -> LoadedPolicy:
+        for lp in self.loaded:
+            if lp.policy.id == policy_id:
+                return lp
+        raise KeyError(policy_id)
+
+    @property
+    def digest(self) -> str:
+        """A short hash of every policy's content: names the policy set in output records."""
+        h = hashlib.sha256()
+        for lp in sorted(self.loaded, key=lambda lp: lp.policy.id):
+            h.update(json.dumps(lp.policy.model_dump(mode="json"), sort_keys=True).encode())
+        return h.hexdigest()[:16]
+
+
+def load_policies(paths: Iterable[str | Path]) -> PolicySet:
+    """Load every policy file named or found in the named folders; all errors are reported
+    together, one per line."""
+    paths = list(paths)
+    files = policy_files(paths)
+    if not files:
+        raise PolicyError(f"no policy files (*.yaml) found in {', '.join(map(str, paths))}")
+    loaded, errors = [], []
+    for f in files:
+        try:
+            loaded.append(load_policy(f))
+        except PolicyError as e:
+            errors.append(str(e))
+    if errors:
+        raise PolicyError("\n".join(errors))
+    return PolicySet(loaded)

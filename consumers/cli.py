@@ -14,12 +14,16 @@ import json
 import logging
 import sys
 import textwrap
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pipeline import __version__
 from pipeline.errors import ClipguardError
+
+if TYPE_CHECKING:
+    from pipeline.models.model import CLIP
+    from pipeline.policy import LoadedPolicy
 
 __all__ = ["build_parser", "main"]
 
@@ -35,10 +39,14 @@ examples:
   clipguard models list                 which CLIP models exist and which are cached
   clipguard models download ViT-B/32    fetch OpenAI's ViT-B/32 weights into the cache
   clipguard --log-level DEBUG models list
+  clipguard policy lint policies/       validate policy files (line and column on errors)
+  clipguard policy test policies/demo   score every policy's regression examples
 
 environment:
   CLIPGUARD_CACHE_DIR      where model weights are cached
                            (default: $XDG_CACHE_HOME/clipguard/models)
+  CLIPGUARD_POLICY_CACHE   where compiled policies are cached
+                           (default: policies/ beside the model cache)
   CLIPGUARD_MODEL_MIRROR   base URL of a mirror to download weights from;
                            files are fetched as {mirror}/{sha256}/{filename}
 """
@@ -76,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(func=_help_of(parser))
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_models_parser(subparsers)
+    _add_policy_parser(subparsers)
     return parser
 
 
@@ -250,6 +259,446 @@ class _ProgressLine:
         if self._started and self._tty:
             self._stream.write("\n")
             self._stream.flush()
+
+
+# --- clipguard policy -------------------------------------------------------------------------
+
+_DEMO_MODEL = "clipguard-demo"  # pipeline.models.DEMO_MODEL, named here without importing torch
+
+_MODEL_HELP = (
+    "CLIP model to score with: a registry name (see `clipguard models list`) or a weights "
+    f"file. Default: {_DEMO_MODEL}, the bundled demo model, which only knows synthetic "
+    "shapes, colours and a few printed words. For real policies download a real CLIP "
+    "(`clipguard models download ViT-B/32`) and pass `--model ViT-B/32`."
+)
+
+_POLICY_EPILOG = """\
+examples:
+  clipguard policy lint policies/
+  clipguard policy compile policies/demo
+  clipguard policy test policies/demo
+  clipguard policy explain policies/demo/red-triangle.yaml policies/demo/examples/red-square.png
+  clipguard policy calibrate policies/weapons.yaml --model ViT-B/32 \\
+      --positives data/weapons/yes --negatives data/weapons/no --plot pr.png --write
+
+Every command but lint scores with --model, by default the bundled demo model
+clipguard-demo, which only knows synthetic shapes, colours and a few printed words.
+"""
+
+
+def _add_policy_parser(subparsers: Any) -> None:
+    """Add ``clipguard policy {lint,compile,test,explain,calibrate}``."""
+    policy = subparsers.add_parser(
+        "policy",
+        help="lint, compile, test, explain and calibrate moderation policies",
+        description=_para(
+            "Tools for writing moderation policies (YAML files, one policy a file): validate "
+            "them, compile them for a model, run their regression examples, see why a picture "
+            "is flagged or not, and calibrate thresholds on labelled images."
+        ),
+        epilog=_POLICY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    policy.set_defaults(func=_help_of(policy))
+    commands = policy.add_subparsers(title="commands", metavar="COMMAND")
+
+    lint = commands.add_parser(
+        "lint",
+        help="validate policy files",
+        description=_para(
+            "Load and validate policy files, and check that the examples and exemplars they "
+            "name exist. Each problem is printed as file:line:col: message; the exit status is "
+            "1 if there are any. Needs no model."
+        ),
+    )
+    _add_paths_argument(lint)
+    lint.set_defaults(func=_policy_lint)
+
+    compile_ = commands.add_parser(
+        "compile",
+        help="compile policies for a model into the policy cache",
+        description=_para(
+            "Encode every policy's prompts, negatives and exemplars with the model and store "
+            "the result in the policy cache ($CLIPGUARD_POLICY_CACHE), so that workers start "
+            "without running the text encoder. Prints the rows of each policy and the cache "
+            "hits and misses."
+        ),
+    )
+    _add_paths_argument(compile_)
+    _add_model_argument(compile_)
+    compile_.set_defaults(func=_policy_compile)
+
+    test = commands.add_parser(
+        "test",
+        help="run the policies' regression examples",
+        description=_para(
+            "Score every example listed under `examples:` in the policies, as the pipeline "
+            "would (videos through the policy's temporal rule), and print a pass/fail table. "
+            "The exit status is 1 if any example fails or cannot be decoded."
+        ),
+    )
+    _add_paths_argument(test)
+    _add_model_argument(test)
+    _add_sample_fps_argument(test)
+    test.set_defaults(func=_policy_test)
+
+    explain = commands.add_parser(
+        "explain",
+        help="show why a policy flags an image or video, or not",
+        description=_para(
+            "For an image: every label's score, threshold, margin over its best negative, "
+            "probability, and the score of each single prompt and negative. For a video: "
+            "every label's score at each sampled frame, and the incidents the policy's "
+            "temporal rule opens."
+        ),
+    )
+    explain.add_argument("policy_file", metavar="POLICY_FILE", help="one policy file (.yaml)")
+    explain.add_argument("media", metavar="MEDIA", help="an image (jpg, png, webp) or a video")
+    _add_model_argument(explain)
+    _add_sample_fps_argument(explain)
+    explain.set_defaults(func=_policy_explain)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="suggest thresholds from labelled images",
+        description=_para(
+            "Score every image (jpg, png, webp; folders searched recursively) of a positives "
+            "and a negatives folder, sweep each label's threshold over the observed scores "
+            "(keeping its margin rule) and suggest the threshold with the best recall whose "
+            "precision reaches the target, placed midway in the score gap below it. --write "
+            "puts the suggestion into the policy file (comments kept), adds 1 to its version "
+            "and sets `calibrated: true`."
+        ),
+    )
+    calibrate.add_argument("policy_file", metavar="POLICY_FILE", help="one policy file (.yaml)")
+    calibrate.add_argument(
+        "--positives", required=True, metavar="DIR", help="images the label should flag"
+    )
+    calibrate.add_argument(
+        "--negatives", required=True, metavar="DIR", help="images the label should not flag"
+    )
+    calibrate.add_argument(
+        "--target-precision",
+        type=_precision,
+        default=0.95,
+        metavar="P",
+        help="the precision the suggested threshold must reach, in (0, 1] (default: %(default)s)",
+    )
+    calibrate.add_argument(
+        "--label", metavar="NAME", help="calibrate this label only (default: every label)"
+    )
+    calibrate.add_argument("--plot", metavar="PR.png", help="draw the precision-recall curves here")
+    calibrate.add_argument(
+        "--write",
+        action="store_true",
+        help="write the suggested threshold(s) into POLICY_FILE",
+    )
+    _add_model_argument(calibrate)
+    calibrate.set_defaults(func=_policy_calibrate)
+
+
+def _add_paths_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="policy files, or folders of them (*.yaml)"
+    )
+
+
+def _add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=_DEMO_MODEL, metavar="NAME|PATH", help=_MODEL_HELP)
+
+
+def _add_sample_fps_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sample-fps",
+        type=_positive_float,
+        default=2.0,
+        metavar="FPS",
+        help="frames per second of video to score (default: %(default)s)",
+    )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def _precision(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
+    return value
+
+
+def _load_model(name: str) -> tuple[CLIP, bool]:
+    """The model, and whether it is a demo model (whose output must say so)."""
+    from pipeline.models import list_models, load_clip
+
+    model = load_clip(name)
+    demo = any(info.demo and info.name == model.name for info in list_models())
+    return model, demo
+
+
+def _model_notes(policies: Iterable[LoadedPolicy], model: CLIP, demo: bool) -> None:
+    """Say when the model is a demo model, and when a policy was written for another model."""
+    from pipeline.models import DEMO_NOTICE
+
+    for lp in policies:
+        written_for = lp.policy.model
+        if written_for is not None and written_for != model.name:
+            print(
+                f"note: {lp.policy.id} was written for {written_for}; its thresholds may mean "
+                f"nothing with {model.name}"
+            )
+    if demo:
+        print(f"note: {DEMO_NOTICE}")
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def _policy_lint(args: argparse.Namespace) -> int:
+    from pipeline.policy_tools import lint
+
+    report = lint(args.paths)
+    for error in report.errors:
+        print(error)
+    if not report.ok:
+        print(f"{_PROG}: {_plural(len(report.errors), 'problem')} found", file=sys.stderr)
+        return 1
+    print(f"ok: {_plural(report.policies, 'policy', 'policies')}")
+    return 0
+
+
+def _policy_compile(args: argparse.Namespace) -> int:
+    from pipeline.compiler import PolicyCompiler
+    from pipeline.policy import load_policies
+
+    policies = load_policies(args.paths)
+    model, demo = _load_model(args.model)
+    compiler = PolicyCompiler(model)
+    compiled = compiler.compile(policies)
+    for lp in policies:
+        labels = [lab for lab in compiled.labels if lab.policy == lp.policy.id]
+        rows = sum(1 + len(lab.negative_rows) + len(lab.prompt_rows) for lab in labels)
+        print(
+            f"{lp.policy.id} v{lp.policy.version}: {_plural(len(labels), 'label')}, "
+            f"{_plural(rows, 'row')} ({lp.path})"
+        )
+    rows, dim = compiled.matrix.shape
+    print(
+        f"compiled {_plural(len(policies), 'policy', 'policies')} for {model.name}: "
+        f"{rows} x {dim} matrix, policy set {compiled.policy_set}"
+    )
+    print(
+        f"cache: {_plural(compiler.hits, 'hit')}, {_plural(compiler.misses, 'miss', 'misses')} "
+        f"in {compiler.cache_dir}"
+    )
+    _model_notes(policies, model, demo)
+    return 0
+
+
+def _policy_test(args: argparse.Namespace) -> int:
+    from pipeline.policy import load_policies
+    from pipeline.policy_tools import run_examples
+
+    policies = load_policies(args.paths)
+    model, demo = _load_model(args.model)
+    results = run_examples(policies, model, sample_fps=args.sample_fps)
+    if not results:
+        print(f"no examples in {_plural(len(policies), 'policy', 'policies')}")
+        _model_notes(policies, model, demo)
+        return 0
+    headers = ("RESULT", "POLICY", "EXAMPLE", "EXPECT", "GOT", "SCORE", "DETAIL")
+    table = []
+    for r in results:
+        detail = []
+        if r.label is not None:
+            detail.append(f"label {r.label}")
+        if r.window is not None:
+            lo, hi = r.window
+            detail.append(f"window {max(lo, 0.0):.2f}-{hi:.2f} s")
+        if r.kind == "video":
+            spans = ", ".join(f"{i.label} {i.start_s:.2f}-{i.end_s:.2f} s" for i in r.incidents)
+            detail.append(f"incidents: {spans or 'none'}")
+        if r.error is not None:
+            detail.append(f"error: {r.error}")
+        table.append(
+            (
+                "pass" if r.passed else "FAIL",
+                r.policy,
+                r.path,
+                r.expected,
+                r.got or "error",
+                "-" if r.best_score is None else f"{r.best_score:.3f}",
+                "; ".join(detail),
+            )
+        )
+    _print_table(headers, table)
+    failed = sum(not r.passed for r in results)
+    print()
+    print(
+        f"{_plural(len(results), 'example')}: {len(results) - failed} passed, {failed} failed "
+        f"(model {model.name}, video sampled at {args.sample_fps:g} fps)"
+    )
+    _model_notes(policies, model, demo)
+    return 1 if failed else 0
+
+
+def _policy_explain(args: argparse.Namespace) -> int:
+    from pipeline.policy import load_policy
+    from pipeline.policy_tools import ImageExplanation, explain
+
+    lp = load_policy(args.policy_file)
+    model, demo = _load_model(args.model)
+    result = explain(lp, model, args.media, sample_fps=args.sample_fps)
+    if isinstance(result, ImageExplanation):
+        print(f"policy {result.policy} v{result.version} on image {result.path} ({model.name})")
+        for lab in result.labels:
+            print()
+            print(f"label {lab.label}: {'PASSES' if lab.passed else 'does not pass'}")
+            if lab.threshold is not None:
+                ok = lab.score >= lab.threshold
+                print(f"  score        {lab.score:7.3f}  >= {lab.threshold:g}: {_yes(ok)}")
+            else:
+                print(f"  score        {lab.score:7.3f}  (cosine with the prompt ensemble)")
+            if lab.margin is not None:
+                worst = max(lab.negatives, key=lambda p: p.score)
+                rule = ""
+                if lab.margin_rule is not None:
+                    rule = f"  >= {lab.margin_rule:g}: {_yes(lab.margin >= lab.margin_rule)}"
+                print(
+                    f"  margin       {lab.margin:+7.3f}{rule}  (score minus the best negative, "
+                    f"{worst.text!r} at {worst.score:.3f})"
+                )
+            if lab.probability is not None:
+                rule = "  (softmax against the negatives)"
+                if lab.probability_rule is not None:
+                    ok = lab.probability >= lab.probability_rule
+                    rule = f"  >= {lab.probability_rule:g}: {_yes(ok)}"
+                print(f"  probability  {lab.probability:7.3f}{rule}")
+            print(f"  top prompt: {lab.top_prompt}")
+            print("  prompts:")
+            for p in lab.prompts:
+                print(f"    {p.score:6.3f}  {p.text}")
+            if lab.negatives:
+                print("  negatives:")
+                for p in lab.negatives:
+                    print(f"    {p.score:6.3f}  {p.text}")
+    else:
+        print(
+            f"policy {result.policy} v{result.version} on video {result.path} ({model.name}): "
+            f"{_plural(len(result.frames), 'frame')} sampled at {result.sample_fps:g} fps"
+        )
+        headers = ("T (s)", *result.labels)
+        rows = [
+            (
+                f"{frame.t:.2f}",
+                *(
+                    f"{score:.3f}{' *' if passed else '  '}"
+                    for score, passed in zip(frame.scores, frame.passed, strict=True)
+                ),
+            )
+            for frame in result.frames
+        ]
+        _print_table(headers, rows)
+        print("(* passes the label's rule on that frame)")
+        print("incidents:" if result.incidents else "incidents: none")
+        for i in result.incidents:
+            print(
+                f"  {i.label}: {i.start_s:.2f}-{i.end_s:.2f} s, peak {i.peak_score:.3f} "
+                f"at {i.peak_s:.2f} s"
+            )
+    _model_notes([lp], model, demo)
+    return 0
+
+
+def _policy_calibrate(args: argparse.Namespace) -> int:
+    from pipeline.errors import ConfigError
+    from pipeline.policy import load_policy
+    from pipeline.policy_tools import calibrate, write_pr_plot, write_thresholds
+
+    lp = load_policy(args.policy_file)
+    model, demo = _load_model(args.model)
+    result = calibrate(
+        lp,
+        model,
+        args.positives,
+        args.negatives,
+        target_precision=args.target_precision,
+        label=args.label,
+    )
+    for skipped in result.skipped:
+        print(f"skipped: {skipped}", file=sys.stderr)
+    print(
+        f"policy {lp.policy.id} v{lp.policy.version} on {result.positives} positive and "
+        f"{result.negatives} negative images ({model.name})"
+    )
+    for curve in result.curves:
+        margin = "" if curve.margin is None else f", margin >= {curve.margin:g} kept"
+        print()
+        print(f"label {curve.label} ({curve.rule}{margin}):")
+        cur = curve.current_point
+        if cur is None:
+            print(f"  current    {curve.current:<8g} flags nothing on this data")
+        else:
+            print(
+                f"  current    {curve.current:<8g} precision {cur.precision:.3f}  "
+                f"recall {cur.recall:.3f}"
+            )
+        best = curve.suggested
+        if best is None:
+            print(f"  suggested  none: no threshold reaches precision {curve.target_precision:g}")
+        else:
+            print(
+                f"  suggested  {best.threshold:<8g} precision {best.precision:.3f}  "
+                f"recall {best.recall:.3f}  (best recall at precision >= "
+                f"{curve.target_precision:g})"
+            )
+        step = max(1, len(curve.points) // 10)
+        shown = curve.points[::step]
+        print(f"  curve ({_plural(len(curve.points), 'point')}, every {step}):")
+        print(f"    {curve.rule:>11}  precision  recall")
+        for p in shown:
+            print(f"    {p.threshold:11.4f}  {p.precision:9.3f}  {p.recall:6.3f}")
+    if args.plot:
+        print()
+        print(f"wrote {write_pr_plot(result.curves, args.plot)}")
+    if args.write:
+        missing = [c.label for c in result.curves if c.suggested is None]
+        if missing:
+            raise ConfigError(
+                f"no threshold reaches precision {args.target_precision:g} for "
+                f"{', '.join(missing)}; {lp.path} left unchanged"
+            )
+        values = {c.label: c.suggested.threshold for c in result.curves if c.suggested}
+        written = write_thresholds(lp, values)
+        print()
+        for name, value in values.items():
+            print(f"wrote {name}: {value:g} to {written.path}")
+        print(f"version {lp.policy.version} -> {written.policy.version}")
+    _model_notes([lp], model, demo)
+    return 0
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "no"
+
+
+def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns; the last column is not padded."""
+    widths = [max(len(cells[i]) for cells in [headers, *rows]) for i in range(len(headers))]
+    for cells in [headers, *rows]:
+        line = "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+        print(line.rstrip())
 
 
 # --- helpers ----------------------------------------------------------------------------------

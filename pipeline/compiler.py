@@ -24,7 +24,7 @@ from pipeline.errors import PolicyError
 from pipeline.models.model import CLIP
 from pipeline.models.registry import cache_dir as _model_cache_dir
 from pipeline.models.tokenizer import tokenize
-from pipeline.policy import LoadedPolicy, PolicySet
+from pipeline.policy import LoadedPolicy, PolicySet, load_policies, policy_files
 from pipeline.scoring import (
     CompiledPolicies,
     LabelRows,
@@ -33,7 +33,7 @@ from pipeline.scoring import (
     compile_policy,
 )
 
-__all__ = ["PolicyCompiler", "default_cache_dir"]
+__all__ = ["PolicyCompiler", "PolicyStore", "default_cache_dir"]
 
 _log = logging.getLogger(__name__)
 _FORMAT = 1  # bump when the block layout changes: old cache entries are then ignored
@@ -174,3 +174,61 @@ class PolicyCompiler:
             logit_scale=float(self.model.logit_scale.detach().exp()),
             compile_one=self.compile_one,
         )
+
+
+class PolicyStore:
+    """The live policy set of a running worker: compiled once, then refreshed when files change.
+
+    :meth:`refresh` (call it every few seconds) re-reads the policy paths; when a file was
+    added, edited or removed it reloads the set and recompiles (unchanged policies come from the
+    cache). A broken edit keeps the last good set in force: the error is logged and counted in
+    ``reload_errors``, and retried at the next refresh only if the files change again.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], compiler: PolicyCompiler) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.compiler = compiler
+        self.reload_errors = 0
+        self.last_error: str | None = None
+        self.policies = load_policies(self.paths)  # the first load must succeed
+        self.compiled = compiler.compile(self.policies)
+        self._seen = self._snapshot()
+
+    def _snapshot(self) -> dict[Path, tuple[int, int]]:
+        snap: dict[Path, tuple[int, int]] = {}
+        try:
+            files = policy_files(self.paths)
+        except PolicyError:
+            return snap
+        for f in files:
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            snap[f] = (st.st_mtime_ns, st.st_size)
+        return snap
+
+    def refresh(self) -> bool:
+        """Reload if any policy file changed; True when a new set is now in force."""
+        snap = self._snapshot()
+        if snap == self._seen:
+            return False
+        self._seen = snap
+        try:
+            policies = load_policies(self.paths)
+            compiled = self.compiler.compile(policies)
+        except (PolicyError, ValueError, OSError) as e:
+            self.reload_errors += 1
+            self.last_error = str(e)
+            _log.error("policy reload failed; keeping the last good policies: %s", e)
+            return False
+        if policies.digest == self.policies.digest:
+            return False
+        self.policies, self.compiled = policies, compiled
+        self.last_error = None
+        _log.info(
+            "policies reloaded: %s (set %s)",
+            ", ".join(f"{lp.policy.id} v{lp.policy.version}" for lp in policies),
+            policies.digest,
+        )
+        return True

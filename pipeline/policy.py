@@ -46,6 +46,7 @@ from pipeline.errors import PolicyError
 __all__ = [
     "Example",
     "Label",
+    "LoadedPolicy",
     "Policy",
     "PolicySet",
     "Temporal",

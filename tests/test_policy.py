@@ -340,3 +340,65 @@ def test_demo_policies_compile_with_the_demo_model(tmp_path):
         "spam-text/spam-text",
     }
     assert compiled.matrix.shape[1] == demo.embed_dim
+
+
+# -- live reload -------------------------------------------------------------------------------
+
+
+def _touch_later(path: Path, text: str) -> None:
+    """Rewrite with a different mtime even on coarse file-system clocks."""
+    before = path.stat().st_mtime_ns
+    path.write_text(text)
+    import os
+
+    os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
+
+
+def test_store_reloads_edits_and_keeps_the_last_good_set(tmp_path, model, caplog):
+    from pipeline.compiler import PolicyStore
+
+    folder = tmp_path / "p"
+    path = _write(folder, GOOD)
+    store = PolicyStore([folder], PolicyCompiler(model, cache_dir=tmp_path / "cache"))
+    first = store.compiled
+    assert store.refresh() is False  # nothing changed
+
+    _touch_later(
+        path, GOOD.replace("version: 2", "version: 3").replace("a kitchen knife", "a pocket knife")
+    )
+    assert store.refresh() is True
+    assert store.policies.get("knives").policy.version == 3
+    assert store.compiled.policy_set != first.policy_set
+    assert (
+        "a pocket knife"
+        in next(lab for lab in store.compiled.labels if lab.key == "knives/knife").prompts
+    )
+    good = store.compiled
+
+    _touch_later(path, GOOD.replace("threshold: 0.25", "threshold: [oops"))  # broken YAML
+    assert store.refresh() is False
+    assert store.reload_errors == 1 and "knives.yaml" in (store.last_error or "")
+    assert store.compiled is good  # the last good set stays in force
+    assert "keeping the last good policies" in caplog.text
+    assert store.refresh() is False and store.reload_errors == 1  # not retried until it changes
+
+    _touch_later(path, GOOD.replace("version: 2", "version: 4"))
+    assert store.refresh() is True
+    assert store.policies.get("knives").policy.version == 4 and store.last_error is None
+
+    _write(folder, GOOD.replace("id: knives", "id: guns"), "guns")  # a new file joins
+    assert store.refresh() is True and len(store.policies) == 2
+
+
+def test_encoder_returns_unit_embeddings_in_batches(model):
+    from pipeline.encoder import Encoder
+
+    frames = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    small = Encoder(model, batch_size=2).encode(frames)
+    whole = Encoder(model, batch_size=8).encode(list(frames))
+    assert small.shape == (5, 32) and small.dtype == torch.float32
+    torch.testing.assert_close(small.norm(dim=-1), torch.ones(5))
+    torch.testing.assert_close(small, whole, rtol=1e-5, atol=1e-6)
+    assert Encoder(model).encode([]).shape == (0, 32)
+    with pytest.raises(Exception, match="uint8"):
+        Encoder(model).encode(frames.astype(np.float32))  # type: ignore[arg-type]

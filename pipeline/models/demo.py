@@ -30,6 +30,7 @@ __all__ = [
     "TrainResult",
     "ZeroShotReport",
     "class_prompts",
+    "evaluate_multi_object",
     "evaluate_pair_retrieval",
     "evaluate_zero_shot",
     "train",
@@ -50,6 +51,7 @@ class TrainConfig:
     threads: int = 2  # torch intra-op threads (fixed, for reproducibility)
     max_seconds: float = math.inf  # wall-clock budget; cosine schedule is still over `steps`
     p_letterbox: float = 0.15  # share of scenes shown letterboxed, as the decode stage pads
+    partial_credit: float = 0.5  # target weight of a caption naming part of a scene's objects
     log_every: int = 50  # steps between progress lines
 
 
@@ -95,6 +97,27 @@ def _content_key(spec: synthetic.SceneSpec) -> tuple[tuple[str, str, int], ...]:
         colour = "" if obj.kind == "word" else obj.colour
         counts[obj.concept, colour] = counts.get((obj.concept, colour), 0) + 1
     return tuple(sorted((c, col, n) for (c, col), n in counts.items()))
+
+
+def _match_matrix(keys: Sequence[tuple[tuple[str, str, int], ...]], partial: float) -> torch.Tensor:
+    """(images, captions) targets before normalising: 1 where the caption describes the scene
+    exactly, ``partial`` where it names some of the scene's objects and nothing absent.
+
+    Moderation asks "is there a red triangle in this frame?", so a frame with a red triangle
+    and other things must still be close to "a red triangle"; plain contrastive targets
+    would push it away."""
+    unique = list(dict.fromkeys(keys))
+    position = {k: i for i, k in enumerate(unique)}
+    index = torch.tensor([position[k] for k in keys])
+    have = [{(c, col): n for c, col, n in k} for k in unique]
+    table = torch.eye(len(unique))
+    for j, caption in enumerate(unique):
+        if not caption:
+            continue  # "an empty background" describes empty scenes only
+        for i, scene in enumerate(have):
+            if i != j and all(scene.get((c, col), 0) >= n for c, col, n in caption):
+                table[i, j] = partial
+    return table[index][:, index]
 
 
 def _letterbox(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -169,17 +192,15 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = None) ->
     while step < cfg.steps and time.perf_counter() - start < cfg.max_seconds:
         images, captions, keys = _batch(rng, cfg.batch_size, size, cfg.p_letterbox)
         tokens = tokenize(captions, context_length=ctx, truncate=True)
-        # soft targets: every caption of the same content is a positive
-        ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-        label = torch.tensor([ids[k] for k in keys])
-        same = (label[:, None] == label[None, :]).float()
-        targets = same / same.sum(dim=1, keepdim=True)
+        match = _match_matrix(keys, cfg.partial_credit)  # (images, captions)
+        targets = match / match.sum(dim=1, keepdim=True)
+        targets_t = (match / match.sum(dim=0, keepdim=True)).t()
 
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         pixels = model.preprocess(torch.from_numpy(images))
         per_image, per_text = model(pixels, tokens)
-        loss = 0.5 * (F.cross_entropy(per_image, targets) + F.cross_entropy(per_text, targets.t()))
+        loss = 0.5 * (F.cross_entropy(per_image, targets) + F.cross_entropy(per_text, targets_t))
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
@@ -272,3 +293,27 @@ def evaluate_pair_retrieval(
     best = (_encode_images(model, images) @ _encode_prompts(model, prompts).t()).argmax(dim=1)
     hits = (best.view(len(pairs), per_pair) == torch.arange(len(pairs))[:, None]).float()
     return {pair: float(h) for pair, h in zip(pairs, hits.mean(dim=1).tolist(), strict=True)}
+
+
+def evaluate_multi_object(model: CLIP, *, n: int = 300, seed: int = 999) -> float:
+    """On held-out scenes with two or three different objects: the share of present objects
+    whose plain caption ranks within the top k of :func:`class_prompts` (k = objects in the
+    scene), i.e. how well the model says what a busy frame contains."""
+    rng = np.random.default_rng(seed)
+    size = model.input_resolution
+    prompts = class_prompts()
+    specs: list[synthetic.SceneSpec] = []
+    while len(specs) < n:
+        spec = synthetic.sample_spec(rng, split="heldout", p_repeat=0.0, p_occlusion=0.0)
+        present = {synthetic.canonical_caption(o) for o in spec.objects}
+        if len(spec.objects) >= 2 and len(present) == len(spec.objects):
+            specs.append(spec)
+    images = np.stack([synthetic.render(s, size) for s in specs])
+    sims = _encode_images(model, images) @ _encode_prompts(model, prompts).t()
+    hits = total = 0
+    for spec, row in zip(specs, sims, strict=True):
+        present = {synthetic.canonical_caption(o) for o in spec.objects}
+        top = {prompts[j] for j in row.topk(len(present)).indices.tolist()}
+        hits += len(present & top)
+        total += len(present)
+    return hits / total

@@ -217,15 +217,17 @@ class _Node:
         return self.marks.get(path, (1, 1))
 
 
-_PLAIN_TAGS = {
-    yaml.MappingNode: "tag:yaml.org,2002:map",
-    yaml.SequenceNode: "tag:yaml.org,2002:seq",
-}
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
 
 
 def _to_python(node: yaml.Node, path: tuple[str | int, ...], where: _Node, file: Path) -> Any:
     where.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    plain = _PLAIN_TAGS.get(type(node))
+    plain = None  # scalars: the safe constructor refuses unknown tags
+    if isinstance(node, yaml.MappingNode):
+        plain = _MAP_TAG
+    elif isinstance(node, yaml.SequenceNode):
+        plain = _SEQ_TAG
     if plain is not None and node.tag != plain:
         line, col = where.marks[path]
         raise PolicyError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -107,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"{_PROG}: interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # the reader went away (`clipguard models list | head`)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+            return 0
 
 
 # --- clipguard models -------------------------------------------------------------------------

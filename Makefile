@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned first so a CPU build is used where one is available locally
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint demo bench fuzz clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_encoder.py
+	$(PY) bench/bench_decode.py
+
+# a longer fuzz run of the decode pool than the test suite's (mutated real segments)
+fuzz: $(STAMP)
+	$(PY) bench/fuzz_decode.py --iterations 200000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

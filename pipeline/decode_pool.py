@@ -1,0 +1,899 @@
+"""Sandboxed decoding: a pool of worker processes that a hostile input can only take down alone.
+
+FFmpeg can crash (segfault) or hang on malformed input, and a decoder can be driven to allocate
+without bound. :class:`DecodePool` runs :mod:`pipeline.decode` in child processes started with
+``spawn`` (nothing inherited from the caller's threads or locks) and keeps the caller safe:
+
+- a child that dies (any signal or exit) fails its current call with :class:`DecodeCrash`,
+  naming the signal, and is replaced;
+- a call that runs past its wall-clock limit (``Limits.timeout`` from the moment it reached a
+  child, plus one second of grace for the child's own check) gets :class:`DecodeTimeout`; the
+  child is killed with SIGKILL and replaced;
+- each child's address space is capped at ``Limits.max_memory`` (``RLIMIT_AS``), so a memory
+  blow-up fails an allocation inside that child: the call gets :class:`LimitExceeded` ("out of
+  memory") and the child exits and is replaced (or, if the failed allocation crashes it,
+  :class:`DecodeCrash`);
+- a child that replied but then hangs freeing the call's decoder (FFmpeg's frame threads have
+  been seen to deadlock there after a failed allocation) is killed after 10 s and replaced,
+  before it is given another call;
+- every other outcome is the typed error :mod:`pipeline.decode` raised, carried across.
+
+Calls return :class:`concurrent.futures.Future` objects, so a stream worker keeps several inputs
+in flight (one per child decodes at a time, the rest queue) while it encodes earlier frames.
+Frames cross the process boundary as a small pickled list of their metadata, then each picture
+written straight from its array into the pipe and read straight into one buffer per result; the
+caller's :class:`Frame` images are views into that buffer (writable, C-contiguous). That is one
+copy fewer on each side than pickling the frames (``bench/bench_decode.py`` measures both).
+
+Raw byte streams (``video/h264``, ``video/h265`` chunks) keep parser and decoder state between
+chunks, so :meth:`DecodePool.open_stream` pins a stream to one child (the one with the fewest
+streams) and every :meth:`feed` and :meth:`close_stream` for it runs there, in order. If that
+child dies (a crash or timeout in any call it was running), the state of every stream pinned
+to it is lost: the failing call and every later call for those streams raise
+:class:`DecodeCrash` until the stream is closed or reopened with :meth:`open_stream` (which
+starts from the next keyframe the caller sends). A stream's chunks wait behind whatever its
+child is decoding: keep long batch files and live streams in separate pools.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any, Final, Literal, cast
+
+import numpy as np
+
+from pipeline import errors
+from pipeline.decode import (
+    DecodeResult,
+    Fit,
+    Frame,
+    Interpolation,
+    Limits,
+    RawCodec,
+    RawStreamDecoder,
+    _kind,
+    _options,
+    _redact,
+    _watch_allocations,
+    decode_bytes,
+    decode_uri,
+)
+from pipeline.errors import (
+    ClipguardError,
+    ConfigError,
+    DecodeCrash,
+    DecodeError,
+    DecodeTimeout,
+    LimitExceeded,
+)
+from pipeline.sampling import Sampling
+
+__all__ = ["DecodePool"]
+
+_GRACE: Final = 1.0  # seconds past Limits.timeout before a child is killed
+_CLEANUP: Final = 10.0  # seconds a child may take to free a call's frames and decoders
+_SPAWN_FAILURES: Final = 5  # children dying before their first task, in a row: pool broken
+_TaskKind = Literal["bytes", "uri", "open", "feed", "close"]
+# the errors a child may report by name; anything else arrives as DecodeCrash
+_ERRORS: Final[dict[str, type[ClipguardError]]] = {
+    name: cls
+    for name in (
+        "ConfigError",
+        "DecodeCrash",
+        "DecodeError",
+        "DecodeTimeout",
+        "InvalidMedia",
+        "LimitExceeded",
+        "MediaUnavailable",
+        "UnsupportedMedia",
+    )
+    if isinstance(cls := getattr(errors, name), type)
+}
+_FrameMeta = tuple[float, float, int, bool, int, int, str, int]
+
+
+# --------------------------------------------------------------------------- wire format
+
+
+def _frame_metas(frames: list[Frame] | tuple[Frame, ...]) -> tuple[list[_FrameMeta], int]:
+    """Everything about the frames but their pictures, and the pictures' side."""
+    metas: list[_FrameMeta] = [
+        (f.pts, f.t, f.index, f.keyframe, f.source_width, f.source_height, f.reason, f.tile)
+        for f in frames
+    ]
+    return metas, (frames[0].image.shape[0] if frames else 0)
+
+
+def _send_pictures(conn: Connection, frames: list[Frame] | tuple[Frame, ...]) -> None:
+    """Each picture straight from its array (no copy on this side)."""
+    for frame in frames:
+        conn.send_bytes(np.ascontiguousarray(frame.image).data.cast("B"))
+
+
+def _receive_pictures(conn: Connection, count: int, side: int) -> bytearray:
+    """``count`` pictures read back to back into one buffer."""
+    size = side * side * 3
+    buffer = bytearray(count * size)
+    for i in range(count):
+        if conn.recv_bytes_into(buffer, i * size) != size:
+            raise EOFError("a picture of the wrong size")
+    return buffer
+
+
+def _unpack_frames(metas: list[_FrameMeta], side: int, buffer: bytearray) -> list[Frame]:
+    if not metas:
+        return []
+    block = np.frombuffer(buffer, dtype=np.uint8).reshape(len(metas), side, side, 3)
+    return [
+        Frame(
+            image=block[i],
+            pts=pts,
+            t=t,
+            index=index,
+            keyframe=keyframe,
+            source_width=width,
+            source_height=height,
+            reason=cast(Any, reason),
+            tile=tile,
+        )
+        for i, (pts, t, index, keyframe, width, height, reason, tile) in enumerate(metas)
+    ]
+
+
+def _result_meta(result: DecodeResult) -> dict[str, Any]:
+    return {
+        "width": result.width,
+        "height": result.height,
+        "duration": result.duration,
+        "frames_decoded": result.frames_decoded,
+        "codec": result.codec,
+        "content_type": result.content_type,
+        "start_pts": result.start_pts,
+        "fps": result.fps,
+        "decode_errors": result.decode_errors,
+        "first_error": result.first_error,
+    }
+
+
+# --------------------------------------------------------------------------- child process
+
+
+def _limit_memory(max_bytes: int) -> None:
+    try:
+        import resource
+    except ImportError:  # not on POSIX: no cap
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        max_bytes = min(max_bytes, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, hard))
+
+
+def _child_main(conn: Connection, max_memory: int) -> None:
+    """A decode process: one task at a time, from the pool's pipe, until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    _limit_memory(max_memory)
+    _watch_allocations()
+    streams: dict[str, RawStreamDecoder] = {}
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        kind = message[0]
+        if kind == "stop":
+            return
+        task_id: int = message[1]
+        fatal = False
+        # The error is kept until the reply is out: its traceback holds the decoder, and
+        # freeing a decoder can block (FFmpeg's frame threads, after a failed allocation).
+        error: BaseException | None = None
+        try:
+            payload = conn.recv_bytes() if kind in ("bytes", "feed") else b""
+            reply = _child_task(kind, message, payload, streams)
+        except DecodeError as e:
+            error = e
+            reply = ("error", task_id, type(e).__name__, str(e)), ()
+        except MemoryError as e:  # RLIMIT_AS reached in Python code (FFmpeg's lands above)
+            error, fatal = e, True
+            reply = ("error", task_id, "LimitExceeded", f"decode process out of memory: {e}"), ()
+        except ClipguardError as e:
+            error = e
+            reply = ("error", task_id, type(e).__name__, str(e)), ()
+        except Exception as e:  # a bug, or a library failing in a way not mapped yet
+            error = e
+            reply = ("error", task_id, "DecodeCrash", f"unexpected {type(e).__name__}: {e}"), ()
+        header, frames = reply
+        if header[0] == "error" and header[2] == "LimitExceeded":
+            fatal = fatal or "out of memory" in str(header[3])
+        try:
+            conn.send((*header, fatal))
+            if frames:
+                _send_pictures(conn, frames)
+            if fatal:  # give the memory back at once: the pool starts a fresh process
+                os._exit(0)
+            del reply, header, frames, error  # frees frames and decoders: may block
+            conn.send(("ready",))
+        except (OSError, EOFError):
+            return
+
+
+def _child_task(
+    kind: str, message: tuple[Any, ...], payload: bytes, streams: dict[str, RawStreamDecoder]
+) -> tuple[tuple[Any, ...], list[Frame] | tuple[Frame, ...]]:
+    task_id = message[1]
+    if kind in ("bytes", "uri"):
+        if kind == "bytes":
+            result = decode_bytes(payload, message[2], **message[3])
+        else:
+            result = decode_uri(message[2], **message[3])
+        metas, side = _frame_metas(result.frames)
+        return ("ok", task_id, (_result_meta(result), metas, side)), result.frames
+    stream_id: str = message[2]
+    if kind == "open":
+        streams[stream_id] = RawStreamDecoder(message[3], **message[4])
+        return ("ok", task_id, None), ()
+    decoder = streams.get(stream_id)
+    if decoder is None:
+        raise ConfigError(f"stream {stream_id!r} is not open in this decode process")
+    if kind == "feed":
+        frames = decoder.feed(payload)
+    else:
+        del streams[stream_id]
+        frames = decoder.flush()
+    metas, side = _frame_metas(frames)
+    return ("ok", task_id, (None, metas, side)), frames
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+@dataclass(eq=False)
+class _Task:
+    id: int
+    kind: _TaskKind
+    header: tuple[Any, ...]
+    payload: bytes | None
+    future: Future[Any]
+    timeout: float
+    label: str
+    stream_id: str | None = None
+    deadline: float = math.inf
+
+
+@dataclass(eq=False)
+class _Slot:
+    number: int
+    process: BaseProcess | None = None
+    conn: Connection | None = None
+    current: _Task | None = None
+    queue: collections.deque[_Task] = field(default_factory=collections.deque)
+    streams: set[str] = field(default_factory=set)
+    cleanup_deadline: float | None = None  # replied; idle once it says "ready" by then
+    generation: int = 0
+    tasks_done: int = 0
+    kill_reason: Literal["timeout"] | None = None
+    retiring: str | None = None  # why the child is leaving on its own
+
+
+@dataclass(eq=False)
+class _Stream:
+    slot: _Slot
+    generation: int  # the slot's generation when the stream was opened
+    limits: Limits
+
+
+_Resolution = tuple[Future[Any], bool, Any]
+
+
+class DecodePool:
+    """Worker processes that decode untrusted media; see the module docstring.
+
+    ``processes`` children run one decode each at a time; ``threads`` is the decoder thread
+    count per decode (default: cores / processes, at least 1); ``limits`` are the defaults for
+    every call (``max_memory`` is per process and cannot be changed per call);
+    ``max_tasks_per_child`` replaces a child after that many calls (once no stream is pinned
+    to it), as a guard against slow leaks.
+    """
+
+    def __init__(
+        self,
+        processes: int = 2,
+        *,
+        limits: Limits | None = None,
+        max_tasks_per_child: int | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+            raise ConfigError(f"processes must be a positive integer, not {processes!r}")
+        if max_tasks_per_child is not None and (
+            not isinstance(max_tasks_per_child, int) or max_tasks_per_child < 1
+        ):
+            raise ConfigError(
+                f"max_tasks_per_child must be a positive integer or None, not "
+                f"{max_tasks_per_child!r}"
+            )
+        self._limits = limits or Limits()
+        if not isinstance(self._limits, Limits):
+            raise ConfigError(f"limits must be a Limits, not {type(limits).__name__}")
+        self._threads = (
+            threads if threads is not None else max(1, (os.cpu_count() or 1) // processes)
+        )
+        _options(224, "pad", Sampling(), self._limits, "area", self._threads)  # validates threads
+        self._max_tasks = max_tasks_per_child
+        self._context = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._pending: collections.deque[_Task] = collections.deque()
+        self._streams: dict[str, _Stream] = {}
+        self._lost: dict[str, str] = {}  # stream id -> why its state was lost
+        self._next_id = 0
+        self._closing = False
+        self._closed = False
+        self._broken: str | None = None
+        self._spawn_failures = 0
+        self._slots = [_Slot(number=i) for i in range(processes)]
+        for slot in self._slots:
+            self._start(slot)
+        self._manager = threading.Thread(
+            target=self._run, name="clipguard-decode-pool", daemon=True
+        )
+        self._manager.start()
+
+    # ------------------------------------------------------------------ public API
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def processes(self) -> int:
+        return len(self._slots)
+
+    def pids(self) -> list[int]:
+        """Process ids of the current children (they change when a child is replaced)."""
+        with self._lock:
+            return [s.process.pid for s in self._slots if s.process and s.process.pid]
+
+    def stream_pid(self, stream_id: str) -> int | None:
+        """Process id of the child a stream is pinned to (None: not open, or lost)."""
+        with self._lock:
+            pinned = self._streams.get(stream_id)
+            if pinned is None or pinned.slot.process is None:
+                return None
+            return pinned.slot.process.pid
+
+    def submit_bytes(
+        self,
+        data: bytes | bytearray | memoryview,
+        content_type: str,
+        *,
+        size: int,
+        fit: Fit = "pad",
+        sampling: Sampling | None = None,
+        limits: Limits | None = None,
+        interpolation: Interpolation = "area",
+        threads: int | None = None,
+    ) -> Future[DecodeResult]:
+        """Decode one in-memory input in a child; see :func:`pipeline.decode.decode_bytes`."""
+        kwargs, limits = self._call_options(size, fit, sampling, limits, interpolation, threads)
+        label = f"{content_type} input of {len(data)} bytes"
+        future: Future[DecodeResult] = Future()
+        try:
+            _kind(content_type)
+            if len(data) > limits.max_input_bytes:
+                raise LimitExceeded(f"{label}: over the limit of {limits.max_input_bytes} bytes")
+        except DecodeError as e:
+            future.set_exception(e)
+            return future
+        return self._submit(
+            "bytes", (content_type, kwargs), bytes(data), future, limits.timeout, label
+        )
+
+    def submit_uri(
+        self,
+        uri: str | os.PathLike[str],
+        *,
+        size: int,
+        content_type: str | None = None,
+        fit: Fit = "pad",
+        sampling: Sampling | None = None,
+        limits: Limits | None = None,
+        interpolation: Interpolation = "area",
+        threads: int | None = None,
+        ca_file: str | None = None,
+    ) -> Future[DecodeResult]:
+        """Decode a file or http(s) URL in a child; see :func:`pipeline.decode.decode_uri`."""
+        kwargs, limits = self._call_options(size, fit, sampling, limits, interpolation, threads)
+        kwargs["content_type"] = content_type
+        kwargs["ca_file"] = ca_file
+        future: Future[DecodeResult] = Future()
+        where = os.fspath(uri)
+        if isinstance(uri, str) and "://" in uri:
+            where = _redact(uri)
+        return self._submit(
+            "uri", (os.fspath(uri), kwargs), None, future, limits.timeout, f"input {where:.200}"
+        )
+
+    def decode_bytes(
+        self,
+        data: bytes | bytearray | memoryview,
+        content_type: str,
+        *,
+        size: int,
+        fit: Fit = "pad",
+        sampling: Sampling | None = None,
+        limits: Limits | None = None,
+        interpolation: Interpolation = "area",
+        threads: int | None = None,
+    ) -> DecodeResult:
+        """:meth:`submit_bytes`, waiting for the result (raises its typed error)."""
+        return self.submit_bytes(
+            data,
+            content_type,
+            size=size,
+            fit=fit,
+            sampling=sampling,
+            limits=limits,
+            interpolation=interpolation,
+            threads=threads,
+        ).result()
+
+    def decode_uri(
+        self,
+        uri: str | os.PathLike[str],
+        *,
+        size: int,
+        content_type: str | None = None,
+        fit: Fit = "pad",
+        sampling: Sampling | None = None,
+        limits: Limits | None = None,
+        interpolation: Interpolation = "area",
+        threads: int | None = None,
+        ca_file: str | None = None,
+    ) -> DecodeResult:
+        """:meth:`submit_uri`, waiting for the result (raises its typed error)."""
+        return self.submit_uri(
+            uri,
+            size=size,
+            content_type=content_type,
+            fit=fit,
+            sampling=sampling,
+            limits=limits,
+            interpolation=interpolation,
+            threads=threads,
+            ca_file=ca_file,
+        ).result()
+
+    def open_stream(
+        self,
+        stream_id: str,
+        codec: RawCodec,
+        *,
+        size: int,
+        fit: Fit = "pad",
+        sampling: Sampling | None = None,
+        limits: Limits | None = None,
+        fps: float | None = None,
+        interpolation: Interpolation = "area",
+        threads: int = 1,
+    ) -> Future[None]:
+        """Start decoding a raw H.264 / HEVC byte stream in the child with the fewest streams.
+
+        Arguments as for :class:`pipeline.decode.RawStreamDecoder`. The returned future
+        completes when the child has the decoder; feeds may be queued before that."""
+        kwargs, limits = self._call_options(size, fit, sampling, limits, interpolation, threads)
+        if codec not in ("h264", "hevc"):
+            raise ConfigError(f"raw stream codec must be 'h264' or 'hevc', not {codec!r}")
+        if fps is not None and not (isinstance(fps, int | float) and 0 < fps <= 1000):
+            raise ConfigError(f"fps must be a number in (0, 1000], not {fps!r}")
+        kwargs["fps"] = fps
+        future: Future[None] = Future()
+        with self._lock:
+            self._check_open()
+            if stream_id in self._streams:
+                raise ConfigError(f"stream {stream_id!r} is already open")
+            self._lost.pop(stream_id, None)
+            slot = min(self._slots, key=lambda s: (len(s.streams), len(s.queue), s.number))
+            self._streams[stream_id] = _Stream(slot, slot.generation, limits)
+            slot.streams.add(stream_id)
+            task = self._task(
+                "open",
+                (stream_id, codec, kwargs),
+                None,
+                future,
+                limits.timeout,
+                f"stream {stream_id!r}",
+                stream_id,
+            )
+            slot.queue.append(task)
+        self._wake()
+        return future
+
+    def feed(self, stream_id: str, chunk: bytes | bytearray | memoryview) -> Future[list[Frame]]:
+        """Decode the next chunk of an open stream, in its child; frames it completed."""
+        return self._stream_call("feed", stream_id, bytes(chunk))
+
+    def close_stream(self, stream_id: str) -> Future[list[Frame]]:
+        """Flush and forget a stream; the frames still buffered in its decoder."""
+        return self._stream_call("close", stream_id, None)
+
+    def close(self) -> None:
+        """Finish queued calls, stop the children, and stop the pool. Idempotent."""
+        with self._lock:
+            self._closing = True
+            self._wake()
+        if threading.current_thread() is not self._manager:  # (from a callback: it finishes)
+            self._manager.join()
+
+    def _shut_down(self) -> None:
+        """The manager thread's last act, once closing and idle."""
+        self._closed = True
+        for slot in self._slots:
+            self._stop(slot)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_r = self._wake_w = -1
+
+    # ------------------------------------------------------------------ submission
+
+    def _call_options(
+        self,
+        size: int,
+        fit: str,
+        sampling: Sampling | None,
+        limits: Limits | None,
+        interpolation: str,
+        threads: int | None,
+    ) -> tuple[dict[str, Any], Limits]:
+        limits = limits or self._limits
+        threads = self._threads if threads is None else threads
+        opts = _options(size, fit, sampling or Sampling(), limits, interpolation, threads)
+        kwargs: dict[str, Any] = {
+            "size": opts.size,
+            "fit": opts.fit,
+            "sampling": opts.sampling,
+            "limits": opts.limits,
+            "interpolation": opts.interpolation,
+            "threads": opts.threads,
+        }
+        return kwargs, limits
+
+    def _task(
+        self,
+        kind: _TaskKind,
+        header: tuple[Any, ...],
+        payload: bytes | None,
+        future: Future[Any],
+        timeout: float,
+        label: str,
+        stream_id: str | None = None,
+    ) -> _Task:
+        self._next_id += 1
+        return _Task(
+            id=self._next_id,
+            kind=kind,
+            header=header,
+            payload=payload,
+            future=future,
+            timeout=timeout + _GRACE,
+            label=label,
+            stream_id=stream_id,
+        )
+
+    def _submit(
+        self,
+        kind: _TaskKind,
+        header: tuple[Any, ...],
+        payload: bytes | None,
+        future: Future[Any],
+        timeout: float,
+        label: str,
+    ) -> Future[Any]:
+        with self._lock:
+            self._check_open()
+            self._pending.append(self._task(kind, header, payload, future, timeout, label))
+        self._wake()
+        return future
+
+    def _stream_call(
+        self, kind: Literal["feed", "close"], stream_id: str, payload: bytes | None
+    ) -> Future[list[Frame]]:
+        future: Future[list[Frame]] = Future()
+        with self._lock:
+            self._check_open()
+            lost = self._lost.get(stream_id)
+            if lost is not None:
+                if kind == "close":
+                    del self._lost[stream_id]
+                future.set_exception(DecodeCrash(lost))
+                return future
+            pinned = self._streams.get(stream_id)
+            if pinned is None:
+                raise ConfigError(f"stream {stream_id!r} is not open")
+            slot = pinned.slot
+            task = self._task(
+                kind,
+                (stream_id,),
+                payload,
+                future,
+                pinned.limits.timeout,
+                f"stream {stream_id!r}",
+                stream_id,
+            )
+            if kind == "close":
+                del self._streams[stream_id]
+                slot.streams.discard(stream_id)
+            slot.queue.append(task)
+        self._wake()
+        return future
+
+    def _check_open(self) -> None:
+        if self._closing or self._closed:
+            raise ConfigError("the decode pool is closed")
+        if self._broken is not None:
+            raise DecodeCrash(self._broken)
+
+    def _wake(self) -> None:
+        if self._wake_w < 0:
+            return
+        with contextlib.suppress(OSError):  # pipe full: already woken
+            os.write(self._wake_w, b"x")
+
+    # ------------------------------------------------------------------ children
+
+    def _start(self, slot: _Slot) -> None:
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_child_main,
+            args=(child_end, self._limits.max_memory),
+            name=f"clipguard-decode-{slot.number}",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        slot.process = process
+        slot.conn = parent_end
+        slot.generation += 1
+        slot.tasks_done = 0
+        slot.kill_reason = None
+        slot.retiring = None
+        slot.cleanup_deadline = None
+
+    def _stop(self, slot: _Slot) -> None:
+        process, conn = slot.process, slot.conn
+        slot.process = slot.conn = None
+        if conn is not None:
+            with contextlib.suppress(OSError, EOFError):
+                conn.send(("stop",))
+        if process is not None:
+            process.join(timeout=2.0)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=2.0)
+            process.close()
+        if conn is not None:
+            conn.close()
+
+    # ------------------------------------------------------------------ manager thread
+
+    def _run(self) -> None:
+        while True:
+            resolved: list[_Resolution] = []
+            with self._lock:
+                if self._closing and self._idle():
+                    self._shut_down()
+                    return
+                waitables: list[Any] = [self._wake_r]
+                deadline = math.inf
+                for slot in self._slots:
+                    if slot.process is not None:
+                        waitables.append(slot.process.sentinel)
+                    if slot.conn is not None and slot.current is not None:
+                        waitables.append(slot.conn)
+                        deadline = min(deadline, slot.current.deadline)
+                    elif slot.conn is not None and slot.cleanup_deadline is not None:
+                        waitables.append(slot.conn)
+                        deadline = min(deadline, slot.cleanup_deadline)
+            timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+            ready = wait(waitables, timeout)
+            with self._lock:
+                if self._wake_r in ready:
+                    self._drain_wake()
+                for slot in self._slots:
+                    if slot.conn is not None and slot.conn in ready:
+                        self._receive(slot, resolved)
+                now = time.monotonic()
+                for slot in self._slots:
+                    process = slot.process
+                    if process is None:
+                        continue
+                    if slot.current is not None and now > slot.current.deadline:
+                        slot.kill_reason = "timeout"
+                        process.kill()
+                        process.join(timeout=5.0)
+                    elif slot.cleanup_deadline is not None and now > slot.cleanup_deadline:
+                        slot.retiring = "hung while freeing a decoder"
+                        process.kill()
+                        process.join(timeout=5.0)
+                    if process.sentinel in ready or not process.is_alive():
+                        self._on_death(slot, resolved)
+                self._dispatch(resolved)
+            _resolve(resolved)
+
+    def _idle(self) -> bool:
+        return not self._pending and all(s.current is None and not s.queue for s in self._slots)
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _dispatch(self, resolved: list[_Resolution]) -> None:
+        if self._broken is not None:
+            for task in self._pending:
+                resolved.append((task.future, False, DecodeCrash(self._broken)))
+            self._pending.clear()
+        for slot in self._slots:
+            while (
+                slot.current is None
+                and slot.cleanup_deadline is None
+                and slot.process is not None
+                and slot.conn is not None
+            ):
+                if slot.queue:
+                    task = slot.queue.popleft()
+                elif self._pending:
+                    task = self._pending.popleft()
+                else:
+                    break
+                if not task.future.set_running_or_notify_cancel():
+                    continue  # cancelled while queued
+                message = (task.kind, task.id, *task.header)
+                slot.current = task
+                task.deadline = time.monotonic() + task.timeout
+                try:
+                    slot.conn.send(message)
+                    if task.payload is not None:
+                        slot.conn.send_bytes(task.payload)
+                except (OSError, EOFError, ValueError):
+                    break  # the child is gone: its sentinel reports it
+                task.payload = None  # sent: let the bytes go
+
+    def _receive(self, slot: _Slot, resolved: list[_Resolution]) -> None:
+        task = slot.current
+        assert slot.conn is not None
+        try:
+            message = slot.conn.recv()
+            if message[0] == "ready" or task is None:
+                slot.cleanup_deadline = None
+                return
+            if message[0] == "ok":
+                _, task_id, meta, retiring = message
+                count, side = (len(meta[1]), meta[2]) if meta is not None else (0, 0)
+                buffer = _receive_pictures(slot.conn, count, side)
+                value: Any = _build(task.kind, meta, buffer)
+                ok = True
+            else:
+                _, task_id, name, text, retiring = message
+                value = _ERRORS.get(name, DecodeCrash)(text)
+                ok = False
+        except (EOFError, OSError, ValueError):
+            return  # died mid-reply: the sentinel reports it
+        if task_id != task.id:  # cannot happen with one task in flight per child
+            value, ok = DecodeCrash(f"{task.label}: decode process sent a stray reply"), False
+        slot.current = None
+        slot.cleanup_deadline = time.monotonic() + _CLEANUP
+        slot.tasks_done += 1
+        self._spawn_failures = 0
+        resolved.append((task.future, ok, value))
+        if retiring:  # the child ran out of memory and exits: its streams go with it
+            slot.retiring = "ran out of memory"
+            self._on_death(slot, resolved)
+        elif (
+            self._max_tasks is not None
+            and slot.tasks_done >= self._max_tasks
+            and not slot.streams
+            and not slot.queue
+            and not self._closing
+        ):
+            self._stop(slot)
+            self._start(slot)
+
+    def _on_death(self, slot: _Slot, resolved: list[_Resolution]) -> None:
+        process = slot.process
+        assert process is not None
+        process.join(timeout=1.0)
+        if process.is_alive():  # a retiring child that does not leave
+            process.kill()
+            process.join(timeout=5.0)
+        pid, code = process.pid, process.exitcode
+        if code is None:
+            how = "stopped responding"
+        elif code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with status {code}"
+        if slot.kill_reason == "timeout":
+            how = "was killed after running past its time limit"
+        if slot.retiring:
+            how = slot.retiring
+        task = slot.current
+        if task is not None:
+            error: DecodeError
+            if slot.kill_reason == "timeout":
+                error = DecodeTimeout(
+                    f"{task.label}: no result within {task.timeout - _GRACE:g} s "
+                    f"(+{_GRACE:g} s grace); decode process {pid} killed"
+                )
+            else:
+                error = DecodeCrash(f"{task.label}: decode process {pid} {how}")
+            resolved.append((task.future, False, error))
+        elif slot.tasks_done == 0 and not self._closing:
+            self._spawn_failures += 1
+        for stream_id in sorted(slot.streams):
+            why = (
+                f"stream {stream_id!r}: its decode process {pid} {how}; the decoder state is "
+                "lost: reopen the stream (from a keyframe)"
+            )
+            self._lost[stream_id] = why
+            self._streams.pop(stream_id, None)
+        for queued in slot.queue:
+            sid = queued.stream_id or ""
+            message = self._lost.get(sid, f"stream {sid!r}: decode process {pid} {how}")
+            resolved.append((queued.future, False, DecodeCrash(message)))
+        slot.streams.clear()
+        slot.queue.clear()
+        slot.current = None
+        slot.cleanup_deadline = None
+        conn = slot.conn
+        slot.process = slot.conn = None
+        if conn is not None:
+            conn.close()
+        process.close()
+        if self._spawn_failures >= _SPAWN_FAILURES:
+            self._broken = (
+                f"decode processes keep dying before their first task ({how}); the pool is broken"
+            )
+            return
+        if not (self._closing and self._idle()):
+            self._start(slot)
+
+
+def _build(kind: str, meta: Any, buffer: bytearray) -> Any:
+    if kind == "open":
+        return None
+    info, metas, side = meta
+    frames = _unpack_frames(metas, side, buffer)
+    if info is None:
+        return frames
+    return DecodeResult(frames=tuple(frames), **info)
+
+
+def _resolve(resolved: list[_Resolution]) -> None:
+    for future, ok, value in resolved:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)

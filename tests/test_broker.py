@@ -1,0 +1,261 @@
+"""The embedded broker and the test producer, against a real Tansu and real kafka-python.
+
+One Tansu broker serves the module. A 6 s, 10 fps video with a keyframe every second is
+generated with PyAV, cut into 2 s MPEG-TS segments, produced, and read back from
+``clipguard.segments`` by a consumer that assigns the partitions itself (no consumer group).
+Every network wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import media
+import pytest
+
+from consumers.broker import DEFAULT_TOPICS, BrokerError, EmbeddedBroker, find_tansu
+from consumers.produce import (
+    CONTENT_TYPE,
+    SegmentTooLarge,
+    produce_file,
+    segment_video,
+)
+from pipeline.errors import UnsupportedMedia
+
+# kafka-python 3.0.12 loads its protocol schemas with importlib.resources' legacy read_text and
+# open_text, deprecated on Python 3.11: a warning from its code, not ours.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:(read_text|open_text) is deprecated:DeprecationWarning"
+)
+
+FPS = 10
+SECONDS = 6
+FRAMES = FPS * SECONDS
+DEADLINE = 15.0  # seconds for any one network wait
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(start_timeout=DEADLINE) as b:
+        b.create_topics(DEFAULT_TOPICS, timeout=DEADLINE)
+        yield b
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    path.write_bytes(media.encode(FRAMES, fmt="mp4", width=160, height=120, fps=FPS, gop=FPS))
+    return path
+
+
+def _consume(bootstrap: str, topic: str, expected: int, *, deadline: float = DEADLINE) -> list[Any]:
+    """Read ``expected`` records from every partition of ``topic`` from the start, assigning
+    the partitions directly (no group), or fail at the deadline with what was read."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        request_timeout_ms=int(deadline * 1000),
+    )
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        assert partitions, f"no partitions for {topic}"
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        records: list[Any] = []
+        end = time.monotonic() + deadline
+        while len(records) < expected:
+            left = end - time.monotonic()
+            assert left > 0, f"read {len(records)} of {expected} records before the deadline"
+            batches = consumer.poll(timeout_ms=int(min(left, 1.0) * 1000))
+            for batch in batches.values():
+                records.extend(batch)
+        # nothing more arrives
+        extra = consumer.poll(timeout_ms=300)
+        assert not any(extra.values()), "more records than expected"
+        return records
+    finally:
+        consumer.close()
+
+
+def _frames(data: bytes) -> list[av.VideoFrame]:
+    with av.open(io.BytesIO(data), format="mpegts") as container:
+        return list(container.decode(video=0))
+
+
+def test_topics_created(broker: EmbeddedBroker) -> None:
+    assert set(DEFAULT_TOPICS) <= set(broker.list_topics())
+    broker.create_topics(DEFAULT_TOPICS)  # idempotent
+    with pytest.raises(BrokerError, match=r"clipguard\.segments has 4 partitions, not 2"):
+        broker.create_topics({"clipguard.segments": 2})
+
+
+def test_segment_video(video: Path) -> None:
+    segments = list(segment_video(video, segment_seconds=2.0))
+    assert [s.seq for s in segments] == [0, 1, 2]
+    assert [s.start_ts for s in segments] == pytest.approx([0.0, 2.0, 4.0], abs=1e-6)
+    assert [s.frames for s in segments] == [20, 20, 20]
+    assert all(s.duration == pytest.approx(2.0) for s in segments)
+
+
+def test_produce_and_consume(broker: EmbeddedBroker, video: Path) -> None:
+    sent: list[tuple[int, int, int]] = []
+    count = produce_file(
+        broker.bootstrap,
+        video,
+        stream_id="cam-1",
+        on_sent=lambda seg, partition, offset: sent.append((seg.seq, partition, offset)),
+    )
+    assert count == 3
+    assert [s[0] for s in sent] == [0, 1, 2]
+
+    records = _consume(broker.bootstrap, "clipguard.segments", count)
+    assert len(records) == count
+    assert len({r.partition for r in records}) == 1, "one stream's segments share a partition"
+    records.sort(key=lambda r: r.offset)
+
+    total_frames = 0
+    starts = []
+    for i, record in enumerate(records):
+        assert record.key == b"cam-1"
+        headers = {k: v.decode() for k, v in record.headers}
+        assert headers["content-type"] == CONTENT_TYPE
+        assert headers["stream-id"] == "cam-1"
+        assert int(headers["seq"]) == i
+        start = float(headers["start-ts"])
+        assert start == pytest.approx(2.0 * i, abs=0.05)
+        starts.append(start)
+        frames = _frames(record.value)
+        assert frames, f"segment {i} decodes to no frames"
+        assert frames[0].key_frame, f"segment {i} does not start with a keyframe"
+        total_frames += len(frames)
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+
+    with av.open(str(video)) as source:
+        source_frames = sum(1 for _ in source.decode(video=0))
+    assert total_frames == source_frames == FRAMES
+
+
+def test_segment_too_large(broker: EmbeddedBroker, video: Path) -> None:
+    with pytest.raises(SegmentTooLarge, match=r"segment 0 .* over the limit of 1000"):
+        produce_file(broker.bootstrap, video, stream_id="cam-big", max_segment_bytes=1000)
+
+
+def test_no_video_stream(tmp_path: Path) -> None:
+    path = tmp_path / "sound.m4a"
+    path.write_bytes(media.audio_only("mp4"))
+    with pytest.raises(UnsupportedMedia, match=r"no video stream \(streams: audio\)"):
+        list(segment_video(path))
+
+
+def test_start_failure_is_clear(tmp_path: Path) -> None:
+    not_executable = tmp_path / "tansu"
+    not_executable.write_text("#!/bin/sh\nexit 0\n")
+    os.chmod(not_executable, 0o644)
+    with pytest.raises(BrokerError, match=r"cannot run the Tansu broker binary .*tansu"):
+        EmbeddedBroker(binary=not_executable).start()
+
+
+def test_broker_exit_quotes_its_output(tmp_path: Path) -> None:
+    fake = tmp_path / "tansu"
+    fake.write_text("#!/bin/sh\necho 'address already in use' >&2\nexit 3\n")
+    os.chmod(fake, 0o755)
+    broker = EmbeddedBroker(binary=fake, port=1, start_timeout=5)
+    with pytest.raises(BrokerError, match=r"exited with status 3(.|\n)*address already in use"):
+        broker.start()
+    assert not broker.running
+
+
+def test_stop_ends_the_process() -> None:
+    broker = EmbeddedBroker(start_timeout=DEADLINE).start()
+    pid = broker.pid
+    assert pid is not None and broker.running
+    broker.stop()
+    broker.stop()  # twice is fine
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with pytest.raises(BrokerError, match="not running"):
+        _ = broker.bootstrap
+
+
+def test_find_tansu_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert find_tansu().is_file()
+    monkeypatch.setenv("CLIPGUARD_TANSU", str(tmp_path / "elsewhere"))
+    assert find_tansu() == tmp_path / "elsewhere"
+
+
+def test_cli_produce(
+    broker: EmbeddedBroker, video: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from consumers.cli import main
+
+    status = main(
+        ["produce", str(video), "--stream-id", "cam-cli", "--bootstrap", broker.bootstrap]
+    )
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "produced 3 segments" in out
+    assert out.count("-> clipguard.segments[") == 3
+
+
+def test_cli_broker_stops_on_sigterm() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "consumers", "broker", "--port", "0", "--partitions", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        end = time.monotonic() + DEADLINE
+        while not any(line.startswith("stop:") for line in lines):
+            assert time.monotonic() < end, f"no start-up banner: {lines}"
+            line = proc.stdout.readline()
+            assert line, f"exited early: {lines} {proc.stderr.read() if proc.stderr else ''}"
+            lines.append(line)
+        assert lines[0].startswith("broker: 127.0.0.1:")
+        assert "clipguard.segments (2 partitions)" in "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=DEADLINE)
+        assert proc.returncode == 0, err
+        assert "broker stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=DEADLINE)
+
+
+def test_exported_names() -> None:
+    import consumers.broker
+    import consumers.produce
+
+    assert set(consumers.broker.__all__) == {
+        "DEFAULT_TOPICS",
+        "BrokerError",
+        "EmbeddedBroker",
+        "default_topics",
+        "find_tansu",
+    }
+    assert set(consumers.produce.__all__) == {
+        "CONTENT_TYPE",
+        "DEFAULT_MAX_SEGMENT_BYTES",
+        "ProduceError",
+        "Segment",
+        "SegmentTooLarge",
+        "produce_file",
+        "segment_video",
+    }

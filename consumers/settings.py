@@ -1,0 +1,570 @@
+"""Settings of the stream worker: one frozen model, validated once at the edge.
+
+:func:`load_settings` builds a :class:`WorkerSettings` from four layers, each overriding the
+ones below it::
+
+    overrides (command-line options)        load_settings(overrides={"decode.fit": "crop"})
+    environment variables                   CLIPGUARD_MAX_BATCH_SIZE=32, CLIPGUARD_DECODE__FIT=crop
+    config file (YAML or TOML)              load_settings(config_file=Path("worker.yaml"))
+    defaults                                the field defaults below
+
+Nested settings (``topics``, ``decode``, ``sampling``) take ``__`` in environment variable names
+(``CLIPGUARD_TOPICS__SEGMENTS``), a nested table in a config file, and a dotted key in
+``overrides``. Lists and whole nested models can be given as JSON in the environment
+(``CLIPGUARD_POLICIES='["policies/a", "policies/b"]'``). A config file is data, never code:
+YAML through ``yaml.safe_load``, TOML through ``tomllib``; an unknown key in it is an error that
+names the key. Every failure is a :class:`~pipeline.errors.ConfigError`.
+
+Secrets (``sasl_password``) are :class:`~pydantic.SecretStr`: hidden in ``repr``, ``str`` and
+:meth:`WorkerSettings.kafka_client_config` ``(redact=True)``, the form to log.
+:func:`describe` renders every setting as a Markdown table for the docs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Final, Literal, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pipeline.decode import Fit, Limits
+from pipeline.errors import ConfigError
+from pipeline.sampling import Sampling, SamplingMode
+
+__all__ = [
+    "DecodeSettings",
+    "Device",
+    "Dtype",
+    "LogFormat",
+    "SamplingSettings",
+    "SaslMechanism",
+    "SecurityProtocol",
+    "TopicNames",
+    "WorkerSettings",
+    "describe",
+    "load_settings",
+]
+
+ENV_PREFIX: Final = "CLIPGUARD_"
+_NESTED_DELIMITER: Final = "__"
+# The same name as pipeline.models.registry.DEMO_MODEL (a test pins it): importing the registry
+# here would import torch, and settings are read before anything heavy is loaded.
+_DEMO_MODEL: Final = "clipguard-demo"
+_DEMO_POLICIES: Final = Path("policies/demo")
+_POLICIES: Final = Path("policies")
+_MIB: Final = 1024 * 1024
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+Device = Literal["auto", "cpu", "cuda"]
+Dtype = Literal["float32", "float16", "bfloat16"]
+LogFormat = Literal["text", "json"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+_MODEL_DESCRIPTION: Final = (
+    "CLIP model name (see `clipguard models list`) or weights path. The default clipguard-demo "
+    "is a demo model that only knows synthetic shapes, colours and a few printed words; for real "
+    "moderation run `clipguard models download ViT-B/32` and set CLIPGUARD_MODEL=ViT-B/32."
+)
+
+
+class _Section(BaseModel):
+    """A nested group of settings: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TopicNames(_Section):
+    """Kafka topic names (the topic contract in ``consumers.broker.DEFAULT_TOPICS``)."""
+
+    segments: str = Field(
+        default="clipguard.segments", description="Input topic of media segments."
+    )
+    scores: str = Field(default="clipguard.scores", description="Output topic of frame scores.")
+    flags: str = Field(default="clipguard.flags", description="Output topic of flag events.")
+    dlq: str = Field(
+        default="clipguard.dlq", description="Dead-letter topic for inputs that failed."
+    )
+
+    @field_validator("segments", "scores", "flags", "dlq")
+    @classmethod
+    def _valid_topic(cls, value: str) -> str:
+        if not _TOPIC_NAME.fullmatch(value) or value in {".", ".."}:
+            raise ValueError(f"not a valid Kafka topic name: {value!r}")
+        return value
+
+
+class DecodeSettings(_Section):
+    """Decoding in sandboxed processes, with limits per segment."""
+
+    processes: int = Field(default=2, gt=0, description="Decode worker processes.")
+    fit: Fit = Field(
+        default="pad", description="How frames are fitted to the model input: pad, crop, tiles."
+    )
+    max_input_bytes: int = Field(
+        default=16 * _MIB,
+        gt=0,
+        description="Largest segment accepted, bytes (keep it within max_partition_fetch_bytes).",
+    )
+    timeout_s: float = Field(
+        default=30.0, gt=0, allow_inf_nan=False, description="Wall-clock limit per segment, s."
+    )
+    max_memory_bytes: int = Field(
+        default=4 * 1024 * _MIB, gt=0, description="Address-space cap of a decode process, bytes."
+    )
+
+    def limits(self) -> Limits:
+        """These settings as decode :class:`~pipeline.decode.Limits` (other limits: defaults)."""
+        return Limits(
+            max_input_bytes=self.max_input_bytes,
+            timeout=self.timeout_s,
+            max_memory=self.max_memory_bytes,
+        )
+
+
+class SamplingSettings(_Section):
+    """Which decoded frames are scored."""
+
+    mode: SamplingMode = Field(
+        default="fps", description="Frame sampling: all, fps, keyframes or scene."
+    )
+    fps: float = Field(
+        default=2.0, gt=0, allow_inf_nan=False, description="Frames per second, for mode fps."
+    )
+    max_frames: int | None = Field(
+        default=None, gt=0, description="At most this many frames per segment; unset: no cap."
+    )
+
+    def rule(self) -> Sampling:
+        """These settings as a :class:`~pipeline.sampling.Sampling` rule."""
+        return Sampling(mode=self.mode, fps=self.fps, max_frames=self.max_frames)
+
+
+# The config file's contents for the WorkerSettings being built by load_settings.
+_config_file_data: ContextVar[Mapping[str, Any] | None] = ContextVar(
+    "_config_file_data", default=None
+)
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """The settings read from the config file by :func:`load_settings` (empty otherwise)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        data = _config_file_data.get() or {}
+        return data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_config_file_data.get() or {})
+
+
+class WorkerSettings(BaseSettings):
+    """Everything the stream worker can be configured with; build it with :func:`load_settings`
+    (or directly, for environment and defaults only). Frozen once validated."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=_NESTED_DELIMITER,
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # --- Kafka ---
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", description="Kafka brokers, comma-separated host:port."
+    )
+    group_id: str = Field(
+        default="clipguard-workers", min_length=1, description="Consumer group of the workers."
+    )
+    topics: TopicNames = Field(
+        default_factory=TopicNames, description="Topic names (segments, scores, flags, dlq)."
+    )
+    max_poll_interval_ms: int = Field(
+        default=10_000,
+        gt=0,
+        description="Consumer max poll interval, ms (low: Tansu group joins stall at 300 s).",
+    )
+    session_timeout_ms: int = Field(
+        default=10_000, gt=0, description="Consumer group session timeout, ms."
+    )
+    max_partition_fetch_bytes: int = Field(
+        default=16 * _MIB,
+        gt=0,
+        description="Largest fetch per partition, bytes (segments exceed 1 MiB).",
+    )
+    max_request_size: int = Field(
+        default=16 * _MIB, gt=0, description="Largest producer request, bytes."
+    )
+    retries: int = Field(
+        default=5, ge=0, description="Attempts after a transient failure before giving up."
+    )
+    retry_backoff_ms: int = Field(
+        default=200, gt=0, description="Wait before retrying a transient failure, ms."
+    )
+    security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT",
+        description="Kafka security: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.",
+    )
+    sasl_mechanism: SaslMechanism | None = Field(
+        default=None,
+        description="SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512); SASL_* only.",
+    )
+    sasl_username: SecretStr | None = Field(default=None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(default=None, description="SASL password.")
+    ssl_cafile: Path | None = Field(
+        default=None, description="CA certificates (PEM) to verify the brokers."
+    )
+    ssl_certfile: Path | None = Field(default=None, description="Client certificate (PEM).")
+    ssl_keyfile: Path | None = Field(default=None, description="Client private key (PEM).")
+
+    # --- model and policies ---
+    model: str = Field(default=_DEMO_MODEL, min_length=1, description=_MODEL_DESCRIPTION)
+    policies: tuple[Path, ...] = Field(
+        default=None,  # type: ignore[arg-type]  # resolved from the model by _default_policies
+        description="Policy files or folders; default: policies/demo for the demo model, "
+        "else policies.",
+    )
+    device: Device = Field(default="auto", description="Encoder device: auto, cpu or cuda.")
+    dtype: Dtype = Field(
+        default="float32", description="Encoder dtype: float32, float16 or bfloat16."
+    )
+    policy_reload_interval_s: float = Field(
+        default=2.0, gt=0, allow_inf_nan=False, description="How often policy files are checked, s."
+    )
+
+    # --- batching, decoding, sampling ---
+    max_batch_size: int = Field(default=64, gt=0, description="Most frames in one encoder batch.")
+    max_batch_wait_ms: int = Field(
+        default=20, ge=0, description="Longest wait to fill an encoder batch, ms."
+    )
+    decode: DecodeSettings = Field(
+        default_factory=DecodeSettings, description="Decode processes, fit and limits."
+    )
+    sampling: SamplingSettings = Field(
+        default_factory=SamplingSettings, description="Which frames are scored."
+    )
+    max_inflight_segments: int = Field(
+        default=32, gt=0, description="Segments in progress before consuming pauses."
+    )
+
+    # --- operations ---
+    shutdown_deadline_s: float = Field(
+        default=30.0, gt=0, allow_inf_nan=False, description="Drain time on SIGTERM, s."
+    )
+    metrics_port: int = Field(
+        default=9400, ge=0, le=65535, description="Prometheus metrics port; 0 disables."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", min_length=1, description="Address the metrics server binds."
+    )
+    log_format: LogFormat = Field(default="text", description="Log lines as text or json.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env or secrets directory: settings come from the places load_settings names.
+        return init_settings, env_settings, _ConfigFileSource(settings_cls)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _valid_servers(cls, value: str) -> str:
+        servers = [s.strip() for s in value.split(",")]
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if not (sep and host and port.isdigit() and 0 < int(port) <= 65535):
+                raise ValueError(f"expected host:port[,host:port...], got {server!r}")
+        return ",".join(servers)
+
+    @field_validator("policies", mode="before")
+    @classmethod
+    def _default_policies(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            model = info.data.get("model", _DEMO_MODEL)
+            return (_DEMO_POLICIES if model == _DEMO_MODEL else _POLICIES,)
+        if isinstance(value, str | Path):
+            return (value,)
+        return value
+
+    @field_validator("policies")
+    @classmethod
+    def _some_policies(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        if not value:
+            raise ValueError("at least one policy path is needed")
+        return value
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> WorkerSettings:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl:
+            missing = [
+                name
+                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"security_protocol {self.security_protocol} needs {', '.join(missing)}"
+                )
+        elif self.sasl_mechanism is not None:
+            raise ValueError(
+                f"sasl_mechanism is set but security_protocol is {self.security_protocol}"
+            )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile needs ssl_certfile")
+        return self
+
+    @property
+    def is_demo_model(self) -> bool:
+        """Whether the model is the bundled demo model (synthetic shapes, colours and words)."""
+        return self.model == _DEMO_MODEL
+
+    def resolved_device(self) -> Literal["cpu", "cuda"]:
+        """The device to run on: ``auto`` is ``cuda`` when torch sees a GPU, else ``cpu``."""
+        if self.device != "auto":
+            return self.device
+        import torch  # heavy: only when a device is actually chosen
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def kafka_client_config(self, *, redact: bool = False) -> dict[str, Any]:
+        """Connection and security keyword arguments shared by kafka-python's ``KafkaConsumer``
+        and ``KafkaProducer``. It holds the SASL password in clear text, as kafka-python needs:
+        log only the ``redact=True`` form, which replaces it with ``"**********"``."""
+        config: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+            "retry_backoff_ms": self.retry_backoff_ms,
+        }
+        if self.sasl_mechanism is not None:
+            config["sasl_mechanism"] = self.sasl_mechanism
+        for key, secret in (
+            ("sasl_plain_username", self.sasl_username),
+            ("sasl_plain_password", self.sasl_password),
+        ):
+            if secret is not None:
+                config[key] = str(secret) if redact else secret.get_secret_value()
+        for key, path in (
+            ("ssl_cafile", self.ssl_cafile),
+            ("ssl_certfile", self.ssl_certfile),
+            ("ssl_keyfile", self.ssl_keyfile),
+        ):
+            if path is not None:
+                config[key] = str(path)
+        return config
+
+    def consumer_config(self, *, redact: bool = False) -> dict[str, Any]:
+        """Keyword arguments for kafka-python's ``KafkaConsumer``: offsets are committed by the
+        worker after its outputs are acknowledged, never automatically."""
+        return {
+            **self.kafka_client_config(redact=redact),
+            "group_id": self.group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_poll_interval_ms": self.max_poll_interval_ms,
+            "session_timeout_ms": self.session_timeout_ms,
+            "max_partition_fetch_bytes": self.max_partition_fetch_bytes,
+        }
+
+    def producer_config(self, *, redact: bool = False) -> dict[str, Any]:
+        """Keyword arguments for kafka-python's ``KafkaProducer``: acknowledged by all replicas,
+        with the settings' retries and request size."""
+        return {
+            **self.kafka_client_config(redact=redact),
+            "acks": "all",
+            "retries": self.retries,
+            "max_request_size": self.max_request_size,
+        }
+
+
+def load_settings(
+    *, config_file: Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> WorkerSettings:
+    """Validate the worker's settings: ``overrides`` (command-line options; dotted keys such as
+    ``"decode.fit"`` reach nested settings, ``None`` values mean "not given") over environment
+    variables over ``config_file`` (YAML or TOML, by suffix) over defaults.
+
+    Raises :class:`~pipeline.errors.ConfigError` for an unreadable or malformed config file, an
+    unknown key (named), or an invalid value."""
+    file_data: dict[str, Any] = {}
+    if config_file is not None:
+        file_data = _read_config_file(config_file)
+        _check_keys(file_data, WorkerSettings, where=str(config_file))
+    init = _expand_dotted(
+        {key: value for key, value in (overrides or {}).items() if value is not None}
+    )
+    _check_keys(init, WorkerSettings, where="overrides")
+    token = _config_file_data.set(file_data)
+    try:
+        return WorkerSettings(**init)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, config_file)) from e
+    finally:
+        _config_file_data.reset(token)
+
+
+def describe() -> str:
+    """Every setting as a Markdown table: environment variable, type, default, description."""
+    rows = ["| environment variable | type | default | description |", "| --- | --- | --- | --- |"]
+    for env, field in _walk_fields(WorkerSettings, ENV_PREFIX):
+        rows.append(
+            "| "
+            + " | ".join(
+                _cell(s)
+                for s in (
+                    f"`{env}`",
+                    _type_name(field.annotation),
+                    _default_text(env, field),
+                    field.description or "",
+                )
+            )
+            + " |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix in {".yaml", ".yml"}:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        elif suffix == ".toml":
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        else:
+            raise ConfigError(f"{path}: config files are .yaml, .yml or .toml, not {suffix!r}")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror or e}") from e
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: not valid {suffix.lstrip('.').upper()}: {e}") from e
+    if data is None:  # an empty YAML file
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _expand_dotted(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"decode.fit": "crop"}`` -> ``{"decode": {"fit": "crop"}}``."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"overrides: {key!r} conflicts with a value for {part!r}")
+            node = child
+        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+            node[leaf].update(value)
+        else:
+            node[leaf] = value
+    return out
+
+
+def _check_keys(data: Mapping[str, Any], model: type[BaseModel], *, where: str) -> None:
+    """Reject keys that are not settings, naming them (``decode.fitt``)."""
+    for key, value in data.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            raise ConfigError(f"{where}: unknown setting {key!r}")
+        section = _section_of(field)
+        if section is not None and isinstance(value, Mapping):
+            try:
+                _check_keys(value, section, where=where)
+            except ConfigError as e:
+                raise ConfigError(
+                    str(e).replace("unknown setting '", f"unknown setting '{key}.", 1)
+                ) from None
+
+
+def _section_of(field: FieldInfo) -> type[BaseModel] | None:
+    annotation = field.annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _explain(error: ValidationError, config_file: Path | None) -> str:
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in item["loc"]) or "settings"
+        problems.append(f"{where}: {item['msg']}")
+    source = f" (config file {config_file})" if config_file else ""
+    return f"invalid worker settings{source}: " + "; ".join(problems)
+
+
+def _walk_fields(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, FieldInfo]]:
+    for name, field in model.model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        section = _section_of(field)
+        if section is not None:
+            yield from _walk_fields(section, env + _NESTED_DELIMITER)
+        else:
+            yield env, field
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is type(None):
+        return "unset"
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return " or ".join(json.dumps(arg) for arg in get_args(annotation))
+    if origin is tuple:
+        return f"list of {_type_name(get_args(annotation)[0])}"
+    args = get_args(annotation)
+    if args and origin is not None:  # a union such as int | None
+        return " or ".join(_type_name(arg) for arg in args)
+    if annotation is SecretStr:
+        return "secret string"
+    if annotation is Path:
+        return "path"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default_text(env: str, field: FieldInfo) -> str:
+    if env == f"{ENV_PREFIX}POLICIES":
+        return f"`{_DEMO_POLICIES}` (demo model), else `{_POLICIES}`"
+    default = field.default
+    if default is PydanticUndefined or default is None:
+        return "unset"
+    if SecretStr in (field.annotation, *get_args(field.annotation)):
+        return "unset"  # never print a secret, even a default one
+    return f"`{default}`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

@@ -16,11 +16,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 
-from pipeline.errors import PolicyError
+from pipeline.decode import decode_uri
+from pipeline.encoder import Encoder
+from pipeline.errors import DecodeError, PolicyError
 from pipeline.models.model import CLIP
 from pipeline.models.registry import cache_dir as _model_cache_dir
 from pipeline.models.tokenizer import tokenize
@@ -63,15 +63,15 @@ class PolicyCompiler:
             return self.model.encode_text(tokens.to(self.model.device)).float().cpu()
 
     def encode_images(self, paths: Sequence[str]) -> torch.Tensor:
+        """Exemplar images, decoded and fitted to the model input exactly as frames are."""
         frames = []
         for p in paths:
-            bgr = cv2.imread(p, cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise PolicyError(f"{p}: exemplar image cannot be read")
-            frames.append(torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])))
-        with torch.inference_mode():
-            out = [self.model.encode_image(self.model.preprocess(f[None])) for f in frames]
-        return torch.cat(out).float().cpu()
+            try:
+                result = decode_uri(p, size=self.model.input_resolution)
+            except DecodeError as e:
+                raise PolicyError(f"{p}: exemplar image cannot be read: {e}") from e
+            frames.append(result.frames[0].image)
+        return Encoder(self.model).encode(frames)
 
     # -- cache -----------------------------------------------------------------------------
 

@@ -33,11 +33,10 @@ __all__ = [
     "PolicyBlock",
     "compile_policies",
     "compile_policy",
-    "score_frames",
 ]
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]
-ImageEncoder = Callable[[Sequence[str]], torch.Tensor]
+ExemplarEncoder = Callable[[Sequence[str]], torch.Tensor]  # image paths -> embeddings
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ class PolicyBlock:
 def compile_policy(
     lp: LoadedPolicy,
     encode_text: TextEncoder,
-    encode_images: ImageEncoder | None = None,
+    encode_images: ExemplarEncoder | None = None,
 ) -> PolicyBlock:
     """Encode one policy's prompts, negatives and exemplars into its block of rows.
 
@@ -190,7 +189,7 @@ def compile_policies(
     encode_text: TextEncoder,
     *,
     logit_scale: float,
-    encode_images: ImageEncoder | None = None,
+    encode_images: ExemplarEncoder | None = None,
     compile_one: Callable[[LoadedPolicy], PolicyBlock] | None = None,
 ) -> CompiledPolicies:
     """Compile every policy (through ``compile_one``, e.g. a cache, when given) into one
@@ -228,8 +227,3 @@ def compile_policies(
         logit_scale=logit_scale,
         policy_set=policies.digest,
     )
-
-
-def score_frames(compiled: CompiledPolicies, embeddings: torch.Tensor) -> list[list[Decision]]:
-    """Embeddings of a batch of frames -> every label's decision for every frame."""
-    return compiled.decide(compiled.scores(embeddings))

@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline import synthetic
-from pipeline.models import DEMO_MODEL, load_clip, tokenize
+from pipeline.compiler import PolicyCompiler
+from pipeline.encoder import Encoder
+from pipeline.models import DEMO_MODEL, load_clip
 from pipeline.policy import load_policies
-from pipeline.scoring import compile_policies
 
 ROOT = Path(__file__).resolve().parent.parent
 # label -> (concept, colour or None for words) the label is about
@@ -76,13 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     model = load_clip(DEMO_MODEL)
     policies = load_policies([args.policies])
 
-    def encode_text(texts):
-        return model.encode_text(tokenize(list(texts), context_length=model.context_length))
-
-    with torch.inference_mode():
-        compiled = compile_policies(
-            policies, encode_text, logit_scale=float(model.logit_scale.exp())
-        )
+    compiled = PolicyCompiler(model, use_cache=False).compile(policies)
+    encoder = Encoder(model)
     rng = np.random.default_rng(args.seed)
     for lab in compiled.labels:
         if lab.key not in _TARGETS:
@@ -91,11 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         result = {}
         for positive in (True, False):
             specs = _scenes(rng, concept, colour, args.per_class, positive=positive)
-            frames = torch.from_numpy(
-                np.stack([synthetic.render(s, model.input_resolution) for s in specs])
-            )
-            with torch.inference_mode():
-                cos = compiled.scores(model.encode_image(model.preprocess(frames)))
+            frames = np.stack([synthetic.render(s, model.input_resolution) for s in specs])
+            cos = compiled.scores(encoder.encode(frames))
             negs = cos[:, list(lab.negative_rows)].max(dim=1).values if lab.negative_rows else None
             margins = (cos[:, lab.row] - negs).numpy() if negs is not None else None
             result[positive] = (cos[:, lab.row].numpy(), margins)

@@ -266,9 +266,14 @@ def test_exemplars_join_the_ensemble(tmp_path, model):
     compiled = compiler.compile(load_policies([folder]))
     knife = next(lab for lab in compiled.labels if lab.key == "knives/knife")
     prompts = _encode(model, list(knife.prompts))
-    rgb = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1]))[None]
+    # the exemplar is decoded and fitted to the model input exactly as frames are
+    from pipeline.decode import decode_uri
+
+    fitted = decode_uri(folder / "red.png", size=model.input_resolution).frames[0].image
+    assert fitted.shape == (32, 32, 3) and fitted[16, 16].tolist() == [255, 0, 0]  # RGB
     with torch.inference_mode():
-        image = F.normalize(model.encode_image(model.preprocess(rgb)), dim=-1)
+        frame = torch.from_numpy(np.ascontiguousarray(fitted))[None]
+        image = F.normalize(model.encode_image(model.preprocess(frame)), dim=-1)
     expected = F.normalize(torch.cat([prompts, image]).mean(dim=0), dim=-1)
     torch.testing.assert_close(compiled.matrix[knife.row], expected, rtol=1e-5, atol=1e-6)
     (folder / "red.png").write_bytes(b"not an image")  # new bytes: new key, and a clear error

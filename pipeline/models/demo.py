@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import synthetic
+from pipeline.encoder import Encoder
 from pipeline.models.model import CLIP, CLIPConfig
 from pipeline.models.tokenizer import tokenize
 
@@ -227,13 +228,8 @@ def _encode_prompts(model: CLIP, prompts: Sequence[str]) -> torch.Tensor:
     return F.normalize(model.encode_text(tokens).float(), dim=-1)
 
 
-@torch.inference_mode()
-def _encode_images(model: CLIP, images: np.ndarray, batch: int = 256) -> torch.Tensor:
-    out = []
-    for i in range(0, len(images), batch):
-        px = model.preprocess(torch.from_numpy(np.ascontiguousarray(images[i : i + batch])))
-        out.append(F.normalize(model.encode_image(px).float(), dim=-1))
-    return torch.cat(out)
+def _encode_images(model: CLIP, images: np.ndarray) -> torch.Tensor:
+    return Encoder(model, batch_size=256).encode(images)
 
 
 def evaluate_zero_shot(model: CLIP, *, n: int = 600, seed: int = 1234) -> ZeroShotReport:

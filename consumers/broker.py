@@ -32,6 +32,8 @@ from pipeline.errors import ClipguardError
 
 __all__ = [
     "DEFAULT_TOPICS",
+    "SEGMENTS_TOPIC",
+    "STATE_TOPIC",
     "BrokerError",
     "EmbeddedBroker",
     "default_topics",
@@ -41,6 +43,9 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 SEGMENTS_TOPIC: Final = "clipguard.segments"
+#: Per-stream temporal state checkpoints of the workers (compacted on Apache Kafka); it has as
+#: many partitions as the segments topic: a stream's state sits in its segments' partition.
+STATE_TOPIC: Final = "clipguard.state"
 
 DEFAULT_TOPICS: Final[Mapping[str, int]] = MappingProxyType(
     {
@@ -50,6 +55,7 @@ DEFAULT_TOPICS: Final[Mapping[str, int]] = MappingProxyType(
         "clipguard.dlq": 1,
         "clipguard.jobs": 1,
         "clipguard.job-status": 1,
+        STATE_TOPIC: 4,
     }
 )
 """Every topic clipguard uses, with its partition count in a fresh embedded broker."""
@@ -74,11 +80,11 @@ class BrokerError(ClipguardError, RuntimeError):
 
 def default_topics(*, segment_partitions: int = 4, partitions: int = 1) -> dict[str, int]:
     """:data:`DEFAULT_TOPICS` with ``segment_partitions`` for ``clipguard.segments`` and
-    ``partitions`` for every other topic."""
+    ``clipguard.state``, and ``partitions`` for every other topic."""
     if segment_partitions < 1 or partitions < 1:
         raise BrokerError("partition counts must be at least 1")
     return {
-        name: segment_partitions if name == SEGMENTS_TOPIC else partitions
+        name: segment_partitions if name in (SEGMENTS_TOPIC, STATE_TOPIC) else partitions
         for name in DEFAULT_TOPICS
     }
 

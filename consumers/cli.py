@@ -17,8 +17,9 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
+from consumers.scan import add_scan_parser
 from pipeline import __version__
 from pipeline.errors import ClipguardError
 
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy_parser(subparsers)
     _add_broker_parser(subparsers)
     _add_produce_parser(subparsers)
+    add_scan_parser(subparsers)
+    _add_worker_parser(subparsers)
     return parser
 
 
@@ -843,19 +846,43 @@ def _add_produce_parser(subparsers: Any) -> None:
         action="store_true",
         help="pace the segments at their duration, as a live camera would",
     )
+    produce.add_argument(
+        "--raw",
+        action="store_true",
+        help="send the raw H.264/HEVC byte stream in chunks cut at any byte (content type "
+        "video/h264 or video/h265) instead of MPEG-TS segments",
+    )
+    produce.add_argument(
+        "--chunk-bytes",
+        type=_positive_int,
+        default=64 * 1024,
+        metavar="N",
+        help="chunk size for --raw, bytes (default: %(default)s)",
+    )
+    produce.add_argument(
+        "--no-end",
+        action="store_true",
+        help="do not mark the last record with stream-end: 1 (the stream goes on later; its "
+        "open incidents stay open)",
+    )
     produce.set_defaults(func=_produce_run)
 
 
 def _produce_run(args: argparse.Namespace) -> int:
-    from consumers.produce import Segment, produce_file
+    from consumers.produce import RawChunk, Segment, produce_file
 
     _quiet_kafka(args.log_level)
 
-    def sent(segment: Segment, partition: int, offset: int) -> None:
+    def sent(segment: Segment | RawChunk, partition: int, offset: int) -> None:
+        if isinstance(segment, RawChunk):
+            what = f"chunk {segment.seq:4d}  up to {segment.at:8.3f} s"
+        else:
+            what = (
+                f"seq {segment.seq:4d}  start {segment.start_ts:8.3f} s  "
+                f"{segment.duration:6.3f} s  {segment.frames:4d} frames"
+            )
         print(
-            f"seq {segment.seq:4d}  start {segment.start_ts:8.3f} s  "
-            f"{segment.duration:6.3f} s  {segment.frames:4d} frames  "
-            f"{len(segment.data) / 1e3:8.1f} kB  -> {args.topic}[{partition}]@{offset}",
+            f"{what}  {len(segment.data) / 1e3:8.1f} kB  -> {args.topic}[{partition}]@{offset}",
             flush=True,
         )
 
@@ -866,10 +893,161 @@ def _produce_run(args: argparse.Namespace) -> int:
         topic=args.topic,
         segment_seconds=args.segment_seconds,
         realtime=args.realtime,
+        raw=args.raw,
+        chunk_bytes=args.chunk_bytes,
+        end_stream=not args.no_end,
         on_sent=sent,
     )
     print(f"produced {_plural(count, 'segment')} of {args.file} to {args.topic}")
     return 0
+
+
+_WORKER_EPILOG = """\
+examples:
+  clipguard worker                                   demo model, policies/demo, 127.0.0.1:9092
+  clipguard worker --bootstrap-servers kafka:9092 --model ViT-B/32 --policies policies/
+  clipguard worker --config worker.yaml --log-format json
+  clipguard worker --set decode.timeout_s=10 --set sampling.mode=keyframes
+  clipguard worker --print-settings                  show the settings in force and exit
+
+Settings come from (each overriding the ones below): these options and --set,
+CLIPGUARD_* environment variables (CLIPGUARD_MAX_BATCH_SIZE=32, nested with __:
+CLIPGUARD_DECODE__FIT=crop), the --config file (YAML or TOML), the defaults.
+Every setting is listed in docker/README.md.
+
+signals: SIGTERM or SIGINT stops fetching, finishes the segments in flight, publishes
+their outputs, commits, leaves the group and exits 0 (within shutdown_deadline_s).
+A second signal exits at once; unfinished segments are then consumed again.
+exit status: 0 after a clean stop, 1 when it cannot start or fails, 2 for usage errors.
+"""
+
+# command-line option -> settings key (dotted for nested settings)
+_WORKER_OPTIONS: Final = {
+    "bootstrap_servers": "bootstrap_servers",
+    "group_id": "group_id",
+    "model": "model",
+    "policies": "policies",
+    "device": "device",
+    "dtype": "dtype",
+    "max_batch_size": "max_batch_size",
+    "max_batch_wait_ms": "max_batch_wait_ms",
+    "max_inflight_segments": "max_inflight_segments",
+    "decode_processes": "decode.processes",
+    "fit": "decode.fit",
+    "sampling": "sampling.mode",
+    "sample_fps": "sampling.fps",
+    "metrics_port": "metrics_port",
+    "metrics_host": "metrics_host",
+    "log_format": "log_format",
+    "shutdown_deadline_s": "shutdown_deadline_s",
+}
+
+
+def _add_worker_parser(subparsers: Any) -> None:
+    """Add ``clipguard worker``."""
+    worker = subparsers.add_parser(
+        "worker",
+        help="run the stream worker: segments from Kafka in, scores and flag events out",
+        description=_para(
+            "Join the consumer group and moderate the video segments on the segments topic: "
+            "decode them in sandboxed processes, encode sampled frames with CLIP in batches "
+            "shared across streams, score them against the policies, and publish score "
+            "records, flag events and dead letters. Offsets are committed only after every "
+            "output is acknowledged. Metrics, /healthz and /readyz are served over HTTP."
+        ),
+        epilog=_WORKER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    worker.add_argument("--config", metavar="FILE", help="settings file, YAML or TOML")
+    add = worker.add_argument
+    add("--bootstrap-servers", metavar="HOST:PORT[,...]", help="Kafka brokers")
+    add("--group-id", metavar="ID", help="consumer group")
+    add("--model", metavar="NAME|PATH", help="CLIP model (default: clipguard-demo)")
+    add("--policies", nargs="+", metavar="PATH", help="policy files or folders")
+    add("--device", choices=("auto", "cpu", "cuda"), help="encoder device")
+    add("--dtype", choices=("float32", "float16", "bfloat16"), help="encoder dtype")
+    add("--max-batch-size", type=_positive_int, metavar="N", help="frames per encoder batch")
+    add("--max-batch-wait-ms", type=int, metavar="MS", help="longest wait to fill a batch")
+    add(
+        "--max-inflight-segments",
+        type=_positive_int,
+        metavar="N",
+        help="segments in progress before consumption pauses",
+    )
+    add("--decode-processes", type=_positive_int, metavar="N", help="decode processes")
+    add("--fit", choices=("pad", "crop", "tiles"), help="how frames fit the model input")
+    add("--sampling", choices=("all", "fps", "keyframes", "scene"), help="frame sampling mode")
+    add("--sample-fps", type=_positive_float, metavar="FPS", help="frames per second (fps mode)")
+    add("--metrics-port", type=_port, metavar="N", help="metrics port, 0 disables")
+    add("--metrics-host", metavar="ADDR", help="address the metrics server binds")
+    add("--log-format", choices=("text", "json"), help="log lines as text (default) or JSON")
+    add("--shutdown-deadline-s", type=_positive_float, metavar="S", help="drain time on stop")
+    add(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other setting, dotted for nested ones (decode.timeout_s=10); repeatable",
+    )
+    add(
+        "--print-settings",
+        action="store_true",
+        help="print the settings in force (secrets hidden) as JSON and exit",
+    )
+    worker.set_defaults(func=_worker_run)
+
+
+def _worker_run(args: argparse.Namespace) -> int:
+    import signal
+    from pathlib import Path
+
+    from consumers.logs import formatter
+    from consumers.settings import load_settings
+
+    overrides: dict[str, Any] = {
+        key: getattr(args, option) for option, key in _WORKER_OPTIONS.items()
+    }
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            print(f"{_PROG} worker: error: --set wants KEY=VALUE, not {item!r}", file=sys.stderr)
+            return 2
+        overrides[key.strip()] = _setting_value(value)
+    settings = load_settings(
+        config_file=Path(args.config) if args.config else None, overrides=overrides
+    )
+    for log_handler in logging.getLogger().handlers:
+        if isinstance(log_handler, _StderrHandler):
+            log_handler.setFormatter(formatter(settings.log_format))
+    if args.print_settings:
+        print(settings.model_dump_json(indent=2))
+        return 0
+    _quiet_kafka(args.log_level)
+    from consumers.worker import Worker
+
+    worker = Worker(settings)
+    signals = {"count": 0}
+
+    def on_signal(signum: int, frame: object) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            raise KeyboardInterrupt
+        worker.stop(f"{signal.Signals(signum).name} received")
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return worker.run()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _setting_value(text: str) -> Any:
+    """A --set value: JSON when it parses (numbers, true, lists), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _quiet_kafka(level: str) -> None:
@@ -946,7 +1124,9 @@ def _logging_to_stderr(level: str) -> Iterator[None]:
     """Log ``level`` and above to stderr while a command runs, then restore the root logger."""
     root = logging.getLogger()
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    from consumers.logs import TextFormatter
+
+    handler.setFormatter(TextFormatter())
     old_level = root.level
     root.addHandler(handler)
     root.setLevel(level)

@@ -14,7 +14,6 @@ MPEG-TS segments do not start at timestamp 0 (the muxer adds a delay): a frame's
 from __future__ import annotations
 
 import io
-import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -37,9 +36,11 @@ __all__ = [
     "CONTENT_TYPE",
     "DEFAULT_MAX_SEGMENT_BYTES",
     "ProduceError",
+    "RawChunk",
     "Segment",
     "SegmentTooLarge",
     "produce_file",
+    "raw_chunks",
     "segment_video",
 ]
 
@@ -181,8 +182,118 @@ class _Cutter:
         return segment
 
 
-OnSent = Callable[[Segment, int, int], None]
-"""Called after each acknowledged segment with the segment, its partition and its offset."""
+OnSent = Callable[["Segment | RawChunk", int, int], None]
+"""Called after each acknowledged record with its segment (or raw chunk), partition and offset."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawChunk:
+    """A piece of a raw Annex-B H.264/HEVC byte stream, cut at an arbitrary byte."""
+
+    seq: int  # 0, 1, 2, ...
+    at: float  # seconds into the stream of the last frame the chunk completes (for pacing)
+    data: bytes
+
+
+def raw_chunks(path: str | Path, *, chunk_bytes: int = 64 * 1024) -> Iterator[RawChunk]:
+    """The video stream of ``path`` as a raw Annex-B byte stream (H.264 or HEVC only), in
+    chunks of ``chunk_bytes`` (the last one shorter): what a camera pushing its elementary
+    stream sends. The chunks do not respect frame or NAL unit boundaries."""
+    if chunk_bytes < 1:
+        raise ConfigError(f"chunk_bytes must be positive, not {chunk_bytes}")
+    path = Path(path)
+    if not path.is_file():
+        raise MediaUnavailable(f"{path}: no such file")
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as e:
+        raise InvalidMedia(f"{path}: not a media file FFmpeg can read: {e}") from e
+    with container:
+        if not container.streams.video:
+            raise UnsupportedMedia(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        codec = stream.codec_context.name
+        if codec not in _RAW_FORMATS:
+            raise UnsupportedMedia(
+                f"{path}: raw streams are H.264 or HEVC, and this video is {codec}"
+            )
+        time_base = stream.time_base or Fraction(1, 90000)
+        origin = stream.start_time
+        buf = io.BytesIO()
+        out = av.open(buf, "w", format=_RAW_FORMATS[codec])  # applies the Annex-B filter
+        out_stream = out.add_stream_from_template(stream)
+        seq, at, pending = 0, 0.0, b""
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0 or packet.pts is None:
+                    continue
+                if origin is None:
+                    origin = packet.pts
+                at = max(at, float((packet.pts - origin) * time_base))
+                packet.stream = out_stream
+                out.mux(packet)
+                pending += buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
+                while len(pending) >= chunk_bytes:
+                    yield RawChunk(seq, at, pending[:chunk_bytes])
+                    pending = pending[chunk_bytes:]
+                    seq += 1
+        except av.FFmpegError as e:
+            raise InvalidMedia(f"{path}: cannot read packets: {e}") from e
+        out.close()
+        pending += buf.getvalue()
+        while pending:
+            yield RawChunk(seq, at, pending[:chunk_bytes])
+            pending = pending[chunk_bytes:]
+            seq += 1
+
+
+_RAW_FORMATS: Final = {"h264": "h264", "hevc": "hevc"}
+_RAW_CONTENT_TYPES: Final = {"h264": "video/h264", "hevc": "video/h265"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    seq: int
+    at: float  # seconds after the first record that a live source would send it
+    data: bytes
+    headers: list[tuple[str, bytes]]
+    what: Segment | RawChunk
+
+
+def _segment_records(segments: Iterator[Segment], key: bytes) -> Iterator[_Record]:
+    for segment in segments:
+        yield _Record(
+            segment.seq,
+            segment.start_ts,
+            segment.data,
+            [
+                ("content-type", CONTENT_TYPE.encode()),
+                ("stream-id", key),
+                ("seq", str(segment.seq).encode()),
+                ("start-ts", repr(segment.start_ts).encode()),
+            ],
+            segment,
+        )
+
+
+def _raw_records(path: Path, chunk_bytes: int, key: bytes) -> Iterator[_Record]:
+    with av.open(str(path)) as container:  # raw_chunks checked it is readable
+        stream = container.streams.video[0]
+        content_type = _RAW_CONTENT_TYPES[stream.codec_context.name]
+        rate = stream.average_rate
+    for chunk in raw_chunks(path, chunk_bytes=chunk_bytes):
+        headers = [
+            ("content-type", content_type.encode()),
+            ("stream-id", key),
+            ("seq", str(chunk.seq).encode()),
+        ]
+        if chunk.seq == 0:
+            headers.append(("start-ts", b"0.0"))
+        if rate:
+            headers.append(("fps", repr(float(rate)).encode()))
+        yield _Record(chunk.seq, chunk.at, chunk.data, headers, chunk)
 
 
 def produce_file(
@@ -193,6 +304,9 @@ def produce_file(
     topic: str = "clipguard.segments",
     segment_seconds: float = 2.0,
     realtime: bool = False,
+    raw: bool = False,
+    chunk_bytes: int = 64 * 1024,
+    end_stream: bool = True,
     max_segment_bytes: int = DEFAULT_MAX_SEGMENT_BYTES,
     connect_timeout: float = 10.0,
     on_sent: OnSent | None = None,
@@ -203,6 +317,10 @@ def produce_file(
     and the headers ``content-type``, ``stream-id``, ``seq`` and ``start-ts``; each is sent with
     ``acks=all`` and its acknowledgement awaited before this returns. ``realtime`` paces the
     segments as a live source would: segment n goes out ``start_ts`` seconds after the first.
+    ``raw`` sends the raw H.264/HEVC byte stream instead, in chunks of ``chunk_bytes`` cut at
+    any byte (content type ``video/h264`` or ``video/h265``, an ``fps`` header, ``start-ts`` on
+    the first chunk). ``end_stream`` marks the last record with ``stream-end: 1``, which closes
+    the stream's open incidents in the worker.
     Raises :class:`SegmentTooLarge` before sending a segment over ``max_segment_bytes``, and
     :class:`ProduceError` if the broker cannot be reached within ``connect_timeout`` seconds or
     does not acknowledge a segment. The file is checked (first segment cut) before connecting.
@@ -215,8 +333,12 @@ def produce_file(
     from kafka.errors import KafkaError
 
     key = stream_id.encode()
-    segments = segment_video(path, segment_seconds=segment_seconds)
-    first = next(segments)  # a missing or unusable file fails here, before any connection
+    records: Iterator[_Record] = (
+        _raw_records(Path(path), chunk_bytes, key)
+        if raw
+        else _segment_records(segment_video(path, segment_seconds=segment_seconds), key)
+    )
+    first = next(records)  # a missing or unusable file fails here, before any connection
     try:
         producer = KafkaProducer(
             bootstrap_servers=bootstrap,
@@ -233,27 +355,27 @@ def produce_file(
     sent = 0
     try:
         started = time.monotonic()
-        pending: list[tuple[Segment, Any]] = []
-        for segment in itertools.chain([first], segments):
-            if len(segment.data) > max_segment_bytes:
+        pending: list[tuple[_Record, Any]] = []
+        upcoming: _Record | None = first
+        while upcoming is not None:
+            record = upcoming
+            upcoming = next(records, None)
+            if len(record.data) > max_segment_bytes:
                 raise SegmentTooLarge(
-                    f"{path}: segment {segment.seq} (at {segment.start_ts:.3f} s) is "
-                    f"{len(segment.data)} bytes, over the limit of {max_segment_bytes}: use "
+                    f"{path}: segment {record.seq} (at {record.at:.3f} s) is "
+                    f"{len(record.data)} bytes, over the limit of {max_segment_bytes}: use "
                     "shorter segments (--segment-seconds) or raise the limit (and the broker's "
                     "message.max.bytes on Apache Kafka)"
                 )
             if realtime:
-                delay = started + segment.start_ts - time.monotonic()
+                delay = started + record.at - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            headers = [
-                ("content-type", CONTENT_TYPE.encode()),
-                ("stream-id", key),
-                ("seq", str(segment.seq).encode()),
-                ("start-ts", repr(segment.start_ts).encode()),
-            ]
-            future = producer.send(topic, key=key, value=segment.data, headers=headers)
-            pending.append((segment, future))
+            headers = list(record.headers)
+            if upcoming is None and end_stream:
+                headers.append(("stream-end", b"1"))
+            future = producer.send(topic, key=key, value=record.data, headers=headers)
+            pending.append((record, future))
             if realtime:  # a live source: each segment acknowledged before the next is cut
                 sent += _await(pending, topic, on_sent)
         producer.flush(timeout=_SEND_TIMEOUT)
@@ -265,21 +387,21 @@ def produce_file(
     return sent
 
 
-def _await(pending: list[tuple[Segment, Any]], topic: str, on_sent: OnSent | None) -> int:
+def _await(pending: list[tuple[_Record, Any]], topic: str, on_sent: OnSent | None) -> int:
     """Wait for every pending send's acknowledgement, in order; empties ``pending``."""
     from kafka.errors import KafkaError
 
     count = 0
-    for segment, future in pending:
+    for record, future in pending:
         try:
             meta = future.get(timeout=_SEND_TIMEOUT)
         except KafkaError as e:
             raise ProduceError(
-                f"segment {segment.seq} ({len(segment.data)} bytes) was not acknowledged by "
+                f"segment {record.seq} ({len(record.data)} bytes) was not acknowledged by "
                 f"{topic}: {e}"
             ) from e
         count += 1
         if on_sent is not None:
-            on_sent(segment, meta.partition, meta.offset)
+            on_sent(record.what, meta.partition, meta.offset)
     pending.clear()
     return count

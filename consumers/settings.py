@@ -103,8 +103,13 @@ class TopicNames(_Section):
     dlq: str = Field(
         default="clipguard.dlq", description="Dead-letter topic for inputs that failed."
     )
+    state: str = Field(
+        default="clipguard.state",
+        description="Per-stream temporal state checkpoints (compacted; as many partitions as "
+        "segments).",
+    )
 
-    @field_validator("segments", "scores", "flags", "dlq")
+    @field_validator("segments", "scores", "flags", "dlq", "state")
     @classmethod
     def _valid_topic(cls, value: str) -> str:
         if not _TOPIC_NAME.fullmatch(value) or value in {".", ".."}:
@@ -196,7 +201,7 @@ class WorkerSettings(BaseSettings):
         default="clipguard-workers", min_length=1, description="Consumer group of the workers."
     )
     topics: TopicNames = Field(
-        default_factory=TopicNames, description="Topic names (segments, scores, flags, dlq)."
+        default_factory=TopicNames, description="Topic names (segments, scores, flags, dlq, state)."
     )
     max_poll_interval_ms: int = Field(
         default=10_000,
@@ -264,6 +269,11 @@ class WorkerSettings(BaseSettings):
     )
     max_inflight_segments: int = Field(
         default=32, gt=0, description="Segments in progress before consuming pauses."
+    )
+    checkpoint_state: bool = Field(
+        default=True,
+        description="Checkpoint each stream's temporal state to the state topic, so a restart "
+        "or a partition move continues open incidents with the same event ids.",
     )
 
     # --- operations ---

@@ -87,6 +87,23 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.segments_received = Counter(
+            "clipguard_segments_received",
+            "Input segments consumed from Kafka (before decoding).",
+            registry=r,
+        )
+        self.retries = Counter(
+            "clipguard_retries",
+            "Transient failures retried, by what was retried (decode, publish).",
+            ["stage"],
+            registry=r,
+        )
+        self.shadow_incidents = Counter(
+            "clipguard_shadow_incidents",
+            "Incidents of shadow-mode policies (counted, never published), by policy and label.",
+            ["policy", "label"],
+            registry=r,
+        )
         self.frames_decoded = Counter(
             "clipguard_frames_decoded", "Frames decoded and sampled for scoring.", registry=r
         )
@@ -138,6 +155,11 @@ class Metrics:
         # --- gauges ---
         self.inflight_segments = Gauge(
             "clipguard_inflight_segments", "Segments consumed but not yet committed.", registry=r
+        )
+        self.ready = Gauge(
+            "clipguard_ready",
+            "1 when the worker has joined its group with the model and policies loaded.",
+            registry=r,
         )
         self.consumer_lag = Gauge(
             "clipguard_consumer_lag",

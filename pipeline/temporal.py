@@ -405,6 +405,11 @@ class StreamTemporalState:
     def last_ts(self) -> float | None:
         return self._last_ts
 
+    def set_rules(self, rules: Rules) -> None:
+        """Use ``rules`` for trackers created from now on (after a policy reload); existing
+        trackers keep the rule they were created with."""
+        self._rules = rules
+
     def update(self, ts: float, decisions: Sequence[Decision]) -> list[IncidentEvent]:
         """One sampled frame's decisions (one per label); the events they cause, in the
         order of ``decisions``. A frame not after the last one seen is ignored."""

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned first so a CPU build is used where one is available locally
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test lint demo bench fuzz clean
+.PHONY: venv test lint demo bench fuzz clean browser
 
 venv: $(STAMP)
 
@@ -23,14 +23,27 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check pipeline consumers tests bench scripts
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# Debian's chromium for the scan report's browser test (tests/test_scan.py), installed when
+# missing; without apt-get (or root) that test skips, except under CI where it fails
+browser:
+	@if command -v chromium >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "browser: apt-get install chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "browser: chromium missing and apt-get unavailable (or not root): the report's" \
+			"browser test will skip"; \
+	fi
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_encoder.py
+	HF_HUB_OFFLINE=1 $(PY) bench/bench_scan.py
 	$(PY) bench/bench_decode.py
 
 # a longer fuzz run of the decode pool than the test suite's (mutated real segments)

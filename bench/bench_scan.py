@@ -1,0 +1,187 @@
+"""Folder-scan throughput: ``clipguard scan``'s engine on a folder of generated short clips.
+
+The bench writes its own folder of H.264 MP4 clips (synthetic scenes, a red triangle or the
+word SPAM in some of them, a moving square so that every frame differs) under
+``.cache/bench_scan``, then scans it with the demo model and the demo policies:
+
+- overlapped: :meth:`pipeline.scan.Scanner.scan`, several decodes in flight in the pool while
+  this process encodes, frames of several clips per encoder batch (what ``clipguard scan``
+  runs);
+- one at a time: the same scanner with one input in flight (decode, then encode, then the
+  next), the baseline the overlap is measured against;
+- the whole command: ``clipguard scan`` on the folder with ``--force``, from start-up (model
+  load, policy compile, decode processes) to the written report.
+
+It prints frames scored per second (and frames decoded per second) for each; nothing is
+asserted. The stream worker's end-to-end rate on the same media is compared in the worker's
+bench.
+
+    python bench/bench_scan.py [--clips 24] [--seconds 10] [--sample-fps 2] [--decoders 2]
+                               [--repeats 3] [--batch-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from consumers.cli import main as cli_main  # noqa: E402
+from pipeline import synthetic  # noqa: E402
+from pipeline.compiler import PolicyCompiler  # noqa: E402
+from pipeline.decode_pool import DecodePool  # noqa: E402
+from pipeline.encoder import Encoder  # noqa: E402
+from pipeline.models import DEMO_MODEL, load_clip  # noqa: E402
+from pipeline.policy import load_policies  # noqa: E402
+from pipeline.sampling import Sampling  # noqa: E402
+from pipeline.scan import Scanner, ScanOptions  # noqa: E402
+
+CACHE = ROOT / ".cache" / "bench_scan"
+WIDTH, HEIGHT, FPS = 640, 360, 25
+
+
+def _clip(path: Path, seconds: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scenes = []
+    for i in range(3):
+        if (seed + i) % 3 == 0:
+            spec = synthetic.sample_single_object_spec(
+                rng, split="heldout", concept="triangle", colour="red"
+            )
+        elif (seed + i) % 3 == 1:
+            spec = synthetic.sample_single_object_spec(
+                rng, split="heldout", concept="SPAM", colour="yellow"
+            )
+        else:
+            spec = synthetic.sample_spec(rng, split="train")
+        scenes.append(synthetic.render(spec, HEIGHT))
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height = WIDTH, HEIGHT
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "veryfast", "x264-params": "log-level=none:keyint=50"}
+        for i in range(seconds * FPS):
+            frame = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+            scene = scenes[min(2, i * 3 // (seconds * FPS))]
+            x = (WIDTH - HEIGHT) // 2
+            frame[:, x : x + HEIGHT] = scene
+            s = (i * 4) % (WIDTH - 24)
+            frame[8:32, s : s + 24] = 255  # motion: every frame differs
+            video = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video.pts = i
+            video.time_base = Fraction(1, FPS)
+            for packet in stream.encode(video):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def _folder(clips: int, seconds: int) -> Path:
+    folder = CACHE / f"{clips}x{seconds}s-{WIDTH}x{HEIGHT}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(clips):
+        path = folder / f"clip-{i:03d}.mp4"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp.mp4")
+            _clip(tmp, seconds, i)
+            tmp.replace(path)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--clips", type=int, default=24)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--sample-fps", type=float, default=2.0)
+    ap.add_argument("--decoders", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+
+    started = time.perf_counter()
+    folder = _folder(args.clips, args.seconds)
+    sources = sorted(str(p) for p in folder.glob("*.mp4"))
+    print(
+        f"folder: {len(sources)} clips of {args.seconds} s, {WIDTH}x{HEIGHT} H.264 at {FPS} fps "
+        f"({time.perf_counter() - started:.1f} s to make or find); sampled at "
+        f"{args.sample_fps:g} fps; {args.decoders} decode processes; {os.cpu_count()} cores"
+    )
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["CLIPGUARD_POLICY_CACHE"] = cache
+        model = load_clip(DEMO_MODEL)
+        policies = load_policies([ROOT / "policies" / "demo"])
+        compiled = PolicyCompiler(model).compile(policies)
+        options = ScanOptions(sampling=Sampling(mode="fps", fps=args.sample_fps))
+        encoder = Encoder(model, batch_size=args.batch_size)
+        with DecodePool(args.decoders) as pool:
+            pool.decode_uri(sources[0], size=model.input_resolution)  # children warm
+            runs: dict[str, list[float]] = {"overlapped": [], "one at a time": []}
+            for _ in range(args.repeats):  # interleaved; medians reported
+                for name, in_flight in (("overlapped", None), ("one at a time", 1)):
+                    scanner = Scanner(
+                        encoder,
+                        compiled,
+                        policies,
+                        pool=pool,
+                        options=options,
+                        in_flight=in_flight,
+                    )
+                    t0 = time.perf_counter()
+                    results = list(scanner.scan(sources))
+                    runs[name].append(time.perf_counter() - t0)
+            scored = sum(r.frames_scored for r in results)
+            decoded = sum(r.frames_decoded for r in results)
+            flags = sum(len(r.incidents) for r in results)
+            for name, times in runs.items():
+                seconds = statistics.median(times)
+                print(
+                    f"{name:>14}: {scored / seconds:8.1f} frames scored/s "
+                    f"({decoded / seconds:7.1f} decoded/s), {scored} frames, {flags} incidents, "
+                    f"{seconds:.2f} s (median of {len(times)})"
+                )
+            ratio = statistics.median(runs["one at a time"]) / statistics.median(runs["overlapped"])
+            print(f"{'overlap gain':>14}: {ratio:.2f}x")
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            with (
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(io.StringIO()),
+            ):
+                code = cli_main(
+                    [
+                        "--log-level",
+                        "ERROR",
+                        "scan",
+                        str(folder),
+                        "--out",
+                        out,
+                        "--sample-fps",
+                        f"{args.sample_fps:g}",
+                        "--decoders",
+                        str(args.decoders),
+                    ]
+                )
+            seconds = time.perf_counter() - t0
+        print(
+            f"{'clipguard scan':>14}: {scored / seconds:8.1f} frames scored/s end to end "
+            f"(model, policies, decode processes, report included), {seconds:.2f} s, "
+            f"exit status {code}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,496 @@
+"""Batch scanning: stored video (files, folders, URLs) through decode, encode and judge.
+
+The same stages as the stream worker, for inputs that are whole files: each input is decoded
+in the sandboxed :class:`~pipeline.decode_pool.DecodePool`, its sampled frames are encoded
+with CLIP, and :class:`~pipeline.judge.Judge` turns the embeddings into score records and flag
+events, with the input's path or URL as stream id and ``source``, segment ``seq`` 0 and
+``ts`` the frame's time in the file. The records have the shapes of the Kafka topics.
+
+Two ways in, sharing one per-input code path::
+
+    scanner = Scanner(encoder, compiled, policies, pool=pool)
+    for record in scanner.records("https://host/clip.mp4"):   # one input, as a job runner
+        publish(record)                                          # ScoreRecord or FlagEvent
+    for result in scanner.scan(sources):                         # many, overlapped
+        result.scores, result.flags, result.error                # one FileScan per input
+
+:meth:`Scanner.scan` keeps several decodes in flight (they run in the pool's processes while
+this process encodes) and fills each encoder batch with the frames of every input decoded so
+far, so a folder of short clips keeps the encoder busy. A bad input never stops a scan: its
+:class:`FileScan` carries the typed :class:`~pipeline.errors.DecodeError`.
+
+:func:`discover` turns command-line arguments into sources: files, folders (searched
+recursively for video files, by extension), ``http(s)://`` URLs, and text files listing any of
+these (``.txt``, ``.list``, ``.lst``; one a line, ``#`` comments, relative paths from the list's
+folder). :func:`content_key` names what a scan of a source depends on, for resuming.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.request import url2pathname
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from pipeline.decode import DecodeResult, Fit, Frame, Limits, content_type_for
+from pipeline.decode_pool import DecodePool
+from pipeline.encoder import Encoder
+from pipeline.errors import (
+    ConfigError,
+    DecodeError,
+    InvalidMedia,
+    LimitExceeded,
+    MediaUnavailable,
+    UnsupportedMedia,
+)
+from pipeline.events import FlagEvent, ScoreRecord
+from pipeline.judge import FrameRef, Judge, PolicyFacts
+from pipeline.policy import PolicySet
+from pipeline.sampling import Sampling
+from pipeline.scoring import CompiledPolicies
+from pipeline.temporal import StreamTemporalState
+
+__all__ = [
+    "LIST_SUFFIXES",
+    "PERMANENT_ERRORS",
+    "FileScan",
+    "ScanInput",
+    "ScanOptions",
+    "Scanner",
+    "content_key",
+    "discover",
+    "file_sha256",
+]
+
+#: Suffixes of text files that list inputs, one a line.
+LIST_SUFFIXES: Final = frozenset({".txt", ".list", ".lst"})
+#: Decode errors that the same bytes with the same settings will raise again: a resumed scan
+#: does not retry them. The others (timeouts, crashes, unreadable inputs) are retried.
+PERMANENT_ERRORS: Final = (InvalidMedia, UnsupportedMedia, LimitExceeded)
+_HASH_CHUNK: Final = 1 << 20
+_Image = npt.NDArray[np.uint8]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, slots=True)
+class ScanInput:
+    """One input to scan: its source name (stream id), or why it cannot be scanned."""
+
+    source: str  # absolute path, or http(s) URL without credentials
+    kind: Literal["file", "url"]
+    error: DecodeError | None = None  # found unusable while listing (missing, unknown scheme)
+
+
+def discover(args: Iterable[str | os.PathLike[str]]) -> list[ScanInput]:
+    """The inputs named by ``args``, in order, each once; see the module docstring.
+
+    A path that does not exist, a URL scheme other than http(s) and a list file that cannot
+    be read become inputs with an ``error`` (reported per input, never raised); a folder
+    without video files adds nothing."""
+    found: dict[str, ScanInput] = {}
+    for arg in args:
+        _discover_one(os.fspath(arg), None, found, set())
+    return list(found.values())
+
+
+def _discover_one(
+    arg: str, base: Path | None, found: dict[str, ScanInput], lists: set[str]
+) -> None:
+    parts = urlsplit(arg)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        source = _without_credentials(arg)
+        found.setdefault(source, ScanInput(source, "url"))
+        return
+    if scheme == "file":
+        arg = url2pathname(unquote(parts.path))
+    elif len(scheme) > 1:  # "c:" would be a Windows drive, not a scheme
+        found.setdefault(
+            arg,
+            ScanInput(
+                arg, "url", UnsupportedMedia(f"{arg!r}: URL scheme {scheme!r} is not supported")
+            ),
+        )
+        return
+    path = Path(arg).expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    source = os.path.abspath(path)
+    if path.is_dir():
+        for media in _walk(path):
+            found.setdefault(media, ScanInput(media, "file"))
+    elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
+        if source in lists:  # a list that includes itself, directly or not
+            return
+        lists.add(source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            found.setdefault(
+                source,
+                ScanInput(
+                    source, "file", MediaUnavailable(f"{source}: list file cannot be read: {e}")
+                ),
+            )
+            return
+        for line in text.splitlines():
+            entry = line.strip()
+            if entry and not entry.startswith("#"):
+                _discover_one(entry, path.parent, found, lists)
+    elif path.exists():
+        found.setdefault(source, ScanInput(source, "file"))
+    else:
+        found.setdefault(
+            source, ScanInput(source, "file", MediaUnavailable(f"{source}: no such file or folder"))
+        )
+
+
+def _walk(folder: Path) -> list[str]:
+    """Video files under ``folder``, recursively, sorted; hidden files and folders skipped."""
+    out: list[str] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and _is_video(name):
+                out.append(os.path.abspath(os.path.join(root, name)))
+    return out
+
+
+def _is_video(name: str) -> bool:
+    try:
+        return content_type_for(name).startswith("video/")
+    except UnsupportedMedia:
+        return False
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes; :class:`MediaUnavailable` when it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                h.update(chunk)
+    except OSError as e:
+        raise MediaUnavailable(f"{os.fspath(path)}: cannot be read ({e.strerror or e})") from e
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True, slots=True)
+class ScanOptions:
+    """How each input is decoded and sampled."""
+
+    sampling: Sampling = field(default_factory=lambda: Sampling(mode="fps", fps=1.0))
+    fit: Fit = "pad"
+    limits: Limits | None = None  # None: the pool's
+    content_type: str | None = None  # None: from each input's extension
+
+    def describe(self) -> dict[str, object]:
+        """The settings that change a scan's records, as JSON-ready values."""
+        s = self.sampling
+        sampling: dict[str, object] = {"mode": s.mode}
+        if s.mode == "fps":
+            sampling["fps"] = s.fps
+        if s.mode == "scene":
+            sampling["scene_threshold"] = s.scene_threshold
+        if s.max_frames is not None:
+            sampling["max_frames"] = s.max_frames
+        return {"sampling": sampling, "fit": self.fit}
+
+
+def content_key(
+    content: str, *, model: str, weights: str, policy_set: str, options: ScanOptions
+) -> str:
+    """What a scan's results depend on, hashed: the input's content (its SHA-256, or its URL),
+    the model and its weights, the policy set digest and the sampling settings."""
+    blob = json.dumps(
+        {
+            "content": content,
+            "model": model,
+            "weights": weights,
+            "policy_set": policy_set,
+            "options": options.describe(),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(eq=False)
+class FileScan:
+    """One input scanned (or not): its records, what was learnt about it, or its error."""
+
+    source: str
+    scores: list[ScoreRecord] = field(default_factory=list)
+    flags: list[FlagEvent] = field(default_factory=list)  # open and closed events, in order
+    shadow_incidents: int = 0  # incidents of shadow-mode policies (counted, never flagged)
+    peaks: dict[str, _Image] = field(default_factory=dict)  # flag event id -> peak picture
+    duration: float | None = None
+    width: int | None = None
+    height: int | None = None
+    codec: str | None = None
+    frames_decoded: int = 0
+    frames_scored: int = 0  # frames (the tiles of a frame count once)
+    decode_errors: int = 0
+    first_decode_error: str | None = None
+    error: DecodeError | None = None
+    seconds: float = 0.0  # from submission to the last record
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def incidents(self) -> list[FlagEvent]:
+        """The closed flag events: one per incident."""
+        return [f for f in self.flags if f.state == "closed"]
+
+
+class _FileJob:
+    """One input on its way through the scanner: decode future, then frames in order."""
+
+    def __init__(self, source: str, future: Future[DecodeResult], started: float) -> None:
+        self.source = source
+        self.future = future
+        self.started = started
+        self.result: DecodeResult | None = None
+        self.next = 0  # index into result.frames of the first frame not yet judged
+        self.state: StreamTemporalState | None = None
+        self.facts: dict[str, PolicyFacts] = {}
+        self.out = FileScan(source)
+
+    @property
+    def frames(self) -> tuple[Frame, ...]:
+        assert self.result is not None
+        return self.result.frames
+
+    def remaining(self) -> int:
+        return len(self.frames) - self.next
+
+    def take(self, limit: int) -> list[Frame]:
+        """Up to ``limit`` next frames, never splitting the tiles of one frame (so at least
+        one whole frame, whatever the limit)."""
+        frames = self.frames
+        end = self.next
+        while end < len(frames):
+            stop = end + 1
+            while stop < len(frames) and frames[stop].index == frames[end].index:
+                stop += 1
+            if end > self.next and stop - self.next > limit:
+                break
+            end = stop
+        chunk = list(frames[self.next : end])
+        self.next = end
+        return chunk
+
+
+class Scanner:
+    """Scans inputs with one encoder (model) and one compiled policy set.
+
+    ``pool`` decodes (the caller owns it); ``batch_size`` caps the frames per encoder call;
+    ``in_flight`` is how many inputs :meth:`scan` keeps submitted to the pool at once
+    (default: twice its processes). ``model_name`` goes into every record (default: the
+    encoder's model's name).
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        compiled: CompiledPolicies,
+        policies: PolicySet,
+        *,
+        pool: DecodePool,
+        options: ScanOptions | None = None,
+        batch_size: int | None = None,
+        in_flight: int | None = None,
+        model_name: str | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.compiled = compiled
+        self.policies = policies
+        self.pool = pool
+        self.options = options or ScanOptions()
+        self.batch_size = batch_size or encoder.batch_size
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, not {self.batch_size}")
+        self.in_flight = in_flight or 2 * pool.processes
+        if self.in_flight < 1:
+            raise ConfigError(f"in_flight must be >= 1, not {self.in_flight}")
+        self.judge = Judge(model_name or encoder.model.name)
+
+    # ------------------------------------------------------------------ one input
+
+    def records(self, source: str) -> Iterator[ScoreRecord | FlagEvent]:
+        """Scan one input (a path or an http(s) URL) and yield its score records and flag
+        events in publishing order, a batch at a time: what a job runner publishes. Raises
+        the input's :class:`~pipeline.errors.DecodeError` before any record if it cannot be
+        decoded."""
+        job = self._submit(source)
+        job.result = job.future.result()
+        while job.remaining():
+            chunk = job.take(self.batch_size)
+            before_s, before_f = len(job.out.scores), len(job.out.flags)
+            self._judge(job, chunk, self.encoder.encode([f.image for f in chunk]))
+            yield from job.out.scores[before_s:]
+            yield from job.out.flags[before_f:]
+        before_f = len(job.out.flags)
+        self._finish(job)
+        yield from job.out.flags[before_f:]
+
+    def scan_one(self, source: str) -> FileScan:
+        """Scan one input; its error, if any, is in the result."""
+        return next(iter(self.scan([source])))
+
+    # ------------------------------------------------------------------ many inputs
+
+    def scan(self, sources: Iterable[str]) -> Iterator[FileScan]:
+        """Scan every source, overlapped (see the module docstring); one :class:`FileScan`
+        per source, in the order they finish."""
+        pending = iter(sources)
+        jobs: deque[_FileJob] = deque()  # submitted, in submission order
+        exhausted = False
+        while True:
+            while not exhausted and len(jobs) < self.in_flight:
+                source = next(pending, None)
+                if source is None:
+                    exhausted = True
+                else:
+                    jobs.append(self._submit(source))
+            if not jobs:
+                return
+            ready: list[_FileJob] = []
+            for job in list(jobs):
+                if job.result is None and job.future.done():
+                    try:
+                        job.result = job.future.result()
+                    except DecodeError as e:
+                        jobs.remove(job)
+                        job.out.error = e
+                        job.out.seconds = time.monotonic() - job.started
+                        yield job.out
+                        continue
+                if job.result is not None:
+                    ready.append(job)
+            if not ready:
+                wait([j.future for j in jobs], return_when=FIRST_COMPLETED)
+                continue
+            # one encoder batch from the frames of every decoded input, oldest first
+            batch: list[tuple[_FileJob, list[Frame]]] = []
+            room = self.batch_size
+            for job in ready:
+                if room <= 0:
+                    break
+                if job.remaining():
+                    chunk = job.take(room)
+                    batch.append((job, chunk))
+                    room -= len(chunk)
+            if batch:
+                embeddings = self.encoder.encode([f.image for _, chunk in batch for f in chunk])
+                start = 0
+                for job, chunk in batch:
+                    self._judge(job, chunk, embeddings[start : start + len(chunk)])
+                    start += len(chunk)
+            for job in ready:
+                if not job.remaining():
+                    jobs.remove(job)
+                    self._finish(job)
+                    yield job.out
+
+    # ------------------------------------------------------------------ stages
+
+    def _submit(self, source: str) -> _FileJob:
+        opts = self.options
+        future = self.pool.submit_uri(
+            source,
+            size=self.encoder.resolution,
+            content_type=opts.content_type,
+            fit=opts.fit,
+            sampling=opts.sampling,
+            limits=opts.limits,
+        )
+        return _FileJob(source, future, time.monotonic())
+
+    def _judge(self, job: _FileJob, chunk: Sequence[Frame], embeddings: torch.Tensor) -> None:
+        if job.state is None:
+            job.state = self.judge.new_state(job.source, self.policies)
+        refs = [FrameRef(seq=0, frame_index=f.index, ts=f.t, tile=f.tile) for f in chunk]
+        out = self.judge.judge(
+            job.state,
+            refs,
+            embeddings,
+            self.compiled,
+            self.policies,
+            source=job.source,
+            facts=job.facts,
+        )
+        job.out.scores += out.scores
+        job.out.flags += out.flags
+        job.out.shadow_incidents += sum(e.state == "closed" for e in out.shadow)
+
+    def _finish(self, job: _FileJob) -> None:
+        result = job.result
+        assert result is not None
+        out = job.out
+        if job.state is not None:
+            end = self.judge.finish(job.state, self.policies, source=job.source, facts=job.facts)
+            out.flags += end.flags
+            out.shadow_incidents += sum(e.state == "closed" for e in end.shadow)
+        out.duration = result.duration
+        out.width, out.height, out.codec = result.width, result.height, result.codec
+        out.frames_decoded = result.frames_decoded
+        out.frames_scored = len({f.index for f in result.frames})
+        out.decode_errors = result.decode_errors
+        out.first_decode_error = result.first_error
+        out.peaks = _peak_pictures(result.frames, out.scores, out.incidents)
+        out.seconds = time.monotonic() - job.started
+        job.result = None  # the frames' buffer can go
+
+
+def _peak_pictures(
+    frames: Sequence[Frame], scores: Sequence[ScoreRecord], incidents: Sequence[FlagEvent]
+) -> dict[str, _Image]:
+    """Each incident's peak frame (the best-scoring tile of it for the incident's label),
+    copied out of the decode buffer."""
+    if not incidents:
+        return {}
+    by_ts: dict[float, list[tuple[ScoreRecord, Frame]]] = {}
+    for record, frame in zip(scores, frames, strict=True):
+        by_ts.setdefault(record.ts, []).append((record, frame))
+    peaks: dict[str, _Image] = {}
+    for event in incidents:
+        candidates = by_ts.get(event.peak_ts)
+        if not candidates:
+            continue
+        key = f"{event.policy}/{event.label}"
+        _, frame = max(candidates, key=lambda rf: rf[0].scores.get(key, float("-inf")))
+        peaks[event.event_id] = np.array(frame.image, copy=True)
+    return peaks

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned first so a CPU build is used where one is available locally
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test lint demo bench fuzz clean browser
+.PHONY: venv test lint demo bench fuzz clean deploy-tools browser
 
 venv: $(STAMP)
 
@@ -23,8 +23,24 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check pipeline consumers tests bench scripts
 	$(VENV)/bin/mypy
 
-test: lint browser
+test: lint deploy-tools browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# docker-compose, promtool and shellcheck for tests/test_deploy.py: Debian packages, installed
+# only when missing; without apt-get (or root) the tests that need them skip and say why
+DEPLOY_TOOLS := docker-compose promtool shellcheck
+DEPLOY_PACKAGES := docker-compose prometheus shellcheck
+deploy-tools:
+	@missing=0; for tool in $(DEPLOY_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	if [ $$missing = 0 ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "deploy-tools: apt-get install $(DEPLOY_PACKAGES)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $(DEPLOY_PACKAGES) >/dev/null; \
+	else \
+		echo "deploy-tools: $(DEPLOY_TOOLS) missing and apt-get unavailable (or not root):" \
+			"the deployment tests that need them will skip"; \
+	fi
 
 # Debian's chromium for the scan report's browser test (tests/test_scan.py), installed when
 # missing; without apt-get (or root) that test skips, except under CI where it fails

@@ -1004,38 +1004,47 @@ def _worker_run(args: argparse.Namespace) -> int:
     from consumers.logs import formatter
     from consumers.settings import load_settings
 
-    overrides: dict[str, Any] = {
-        key: getattr(args, option) for option, key in _WORKER_OPTIONS.items()
-    }
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            print(f"{_PROG} worker: error: --set wants KEY=VALUE, not {item!r}", file=sys.stderr)
-            return 2
-        overrides[key.strip()] = _setting_value(value)
-    settings = load_settings(
-        config_file=Path(args.config) if args.config else None, overrides=overrides
-    )
-    for log_handler in logging.getLogger().handlers:
-        if isinstance(log_handler, _StderrHandler):
-            log_handler.setFormatter(formatter(settings.log_format))
-    if args.print_settings:
-        print(settings.model_dump_json(indent=2))
-        return 0
-    _quiet_kafka(args.log_level)
-    from consumers.worker import Worker
-
-    worker = Worker(settings)
-    signals = {"count": 0}
+    # Signals are handled from the start: a stop during start-up (loading torch and the model
+    # takes seconds) ends the worker cleanly as soon as it can act on it.
+    holder: dict[str, Any] = {"signals": 0, "worker": None, "reason": None}
 
     def on_signal(signum: int, frame: object) -> None:
-        signals["count"] += 1
-        if signals["count"] > 1:
+        holder["signals"] += 1
+        if holder["signals"] > 1:
             raise KeyboardInterrupt
-        worker.stop(f"{signal.Signals(signum).name} received")
+        holder["reason"] = f"{signal.Signals(signum).name} received"
+        if holder["worker"] is not None:
+            holder["worker"].stop(holder["reason"])
 
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        overrides: dict[str, Any] = {
+            key: getattr(args, option) for option, key in _WORKER_OPTIONS.items()
+        }
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                print(
+                    f"{_PROG} worker: error: --set wants KEY=VALUE, not {item!r}", file=sys.stderr
+                )
+                return 2
+            overrides[key.strip()] = _setting_value(value)
+        settings = load_settings(
+            config_file=Path(args.config) if args.config else None, overrides=overrides
+        )
+        for log_handler in logging.getLogger().handlers:
+            if isinstance(log_handler, _StderrHandler):
+                log_handler.setFormatter(formatter(settings.log_format))
+        if args.print_settings:
+            print(settings.model_dump_json(indent=2))
+            return 0
+        _quiet_kafka(args.log_level)
+        from consumers.worker import Worker
+
+        worker = Worker(settings)
+        holder["worker"] = worker
+        if holder["reason"] is not None:
+            worker.stop(holder["reason"])
         return worker.run()
     finally:
         for sig, handler in old.items():

@@ -28,7 +28,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Final, Literal, get_args, get_origin
+from typing import Annotated, Any, Final, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -43,7 +43,12 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from pipeline.decode import Fit, Limits
 from pipeline.errors import ConfigError
@@ -243,10 +248,10 @@ class WorkerSettings(BaseSettings):
 
     # --- model and policies ---
     model: str = Field(default=_DEMO_MODEL, min_length=1, description=_MODEL_DESCRIPTION)
-    policies: tuple[Path, ...] = Field(
+    policies: Annotated[tuple[Path, ...], NoDecode] = Field(
         default=None,  # type: ignore[arg-type]  # resolved from the model by _default_policies
-        description="Policy files or folders; default: policies/demo for the demo model, "
-        "else policies.",
+        description="Policy files or folders (in the environment: one path, comma-separated "
+        "paths or a JSON list); default: policies/demo for the demo model, else policies.",
     )
     device: Device = Field(default="auto", description="Encoder device: auto, cpu or cuda.")
     dtype: Dtype = Field(
@@ -316,8 +321,16 @@ class WorkerSettings(BaseSettings):
         if value is None:
             model = info.data.get("model", _DEMO_MODEL)
             return (_DEMO_POLICIES if model == _DEMO_MODEL else _POLICIES,)
-        if isinstance(value, str | Path):
+        if isinstance(value, Path):
             return (value,)
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return tuple(json.loads(text))
+                except ValueError as e:
+                    raise ValueError(f"not a JSON list of paths: {e}") from None
+            return tuple(part.strip() for part in text.split(",") if part.strip())
         return value
 
     @field_validator("policies")

@@ -58,7 +58,14 @@ from pipeline.compiler import PolicyCompiler, PolicyStore
 from pipeline.decode import RAW_TYPES, DecodeResult, Frame, normalize_content_type
 from pipeline.decode_pool import DecodePool
 from pipeline.encoder import Encoder
-from pipeline.errors import ClipguardError, ConfigError, DecodeCrash, DecodeTimeout
+from pipeline.errors import (
+    ClipguardError,
+    ConfigError,
+    DecodeCrash,
+    DecodeTimeout,
+    InvalidMedia,
+    LimitExceeded,
+)
 from pipeline.events import (
     DLQ_ATTEMPTS,
     DLQ_ERROR_CLASS,
@@ -234,6 +241,9 @@ class Worker:
 
     def run(self) -> int:
         """Start, consume until stopped, drain, and return the exit status (0: clean)."""
+        if self._stop.is_set():  # stopped before it started
+            _log.info("%s before start-up finished: exiting", self._stop_reason)
+            return 0
         try:
             self._start()
             self._loop()
@@ -379,7 +389,10 @@ class Worker:
             self._housekeeping()
 
     def _inflight(self) -> int:
-        return sum(len(p.segments) for p in self._parts.values())
+        """Segments consumed and not done yet (done ones wait only for the next commit)."""
+        return sum(
+            1 for p in self._parts.values() for seg in p.segments.values() if seg.phase != "done"
+        )
 
     # -- rebalances -------------------------------------------------------------------------
 
@@ -502,7 +515,9 @@ class Worker:
             _parse_headers(seg)
             if record.value is None or not seg.value:
                 raise HeaderError("the record has no value (empty segment)")
-        except HeaderError as e:
+            _check_size(seg, self.settings.decode.max_input_bytes)
+            _check_whole(seg)
+        except (HeaderError, InvalidMedia, LimitExceeded) as e:
             seg.stream_id = seg.stream_id or (seg.key or b"").decode(errors="replace")
             seg.error, seg.ready = e, True
         stream = self._stream(part, seg.stream_id)
@@ -1018,6 +1033,27 @@ def _parse_headers(seg: _Segment) -> None:
         if not (math.isfinite(seg.fps) and 0 < seg.fps <= 1000):
             raise HeaderError(f"header fps must be in (0, 1000], not {fps!r}")
     seg.end = headers.get(END_HEADER, "").lower() in ("1", "true", "yes")
+
+
+_TS_PACKET: Final = 188
+
+
+def _check_size(seg: _Segment, limit: int) -> None:
+    if len(seg.value) > limit:
+        raise LimitExceeded(
+            f"{seg.content_type} segment of {len(seg.value)} bytes is over the limit of "
+            f"{limit} bytes (decode.max_input_bytes)"
+        )
+
+
+def _check_whole(seg: _Segment) -> None:
+    """Refuse a segment that was cut short on its way: an MPEG-TS segment is a whole number of
+    188-byte packets (FFmpeg would decode the frames before the cut and say nothing)."""
+    if seg.content_type == "video/mp2t" and len(seg.value) % _TS_PACKET:
+        raise InvalidMedia(
+            f"truncated MPEG-TS segment: {len(seg.value)} bytes is not a whole number of "
+            f"{_TS_PACKET}-byte packets"
+        )
 
 
 def _when_all(

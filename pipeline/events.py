@@ -62,6 +62,7 @@ class ScoreRecord(_Record):
     scores: dict[str, float] = Field(description='"policy/label" -> cosine score')
     flagged: list[str] = Field(description='"policy/label" that passed on this frame')
     source: str | None = Field(None, description="file or URL, for batch scans")
+    job_id: str | None = Field(None, description="the scan job, for scans run as Kafka jobs")
 
 
 class FlagEvent(_Record):
@@ -85,6 +86,7 @@ class FlagEvent(_Record):
     top_prompt: str | None
     model: str
     source: str | None = Field(None, description="file or URL, for batch scans")
+    job_id: str | None = Field(None, description="the scan job, for scans run as Kafka jobs")
 
 
 def schemas() -> dict[str, Any]:

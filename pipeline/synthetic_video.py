@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -86,7 +87,9 @@ def render_frame(
     """The RGB frame at ``t`` seconds: the shot's scene, drifting slowly, on a canvas."""
     side = scene_px or min(width, height)
     scene = synthetic.render(shot.scene, 128)
-    scene = cv2.resize(scene, (side, side), interpolation=cv2.INTER_LINEAR)
+    scene = np.asarray(
+        cv2.resize(scene, (side, side), interpolation=cv2.INTER_LINEAR), dtype=np.uint8
+    )
     fill = scene.reshape(-1, 3).mean(axis=0).astype(np.uint8)
     canvas = np.empty((height, width, 3), np.uint8)
     canvas[:] = fill
@@ -118,7 +121,7 @@ def write_video(
     gop = gop or fps
     frames = round(shots[-1].end * fps)
     with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=fps)
+        stream: Any = out.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = gop

@@ -1,0 +1,519 @@
+"""The stream worker against the real embedded broker (Tansu), real codecs and the demo model.
+
+One module-wide run (one broker, one worker) produces three streams of the same generated
+video (a red triangle on screen from 4 s to 8 s): as MPEG-TS segments, as a raw H.264 byte
+stream in odd-sized chunks, and as MPEG-TS segments mixed with broken records. The tests read
+the output topics back. The process-level tests (kill -9, SIGTERM, two workers) run
+`clipguard worker` processes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import streaming
+from streaming import Record, read_topic, red_triangle_shots, wait_for, worker_thread
+
+from consumers.broker import EmbeddedBroker, default_topics
+from consumers.produce import Segment, produce_file, segment_video
+from pipeline.events import (
+    DLQ_ATTEMPTS,
+    DLQ_ERROR_CLASS,
+    DLQ_ERROR_MESSAGE,
+    DLQ_ORIGINAL_OFFSET,
+    DLQ_ORIGINAL_PARTITION,
+    DLQ_ORIGINAL_TOPIC,
+    FlagEvent,
+    ScoreRecord,
+)
+from pipeline.synthetic_video import write_video
+
+pytestmark = [
+    pytest.mark.filterwarnings(r"ignore:(read_text|open_text) is deprecated:DeprecationWarning"),
+    pytest.mark.timeout(300),
+]
+
+SAMPLE_FPS = 2.0
+VIDEO_SECONDS = 20.0
+RED_START, RED_END = 4.0, 8.0
+MAX_INPUT = 200_000  # the worker's decode.max_input_bytes in the module run
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video(tmp_path_factory.mktemp("video") / "red.mp4", red_triangle_shots())
+
+
+@pytest.fixture(scope="module")
+def segments(video: Path) -> list[Segment]:
+    return list(segment_video(video, segment_seconds=2.0))
+
+
+def _headers(stream: str, seq: int, start: float | None, ctype: str | None = "video/mp2t") -> Any:
+    h = [("stream-id", stream.encode()), ("seq", str(seq).encode())]
+    if ctype is not None:
+        h.append(("content-type", ctype.encode()))
+    if start is not None:
+        h.append(("start-ts", repr(start).encode()))
+    return h
+
+
+def _send(bootstrap: str, records: list[tuple[str, bytes, Any]]) -> list[tuple[int, int]]:
+    """Send (key, value, headers) records in order; their (partition, offset)."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=4 << 20)
+    try:
+        futures = [
+            producer.send("clipguard.segments", key=k.encode(), value=v, headers=h)
+            for k, v, h in records
+        ]
+        producer.flush()
+        return [(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)]
+    finally:
+        producer.close()
+
+
+class Run:
+    """What the module run produced and published."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.produced = 0
+        self.bad: dict[str, tuple[bytes, int, int]] = {}  # case -> (value, partition, offset)
+        self.scores: list[ScoreRecord] = []
+        self.flags: list[FlagEvent] = []
+        self.dlq: list[Record] = []
+        self.metrics = ""
+
+    def scores_of(self, stream: str) -> list[ScoreRecord]:
+        return [s for s in self.scores if s.stream_id == stream]
+
+    def flags_of(self, stream: str) -> list[FlagEvent]:
+        return [f for f in self.flags if f.stream_id == stream]
+
+
+@pytest.fixture(scope="module")
+def run(video: Path, segments: list[Segment]) -> Iterator[Run]:
+    with EmbeddedBroker() as broker:
+        broker.create_topics(default_topics())
+        r = Run(broker.bootstrap)
+        r.produced += produce_file(broker.bootstrap, video, stream_id="cam-ts")
+        r.produced += produce_file(
+            broker.bootstrap, video, stream_id="cam-raw", raw=True, chunk_bytes=7777
+        )
+        rng = random.Random(5)
+        truncated = segments[1].data[: len(segments[1].data) // 2 + 1]
+        assert len(truncated) % 188
+        bad = {
+            "garbage": rng.randbytes(188 * 100),
+            "truncated": truncated,
+            "oversized": rng.randbytes(MAX_INPUT + 188 * 10),
+            "no-content-type": segments[1].data,
+        }
+        records = [("cam-bad", segments[0].data, _headers("cam-bad", 0, 0.0))]
+        for seq, (case, value) in enumerate(bad.items(), start=1):
+            ctype = None if case == "no-content-type" else "video/mp2t"
+            records.append(("cam-bad", value, _headers("cam-bad", seq, 2.0, ctype)))
+        records.append(("cam-bad", segments[2].data, _headers("cam-bad", 5, segments[2].start_ts)))
+        where = _send(broker.bootstrap, records)
+        r.bad = {case: (value, *where[i]) for i, (case, value) in enumerate(bad.items(), 1)}
+        r.produced += len(records)
+        s = streaming.settings(
+            broker.bootstrap, **{"decode.max_input_bytes": MAX_INPUT, "metrics_port": 0}
+        )
+        with worker_thread(s) as worker:
+            wait_for(lambda: worker.segments_done >= r.produced, 120, "every segment handled")
+            r.metrics = worker.metrics.exposition().decode()
+        r.scores = [
+            ScoreRecord.model_validate(x.json())
+            for x in read_topic(broker.bootstrap, "clipguard.scores")
+        ]
+        r.flags = [
+            FlagEvent.model_validate(x.json())
+            for x in read_topic(broker.bootstrap, "clipguard.flags")
+        ]
+        r.dlq = read_topic(broker.bootstrap, "clipguard.dlq")
+        yield r
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def test_red_triangle_opens_and_closes_one_incident(run: Run) -> None:
+    flags = run.flags_of("cam-ts")
+    assert [(f.policy, f.label, f.state) for f in flags] == [
+        ("red-triangle", "red-triangle", "open"),
+        ("red-triangle", "red-triangle", "closed"),
+    ]  # and nothing for spam-text: no SPAM on screen
+    opened, closed = flags
+    interval = 1 / SAMPLE_FPS
+    assert RED_START <= opened.start_ts <= RED_START + interval
+    assert closed.end_ts is not None and RED_END - interval <= closed.end_ts < RED_END
+    assert opened.event_id == closed.event_id and opened.start_ts == closed.start_ts
+    assert opened.end_ts is None
+    assert RED_START <= closed.peak_ts < RED_END and closed.peak_score >= 0.55
+    assert (closed.severity, closed.action, closed.policy_version) == ("medium", "flag", 1)
+    assert closed.threshold == 0.55 and closed.model == "clipguard-demo"
+
+
+def test_every_sampled_frame_has_one_scores_record(run: Run) -> None:
+    scores = run.scores_of("cam-ts")
+    times = sorted(s.ts for s in scores)
+    assert len(times) == len(set(times)) == VIDEO_SECONDS * SAMPLE_FPS
+    # one frame in each half-second of the stream's timeline
+    assert Counter(int(t * SAMPLE_FPS) for t in times) == {
+        i: 1 for i in range(int(VIDEO_SECONDS * SAMPLE_FPS))
+    }
+    keys = {"red-triangle/red-triangle", "spam-text/spam-text"}
+    assert all(set(s.scores) == keys for s in scores)
+    flagged = sorted(s.ts for s in scores if "red-triangle/red-triangle" in s.flagged)
+    assert flagged and flagged[0] >= RED_START and flagged[-1] < RED_END
+    assert len({s.policy_set for s in scores}) == 1
+    assert {s.seq for s in scores} == set(range(10))
+
+
+def test_raw_h264_chunks_score_like_mpegts_segments(run: Run) -> None:
+    ts = {round(s.ts, 3): s.scores for s in run.scores_of("cam-ts")}
+    raw = {round(s.ts, 3): s.scores for s in run.scores_of("cam-raw")}
+    assert raw.keys() == ts.keys()
+    for t, scores in ts.items():
+        for key, value in scores.items():
+            assert raw[t][key] == pytest.approx(value, abs=1e-5), (t, key)
+    raw_flags = [(f.state, f.start_ts, f.end_ts) for f in run.flags_of("cam-raw")]
+    assert raw_flags == [(f.state, f.start_ts, f.end_ts) for f in run.flags_of("cam-ts")]
+
+
+def test_broken_records_go_to_the_dlq_with_their_headers(run: Run) -> None:
+    letters = {r.headers["seq"].decode(): r for r in run.dlq}
+    assert sorted(letters) == ["1", "2", "3", "4"]
+    expected = {"1": "garbage", "2": "truncated", "3": "oversized", "4": "no-content-type"}
+    classes = {
+        "garbage": "InvalidMedia",
+        "truncated": "InvalidMedia",
+        "oversized": "LimitExceeded",
+        "no-content-type": "HeaderError",
+    }
+    for seq, case in expected.items():
+        letter = letters[seq]
+        value, partition, offset = run.bad[case]
+        assert letter.key == b"cam-bad" and letter.value == value, case
+        h = letter.headers
+        assert h[DLQ_ERROR_CLASS].decode() == classes[case], (case, h[DLQ_ERROR_MESSAGE])
+        assert h[DLQ_ORIGINAL_TOPIC] == b"clipguard.segments"
+        assert (int(h[DLQ_ORIGINAL_PARTITION]), int(h[DLQ_ORIGINAL_OFFSET])) == (
+            partition,
+            offset,
+        )
+        assert h[DLQ_ATTEMPTS] == b"1" and h["stream-id"] == b"cam-bad"  # originals kept
+        assert h[DLQ_ERROR_MESSAGE]
+    assert b"truncated" in letters["2"].headers[DLQ_ERROR_MESSAGE]
+    # the stream's good segments around the broken ones were scored
+    assert {s.seq for s in run.scores_of("cam-bad")} == {0, 5}
+
+
+def test_metrics_count_what_happened(run: Run) -> None:
+    m = run.metrics
+    assert 'clipguard_dlq_total{reason="InvalidMedia"} 2.0' in m
+    assert 'clipguard_dlq_total{reason="LimitExceeded"} 1.0' in m
+    for state in ("open", "closed"):
+        published = sum(f.state == state for f in run.flags)  # cam-bad's incident stays open
+        line = (
+            f'clipguard_flags_total{{label="red-triangle",policy="red-triangle",state="{state}"}}'
+        )
+        assert f"{line} {float(published)}" in m
+    scored = len(run.scores)
+    assert f"clipguard_frames_scored_total {float(scored)}" in m
+    assert f"clipguard_segments_received_total {float(run.produced)}" in m
+    assert "clipguard_end_to_end_seconds_count" in m and "clipguard_batch_size_bucket" in m
+
+
+# ------------------------------------------------------------------------------ policy reload
+
+
+def test_policy_edit_takes_effect_and_a_broken_edit_does_not_stop_the_worker(
+    tmp_path: Path, video: Path
+) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(streaming.DEMO_POLICIES, policies)
+    target = policies / "red-triangle.yaml"
+    with EmbeddedBroker() as broker:
+        broker.create_topics(default_topics())
+        s = streaming.settings(
+            broker.bootstrap, policies=[str(policies)], policy_reload_interval_s=0.2
+        )
+        with worker_thread(s) as worker:
+            sent = produce_file(broker.bootstrap, video, stream_id="before")
+            wait_for(lambda: worker.segments_done >= sent, 60, "first stream")
+            text = target.read_text()
+            assert "version: 1" in text and "severity: medium" in text
+            target.write_text(
+                text.replace("version: 1", "version: 2").replace(
+                    "severity: medium", "severity: high"
+                )
+            )
+            wait_for(
+                lambda: worker.store.policies.get("red-triangle").policy.version == 2, 30, "reload"
+            )
+            sent += produce_file(broker.bootstrap, video, stream_id="after")
+            wait_for(lambda: worker.segments_done >= sent, 60, "second stream")
+            target.write_text("id: red-triangle\nversion: [not, a, number\n")
+            wait_for(lambda: worker.store.reload_errors >= 1, 30, "the broken edit seen")
+            sent += produce_file(broker.bootstrap, video, stream_id="broken")
+            wait_for(lambda: worker.segments_done >= sent, 60, "third stream")
+            exposition = worker.metrics.exposition().decode()
+        flags = [
+            FlagEvent.model_validate(r.json())
+            for r in read_topic(broker.bootstrap, "clipguard.flags")
+        ]
+    by_stream = {
+        stream: {(f.policy_version, f.severity) for f in flags if f.stream_id == stream}
+        for stream in ("before", "after", "broken")
+    }
+    assert by_stream == {"before": {(1, "medium")}, "after": {(2, "high")}, "broken": {(2, "high")}}
+    assert "clipguard_policy_reload_errors_total 1.0" in exposition
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+Outgoing = tuple[str, bytes, Any]
+
+
+def _records(streams: list[str], segments: list[Segment]) -> list[Outgoing]:
+    """Every segment of every stream, round robin by segment; the last ends its stream."""
+    return [
+        (
+            stream,
+            seg.data,
+            _headers(stream, seg.seq, seg.start_ts)
+            + ([("stream-end", b"1")] if seg is segments[-1] else []),
+        )
+        for seg in segments
+        for stream in streams
+    ]
+
+
+def _paced(bootstrap: str, records: list[Outgoing], gap: float) -> threading.Thread:
+    """Send ``records`` one by one, ``gap`` seconds apart, from a thread."""
+
+    def send() -> None:
+        for record in records:
+            _send(bootstrap, [record])
+            time.sleep(gap)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def _complete(records: list[Record], streams: list[str], per_stream: int) -> bool:
+    seen: dict[str, set[tuple[int, int]]] = {s: set() for s in streams}
+    for r in records:
+        x = r.json()
+        seen[x["stream_id"]].add((x["seq"], x["frame_index"]))
+    return all(len(v) == per_stream for v in seen.values())
+
+
+def _check_flags(bootstrap: str, streams: list[str]) -> None:
+    """Each stream had one red-triangle incident: whatever was published twice carries the
+    same event id, and every incident that opened also closed."""
+    flags = [FlagEvent.model_validate(r.json()) for r in read_topic(bootstrap, "clipguard.flags")]
+    for stream in streams:
+        mine = [f for f in flags if f.stream_id == stream]
+        ids = {f.event_id for f in mine}
+        assert len(ids) == 1, (stream, [(f.state, f.start_ts, f.event_id) for f in mine])
+        assert {f.state for f in mine} == {"open", "closed"}
+        assert {(f.start_ts, f.peak_ts) for f in mine if f.state == "closed"} and all(
+            RED_START <= f.start_ts <= RED_START + 0.5 for f in mine
+        )
+
+
+def _committed(bootstrap: str, group: str) -> dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        out = {}
+        for p in range(4):
+            offset = consumer.committed(TopicPartition("clipguard.segments", p))
+            if offset is not None:
+                out[p] = offset
+        return out
+    finally:
+        consumer.close(autocommit=False)
+
+
+def test_kill9_restart_and_sigterm_lose_nothing(tmp_path: Path, segments: list[Segment]) -> None:
+    streams = ["cam-a", "cam-b", "cam-c"]
+    per_stream = int(VIDEO_SECONDS * SAMPLE_FPS)
+    records = _records(streams, segments)
+    half = len(records) // 2
+    with EmbeddedBroker() as broker:
+        broker.create_topics(default_topics())
+        b = broker.bootstrap
+        scores = streaming.TopicWatcher(b, "clipguard.scores")
+        first = streaming.WorkerProcess(b, tmp_path / "first.log", "--max-inflight-segments", "4")
+        try:
+            first.wait_log("assigned", 60)
+            producing = _paced(b, records[:half], gap=0.4)
+            wait_for(lambda: scores.count() >= 4, 60, "the first worker to score frames")
+            assert producing.is_alive()  # segments keep arriving: the kill is mid-run
+            first.kill()  # kill -9
+        finally:
+            first.close()
+        producing.join(timeout=60)
+        second = streaming.WorkerProcess(b, tmp_path / "second.log", "--max-inflight-segments", "4")
+        try:
+            second.wait_log("assigned", 60)
+            before = scores.count()
+            producing = _paced(b, records[half:], gap=0.4)
+            wait_for(lambda: scores.count() > before + 4, 60, "the second worker to score")
+            assert producing.is_alive()
+            status = second.terminate(timeout=60)  # SIGTERM mid-run
+            assert status == 0, second.log()[-3000:]
+            assert "drained; offsets committed" in second.log()
+        finally:
+            second.close()
+        # committed offsets: every segment before them has its outputs published
+        committed = _committed(b, "clipguard-workers")
+        segs = read_topic(b, "clipguard.segments")
+        scored = {
+            (x["stream_id"], x["seq"])
+            for x in (r.json() for r in read_topic(b, "clipguard.scores"))
+        }
+        covered = [
+            (r.headers["stream-id"].decode(), int(r.headers["seq"]))
+            for r in segs
+            if r.offset < committed.get(r.partition, 0)
+        ]
+        assert len(covered) >= half and all(c in scored for c in covered)
+        producing.join(timeout=60)
+        third = streaming.WorkerProcess(b, tmp_path / "third.log")
+        try:
+            read_topic(
+                b,
+                "clipguard.scores",
+                until=lambda recs: _complete(recs, streams, per_stream),
+                timeout=120,
+            )
+            assert third.terminate() == 0
+        finally:
+            third.close()
+            scores.close()
+        _check_flags(b, streams)
+
+
+def test_two_workers_share_partitions_and_one_takes_over(
+    tmp_path: Path, segments: list[Segment]
+) -> None:
+    by_partition = streaming.keys_by_partition([f"cam-{i}" for i in range(40)], 4)
+    streams = [ids[0] for _, ids in sorted(by_partition.items())]  # one stream per partition
+    assert len(streams) == 4
+    per_stream = int(VIDEO_SECONDS * SAMPLE_FPS)
+    opts = ("--set", "session_timeout_ms=6000", "--max-inflight-segments", "4")
+    with EmbeddedBroker() as broker:
+        broker.create_topics(default_topics())
+        b = broker.bootstrap
+        scores = streaming.TopicWatcher(b, "clipguard.scores")
+        one = streaming.WorkerProcess(b, tmp_path / "one.log", *opts)
+        two = streaming.WorkerProcess(b, tmp_path / "two.log", *opts)
+        try:
+            one.wait_log("assigned", 60)
+            two.wait_log("assigned", 60)
+            wait_for(
+                lambda: (
+                    _owned(one.log())
+                    and _owned(two.log())
+                    and not (_owned(one.log()) & _owned(two.log()))
+                ),
+                60,
+                "the partitions split between the two workers",
+            )
+            assert _owned(one.log()) | _owned(two.log()) == {0, 1, 2, 3}
+            producer = _paced(b, _records(streams, segments), gap=0.15)
+            wait_for(lambda: scores.count() >= 8, 90, "frames scored")
+            assert producer.is_alive()  # the kill is mid-run
+            one.kill()
+            read_topic(
+                b,
+                "clipguard.scores",
+                until=lambda recs: _complete(recs, streams, per_stream),
+                timeout=120,
+            )
+            producer.join(timeout=30)
+            assert _owned(two.log()) == {0, 1, 2, 3}  # it took the dead worker's partitions
+            assert two.terminate() == 0
+        finally:
+            one.close()
+            two.close()
+            scores.close()
+        _check_flags(b, streams)
+
+
+def _owned(log: str) -> set[int]:
+    """The partitions a worker owns now, from its 'assigned'/'revoked' log lines."""
+    owned: set[int] = set()
+    for line in log.splitlines():
+        if "consumers.worker: assigned " in line:
+            owned |= {int(p) for p in _partitions(line)}
+        elif "consumers.worker: revoked " in line or "consumers.worker: lost " in line:
+            owned -= {int(p) for p in _partitions(line)}
+    return owned
+
+
+def _partitions(line: str) -> list[str]:
+    import re
+
+    return re.findall(r"clipguard\.segments\[(\d+)\]", line)
+
+
+def test_health_endpoints_and_json_logs(tmp_path: Path) -> None:
+    with EmbeddedBroker() as broker:
+        broker.create_topics(default_topics())
+        port = _free_port()
+        proc = streaming.WorkerProcess(
+            broker.bootstrap,
+            tmp_path / "w.log",
+            "--log-format",
+            "json",
+            env={"CLIPGUARD_METRICS_PORT": str(port)},
+        )
+        try:
+            wait_for(lambda: _status(port, "/healthz") == 200, 60, "/healthz")
+            wait_for(lambda: _status(port, "/readyz") == 200, 60, "/readyz")
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+            assert b"clipguard_ready 1.0" in body
+            assert proc.terminate() == 0
+        finally:
+            proc.close()
+        lines = [json.loads(x) for x in proc.log().splitlines() if x.startswith("{")]
+        assert any(x["message"].startswith("assigned") for x in lines)
+        assert all({"ts", "level", "logger", "message"} <= x.keys() for x in lines)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        return int(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except OSError:
+        return 0

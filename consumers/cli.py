@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_produce_parser(subparsers)
     add_scan_parser(subparsers)
     _add_worker_parser(subparsers)
+    _add_consume_parser(subparsers)
     return parser
 
 
@@ -1057,6 +1058,109 @@ def _setting_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+_CONSUME_EPILOG = """\
+examples:
+  clipguard consume clipguard.flags                  every flag event so far, one JSON a line
+  clipguard consume clipguard.scores --limit 5
+  clipguard consume clipguard.dlq --headers          dead letters with their error headers
+  clipguard consume clipguard.flags --follow         keep printing new events (Ctrl-C stops)
+
+JSON values are printed as they are; other values (video segments) as their size.
+"""
+
+
+def _add_consume_parser(subparsers: Any) -> None:
+    """Add ``clipguard consume``."""
+    consume = subparsers.add_parser(
+        "consume",
+        help="print the records of a topic (flags, scores, dead letters) from the beginning",
+        description=_para(
+            "Read a topic from its beginning, every partition, without joining a consumer "
+            "group (nothing is committed), and print one record a line."
+        ),
+        epilog=_CONSUME_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    consume.add_argument("topic", metavar="TOPIC")
+    consume.add_argument(
+        "--bootstrap",
+        default=_DEFAULT_BOOTSTRAP,
+        metavar="HOST:PORT",
+        help="Kafka bootstrap servers (default: %(default)s)",
+    )
+    consume.add_argument("--limit", type=_positive_int, metavar="N", help="stop after N records")
+    consume.add_argument(
+        "--headers", action="store_true", help="print each record's headers and position too"
+    )
+    consume.add_argument(
+        "--follow", action="store_true", help="keep waiting for new records (until Ctrl-C)"
+    )
+    consume.add_argument(
+        "--idle",
+        type=_positive_float,
+        default=2.0,
+        metavar="S",
+        help="without --follow, stop after S seconds with no new record (default: %(default)s)",
+    )
+    consume.set_defaults(func=_consume_run)
+
+
+def _consume_run(args: argparse.Namespace) -> int:
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    _quiet_kafka(args.log_level)
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=args.bootstrap,
+            enable_auto_commit=False,
+            request_timeout_ms=10_000,
+            bootstrap_timeout_ms=10_000,
+        )
+    except KafkaError as e:
+        raise ClipguardError(f"cannot connect to Kafka at {args.bootstrap}: {e}") from e
+    try:
+        parts = consumer.partitions_for_topic(args.topic)
+        if not parts:
+            raise ClipguardError(f"no topic {args.topic!r} on {args.bootstrap}")
+        tps = [TopicPartition(args.topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        printed = 0
+        last = time.monotonic()
+        while args.follow or time.monotonic() - last < args.idle:
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                for r in records:
+                    print(_record_line(tp, r, args.headers), flush=True)
+                    printed += 1
+                    last = time.monotonic()
+                    if args.limit and printed >= args.limit:
+                        return 0
+        return 0
+    finally:
+        consumer.close(autocommit=False)
+
+
+def _record_line(tp: Any, record: Any, headers: bool) -> str:
+    value: Any
+    try:
+        value = json.loads(record.value) if record.value is not None else None
+    except (UnicodeDecodeError, ValueError):
+        value = f"<{len(record.value)} bytes>"
+    if not headers:
+        return json.dumps(value) if not isinstance(value, str) else value
+    return json.dumps(
+        {
+            "at": f"{tp.topic}[{tp.partition}]@{record.offset}",
+            "key": record.key.decode(errors="replace") if record.key is not None else None,
+            "headers": {k: (v or b"").decode(errors="replace") for k, v in record.headers or []},
+            "value": value,
+        }
+    )
 
 
 def _quiet_kafka(level: str) -> None:

@@ -1,88 +1,187 @@
-"""`make demo`: the bundled demo model and the demo policies judging synthetic frames.
+"""`make demo`: the whole streaming job on one machine, start to finish.
 
-Renders scenes with known content (targets, near misses, busy scenes), scores each against
-every policy in policies/demo with clipguard-demo, and prints each label's score, threshold and
-decision. The streaming demo (embedded broker, sample video, worker, flag events) replaces this
-once the stream worker lands.
+1. starts the embedded Kafka-compatible broker (Tansu) on a free loopback port, with the topics;
+2. generates a 24 s sample video from the synthetic scene generator, with known objects at
+   known times (a red triangle from 4 s to 8 s, a yellow SPAM word from 12 s to 16 s, and near
+   misses around them);
+3. produces it to clipguard.segments as MPEG-TS segments, as a live ingest edge would;
+4. runs a stream worker (the bundled demo model, policies/demo) until the stream is drained;
+5. prints the flag events beside the ground truth, writes every output record to
+   demo-output/, and stops everything it started.
+
+    python scripts/demo.py [--out demo-output] [--keep-running]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import signal
 import sys
-import tempfile
+import threading
+import time
 from pathlib import Path
 
-import numpy as np
-
-from pipeline import synthetic
-from pipeline.compiler import PolicyCompiler
-from pipeline.encoder import Encoder
-from pipeline.models import DEMO_MODEL, load_clip
-from pipeline.policy import load_policies
-
 ROOT = Path(__file__).resolve().parent.parent
-_SINGLE = [
-    ("triangle", "red"),
-    ("SPAM", "yellow"),
-    ("triangle", "purple"),  # near miss: another colour
-    ("square", "red"),  # near miss: another shape
-    ("STOP", "white"),  # near miss: another word
-    ("circle", "blue"),
-]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from consumers.broker import EmbeddedBroker, default_topics  # noqa: E402
+from consumers.produce import produce_file  # noqa: E402
+from consumers.settings import load_settings  # noqa: E402
+from consumers.worker import Worker  # noqa: E402
+from pipeline.models.registry import DEMO_MODEL  # noqa: E402
+from pipeline.synthetic_video import demo_shots, write_video  # noqa: E402
+
+STREAM = "demo-cam-1"
+TOPICS = ("clipguard.scores", "clipguard.flags", "clipguard.dlq")
 
 
-def _busy(rng: np.random.Generator, concept: str, colour: str) -> synthetic.SceneSpec:
-    while True:
-        spec = synthetic.sample_spec(rng, split="heldout", p_occlusion=0.0)
-        if len(spec.objects) >= 2 and any(
-            o.concept == concept and o.colour == colour and o.size >= 0.25 for o in spec.objects
-        ):
-            return spec
+def _read(bootstrap: str, topic: str) -> list[dict[str, object]]:
+    from kafka import KafkaConsumer, TopicPartition
 
-
-def _cell(score: float, threshold: float | None, passed: bool) -> str:
-    verdict = "FLAG" if passed else "    "
-    return f"{score:6.3f} {'>=' if passed else '< '} {threshold or 0:.2f} {verdict}"
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out: list[dict[str, object]] = []
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not read {topic} to its end")
+            for records in consumer.poll(timeout_ms=200).values():
+                out += [json.loads(r.value) for r in records if r.value]
+        return out
+    finally:
+        consumer.close(autocommit=False)
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    model = load_clip(DEMO_MODEL)  # logs that it is a demo model, and how to switch
-    policies = load_policies([ROOT / "policies" / "demo"])
-    with tempfile.TemporaryDirectory() as cache:
-        compiled = PolicyCompiler(model, cache_dir=Path(cache)).compile(policies)
-    rng = np.random.default_rng(7)
-    specs = [
-        synthetic.sample_single_object_spec(rng, split="heldout", concept=c, colour=col)
-        for c, col in _SINGLE
-    ]
-    specs += [_busy(rng, "triangle", "red"), _busy(rng, "SPAM", "green")]
-    specs.append(
-        synthetic.SceneSpec(
-            background=synthetic.sample_spec(rng, split="train", p_empty=1.0).background
-        )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="demo-output", help="folder for the video and records")
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the broker and worker running afterwards (Ctrl-C stops them)",
     )
-    frames = np.stack([synthetic.render(s, model.input_resolution) for s in specs])
-    decisions = compiled.decide(compiled.scores(Encoder(model).encode(frames)))
+    args = parser.parse_args()
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
 
-    keys = [lab.key for lab in compiled.labels]
-    print(f"\nclipguard-demo judging {len(specs)} synthetic frames with {len(keys)} demo policies")
-    print(f"{'frame shows':<44}" + "".join(f"{k.split('/')[1]:>22}" for k in keys))
-    for spec, row in zip(specs, decisions, strict=True):
-        shows = (
-            " + ".join(dict.fromkeys(synthetic.canonical_caption(o) for o in spec.objects))
-            or synthetic.EMPTY_CAPTION
+    shots = demo_shots()
+    video = write_video(out / "demo.mp4", shots)
+    print(f"1. sample video: {video} ({shots[-1].end:.0f} s, 256x256 H.264, 25 fps)")
+    for shot in shots:
+        print(f"     {shot.start:5.1f}-{shot.end:5.1f} s  {shot.name}")
+
+    with EmbeddedBroker() as broker:
+        broker.create_topics(default_topics())
+        print(f"2. embedded broker (Tansu) on {broker.bootstrap}, topics created")
+        sent = produce_file(broker.bootstrap, video, stream_id=STREAM, segment_seconds=2.0)
+        print(f"3. produced {sent} MPEG-TS segments of stream {STREAM!r} to clipguard.segments")
+
+        settings = load_settings(
+            overrides={
+                "bootstrap_servers": broker.bootstrap,
+                "model": DEMO_MODEL,
+                "policies": [str(ROOT / "policies" / "demo")],
+                "metrics_port": 0,
+            }
         )
-        cells = [_cell(d.score, d.threshold, d.passed) for d in row]
-        print(f"{shows[:43]:<44}" + "".join(f"{c:>22}" for c in cells))
+        worker = Worker(settings)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                worker.run()
+            except BaseException as e:
+                failure.append(e)
+
+        thread = threading.Thread(target=run, name="demo-worker", daemon=True)
+        print(f"4. worker: model {DEMO_MODEL} (a demo model: synthetic shapes and words only),")
+        print("   policies/demo (red-triangle, spam-text), sampling 2 frames/s")
+        t0 = time.monotonic()
+        thread.start()
+        while worker.segments_done < sent and thread.is_alive():
+            if time.monotonic() - t0 > 300:
+                print("demo: the worker did not drain the stream in 5 minutes", file=sys.stderr)
+                worker.stop("demo timed out")
+                thread.join(60)
+                return 1
+            time.sleep(0.1)
+        if failure:
+            print(f"demo: the worker failed: {failure[0]}", file=sys.stderr)
+            return 1
+        drained = time.monotonic() - t0
+        if args.keep_running:
+            print(f"\nbroker {broker.bootstrap} and worker running; Ctrl-C stops them")
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        worker.stop("demo finished")
+        thread.join(60)
+        records = {topic: _read(broker.bootstrap, topic) for topic in TOPICS}
+
+    scores, flags, dead = (records[t] for t in TOPICS)
     print(
-        "\n(cosine score of each frame with each label's prompts, against the threshold measured "
-        "for the demo model;\n purple triangles, red squares and the word STOP are near misses "
-        "that must not be flagged)"
+        f"   drained in {drained:.1f} s (including joining the group): {len(scores)} frames "
+        f"scored, {len(flags)} flag events, {len(dead)} dead letters\n"
     )
-    print("The streaming demo (embedded Kafka broker, worker, flag events) is not yet built.")
-    return 0
+    print("5. flag events (incidents: open -> closed)")
+    header = f"   {'policy':<14}{'label':<14}{'start s':>8}{'end s':>8}{'peak':>7}  at s  event id"
+    print(header)
+    print("   " + "-" * (len(header) - 3))
+    for f in flags:
+        if f["state"] != "closed":
+            continue
+        print(
+            f"   {f['policy']:<14}{f['label']:<14}{f['start_ts']:>8.2f}{f['end_ts']:>8.2f}"
+            f"{f['peak_score']:>7.3f}{f['peak_ts']:>6.1f}  {f['event_id']}"
+        )
+    print("\n   against the video's ground truth (within one sampling interval, 0.5 s):")
+    truth = {"red triangle": "red-triangle", "yellow SPAM": "spam-text"}
+    matched = True
+    for shot in shots:
+        policy = truth.get(shot.name)
+        if policy is None:
+            continue
+        found = [
+            f
+            for f in flags
+            if f["policy"] == policy
+            and f["state"] == "closed"
+            and shot.start <= float(f["start_ts"]) <= shot.start + 0.5  # type: ignore[arg-type]
+            and shot.end - 0.5 <= float(f["end_ts"]) < shot.end  # type: ignore[arg-type]
+        ]
+        matched &= bool(found)
+        mark = "ok  " if found else "MISS"
+        print(f"   {mark} {shot.name} on screen {shot.start:.1f}-{shot.end:.1f} s -> {policy}")
+    others = [f for f in flags if f["policy"] not in truth.values()]
+    if others:
+        matched = False
+        print(f"   unexpected flags: {others}")
+    for topic in TOPICS:
+        name = topic.split(".")[1]
+        path = out / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records[topic]))
+    print(f"\n   records written to {out}/scores.jsonl, flags.jsonl, dlq.jsonl")
+    took = time.monotonic() - started
+    print(f"   the broker and worker are stopped; the whole demo took {took:.0f} s")
+    print(
+        "\nto run it yourself, each in its own terminal (all in .venv/bin):\n"
+        "   clipguard broker                                   # Tansu on 127.0.0.1:9092\n"
+        "   clipguard worker                                   # demo model, policies/demo\n"
+        f"   clipguard produce {video} --stream-id cam-1 --realtime\n"
+        "   clipguard consume clipguard.flags --follow         # flag events as they happen\n"
+        "   clipguard consume clipguard.scores --limit 5       # per-frame scores\n"
+        "   curl -s 127.0.0.1:9400/metrics | grep ^clipguard_  # the worker's metrics"
+    )
+    return 0 if matched else 1
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_encoder.py
 	HF_HUB_OFFLINE=1 $(PY) bench/bench_scan.py
+	$(PY) bench/bench_worker.py
 	$(PY) bench/bench_decode.py
 
 # a longer fuzz run of the decode pool than the test suite's (mutated real segments)

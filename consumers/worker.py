@@ -139,6 +139,7 @@ class _Segment:
     value: bytes
     headers: list[tuple[str, bytes]]
     arrived: float  # time.monotonic() when consumed
+    created: float | None = None  # the record's timestamp (producer's clock), seconds
     stream_id: str = ""
     seq: int = 0
     start_ts: float | None = None
@@ -224,7 +225,13 @@ class Worker:
         self._last_lag = 0.0
         self._last_commit = 0.0
         self._reload_errors_seen = 0
-        self.segments_done = 0  # for tests and the demo: segments fully handled
+        self.segments_done = 0  # for tests, the demo and benches: segments fully handled
+        self.first_arrival: float | None = None  # time.monotonic() of the first segment
+        self.last_done: float | None = None  # ... and of the latest one done
+        #: seconds from each segment's arrival (consumed) to its outputs being acknowledged,
+        #: and from its producer timestamp to then (wall clock); the latest 100 000
+        self.latencies: deque[float] = deque(maxlen=100_000)
+        self.produce_latencies: deque[float] = deque(maxlen=100_000)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -508,7 +515,10 @@ class Worker:
             value=record.value if record.value is not None else b"",
             headers=[(k, v if v is not None else b"") for k, v in (record.headers or [])],
             arrived=time.monotonic(),
+            created=record.timestamp / 1000 if record.timestamp and record.timestamp > 0 else None,
         )
+        if self.first_arrival is None:
+            self.first_arrival = seg.arrived
         part.segments[seg.offset] = seg
         self.metrics.segments_received.inc()
         try:
@@ -883,7 +893,11 @@ class Worker:
 
     def _phase_done(self, seg: _Segment) -> None:
         if seg.phase == "outputs":
-            self.metrics.end_to_end_seconds.observe(time.monotonic() - seg.arrived)
+            latency = time.monotonic() - seg.arrived
+            self.metrics.end_to_end_seconds.observe(latency)
+            self.latencies.append(latency)
+            if seg.created is not None:
+                self.produce_latencies.append(time.time() - seg.created)
             for f in seg.flags:
                 self.metrics.flags.labels(policy=f.policy, label=f.label, state=f.state).inc()
             if self.settings.checkpoint_state and seg.error is None:
@@ -897,6 +911,7 @@ class Worker:
                 return
         seg.phase = "done"
         self.segments_done += 1
+        self.last_done = time.monotonic()
         self.metrics.segments.labels(outcome="dlq" if seg.error is not None else "ok").inc()
         _log.debug("done: %d frames scored", seg.scored, extra=seg.log())
 

@@ -1,0 +1,232 @@
+"""Stream worker, end to end: a produced 720p video to published scores, against its stages.
+
+All in one run, on the same 720p H.264 video (the textured, panning clip of bench_decode.py):
+
+1. stage alone, decode: the segments through a DecodePool with the worker's processes and
+   sampling, all submitted at once: input video frames decoded per second;
+2. stage alone, encode: the sampled model inputs through the Encoder in batches of the
+   worker's size: images per second, converted to input video frames per second (each sampled
+   frame stands for fps / sample_fps video frames);
+3. end to end: the segments produced to an embedded broker first, then a worker consumes them:
+   input video frames per second from the first segment consumed to the last segment's outputs
+   acknowledged (group join and model load excluded). Goal: 0.85x the slowest stage or more.
+4. latency at a fixed offered load: ``--streams`` cameras each sending one segment every
+   ``--segment-seconds`` in real time; per segment, consumed to outputs acknowledged, and the
+   producer's timestamp to outputs acknowledged (p50, p99).
+
+Both sampling modes are run: the default (2 frames/s) and every frame. Medians of --repeats.
+
+    python bench/bench_worker.py [--seconds 20] [--repeats 3] [--streams 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_decode  # noqa: E402
+
+from consumers.broker import EmbeddedBroker, default_topics  # noqa: E402
+from consumers.produce import Segment, segment_video  # noqa: E402
+from consumers.settings import WorkerSettings, load_settings  # noqa: E402
+from consumers.worker import Worker  # noqa: E402
+from pipeline.decode_pool import DecodePool  # noqa: E402
+from pipeline.encoder import Encoder  # noqa: E402
+from pipeline.models import load_clip  # noqa: E402
+
+FPS = 25
+
+
+def _settings(bootstrap: str, mode: str) -> WorkerSettings:
+    return load_settings(
+        overrides={
+            "bootstrap_servers": bootstrap,
+            "metrics_port": 0,
+            "policies": [str(ROOT / "policies" / "demo")],
+            "sampling.mode": mode,
+            "max_inflight_segments": 16,
+        }
+    )
+
+
+def _headers(stream: str, seg: Segment) -> list[tuple[str, bytes]]:
+    return [
+        ("content-type", b"video/mp2t"),
+        ("stream-id", stream.encode()),
+        ("seq", str(seg.seq).encode()),
+        ("start-ts", repr(seg.start_ts).encode()),
+    ]
+
+
+def _producer(bootstrap: str) -> Any:
+    from kafka import KafkaProducer
+
+    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=16 << 20)
+
+
+def stage_decode(segments: list[Segment], s: WorkerSettings, size: int) -> tuple[float, list[Any]]:
+    """Input frames/s through the decode pool, and the sampled frames (for the encoder)."""
+    with DecodePool(s.decode.processes, limits=s.decode.limits()) as pool:
+        pool.decode_bytes(segments[0].data, "video/mp2t", size=size)  # warm the children
+        start = time.perf_counter()
+        futures = [
+            pool.submit_bytes(
+                seg.data, "video/mp2t", size=size, fit=s.decode.fit, sampling=s.sampling.rule()
+            )
+            for seg in segments
+        ]
+        results = [f.result() for f in futures]
+        took = time.perf_counter() - start
+    frames = sum(r.frames_decoded for r in results)
+    return frames / took, [f.image for r in results for f in r.frames]
+
+
+def stage_encode(encoder: Encoder, images: list[Any], per_sample: float) -> float:
+    """Input video frames/s the encoder alone keeps up with."""
+    encoder.encode(images[: encoder.batch_size])  # warm up
+    start = time.perf_counter()
+    done = 0
+    while time.perf_counter() - start < 1.0 or done == 0:
+        encoder.encode(images)
+        done += len(images)
+    return done / (time.perf_counter() - start) * per_sample
+
+
+def end_to_end(segments: list[Segment], mode: str, streams: int) -> float:
+    """Input video frames/s through a worker, from a backlog of ``streams`` copies."""
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    with EmbeddedBroker() as broker:
+        broker.create_topics(default_topics())
+        producer = _producer(broker.bootstrap)
+        for i in range(streams):
+            for seg in segments:
+                producer.send(
+                    "clipguard.segments",
+                    key=f"cam-{i}".encode(),
+                    value=seg.data,
+                    headers=_headers(f"cam-{i}", seg),
+                )
+        producer.flush()
+        producer.close()
+        worker = Worker(_settings(broker.bootstrap, mode))
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        total = streams * len(segments)
+        while worker.segments_done < total:
+            time.sleep(0.05)
+        assert worker.first_arrival is not None and worker.last_done is not None
+        took = worker.last_done - worker.first_arrival
+        worker.stop("bench")
+        thread.join(60)
+    frames = streams * sum(seg.frames for seg in segments)
+    return frames / took
+
+
+def latency(
+    segments: list[Segment], streams: int, seconds: float
+) -> tuple[list[float], list[float]]:
+    """Per-segment latencies with ``streams`` live cameras (real-time pacing)."""
+    with EmbeddedBroker() as broker:
+        broker.create_topics(default_topics())
+        worker = Worker(_settings(broker.bootstrap, "fps"))
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        while not worker.ready:
+            time.sleep(0.05)
+        producer = _producer(broker.bootstrap)
+        start = time.monotonic()
+        sent = 0
+        for seg in segments:
+            if seg.start_ts > seconds:
+                break
+            delay = start + seg.start_ts - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            for i in range(streams):
+                producer.send(
+                    "clipguard.segments",
+                    key=f"cam-{i}".encode(),
+                    value=seg.data,
+                    headers=_headers(f"cam-{i}", seg),
+                )
+                sent += 1
+            producer.flush()
+        producer.close()
+        while worker.segments_done < sent:
+            time.sleep(0.05)
+        worker.stop("bench")
+        thread.join(60)
+        return list(worker.latencies), list(worker.produce_latencies)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of the video")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--streams", type=int, default=4, help="streams at once")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    data = bench_decode.video(720, args.seconds, FPS)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "720p.mp4"
+        path.write_bytes(data)
+        segments = list(segment_video(path, segment_seconds=2.0))
+    model = load_clip("clipguard-demo")
+    print(
+        f"stream worker, end to end: 720p H.264, {args.seconds:g} s at {FPS} fps, "
+        f"{len(segments)} segments x {args.streams} streams, model {model.name} "
+        f"({model.input_resolution}px), medians of {args.repeats}"
+    )
+    for mode in ("fps", "all"):
+        s = _settings("127.0.0.1:9092", mode)
+        encoder = Encoder(model, batch_size=s.max_batch_size)
+        per_sample = FPS / s.sampling.fps if mode == "fps" else 1.0
+        decode, enc, e2e = [], [], []
+        for _ in range(args.repeats):
+            rate, images = stage_decode(segments, s, model.input_resolution)
+            decode.append(rate)
+            enc.append(stage_encode(encoder, images, per_sample))
+            e2e.append(end_to_end(segments, mode, args.streams))
+        d, e, x = (statistics.median(v) for v in (decode, enc, e2e))
+        slowest = min(d, e)
+        label = f"sampling {s.sampling.fps:g} frames/s" if mode == "fps" else "every frame"
+        print(f"\n{label} (input video frames per second)")
+        print(f"  decode stage alone   {d:8.1f}")
+        print(f"  encode stage alone   {e:8.1f}   ({e / per_sample:.1f} images/s)")
+        print(f"  end to end           {x:8.1f}")
+        print(f"  end to end / slowest stage: {x / slowest:.2f}x (goal 0.85x)")
+    lat, produced = latency(segments, args.streams, args.seconds)
+    print(
+        f"\nlatency, {args.streams} live streams of 720p at {FPS} fps (one 2 s segment per "
+        f"stream every 2 s), sampling 2 frames/s, {len(lat)} segments:"
+    )
+    print(
+        f"  consumed -> outputs acknowledged: p50 {_pct(lat, 0.5) * 1000:.0f} ms, "
+        f"p99 {_pct(lat, 0.99) * 1000:.0f} ms"
+    )
+    if produced:
+        print(
+            f"  produced -> outputs acknowledged: p50 {_pct(produced, 0.5) * 1000:.0f} ms, "
+            f"p99 {_pct(produced, 0.99) * 1000:.0f} ms"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

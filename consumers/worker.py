@@ -425,6 +425,7 @@ class Worker:
                 self._read_checkpoints([self._parts[tp] for tp in new])
         if self._paused and new:
             self._consumer.pause(*new)
+        self._last_lag = 0.0  # report the new partitions' lag at once
 
     def _revoke(self, tps: set[Any], *, lost: bool) -> None:
         for tp in tps:

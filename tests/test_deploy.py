@@ -803,3 +803,84 @@ def test_settings_reference_check_fails_when_stale_and_write_fixes_it(tmp_path: 
     assert _reference("--check", "--readme", readme).returncode == 0
     readme.write_text("no markers here\n")
     assert _reference("--check", "--readme", readme).returncode == 1
+
+
+# --- a running worker -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def worker_scrape(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """/metrics of a real `clipguard worker` process that consumed a demo stream (flags) and a
+    garbage segment (a dead letter), against the embedded broker."""
+    import streaming
+
+    from consumers.broker import EmbeddedBroker, default_topics
+    from consumers.produce import produce_file
+    from pipeline.synthetic_video import write_video
+
+    tmp = tmp_path_factory.mktemp("live")
+    video = write_video(tmp / "red.mp4", streaming.red_triangle_shots())
+    with EmbeddedBroker() as broker:
+        broker.create_topics(default_topics())
+        sent = produce_file(broker.bootstrap, video, stream_id="cam-live")
+        from kafka import KafkaProducer
+
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        headers = [("content-type", b"video/mp2t"), ("start-ts", b"0.0")]
+        producer.send("clipguard.segments", key=b"cam-junk", value=b"\x47" * 1880, headers=headers)
+        producer.flush()
+        producer.close()
+        port = _free_port()
+        worker = streaming.WorkerProcess(
+            broker.bootstrap, tmp / "worker.log", env={"CLIPGUARD_METRICS_PORT": str(port)}
+        )
+        url = f"http://127.0.0.1:{port}/metrics"
+        try:
+
+            def handled() -> bool:
+                try:
+                    body = urllib.request.urlopen(url, timeout=5).read().decode()
+                except OSError:
+                    return False
+                done = sum(
+                    s.value
+                    for f in text_string_to_metric_families(body)
+                    for s in f.samples
+                    if s.name == "clipguard_segments_total"
+                )
+                return done >= sent + 1 and "clipguard_consumer_lag{" in body
+
+            streaming.wait_for(handled, 90, "the worker to handle every segment and report lag")
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body = response.read().decode()
+            assert worker.terminate() == 0
+        finally:
+            worker.close()
+    return body
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.filterwarnings(r"ignore:(read_text|open_text) is deprecated:DeprecationWarning")
+def test_dashboard_metrics_exist_in_a_running_workers_scrape(worker_scrape: str) -> None:
+    missing = dashboard_and_rule_metric_names() - scrape_metric_names(worker_scrape)
+    assert not missing, f"the dashboard or rules read metrics a worker lacks: {sorted(missing)}"
+    labels = dashboard_and_rule_label_names() - scrape_label_names(worker_scrape) - TARGET_LABELS
+    assert not labels, f"labels the dashboard or rules use but a worker lacks: {sorted(labels)}"
+    assert 'clipguard_dlq_total{reason="InvalidMedia"} 1.0' in worker_scrape
+    assert (
+        'clipguard_flags_total{label="red-triangle",policy="red-triangle",state="closed"} 1.0'
+        in (worker_scrape)
+    )
+
+
+@needs_promtool
+@pytest.mark.filterwarnings(r"ignore:(read_text|open_text) is deprecated:DeprecationWarning")
+def test_promtool_check_metrics_on_a_running_workers_scrape(worker_scrape: str) -> None:
+    _run("promtool", "check", "metrics", input=worker_scrape)

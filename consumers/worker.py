@@ -226,6 +226,7 @@ class Worker:
         self._last_commit = 0.0
         self._reload_errors_seen = 0
         self.segments_done = 0  # for tests, the demo and benches: segments fully handled
+        self.pauses = 0  # times consumption paused for backpressure
         self.first_arrival: float | None = None  # time.monotonic() of the first segment
         self.last_done: float | None = None  # ... and of the latest one done
         #: seconds from each segment's arrival (consumed) to its outputs being acknowledged,
@@ -291,6 +292,12 @@ class Worker:
             thread.start()
             self._threads.append(thread)
         self._connect()
+        if s.jobs_enabled:  # scan jobs (consumers.jobs): their own thread and consumer group
+            from consumers.jobs import start_jobs
+
+            self._jobs = start_jobs(
+                s, encoder=self.encoder, store=self.store, pool=self._pool, stopping=self._stop
+            )
 
     def _connect(self) -> None:
         from kafka import KafkaConsumer, KafkaProducer
@@ -332,6 +339,9 @@ class Worker:
         self._consumer.subscribe([s.topics.segments], listener=_listener(self._rebalances))
 
     def _shut_down(self) -> None:
+        jobs = getattr(self, "_jobs", None)  # set by _start when scan jobs run here
+        if jobs is not None:  # first: it finishes or abandons its job while the pool is up
+            jobs.stop()
         self._threads_stop.set()
         self._frames.put(None)
         if self._consumer is not None:
@@ -381,8 +391,9 @@ class Worker:
                     )
                     return
             self._apply_rebalances()
-            busy = self._inflight() > 0
-            records = self._consumer.poll(timeout_ms=10 if busy else 100, max_records=64)
+            inflight = self._inflight()
+            room = max(1, min(64, s.max_inflight_segments - inflight))  # fetch no more than fits
+            records = self._consumer.poll(timeout_ms=10 if inflight else 100, max_records=room)
             self._apply_rebalances()
             if deadline is None:
                 for tp, batch in records.items():
@@ -961,6 +972,7 @@ class Worker:
         inflight = self._inflight()
         if not self._paused and inflight >= limit:
             _log.info("%d segments in flight: pausing consumption", inflight)
+            self.pauses += 1
             self._pause(True)
         elif self._paused and inflight <= limit // 2:
             _log.info("%d segments in flight: resuming consumption", inflight)

@@ -47,6 +47,7 @@ SAMPLE_FPS = 2.0
 VIDEO_SECONDS = 20.0
 RED_START, RED_END = 4.0, 8.0
 MAX_INPUT = 200_000  # the worker's decode.max_input_bytes in the module run
+INFLIGHT = 4  # ... and its max_inflight_segments: the backlog of 40+ segments makes it pause
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,7 @@ class Run:
         self.flags: list[FlagEvent] = []
         self.dlq: list[Record] = []
         self.metrics = ""
+        self.pauses = 0
 
     def scores_of(self, stream: str) -> list[ScoreRecord]:
         return [s for s in self.scores if s.stream_id == stream]
@@ -130,11 +132,13 @@ def run(video: Path, segments: list[Segment]) -> Iterator[Run]:
         r.bad = {case: (value, *where[i]) for i, (case, value) in enumerate(bad.items(), 1)}
         r.produced += len(records)
         s = streaming.settings(
-            broker.bootstrap, **{"decode.max_input_bytes": MAX_INPUT, "metrics_port": 0}
+            broker.bootstrap,
+            **{"decode.max_input_bytes": MAX_INPUT, "max_inflight_segments": INFLIGHT},
         )
         with worker_thread(s) as worker:
             wait_for(lambda: worker.segments_done >= r.produced, 120, "every segment handled")
             r.metrics = worker.metrics.exposition().decode()
+            r.pauses = worker.pauses
         r.scores = [
             ScoreRecord.model_validate(x.json())
             for x in read_topic(broker.bootstrap, "clipguard.scores")
@@ -220,6 +224,14 @@ def test_broken_records_go_to_the_dlq_with_their_headers(run: Run) -> None:
     assert b"truncated" in letters["2"].headers[DLQ_ERROR_MESSAGE]
     # the stream's good segments around the broken ones were scored
     assert {s.seq for s in run.scores_of("cam-bad")} == {0, 5}
+
+
+def test_backpressure_paused_and_resumed_without_losing_anything(run: Run) -> None:
+    # a backlog ten times the in-flight bound: consumption paused (more than once, so it also
+    # resumed), and every stream was still scored to its end
+    assert run.pauses >= 2
+    assert len(run.scores_of("cam-ts")) == len(run.scores_of("cam-raw")) == 40
+    assert 'clipguard_segments_total{outcome="ok"}' in run.metrics
 
 
 def test_metrics_count_what_happened(run: Run) -> None:

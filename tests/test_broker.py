@@ -150,6 +150,24 @@ def test_segment_too_large(broker: EmbeddedBroker, video: Path) -> None:
         produce_file(broker.bootstrap, video, stream_id="cam-big", max_segment_bytes=1000)
 
 
+def test_raw_chunks_are_the_annex_b_stream_cut_anywhere(video: Path, tmp_path: Path) -> None:
+    from consumers.produce import raw_chunks
+    from pipeline.decode import decode_bytes
+
+    chunks = list(raw_chunks(video, chunk_bytes=1001))
+    assert [c.seq for c in chunks] == list(range(len(chunks))) and len(chunks) > 3
+    assert all(len(c.data) == 1001 for c in chunks[:-1]) and 0 < len(chunks[-1].data) <= 1001
+    stream = b"".join(c.data for c in chunks)
+    assert stream.startswith((b"\x00\x00\x00\x01", b"\x00\x00\x01"))  # Annex-B start code
+    assert decode_bytes(stream, "video/h264", size=32).frames_decoded == FRAMES
+    assert [c.at for c in chunks] == sorted(c.at for c in chunks)
+    assert chunks[-1].at == pytest.approx((FRAMES - 1) / FPS)
+    webm = tmp_path / "clip.webm"
+    webm.write_bytes(media.encode(10, fmt="webm", codec="libvpx-vp9", width=64, height=48))
+    with pytest.raises(UnsupportedMedia, match=r"H\.264 or HEVC"):
+        list(raw_chunks(webm))
+
+
 def test_no_video_stream(tmp_path: Path) -> None:
     path = tmp_path / "sound.m4a"
     path.write_bytes(media.audio_only("mp4"))
@@ -245,6 +263,8 @@ def test_exported_names() -> None:
 
     assert set(consumers.broker.__all__) == {
         "DEFAULT_TOPICS",
+        "SEGMENTS_TOPIC",
+        "STATE_TOPIC",
         "BrokerError",
         "EmbeddedBroker",
         "default_topics",
@@ -254,8 +274,10 @@ def test_exported_names() -> None:
         "CONTENT_TYPE",
         "DEFAULT_MAX_SEGMENT_BYTES",
         "ProduceError",
+        "RawChunk",
         "Segment",
         "SegmentTooLarge",
         "produce_file",
+        "raw_chunks",
         "segment_video",
     }

@@ -529,3 +529,22 @@ def _status(port: int, path: str) -> int:
         return int(e.code)
     except OSError:
         return 0
+
+
+def test_cli_consume_prints_the_topics(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    from consumers.cli import main
+
+    assert main(["consume", "clipguard.flags", "--bootstrap", run.bootstrap, "--idle", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [FlagEvent.model_validate_json(x) for x in lines] == run.flags
+    assert main(["consume", "clipguard.dlq", "--bootstrap", run.bootstrap, "--headers"]) == 0
+    letters = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(letters) == 4 and all(x["at"].startswith("clipguard.dlq[0]@") for x in letters)
+    assert {x["headers"][DLQ_ERROR_CLASS] for x in letters} == {
+        "InvalidMedia",
+        "LimitExceeded",
+        "HeaderError",
+    }
+    assert letters[0]["value"].endswith(" bytes>")  # binary values by their size
+    assert main(["consume", "no.such.topic", "--bootstrap", run.bootstrap]) == 1
+    assert "no topic 'no.such.topic'" in capsys.readouterr().err

@@ -98,11 +98,12 @@ DLQ_VALUE_DROPPED: Final = "clipguard.value.dropped"
 
 _CHECKPOINT_FORMAT: Final = 1
 _DECODE_ATTEMPTS: Final = 2  # a crash or timeout is tried once more before the DLQ
+_ENCODE_ATTEMPTS: Final = 2  # so is a failed encoder batch
 _REQUEST_OVERHEAD: Final = 64 * 1024
 _MAX_BACKOFF_S: Final = 5.0
 _LAG_INTERVAL_S: Final = 1.0
 _COMMIT_INTERVAL_S: Final = 0.05
-_STATE_READ_TIMEOUT_S: Final = 15.0
+_STATE_READ_TIMEOUT_S: Final = 5.0  # well inside max_poll_interval_ms: it runs on the loop
 
 
 class WorkerError(ClipguardError, RuntimeError):
@@ -148,6 +149,7 @@ class _Segment:
     fps: float | None = None
     end: bool = False
     attempts: int = 0
+    encode_failed: bool = False
     error: BaseException | None = None
     frames: list[Frame] = field(default_factory=list)
     refs: list[FrameRef] = field(default_factory=list)
@@ -674,7 +676,7 @@ class Worker:
             while True:
                 while carry and len(batch) < s.max_batch_size:
                     seg, i = carry.popleft()
-                    if seg.cancelled:
+                    if seg.cancelled or seg.encode_failed:
                         continue
                     take = min(len(seg.frames) - i, s.max_batch_size - len(batch))
                     batch += [(seg, j) for j in range(i, i + take)]
@@ -697,14 +699,23 @@ class Worker:
                 self._encode(batch)
 
     def _encode(self, batch: list[tuple[_Segment, int]]) -> None:
-        started = time.monotonic()
-        try:
-            embeddings = self.encoder.encode([seg.frames[i].image for seg, i in batch])
-        except Exception as e:  # a model failure fails its segments, not the worker
-            _log.exception("encoding a batch of %d frames failed", len(batch))
-            for seg in {id(seg): seg for seg, _ in batch}.values():
-                self._events.put(("decode-failed", seg, e))
-            return
+        images = [seg.frames[i].image for seg, i in batch]
+        for attempt in range(1, _ENCODE_ATTEMPTS + 1):
+            started = time.monotonic()
+            try:
+                embeddings = self.encoder.encode(images)
+                break
+            except Exception as e:  # e.g. the device ran out of memory: once more, then DLQ
+                if attempt < _ENCODE_ATTEMPTS:
+                    self.metrics.retries.labels(stage="encode").inc()
+                    _log.warning("encoding %d frames failed, trying once more: %s", len(batch), e)
+                    time.sleep(self.settings.retry_backoff_ms / 1000)
+                    continue
+                _log.exception("encoding a batch of %d frames failed", len(batch))
+                for seg in {id(seg): seg for seg, _ in batch}.values():
+                    seg.encode_failed = True  # its frames still queued are skipped
+                    self._events.put(("decode-failed", seg, e))
+                return
         self.metrics.encode_seconds.observe(time.monotonic() - started)
         self.metrics.batch_size.observe(len(batch))
         finished: list[_Segment] = []
@@ -793,7 +804,8 @@ class Worker:
             end = self.judge.finish(stream.state, policies, facts=stream.facts)
             out.flags += end.flags
             out.shadow += end.shadow
-        seg.frames, seg.embeddings = [], None  # the pixels are no longer needed
+        seg.frames, seg.embeddings = [], None  # the pixels are no longer needed...
+        seg.value = b""  # ...nor the media (kept until now for a dead letter)
         seg.scored = len(out.scores)
         self.metrics.frames_scored.inc(len(out.scores))
         for event in out.shadow:

@@ -20,6 +20,15 @@ The output folder (``--out``) holds
 ``.clipguard-scan/``
     what resuming needs: one line per input done, with the key it was scanned under.
 
+With ``--kafka BOOTSTRAP`` the inputs are scanned by the worker fleet instead, as scan jobs
+(:mod:`consumers.jobs`): one job per input, its path made absolute (the workers read it at the
+same path, or fetch the URL), followed on ``clipguard.job-status`` until each is done or
+failed; then the jobs' records are read back from the scores and flags topics and the same
+files are written (the incidents' peak frames stay on the workers: the report shows none). The
+workers' model and policies scan; ``--policies`` only names the files that describe them in
+the report. Every input is scanned again (the key is known only once a job is done); the keys
+written let a later local scan resume from the folder.
+
 Resuming: an input is skipped when the folder already holds its results under the same key
 (:func:`pipeline.scan.content_key`: the file's SHA-256, or the URL, with the model, the
 policy set and the sampling settings) and it either was scanned or failed in a way that its
@@ -49,6 +58,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
+    from consumers.jobs import JobOutcome
     from pipeline.models.model import CLIP
     from pipeline.policy import PolicySet
     from pipeline.sampling import Sampling
@@ -70,6 +80,7 @@ _STATE_DIR: Final = ".clipguard-scan"
 _SUMMARY_FORMAT: Final = 1
 _THUMB_PNG_MAX: Final = 128  # peak frames up to this side are PNG, larger ones JPEG
 _DEMO_MODEL: Final = "clipguard-demo"  # pipeline.models.DEMO_MODEL, without importing torch
+_RUNNING_EVERY_S: Final = 5.0  # at most one progress line this often for running jobs
 
 _EPILOG = f"""\
 inputs:
@@ -82,6 +93,8 @@ examples:
   clipguard scan uploads/ --model ViT-B/32 --policies policies/ --out scan-2026-11
   clipguard scan urls.txt --keyframes --fit tiles
   clipguard scan uploads/ --out scan-2026-11       again: scans only new or changed files
+  clipguard scan --kafka kafka:9092 /mnt/uploads/   as jobs on the worker fleet (paths the
+                                                   workers can read, or URLs)
 
 output (in --out): scores.jsonl, flags.jsonl, summary.json, report.html, thumbnails/
 
@@ -104,10 +117,11 @@ def add_scan_parser(subparsers: Any) -> None:
         help="scan stored video (files, folders, URLs) and write results and a report",
         description=(
             "Decode, sample and score stored video with a CLIP model against moderation\n"
-            "policies, on this machine (no Kafka). Writes scores.jsonl and flags.jsonl (the\n"
-            "records of the clipguard.scores and clipguard.flags topics), summary.json and\n"
-            "report.html. A bad input never stops the scan. A rerun into the same --out skips\n"
-            "inputs already scanned with the same content, model, policies and sampling."
+            "policies, on this machine (or with --kafka as jobs on the worker fleet). Writes\n"
+            "scores.jsonl and flags.jsonl (the records of the clipguard.scores and\n"
+            "clipguard.flags topics), summary.json and report.html. A bad input never stops\n"
+            "the scan. A rerun into the same --out skips inputs already scanned with the same\n"
+            "content, model, policies and sampling."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -176,7 +190,14 @@ def add_scan_parser(subparsers: Any) -> None:
         type=_positive_float,
         default=600.0,
         metavar="S",
-        help="wall-clock seconds to decode one input (default: %(default)s)",
+        help="wall-clock seconds to decode one input (default: %(default)s); with --kafka: "
+        "stop following the jobs when none has reported for S seconds",
+    )
+    scan.add_argument(
+        "--kafka",
+        metavar="BOOTSTRAP",
+        help="scan on the worker fleet: submit one job per input to clipguard.jobs on these "
+        "brokers (host:port[,...]) and follow them (the workers' model and policies scan)",
     )
     scan.set_defaults(func=run_scan)
 
@@ -233,6 +254,8 @@ def run_scan(args: argparse.Namespace) -> int:
     inputs = discover(args.paths)
     if not inputs:
         raise ConfigError(f"no video files found in {', '.join(args.paths)}")
+    if args.kafka:
+        return _run_jobs(args, inputs)
 
     model, demo = _load_model(args.model or _DEMO_MODEL)
     if demo:  # load_clip has logged the demo notice; this says why it is in use
@@ -300,7 +323,8 @@ def run_scan(args: argparse.Namespace) -> int:
             summary = _summary(
                 known,
                 plan.run,
-                model=model,
+                model=model.name,
+                weights=model.fingerprint(),
                 demo=demo,
                 notice=DEMO_NOTICE if demo else None,
                 policy_set=compiled.policy_set,
@@ -313,7 +337,19 @@ def run_scan(args: argparse.Namespace) -> int:
             out.write_summary(summary)
             out.prune_thumbnails(summary)
             report = write_report(out.path)
+    return _conclude(summary, out.path, report, frames=frames, seconds=seconds, incidents=incidents)
 
+
+def _conclude(
+    summary: Mapping[str, Any],
+    out: Path,
+    report: Path,
+    *,
+    frames: int,
+    seconds: float,
+    incidents: int,
+) -> int:
+    """Print what the run did; its exit status."""
     mine = [f for f in summary["files"] if f["this_run"] is not None]
     failed = [f for f in mine if f["status"] == "failed"]
     now = sum(f["this_run"] == "scanned" and f["status"] == "scanned" for f in mine)
@@ -326,9 +362,186 @@ def run_scan(args: argparse.Namespace) -> int:
     )
     for f in failed:
         print(f"failed: {f['source']}: {f['error']['class']}: {f['error']['message']}")
-    print(f"results: {out.path}/ (scores.jsonl, flags.jsonl, summary.json)")
+    print(f"results: {out}/ (scores.jsonl, flags.jsonl, summary.json)")
     print(f"report: {report}")
     return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _run_jobs(args: argparse.Namespace, inputs: Sequence[ScanInput]) -> int:
+    """``clipguard scan --kafka``: the inputs as scan jobs on the worker fleet."""
+    from consumers.jobs import JobClient, job_options
+    from pipeline import __version__
+    from pipeline.errors import ClipguardError
+    from pipeline.events import JobRequest, JobStatus
+    from pipeline.models import DEMO_NOTICE, list_models
+    from pipeline.policy import load_policies
+    from pipeline.report import write_report
+    from pipeline.sampling import DEFAULT_SCENE_THRESHOLD
+
+    if args.model:
+        print(
+            "clipguard scan: error: --model cannot be used with --kafka (the workers' model scans)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if getattr(args, "log_level", "INFO") != "DEBUG":  # it logs every connection at INFO
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    scene = args.scene_change
+    request_options: dict[str, Any] = {
+        "sample_fps": None if args.keyframes or scene is not None else args.sample_fps or 1.0,
+        "keyframes": args.keyframes,
+        "scene_change": None if scene is None else DEFAULT_SCENE_THRESHOLD if scene < 0 else scene,
+        "fit": args.fit,
+    }
+    todo = [item for item in inputs if item.error is None]
+    requests = [JobRequest(uri=item.source, **request_options) for item in todo]
+    options = job_options(requests[0] if requests else JobRequest(uri="/", **request_options))
+    run = {item.source: "scanned" for item in inputs}
+
+    out = _OutDir(Path(args.out))
+    with out.locked():
+        known = out.load_state()
+        out.drop_records(set(run))
+        frames = incidents = 0
+        started = time.monotonic()
+        outcomes: list[JobOutcome] = []
+        try:
+            with _Progress(len(todo)) as progress:
+
+                def on_status(job: JobOutcome, status: JobStatus) -> None:
+                    source = status.source or job.request.uri
+                    if status.state == "failed":
+                        error = (str(status.error_class), str(status.reason))
+                        progress.finished(source, frames=0, incidents=0, error=error, seconds=0)
+                    elif status.state == "done":
+                        seconds = status.at - (job.accepted_at or status.at)
+                        progress.finished(
+                            source,
+                            frames=status.frames_scored,
+                            incidents=status.flags,
+                            error=None,
+                            seconds=seconds,
+                        )
+                    else:
+                        progress.running(source, status.frames_scored, status.frames_total)
+
+                if requests:
+                    print(
+                        f"scan: {len(requests)} jobs to {args.kafka}; following "
+                        "clipguard.job-status",
+                        file=sys.stderr,
+                    )
+                    outcomes = JobClient(args.kafka).run(
+                        requests, timeout=args.timeout, on_status=on_status
+                    )
+        finally:  # interrupted too: the summary and report show what was done
+            seconds = time.monotonic() - started
+            finals = [o.final for o in outcomes if o.final is not None]
+            model = next((s.model for s in finals if s.model), None) or "unknown"
+            weights = next((s.weights_sha256 for s in finals if s.weights_sha256), "") or ""
+            policy_set = next((s.policy_set for s in reversed(finals) if s.policy_set), "") or ""
+            demo = any(info.demo and info.name == model for info in list_models())
+            for item in inputs:  # failed before submission: missing, unreadable, bad scheme
+                if item.error is not None:
+                    known[item.source] = _failed_entry(item.source, item.error, model, policy_set)
+                    out.append(known[item.source], [], [])
+            for job in outcomes:
+                entry = _job_entry(job, options, args.timeout)
+                out.append(entry, job.scores, job.flags)
+                known[entry["source"]] = entry
+                frames += entry["frames_scored"]
+                incidents += len(entry["flags"])
+            if policy_set:
+                try:
+                    paths = [Path(p) for p in args.policies or [_default_policies(demo)]]
+                    policies = load_policies(paths)
+                except ClipguardError as e:
+                    print(f"note: cannot describe the workers' policies: {e}", file=sys.stderr)
+                else:
+                    if policies.digest == policy_set:
+                        out.save_policy_set(policy_set, _describe_policies(policies))
+                    else:
+                        print(
+                            f"note: the policies in {', '.join(map(str, paths))} are not the "
+                            f"workers' set {policy_set} (pass --policies with theirs): the "
+                            "report shows no thresholds",
+                            file=sys.stderr,
+                        )
+            summary = _summary(
+                known,
+                run,
+                model=model,
+                weights=weights,
+                demo=demo,
+                notice=DEMO_NOTICE if demo else None,
+                policy_set=policy_set,
+                policy_sets=out.load_policy_sets(),
+                options=options.describe(),
+                version=__version__,
+                frames=frames,
+                seconds=seconds,
+            )
+            out.write_summary(summary)
+            out.prune_thumbnails(summary)
+            report = write_report(out.path)
+    return _conclude(summary, out.path, report, frames=frames, seconds=seconds, incidents=incidents)
+
+
+def _job_entry(job: JobOutcome, options: ScanOptions, timeout: float) -> dict[str, Any]:
+    """A finished (or unfinished) job's entry, as a local scan of its input would write it."""
+    from pipeline.errors import DecodeError
+    from pipeline.scan import FileScan, content_key, file_sha256
+
+    status = job.final
+    source = (status.source if status is not None else None) or job.request.uri
+    if status is None or status.state != "done":
+        last = job.last
+        model = (last.model if last is not None else None) or "unknown"
+        policy_set = (last.policy_set if last is not None else None) or ""
+        if status is None:
+            state = last.state if last is not None else "not taken by any worker"
+            error = (
+                "JobNotFinished",
+                f"job {job.job_id}: no final status, none of the jobs reported for {timeout:g} "
+                f"s (last: {state}); it may still finish on the workers",
+            )
+        else:
+            error = (str(status.error_class), str(status.reason))
+        return _failed_entry(source, error, model, policy_set)
+    model, weights, policy_set = (
+        str(status.model),
+        str(status.weights_sha256),
+        str(status.policy_set),
+    )
+    sha: str | None = None
+    key: str | None = None
+    try:
+        if "://" not in source:
+            sha = file_sha256(source)
+        key = content_key(
+            sha or f"url:{source}",
+            model=model,
+            weights=weights,
+            policy_set=policy_set,
+            options=options,
+        )
+    except DecodeError:  # not readable here (only by the workers): not resumable locally
+        pass
+    result = FileScan(
+        source,
+        scores=job.scores,
+        flags=job.flags,
+        duration=status.duration,
+        width=status.width,
+        height=status.height,
+        codec=status.codec,
+        frames_decoded=status.frames_decoded or 0,
+        frames_scored=status.frames_scored,
+        decode_errors=status.decode_errors or 0,
+        first_decode_error=status.first_decode_error,
+        seconds=status.at - (job.accepted_at or status.at),
+    )
+    return _entry(result, key, sha, model, policy_set)
 
 
 @dataclass
@@ -447,7 +660,7 @@ def _now() -> str:
 
 
 def _entry(
-    result: FileScan, key: str, sha: str | None, model: str, policy_set: str
+    result: FileScan, key: str | None, sha: str | None, model: str, policy_set: str
 ) -> dict[str, Any]:
     """An input's line in the state and its entry in summary.json."""
     error = result.error
@@ -490,7 +703,12 @@ def _entry(
     }
 
 
-def _failed_entry(source: str, error: Exception, model: str, policy_set: str) -> dict[str, Any]:
+def _failed_entry(
+    source: str, error: Exception | tuple[str, str], model: str, policy_set: str
+) -> dict[str, Any]:
+    """The entry of an input that failed before its scan (or as a job): ``error`` is the
+    exception, or its class name and message."""
+    cls, message = error if isinstance(error, tuple) else (type(error).__name__, str(error))
     return {
         "source": source,
         "status": "failed",
@@ -509,7 +727,7 @@ def _failed_entry(source: str, error: Exception, model: str, policy_set: str) ->
         "first_decode_error": None,
         "flags": [],
         "shadow_incidents": 0,
-        "error": {"class": type(error).__name__, "message": str(error)},
+        "error": {"class": cls, "message": message},
         "seconds": 0.0,
     }
 
@@ -518,7 +736,8 @@ def _summary(
     known: Mapping[str, dict[str, Any]],
     run: Mapping[str, str],
     *,
-    model: CLIP,
+    model: str,
+    weights: str,
     demo: bool,
     notice: str | None,
     policy_set: str,
@@ -541,8 +760,8 @@ def _summary(
         "generated_at": _now(),
         "clipguard_version": version,
         "model": {
-            "name": model.name,
-            "weights_sha256": model.fingerprint(),
+            "name": model,
+            "weights_sha256": weights,
             "demo": demo,
             "notice": notice,
         },
@@ -710,6 +929,7 @@ class _Progress:
         self.total = total
         self.files = self.frames = self.incidents = self.failed = 0
         self.started = time.monotonic()
+        self._last_running = 0.0
         self._bar: Any = None
         if stream.isatty():
             try:
@@ -728,10 +948,38 @@ class _Progress:
             self._bar.close()
 
     def done(self, result: FileScan) -> None:
+        error = None if result.error is None else (type(result.error).__name__, str(result.error))
+        self.finished(
+            result.source,
+            frames=result.frames_scored,
+            incidents=len(result.incidents),
+            error=error,
+            seconds=result.seconds,
+        )
+
+    def running(self, source: str, frames: int, total: int | None) -> None:
+        """An input in progress elsewhere (a scan job): a log line at most every 5 s."""
+        now = time.monotonic()
+        if self._bar is not None or now - self._last_running < _RUNNING_EVERY_S:
+            return
+        self._last_running = now
+        of = f" of {total}" if total is not None else ""
+        _log.info("[%d/%d done] %s: %d%s frames scored", self.files, self.total, source, frames, of)
+
+    def finished(
+        self,
+        source: str,
+        *,
+        frames: int,
+        incidents: int,
+        error: tuple[str, str] | None,
+        seconds: float,
+    ) -> None:
+        """An input done: scanned (``error`` None) or failed (its class name and message)."""
         self.files += 1
-        self.frames += result.frames_scored
-        self.incidents += len(result.incidents)
-        self.failed += not result.ok
+        self.frames += frames
+        self.incidents += incidents
+        self.failed += error is not None
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = self.frames / elapsed
         if self._bar is not None:
@@ -742,18 +990,15 @@ class _Progress:
             self._bar.update(1)
             return
         eta = elapsed / self.files * (self.total - self.files)
-        if result.error is not None:
-            what = f"FAILED {type(result.error).__name__}: {result.error}"
+        if error is not None:
+            what = f"FAILED {error[0]}: {error[1]}"
         else:
-            what = (
-                f"{result.frames_scored} frames, {_plural(len(result.incidents), 'incident')} "
-                f"({result.seconds:.1f} s)"
-            )
+            what = f"{frames} frames, {_plural(incidents, 'incident')} ({seconds:.1f} s)"
         _log.info(
             "[%d/%d] %s: %s | %.1f frames/s, %d flags so far, eta %.0f s",
             self.files,
             self.total,
-            result.source,
+            source,
             what,
             rate,
             self.incidents,

@@ -113,8 +113,16 @@ class TopicNames(_Section):
         description="Per-stream temporal state checkpoints (compacted; as many partitions as "
         "segments).",
     )
+    jobs: str = Field(
+        default="clipguard.jobs",
+        description="Input topic of scan jobs (key = job id, value = JSON with the video's URI).",
+    )
+    job_status: str = Field(
+        default="clipguard.job-status",
+        description="Output topic of scan job status events (accepted, progress, done, failed).",
+    )
 
-    @field_validator("segments", "scores", "flags", "dlq", "state")
+    @field_validator("segments", "scores", "flags", "dlq", "state", "jobs", "job_status")
     @classmethod
     def _valid_topic(cls, value: str) -> str:
         if not _TOPIC_NAME.fullmatch(value) or value in {".", ".."}:
@@ -206,7 +214,8 @@ class WorkerSettings(BaseSettings):
         default="clipguard-workers", min_length=1, description="Consumer group of the workers."
     )
     topics: TopicNames = Field(
-        default_factory=TopicNames, description="Topic names (segments, scores, flags, dlq, state)."
+        default_factory=TopicNames,
+        description="Topic names (segments, scores, flags, dlq, state, jobs, job_status).",
     )
     max_poll_interval_ms: int = Field(
         default=10_000,
@@ -274,6 +283,11 @@ class WorkerSettings(BaseSettings):
     )
     max_inflight_segments: int = Field(
         default=32, gt=0, description="Segments in progress before consuming pauses."
+    )
+    jobs_enabled: bool = Field(
+        default=True,
+        description="Also run scan jobs from the jobs topic (one at a time, in their own thread "
+        "and consumer group: group_id + '-jobs'), when the topic exists.",
     )
     checkpoint_state: bool = Field(
         default=True,

@@ -1,4 +1,5 @@
-"""The records clipguard publishes: a score per scored frame, flag events, dead-letter headers.
+"""The records clipguard publishes: a score per scored frame, flag events, dead-letter headers,
+and the scan jobs' requests and status events.
 
 The models are the contract with downstream consumers; their JSON Schemas are exported to
 ``schemas/`` (:func:`write_schemas`, ``python -m pipeline.events``) and a test keeps that file
@@ -8,11 +9,13 @@ current. Field ``schema`` names the record type and version of every record.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "DLQ_ATTEMPTS",
@@ -22,8 +25,13 @@ __all__ = [
     "DLQ_ORIGINAL_PARTITION",
     "DLQ_ORIGINAL_TOPIC",
     "FLAG_SCHEMA",
+    "JOB_SCHEMA",
+    "JOB_STATUS_SCHEMA",
     "SCORE_SCHEMA",
     "FlagEvent",
+    "JobRequest",
+    "JobState",
+    "JobStatus",
     "ScoreRecord",
     "schemas",
     "write_schemas",
@@ -31,6 +39,8 @@ __all__ = [
 
 SCORE_SCHEMA: Final = "clipguard.score/1"
 FLAG_SCHEMA: Final = "clipguard.flag/1"
+JOB_SCHEMA: Final = "clipguard.job/1"
+JOB_STATUS_SCHEMA: Final = "clipguard.job-status/1"
 
 # Headers a dead letter carries beside the original value and headers.
 DLQ_ERROR_CLASS = "clipguard.error.class"
@@ -89,11 +99,109 @@ class FlagEvent(_Record):
     job_id: str | None = Field(None, description="the scan job, for scans run as Kafka jobs")
 
 
+class JobRequest(_Record):
+    """A scan job: one stored video to scan (``clipguard.jobs``, key = job id).
+
+    At most one sampling option; none means one frame a second (as ``clipguard scan``). The
+    URI is read by the worker that takes the job: an absolute path or ``file://`` URL on the
+    workers' file system, or an ``http(s)://`` URL (without credentials in it)."""
+
+    schema_id: Literal["clipguard.job/1"] = Field(JOB_SCHEMA, alias="schema")
+    uri: str = Field(description="absolute path, file:// URL or http(s):// URL of the video")
+    sample_fps: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="score this many frames per second"
+    )
+    keyframes: bool = Field(False, description="score keyframes only")
+    scene_change: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="score the first frame and every scene change, with this threshold (0..1)",
+    )
+    fit: Literal["pad", "crop", "tiles"] = Field(
+        "pad", description="how frames become the model's square input"
+    )
+    content_type: str | None = Field(
+        None, description="media type of the input; default: from its name's extension"
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _readable_by_a_worker(cls, uri: str) -> str:
+        parts = urlsplit(uri)
+        scheme = parts.scheme.lower()
+        if scheme in ("http", "https"):
+            if parts.username is not None or parts.password is not None:
+                raise ValueError("credentials in the URI are not accepted")
+            if not parts.hostname:
+                raise ValueError(f"no host in {uri!r}")
+        elif scheme == "file":
+            if not parts.path.startswith("/"):
+                raise ValueError(f"not an absolute file URL: {uri!r}")
+        elif scheme and len(scheme) > 1:
+            raise ValueError(f"URL scheme {scheme!r} is not supported (http, https, file)")
+        elif not os.path.isabs(uri):
+            raise ValueError(f"not an absolute path: {uri!r} (workers have their own cwd)")
+        return uri
+
+    @model_validator(mode="after")
+    def _one_sampling_option(self) -> JobRequest:
+        given = [
+            name
+            for name, value in (
+                ("sample_fps", self.sample_fps),
+                ("keyframes", self.keyframes or None),
+                ("scene_change", self.scene_change),
+            )
+            if value is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"at most one sampling option, not {' and '.join(given)}")
+        return self
+
+
+JobState = Literal["accepted", "progress", "done", "failed"]
+
+
+class JobStatus(_Record):
+    """What happened to a scan job (``clipguard.job-status``, key = job id).
+
+    A job's events: ``accepted`` (a worker took it), ``progress`` (after its decode, with the
+    frames to score, then periodically with the frames scored so far), then ``done`` (every
+    record of it is on the scores and flags topics) or ``failed`` (with the error class and
+    reason). A job taken over after a worker stopped mid-way starts again at ``accepted``."""
+
+    schema_id: Literal["clipguard.job-status/1"] = Field(JOB_STATUS_SCHEMA, alias="schema")
+    job_id: str
+    state: JobState
+    at: float = Field(description="when, Unix seconds (the worker's clock)")
+    worker: str = Field(description="the worker that sent it (host:pid)")
+    uri: str | None = Field(None, description="the job's URI (None: the request was unreadable)")
+    source: str | None = Field(None, description="the records' source and stream id")
+    model: str | None = None
+    weights_sha256: str | None = Field(None, description="fingerprint of the model's weights")
+    policy_set: str | None = Field(None, description="hash of the compiled policies")
+    frames_total: int | None = Field(None, description="sampled frames to score (once decoded)")
+    frames_scored: int = Field(0, description="frames scored so far (tiles of a frame: one)")
+    flags: int = Field(0, description="incidents flagged so far (closed flag events)")
+    duration: float | None = Field(None, description="seconds of video (done)")
+    width: int | None = None
+    height: int | None = None
+    codec: str | None = None
+    frames_decoded: int | None = None
+    decode_errors: int | None = Field(None, description="damaged packets skipped (done)")
+    first_decode_error: str | None = None
+    error_class: str | None = Field(None, description="the typed error (failed)")
+    reason: str | None = Field(None, description="the error's message (failed)")
+
+
 def schemas() -> dict[str, Any]:
     """The JSON Schemas of every published record type, by schema id."""
     return {
         SCORE_SCHEMA: ScoreRecord.model_json_schema(by_alias=True),
         FLAG_SCHEMA: FlagEvent.model_json_schema(by_alias=True),
+        JOB_SCHEMA: JobRequest.model_json_schema(by_alias=True),
+        JOB_STATUS_SCHEMA: JobStatus.model_json_schema(by_alias=True),
     }
 
 

@@ -32,7 +32,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,13 +349,29 @@ class Scanner:
 
     # ------------------------------------------------------------------ one input
 
-    def records(self, source: str) -> Iterator[ScoreRecord | FlagEvent]:
+    def records(
+        self,
+        source: str,
+        *,
+        heartbeat: Callable[[], object] | None = None,
+        heartbeat_s: float = 0.5,
+        decoded: Callable[[DecodeResult], object] | None = None,
+    ) -> Iterator[ScoreRecord | FlagEvent]:
         """Scan one input (a path or an http(s) URL) and yield its score records and flag
         events in publishing order, a batch at a time: what a job runner publishes. Raises
         the input's :class:`~pipeline.errors.DecodeError` before any record if it cannot be
-        decoded."""
+        decoded.
+
+        ``heartbeat`` is called every ``heartbeat_s`` seconds while the input decodes (a job
+        runner polls its consumer there; an exception it raises ends the scan), ``decoded``
+        once with the decode's result, before the first record."""
         job = self._submit(source)
+        while heartbeat is not None and not job.future.done():
+            wait([job.future], timeout=heartbeat_s)
+            heartbeat()
         job.result = job.future.result()
+        if decoded is not None:
+            decoded(job.result)
         while job.remaining():
             chunk = job.take(self.batch_size)
             before_s, before_f = len(job.out.scores), len(job.out.flags)

@@ -23,18 +23,17 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
-import media
-import numpy as np
 import pytest
+from scanclips import SIDE, SPAM, TRIANGLE, make_library
+from scanclips import clip as _clip
+from scanclips import showing as _showing
+from scanclips import write_clip as _write
 
 from consumers.cli import main
 from consumers.scan import EXIT_PARTIAL
-from pipeline import synthetic
 from pipeline.compiler import PolicyCompiler
 from pipeline.decode_pool import DecodePool
 from pipeline.encoder import Encoder
@@ -44,10 +43,6 @@ from pipeline.policy import load_policies
 from pipeline.scan import Scanner, discover
 
 ROOT = Path(__file__).resolve().parent.parent
-FPS = 5
-SIDE = 128
-TRIANGLE = ("red-triangle/red-triangle", 2.0, 5.0)  # label, shown from, shown until (seconds)
-SPAM = ("spam-text/spam-text", 3.0, 6.0)
 
 
 @pytest.fixture(autouse=True)
@@ -71,60 +66,11 @@ def _one_torch_thread() -> Iterator[None]:
 # media
 
 
-def _empty(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return synthetic.render(synthetic.sample_spec(rng, split="train", p_empty=1.0), SIDE)
-
-
-def _showing(concept: str, colour: str, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    spec = synthetic.sample_single_object_spec(rng, split="heldout", concept=concept, colour=colour)
-    return synthetic.render(spec, SIDE)
-
-
-def _clip(seconds: float, shown: np.ndarray | None, start: float, end: float, seed: int):
-    """``seconds`` of an empty scene with ``shown`` on screen from ``start`` to ``end``."""
-    background = _empty(seed)
-    return [
-        shown if shown is not None and start <= i / FPS < end else background
-        for i in range(round(seconds * FPS))
-    ]
-
-
-def _write(path: Path, frames: list[np.ndarray], fmt: str) -> Path:
-    """H.264 at FPS with a keyframe every second."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format=fmt) as out:
-        stream = out.add_stream("libx264", rate=FPS)
-        stream.width = stream.height = SIDE
-        stream.pix_fmt = "yuv420p"
-        stream.options = {
-            "preset": "fast",
-            "x264-params": f"log-level=none:keyint={FPS}:min-keyint={FPS}:scenecut=0",
-        }
-        for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, FPS)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
-
-
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder to scan: three good clips in two folders, a corrupt file, an audio-only file
-    and a text file that is not media."""
-    base = tmp_path_factory.mktemp("library")
-    _write(base / "triangle.mp4", _clip(8, _showing("triangle", "red", 1), 2, 5, 11), "mp4")
-    _write(base / "sub" / "spam.mkv", _clip(8, _showing("SPAM", "yellow", 2), 3, 6, 12), "matroska")
-    _write(base / "sub" / "clean.ts", _clip(4, None, 0, 0, 13), "mpegts")
-    (base / "corrupt.mp4").write_bytes(np.random.default_rng(5).bytes(20_000))
-    (base / "sub" / "audio-only.mp4").write_bytes(media.audio_only("mp4", seconds=2.0))
-    (base / "notes.txt").write_text("not a video\n")
-    return base
+    """The folder to scan (scanclips.make_library): three good clips in two folders, a corrupt
+    file, an audio-only file and a text file that is not media."""
+    return make_library(tmp_path_factory.mktemp("library"))
 
 
 def _scan(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

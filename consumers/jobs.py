@@ -1,0 +1,747 @@
+"""Scan jobs: stored videos scanned by the worker fleet, one job per record of ``clipguard.jobs``.
+
+A :class:`JobRunner` lives inside a stream worker (:class:`consumers.worker.Worker` starts it
+when ``jobs_enabled`` is set and the jobs topic exists): a thread of its own with its own
+consumer, in the consumer group ``group_id + "-jobs"``, sharing the worker's model (encoder),
+live policy store and decode pool. It scans each job with
+:meth:`pipeline.scan.Scanner.records`, the code path of ``clipguard scan``, so a job gives the
+records a local scan of the same input gives, plus ``job_id`` (``source`` and stream id: the
+video's path or URL). One job at a time::
+
+    poll one job, pause the jobs partitions -> status accepted -> decode in the pool
+    -> status progress (frames to score) -> encode and judge a batch at a time, publishing
+       the records (key = job id) to the scores and flags topics; status progress every second
+    -> every record acknowledged -> status done -> acknowledged -> commit the job's offset
+    -> resume the partitions
+
+The consumer is polled while the job decodes and between batches (its partitions paused, so it
+fetches nothing), which keeps the runner in its group however long a job takes:
+``max_poll_interval_ms`` never expires. A record fetched anyway (after a rebalance reassigned a
+partition) is sought back to and waits.
+
+Failures: a job whose value is not a valid :class:`~pipeline.events.JobRequest` fails with
+:class:`InvalidJob`; an input that cannot be decoded (missing, corrupt, unsupported, over a
+limit) fails with its :class:`~pipeline.errors.DecodeError` (a decode crash or timeout is tried
+once more first); either way the ``failed`` status carries the error class and reason and the
+job is committed: the same request would fail again. Any other error fails the job the same
+way (and is logged with its traceback). A record or status the broker does not acknowledge is
+sent again with backoff until it is, or the runner stops.
+
+Stopping: when the worker is asked to stop, the runner finishes its current job if it can
+within ``shutdown_deadline_s``; otherwise it abandons it, uncommitted, and the group's next
+owner of the partition runs it again from the start (its records so far are duplicates with
+the same flag event ids). A job whose partition is revoked by a rebalance and given to another
+member is abandoned the same way. Jobs use the decode limits of ``clipguard scan`` (an input
+of up to 2 GiB and one hour, 600 s to decode it) with the worker's ``decode.max_memory_bytes``.
+
+The other end: :class:`JobClient` submits jobs (one :class:`~pipeline.events.JobRequest` each,
+under a fresh job id), follows ``clipguard.job-status`` until every job is done or failed, and
+collects the done jobs' records from the scores and flags topics, read from where they ended
+when the jobs were submitted to where they end once the last job finished (a job's records are
+acknowledged before its ``done``). ``clipguard scan --kafka`` is built on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
+
+from pydantic import ValidationError
+
+from consumers.settings import TopicNames, WorkerSettings
+from pipeline.compiler import PolicyStore
+from pipeline.decode import DecodeResult, Limits
+from pipeline.decode_pool import DecodePool
+from pipeline.encoder import Encoder
+from pipeline.errors import ClipguardError, DecodeCrash, DecodeError, DecodeTimeout
+from pipeline.events import FlagEvent, JobRequest, JobState, JobStatus, ScoreRecord
+from pipeline.sampling import Sampling
+from pipeline.scan import Scanner, ScanOptions
+
+__all__ = [
+    "InvalidJob",
+    "JobClient",
+    "JobError",
+    "JobOutcome",
+    "JobRunner",
+    "job_options",
+    "start_jobs",
+]
+
+_log = logging.getLogger(__name__)
+
+_PROGRESS_INTERVAL_S: Final = 1.0  # most time between progress events of a running job
+_TICK_S: Final = 0.2  # most time between consumer polls while a job runs
+_DECODE_ATTEMPTS: Final = 2  # a decode crash or timeout is tried once more
+_MAX_BACKOFF_S: Final = 5.0
+_REASON_CHARS: Final = 1000
+_runner_numbers = itertools.count(1)
+
+
+class InvalidJob(ClipguardError, ValueError):
+    """A job record is not a valid job request (not JSON, a missing or unknown field, a relative
+    path, two sampling options...): it fails, and is committed."""
+
+
+class _Abandoned(Exception):
+    """The current job stops unfinished and uncommitted: its partition's owner runs it again."""
+
+
+def job_options(request: JobRequest, *, limits: Limits | None = None) -> ScanOptions:
+    """How a job's input is decoded and sampled: its request's options, else one frame a
+    second and ``pad`` (``clipguard scan``'s defaults)."""
+    if request.keyframes:
+        sampling = Sampling(mode="keyframes")
+    elif request.scene_change is not None:
+        sampling = Sampling(mode="scene", scene_threshold=request.scene_change)
+    else:
+        sampling = Sampling(mode="fps", fps=request.sample_fps or 1.0)
+    return ScanOptions(
+        sampling=sampling, fit=request.fit, limits=limits, content_type=request.content_type
+    )
+
+
+def start_jobs(
+    settings: WorkerSettings,
+    *,
+    encoder: Encoder,
+    store: PolicyStore,
+    pool: DecodePool | None,
+    stopping: threading.Event | None = None,
+) -> JobRunner | None:
+    """Start a :class:`JobRunner` in its thread; None (logged) when the jobs or job status
+    topic does not exist or the broker cannot be reached: the worker goes on without jobs."""
+    from kafka.errors import KafkaError
+
+    if pool is None:
+        raise ClipguardError("the job runner needs the worker's decode pool")
+    runner = JobRunner(settings, encoder=encoder, store=store, pool=pool, stopping=stopping)
+    try:
+        connected = runner.connect()
+    except KafkaError as e:
+        _log.warning("scan jobs disabled: cannot connect to Kafka (%s)", e)
+        runner.close()
+        return None
+    if not connected:
+        return None
+    runner.start()
+    return runner
+
+
+# ------------------------------------------------------------------------------- one job
+
+
+@dataclass(eq=False)
+class _Send:
+    topic: str
+    value: bytes
+    future: Any
+    attempts: int = 1
+
+
+@dataclass(eq=False)
+class _Job:
+    tp: Any  # kafka TopicPartition
+    offset: int
+    job_id: str
+    started: float = field(default_factory=time.monotonic)
+    uri: str | None = None
+    source: str | None = None
+    policy_set: str | None = None
+    frames_total: int | None = None
+    frames_scored: int = 0
+    flags: int = 0  # incidents: closed flag events
+    result: DecodeResult | None = None  # its facts; the frames are not kept
+    sends: list[_Send] = field(default_factory=list)  # not yet acknowledged
+    last_status: float = 0.0
+    last_tick: float = 0.0
+    revoked: bool = False  # its partition was revoked; the next assignment decides
+
+    @property
+    def where(self) -> str:
+        return f"{self.tp.topic}[{self.tp.partition}]@{self.offset}"
+
+
+def _source(uri: str) -> str:
+    """The records' source for a (validated) job URI: the path of a ``file://`` URL, else the
+    URI itself (an absolute path, or an http(s) URL)."""
+    parts = urlsplit(uri)
+    if parts.scheme.lower() == "file":
+        return url2pathname(unquote(parts.path))
+    return uri
+
+
+def _parse(value: bytes | None) -> JobRequest:
+    if not value:
+        raise InvalidJob("the job record has no value")
+    try:
+        return JobRequest.model_validate_json(value)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}"
+            for err in e.errors(include_url=False, include_input=False)
+        )
+        raise InvalidJob(f"not a valid job request: {problems}") from None
+
+
+# ------------------------------------------------------------------------------- the runner
+
+
+class JobRunner:
+    """Runs scan jobs from ``settings.topics.jobs``; see the module docstring.
+
+    :meth:`connect`, then :meth:`start` (a thread) or :meth:`run` (this thread); :meth:`stop`
+    from any thread. ``stopping`` is the worker's own stop event: the runner starts its
+    shutdown deadline when either is set."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        encoder: Encoder,
+        store: PolicyStore,
+        pool: DecodePool,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.encoder = encoder
+        self.store = store
+        self.pool = pool
+        self.group_id = settings.group_id + "-jobs"
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}-{next(_runner_numbers)}"
+        self.jobs_committed = 0  # jobs finished (done or failed) and committed
+        self.joined = False  # the consumer has had partitions assigned at least once
+        self._stop = threading.Event()
+        self._stopping = stopping if stopping is not None else threading.Event()
+        self._deadline: float | None = None
+        self._rebalances: queue.SimpleQueue[tuple[str, set[Any]]] = queue.SimpleQueue()
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._thread: threading.Thread | None = None
+        self._weights: str | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def connect(self) -> bool:
+        """Connect and subscribe; False (logged, clients closed) when the jobs or job status
+        topic does not exist."""
+        from kafka import KafkaConsumer, KafkaProducer
+
+        s = self.settings
+        self._producer = KafkaProducer(
+            **s.producer_config(), client_id="clipguard-jobs", linger_ms=5
+        )
+        self._consumer = KafkaConsumer(
+            **{**s.consumer_config(), "group_id": self.group_id}, client_id="clipguard-jobs"
+        )
+        topics = self._consumer.topics()
+        missing = [t for t in (s.topics.jobs, s.topics.job_status) if t not in topics]
+        if missing:
+            _log.warning(
+                "scan jobs disabled: topic %s missing on %s (the worker runs without jobs)",
+                " and ".join(missing),
+                s.bootstrap_servers,
+            )
+            self.close()
+            return False
+        self._consumer.subscribe([s.topics.jobs], listener=_listener(self._rebalances))
+        _log.info("scan jobs from %s (group %s)", s.topics.jobs, self.group_id)
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="clipguard-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop: the current job is finished or abandoned within the shutdown deadline (counted
+        from the first stop request), then the runner leaves its group."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.settings.shutdown_deadline_s + 15)
+            if self._thread.is_alive():
+                _log.warning("the job runner did not stop in time")
+
+    def close(self) -> None:
+        for name, client in (("consumer", self._consumer), ("producer", self._producer)):
+            if client is None:
+                continue
+            try:
+                if name == "consumer":
+                    client.close(autocommit=False)  # leaves the group
+                else:
+                    client.close(timeout=5)
+            except Exception as e:  # closing must not hide why we stopped
+                _log.warning("closing the job runner's %s: %s", name, e)
+        self._consumer = self._producer = None
+
+    def run(self) -> None:
+        """Take jobs one at a time until stopped."""
+        try:
+            self._weights = self.encoder.model.fingerprint()
+            while not self._stopped():
+                records = self._consumer.poll(timeout_ms=200, max_records=1)
+                self._apply_rebalances(None)
+                for tp, batch in records.items():
+                    for record in batch:
+                        self._run_job(tp, record)
+        except Exception:  # the worker's streams must outlive a broken job runner
+            _log.exception("the job runner failed: no more scan jobs here (streams go on)")
+        finally:
+            self.close()
+
+    def _stopped(self) -> bool:
+        return self._stop.is_set() or self._stopping.is_set()
+
+    # -- one job ----------------------------------------------------------------------------
+
+    def _run_job(self, tp: Any, record: Any) -> None:
+        from kafka.errors import KafkaError
+
+        self._consumer.pause(*self._consumer.assignment())
+        key = record.key.decode("utf-8", "replace") if record.key else ""
+        job = _Job(tp, record.offset, key or f"{tp.topic}[{tp.partition}]@{record.offset}")
+        try:
+            try:
+                self._scan(job, _parse(record.value))
+            except (DecodeError, InvalidJob) as e:
+                self._fail(job, e)
+            except _Abandoned:
+                raise
+            except KafkaError as e:  # the broker, not the job: try the job again later
+                raise _Abandoned(f"Kafka: {e}") from e
+            except Exception as e:  # a bug or a model failure: this job fails, not the runner
+                _log.exception("job %s (%s) failed unexpectedly", job.job_id, job.where)
+                self._fail(job, e)
+            self._settle(job, wait=True)  # every record and the final status acknowledged
+            self._commit(job)
+        except _Abandoned as e:
+            _log.warning(
+                "job %s (%s) abandoned, not committed (%s): the partition's owner runs it again",
+                job.job_id,
+                job.where,
+                e,
+            )
+            if self._consumer is not None and job.tp in self._consumer.assignment():
+                self._consumer.seek(job.tp, job.offset)  # still ours: it comes back next
+        finally:
+            if self._consumer is not None and not self._stopped():
+                self._consumer.resume(*self._consumer.assignment())
+
+    def _scan(self, job: _Job, request: JobRequest) -> None:
+        job.uri = request.uri
+        job.source = _source(request.uri)
+        store = self.store
+        policies, compiled = store.policies, store.compiled
+        job.policy_set = compiled.policy_set
+        limits = Limits(max_memory=self.settings.decode.max_memory_bytes)
+        scanner = Scanner(
+            self.encoder,
+            compiled,
+            policies,
+            pool=self.pool,
+            options=job_options(request, limits=limits),
+        )
+        self._status(job, "accepted")
+        _log.info("job %s (%s): %s", job.job_id, job.where, job.source)
+        for attempt in range(1, _DECODE_ATTEMPTS + 1):
+            try:
+                for record in scanner.records(
+                    job.source,
+                    heartbeat=lambda: self._tick(job),
+                    heartbeat_s=_TICK_S,
+                    decoded=lambda result: self._decoded(job, result),
+                ):
+                    self._publish(job, record)
+                break
+            except (DecodeCrash, DecodeTimeout) as e:
+                if attempt == _DECODE_ATTEMPTS or job.result is not None:
+                    raise
+                _log.warning("job %s: decode failed (%s), trying once more", job.job_id, e)
+        self._settle(job, wait=True)  # the records are on their topics before "done" says so
+        result = job.result
+        assert result is not None
+        self._status(
+            job,
+            "done",
+            duration=None if result.duration is None else round(result.duration, 3),
+            width=result.width,
+            height=result.height,
+            codec=result.codec,
+            frames_decoded=result.frames_decoded,
+            decode_errors=result.decode_errors,
+            first_decode_error=result.first_error,
+        )
+        _log.info(
+            "job %s done: %d frames scored, %d incidents, %.1f s",
+            job.job_id,
+            job.frames_scored,
+            job.flags,
+            time.monotonic() - job.started,
+        )
+
+    def _decoded(self, job: _Job, result: DecodeResult) -> None:
+        job.result = result
+        job.frames_total = len({f.index for f in result.frames})
+        self._status(job, "progress")
+
+    def _publish(self, job: _Job, record: ScoreRecord | FlagEvent) -> None:
+        s = self.settings
+        record = record.model_copy(update={"job_id": job.job_id})
+        if isinstance(record, ScoreRecord):
+            job.frames_scored += record.tile == 0
+            self._send(job, s.topics.scores, record.to_json())
+        else:
+            job.flags += record.state == "closed"
+            self._send(job, s.topics.flags, record.to_json())
+        now = time.monotonic()
+        if now - job.last_tick >= _TICK_S:
+            self._tick(job)
+            self._settle(job, wait=False)
+        if now - job.last_status >= _PROGRESS_INTERVAL_S:
+            self._status(job, "progress")
+
+    def _fail(self, job: _Job, error: BaseException) -> None:
+        reason = str(error)[:_REASON_CHARS]
+        _log.warning(
+            "job %s (%s) failed: %s: %s", job.job_id, job.where, type(error).__name__, reason
+        )
+        self._status(job, "failed", error_class=type(error).__name__, reason=reason)
+
+    def _status(self, job: _Job, state: JobState, **facts: Any) -> None:
+        status = JobStatus(
+            job_id=job.job_id,
+            state=state,
+            at=round(time.time(), 3),
+            worker=self.worker_id,
+            uri=job.uri,
+            source=job.source,
+            model=self.encoder.model.name,
+            weights_sha256=self._weights,
+            policy_set=job.policy_set,
+            frames_total=job.frames_total,
+            frames_scored=job.frames_scored,
+            flags=job.flags,
+            **facts,
+        )
+        self._send(job, self.settings.topics.job_status, status.to_json())
+        job.last_status = time.monotonic()
+
+    # -- Kafka ------------------------------------------------------------------------------
+
+    def _send(self, job: _Job, topic: str, value: bytes) -> None:
+        job.sends.append(_Send(topic, value, self._produce(topic, job.job_id, value)))
+
+    def _produce(self, topic: str, key: str, value: bytes) -> Any:
+        from kafka.future import Future
+
+        try:
+            return self._producer.send(topic, key=key.encode(), value=value)
+        except Exception as e:  # buffer full, too large: retried like a failed acknowledgement
+            return Future().failure(e)
+
+    def _settle(self, job: _Job, *, wait: bool) -> None:
+        """Forget acknowledged sends and send failed ones again (with backoff); with ``wait``,
+        until every send is acknowledged."""
+        from kafka.errors import KafkaTimeoutError
+
+        while True:
+            pending = []
+            for send in job.sends:
+                if not send.future.is_done:
+                    pending.append(send)
+                elif send.future.failed():
+                    backoff = min(
+                        _MAX_BACKOFF_S,
+                        self.settings.retry_backoff_ms / 1000 * 2 ** (send.attempts - 1),
+                    )
+                    _log.error(
+                        "job %s: publishing to %s failed (attempt %d, again in %.1f s): %s",
+                        job.job_id,
+                        send.topic,
+                        send.attempts,
+                        backoff,
+                        send.future.exception,
+                    )
+                    self._sleep(job, backoff)
+                    send.attempts += 1
+                    send.future = self._produce(send.topic, job.job_id, send.value)
+                    pending.append(send)
+            job.sends = pending
+            if not wait or not pending:
+                return
+            with contextlib.suppress(KafkaTimeoutError):  # not all yet: poll, look again
+                self._producer.flush(timeout=_TICK_S)
+            self._tick(job)
+
+    def _sleep(self, job: _Job, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, _TICK_S))
+            self._tick(job)
+
+    def _tick(self, job: _Job) -> None:
+        """While a job runs: keep the consumer in its group (poll, nothing fetched), follow
+        rebalances, and give up on the job when the shutdown deadline has passed."""
+        now = time.monotonic()
+        job.last_tick = now
+        if self._deadline is None and self._stopped():
+            self._deadline = now + self.settings.shutdown_deadline_s
+            _log.info(
+                "stopping: finishing job %s within %.0f s",
+                job.job_id,
+                self.settings.shutdown_deadline_s,
+            )
+        if self._deadline is not None and now > self._deadline:
+            raise _Abandoned("the shutdown deadline passed")
+        records = self._consumer.poll(timeout_ms=0, max_records=1)
+        for tp, batch in records.items():  # fetched after a rebalance reset the pause
+            if batch:
+                self._consumer.seek(tp, batch[0].offset)
+        self._consumer.pause(*self._consumer.assignment())
+        self._apply_rebalances(job)
+
+    def _apply_rebalances(self, job: _Job | None) -> None:
+        while True:
+            try:
+                what, tps = self._rebalances.get_nowait()
+            except queue.Empty:
+                return
+            _log.debug("jobs partitions %s: %s", what, ", ".join(sorted(map(str, tps))) or "none")
+            if what == "assigned":
+                self.joined = True
+                if job is not None and job.revoked:
+                    if job.tp not in tps:
+                        raise _Abandoned(
+                            f"{job.tp.topic}[{job.tp.partition}] went to another member"
+                        )
+                    job.revoked = False  # ours again: finish it
+            elif job is not None and job.tp in tps:
+                if what == "lost":
+                    raise _Abandoned(f"{job.tp.topic}[{job.tp.partition}] was lost")
+                job.revoked = True
+
+    def _commit(self, job: _Job) -> None:
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        while job.revoked:  # a rebalance is deciding who owns the job's partition
+            self._sleep(job, _TICK_S)
+        try:
+            self._consumer.commit({job.tp: OffsetAndMetadata(job.offset + 1, "", -1)})
+        except KafkaError as e:
+            _log.warning(
+                "job %s: commit failed (%s): the partition's owner runs it again", job.job_id, e
+            )
+            return
+        self.jobs_committed += 1
+        if job.tp in self._consumer.assignment():
+            # a rebalance that gave the partition back reset its position to the job
+            self._consumer.seek(job.tp, job.offset + 1)
+
+
+def _listener(events: queue.SimpleQueue[tuple[str, set[Any]]]) -> Any:
+    """A rebalance listener that only reports (kafka-python runs it on its IO thread)."""
+    from kafka import ConsumerRebalanceListener
+
+    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
+            events.put(("revoked", set(revoked)))
+
+        def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
+            events.put(("assigned", set(assigned)))
+
+        def on_partitions_lost(self, lost: Iterable[Any]) -> None:
+            events.put(("lost", set(lost)))
+
+    return Listener()
+
+
+# ------------------------------------------------------------------------------- the client
+
+
+class JobError(ClipguardError, RuntimeError):
+    """Scan jobs could not be submitted or followed (broker unreachable, topics missing)."""
+
+
+@dataclass(eq=False)
+class JobOutcome:
+    """One submitted job, as followed: its final status (None: none came in time), its last
+    status of any kind, and, for a job done, its records (duplicates from a job run more
+    than once dropped)."""
+
+    job_id: str
+    request: JobRequest
+    final: JobStatus | None = None
+    last: JobStatus | None = None
+    accepted_at: float | None = None  # the (last) accepted status's time
+    scores: list[ScoreRecord] = field(default_factory=list)
+    flags: list[FlagEvent] = field(default_factory=list)
+
+
+class JobClient:
+    """Submits scan jobs and follows them until each is done or failed: what
+    ``clipguard scan --kafka`` runs.
+
+    ``client_config`` is passed to kafka-python's clients (security settings, for example)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        topics: TopicNames | None = None,
+        client_config: Mapping[str, Any] | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics or TopicNames()
+        self._config = {
+            "bootstrap_servers": bootstrap.split(","),
+            "request_timeout_ms": 30_000,
+            "bootstrap_timeout_ms": int(connect_timeout * 1000),
+            **(client_config or {}),
+        }
+
+    def run(
+        self,
+        requests: Sequence[JobRequest],
+        *,
+        timeout: float,
+        on_status: Callable[[JobOutcome, JobStatus], object] | None = None,
+    ) -> list[JobOutcome]:
+        """Submit one job per request, follow the job status topic until every job has a
+        final status (or none of them has reported for ``timeout`` seconds), then read the
+        done jobs' records from the scores and flags topics. ``on_status`` sees each status
+        event of the jobs as it comes. The outcomes are in the order of ``requests``."""
+        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+        from kafka.errors import KafkaError
+
+        t = self.topics
+        try:
+            consumer = KafkaConsumer(**self._config, group_id=None, enable_auto_commit=False)
+        except KafkaError as e:
+            raise JobError(f"cannot connect to Kafka at {self.bootstrap}: {e}") from e
+        producer: Any = None
+        try:
+            found = consumer.topics()
+            missing = [n for n in (t.jobs, t.job_status, t.scores, t.flags) if n not in found]
+            if missing:
+                raise JobError(
+                    f"topics missing on {self.bootstrap}: {', '.join(missing)} (are the workers "
+                    "set up there?)"
+                )
+            status_tps = _partitions(consumer, t.job_status, TopicPartition)
+            record_tps = [
+                *_partitions(consumer, t.scores, TopicPartition),
+                *_partitions(consumer, t.flags, TopicPartition),
+            ]
+            consumer.assign([*status_tps, *record_tps])
+            for tp, offset in consumer.end_offsets([*status_tps, *record_tps]).items():
+                consumer.seek(tp, offset)  # only what happens from now on
+            producer = KafkaProducer(**self._config, acks="all", linger_ms=5)
+            jobs = {uuid.uuid4().hex: JobOutcome("", r) for r in requests}
+            for job_id, job in jobs.items():
+                job.job_id = job_id
+            self._submit(producer, jobs)
+            self._follow(consumer, jobs, status_tps, record_tps, timeout, on_status)
+        except KafkaError as e:
+            raise JobError(f"following scan jobs on {self.bootstrap} failed: {e}") from e
+        finally:
+            consumer.close(autocommit=False)
+            if producer is not None:
+                producer.close(timeout=5)
+        for job in jobs.values():
+            if job.final is None or job.final.state != "done":
+                job.scores, job.flags = [], []
+                continue
+            job.scores = list({(r.seq, r.frame_index, r.tile): r for r in job.scores}.values())
+            job.flags = list({(f.event_id, f.state): f for f in job.flags}.values())
+        return list(jobs.values())
+
+    def _submit(self, producer: Any, jobs: Mapping[str, JobOutcome]) -> None:
+        futures = [
+            producer.send(self.topics.jobs, key=job_id.encode(), value=job.request.to_json())
+            for job_id, job in jobs.items()
+        ]
+        producer.flush(timeout=30)
+        for future in futures:
+            future.get(timeout=30)
+        _log.info("submitted %d scan jobs to %s", len(futures), self.topics.jobs)
+
+    def _follow(
+        self,
+        consumer: Any,
+        jobs: Mapping[str, JobOutcome],
+        status_tps: Sequence[Any],
+        record_tps: Sequence[Any],
+        timeout: float,
+        on_status: Callable[[JobOutcome, JobStatus], object] | None,
+    ) -> None:
+        t = self.topics
+        keys = {job_id.encode(): job for job_id, job in jobs.items()}
+        last_heard = time.monotonic()
+        ends: dict[Any, int] | None = None  # the records topics' ends once every job is final
+        while True:
+            for tp, batch in consumer.poll(timeout_ms=200).items():
+                for record in batch:
+                    job = keys.get(record.key) if record.key is not None else None
+                    if job is None or record.value is None:
+                        continue  # another job's or stream's record
+                    try:
+                        if tp.topic == t.job_status:
+                            status = JobStatus.model_validate_json(record.value)
+                        elif tp.topic == t.scores:
+                            job.scores.append(ScoreRecord.model_validate_json(record.value))
+                            continue
+                        else:
+                            job.flags.append(FlagEvent.model_validate_json(record.value))
+                            continue
+                    except ValidationError as e:
+                        _log.warning(
+                            "%s[%d]@%d: not a valid record: %s",
+                            tp.topic,
+                            tp.partition,
+                            record.offset,
+                            e,
+                        )
+                        continue
+                    last_heard = time.monotonic()
+                    if job.final is not None:
+                        continue  # a job run again after it finished (a commit that failed)
+                    job.last = status
+                    if status.state == "accepted":  # (again, after an abandoned run: the
+                        job.accepted_at = status.at  # records of both are deduplicated)
+                    if status.state in ("done", "failed"):
+                        job.final = status
+                    if on_status is not None:
+                        on_status(job, status)
+            if ends is None and all(job.final is not None for job in jobs.values()):
+                # the done jobs' records were acknowledged before their status: read to here
+                ends = consumer.end_offsets(list(record_tps))
+            if ends is not None and all(consumer.position(tp) >= end for tp, end in ends.items()):
+                return
+            if ends is None and time.monotonic() - last_heard > timeout:
+                waiting = sum(job.final is None for job in jobs.values())
+                _log.warning(
+                    "%d of %d jobs unfinished: no status for %.0f s (they may still finish)",
+                    waiting,
+                    len(jobs),
+                    timeout,
+                )
+                ends = consumer.end_offsets(list(record_tps))
+                timeout = float("inf")
+
+
+def _partitions(consumer: Any, topic: str, make: Callable[[str, int], Any]) -> list[Any]:
+    return [make(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -103,8 +104,18 @@ def stage_encode(encoder: Encoder, images: list[Any], per_sample: float) -> floa
     return done / (time.perf_counter() - start) * per_sample
 
 
-def end_to_end(segments: list[Segment], mode: str, streams: int) -> float:
-    """Input video frames/s through a worker, from a backlog of ``streams`` copies."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def end_to_end(segments: list[Segment], mode: str, streams: int) -> tuple[float, dict[str, float]]:
+    """Input video frames/s through a worker, from a backlog of ``streams`` copies, and the CPU
+    seconds each part used meanwhile (decode processes, the worker process, the broker)."""
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     with EmbeddedBroker() as broker:
         broker.create_topics(default_topics())
@@ -122,15 +133,30 @@ def end_to_end(segments: list[Segment], mode: str, streams: int) -> float:
         worker = Worker(_settings(broker.bootstrap, mode))
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
+        while not worker.ready:
+            time.sleep(0.01)
+        pool = worker._pool
+        assert pool is not None and broker.pid is not None
+        children = pool.pids()
+
+        def usage() -> dict[str, float]:
+            return {
+                "decode processes": sum(_cpu_seconds(p) for p in children),
+                "worker process": _cpu_seconds(os.getpid()),
+                "broker": _cpu_seconds(broker.pid or 0),
+            }
+
+        before = usage()
         total = streams * len(segments)
         while worker.segments_done < total:
             time.sleep(0.05)
+        after = usage()
         assert worker.first_arrival is not None and worker.last_done is not None
         took = worker.last_done - worker.first_arrival
         worker.stop("bench")
         thread.join(60)
     frames = streams * sum(seg.frames for seg in segments)
-    return frames / took
+    return frames / took, {k: after[k] - before[k] for k in after}
 
 
 def latency(
@@ -198,11 +224,15 @@ def main(argv: list[str] | None = None) -> int:
         encoder = Encoder(model, batch_size=s.max_batch_size)
         per_sample = FPS / s.sampling.fps if mode == "fps" else 1.0
         decode, enc, e2e = [], [], []
+        cpu: dict[str, list[float]] = {}
         for _ in range(args.repeats):
             rate, images = stage_decode(segments, s, model.input_resolution)
             decode.append(rate)
             enc.append(stage_encode(encoder, images, per_sample))
-            e2e.append(end_to_end(segments, mode, args.streams))
+            through, used = end_to_end(segments, mode, args.streams)
+            e2e.append(through)
+            for part, seconds in used.items():
+                cpu.setdefault(part, []).append(seconds)
         d, e, x = (statistics.median(v) for v in (decode, enc, e2e))
         slowest = min(d, e)
         label = f"sampling {s.sampling.fps:g} frames/s" if mode == "fps" else "every frame"
@@ -211,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  encode stage alone   {e:8.1f}   ({e / per_sample:.1f} images/s)")
         print(f"  end to end           {x:8.1f}")
         print(f"  end to end / slowest stage: {x / slowest:.2f}x (goal 0.85x)")
+        used = {part: statistics.median(v) for part, v in cpu.items()}
+        total = sum(used.values())
+        print(
+            "  CPU during the end-to-end run: "
+            + ", ".join(f"{part} {v:.1f} s ({v / total:.0%})" for part, v in used.items())
+        )
     lat, produced = latency(segments, args.streams, args.seconds)
     print(
         f"\nlatency, {args.streams} live streams of 720p at {FPS} fps (one 2 s segment per "

@@ -103,6 +103,8 @@ _REQUEST_OVERHEAD: Final = 64 * 1024
 _MAX_BACKOFF_S: Final = 5.0
 _LAG_INTERVAL_S: Final = 1.0
 _COMMIT_INTERVAL_S: Final = 0.05
+_BUSY_POLL_S: Final = 0.05  # with work in flight, poll Kafka this often...
+_EVENT_WAIT_S: Final = 0.01  # ...and wait this long for the other threads between polls
 _STATE_READ_TIMEOUT_S: Final = 5.0  # well inside max_poll_interval_ms: it runs on the loop
 
 
@@ -224,8 +226,11 @@ class Worker:
         self._pool: DecodePool | None = None
         self._threads: list[threading.Thread] = []
         self._threads_stop = threading.Event()
+        self._jobs: Any = None  # consumers.jobs runner, when scan jobs run in this worker
         self._last_lag = 0.0
         self._last_commit = 0.0
+        self._last_poll = 0.0
+        self._early: list[tuple[Any, ...]] = []  # an event taken while waiting
         self._reload_errors_seen = 0
         self.segments_done = 0  # for tests, the demo and benches: segments fully handled
         self.pauses = 0  # times consumption paused for backpressure
@@ -341,7 +346,7 @@ class Worker:
         self._consumer.subscribe([s.topics.segments], listener=_listener(self._rebalances))
 
     def _shut_down(self) -> None:
-        jobs = getattr(self, "_jobs", None)  # set by _start when scan jobs run here
+        jobs = self._jobs  # set by _start when scan jobs run here
         if jobs is not None:  # first: it finishes or abandons its job while the pool is up
             jobs.stop()
         self._threads_stop.set()
@@ -395,7 +400,18 @@ class Worker:
             self._apply_rebalances()
             inflight = self._inflight()
             room = max(1, min(64, s.max_inflight_segments - inflight))  # fetch no more than fits
-            records = self._consumer.poll(timeout_ms=10 if inflight else 100, max_records=room)
+            records: dict[Any, list[Any]] = {}
+            now = time.monotonic()
+            if not inflight:
+                records = self._consumer.poll(timeout_ms=100, max_records=room)
+                self._last_poll = now
+            elif now - self._last_poll >= _BUSY_POLL_S:
+                # Busy: poll without waiting, at most every _BUSY_POLL_S (each poll wakes the
+                # client's IO thread), and wait on the other threads' events in between.
+                records = self._consumer.poll(timeout_ms=0, max_records=room)
+                self._last_poll = now
+            if not records and inflight:
+                self._wait_event(_EVENT_WAIT_S)
             self._apply_rebalances()
             if deadline is None:
                 for tp, batch in records.items():
@@ -730,13 +746,22 @@ class Worker:
 
     # -- events from the other threads ------------------------------------------------------
 
+    def _wait_event(self, timeout: float) -> None:
+        """Block until another thread reports something (or ``timeout``); keep it for
+        :meth:`_handle_events`."""
+        with contextlib.suppress(queue.Empty):
+            self._early.append(self._events.get(timeout=timeout))
+
     def _handle_events(self) -> None:
         touched: dict[int, _Stream] = {}
         while True:
-            try:
-                event = self._events.get_nowait()
-            except queue.Empty:
-                break
+            if self._early:
+                event = self._early.pop(0)
+            else:
+                try:
+                    event = self._events.get_nowait()
+                except queue.Empty:
+                    break
             kind, seg = event[0], event[1]
             if kind == "acked":
                 self._acked(seg, event[2], event[3])

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
+from consumers.argtypes import port, positive_float, positive_int
 from consumers.scan import add_scan_parser
 from pipeline import __version__
 from pipeline.errors import ClipguardError
@@ -423,21 +424,11 @@ def _add_model_argument(parser: argparse.ArgumentParser) -> None:
 def _add_sample_fps_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sample-fps",
-        type=_positive_float,
+        type=positive_float,
         default=2.0,
         metavar="FPS",
         help="frames per second of video to score (default: %(default)s)",
     )
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
 
 
 def _precision(text: str) -> float:
@@ -745,21 +736,21 @@ def _add_broker_parser(subparsers: Any) -> None:
     )
     broker.add_argument(
         "--port",
-        type=_port,
+        type=port,
         default=_DEFAULT_PORT,
         metavar="N",
         help="port to listen on, 0 for any free one (default: %(default)s)",
     )
     broker.add_argument(
         "--partitions",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         metavar="N",
         help="partitions of clipguard.segments (default: %(default)s)",
     )
     broker.add_argument(
         "--other-partitions",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="partitions of every other clipguard topic (default: %(default)s)",
@@ -837,7 +828,7 @@ def _add_produce_parser(subparsers: Any) -> None:
     )
     produce.add_argument(
         "--segment-seconds",
-        type=_positive_float,
+        type=positive_float,
         default=2.0,
         metavar="S",
         help="cut at the first keyframe this long after a segment's start (default: %(default)s)",
@@ -855,7 +846,7 @@ def _add_produce_parser(subparsers: Any) -> None:
     )
     produce.add_argument(
         "--chunk-bytes",
-        type=_positive_int,
+        type=positive_int,
         default=64 * 1024,
         metavar="N",
         help="chunk size for --raw, bytes (default: %(default)s)",
@@ -967,22 +958,22 @@ def _add_worker_parser(subparsers: Any) -> None:
     add("--policies", nargs="+", metavar="PATH", help="policy files or folders")
     add("--device", choices=("auto", "cpu", "cuda"), help="encoder device")
     add("--dtype", choices=("float32", "float16", "bfloat16"), help="encoder dtype")
-    add("--max-batch-size", type=_positive_int, metavar="N", help="frames per encoder batch")
+    add("--max-batch-size", type=positive_int, metavar="N", help="frames per encoder batch")
     add("--max-batch-wait-ms", type=int, metavar="MS", help="longest wait to fill a batch")
     add(
         "--max-inflight-segments",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="segments in progress before consumption pauses",
     )
-    add("--decode-processes", type=_positive_int, metavar="N", help="decode processes")
+    add("--decode-processes", type=positive_int, metavar="N", help="decode processes")
     add("--fit", choices=("pad", "crop", "tiles"), help="how frames fit the model input")
     add("--sampling", choices=("all", "fps", "keyframes", "scene"), help="frame sampling mode")
-    add("--sample-fps", type=_positive_float, metavar="FPS", help="frames per second (fps mode)")
-    add("--metrics-port", type=_port, metavar="N", help="metrics port, 0 disables")
+    add("--sample-fps", type=positive_float, metavar="FPS", help="frames per second (fps mode)")
+    add("--metrics-port", type=port, metavar="N", help="metrics port, 0 disables")
     add("--metrics-host", metavar="ADDR", help="address the metrics server binds")
     add("--log-format", choices=("text", "json"), help="log lines as text (default) or JSON")
-    add("--shutdown-deadline-s", type=_positive_float, metavar="S", help="drain time on stop")
+    add("--shutdown-deadline-s", type=positive_float, metavar="S", help="drain time on stop")
     add(
         "--set",
         action="append",
@@ -1090,7 +1081,7 @@ def _add_consume_parser(subparsers: Any) -> None:
         metavar="HOST:PORT",
         help="Kafka bootstrap servers (default: %(default)s)",
     )
-    consume.add_argument("--limit", type=_positive_int, metavar="N", help="stop after N records")
+    consume.add_argument("--limit", type=positive_int, metavar="N", help="stop after N records")
     consume.add_argument(
         "--headers", action="store_true", help="print each record's headers and position too"
     )
@@ -1099,7 +1090,7 @@ def _add_consume_parser(subparsers: Any) -> None:
     )
     consume.add_argument(
         "--idle",
-        type=_positive_float,
+        type=positive_float,
         default=2.0,
         metavar="S",
         help="without --follow, stop after S seconds with no new record (default: %(default)s)",
@@ -1168,26 +1159,6 @@ def _quiet_kafka(level: str) -> None:
     failures themselves, so its log shows only at DEBUG."""
     if level != "DEBUG":
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0..65535, not {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
-    return value
 
 
 # --- helpers ----------------------------------------------------------------------------------

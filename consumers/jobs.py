@@ -52,7 +52,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -60,6 +60,7 @@ from urllib.request import url2pathname
 
 from pydantic import ValidationError
 
+from consumers.rebalance import reporting_listener
 from consumers.settings import TopicNames, WorkerSettings
 from pipeline.compiler import PolicyStore
 from pipeline.decode import DecodeResult, Limits
@@ -256,7 +257,7 @@ class JobRunner:
             )
             self.close()
             return False
-        self._consumer.subscribe([s.topics.jobs], listener=_listener(self._rebalances))
+        self._consumer.subscribe([s.topics.jobs], listener=reporting_listener(self._rebalances))
         _log.info("scan jobs from %s (group %s)", s.topics.jobs, self.group_id)
         return True
 
@@ -549,23 +550,6 @@ class JobRunner:
         if job.tp in self._consumer.assignment():
             # a rebalance that gave the partition back reset its position to the job
             self._consumer.seek(job.tp, job.offset + 1)
-
-
-def _listener(events: queue.SimpleQueue[tuple[str, set[Any]]]) -> Any:
-    """A rebalance listener that only reports (kafka-python runs it on its IO thread)."""
-    from kafka import ConsumerRebalanceListener
-
-    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-        def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
-            events.put(("revoked", set(revoked)))
-
-        def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
-            events.put(("assigned", set(assigned)))
-
-        def on_partitions_lost(self, lost: Iterable[Any]) -> None:
-            events.put(("lost", set(lost)))
-
-    return Listener()
 
 
 # ------------------------------------------------------------------------------- the client

@@ -17,6 +17,7 @@ import io
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -74,6 +75,23 @@ class Segment:
     data: bytes  # the MPEG-TS bytes
 
 
+@contextmanager
+def _open_video(path: Path) -> Iterator[tuple[Any, Any]]:
+    """The open container of a video file and its first video stream; typed errors for a
+    missing file, one FFmpeg cannot read, and one without video."""
+    if not path.is_file():
+        raise MediaUnavailable(f"{path}: no such file")
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as e:
+        raise InvalidMedia(f"{path}: not a media file FFmpeg can read: {e}") from e
+    with container:
+        if not container.streams.video:
+            kinds = ", ".join(s.type for s in container.streams) or "none"
+            raise UnsupportedMedia(f"{path}: no video stream (streams: {kinds})")
+        yield container, container.streams.video[0]
+
+
 def segment_video(path: str | Path, *, segment_seconds: float = 2.0) -> Iterator[Segment]:
     """Cut the video stream of ``path`` into MPEG-TS segments at keyframes, by copying packets.
 
@@ -87,17 +105,7 @@ def segment_video(path: str | Path, *, segment_seconds: float = 2.0) -> Iterator
     if not segment_seconds > 0:
         raise ConfigError(f"segment_seconds must be positive, not {segment_seconds}")
     path = Path(path)
-    if not path.is_file():
-        raise MediaUnavailable(f"{path}: no such file")
-    try:
-        container = av.open(str(path))
-    except av.FFmpegError as e:
-        raise InvalidMedia(f"{path}: not a media file FFmpeg can read: {e}") from e
-    with container:
-        if not container.streams.video:
-            kinds = ", ".join(s.type for s in container.streams) or "none"
-            raise UnsupportedMedia(f"{path}: no video stream (streams: {kinds})")
-        stream = container.streams.video[0]
+    with _open_video(path) as (container, stream):
         time_base = stream.time_base
         if time_base is None:
             raise InvalidMedia(f"{path}: the video stream has no time base")
@@ -202,16 +210,7 @@ def raw_chunks(path: str | Path, *, chunk_bytes: int = 64 * 1024) -> Iterator[Ra
     if chunk_bytes < 1:
         raise ConfigError(f"chunk_bytes must be positive, not {chunk_bytes}")
     path = Path(path)
-    if not path.is_file():
-        raise MediaUnavailable(f"{path}: no such file")
-    try:
-        container = av.open(str(path))
-    except av.FFmpegError as e:
-        raise InvalidMedia(f"{path}: not a media file FFmpeg can read: {e}") from e
-    with container:
-        if not container.streams.video:
-            raise UnsupportedMedia(f"{path}: no video stream")
-        stream = container.streams.video[0]
+    with _open_video(path) as (container, stream):
         codec = stream.codec_context.name
         if codec not in _RAW_FORMATS:
             raise UnsupportedMedia(

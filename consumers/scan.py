@@ -54,6 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
+from consumers.argtypes import fraction, positive_float, positive_int
+
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
@@ -145,14 +147,14 @@ def add_scan_parser(subparsers: Any) -> None:
     how = scan.add_mutually_exclusive_group()
     how.add_argument(
         "--sample-fps",
-        type=_positive_float,
+        type=positive_float,
         metavar="N",
         help="score N frames per second of video (default: 1)",
     )
     how.add_argument("--keyframes", action="store_true", help="score keyframes only")
     how.add_argument(
         "--scene-change",
-        type=_fraction,
+        type=fraction,
         nargs="?",
         const=-1.0,
         metavar="T",
@@ -173,21 +175,21 @@ def add_scan_parser(subparsers: Any) -> None:
     scan.add_argument("--force", action="store_true", help="rescan inputs already scanned in --out")
     scan.add_argument(
         "--decoders",
-        type=_positive_int,
+        type=positive_int,
         default=max(1, min(4, os.cpu_count() or 1)),
         metavar="N",
         help="decode processes (default: %(default)s)",
     )
     scan.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=64,
         metavar="N",
         help="frames per encoder batch (default: %(default)s)",
     )
     scan.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=600.0,
         metavar="S",
         help="wall-clock seconds to decode one input (default: %(default)s); with --kafka: "
@@ -200,36 +202,6 @@ def add_scan_parser(subparsers: Any) -> None:
         "brokers (host:port[,...]) and follow them (the workers' model and policies scan)",
     )
     scan.set_defaults(func=run_scan)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in 0..1, not {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
-    return value
 
 
 # --------------------------------------------------------------------------- command

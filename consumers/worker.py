@@ -45,7 +45,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -53,6 +53,7 @@ from typing import Any, Final, Literal
 import torch
 from prometheus_client import CollectorRegistry
 
+from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
 from pipeline.compiler import PolicyCompiler, PolicyStore
 from pipeline.decode import RAW_TYPES, DecodeResult, Frame, normalize_content_type
@@ -343,7 +344,7 @@ class Worker:
                     f"topic {s.topics.state} has {have} partitions; it needs at least as many "
                     f"as {s.topics.segments} ({need})"
                 )
-        self._consumer.subscribe([s.topics.segments], listener=_listener(self._rebalances))
+        self._consumer.subscribe([s.topics.segments], listener=reporting_listener(self._rebalances))
 
     def _shut_down(self) -> None:
         jobs = self._jobs  # set by _start when scan jobs run here
@@ -1163,21 +1164,3 @@ def _restore(
         for k, v in dict(data.get("facts") or {}).items()
     }
     return _Stream(stream_id, tp, state, facts=facts, restored_offset=int(data["offset"]))
-
-
-def _listener(events: queue.SimpleQueue[tuple[str, set[Any]]]) -> Any:
-    """A rebalance listener that only reports to the main loop (it runs on kafka-python's IO
-    thread, where committing or waiting would stall the group)."""
-    from kafka import ConsumerRebalanceListener
-
-    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-        def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
-            events.put(("revoked", set(revoked)))
-
-        def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
-            events.put(("assigned", set(assigned)))
-
-        def on_partitions_lost(self, lost: Iterable[Any]) -> None:
-            events.put(("lost", set(lost)))
-
-    return Listener()

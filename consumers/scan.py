@@ -209,15 +209,12 @@ def add_scan_parser(subparsers: Any) -> None:
 
 def run_scan(args: argparse.Namespace) -> int:
     """The ``clipguard scan`` command; returns the exit status."""
-    from pipeline import __version__
     from pipeline.compiler import PolicyCompiler
     from pipeline.decode import Limits
     from pipeline.decode_pool import DecodePool
     from pipeline.encoder import Encoder
     from pipeline.errors import ConfigError
-    from pipeline.models import DEMO_NOTICE
     from pipeline.policy import load_policies
-    from pipeline.report import write_report
     from pipeline.scan import Scanner, ScanOptions, discover
 
     options = ScanOptions(
@@ -292,24 +289,56 @@ def run_scan(args: argparse.Namespace) -> int:
                         progress.done(result)
         finally:  # interrupted too: the summary and report show what was done
             seconds = time.monotonic() - scan_started
-            summary = _summary(
+            summary, report = _write_outputs(
+                out,
                 known,
                 plan.run,
                 model=model.name,
                 weights=model.fingerprint(),
                 demo=demo,
-                notice=DEMO_NOTICE if demo else None,
                 policy_set=compiled.policy_set,
-                policy_sets=out.load_policy_sets(),
-                options=options.describe(),
-                version=__version__,
+                options=options,
                 frames=frames,
                 seconds=seconds,
             )
-            out.write_summary(summary)
-            out.prune_thumbnails(summary)
-            report = write_report(out.path)
     return _conclude(summary, out.path, report, frames=frames, seconds=seconds, incidents=incidents)
+
+
+def _write_outputs(
+    out: Any,
+    known: Any,
+    run: Any,
+    *,
+    model: str,
+    weights: str,
+    demo: bool,
+    policy_set: str,
+    options: ScanOptions,
+    frames: int,
+    seconds: float,
+) -> tuple[dict[str, Any], Path]:
+    """Write the summary (pruning thumbnails no incident shows) and the report."""
+    from pipeline import __version__
+    from pipeline.models import DEMO_NOTICE
+    from pipeline.report import write_report
+
+    summary = _summary(
+        known,
+        run,
+        model=model,
+        weights=weights,
+        demo=demo,
+        notice=DEMO_NOTICE if demo else None,
+        policy_set=policy_set,
+        policy_sets=out.load_policy_sets(),
+        options=options.describe(),
+        version=__version__,
+        frames=frames,
+        seconds=seconds,
+    )
+    out.write_summary(summary)
+    out.prune_thumbnails(summary)
+    return summary, write_report(out.path)
 
 
 def _conclude(
@@ -342,12 +371,10 @@ def _conclude(
 def _run_jobs(args: argparse.Namespace, inputs: Sequence[ScanInput]) -> int:
     """``clipguard scan --kafka``: the inputs as scan jobs on the worker fleet."""
     from consumers.jobs import JobClient, job_options
-    from pipeline import __version__
     from pipeline.errors import ClipguardError
     from pipeline.events import JobRequest, JobStatus
-    from pipeline.models import DEMO_NOTICE, list_models
+    from pipeline.models import list_models
     from pipeline.policy import load_policies
-    from pipeline.report import write_report
     from pipeline.sampling import DEFAULT_SCENE_THRESHOLD
 
     if args.model:
@@ -439,23 +466,18 @@ def _run_jobs(args: argparse.Namespace, inputs: Sequence[ScanInput]) -> int:
                             "report shows no thresholds",
                             file=sys.stderr,
                         )
-            summary = _summary(
+            summary, report = _write_outputs(
+                out,
                 known,
                 run,
                 model=model,
                 weights=weights,
                 demo=demo,
-                notice=DEMO_NOTICE if demo else None,
                 policy_set=policy_set,
-                policy_sets=out.load_policy_sets(),
-                options=options.describe(),
-                version=__version__,
+                options=options,
                 frames=frames,
                 seconds=seconds,
             )
-            out.write_summary(summary)
-            out.prune_thumbnails(summary)
-            report = write_report(out.path)
     return _conclude(summary, out.path, report, frames=frames, seconds=seconds, incidents=incidents)
 
 

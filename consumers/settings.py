@@ -233,6 +233,12 @@ class WorkerSettings(BaseSettings):
     max_request_size: int = Field(
         default=16 * _MIB, gt=0, description="Largest producer request, bytes."
     )
+    connect_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="How long to try reaching the brokers at start-up before giving up, s.",
+    )
     retries: int = Field(
         default=5, ge=0, description="Attempts after a transient failure before giving up."
     )
@@ -403,6 +409,7 @@ class WorkerSettings(BaseSettings):
             "bootstrap_servers": self.bootstrap_servers.split(","),
             "security_protocol": self.security_protocol,
             "retry_backoff_ms": self.retry_backoff_ms,
+            "bootstrap_timeout_ms": int(self.connect_timeout_s * 1000),
         }
         if self.sasl_mechanism is not None:
             config["sasl_mechanism"] = self.sasl_mechanism

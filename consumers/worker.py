@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import queue
+import socket
 import threading
 import time
 from collections import deque
@@ -313,6 +314,7 @@ class Worker:
 
         s = self.settings
         _log.info("kafka: %s", json.dumps(s.consumer_config(redact=True), default=str))
+        _reach(s.bootstrap_servers, s.connect_timeout_s)
         try:
             self._producer = KafkaProducer(
                 **s.producer_config(),
@@ -1048,6 +1050,28 @@ class Worker:
 
 
 # ------------------------------------------------------------------------------- helpers
+
+
+def _reach(servers: str, timeout: float) -> None:
+    """Wait until one of the bootstrap servers accepts a TCP connection, or raise
+    :class:`WorkerError` after ``timeout`` seconds (before any Kafka client exists: a client
+    that cannot bootstrap leaves its sockets behind)."""
+    deadline = time.monotonic() + timeout
+    last: OSError | None = None
+    while True:
+        for server in servers.split(","):
+            host, _, port = server.rpartition(":")
+            left = deadline - time.monotonic()
+            try:
+                with socket.create_connection(
+                    (host.strip("[]"), int(port)), max(0.1, min(2, left))
+                ):
+                    return
+            except OSError as e:
+                last = e
+        if time.monotonic() >= deadline:
+            raise WorkerError(f"cannot connect to Kafka at {servers}: {last} (for {timeout:g} s)")
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
 def _tp(tp: Any) -> str:

@@ -548,3 +548,31 @@ def test_cli_consume_prints_the_topics(run: Run, capsys: pytest.CaptureFixture[s
     assert letters[0]["value"].endswith(" bytes>")  # binary values by their size
     assert main(["consume", "no.such.topic", "--bootstrap", run.bootstrap]) == 1
     assert "no topic 'no.such.topic'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ start-up errors
+
+
+def test_worker_without_a_broker_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
+    from consumers.cli import main
+
+    port = _free_port()  # nothing listens there
+    args = ["worker", "--bootstrap-servers", f"127.0.0.1:{port}", "--metrics-port", "0"]
+    args += ["--policies", str(streaming.DEMO_POLICIES), "--set", "connect_timeout_s=2"]
+    started = time.monotonic()
+    assert main(args) == 1
+    assert time.monotonic() - started < 30
+    assert f"cannot connect to Kafka at 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_worker_names_the_missing_topics(capsys: pytest.CaptureFixture[str]) -> None:
+    from consumers.cli import main
+
+    with EmbeddedBroker() as broker:
+        broker.create_topics({"clipguard.segments": 2, "clipguard.scores": 1})
+        args = ["worker", "--bootstrap-servers", broker.bootstrap, "--metrics-port", "0"]
+        assert main([*args, "--policies", str(streaming.DEMO_POLICIES)]) == 1
+    err = capsys.readouterr().err
+    assert "topics missing" in err
+    assert all(t in err for t in ("clipguard.flags", "clipguard.dlq", "clipguard.state"))
+    assert "clipguard broker" in err  # and how to get a broker with every topic

@@ -273,9 +273,15 @@ class Worker:
     def _start(self) -> None:
         s = self.settings
         if s.metrics_port:
-            self._server = start_http_server(
-                self.metrics, port=s.metrics_port, host=s.metrics_host, ready=lambda: self.ready
-            )
+            try:
+                self._server = start_http_server(
+                    self.metrics, port=s.metrics_port, host=s.metrics_host, ready=lambda: self.ready
+                )
+            except OSError as e:
+                raise WorkerError(
+                    f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {e} (set "
+                    "CLIPGUARD_METRICS_PORT to a free port, or 0 to turn the server off)"
+                ) from e
             _log.info("metrics on %s/metrics (health: /healthz, /readyz)", self._server.url)
         from pipeline.models import load_clip
 

@@ -576,3 +576,18 @@ def test_worker_names_the_missing_topics(capsys: pytest.CaptureFixture[str]) -> 
     assert "topics missing" in err
     assert all(t in err for t in ("clipguard.flags", "clipguard.dlq", "clipguard.state"))
     assert "clipguard broker" in err  # and how to get a broker with every topic
+
+
+def test_worker_says_when_its_metrics_port_is_taken(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from consumers.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["worker", "--metrics-port", str(port), "--policies", str(streaming.DEMO_POLICIES)]
+        assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in err and "CLIPGUARD_METRICS_PORT" in err

@@ -806,7 +806,7 @@ class Worker:
             if seg.cancelled:
                 continue
             if seg.error is not None:
-                self._dead_letter(seg)
+                self._dead_letter(seg, stream)
             else:
                 self._judge(stream, seg)
 
@@ -865,7 +865,9 @@ class Worker:
             )
         self._publish(seg, messages, "outputs")
 
-    def _dead_letter(self, seg: _Segment) -> None:
+    def _dead_letter(self, seg: _Segment, stream: _Stream) -> None:
+        """Publish the segment as a dead letter. When it was its stream's last, the stream
+        still ends: its open incidents close with the dead letter."""
         error = seg.error
         assert error is not None
         s = self.settings
@@ -888,7 +890,17 @@ class Worker:
         )
         self.metrics.dlq.labels(reason=reason).inc()
         seg.frames, seg.embeddings, seg.checkpoint = [], None, None
-        self._publish(seg, [_Output(s.topics.dlq, seg.key, value, headers)], "outputs")
+        messages = [_Output(s.topics.dlq, seg.key, value, headers)]
+        if seg.end:
+            ended = self.judge.finish(stream.state, self.store.policies, facts=stream.facts)
+            seg.flags = ended.flags
+            messages += [
+                _Output(s.topics.flags, stream.stream_id.encode(), f.to_json()) for f in ended.flags
+            ]
+            self._streams.pop((stream.tp, stream.stream_id), None)
+            if stream.raw_open and self._pool is not None:
+                self._pool.close_stream(stream.stream_id)
+        self._publish(seg, messages, "outputs")
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -958,7 +970,8 @@ class Worker:
                 self.produce_latencies.append(time.time() - seg.created)
             for f in seg.flags:
                 self.metrics.flags.labels(policy=f.policy, label=f.label, state=f.state).inc()
-            if self.settings.checkpoint_state and seg.error is None:
+            if self.settings.checkpoint_state and (seg.error is None or seg.end):
+                # (a stream's last segment, even a dead one, leaves a tombstone: no state)
                 checkpoint = _Output(
                     self.settings.topics.state,
                     seg.stream_id.encode(),

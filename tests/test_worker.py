@@ -128,6 +128,16 @@ def run(video: Path, segments: list[Segment]) -> Iterator[Run]:
             ctype = None if case == "no-content-type" else "video/mp2t"
             records.append(("cam-bad", value, _headers("cam-bad", seq, 2.0, ctype)))
         records.append(("cam-bad", segments[2].data, _headers("cam-bad", 5, segments[2].start_ts)))
+        # a stream whose last segment is broken: its open incident still closes
+        records += [
+            ("cam-endbad", segments[0].data, _headers("cam-endbad", 0, 0.0)),
+            ("cam-endbad", segments[2].data, _headers("cam-endbad", 1, segments[2].start_ts)),
+            (
+                "cam-endbad",
+                bad["garbage"],
+                [*_headers("cam-endbad", 2, 6.0), ("stream-end", b"1")],
+            ),
+        ]
         where = _send(broker.bootstrap, records)
         r.bad = {case: (value, *where[i]) for i, (case, value) in enumerate(bad.items(), 1)}
         r.produced += len(records)
@@ -199,7 +209,7 @@ def test_raw_h264_chunks_score_like_mpegts_segments(run: Run) -> None:
 
 
 def test_broken_records_go_to_the_dlq_with_their_headers(run: Run) -> None:
-    letters = {r.headers["seq"].decode(): r for r in run.dlq}
+    letters = {r.headers["seq"].decode(): r for r in run.dlq if r.key == b"cam-bad"}
     assert sorted(letters) == ["1", "2", "3", "4"]
     expected = {"1": "garbage", "2": "truncated", "3": "oversized", "4": "no-content-type"}
     classes = {
@@ -234,9 +244,19 @@ def test_backpressure_paused_and_resumed_without_losing_anything(run: Run) -> No
     assert 'clipguard_segments_total{outcome="ok"}' in run.metrics
 
 
+def test_a_dead_last_segment_still_ends_its_stream(run: Run) -> None:
+    [letter] = [r for r in run.dlq if r.key == b"cam-endbad"]
+    assert letter.headers["stream-end"] == b"1"
+    flags = run.flags_of("cam-endbad")
+    assert [f.state for f in flags] == ["open", "closed"]  # closed with the dead letter
+    assert flags[0].event_id == flags[1].event_id
+    closed = flags[1]
+    assert closed.end_ts is not None and RED_START <= closed.end_ts < 6.0  # its last frame seen
+
+
 def test_metrics_count_what_happened(run: Run) -> None:
     m = run.metrics
-    assert 'clipguard_dlq_total{reason="InvalidMedia"} 2.0' in m
+    assert 'clipguard_dlq_total{reason="InvalidMedia"} 3.0' in m
     assert 'clipguard_dlq_total{reason="LimitExceeded"} 1.0' in m
     for state in ("open", "closed"):
         published = sum(f.state == state for f in run.flags)  # cam-bad's incident stays open
@@ -539,7 +559,8 @@ def test_cli_consume_prints_the_topics(run: Run, capsys: pytest.CaptureFixture[s
     assert [FlagEvent.model_validate_json(x) for x in lines] == run.flags
     assert main(["consume", "clipguard.dlq", "--bootstrap", run.bootstrap, "--headers"]) == 0
     letters = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert len(letters) == 4 and all(x["at"].startswith("clipguard.dlq[0]@") for x in letters)
+    assert len(letters) == len(run.dlq) == 5
+    assert all(x["at"].startswith("clipguard.dlq[0]@") for x in letters)
     assert {x["headers"][DLQ_ERROR_CLASS] for x in letters} == {
         "InvalidMedia",
         "LimitExceeded",

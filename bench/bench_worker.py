@@ -9,7 +9,8 @@ All in one run, on the same 720p H.264 video (the textured, panning clip of benc
    frame stands for fps / sample_fps video frames);
 3. end to end: the segments produced to an embedded broker first, then a worker consumes them:
    input video frames per second from the first segment consumed to the last segment's outputs
-   acknowledged (group join and model load excluded). Goal: 0.85x the slowest stage or more.
+   acknowledged (group join and model load excluded), with the encoder threads `clipguard
+   worker` would use. Goal: 0.85x the slowest stage or more.
 4. latency at a fixed offered load: ``--streams`` cameras each sending one segment every
    ``--segment-seconds`` in real time; per segment, consumed to outputs acknowledged, and the
    producer's timestamp to outputs acknowledged (p50, p99).
@@ -32,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -41,7 +44,7 @@ import bench_decode  # noqa: E402
 from consumers.broker import EmbeddedBroker, default_topics  # noqa: E402
 from consumers.produce import Segment, segment_video  # noqa: E402
 from consumers.settings import WorkerSettings, load_settings  # noqa: E402
-from consumers.worker import Worker  # noqa: E402
+from consumers.worker import Worker, encoder_threads  # noqa: E402
 from pipeline.decode_pool import DecodePool  # noqa: E402
 from pipeline.encoder import Encoder  # noqa: E402
 from pipeline.models import load_clip  # noqa: E402
@@ -116,6 +119,7 @@ def _cpu_seconds(pid: int) -> float:
 def end_to_end(segments: list[Segment], mode: str, streams: int) -> tuple[float, dict[str, float]]:
     """Input video frames/s through a worker, from a backlog of ``streams`` copies, and the CPU
     seconds each part used meanwhile (decode processes, the worker process, the broker)."""
+    threads = torch.get_num_threads()
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     with EmbeddedBroker() as broker:
         broker.create_topics(default_topics())
@@ -130,7 +134,9 @@ def end_to_end(segments: list[Segment], mode: str, streams: int) -> tuple[float,
                 )
         producer.flush()
         producer.close()
-        worker = Worker(_settings(broker.bootstrap, mode))
+        settings = _settings(broker.bootstrap, mode)
+        torch.set_num_threads(encoder_threads(settings))  # as `clipguard worker` does
+        worker = Worker(settings)
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         while not worker.ready:
@@ -155,6 +161,7 @@ def end_to_end(segments: list[Segment], mode: str, streams: int) -> tuple[float,
         took = worker.last_done - worker.first_arrival
         worker.stop("bench")
         thread.join(60)
+        torch.set_num_threads(threads)
     frames = streams * sum(seg.frames for seg in segments)
     return frames / took, {k: after[k] - before[k] for k in after}
 
@@ -165,7 +172,10 @@ def latency(
     """Per-segment latencies with ``streams`` live cameras (real-time pacing)."""
     with EmbeddedBroker() as broker:
         broker.create_topics(default_topics())
-        worker = Worker(_settings(broker.bootstrap, "fps"))
+        settings = _settings(broker.bootstrap, "fps")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(encoder_threads(settings))
+        worker = Worker(settings)
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         while not worker.ready:
@@ -193,6 +203,7 @@ def latency(
             time.sleep(0.05)
         worker.stop("bench")
         thread.join(60)
+        torch.set_num_threads(threads)
         return list(worker.latencies), list(worker.produce_latencies)
 
 

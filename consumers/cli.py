@@ -1031,8 +1031,12 @@ def _worker_run(args: argparse.Namespace) -> int:
             print(settings.model_dump_json(indent=2))
             return 0
         _quiet_kafka(args.log_level)
-        from consumers.worker import Worker
+        from consumers.worker import Worker, encoder_threads
 
+        if settings.resolved_device() == "cpu":  # the process is the worker's: set its threads
+            import torch
+
+            torch.set_num_threads(encoder_threads(settings))
         worker = Worker(settings)
         holder["worker"] = worker
         if holder["reason"] is not None:

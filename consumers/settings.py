@@ -272,6 +272,12 @@ class WorkerSettings(BaseSettings):
     dtype: Dtype = Field(
         default="float32", description="Encoder dtype: float32, float16 or bfloat16."
     )
+    encoder_threads: int = Field(
+        default=0,
+        ge=0,
+        description="CPU threads of the encoder on a CPU device; 0: the cores the decode "
+        "processes leave (at least 1), so the stages do not fight over cores.",
+    )
     policy_reload_interval_s: float = Field(
         default=2.0, gt=0, allow_inf_nan=False, description="How often policy files are checked, s."
     )

@@ -41,6 +41,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import queue
 import socket
 import threading
@@ -87,6 +88,7 @@ __all__ = [
     "HeaderError",
     "Worker",
     "WorkerError",
+    "encoder_threads",
 ]
 
 _log = logging.getLogger(__name__)
@@ -1069,6 +1071,14 @@ class Worker:
 
 
 # ------------------------------------------------------------------------------- helpers
+
+
+def encoder_threads(settings: WorkerSettings) -> int:
+    """CPU threads for the encoder: ``encoder_threads``, or (0) the cores the decode
+    processes leave, at least one. ``clipguard worker`` applies it to its process."""
+    if settings.encoder_threads:
+        return settings.encoder_threads
+    return max(1, (os.cpu_count() or 1) - settings.decode.processes)
 
 
 def _reach(servers: str, timeout: float) -> None:

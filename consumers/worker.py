@@ -80,6 +80,7 @@ from pipeline.events import (
 )
 from pipeline.judge import FrameRef, Judge, Judgement, PolicyFacts
 from pipeline.metrics import Metrics, MetricsServer, start_http_server
+from pipeline.models.model import CLIP
 from pipeline.temporal import StreamTemporalState, temporal_rules
 
 __all__ = [
@@ -209,9 +210,14 @@ class Worker:
     can run several workers in one process."""
 
     def __init__(
-        self, settings: WorkerSettings, *, registry: CollectorRegistry | None = None
+        self,
+        settings: WorkerSettings,
+        *,
+        registry: CollectorRegistry | None = None,
+        encoder: Callable[[CLIP, int], Encoder] = Encoder.for_model,
     ) -> None:
         self.settings = settings
+        self._make_encoder = encoder  # (model, max batch size) -> the encode stage
         self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
         self._stop = threading.Event()
         self._stop_reason = ""
@@ -231,6 +237,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._threads_stop = threading.Event()
         self._jobs: Any = None  # consumers.jobs runner, when scan jobs run in this worker
+        self._until: tuple[float | None, int | None] = (None, None)  # run(timeout=, count=)
         self._last_lag = 0.0
         self._last_commit = 0.0
         self._last_poll = 0.0
@@ -258,13 +265,20 @@ class Worker:
         """Model and policies loaded and the consumer has joined its group."""
         return self._loaded and self._joined and not self._stop.is_set()
 
-    def run(self) -> int:
-        """Start, consume until stopped, drain, and return the exit status (0: clean)."""
+    def run(self, *, timeout: float | None = None, count: int | None = None) -> int:
+        """Start, consume until stopped, drain, and return the exit status (0: clean).
+
+        ``count``: stop (and drain) once that many segments are done; ``timeout``: stop that
+        many seconds after start-up. Either way the worker drains as on SIGTERM."""
         if self._stop.is_set():  # stopped before it started
             _log.info("%s before start-up finished: exiting", self._stop_reason)
             return 0
         try:
             self._start()
+            self._until = (
+                time.monotonic() + timeout if timeout is not None else None,
+                count,
+            )
             self._loop()
             return 0
         finally:
@@ -293,7 +307,7 @@ class Worker:
         self.metrics.set_model(model=self.model.name, device=device, dtype=s.dtype)
         self.store = PolicyStore(list(s.policies), PolicyCompiler(self.model))
         self.judge = Judge(self.model.name)
-        self.encoder = Encoder(self.model, batch_size=s.max_batch_size)
+        self.encoder = self._make_encoder(self.model, s.max_batch_size)
         self._pool = DecodePool(s.decode.processes, limits=s.decode.limits())
         _log.info(
             "model %s on %s (%s); policies %s (set %s)",
@@ -385,7 +399,12 @@ class Worker:
     def _loop(self) -> None:
         s = self.settings
         deadline: float | None = None
+        until, count = self._until
         while True:
+            if count is not None and self.segments_done >= count:
+                self.stop(f"{count} segments done")
+            elif until is not None and time.monotonic() >= until:
+                self.stop("run timeout reached")
             if self._stop.is_set() and deadline is None:
                 deadline = time.monotonic() + s.shutdown_deadline_s
                 _log.info(

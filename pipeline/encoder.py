@@ -28,6 +28,11 @@ class Encoder:
         self.model = model
         self.batch_size = batch_size
 
+    @classmethod
+    def for_model(cls, model: CLIP, batch_size: int) -> Encoder:
+        """``Encoder(model, batch_size=batch_size)``: the stream worker's default factory."""
+        return cls(model, batch_size=batch_size)
+
     @property
     def resolution(self) -> int:
         return self.model.input_resolution

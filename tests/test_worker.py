@@ -26,6 +26,7 @@ from streaming import Record, read_topic, red_triangle_shots, wait_for, worker_t
 
 from consumers.broker import EmbeddedBroker, default_topics
 from consumers.produce import Segment, produce_file, segment_video
+from pipeline.encoder import Encoder
 from pipeline.events import (
     DLQ_ATTEMPTS,
     DLQ_ERROR_CLASS,
@@ -36,6 +37,7 @@ from pipeline.events import (
     FlagEvent,
     ScoreRecord,
 )
+from pipeline.models.model import CLIP
 from pipeline.synthetic_video import write_video
 
 pytestmark = [
@@ -612,3 +614,50 @@ def test_worker_says_when_its_metrics_port_is_taken(capsys: pytest.CaptureFixtur
         assert main(args) == 1
     err = capsys.readouterr().err
     assert f"cannot serve metrics on 127.0.0.1:{port}" in err and "CLIPGUARD_METRICS_PORT" in err
+
+
+# ------------------------------------------------------------------------------ encoder failures
+
+
+class FlakyEncoder(Encoder):
+    """The real encoder, whose first ``failures`` batches raise as a device out of memory
+    would (injected; everything else runs for real)."""
+
+    def __init__(self, model: CLIP, batch_size: int, failures: int) -> None:
+        super().__init__(model, batch_size=batch_size)
+        self.failures = failures
+
+    def encode(self, frames: Any) -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("CUDA out of memory (injected)")
+        return super().encode(frames)
+
+
+@pytest.mark.parametrize("failures", [1, 1_000_000])
+def test_a_failed_encoder_batch_is_retried_once_then_dead_lettered(
+    failures: int, segments: list[Segment]
+) -> None:
+    from consumers.worker import Worker
+
+    with EmbeddedBroker() as broker:
+        broker.create_topics(default_topics())
+        records = [
+            ("cam-x", seg.data, _headers("cam-x", seg.seq, seg.start_ts)) for seg in segments[:3]
+        ]
+        _send(broker.bootstrap, records)
+        worker = Worker(
+            streaming.settings(broker.bootstrap, max_batch_size=256, jobs_enabled=False),
+            encoder=lambda model, size: FlakyEncoder(model, size, failures),
+        )
+        assert worker.run(count=3, timeout=120) == 0
+        exposition = worker.metrics.exposition().decode()
+        scores = read_topic(broker.bootstrap, "clipguard.scores")
+        dlq = read_topic(broker.bootstrap, "clipguard.dlq")
+    assert 'clipguard_retries_total{stage="encode"}' in exposition
+    if failures == 1:  # the retry succeeded: nothing lost, nothing dead
+        assert len(scores) == 3 * 2 * SAMPLE_FPS and not dlq
+    else:  # every batch failed twice: each segment dead-lettered with the error
+        assert not scores and len(dlq) == 3
+        assert {r.headers[DLQ_ERROR_CLASS] for r in dlq} == {b"RuntimeError"}
+        assert all(b"out of memory" in r.headers[DLQ_ERROR_MESSAGE] for r in dlq)

@@ -868,7 +868,7 @@ class Worker:
         if self.settings.checkpoint_state:
             seg.checkpoint = None if seg.end else _checkpoint(stream, seg)
         if seg.end:
-            self._streams.pop((stream.tp, stream.stream_id), None)
+            self._end_stream(stream, seg)
         s = self.settings
         key = stream.stream_id.encode()
         messages = [_Output(s.topics.scores, key, r.to_json()) for r in out.scores]
@@ -885,6 +885,16 @@ class Worker:
                 extra=seg.log(),
             )
         self._publish(seg, messages, "outputs")
+
+    def _end_stream(self, stream: _Stream, seg: _Segment) -> None:
+        """The stream's last segment was judged: forget the stream. When its id is already
+        reused (segments of a new stream queued behind the last one), the new one starts
+        afresh."""
+        if stream.queue:
+            stream.state = self.judge.new_state(stream.stream_id, self.store.policies)
+            stream.facts = {}
+        else:
+            self._streams.pop((stream.tp, stream.stream_id), None)
 
     def _dead_letter(self, seg: _Segment, stream: _Stream) -> None:
         """Publish the segment as a dead letter. When it was its stream's last, the stream
@@ -918,9 +928,7 @@ class Worker:
             messages += [
                 _Output(s.topics.flags, stream.stream_id.encode(), f.to_json()) for f in ended.flags
             ]
-            self._streams.pop((stream.tp, stream.stream_id), None)
-            if stream.raw_open and self._pool is not None:
-                self._pool.close_stream(stream.stream_id)
+            self._end_stream(stream, seg)  # (a raw stream's decoder closed when it arrived)
         self._publish(seg, messages, "outputs")
 
     # -- publishing -------------------------------------------------------------------------

@@ -116,6 +116,8 @@ def run(video: Path, segments: list[Segment]) -> Iterator[Run]:
         r.produced += produce_file(
             broker.bootstrap, video, stream_id="cam-raw", raw=True, chunk_bytes=7777
         )
+        for _ in range(2):  # a stream id used again right after its stream ended
+            r.produced += produce_file(broker.bootstrap, video, stream_id="cam-again")
         rng = random.Random(5)
         truncated = segments[1].data[: len(segments[1].data) // 2 + 1]
         assert len(truncated) % 188
@@ -244,6 +246,12 @@ def test_backpressure_paused_and_resumed_without_losing_anything(run: Run) -> No
     assert run.pauses >= 2
     assert len(run.scores_of("cam-ts")) == len(run.scores_of("cam-raw")) == 40
     assert 'clipguard_segments_total{outcome="ok"}' in run.metrics
+
+
+def test_a_stream_id_used_again_after_its_end_starts_afresh(run: Run) -> None:
+    flags = run.flags_of("cam-again")
+    assert [f.state for f in flags] == ["open", "closed", "open", "closed"]
+    assert len(run.scores_of("cam-again")) == 2 * VIDEO_SECONDS * SAMPLE_FPS
 
 
 def test_a_dead_last_segment_still_ends_its_stream(run: Run) -> None:

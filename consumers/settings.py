@@ -301,6 +301,13 @@ class WorkerSettings(BaseSettings):
         description="Also run scan jobs from the jobs topic (one at a time, in their own thread "
         "and consumer group: group_id + '-jobs'), when the topic exists.",
     )
+    stream_idle_close_s: float = Field(
+        default=300.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Close the open incidents of a stream that sent nothing for this long and "
+        "forget it (a stream that stops without stream-end); 0: never.",
+    )
     checkpoint_state: bool = Field(
         default=True,
         description="Checkpoint each stream's temporal state to the state topic, so a restart "

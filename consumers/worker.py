@@ -170,6 +170,7 @@ class _Segment:
     checkpoint: bytes | None = None  # the stream's state after this segment
     scored: int = 0
     decode_started: float = 0.0
+    carrier: bool = False  # not a record: carries the outputs of an idle stream's close
 
     @property
     def where(self) -> str:
@@ -189,6 +190,7 @@ class _Stream:
     raw_open: bool = False
     raw_base: float | None = None  # stream time of a raw stream's first frame
     restored_offset: int = -1  # segments at or before this offset are already in the state
+    active: float = field(default_factory=time.monotonic)  # when it last sent a segment
 
 
 @dataclass(eq=False)
@@ -198,6 +200,7 @@ class _Partition:
     committed: int | None = None  # last offset committed by us (the next to read)
     done_to: int | None = None  # every segment before this offset is done
     checkpoints: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    lag: int | None = None  # records not yet done, at the last look (None: not known yet)
 
 
 # ------------------------------------------------------------------------------- the worker
@@ -482,6 +485,10 @@ class Worker:
             _log.info("assigned %s", ", ".join(sorted(_tp(tp) for tp in new)))
             if self.settings.checkpoint_state:
                 self._read_checkpoints([self._parts[tp] for tp in new])
+                for tp in new:  # every stream in flight elsewhere continues here (or idles out)
+                    part = self._parts[tp]
+                    for stream_id in list(part.checkpoints):
+                        self._stream(part, stream_id)
         if self._paused and new:
             self._consumer.pause(*new)
         self._last_lag = 0.0  # report the new partitions' lag at once
@@ -592,6 +599,7 @@ class Worker:
             seg.error, seg.ready = e, True
         stream = self._stream(part, seg.stream_id)
         stream.queue.append(seg)
+        stream.active = seg.arrived
         if seg.error is not None:
             self._advance(stream)
             return
@@ -992,11 +1000,12 @@ class Worker:
 
     def _phase_done(self, seg: _Segment) -> None:
         if seg.phase == "outputs":
-            latency = time.monotonic() - seg.arrived
-            self.metrics.end_to_end_seconds.observe(latency)
-            self.latencies.append(latency)
-            if seg.created is not None:
-                self.produce_latencies.append(time.time() - seg.created)
+            if not seg.carrier:
+                latency = time.monotonic() - seg.arrived
+                self.metrics.end_to_end_seconds.observe(latency)
+                self.latencies.append(latency)
+                if seg.created is not None:
+                    self.produce_latencies.append(time.time() - seg.created)
             for f in seg.flags:
                 self.metrics.flags.labels(policy=f.policy, label=f.label, state=f.state).inc()
             if self.settings.checkpoint_state and (seg.error is None or seg.end):
@@ -1010,6 +1019,8 @@ class Worker:
                 self._publish(seg, [checkpoint], "checkpoint")
                 return
         seg.phase = "done"
+        if seg.carrier:
+            return
         self.segments_done += 1
         self.last_done = time.monotonic()
         self.metrics.segments.labels(outcome="dlq" if seg.error is not None else "ok").inc()
@@ -1079,14 +1090,56 @@ class Worker:
             for tp, part in self._parts.items():
                 high = self._consumer.highwater(tp)
                 if high is None:
+                    part.lag = None
                     continue
                 done = part.done_to if part.done_to is not None else part.committed
                 if done is None:
                     first = next(iter(part.segments), None)
                     done = first if first is not None else high
+                part.lag = max(0, high - done)
                 self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                    max(0, high - done)
+                    part.lag
                 )
+            self._close_idle_streams(now)
+
+    def _close_idle_streams(self, now: float) -> None:
+        """Close the incidents of streams silent for ``stream_idle_close_s`` while their
+        partition is caught up, and forget them; their flag events (and the tombstone of their
+        state) are published like a segment's, but commit nothing: no record caused them."""
+        idle = self.settings.stream_idle_close_s
+        if not idle:
+            return
+        for stream in list(self._streams.values()):
+            if stream.queue or stream.raw_open or now - stream.active < idle:
+                continue
+            part = self._parts.get(stream.tp)
+            if part is None or part.lag != 0:  # behind: its next segment may be in the backlog
+                continue
+            out = self.judge.finish(stream.state, self.store.policies, facts=stream.facts)
+            carrier = _Segment(
+                tp=stream.tp,
+                offset=-1,
+                key=stream.stream_id.encode(),
+                value=b"",
+                headers=[],
+                arrived=now,
+                stream_id=stream.stream_id,
+                end=True,
+                carrier=True,
+                flags=out.flags,
+            )
+            for event in out.shadow:
+                self.metrics.shadow_incidents.labels(policy=event.policy, label=event.label).inc()
+            self._streams.pop((stream.tp, stream.stream_id), None)
+            _log.info(
+                "stream idle for %.0f s: closing %d incidents and forgetting it",
+                now - stream.active,
+                sum(f.state == "closed" for f in out.flags),
+                extra=carrier.log(),
+            )
+            key = stream.stream_id.encode()
+            messages = [_Output(self.settings.topics.flags, key, f.to_json()) for f in out.flags]
+            self._publish(carrier, messages, "outputs")
 
     def _watch_policies(self) -> None:
         interval = self.settings.policy_reload_interval_s

@@ -241,6 +241,8 @@ class Worker:
         self._threads_stop = threading.Event()
         self._jobs: Any = None  # consumers.jobs runner, when scan jobs run in this worker
         self._until: tuple[float | None, int | None] = (None, None)  # run(timeout=, count=)
+        self._rewind: dict[Any, int] = {}  # revoked partition -> first offset dropped there
+        self._rewound: set[Any] = set()  # partitions sought back in this loop iteration
         self._last_lag = 0.0
         self._last_commit = 0.0
         self._last_poll = 0.0
@@ -435,6 +437,7 @@ class Worker:
             room = max(1, min(64, s.max_inflight_segments - inflight))  # fetch no more than fits
             records: dict[Any, list[Any]] = {}
             now = time.monotonic()
+            self._rewound.clear()  # a position sought back before this poll is right for it
             if not inflight:
                 records = self._consumer.poll(timeout_ms=100, max_records=room)
                 self._last_poll = now
@@ -448,6 +451,8 @@ class Worker:
             self._apply_rebalances()
             if deadline is None:
                 for tp, batch in records.items():
+                    if tp in self._rewound:  # fetched past the rewind: they come again
+                        continue
                     for record in batch:
                         self._accept(tp, record)
             self._handle_events()
@@ -481,6 +486,14 @@ class Worker:
         new = [tp for tp in tps if tp not in self._parts]
         for tp in new:
             self._parts[tp] = _Partition(tp)
+            rewind = self._rewind.get(tp)
+            if rewind is not None:
+                # kafka-python keeps the fetch position of a partition that a rebalance revoked
+                # and gave straight back: go back to the work dropped at the revocation
+                self._consumer.seek(tp, rewind)
+                self._rewound.add(tp)
+                _log.info("%s came back: consuming again from offset %d", _tp(tp), rewind)
+        self._rewind.clear()  # (a position not kept across this rebalance needs no rewind)
         if new:
             _log.info("assigned %s", ", ".join(sorted(_tp(tp) for tp in new)))
             if self.settings.checkpoint_state:
@@ -501,6 +514,8 @@ class Worker:
             dropped = [seg for seg in part.segments.values() if seg.phase != "done"]
             for seg in dropped:
                 seg.cancelled = True
+            if dropped and not lost:
+                self._rewind[tp] = min(seg.offset for seg in dropped)
             for key in [k for k in self._streams if k[0] == tp]:
                 stream = self._streams.pop(key)
                 if stream.raw_open and self._pool is not None:

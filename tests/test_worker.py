@@ -697,3 +697,48 @@ def test_an_idle_stream_closes_its_incident_and_is_forgotten(segments: list[Segm
     assert closed.end_ts is not None and RED_START <= closed.end_ts < 6.0
     mine = [r for r in state if r.key == b"cam-quiet"]
     assert mine and mine[-1].value is None  # its state checkpoint was deleted (a tombstone)
+
+
+class SlowEncoder(Encoder):
+    """The real encoder, slowed down so that segments stay in flight (a busy device)."""
+
+    def encode(self, frames: Any) -> Any:
+        time.sleep(0.15)
+        return super().encode(frames)
+
+
+def test_a_partition_revoked_and_given_back_loses_nothing(segments: list[Segment]) -> None:
+    # Worker one owns every partition and has segments in flight when worker two joins: the
+    # rebalance revokes all of one's partitions and gives two of them straight back. The work
+    # dropped at the revocation must be consumed again (kafka-python keeps the position of a
+    # partition that stays with its member).
+    from consumers.worker import Worker
+
+    by_partition = streaming.keys_by_partition([f"cam-{i}" for i in range(40)], 4)
+    streams = [ids[0] for _, ids in sorted(by_partition.items())]
+    per_stream = int(VIDEO_SECONDS * SAMPLE_FPS)
+    with EmbeddedBroker() as broker:
+        broker.create_topics(default_topics())
+        b = broker.bootstrap
+        _send(b, _records(streams, segments))
+        opts = {"max_batch_size": 4, "jobs_enabled": False, "session_timeout_ms": 6000}
+        one = Worker(
+            streaming.settings(b, **opts),
+            encoder=lambda model, size: SlowEncoder(model, batch_size=size),
+        )
+        thread = threading.Thread(target=one.run, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: one.segments_done >= 2, 60, "the first worker to be busy")
+            assert one._inflight() > 0  # work in flight when the group rebalances
+            with worker_thread(streaming.settings(b, **opts)) as two:
+                read_topic(
+                    b,
+                    "clipguard.scores",
+                    until=lambda recs: _complete(recs, streams, per_stream),
+                    timeout=120,
+                )
+                assert two.segments_done > 0  # it did take partitions over
+        finally:
+            one.stop("test finished")
+            thread.join(60)

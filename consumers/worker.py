@@ -222,6 +222,7 @@ class Worker:
         self.settings = settings
         self._make_encoder = encoder  # (model, max batch size) -> the encode stage
         self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
+        self.metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)  # as /readyz says
         self._stop = threading.Event()
         self._stop_reason = ""
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -397,7 +398,6 @@ class Worker:
             thread.join(timeout=5)
         if self._server is not None:
             self._server.close()
-        self.metrics.ready.set(0)
 
     # -- the main loop ----------------------------------------------------------------------
 
@@ -1094,7 +1094,6 @@ class Worker:
 
     def _housekeeping(self) -> None:
         self.metrics.inflight_segments.set(self._inflight())
-        self.metrics.ready.set(1 if self.ready else 0)
         errors = self.store.reload_errors
         if errors > self._reload_errors_seen:
             self.metrics.policy_reload_errors.inc(errors - self._reload_errors_seen)

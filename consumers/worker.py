@@ -486,13 +486,15 @@ class Worker:
         new = [tp for tp in tps if tp not in self._parts]
         for tp in new:
             self._parts[tp] = _Partition(tp)
-            rewind = self._rewind.get(tp)
-            if rewind is not None:
-                # kafka-python keeps the fetch position of a partition that a rebalance revoked
-                # and gave straight back: go back to the work dropped at the revocation
-                self._consumer.seek(tp, rewind)
+            # Start from the group's committed offset: kafka-python keeps the fetch position
+            # of a partition that a rebalance revoked and gave straight back, past the work
+            # dropped at the revocation (without a commit: from the first segment dropped).
+            start = self._committed(tp)
+            if start is None:
+                start = self._rewind.get(tp)
+            if start is not None:
+                self._consumer.seek(tp, start)
                 self._rewound.add(tp)
-                _log.info("%s came back: consuming again from offset %d", _tp(tp), rewind)
         self._rewind.clear()  # (a position not kept across this rebalance needs no rewind)
         if new:
             _log.info("assigned %s", ", ".join(sorted(_tp(tp) for tp in new)))
@@ -505,6 +507,16 @@ class Worker:
         if self._paused and new:
             self._consumer.pause(*new)
         self._last_lag = 0.0  # report the new partitions' lag at once
+
+    def _committed(self, tp: Any) -> int | None:
+        from kafka.errors import KafkaError
+
+        try:
+            offset = self._consumer.committed(tp, timeout_ms=5000)
+        except KafkaError as e:
+            _log.warning("cannot read the committed offset of %s: %s", _tp(tp), e)
+            return None
+        return int(offset) if offset is not None else None
 
     def _revoke(self, tps: set[Any], *, lost: bool) -> None:
         for tp in tps:

@@ -839,7 +839,8 @@ def worker_scrape(tmp_path_factory: pytest.TempPathFactory) -> str:
 
             def handled() -> bool:
                 try:
-                    body = urllib.request.urlopen(url, timeout=5).read().decode()
+                    with urllib.request.urlopen(url, timeout=5) as response:
+                        body = response.read().decode()
                 except OSError:
                     return False
                 done = sum(

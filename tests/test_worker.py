@@ -534,7 +534,8 @@ def test_health_endpoints_and_json_logs(tmp_path: Path) -> None:
         try:
             wait_for(lambda: _status(port, "/healthz") == 200, 60, "/healthz")
             wait_for(lambda: _status(port, "/readyz") == 200, 60, "/readyz")
-            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                body = r.read()
             assert b"clipguard_ready 1.0" in body
             assert proc.terminate() == 0
         finally:
@@ -554,8 +555,10 @@ def _free_port() -> int:
 
 def _status(port: int, path: str) -> int:
     try:
-        return int(urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).status)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return int(r.status)
     except urllib.error.HTTPError as e:
+        e.close()  # (it holds the response's socket)
         return int(e.code)
     except OSError:
         return 0

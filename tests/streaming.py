@@ -215,6 +215,15 @@ class WorkerProcess:
         self._log.close()
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def keys_by_partition(ids: Sequence[str], partitions: int) -> dict[int, list[str]]:
     """Which partition kafka-python's default partitioner puts each key on."""
     from kafka.partitioner.default import murmur2

@@ -830,7 +830,7 @@ def worker_scrape(tmp_path_factory: pytest.TempPathFactory) -> str:
         producer.send("clipguard.segments", key=b"cam-junk", value=b"\x47" * 1880, headers=headers)
         producer.flush()
         producer.close()
-        port = _free_port()
+        port = streaming.free_port()
         worker = streaming.WorkerProcess(
             broker.bootstrap, tmp / "worker.log", env={"CLIPGUARD_METRICS_PORT": str(port)}
         )
@@ -858,14 +858,6 @@ def worker_scrape(tmp_path_factory: pytest.TempPathFactory) -> str:
         finally:
             worker.close()
     return body
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.filterwarnings(r"ignore:(read_text|open_text) is deprecated:DeprecationWarning")

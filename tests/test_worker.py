@@ -523,7 +523,7 @@ def _partitions(line: str) -> list[str]:
 def test_health_endpoints_and_json_logs(tmp_path: Path) -> None:
     with EmbeddedBroker() as broker:
         broker.create_topics(default_topics())
-        port = _free_port()
+        port = streaming.free_port()
         proc = streaming.WorkerProcess(
             broker.bootstrap,
             tmp_path / "w.log",
@@ -543,14 +543,6 @@ def test_health_endpoints_and_json_logs(tmp_path: Path) -> None:
         lines = [json.loads(x) for x in proc.log().splitlines() if x.startswith("{")]
         assert any(x["message"].startswith("assigned") for x in lines)
         assert all({"ts", "level", "logger", "message"} <= x.keys() for x in lines)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _status(port: int, path: str) -> int:
@@ -590,7 +582,7 @@ def test_cli_consume_prints_the_topics(run: Run, capsys: pytest.CaptureFixture[s
 def test_worker_without_a_broker_fails_clearly(capsys: pytest.CaptureFixture[str]) -> None:
     from consumers.cli import main
 
-    port = _free_port()  # nothing listens there
+    port = streaming.free_port()  # nothing listens there
     args = ["worker", "--bootstrap-servers", f"127.0.0.1:{port}", "--metrics-port", "0"]
     args += ["--policies", str(streaming.DEMO_POLICIES), "--set", "connect_timeout_s=2"]
     started = time.monotonic()

@@ -48,9 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from consumers.cli import main as cli_main  # noqa: E402
-from pipeline import synthetic  # noqa: E402
 from pipeline.compiler import PolicyCompiler  # noqa: E402
 from pipeline.decode_pool import DecodePool  # noqa: E402
+from pipeline.demo import scenes as synth  # noqa: E402
 from pipeline.encoder import Encoder  # noqa: E402
 from pipeline.models import DEMO_MODEL, load_clip  # noqa: E402
 from pipeline.policy import load_policies  # noqa: E402
@@ -66,16 +66,16 @@ def _clip(path: Path, seconds: int, seed: int) -> None:
     scenes = []
     for i in range(3):
         if (seed + i) % 3 == 0:
-            spec = synthetic.sample_single_object_spec(
+            spec = synth.sample_single_object_spec(
                 rng, split="heldout", concept="triangle", colour="red"
             )
         elif (seed + i) % 3 == 1:
-            spec = synthetic.sample_single_object_spec(
+            spec = synth.sample_single_object_spec(
                 rng, split="heldout", concept="SPAM", colour="yellow"
             )
         else:
-            spec = synthetic.sample_spec(rng, split="train")
-        scenes.append(synthetic.render(spec, HEIGHT))
+            spec = synth.sample_spec(rng, split="train")
+        scenes.append(synth.render(spec, HEIGHT))
     with av.open(str(path), "w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=FPS)
         stream.width, stream.height = WIDTH, HEIGHT

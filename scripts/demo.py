@@ -30,8 +30,8 @@ from consumers.broker import EmbeddedBroker, default_topics  # noqa: E402
 from consumers.produce import produce_file  # noqa: E402
 from consumers.settings import load_settings  # noqa: E402
 from consumers.worker import Worker  # noqa: E402
+from pipeline.demo.video import demo_shots, write_video  # noqa: E402
 from pipeline.models.registry import DEMO_MODEL  # noqa: E402
-from pipeline.synthetic_video import demo_shots, write_video  # noqa: E402
 
 STREAM = "demo-cam-1"
 TOPICS = ("clipguard.scores", "clipguard.flags", "clipguard.dlq")

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline import synthetic
+from pipeline.demo import scenes as synth
 
 OUT = Path(__file__).resolve().parent.parent / "policies" / "demo" / "examples"
 SIZE = 128
@@ -35,11 +35,11 @@ _SINGLE: dict[str, tuple[str, str] | None] = {
 }
 
 
-def _scene_with(rng: np.random.Generator, concept: str, colour: str) -> synthetic.SceneSpec:
+def _scene_with(rng: np.random.Generator, concept: str, colour: str) -> synth.SceneSpec:
     """A busy held-out scene (2-3 objects) that includes ``concept`` in ``colour`` at a size the
     64-pixel demo model can see (a quarter of the frame side or more)."""
     while True:
-        spec = synthetic.sample_spec(rng, split="heldout", max_objects=3, p_occlusion=0.0)
+        spec = synth.sample_spec(rng, split="heldout", max_objects=3, p_occlusion=0.0)
         if len(spec.objects) >= 2 and any(
             o.concept == concept and o.colour == colour and o.size >= 0.25 for o in spec.objects
         ):
@@ -49,23 +49,23 @@ def _scene_with(rng: np.random.Generator, concept: str, colour: str) -> syntheti
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20261128)
-    scenes: dict[str, synthetic.SceneSpec] = {}
+    scenes: dict[str, synth.SceneSpec] = {}
     for name, what in _SINGLE.items():
         if what is None:
-            bg = synthetic.sample_spec(rng, split="train", p_empty=1.0).background
-            scenes[name] = synthetic.SceneSpec(background=bg)
+            bg = synth.sample_spec(rng, split="train", p_empty=1.0).background
+            scenes[name] = synth.SceneSpec(background=bg)
         else:
             concept, colour = what  # on the background training never showed it on
-            scenes[name] = synthetic.sample_single_object_spec(
+            scenes[name] = synth.sample_single_object_spec(
                 rng, split="heldout", concept=concept, colour=colour
             )
     scenes["red-triangle-busy"] = _scene_with(rng, "triangle", "red")
     scenes["spam-busy"] = _scene_with(rng, "SPAM", "green")
     for name, spec in scenes.items():
-        rgb = synthetic.render(spec, SIZE)
+        rgb = synth.render(spec, SIZE)
         path = OUT / f"{name}.png"
         cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1]))
-        print(f"{path.relative_to(OUT.parent.parent.parent)}: {synthetic.caption(spec, rng)}")
+        print(f"{path.relative_to(OUT.parent.parent.parent)}: {synth.caption(spec, rng)}")
     return 0
 
 

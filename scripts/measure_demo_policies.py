@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import synthetic
 from pipeline.compiler import PolicyCompiler
+from pipeline.demo import scenes
 from pipeline.encoder import Encoder
 from pipeline.models import DEMO_MODEL, load_clip
 from pipeline.policy import load_policies
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _TARGETS = {"red-triangle/red-triangle": ("triangle", "red"), "spam-text/spam-text": ("SPAM", None)}
 
 
-def _has(spec: synthetic.SceneSpec, concept: str, colour: str | None) -> bool:
+def _has(spec: scenes.SceneSpec, concept: str, colour: str | None) -> bool:
     return any(
         o.concept == concept and (colour is None or o.colour == colour) for o in spec.objects
     )
@@ -38,16 +38,16 @@ def _scenes(rng, concept, colour, n, *, positive):
     specs = []
     near = [
         (c, col)
-        for c in synthetic.CONCEPTS
-        for col in synthetic.COLOURS
+        for c in scenes.CONCEPTS
+        for col in scenes.COLOURS
         if (c == concept) != (col == colour)
-        or (colour is None and c in synthetic.WORDS and c != concept)
+        or (colour is None and c in scenes.WORDS and c != concept)
     ]
     while len(specs) < n:
         split = "heldout" if rng.random() < 0.5 else "train"
         if positive and len(specs) < n // 2:
-            col = colour or synthetic.COLOURS[int(rng.integers(len(synthetic.COLOURS)))]
-            spec = synthetic.sample_single_object_spec(
+            col = colour or scenes.COLOURS[int(rng.integers(len(scenes.COLOURS)))]
+            spec = scenes.sample_single_object_spec(
                 rng,
                 split=split,
                 concept=concept,
@@ -56,9 +56,9 @@ def _scenes(rng, concept, colour, n, *, positive):
             )
         elif not positive and len(specs) < n // 2:
             c, col = near[int(rng.integers(len(near)))]
-            spec = synthetic.sample_single_object_spec(rng, split=split, concept=c, colour=col)
+            spec = scenes.sample_single_object_spec(rng, split=split, concept=c, colour=col)
         else:
-            spec = synthetic.sample_spec(rng, split=split)
+            spec = scenes.sample_spec(rng, split=split)
         if _has(spec, concept, colour) == positive:
             specs.append(spec)
     return specs
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {}
         for positive in (True, False):
             specs = _scenes(rng, concept, colour, args.per_class, positive=positive)
-            frames = np.stack([synthetic.render(s, model.input_resolution) for s in specs])
+            frames = np.stack([scenes.render(s, model.input_resolution) for s in specs])
             cos = compiled.scores(encoder.encode(frames))
             negs = cos[:, list(lab.negative_rows)].max(dim=1).values if lab.negative_rows else None
             margins = (cos[:, lab.row] - negs).numpy() if negs is not None else None

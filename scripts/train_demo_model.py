@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.models.demo import (
+from pipeline.demo.training import (
     TrainConfig,
     evaluate_multi_object,
     evaluate_pair_retrieval,

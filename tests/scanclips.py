@@ -14,7 +14,7 @@ import av
 import media
 import numpy as np
 
-from pipeline import synthetic
+from pipeline.demo import scenes
 
 FPS = 5
 SIDE = 128
@@ -24,13 +24,13 @@ SPAM = ("spam-text/spam-text", 3.0, 6.0)
 
 def empty(seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return synthetic.render(synthetic.sample_spec(rng, split="train", p_empty=1.0), SIDE)
+    return scenes.render(scenes.sample_spec(rng, split="train", p_empty=1.0), SIDE)
 
 
 def showing(concept: str, colour: str, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    spec = synthetic.sample_single_object_spec(rng, split="heldout", concept=concept, colour=colour)
-    return synthetic.render(spec, SIDE)
+    spec = scenes.sample_single_object_spec(rng, split="heldout", concept=concept, colour=colour)
+    return scenes.render(spec, SIDE)
 
 
 def clip(

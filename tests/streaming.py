@@ -18,8 +18,8 @@ from typing import Any
 
 from consumers.settings import WorkerSettings, load_settings
 from consumers.worker import Worker
-from pipeline import synthetic
-from pipeline.synthetic_video import Shot, demo_shots
+from pipeline.demo import scenes
+from pipeline.demo.video import Shot, demo_shots
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_POLICIES = REPO / "policies" / "demo"
@@ -34,7 +34,7 @@ def red_triangle_shots() -> list[Shot]:
     return [Shot(4.0 * i, 4.0 * (i + 1), demo[name], name) for i, name in enumerate(plan)]
 
 
-def scene(name: str) -> synthetic.SceneSpec:
+def scene(name: str) -> scenes.SceneSpec:
     return {s.name: s.scene for s in demo_shots()}[name]
 
 

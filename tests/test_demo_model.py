@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.demo.training import class_prompts, evaluate_pair_retrieval, evaluate_zero_shot
 from pipeline.models import DEMO_MODEL, get_model_info, load_clip
-from pipeline.models.demo import class_prompts, evaluate_pair_retrieval, evaluate_zero_shot
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "train_demo_model.py"

@@ -816,7 +816,7 @@ def worker_scrape(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     from consumers.broker import EmbeddedBroker, default_topics
     from consumers.produce import produce_file
-    from pipeline.synthetic_video import write_video
+    from pipeline.demo.video import write_video
 
     tmp = tmp_path_factory.mktemp("live")
     video = write_video(tmp / "red.mp4", streaming.red_triangle_shots())

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from consumers.cli import main
-from pipeline import policy_tools, synthetic
+from pipeline import policy_tools
+from pipeline.demo import scenes
 from pipeline.models import DEMO_MODEL, DEMO_NOTICE
 from pipeline.policy import load_policy
 
@@ -82,11 +83,9 @@ def _write_image(path: Path, rgb: np.ndarray) -> None:
 def triangle_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """7 s at 10 fps, 128 px, H.264: 2 s empty, 3 s of a big red triangle, 2 s empty."""
     rng = np.random.default_rng(7)
-    empty = synthetic.render(synthetic.sample_spec(rng, split="train", p_empty=1.0), 128)
-    spec = synthetic.sample_single_object_spec(
-        rng, split="heldout", concept="triangle", colour="red"
-    )
-    triangle = synthetic.render(spec, 128)
+    empty = scenes.render(scenes.sample_spec(rng, split="train", p_empty=1.0), 128)
+    spec = scenes.sample_single_object_spec(rng, split="heldout", concept="triangle", colour="red")
+    triangle = scenes.render(spec, 128)
     frames = [empty] * (2 * FPS) + [triangle] * (3 * FPS) + [empty] * (2 * FPS)
     path = tmp_path_factory.mktemp("video") / "clip.mp4"
     with av.open(str(path), "w", format="mp4") as out:
@@ -105,7 +104,7 @@ def triangle_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _has_red_triangle(spec: synthetic.SceneSpec) -> bool:
+def _has_red_triangle(spec: scenes.SceneSpec) -> bool:
     return any(o.concept == "triangle" and o.colour == "red" for o in spec.objects)
 
 
@@ -117,7 +116,7 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     pos, neg = base / "positives", base / "negatives"
     rng = np.random.default_rng(20261128)
     positives = [
-        synthetic.sample_single_object_spec(
+        scenes.sample_single_object_spec(
             rng,
             split="heldout" if i % 2 else "train",
             concept="triangle",
@@ -138,19 +137,19 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     for i in range(30):  # near misses: same shape in another colour, or another red shape
         concept, colour = near[i % len(near)]
         negatives.append(
-            synthetic.sample_single_object_spec(
+            scenes.sample_single_object_spec(
                 rng, split="heldout" if i % 2 else "train", concept=concept, colour=colour
             )
         )
     while len(negatives) < 50:  # random scenes without a red triangle
-        spec = synthetic.sample_spec(rng, split="train", p_empty=0.0)
+        spec = scenes.sample_spec(rng, split="train", p_empty=0.0)
         if not _has_red_triangle(spec):
             negatives.append(spec)
     while len(negatives) < 60:
-        negatives.append(synthetic.sample_spec(rng, split="train", p_empty=1.0))
+        negatives.append(scenes.sample_spec(rng, split="train", p_empty=1.0))
     for folder, specs in ((pos, positives), (neg, negatives)):
         for i, spec in enumerate(specs):
-            rgb = synthetic.render(spec, 128)
+            rgb = scenes.render(spec, 128)
             if i % 10 == 3:
                 _write_image(folder / "jpeg" / f"{i:03d}.jpg", rgb)  # cv2 picks the codec
             elif i % 10 == 7:

@@ -26,6 +26,7 @@ from streaming import Record, read_topic, red_triangle_shots, wait_for, worker_t
 
 from consumers.broker import EmbeddedBroker, default_topics
 from consumers.produce import Segment, produce_file, segment_video
+from pipeline.demo.video import write_video
 from pipeline.encoder import Encoder
 from pipeline.events import (
     DLQ_ATTEMPTS,
@@ -38,7 +39,6 @@ from pipeline.events import (
     ScoreRecord,
 )
 from pipeline.models.model import CLIP
-from pipeline.synthetic_video import write_video
 
 pytestmark = [
     pytest.mark.filterwarnings(r"ignore:(read_text|open_text) is deprecated:DeprecationWarning"),

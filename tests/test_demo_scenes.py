@@ -1,4 +1,4 @@
-"""Tests for pipeline.synthetic: the seeded synthetic scenes the tiny CLIP trains on."""
+"""Tests for pipeline.demo.scenes: the seeded synthetic scenes the tiny CLIP trains on."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from pipeline import synthetic as syn
-from pipeline.errors import ConfigError
-from pipeline.synthetic import (
+from pipeline.demo import scenes as syn
+from pipeline.demo.scenes import (
     BACKGROUNDS,
     COLOUR_RGB,
     COLOURS,
@@ -37,6 +36,7 @@ from pipeline.synthetic import (
     sample_single_object_spec,
     sample_spec,
 )
+from pipeline.errors import ConfigError
 
 GREYS = [(128, 128, 128), (95, 95, 110), (175, 170, 160), (70, 75, 70)]
 SATURATED = [c for c in COLOURS if c not in ("white", "black")]

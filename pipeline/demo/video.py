@@ -1,6 +1,6 @@
 """Videos of synthetic scenes with known objects at known times, for the demo, tests and benches.
 
-A video is a list of :class:`Shot` s, each a scene (:mod:`pipeline.synthetic`) shown from
+A video is a list of :class:`Shot` s, each a scene (:mod:`pipeline.demo.scenes`) shown from
 ``start`` to ``end`` seconds. The ground truth is the shot list itself::
 
     shots = demo_shots()                      # empty, red triangle 4-8 s, blue circle, ...
@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from pipeline import synthetic
+from pipeline.demo import scenes
 from pipeline.errors import ConfigError
 
 __all__ = ["Shot", "demo_shots", "render_frame", "write_video"]
@@ -39,7 +39,7 @@ class Shot:
 
     start: float
     end: float
-    scene: synthetic.SceneSpec
+    scene: scenes.SceneSpec
     name: str  # what a person would call it: "red triangle", "empty", ...
 
     @property
@@ -53,8 +53,8 @@ class Shot:
         return primary.colour if primary is not None else None
 
 
-def _single(rng: np.random.Generator, concept: str, colour: str) -> synthetic.SceneSpec:
-    return synthetic.sample_single_object_spec(
+def _single(rng: np.random.Generator, concept: str, colour: str) -> scenes.SceneSpec:
+    return scenes.sample_single_object_spec(
         rng, split="heldout", concept=concept, colour=colour, size_range=(0.45, 0.6)
     )
 
@@ -64,10 +64,10 @@ def demo_shots(seed: int = 7, *, shot_seconds: float = 4.0) -> list[Shot]:
     circle, a yellow SPAM word, a purple triangle (a near miss for the red-triangle policy),
     then an empty background again. Seeded: the same seed gives the same video."""
     rng = np.random.default_rng(seed)
-    empty = synthetic.SceneSpec(
-        background=synthetic.sample_spec(rng, split="train", p_empty=1.0).background
+    empty = scenes.SceneSpec(
+        background=scenes.sample_spec(rng, split="train", p_empty=1.0).background
     )
-    plan: list[tuple[str, synthetic.SceneSpec]] = [
+    plan: list[tuple[str, scenes.SceneSpec]] = [
         ("empty", empty),
         ("red triangle", _single(rng, "triangle", "red")),
         ("blue circle", _single(rng, "circle", "blue")),
@@ -86,7 +86,7 @@ def render_frame(
 ) -> npt.NDArray[np.uint8]:
     """The RGB frame at ``t`` seconds: the shot's scene, drifting slowly, on a canvas."""
     side = scene_px or min(width, height)
-    scene = synthetic.render(shot.scene, 128)
+    scene = scenes.render(shot.scene, 128)
     scene = np.asarray(
         cv2.resize(scene, (side, side), interpolation=cv2.INTER_LINEAR), dtype=np.uint8
     )

@@ -1,7 +1,7 @@
 """Training and evaluating ``clipguard-demo``, the tiny CLIP that knows synthetic scenes.
 
 The demo model is our own CLIP architecture (:class:`~pipeline.models.model.CLIP`) with the
-real BPE tokenizer, trained contrastively on :mod:`pipeline.synthetic` scenes and their
+real BPE tokenizer, trained contrastively on :mod:`pipeline.demo.scenes` scenes and their
 captions. It exists so that the demo and the end-to-end tests show real zero-shot moderation
 without downloadable weights; it knows nothing but shapes, colours and four printed words.
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import synthetic
+from pipeline.demo import scenes
 from pipeline.encoder import Encoder
 from pipeline.models.model import CLIP, CLIPConfig
 from pipeline.models.tokenizer import tokenize
@@ -81,13 +81,13 @@ class ZeroShotReport:
 
 def class_prompts() -> list[str]:
     """The zero-shot classes: every coloured shape, every word, and the empty background."""
-    prompts = [synthetic.concept_caption(s, c) for s in synthetic.SHAPES for c in synthetic.COLOURS]
-    prompts += [synthetic.concept_caption(w) for w in synthetic.WORDS]
-    prompts.append(synthetic.EMPTY_CAPTION)
+    prompts = [scenes.concept_caption(s, c) for s in scenes.SHAPES for c in scenes.COLOURS]
+    prompts += [scenes.concept_caption(w) for w in scenes.WORDS]
+    prompts.append(scenes.EMPTY_CAPTION)
     return prompts
 
 
-def _content_key(spec: synthetic.SceneSpec) -> tuple[tuple[str, str, int], ...]:
+def _content_key(spec: scenes.SceneSpec) -> tuple[tuple[str, str, int], ...]:
     """What a caption can say about a scene: its objects by concept, colour and count.
 
     Scenes with equal keys are full positives for each other's captions in the contrastive
@@ -145,10 +145,10 @@ def _batch(
     captions: list[str] = []
     keys: list[tuple[tuple[str, str, int], ...]] = []
     for i in range(n):
-        spec = synthetic.sample_spec(rng, split="train")
-        img = synthetic.render(spec, size)
+        spec = scenes.sample_spec(rng, split="train")
+        img = scenes.render(spec, size)
         images[i] = _letterbox(img, rng) if rng.random() < p_letterbox else img
-        captions.append(synthetic.caption(spec, rng))
+        captions.append(scenes.caption(spec, rng))
         keys.append(_content_key(spec))
     return images, captions, keys
 
@@ -244,13 +244,13 @@ def evaluate_zero_shot(model: CLIP, *, n: int = 600, seed: int = 1234) -> ZeroSh
     n_empty = max(1, n // 20)
     for i in range(n):
         if i < n_empty:  # empty backgrounds have no held-out triple; any unseen seed will do
-            spec = synthetic.SceneSpec(
-                background=synthetic.sample_spec(rng, split="train", p_empty=1.0).background
+            spec = scenes.SceneSpec(
+                background=scenes.sample_spec(rng, split="train", p_empty=1.0).background
             )
         else:
-            spec = synthetic.sample_single_object_spec(rng, split="heldout")
-        images[i] = synthetic.render(spec, size)
-        truth.append(synthetic.canonical_caption(spec.primary))
+            spec = scenes.sample_single_object_spec(rng, split="heldout")
+        images[i] = scenes.render(spec, size)
+        truth.append(scenes.canonical_caption(spec.primary))
     sims = _encode_images(model, images) @ _encode_prompts(model, prompts).t()
     pred = [prompts[j] for j in sims.argmax(dim=1).tolist()]
     per_class: dict[str, tuple[int, int]] = {}
@@ -260,7 +260,7 @@ def evaluate_zero_shot(model: CLIP, *, n: int = 600, seed: int = 1234) -> ZeroSh
         per_class[t] = (ok + (p == t), total + 1)
         group = (
             "empty"
-            if t == synthetic.EMPTY_CAPTION
+            if t == scenes.EMPTY_CAPTION
             else ("words" if t.startswith("the word") else "shapes")
         )
         groups[group].append(p == t)
@@ -280,13 +280,13 @@ def evaluate_pair_retrieval(
     ranks first among the captions of all 48 pairs."""
     rng = np.random.default_rng(seed)
     size = model.input_resolution
-    pairs = [(s, c) for s in synthetic.SHAPES for c in synthetic.COLOURS]
-    prompts = [synthetic.concept_caption(s, c) for s, c in pairs]
+    pairs = [(s, c) for s in scenes.SHAPES for c in scenes.COLOURS]
+    prompts = [scenes.concept_caption(s, c) for s, c in pairs]
     images = np.empty((len(pairs) * per_pair, size, size, 3), dtype=np.uint8)
     for i, (s, c) in enumerate(pairs):
         for j in range(per_pair):
-            spec = synthetic.sample_single_object_spec(rng, split="heldout", concept=s, colour=c)
-            images[i * per_pair + j] = synthetic.render(spec, size)
+            spec = scenes.sample_single_object_spec(rng, split="heldout", concept=s, colour=c)
+            images[i * per_pair + j] = scenes.render(spec, size)
     best = (_encode_images(model, images) @ _encode_prompts(model, prompts).t()).argmax(dim=1)
     hits = (best.view(len(pairs), per_pair) == torch.arange(len(pairs))[:, None]).float()
     return {pair: float(h) for pair, h in zip(pairs, hits.mean(dim=1).tolist(), strict=True)}
@@ -299,17 +299,17 @@ def evaluate_multi_object(model: CLIP, *, n: int = 300, seed: int = 999) -> floa
     rng = np.random.default_rng(seed)
     size = model.input_resolution
     prompts = class_prompts()
-    specs: list[synthetic.SceneSpec] = []
+    specs: list[scenes.SceneSpec] = []
     while len(specs) < n:
-        spec = synthetic.sample_spec(rng, split="heldout", p_repeat=0.0, p_occlusion=0.0)
-        present = {synthetic.canonical_caption(o) for o in spec.objects}
+        spec = scenes.sample_spec(rng, split="heldout", p_repeat=0.0, p_occlusion=0.0)
+        present = {scenes.canonical_caption(o) for o in spec.objects}
         if len(spec.objects) >= 2 and len(present) == len(spec.objects):
             specs.append(spec)
-    images = np.stack([synthetic.render(s, size) for s in specs])
+    images = np.stack([scenes.render(s, size) for s in specs])
     sims = _encode_images(model, images) @ _encode_prompts(model, prompts).t()
     hits = total = 0
     for spec, row in zip(specs, sims, strict=True):
-        present = {synthetic.canonical_caption(o) for o in spec.objects}
+        present = {scenes.canonical_caption(o) for o in spec.objects}
         top = {prompts[j] for j in row.topk(len(present)).indices.tolist()}
         hits += len(present & top)
         total += len(present)

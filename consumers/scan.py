@@ -16,7 +16,7 @@ The output folder (``--out``) holds
     per input: status, duration, frames scored, incidents, and for a failed input its typed
     error (``{"class": "InvalidMedia", "message": ...}``); the model, policy set and settings;
 ``report.html``
-    the report (:mod:`pipeline.report`), with ``thumbnails/`` holding the peak frames it shows;
+    the report (:mod:`pipeline.scan.report`), with ``thumbnails/`` holding the peak frames it shows;
 ``.clipguard-scan/``
     what resuming needs: one line per input done, with the key it was scanned under.
 
@@ -320,7 +320,7 @@ def _write_outputs(
     """Write the summary (pruning thumbnails no incident shows) and the report."""
     from pipeline import __version__
     from pipeline.models import DEMO_NOTICE
-    from pipeline.report import write_report
+    from pipeline.scan.report import write_report
 
     summary = _summary(
         known,

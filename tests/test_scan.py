@@ -427,8 +427,8 @@ class _Elements(html.parser.HTMLParser):
 
 def test_exported_names() -> None:
     import consumers.scan
-    import pipeline.report
     import pipeline.scan
+    import pipeline.scan.report
 
     assert set(pipeline.scan.__all__) == {
         "LIST_SUFFIXES",
@@ -441,7 +441,7 @@ def test_exported_names() -> None:
         "discover",
         "file_sha256",
     }
-    assert set(pipeline.report.__all__) == {"SEVERITY_RANK", "render_report", "write_report"}
+    assert set(pipeline.scan.report.__all__) == {"SEVERITY_RANK", "render_report", "write_report"}
     assert set(consumers.scan.__all__) == {
         "EXIT_OK",
         "EXIT_PARTIAL",
@@ -449,7 +449,7 @@ def test_exported_names() -> None:
         "add_scan_parser",
         "run_scan",
     }
-    for module in (pipeline.scan, pipeline.report, consumers.scan):
+    for module in (pipeline.scan, pipeline.scan.report, consumers.scan):
         for name in module.__all__:
             assert hasattr(module, name), name
 

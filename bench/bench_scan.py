@@ -48,12 +48,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from consumers.cli import main as cli_main  # noqa: E402
-from pipeline.compiler import PolicyCompiler  # noqa: E402
 from pipeline.decode_pool import DecodePool  # noqa: E402
 from pipeline.demo import scenes as synth  # noqa: E402
 from pipeline.encoder import Encoder  # noqa: E402
 from pipeline.models import DEMO_MODEL, load_clip  # noqa: E402
-from pipeline.policy import load_policies  # noqa: E402
+from pipeline.policies import load_policies  # noqa: E402
+from pipeline.policies.compile import PolicyCompiler  # noqa: E402
 from pipeline.sampling import Sampling  # noqa: E402
 from pipeline.scan import Scanner, ScanOptions  # noqa: E402
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["CLIPGUARD_POLICY_CACHE"] = cache
         model = load_clip(DEMO_MODEL)
         policies = load_policies([ROOT / "policies" / "demo"])
-        compiled = PolicyCompiler(model).compile(policies)
+        policy_set = PolicyCompiler(model).compile(policies)
         options = ScanOptions(sampling=Sampling(mode="fps", fps=args.sample_fps))
         encoder = Encoder(model, batch_size=args.batch_size)
         with DecodePool(args.decoders) as pool:
@@ -202,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, in_flight in (("overlapped", None), ("one at a time", 1)):
                     scanner = Scanner(
                         encoder,
-                        compiled,
-                        policies,
+                        policy_set,
                         pool=pool,
                         options=options,
                         in_flight=in_flight,

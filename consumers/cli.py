@@ -26,7 +26,7 @@ from pipeline.errors import ClipguardError
 
 if TYPE_CHECKING:
     from pipeline.models.model import CLIP
-    from pipeline.policy import LoadedPolicy
+    from pipeline.policies import LoadedPolicy
 
 __all__ = ["build_parser", "main"]
 
@@ -470,7 +470,7 @@ def _plural(n: int, one: str, many: str | None = None) -> str:
 
 
 def _policy_lint(args: argparse.Namespace) -> int:
-    from pipeline.policy_tools import lint
+    from pipeline.policies.tools import lint
 
     report = lint(args.paths)
     for error in report.errors:
@@ -483,13 +483,13 @@ def _policy_lint(args: argparse.Namespace) -> int:
 
 
 def _policy_compile(args: argparse.Namespace) -> int:
-    from pipeline.compiler import PolicyCompiler
-    from pipeline.policy import load_policies
+    from pipeline.policies import load_policies
+    from pipeline.policies.compile import PolicyCompiler
 
     policies = load_policies(args.paths)
     model, demo = _load_model(args.model)
     compiler = PolicyCompiler(model)
-    compiled = compiler.compile(policies)
+    compiled = compiler.compile(policies).compiled
     for lp in policies:
         labels = [lab for lab in compiled.labels if lab.policy == lp.policy.id]
         rows = sum(1 + len(lab.negative_rows) + len(lab.prompt_rows) for lab in labels)
@@ -511,8 +511,8 @@ def _policy_compile(args: argparse.Namespace) -> int:
 
 
 def _policy_test(args: argparse.Namespace) -> int:
-    from pipeline.policy import load_policies
-    from pipeline.policy_tools import run_examples
+    from pipeline.policies import load_policies
+    from pipeline.policies.tools import run_examples
 
     policies = load_policies(args.paths)
     model, demo = _load_model(args.model)
@@ -558,8 +558,8 @@ def _policy_test(args: argparse.Namespace) -> int:
 
 
 def _policy_explain(args: argparse.Namespace) -> int:
-    from pipeline.policy import load_policy
-    from pipeline.policy_tools import ImageExplanation, explain
+    from pipeline.policies import load_policy
+    from pipeline.policies.tools import ImageExplanation, explain
 
     lp = load_policy(args.policy_file)
     model, demo = _load_model(args.model)
@@ -627,8 +627,8 @@ def _policy_explain(args: argparse.Namespace) -> int:
 
 def _policy_calibrate(args: argparse.Namespace) -> int:
     from pipeline.errors import ConfigError
-    from pipeline.policy import load_policy
-    from pipeline.policy_tools import calibrate, write_pr_plot, write_thresholds
+    from pipeline.policies import load_policy
+    from pipeline.policies.tools import calibrate, write_pr_plot, write_thresholds
 
     lp = load_policy(args.policy_file)
     model, demo = _load_model(args.model)

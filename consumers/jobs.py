@@ -62,12 +62,12 @@ from pydantic import ValidationError
 
 from consumers.rebalance import reporting_listener
 from consumers.settings import TopicNames, WorkerSettings
-from pipeline.compiler import PolicyStore
 from pipeline.decode import DecodeResult, Limits
 from pipeline.decode_pool import DecodePool
 from pipeline.encoder import Encoder
 from pipeline.errors import ClipguardError, DecodeCrash, DecodeError, DecodeTimeout
 from pipeline.events import FlagEvent, JobRequest, JobState, JobStatus, ScoreRecord
+from pipeline.policies.store import PolicyStore
 from pipeline.sampling import Sampling
 from pipeline.scan import Scanner, ScanOptions
 
@@ -343,13 +343,11 @@ class JobRunner:
     def _scan(self, job: _Job, request: JobRequest) -> None:
         job.uri = request.uri
         job.source = _source(request.uri)
-        store = self.store
-        policies, compiled = store.policies, store.compiled
-        job.policy_set = compiled.policy_set
+        policies = self.store.current  # one set for the whole job
+        job.policy_set = policies.id
         limits = Limits(max_memory=self.settings.decode.max_memory_bytes)
         scanner = Scanner(
             self.encoder,
-            compiled,
             policies,
             pool=self.pool,
             options=job_options(request, limits=limits),

@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
     from consumers.jobs import JobOutcome
     from pipeline.models.model import CLIP
-    from pipeline.policy import PolicySet
+    from pipeline.policies import LoadedPolicies
     from pipeline.sampling import Sampling
     from pipeline.scan import FileScan, ScanInput, ScanOptions
 
@@ -209,12 +209,12 @@ def add_scan_parser(subparsers: Any) -> None:
 
 def run_scan(args: argparse.Namespace) -> int:
     """The ``clipguard scan`` command; returns the exit status."""
-    from pipeline.compiler import PolicyCompiler
     from pipeline.decode import Limits
     from pipeline.decode_pool import DecodePool
     from pipeline.encoder import Encoder
     from pipeline.errors import ConfigError
-    from pipeline.policy import load_policies
+    from pipeline.policies import load_policies
+    from pipeline.policies.compile import PolicyCompiler
     from pipeline.scan import Scanner, ScanOptions, discover
 
     options = ScanOptions(
@@ -248,13 +248,13 @@ def run_scan(args: argparse.Namespace) -> int:
                 f"thresholds may mean nothing with {model.name}",
                 file=sys.stderr,
             )
-    compiled = PolicyCompiler(model).compile(policies)
+    policy_set = PolicyCompiler(model).compile(policies)
 
     out = _OutDir(Path(args.out))
     with out.locked():
         known = out.load_state()
-        out.save_policy_set(compiled.policy_set, _describe_policies(policies))
-        plan = _plan(inputs, known, model, compiled.policy_set, options, force=args.force)
+        out.save_policy_set(policy_set.id, _describe_policies(policies))
+        plan = _plan(inputs, known, model, policy_set.id, options, force=args.force)
         out.drop_records(set(plan.todo) | {e["source"] for e in plan.failed})
         for entry in plan.failed:  # failed before decoding: missing, unreadable, bad scheme
             out.append(entry, [], [])
@@ -274,10 +274,10 @@ def run_scan(args: argparse.Namespace) -> int:
             if plan.todo:
                 encoder = Encoder(model, batch_size=args.batch_size)
                 with DecodePool(args.decoders) as pool, _Progress(len(plan.todo)) as progress:
-                    scanner = Scanner(encoder, compiled, policies, pool=pool, options=options)
+                    scanner = Scanner(encoder, policy_set, pool=pool, options=options)
                     for result in scanner.scan(list(plan.todo)):
                         key, sha = plan.todo[result.source]
-                        entry = _entry(result, key, sha, model.name, compiled.policy_set)
+                        entry = _entry(result, key, sha, model.name, policy_set.id)
                         for flag in entry["flags"]:
                             picture = result.peaks.get(flag["event_id"])
                             if picture is not None:
@@ -296,7 +296,7 @@ def run_scan(args: argparse.Namespace) -> int:
                 model=model.name,
                 weights=model.fingerprint(),
                 demo=demo,
-                policy_set=compiled.policy_set,
+                policy_set=policy_set.id,
                 options=options,
                 frames=frames,
                 seconds=seconds,
@@ -374,7 +374,7 @@ def _run_jobs(args: argparse.Namespace, inputs: Sequence[ScanInput]) -> int:
     from pipeline.errors import ClipguardError
     from pipeline.events import JobRequest, JobStatus
     from pipeline.models import list_models
-    from pipeline.policy import load_policies
+    from pipeline.policies import load_policies
     from pipeline.sampling import DEFAULT_SCENE_THRESHOLD
 
     if args.model:
@@ -621,7 +621,7 @@ def _default_policies(demo: bool) -> Path:
     raise ConfigError(f"no {name}/ folder here or beside clipguard: pass --policies")
 
 
-def _describe_policies(policies: PolicySet) -> list[dict[str, Any]]:
+def _describe_policies(policies: LoadedPolicies) -> list[dict[str, Any]]:
     return [
         {
             "id": lp.policy.id,

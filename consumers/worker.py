@@ -57,7 +57,6 @@ from prometheus_client import CollectorRegistry
 
 from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
-from pipeline.compiler import PolicyCompiler, PolicyStore
 from pipeline.decode import RAW_TYPES, DecodeResult, Frame, normalize_content_type
 from pipeline.decode_pool import DecodePool
 from pipeline.encoder import Encoder
@@ -78,10 +77,13 @@ from pipeline.events import (
     DLQ_ORIGINAL_TOPIC,
     FlagEvent,
 )
-from pipeline.judge import FrameRef, Judge, Judgement, PolicyFacts
 from pipeline.metrics import Metrics, MetricsServer, start_http_server
 from pipeline.models.model import CLIP
-from pipeline.temporal import StreamTemporalState, temporal_rules
+from pipeline.policies.compile import PolicyCompiler
+from pipeline.policies.judge import FrameRef, Judge, Judgement, PolicyFacts
+from pipeline.policies.snapshot import PolicySet
+from pipeline.policies.store import PolicyStore
+from pipeline.policies.temporal import StreamTemporalState
 
 __all__ = [
     "END_HEADER",
@@ -320,8 +322,8 @@ class Worker:
             self.model.name,
             device,
             s.dtype,
-            ", ".join(f"{lp.policy.id} v{lp.policy.version}" for lp in self.store.policies),
-            self.store.policies.digest,
+            ", ".join(f"{lp.policy.id} v{lp.policy.version}" for lp in self.store.current),
+            self.store.current.id,
         )
         self._loaded = True
         for target, name in ((self._encode_loop, "encoder"), (self._watch_policies, "policies")):
@@ -637,7 +639,7 @@ class Worker:
         stream = self._streams.get(key)
         if stream is not None:
             return stream
-        policies = self.store.policies
+        policies = self.store.current
         checkpoint = part.checkpoints.pop(stream_id, None)
         if checkpoint is not None:
             try:
@@ -868,8 +870,7 @@ class Worker:
 
     def _judge(self, stream: _Stream, seg: _Segment) -> None:
         store = self.store
-        policies, compiled = store.policies, store.compiled
-        self.judge.refresh_rules(stream.state, policies)
+        policies = store.current  # one set for the whole segment
         refs = seg.refs
         if (
             seg.offset > stream.restored_offset
@@ -885,9 +886,7 @@ class Worker:
         else:
             closing = Judgement()
         embeddings = seg.embeddings if seg.embeddings is not None else torch.zeros(0, 1)
-        out = self.judge.judge(
-            stream.state, refs, embeddings, compiled, policies, facts=stream.facts
-        )
+        out = self.judge.judge(stream.state, refs, embeddings, policies, facts=stream.facts)
         out.flags[:0] = closing.flags
         out.shadow[:0] = closing.shadow
         if seg.end:
@@ -926,7 +925,7 @@ class Worker:
         reused (segments of a new stream queued behind the last one), the new one starts
         afresh."""
         if stream.queue:
-            stream.state = self.judge.new_state(stream.stream_id, self.store.policies)
+            stream.state = self.judge.new_state(stream.stream_id, self.store.current)
             stream.facts = {}
         else:
             self._streams.pop((stream.tp, stream.stream_id), None)
@@ -958,7 +957,7 @@ class Worker:
         seg.frames, seg.embeddings, seg.checkpoint = [], None, None
         messages = [_Output(s.topics.dlq, seg.key, value, headers)]
         if seg.end:
-            ended = self.judge.finish(stream.state, self.store.policies, facts=stream.facts)
+            ended = self.judge.finish(stream.state, self.store.current, facts=stream.facts)
             seg.flags = ended.flags
             messages += [
                 _Output(s.topics.flags, stream.stream_id.encode(), f.to_json()) for f in ended.flags
@@ -1141,7 +1140,7 @@ class Worker:
             part = self._parts.get(stream.tp)
             if part is None or part.lag != 0:  # behind: its next segment may be in the backlog
                 continue
-            out = self.judge.finish(stream.state, self.store.policies, facts=stream.facts)
+            out = self.judge.finish(stream.state, self.store.current, facts=stream.facts)
             carrier = _Segment(
                 tp=stream.tp,
                 offset=-1,
@@ -1313,11 +1312,11 @@ def _checkpoint(stream: _Stream, seg: _Segment) -> bytes:
 
 
 def _restore(
-    stream_id: str, tp: Any, data: Mapping[str, Any], judge: Judge, policies: Any
+    stream_id: str, tp: Any, data: Mapping[str, Any], judge: Judge, policies: PolicySet
 ) -> _Stream:
     if data.get("format") != _CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint format {data.get('format')!r}")
-    state = StreamTemporalState.from_dict(data["state"], temporal_rules(policies))
+    state = StreamTemporalState.from_dict(data["state"], policies.rules)
     facts = {
         k: PolicyFacts(version=int(v[0]), severity=str(v[1]), action=str(v[2]))
         for k, v in dict(data.get("facts") or {}).items()

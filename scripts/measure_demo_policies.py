@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.compiler import PolicyCompiler
 from pipeline.demo import scenes
 from pipeline.encoder import Encoder
 from pipeline.models import DEMO_MODEL, load_clip
-from pipeline.policy import load_policies
+from pipeline.policies import load_policies
+from pipeline.policies.compile import PolicyCompiler
 
 ROOT = Path(__file__).resolve().parent.parent
 # label -> (concept, colour or None for words) the label is about
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_clip(DEMO_MODEL)
     policies = load_policies([args.policies])
 
-    compiled = PolicyCompiler(model, use_cache=False).compile(policies)
+    compiled = PolicyCompiler(model, use_cache=False).compile(policies).compiled
     encoder = Encoder(model)
     rng = np.random.default_rng(args.seed)
     for lab in compiled.labels:
@@ -87,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         for positive in (True, False):
             specs = _scenes(rng, concept, colour, args.per_class, positive=positive)
             frames = np.stack([scenes.render(s, model.input_resolution) for s in specs])
-            cos = compiled.scores(encoder.encode(frames))
-            negs = cos[:, list(lab.negative_rows)].max(dim=1).values if lab.negative_rows else None
-            margins = (cos[:, lab.row] - negs).numpy() if negs is not None else None
-            result[positive] = (cos[:, lab.row].numpy(), margins)
+            cos = compiled.cosines(encoder.encode(frames))
+            negs = cos[:, list(lab.negative_rows)].max(axis=1) if lab.negative_rows else None
+            margins = cos[:, lab.row] - negs if negs is not None else None
+            result[positive] = (cos[:, lab.row], margins)
         (pos, pos_m), (neg, neg_m) = result[True], result[False]
         q = [5, 25, 50, 75, 95]
         print(f"{lab.key}  (threshold in file: {lab.threshold})")

@@ -748,7 +748,7 @@ def test_demo_clip_of_the_image_cuts_into_segments(tmp_path: Path) -> None:
     """The build stage's command that writes the demo clip, run here: the clip it writes is
     where the runtime stage copies it from, and the producer streams it in 2 s segments."""
     build = _dockerfile_instructions()
-    (command,) = [a for ins, a in build if ins == "RUN" and "synthetic_video" in a]
+    (command,) = [a for ins, a in build if ins == "RUN" and "pipeline.demo.video" in a]
     code = re.search(r'python -c "([^"]+)"', command)
     assert code
     built = re.search(r"write_video\('([^']+)'", code.group(1))

@@ -33,12 +33,12 @@ from consumers.broker import EmbeddedBroker, default_topics
 from consumers.cli import main
 from consumers.jobs import job_options
 from consumers.scan import EXIT_PARTIAL
-from pipeline.compiler import PolicyCompiler
 from pipeline.decode_pool import DecodePool
 from pipeline.encoder import Encoder
 from pipeline.events import FlagEvent, JobRequest, JobStatus, ScoreRecord
 from pipeline.models import load_clip
-from pipeline.policy import load_policies
+from pipeline.policies import load_policies
+from pipeline.policies.compile import PolicyCompiler
 from pipeline.scan import FileScan, Scanner, discover
 
 pytestmark = [
@@ -76,9 +76,9 @@ def local(library: Path) -> dict[str, FileScan]:
     """The local scan of the folder, by file name: what the jobs must agree with."""
     model = load_clip("clipguard-demo")
     policies = load_policies([streaming.DEMO_POLICIES])
-    compiled = PolicyCompiler(model).compile(policies)
+    policy_set = PolicyCompiler(model).compile(policies)
     with DecodePool(2) as pool:
-        scanner = Scanner(Encoder(model), compiled, policies, pool=pool)
+        scanner = Scanner(Encoder(model), policy_set, pool=pool)
         return {Path(r.source).name: r for r in scanner.scan(i.source for i in discover([library]))}
 
 

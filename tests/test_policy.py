@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.compiler import PolicyCompiler
 from pipeline.errors import PolicyError
 from pipeline.models import CLIP, CLIPConfig, TextConfig, VisionConfig, load_clip, tokenize
-from pipeline.policy import load_policies, load_policy, parse_policy
-from pipeline.scoring import CompiledLabel, CompiledPolicies
+from pipeline.policies import load_policies, load_policy, parse_policy
+from pipeline.policies.compile import PolicyCompiler
+from pipeline.policies.score import CompiledLabel, CompiledPolicies
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -182,23 +182,22 @@ def _encode(model: CLIP, texts: list[str]) -> torch.Tensor:
 
 def test_compiled_matrix_equals_encoding_the_prompts(tmp_path, model):
     _write(tmp_path / "p", GOOD)
-    compiled = PolicyCompiler(model, cache_dir=tmp_path / "cache").compile(
-        load_policies([tmp_path / "p"])
+    compiled = (
+        PolicyCompiler(model, cache_dir=tmp_path / "cache")
+        .compile(load_policies([tmp_path / "p"]))
+        .compiled
     )
     knife = next(lab for lab in compiled.labels if lab.key == "knives/knife")
     prompts = _encode(
         model, ["a knife", "a photo of a knife", "a kitchen knife", "a photo of a kitchen knife"]
     )
     expected = F.normalize(prompts.mean(dim=0), dim=-1)
-    torch.testing.assert_close(compiled.matrix[knife.row], expected, rtol=1e-5, atol=1e-6)
+    matrix = torch.from_numpy(compiled.matrix)
+    torch.testing.assert_close(matrix[knife.row], expected, rtol=1e-5, atol=1e-6)
     negs = _encode(model, ["a fork", "a photo of a fork", "a spoon", "a photo of a spoon"])
-    torch.testing.assert_close(
-        compiled.matrix[list(knife.negative_rows)], negs, rtol=1e-5, atol=1e-6
-    )
-    torch.testing.assert_close(
-        compiled.matrix[list(knife.prompt_rows)], prompts, rtol=1e-5, atol=1e-6
-    )
-    assert torch.allclose(compiled.matrix.norm(dim=-1), torch.ones(len(compiled.matrix)))
+    torch.testing.assert_close(matrix[list(knife.negative_rows)], negs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(matrix[list(knife.prompt_rows)], prompts, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(matrix.norm(dim=-1), torch.ones(len(matrix)))
 
 
 def test_cache_hits_and_per_policy_invalidation(tmp_path, model):
@@ -207,15 +206,15 @@ def test_cache_hits_and_per_policy_invalidation(tmp_path, model):
     _write(folder, GOOD.replace("id: knives", "id: guns").replace("a knife", "a gun"), "guns")
     cache = tmp_path / "cache"
     first = PolicyCompiler(model, cache_dir=cache)
-    c1 = first.compile(load_policies([folder]))
+    c1 = first.compile(load_policies([folder])).compiled
     assert (first.hits, first.misses) == (0, 2)
     assert len(list(cache.glob("*.safetensors"))) == 2
 
     second = PolicyCompiler(model, cache_dir=cache)
     second.encode_text = None  # type: ignore[assignment]  # a warm cache never encodes text
-    c2 = second.compile(load_policies([folder]))
+    c2 = second.compile(load_policies([folder])).compiled
     assert (second.hits, second.misses) == (2, 0)
-    assert torch.equal(c1.matrix, c2.matrix) and c1.labels == c2.labels
+    assert np.array_equal(c1.matrix, c2.matrix) and c1.labels == c2.labels
 
     # editing one policy's prompt recompiles that policy only
     _write(folder, GOOD.replace("a kitchen knife", "a pocket knife"))
@@ -263,7 +262,7 @@ def test_exemplars_join_the_ensemble(tmp_path, model):
         ),
     )
     compiler = PolicyCompiler(model, cache_dir=tmp_path / "cache")
-    compiled = compiler.compile(load_policies([folder]))
+    compiled = compiler.compile(load_policies([folder])).compiled
     knife = next(lab for lab in compiled.labels if lab.key == "knives/knife")
     prompts = _encode(model, list(knife.prompts))
     # the exemplar is decoded and fitted to the model input exactly as frames are
@@ -275,7 +274,8 @@ def test_exemplars_join_the_ensemble(tmp_path, model):
         frame = torch.from_numpy(np.ascontiguousarray(fitted))[None]
         image = F.normalize(model.encode_image(model.preprocess(frame)), dim=-1)
     expected = F.normalize(torch.cat([prompts, image]).mean(dim=0), dim=-1)
-    torch.testing.assert_close(compiled.matrix[knife.row], expected, rtol=1e-5, atol=1e-6)
+    got = torch.from_numpy(compiled.matrix[knife.row])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     (folder / "red.png").write_bytes(b"not an image")  # new bytes: new key, and a clear error
     with pytest.raises(PolicyError, match=r"red\.png"):
         PolicyCompiler(model, cache_dir=tmp_path / "cache").compile(load_policies([folder]))
@@ -286,13 +286,17 @@ def test_exemplars_join_the_ensemble(tmp_path, model):
 
 def _constructed(threshold=None, probability=None, margin=None) -> CompiledPolicies:
     # rows: 0 label ensemble = e0, 1-2 negatives = e1, e2, 3-4 prompts = e0, (e0+e3)/|.|
-    eye = torch.eye(4)
-    p2 = F.normalize(eye[0] + eye[3], dim=0)
-    matrix = torch.stack([eye[0], eye[1], eye[2], eye[0], p2])
+    eye = np.eye(4, dtype=np.float32)
+    p2 = (eye[0] + eye[3]) / np.linalg.norm(eye[0] + eye[3])
+    matrix = np.stack([eye[0], eye[1], eye[2], eye[0], p2])
     label = CompiledLabel(
         policy="p",
         label="l",
         key="p/l",
+        version=1,
+        severity="low",
+        action="flag",
+        mode="enforce",
         row=0,
         negative_rows=(1, 2),
         prompt_rows=(3, 4),
@@ -300,9 +304,8 @@ def _constructed(threshold=None, probability=None, margin=None) -> CompiledPolic
         threshold=threshold,
         probability=probability,
         margin=margin,
-        enforce=True,
     )
-    return CompiledPolicies(matrix=matrix, labels=[label], logit_scale=10.0, policy_set="x")
+    return CompiledPolicies(matrix=matrix, labels=(label,), logit_scale=10.0, policy_set="x")
 
 
 def test_threshold_margin_and_probability_decisions():
@@ -314,7 +317,7 @@ def test_threshold_margin_and_probability_decisions():
         ]
     )
     frames = F.normalize(frames, dim=-1)
-    d = _constructed(threshold=0.5).decide(_constructed().scores(frames))
+    d = _constructed(threshold=0.5).decide(frames)
     assert [x[0].passed for x in d] == [True, True, False]
     assert d[0][0].margin == pytest.approx(0.2, abs=1e-4)
     assert d[1][0].margin == pytest.approx(-0.2, abs=1e-4)
@@ -324,7 +327,7 @@ def test_threshold_margin_and_probability_decisions():
     assert d[0][0].probability == pytest.approx(e[0] / e.sum(), rel=1e-4)
 
     with_margin = _constructed(threshold=0.5, margin=0.1)
-    assert [x[0].passed for x in with_margin.decide(with_margin.scores(frames))] == [
+    assert [x[0].passed for x in with_margin.decide(frames)] == [
         True,
         False,
         False,
@@ -332,13 +335,15 @@ def test_threshold_margin_and_probability_decisions():
     # frame 3 is far from the label (0.3) but farther from both negatives (0.0): the softmax
     # against the negatives still favours the label, which is what `probability` measures
     prob = _constructed(probability=0.8)
-    assert [x[0].passed for x in prob.decide(prob.scores(frames))] == [True, False, True]
+    assert [x[0].passed for x in prob.decide(frames)] == [True, False, True]
 
 
 def test_demo_policies_compile_with_the_demo_model(tmp_path):
     demo = load_clip("clipguard-demo")
-    compiled = PolicyCompiler(demo, cache_dir=tmp_path).compile(
-        load_policies([ROOT / "policies" / "demo"])
+    compiled = (
+        PolicyCompiler(demo, cache_dir=tmp_path)
+        .compile(load_policies([ROOT / "policies" / "demo"]))
+        .compiled
     )
     assert {lab.key for lab in compiled.labels} >= {
         "red-triangle/red-triangle",
@@ -360,39 +365,39 @@ def _touch_later(path: Path, text: str) -> None:
 
 
 def test_store_reloads_edits_and_keeps_the_last_good_set(tmp_path, model, caplog):
-    from pipeline.compiler import PolicyStore
+    from pipeline.policies.store import PolicyStore
 
     folder = tmp_path / "p"
     path = _write(folder, GOOD)
     store = PolicyStore([folder], PolicyCompiler(model, cache_dir=tmp_path / "cache"))
-    first = store.compiled
+    first = store.current
     assert store.refresh() is False  # nothing changed
 
     _touch_later(
         path, GOOD.replace("version: 2", "version: 3").replace("a kitchen knife", "a pocket knife")
     )
     assert store.refresh() is True
-    assert store.policies.get("knives").policy.version == 3
-    assert store.compiled.policy_set != first.policy_set
+    assert store.current.get("knives").policy.version == 3
+    assert store.current.id != first.id
     assert (
         "a pocket knife"
-        in next(lab for lab in store.compiled.labels if lab.key == "knives/knife").prompts
+        in next(lab for lab in store.current.compiled.labels if lab.key == "knives/knife").prompts
     )
-    good = store.compiled
+    good = store.current
 
     _touch_later(path, GOOD.replace("threshold: 0.25", "threshold: [oops"))  # broken YAML
     assert store.refresh() is False
     assert store.reload_errors == 1 and "knives.yaml" in (store.last_error or "")
-    assert store.compiled is good  # the last good set stays in force
+    assert store.current is good  # the last good set stays in force
     assert "keeping the last good policies" in caplog.text
     assert store.refresh() is False and store.reload_errors == 1  # not retried until it changes
 
     _touch_later(path, GOOD.replace("version: 2", "version: 4"))
     assert store.refresh() is True
-    assert store.policies.get("knives").policy.version == 4 and store.last_error is None
+    assert store.current.get("knives").policy.version == 4 and store.last_error is None
 
     _write(folder, GOOD.replace("id: knives", "id: guns"), "guns")  # a new file joins
-    assert store.refresh() is True and len(store.policies) == 2
+    assert store.refresh() is True and len(store.current) == 2
 
 
 def test_encoder_returns_unit_embeddings_in_batches(model):

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from consumers.cli import main
-from pipeline import policy_tools
 from pipeline.demo import scenes
 from pipeline.models import DEMO_MODEL, DEMO_NOTICE
-from pipeline.policy import load_policy
+from pipeline.policies import load_policy
+from pipeline.policies import tools as policy_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "policies" / "demo"

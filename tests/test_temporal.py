@@ -1,4 +1,4 @@
-"""Tests for pipeline.temporal: per-frame decisions -> incidents that do not flicker."""
+"""Tests for pipeline.policies.temporal: per-frame decisions -> incidents that do not flicker."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ConfigError
-from pipeline.policy import LoadedPolicy, PolicySet, Temporal, parse_policy
-from pipeline.scoring import Decision
-from pipeline.temporal import (
+from pipeline.policies.schema import LoadedPolicies, LoadedPolicy, Temporal, parse_policy
+from pipeline.policies.score import Decision
+from pipeline.policies.temporal import (
     IncidentEvent,
     IncidentTracker,
     StreamTemporalState,
@@ -489,7 +489,7 @@ temporal: {{k: 2, n: 4, close_after: 3}}
         LoadedPolicy(parse_policy(text.format(id=i, mode=m)), Path(f"{i}.yaml"), "0")
         for i, m in [("a", "enforce"), ("b", "shadow")]
     ]
-    got = temporal_rules(PolicySet(loaded))
+    got = temporal_rules(LoadedPolicies(loaded))
     assert got == {
         "a": (Temporal(k=2, n=4, close_after=3), "enforce"),
         "b": (Temporal(k=2, n=4, close_after=3), "shadow"),

@@ -2,13 +2,13 @@
 
 The same stages as the stream worker, for inputs that are whole files: each input is decoded
 in the sandboxed :class:`~pipeline.decode_pool.DecodePool`, its sampled frames are encoded
-with CLIP, and :class:`~pipeline.judge.Judge` turns the embeddings into score records and flag
-events, with the input's path or URL as stream id and ``source``, segment ``seq`` 0 and
+with CLIP, and :class:`~pipeline.policies.judge.Judge` turns the embeddings into score records
+and flag events, with the input's path or URL as stream id and ``source``, segment ``seq`` 0 and
 ``ts`` the frame's time in the file. The records have the shapes of the Kafka topics.
 
 Two ways in, sharing one per-input code path::
 
-    scanner = Scanner(encoder, compiled, policies, pool=pool)
+    scanner = Scanner(encoder, store.current, pool=pool)
     for record in scanner.records("https://host/clip.mp4"):   # one input, as a job runner
         publish(record)                                          # ScoreRecord or FlagEvent
     for result in scanner.scan(sources):                         # many, overlapped
@@ -49,11 +49,10 @@ from pipeline.errors import (
     UnsupportedMedia,
 )
 from pipeline.events import FlagEvent, ScoreRecord
-from pipeline.judge import FrameRef, Judge, PolicyFacts
-from pipeline.policy import PolicySet
+from pipeline.policies.judge import FrameRef, Judge, PolicyFacts
+from pipeline.policies.snapshot import PolicySet
+from pipeline.policies.temporal import StreamTemporalState
 from pipeline.sampling import Sampling
-from pipeline.scoring import CompiledPolicies
-from pipeline.temporal import StreamTemporalState
 
 __all__ = [
     "PERMANENT_ERRORS",
@@ -184,7 +183,7 @@ class _FileJob:
 
 
 class Scanner:
-    """Scans inputs with one encoder (model) and one compiled policy set.
+    """Scans inputs with one encoder (model) and one policy set.
 
     ``pool`` decodes (the caller owns it); ``batch_size`` caps the frames per encoder call;
     ``in_flight`` is how many inputs :meth:`scan` keeps submitted to the pool at once
@@ -195,7 +194,6 @@ class Scanner:
     def __init__(
         self,
         encoder: Encoder,
-        compiled: CompiledPolicies,
         policies: PolicySet,
         *,
         pool: DecodePool,
@@ -205,7 +203,6 @@ class Scanner:
         model_name: str | None = None,
     ) -> None:
         self.encoder = encoder
-        self.compiled = compiled
         self.policies = policies
         self.pool = pool
         self.options = options or ScanOptions()
@@ -333,7 +330,6 @@ class Scanner:
             job.state,
             refs,
             embeddings,
-            self.compiled,
             self.policies,
             source=job.source,
             facts=job.facts,

@@ -1,37 +1,38 @@
 """The judge stage: frame embeddings of one stream in, score records and flag events out.
 
-Both the stream worker and the batch scanner end every input the same way: the encoder's
-embeddings of a stream's sampled frames go through the compiled policies (one matmul), each
-frame becomes a :class:`~pipeline.events.ScoreRecord`, and the per-stream temporal state turns
-the frames' decisions into incidents, published as :class:`~pipeline.events.FlagEvent`
-records. This module is that step, shared so the two paths cannot drift apart::
+Every path that decides anything ends the same way: the stream worker, batch scans, scan jobs
+and the authoring tools (``policy test``, ``explain``, ``calibrate``) send a stream's sampled
+frames through the policy set in force (one matmul), each frame becomes a
+:class:`~pipeline.events.ScoreRecord`, and the per-stream temporal state turns the frames'
+decisions into incidents, published as :class:`~pipeline.events.FlagEvent` records::
 
     judge = Judge(model_name="clipguard-demo")
-    state = judge.new_state("cam-7", store.policies)
-    out = judge.judge(state, refs, embeddings, store.compiled, store.policies)
-    out.scores, out.flags, out.shadow        # records to publish; shadow incidents to count
-    judge.finish(state, store.policies)      # the stream ended: close open incidents
+    policies = store.current                     # one PolicySet for the whole batch
+    state = judge.new_state("cam-7", policies)
+    out = judge.judge(state, refs, embeddings, policies)
+    out.scores, out.flags, out.shadow, out.decisions
+    judge.finish(state, policies)                # the stream ended: close open incidents
 
 Frames cut into tiles (``fit="tiles"``) give one score record per tile; for the temporal rule
 the tiles of one frame count as one sample whose score is the best tile's (a label passes on a
 frame when it passes on any tile).
 
 An incident's events carry the version, severity and action its policy had when it opened,
-so its open and closed events share one event id even when the policy is edited (or removed)
-in between.
+so its open and closed events share one event id even when the policy is edited in between.
+When a reload removes a policy, the stream's next judgement first closes that policy's open
+incidents (at their last passing frame) and forgets its trackers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import torch
+from typing import Any
 
 from pipeline.events import FlagEvent, ScoreRecord
-from pipeline.policy import Policy, PolicySet
-from pipeline.scoring import CompiledPolicies, Decision
-from pipeline.temporal import IncidentEvent, StreamTemporalState, temporal_rules
+from pipeline.policies.score import CompiledLabel, Decision
+from pipeline.policies.snapshot import PolicySet
+from pipeline.policies.temporal import IncidentEvent, StreamTemporalState
 
 __all__ = ["FrameRef", "Judge", "Judgement", "PolicyFacts"]
 
@@ -55,66 +56,75 @@ class PolicyFacts:
     action: str
 
     @classmethod
-    def of(cls, policy: Policy) -> PolicyFacts:
-        return cls(version=policy.version, severity=policy.severity, action=policy.action)
+    def of(cls, label: CompiledLabel) -> PolicyFacts:
+        return cls(version=label.version, severity=label.severity, action=label.action)
+
+
+#: Facts of an incident whose policy was removed before it opened (cannot happen in one set,
+#: but a restored checkpoint can name anything).
+_UNKNOWN = PolicyFacts(version=0, severity="low", action="flag")
 
 
 @dataclass
 class Judgement:
-    """What one call of :meth:`Judge.judge` produced, in publishing order."""
+    """What one call of :meth:`Judge.judge` produced, in publishing order.
+
+    ``shadow`` holds the incidents of shadow-mode policies (count them, never publish them);
+    ``decisions`` every label's decision on every frame (or tile), in ``refs`` order."""
 
     scores: list[ScoreRecord] = field(default_factory=list)
     flags: list[FlagEvent] = field(default_factory=list)
-    shadow: list[IncidentEvent] = field(default_factory=list)  # shadow-mode: count, never flag
+    shadow: list[FlagEvent] = field(default_factory=list)
+    decisions: list[list[Decision]] = field(default_factory=list)
+
+    def extend(self, other: Judgement) -> None:
+        self.scores += other.scores
+        self.flags += other.flags
+        self.shadow += other.shadow
+        self.decisions += other.decisions
 
 
 class Judge:
-    """Scores one stream's frames at a time against a compiled policy set.
+    """Scores one stream's frames at a time against a policy set.
 
     ``model_name`` goes into every record. The per-stream state lives in the caller's
-    :class:`~pipeline.temporal.StreamTemporalState` objects (:meth:`new_state`), so the caller
-    decides where state lives and when it is checkpointed.
+    :class:`~pipeline.policies.temporal.StreamTemporalState` objects (:meth:`new_state`), so
+    the caller decides where state lives and when it is checkpointed.
     """
 
     def __init__(self, model_name: str) -> None:
         self.model_name = model_name
 
-    def new_state(self, stream_id: str, policies: PolicySet) -> StreamTemporalState:
-        """A fresh temporal state for a stream, with the rules of ``policies``.
-
-        Rules are looked up when a tracker is first created, so a state built with one policy
-        set keeps working after a reload adds policies (pass the current set's rules via
-        :meth:`refresh_rules`)."""
-        return StreamTemporalState(stream_id, temporal_rules(policies))
-
     @staticmethod
-    def refresh_rules(state: StreamTemporalState, policies: PolicySet) -> None:
-        """Use ``policies``' temporal rules for trackers created from now on."""
-        state.set_rules(temporal_rules(policies))
+    def new_state(stream_id: str, policies: PolicySet) -> StreamTemporalState:
+        """A fresh temporal state for a stream, with the rules of ``policies``."""
+        return StreamTemporalState(stream_id, policies.rules)
 
     def judge(
         self,
         state: StreamTemporalState,
         refs: Sequence[FrameRef],
-        embeddings: torch.Tensor,
-        compiled: CompiledPolicies,
+        embeddings: Any,
         policies: PolicySet,
         *,
         source: str | None = None,
         facts: dict[str, PolicyFacts] | None = None,
     ) -> Judgement:
-        """Score ``embeddings`` (one row per ref, in presentation order) and advance ``state``.
+        """Score ``embeddings`` (one row per ref, in presentation order; a NumPy array or a
+        CPU tensor) and advance ``state``.
 
         ``facts`` (incident key -> policy facts at opening) is the memory that keeps an
         incident's events consistent across policy edits; pass the same dict for a stream
         every call (the caller may checkpoint it with the state)."""
         if len(refs) != len(embeddings):
             raise ValueError(f"{len(refs)} frame refs for {len(embeddings)} embeddings")
-        out = Judgement()
+        facts = facts if facts is not None else {}
+        out = self._retire(state, policies, facts, source)
         if not refs:
             return out
-        facts = facts if facts is not None else {}
-        decisions = compiled.decide(compiled.scores(embeddings))
+        compiled = policies.compiled
+        decisions = compiled.decide(embeddings)
+        out.decisions = decisions
         enforced = {lab.key for lab in compiled.labels if lab.enforce}
         for ref, ds in zip(refs, decisions, strict=True):
             out.scores.append(
@@ -152,6 +162,20 @@ class Judge:
             self._emit(event, state.stream_id, policies, facts, source, out)
         return out
 
+    def _retire(
+        self,
+        state: StreamTemporalState,
+        policies: PolicySet,
+        facts: dict[str, PolicyFacts],
+        source: str | None,
+    ) -> Judgement:
+        """Take up ``policies``' rules; close the incidents of policies no longer in it."""
+        state.set_rules(policies.rules)
+        out = Judgement()
+        for event in state.retire(policies.rules):
+            self._emit(event, state.stream_id, policies, facts, source, out)
+        return out
+
     def _emit(
         self,
         event: IncidentEvent,
@@ -161,40 +185,36 @@ class Judge:
         source: str | None,
         out: Judgement,
     ) -> None:
-        if event.shadow:
-            out.shadow.append(event)
-            return
         memo = f"{event.key}@{round(event.start_ts * 1000)}"
         known = facts.get(memo)
         if known is None:
             try:
-                known = PolicyFacts.of(policies.get(event.policy).policy)
-            except KeyError:  # removed before its incident opened: unknown version
-                known = PolicyFacts(version=0, severity="low", action="flag")
+                known = PolicyFacts.of(policies.label(event.key))
+            except KeyError:
+                known = _UNKNOWN
             facts[memo] = known
         if event.state == "closed":
             facts.pop(memo, None)
-        out.flags.append(
-            FlagEvent(
-                event_id=event.event_id(stream_id, known.version),
-                state=event.state,
-                stream_id=stream_id,
-                policy=event.policy,
-                policy_version=known.version,
-                label=event.label,
-                severity=known.severity,  # type: ignore[arg-type]
-                action=known.action,  # type: ignore[arg-type]
-                start_ts=event.start_ts,
-                end_ts=event.end_ts,
-                peak_score=round(event.peak_score, 6),
-                peak_ts=event.peak_ts,
-                threshold=event.threshold,
-                margin=None if event.margin is None else round(event.margin, 6),
-                top_prompt=event.top_prompt,
-                model=self.model_name,
-                source=source,
-            )
+        flag = FlagEvent(
+            event_id=event.event_id(stream_id, known.version),
+            state=event.state,
+            stream_id=stream_id,
+            policy=event.policy,
+            policy_version=known.version,
+            label=event.label,
+            severity=known.severity,  # type: ignore[arg-type]
+            action=known.action,  # type: ignore[arg-type]
+            start_ts=event.start_ts,
+            end_ts=event.end_ts,
+            peak_score=round(event.peak_score, 6),
+            peak_ts=event.peak_ts,
+            threshold=event.threshold,
+            margin=None if event.margin is None else round(event.margin, 6),
+            top_prompt=event.top_prompt,
+            model=self.model_name,
+            source=source,
         )
+        (out.shadow if event.shadow else out.flags).append(flag)
 
 
 def _per_frame(

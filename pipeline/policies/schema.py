@@ -1,5 +1,5 @@
 """Moderation policies: the YAML format, strict validation with file:line:column errors, and
-loading a policy set from files and folders.
+loading policies from files and folders.
 
 One policy a file, named after its id (``policies/weapons.yaml`` holds ``id: weapons``)::
 
@@ -46,9 +46,9 @@ from pipeline.errors import PolicyError
 __all__ = [
     "Example",
     "Label",
+    "LoadedPolicies",
     "LoadedPolicy",
     "Policy",
-    "PolicySet",
     "Temporal",
     "load_policies",
     "load_policy",
@@ -352,8 +352,9 @@ def policy_files(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-class PolicySet:
-    """Policies loaded together; ids are unique across the set."""
+class LoadedPolicies:
+    """Policies loaded together; ids are unique across them. Compiled for a model they become
+    a :class:`~pipeline.policies.snapshot.PolicySet`."""
 
     def __init__(self, loaded: Sequence[LoadedPolicy]) -> None:
         seen: dict[str, Path] = {}
@@ -372,6 +373,11 @@ class PolicySet:
     def __len__(self) -> int:
         return len(self.loaded)
 
+    def only(self, policy_ids: Iterable[str]) -> LoadedPolicies:
+        """The policies named, in this collection's order."""
+        wanted = set(policy_ids)
+        return LoadedPolicies([lp for lp in self.loaded if lp.policy.id in wanted])
+
     def get(self, policy_id: str) -> LoadedPolicy:
         for lp in self.loaded:
             if lp.policy.id == policy_id:
@@ -387,7 +393,7 @@ class PolicySet:
         return h.hexdigest()[:16]
 
 
-def load_policies(paths: Iterable[str | Path]) -> PolicySet:
+def load_policies(paths: Iterable[str | Path]) -> LoadedPolicies:
     """Load every policy file named or found in the named folders; all errors are reported
     together, one per line."""
     paths = list(paths)
@@ -402,4 +408,4 @@ def load_policies(paths: Iterable[str | Path]) -> PolicySet:
             errors.append(str(e))
     if errors:
         raise PolicyError("\n".join(errors))
-    return PolicySet(loaded)
+    return LoadedPolicies(loaded)

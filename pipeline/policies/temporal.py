@@ -21,10 +21,11 @@ order:
 timestamp is not after the last one seen are ignored: replays after a restart are harmless.
 
 A :class:`StreamTemporalState` holds every tracker of one stream, keyed by "policy/label"
-and created on first sight. Shadow-mode policies are tracked like the others; their events
-say ``shadow=True`` (count them, never publish them as flags). Both classes checkpoint to
-JSON-serialisable dicts (:meth:`~IncidentTracker.to_dict`, :meth:`~IncidentTracker.from_dict`)
-and, restored, continue exactly as the original would have.
+and created on first sight; :meth:`StreamTemporalState.retire` closes and drops the trackers of
+policies no longer in force (a reload removed them). Shadow-mode policies are tracked like the
+others; their events say ``shadow=True`` (count them, never publish them as flags). Both
+classes checkpoint to JSON-serialisable dicts (:meth:`~IncidentTracker.to_dict`,
+:meth:`~IncidentTracker.from_dict`) and, restored, continue exactly as the original would have.
 
 An incident's open and closed events share one :meth:`IncidentEvent.event_id`, computed from
 the stream, policy, policy version, label and start time, so a replayed stream yields the
@@ -37,15 +38,15 @@ import json
 import math
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from pydantic import ValidationError
 
 from pipeline.errors import ConfigError
-from pipeline.policy import LoadedPolicy, Policy, Temporal
-from pipeline.scoring import Decision
+from pipeline.policies.schema import LoadedPolicy, Policy, Temporal
+from pipeline.policies.score import Decision, Mode
 
 __all__ = [
     "EVENT_NAMESPACE",
@@ -59,7 +60,6 @@ __all__ = [
 ]
 
 IncidentState = Literal["open", "closed"]
-Mode = Literal["enforce", "shadow"]
 #: policy id -> (its temporal rule, its mode); or a function giving that for a policy id
 #: (raising KeyError for an unknown one).
 Rules = Mapping[str, tuple[Temporal, Mode]] | Callable[[str], tuple[Temporal, Mode]]
@@ -429,6 +429,14 @@ class StreamTemporalState:
         events: list[IncidentEvent] = []
         for tracker in self._trackers.values():
             events += tracker.finish(ts=ts)
+        return events
+
+    def retire(self, policies: Collection[str]) -> list[IncidentEvent]:
+        """Close the open incidents of every policy not in ``policies`` (ids of the policies
+        in force) and forget those trackers; the closing events, in creation order."""
+        events: list[IncidentEvent] = []
+        for key in [k for k, t in self._trackers.items() if t.policy not in policies]:
+            events += self._trackers.pop(key).finish()
         return events
 
     def _tracker(self, key: str) -> IncidentTracker:

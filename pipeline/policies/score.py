@@ -1,0 +1,205 @@
+"""Scoring frames against a compiled policy set: run time only, NumPy only.
+
+A policy set compiles (:mod:`pipeline.policies.compile`), once per model, into one matrix of
+unit rows: for every label its prompt ensemble (each prompt in each template, plus exemplar
+images, averaged and re-normalised), its negatives, and each of its prompts on its own.
+Scoring a batch of frame embeddings is then one normalise and one matrix product; the
+decisions read their columns:
+
+- ``score``: cosine of the frame with the label's ensemble;
+- ``margin``: ``score`` minus the best negative's cosine (when the label has negatives);
+- ``probability``: softmax of the label against its negatives at the model's logit scale;
+- ``top_prompt``: the single prompt of the label closest to the frame (why it scored).
+
+A label passes when its rule holds (``threshold`` on the score, or ``probability``) and, when
+a ``margin`` is set, the margin is at least that.
+
+:meth:`CompiledPolicies.evaluate` computes all of it for a whole batch at once, one array per
+quantity (frames down, labels across), so a backtest over millions of stored frames costs a
+matrix product and a few vector operations; :meth:`CompiledPolicies.decisions` turns those
+arrays into one :class:`Decision` per frame and label for the temporal rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Action",
+    "CompiledLabel",
+    "CompiledPolicies",
+    "Decision",
+    "FrameScores",
+    "Mode",
+    "Severity",
+    "unit_rows",
+]
+
+Severity = Literal["low", "medium", "high", "critical"]
+Action = Literal["flag", "review", "block"]
+Mode = Literal["enforce", "shadow"]
+_F32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class CompiledLabel:
+    """One label of a compiled set: where its rows are, its rule, and its policy's facts."""
+
+    policy: str  # policy id
+    label: str  # label name
+    key: str  # "policy/label", as in output records
+    version: int  # the policy's version
+    severity: Severity
+    action: Action
+    mode: Mode  # "shadow": scored and counted, never flagged
+    row: int  # the ensemble's row in the matrix
+    negative_rows: tuple[int, ...]  # rows of its negatives
+    prompt_rows: tuple[int, ...]  # rows of its single prompts (same order as `prompts`)
+    prompts: tuple[str, ...]
+    threshold: float | None
+    probability: float | None
+    margin: float | None
+
+    @property
+    def enforce(self) -> bool:
+        return self.mode == "enforce"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One label on one frame: whether it passed, and the numbers that decided it."""
+
+    key: str
+    passed: bool
+    score: float
+    threshold: float | None
+    probability: float | None  # softmax probability against the negatives, if it has any
+    margin: float | None  # score minus the best negative's score, if it has negatives
+    top_prompt: str
+
+
+@dataclass(frozen=True, eq=False)
+class FrameScores:
+    """A batch scored: one row per frame, one column per label (the set's label order).
+
+    ``margin`` and ``probability`` are NaN for labels without negatives; ``top_prompt`` is an
+    index into the label's ``prompts``."""
+
+    cosines: _F32  # (B, rows) cosine of every frame with every row of the matrix
+    score: _F32  # (B, L)
+    margin: _F32  # (B, L)
+    probability: _F32  # (B, L)
+    passed: npt.NDArray[np.bool_]  # (B, L)
+    top_prompt: npt.NDArray[np.intp]  # (B, L)
+
+    def __len__(self) -> int:
+        return int(self.score.shape[0])
+
+
+def unit_rows(x: Any) -> _F32:
+    """Rows scaled to unit length, as float32 (a torch tensor on the CPU is accepted)."""
+    a = np.asarray(x, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError(f"expected a 2-d array of row vectors, got shape {a.shape}")
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    out: _F32 = (a / np.maximum(norms, np.float32(1e-12))).astype(np.float32, copy=False)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledPolicies:
+    """A policy set compiled for one model: the matrix of unit rows and its labels."""
+
+    matrix: _F32  # (rows, E) unit rows, float32
+    labels: tuple[CompiledLabel, ...]
+    logit_scale: float
+    policy_set: str  # digest of the policies it was compiled from
+
+    def label(self, key: str) -> CompiledLabel:
+        """The label named ``"policy/label"``; KeyError if the set has none."""
+        for lab in self.labels:
+            if lab.key == key:
+                return lab
+        raise KeyError(key)
+
+    def select(self, policy_ids: Iterable[str], *, policy_set: str) -> CompiledPolicies:
+        """Only the labels of ``policy_ids`` (the same matrix: nothing is recompiled)."""
+        wanted = set(policy_ids)
+        return replace(
+            self,
+            labels=tuple(lab for lab in self.labels if lab.policy in wanted),
+            policy_set=policy_set,
+        )
+
+    def cosines(self, embeddings: Any) -> _F32:
+        """(B, E) image embeddings (any scale) -> (B, rows) cosines, with one matmul."""
+        image = unit_rows(embeddings)
+        if image.shape[1] != self.matrix.shape[1]:
+            raise ValueError(
+                f"embeddings of size {image.shape[1]} for policies compiled at size "
+                f"{self.matrix.shape[1]} (another model?)"
+            )
+        out: _F32 = image @ self.matrix.T
+        return out
+
+    def evaluate(self, embeddings: Any) -> FrameScores:
+        """Every label's score, margin, probability, pass and top prompt on every frame."""
+        c = self.cosines(embeddings)
+        frames, count = c.shape[0], len(self.labels)
+        score = np.empty((frames, count), dtype=np.float32)
+        margin = np.full((frames, count), np.nan, dtype=np.float32)
+        prob = np.full((frames, count), np.nan, dtype=np.float32)
+        passed = np.empty((frames, count), dtype=bool)
+        top = np.empty((frames, count), dtype=np.intp)
+        for j, lab in enumerate(self.labels):
+            s = c[:, lab.row]
+            score[:, j] = s
+            if lab.negative_rows:
+                negs = c[:, list(lab.negative_rows)]  # (B, negatives)
+                margin[:, j] = s - negs.max(axis=1)
+                logits = self.logit_scale * np.concatenate([s[:, None], negs], axis=1)
+                logits = logits.astype(np.float64)
+                logits -= logits.max(axis=1, keepdims=True)
+                weights = np.exp(logits)
+                prob[:, j] = weights[:, 0] / weights.sum(axis=1)
+            if lab.threshold is not None:
+                ok = s >= lab.threshold
+            else:
+                ok = prob[:, j] >= (lab.probability if lab.probability is not None else np.inf)
+            if lab.margin is not None:
+                ok &= margin[:, j] >= lab.margin  # NaN (no negatives) compares False
+            passed[:, j] = ok
+            top[:, j] = np.argmax(c[:, list(lab.prompt_rows)], axis=1)
+        return FrameScores(
+            cosines=c, score=score, margin=margin, probability=prob, passed=passed, top_prompt=top
+        )
+
+    def decisions(self, scores: FrameScores) -> list[list[Decision]]:
+        """Per frame, one :class:`Decision` per label, from :meth:`evaluate`'s arrays."""
+        out: list[list[Decision]] = []
+        for i in range(len(scores)):
+            row: list[Decision] = []
+            for j, lab in enumerate(self.labels):
+                m, p = float(scores.margin[i, j]), float(scores.probability[i, j])
+                row.append(
+                    Decision(
+                        key=lab.key,
+                        passed=bool(scores.passed[i, j]),
+                        score=float(scores.score[i, j]),
+                        threshold=lab.threshold,
+                        probability=None if np.isnan(p) else p,
+                        margin=None if np.isnan(m) else m,
+                        top_prompt=lab.prompts[int(scores.top_prompt[i, j])],
+                    )
+                )
+            out.append(row)
+        return out
+
+    def decide(self, embeddings: Any) -> list[list[Decision]]:
+        """:meth:`evaluate` then :meth:`decisions`."""
+        return self.decisions(self.evaluate(embeddings))

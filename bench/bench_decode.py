@@ -37,14 +37,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.decode import decode_bytes  # noqa: E402
-from pipeline.decode_pool import (  # noqa: E402
+from pipeline.decode.pool import (  # noqa: E402
     DecodePool,
     _frame_metas,
     _receive_pictures,
     _send_pictures,
     _unpack_frames,
 )
-from pipeline.sampling import Sampling  # noqa: E402
+from pipeline.decode.sampling import Sampling  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench_decode"
 

@@ -49,12 +49,12 @@ sys.path.insert(0, str(ROOT))
 
 from consumers.cli import main as cli_main  # noqa: E402
 from pipeline.compiler import PolicyCompiler  # noqa: E402
-from pipeline.decode_pool import DecodePool  # noqa: E402
+from pipeline.decode.pool import DecodePool  # noqa: E402
+from pipeline.decode.sampling import Sampling  # noqa: E402
 from pipeline.demo import scenes as synth  # noqa: E402
 from pipeline.encoder import Encoder  # noqa: E402
 from pipeline.models import DEMO_MODEL, load_clip  # noqa: E402
 from pipeline.policy import load_policies  # noqa: E402
-from pipeline.sampling import Sampling  # noqa: E402
 from pipeline.scan import Scanner, ScanOptions  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench_scan"

@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 import media  # noqa: E402
 
 from pipeline.decode import DecodeResult, Limits  # noqa: E402
-from pipeline.decode_pool import DecodePool  # noqa: E402
+from pipeline.decode.pool import DecodePool  # noqa: E402
+from pipeline.decode.sampling import Sampling  # noqa: E402
 from pipeline.errors import DecodeCrash, DecodeError, DecodeTimeout  # noqa: E402
-from pipeline.sampling import Sampling  # noqa: E402
 
 
 def bases() -> dict[str, tuple[bytes, str]]:

@@ -64,11 +64,11 @@ from consumers.rebalance import reporting_listener
 from consumers.settings import TopicNames, WorkerSettings
 from pipeline.compiler import PolicyStore
 from pipeline.decode import DecodeResult, Limits
-from pipeline.decode_pool import DecodePool
+from pipeline.decode.pool import DecodePool
+from pipeline.decode.sampling import Sampling
 from pipeline.encoder import Encoder
 from pipeline.errors import ClipguardError, DecodeCrash, DecodeError, DecodeTimeout
 from pipeline.events import FlagEvent, JobRequest, JobState, JobStatus, ScoreRecord
-from pipeline.sampling import Sampling
 from pipeline.scan import Scanner, ScanOptions
 
 __all__ = [

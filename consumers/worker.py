@@ -5,7 +5,7 @@ One :class:`Worker` is one member of the consumer group. Its threads::
     main thread     poll Kafka, accept segments, judge them in stream order, publish, commit,
                     pause/resume, apply rebalances, drain on SIGTERM (the only thread that
                     touches the consumer)
-    decode pool     sandboxed child processes decode segments (pipeline.decode_pool); a
+    decode pool     sandboxed child processes decode segments (pipeline.decode.pool); a
                     finished decode hands its frames straight to the encoder queue
     encoder         frames of every stream share batches (at most ``max_batch_size`` frames,
                     waiting at most ``max_batch_wait_ms`` to fill one) on the model's device
@@ -59,7 +59,7 @@ from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
 from pipeline.compiler import PolicyCompiler, PolicyStore
 from pipeline.decode import RAW_TYPES, DecodeResult, Frame, normalize_content_type
-from pipeline.decode_pool import DecodePool
+from pipeline.decode.pool import DecodePool
 from pipeline.encoder import Encoder
 from pipeline.errors import (
     ClipguardError,

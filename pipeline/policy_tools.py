@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
+from pipeline.decode.sampling import Sampling
 from pipeline.errors import ConfigError, DecodeError, PolicyError
 from pipeline.policy import (
     Example,
@@ -44,7 +45,6 @@ from pipeline.policy import (
     parse_policy,
     policy_files,
 )
-from pipeline.sampling import Sampling
 
 if TYPE_CHECKING:
     import torch

@@ -21,8 +21,6 @@ import numpy as np
 import pytest
 
 from pipeline import decode as decode_module
-from pipeline import decode_pool as pool_module
-from pipeline import sampling as sampling_module
 from pipeline.decode import (
     DecodeResult,
     Frame,
@@ -33,13 +31,15 @@ from pipeline.decode import (
     decode_uri,
     normalize_content_type,
 )
+from pipeline.decode import pool as pool_module
+from pipeline.decode import sampling as sampling_module
+from pipeline.decode.sampling import Sampler, Sampling, scene_difference
 from pipeline.errors import (
     ConfigError,
     LimitExceeded,
     MediaUnavailable,
     UnsupportedMedia,
 )
-from pipeline.sampling import Sampler, Sampling, scene_difference
 
 FPS = 25
 CONTAINERS = {

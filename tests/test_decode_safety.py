@@ -28,7 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.decode import DecodeResult, Limits, RawStreamDecoder, decode_bytes, decode_uri
-from pipeline.decode_pool import DecodePool
+from pipeline.decode.pool import DecodePool
+from pipeline.decode.sampling import Sampling
 from pipeline.errors import (
     ClipguardError,
     ConfigError,
@@ -40,7 +41,6 @@ from pipeline.errors import (
     MediaUnavailable,
     UnsupportedMedia,
 )
-from pipeline.sampling import Sampling
 
 POOL_LIMITS = Limits(timeout=30.0, max_memory=2 * 1024**3)
 

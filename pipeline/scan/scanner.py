@@ -1,7 +1,7 @@
 """Batch scanning: stored video (files, folders, URLs) through decode, encode and judge.
 
 The same stages as the stream worker, for inputs that are whole files: each input is decoded
-in the sandboxed :class:`~pipeline.decode_pool.DecodePool`, its sampled frames are encoded
+in the sandboxed :class:`~pipeline.decode.pool.DecodePool`, its sampled frames are encoded
 with CLIP, and :class:`~pipeline.judge.Judge` turns the embeddings into score records and flag
 events, with the input's path or URL as stream id and ``source``, segment ``seq`` 0 and
 ``ts`` the frame's time in the file. The records have the shapes of the Kafka topics.
@@ -39,7 +39,8 @@ import numpy.typing as npt
 import torch
 
 from pipeline.decode import DecodeResult, Fit, Frame, Limits
-from pipeline.decode_pool import DecodePool
+from pipeline.decode.pool import DecodePool
+from pipeline.decode.sampling import Sampling
 from pipeline.encoder import Encoder
 from pipeline.errors import (
     ConfigError,
@@ -51,7 +52,6 @@ from pipeline.errors import (
 from pipeline.events import FlagEvent, ScoreRecord
 from pipeline.judge import FrameRef, Judge, PolicyFacts
 from pipeline.policy import PolicySet
-from pipeline.sampling import Sampling
 from pipeline.scoring import CompiledPolicies
 from pipeline.temporal import StreamTemporalState
 

@@ -69,6 +69,7 @@ from pipeline.decode import (
     decode_bytes,
     decode_uri,
 )
+from pipeline.decode.sampling import Sampling
 from pipeline.errors import (
     ClipguardError,
     ConfigError,
@@ -77,7 +78,6 @@ from pipeline.errors import (
     DecodeTimeout,
     LimitExceeded,
 )
-from pipeline.sampling import Sampling
 
 __all__ = ["DecodePool"]
 

@@ -52,7 +52,7 @@ frame; FFmpeg itself is given ``max_pixels`` so that no decoder allocates a larg
 corrupt packet is skipped and counted (``DecodeResult.decode_errors``): a truncated or damaged
 input yields the frames that could be decoded, and :class:`InvalidMedia` when there are none.
 The in-process functions here cannot survive an FFmpeg crash or interrupt a hung decoder call;
-untrusted input belongs in :class:`pipeline.decode_pool.DecodePool`, which runs them in
+untrusted input belongs in :class:`pipeline.decode.pool.DecodePool`, which runs them in
 sandboxed processes with a hard wall-clock limit and a memory limit.
 """
 
@@ -81,6 +81,7 @@ from av.stream import Discard, Disposition
 from av.video.reformatter import Interpolation as _SwsInterpolation
 from av.video.reformatter import VideoReformatter
 
+from pipeline.decode.sampling import Reason, Sampler, Sampling
 from pipeline.errors import (
     ConfigError,
     DecodeError,
@@ -90,7 +91,6 @@ from pipeline.errors import (
     MediaUnavailable,
     UnsupportedMedia,
 )
-from pipeline.sampling import Reason, Sampler, Sampling
 
 __all__ = [
     "CONTAINER_TYPES",
@@ -1403,7 +1403,7 @@ def decode_bytes(
 
     ``size`` is the model's square input side; ``threads`` the decoder's threads (0: FFmpeg
     picks one per core). Runs in this process: for untrusted input use
-    :class:`pipeline.decode_pool.DecodePool`.
+    :class:`pipeline.decode.pool.DecodePool`.
     """
     opts = _options(size, fit, sampling or Sampling(), limits or Limits(), interpolation, threads)
     kind, name = _kind(content_type)

@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.decode import decode_bytes  # noqa: E402
+from pipeline.decode import DecodeOptions, decode_bytes  # noqa: E402
 from pipeline.decode.pool import (  # noqa: E402
     DecodePool,
     _frame_metas,
@@ -122,7 +122,7 @@ def median_times(runs: dict[str, Callable[[], object]], repeats: int) -> dict[st
 
 
 def _transfer_child(conn: Connection, data: bytes) -> None:
-    frames = decode_bytes(data, "video/mp4", size=224, threads=1).frames[:300]
+    frames = decode_bytes(data, "video/mp4", DecodeOptions(size=224, threads=1)).frames[:300]
     while (how := conn.recv()) is not None:
         if how == "pickle":
             conn.send(list(frames))
@@ -166,7 +166,8 @@ def bench_height(height: int, args: argparse.Namespace) -> None:
     print(f"\n{height}p H.264, {frames} frames, {mbps:.1f} Mbit/s")
 
     def ours(**kw: Any) -> Callable[[], object]:
-        return lambda: decode_bytes(data, "video/mp4", size=224, threads=threads, **kw)
+        options = DecodeOptions(224, threads=threads, **kw)
+        return lambda: decode_bytes(data, "video/mp4", options)
 
     runs: dict[str, Callable[[], object]] = {
         "bare PyAV decode (no conversion)": lambda: bare_decode(data, threads),
@@ -182,7 +183,7 @@ def bench_height(height: int, args: argparse.Namespace) -> None:
     pool = None if args.no_pool else DecodePool(1, threads=threads)
     if pool is not None:
         runs["clipguard pad via DecodePool(1)"] = lambda: pool.decode_bytes(
-            data, "video/mp4", size=224
+            data, "video/mp4", DecodeOptions(size=224)
         )
     medians = median_times(runs, args.repeats)
     if pool is not None:

@@ -58,7 +58,7 @@ from prometheus_client import CollectorRegistry
 from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
 from pipeline.compiler import PolicyCompiler, PolicyStore
-from pipeline.decode import RAW_TYPES, DecodeResult, Frame, normalize_content_type
+from pipeline.decode import RAW_TYPES, DecodeOptions, DecodeResult, Frame, normalize_content_type
 from pipeline.decode.pool import DecodePool
 from pipeline.encoder import Encoder
 from pipeline.errors import (
@@ -663,18 +663,16 @@ class Worker:
         s = self.settings
         seg.attempts += 1
         seg.decode_started = time.monotonic()
-        size = self.encoder.resolution
-        sampling = s.sampling.rule()
+        options = DecodeOptions(
+            self.encoder.resolution,
+            fit=s.decode.fit,
+            sampling=s.sampling.rule(),
+            limits=s.decode.limits(),
+        )
         if seg.raw:
             if not stream.raw_open:
                 self._pool.open_stream(
-                    stream.stream_id,
-                    RAW_TYPES[seg.content_type],
-                    size=size,
-                    fit=s.decode.fit,
-                    sampling=sampling,
-                    limits=s.decode.limits(),
-                    fps=seg.fps,
+                    stream.stream_id, RAW_TYPES[seg.content_type], options, fps=seg.fps
                 ).add_done_callback(lambda f: f.exception())  # a failure shows in feed()
                 stream.raw_open = True
                 stream.raw_base = None
@@ -687,14 +685,7 @@ class Worker:
             base = stream.raw_base
             _when_all(futures, lambda fs: self._decoded_raw(seg, fs, base))
         else:
-            future = self._pool.submit_bytes(
-                seg.value,
-                seg.content_type,
-                size=size,
-                fit=s.decode.fit,
-                sampling=sampling,
-                limits=s.decode.limits(),
-            )
+            future = self._pool.submit_bytes(seg.value, seg.content_type, options)
             future.add_done_callback(lambda f: self._decoded(seg, f))
 
     # The two callbacks below run on the decode pool's thread: they only touch the segment and

@@ -311,9 +311,11 @@ def _sampling(sample_fps: float) -> Sampling:
 
 
 def _decode(path: Path, model: CLIP, sampling: Sampling) -> _Media:
-    from pipeline.decode import decode_uri
+    from pipeline.decode import DecodeOptions, decode_uri
 
-    result = decode_uri(path, size=model.input_resolution, fit="pad", sampling=sampling)
+    result = decode_uri(
+        path, DecodeOptions(size=model.input_resolution, fit="pad", sampling=sampling)
+    )
     kind: Literal["image", "video"] = (
         "image" if result.content_type.startswith("image/") else "video"
     )

@@ -69,7 +69,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any, Final, Literal, cast, get_args
+from typing import IO, Any, Final, cast, get_args
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
@@ -81,7 +81,17 @@ from av.stream import Discard, Disposition
 from av.video.reformatter import Interpolation as _SwsInterpolation
 from av.video.reformatter import VideoReformatter
 
-from pipeline.decode.sampling import Reason, Sampler, Sampling
+from pipeline.decode.media import (
+    CONTAINER_TYPES,
+    IMAGE_TYPES,
+    RAW_TYPES,
+    RawCodec,
+    content_type_for,
+    media_kind,
+    normalize_content_type,
+)
+from pipeline.decode.options import DecodeOptions, Fit, Interpolation, Limits, ResolvedOptions
+from pipeline.decode.sampling import Reason, Sampler
 from pipeline.errors import (
     ConfigError,
     DecodeError,
@@ -96,6 +106,7 @@ __all__ = [
     "CONTAINER_TYPES",
     "IMAGE_TYPES",
     "RAW_TYPES",
+    "DecodeOptions",
     "DecodeResult",
     "Fit",
     "Frame",
@@ -109,65 +120,8 @@ __all__ = [
     "normalize_content_type",
 ]
 
-Fit = Literal["pad", "crop", "tiles"]
-RawCodec = Literal["h264", "hevc"]
-#: swscale scaling algorithm for the resize to the model input.
-Interpolation = Literal["fast_bilinear", "bilinear", "area", "bicubic", "lanczos"]
 _RGBImage = npt.NDArray[np.uint8]
 
-#: Content type -> FFmpeg demuxer.
-CONTAINER_TYPES: Final[dict[str, str]] = {
-    "video/mp2t": "mpegts",
-    "video/mp4": "mp4",
-    "video/quicktime": "mp4",
-    "video/webm": "matroska",
-    "video/x-matroska": "matroska",
-    "video/matroska": "matroska",
-}
-#: Content type -> FFmpeg decoder (with its parser) for raw Annex-B byte streams.
-RAW_TYPES: Final[dict[str, RawCodec]] = {
-    "video/h264": "h264",
-    "video/h265": "hevc",
-    "video/hevc": "hevc",
-}
-#: Content type -> FFmpeg decoder for still images.
-IMAGE_TYPES: Final[dict[str, str]] = {
-    "image/jpeg": "mjpeg",
-    "image/png": "png",
-    "image/webp": "webp",
-}
-_PLAYLIST_TYPES: Final = frozenset(
-    {
-        "application/vnd.apple.mpegurl",
-        "application/x-mpegurl",
-        "audio/mpegurl",
-        "audio/x-mpegurl",
-        "application/dash+xml",
-        "application/ffconcat",
-        "application/sdp",
-    }
-)
-_EXTENSIONS: Final[dict[str, str]] = {
-    ".ts": "video/mp2t",
-    ".m2ts": "video/mp2t",
-    ".mts": "video/mp2t",
-    ".mp4": "video/mp4",
-    ".m4v": "video/mp4",
-    ".mov": "video/quicktime",
-    ".webm": "video/webm",
-    ".mkv": "video/x-matroska",
-    ".h264": "video/h264",
-    ".264": "video/h264",
-    ".avc": "video/h264",
-    ".h265": "video/h265",
-    ".265": "video/h265",
-    ".hevc": "video/h265",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".png": "image/png",
-    ".webp": "image/webp",
-}
-_PLAYLIST_EXTENSIONS: Final = frozenset({".m3u8", ".m3u", ".mpd", ".ffconcat", ".sdp", ".concat"})
 _SWS_FLAGS: Final[dict[str, _SwsInterpolation]] = {
     "fast_bilinear": _SwsInterpolation.FAST_BILINEAR,
     "bilinear": _SwsInterpolation.BILINEAR,
@@ -175,39 +129,11 @@ _SWS_FLAGS: Final[dict[str, _SwsInterpolation]] = {
     "bicubic": _SwsInterpolation.BICUBIC,
     "lanczos": _SwsInterpolation.LANCZOS,
 }
-_DEFAULT_INTERPOLATION: Final[Interpolation] = "area"
 _THUMB_SIDE: Final = 32  # scene-change thumbnails are 32 x 32 grey
 _FILE_BUFFER: Final = 1 << 20  # bytes per read when FFmpeg reads a Python file object
-_MAX_SIZE: Final = 4096  # largest model input side accepted
 _DEFAULT_RAW_FPS: Final = 25.0
 # decoders that ignore skip_frame="NONKEY" (measured): keyframes mode drops their other packets
 _NO_SKIP_FRAME: Final = frozenset({"vp8", "vp9", "libvpx", "libvpx-vp9"})
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Decode limits. Every one is checked before decoding where the input's header tells,
-    and again on every decoded frame; a breach raises :class:`LimitExceeded` (or
-    :class:`DecodeTimeout` for ``timeout``). For a :class:`RawStreamDecoder` the frame, duration
-    and byte limits apply to each ``feed`` call, so a live stream can run indefinitely."""
-
-    max_pixels: int = 8192 * 4320  # width x height of one frame (8K UHD, about 35 Mpx)
-    max_frames: int = 216_000  # frames decoded per input (1 h at 60 fps)
-    max_duration: float = 3600.0  # seconds of media per input
-    max_input_bytes: int = 2 * 1024**3  # bytes per input (2 GiB)
-    timeout: float = 600.0  # wall-clock seconds per input (pool: hard kill; in-process: checked)
-    network_timeout: float = 15.0  # seconds to connect, and for any one network read
-    max_memory: int = 4 * 1024**3  # address space of a pool decode process; half: output cap
-
-    def __post_init__(self) -> None:
-        for name in ("max_pixels", "max_frames", "max_input_bytes", "max_memory"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"Limits.{name} must be a positive integer, not {value!r}")
-        for name in ("max_duration", "timeout", "network_timeout"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not (value > 0) or math.isnan(value):
-                raise ConfigError(f"Limits.{name} must be a positive number, not {value!r}")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -240,88 +166,6 @@ class DecodeResult:
     fps: float | None = None  # average frame rate from the header, when known
     decode_errors: int = 0  # corrupt packets skipped (and a demuxer error ending the input early)
     first_error: str | None = None  # message of the first of those errors
-
-
-# --------------------------------------------------------------------------- content types
-
-
-def normalize_content_type(content_type: str) -> str:
-    """Lower-case ``type/subtype`` with parameters (``; codecs=...``) removed."""
-    return content_type.split(";", 1)[0].strip().lower()
-
-
-def content_type_for(path: str | os.PathLike[str]) -> str:
-    """The content type a file name implies, from its extension.
-
-    Raises :class:`UnsupportedMedia` for playlists and unknown extensions."""
-    suffix = Path(os.fspath(path)).suffix.lower()
-    if suffix in _PLAYLIST_EXTENSIONS:
-        raise UnsupportedMedia(f"{os.fspath(path)!r}: playlists ({suffix}) are not decoded")
-    try:
-        return _EXTENSIONS[suffix]
-    except KeyError:
-        raise UnsupportedMedia(
-            f"{os.fspath(path)!r}: no content type for extension {suffix or '(none)'!r}; "
-            "pass content_type explicitly"
-        ) from None
-
-
-def _kind(content_type: str) -> tuple[Literal["container", "raw", "image"], str]:
-    ct = normalize_content_type(content_type)
-    if ct in CONTAINER_TYPES:
-        return "container", CONTAINER_TYPES[ct]
-    if ct in RAW_TYPES:
-        return "raw", RAW_TYPES[ct]
-    if ct in IMAGE_TYPES:
-        return "image", IMAGE_TYPES[ct]
-    if ct in _PLAYLIST_TYPES or ct.endswith("mpegurl"):
-        raise UnsupportedMedia(f"content type {ct!r} is a playlist: playlists are not decoded")
-    raise UnsupportedMedia(f"content type {content_type!r} is not a supported media type")
-
-
-# --------------------------------------------------------------------------- options
-
-
-@dataclass(frozen=True, slots=True)
-class _Options:
-    size: int
-    fit: Fit
-    sampling: Sampling
-    limits: Limits
-    interpolation: Interpolation
-    threads: int
-
-
-def _options(
-    size: int,
-    fit: str,
-    sampling: Sampling,
-    limits: Limits,
-    interpolation: str,
-    threads: int,
-) -> _Options:
-    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= _MAX_SIZE:
-        raise ConfigError(f"size must be an integer from 8 to {_MAX_SIZE}, not {size!r}")
-    if fit not in get_args(Fit):
-        raise ConfigError(f"fit must be one of {get_args(Fit)}, not {fit!r}")
-    if interpolation not in _SWS_FLAGS:
-        raise ConfigError(
-            f"interpolation must be one of {tuple(_SWS_FLAGS)}, not {interpolation!r}"
-        )
-    if not isinstance(threads, int) or isinstance(threads, bool) or not 0 <= threads <= 64:
-        raise ConfigError(f"threads must be an integer from 0 (auto) to 64, not {threads!r}")
-    if not isinstance(sampling, Sampling):
-        raise ConfigError(f"sampling must be a Sampling, not {type(sampling).__name__}")
-    if not isinstance(limits, Limits):
-        raise ConfigError(f"limits must be a Limits, not {type(limits).__name__}")
-    return _Options(
-        size=size,
-        fit=cast(Fit, fit),
-        sampling=sampling,
-        limits=limits,
-        interpolation=cast(Interpolation, interpolation),
-        threads=threads,
-    )
 
 
 # --------------------------------------------------------------------------- fitting
@@ -502,7 +346,7 @@ class _Sink:
     """Takes decoded frames in output order: limit checks, sampling, fitting."""
 
     def __init__(
-        self, opts: _Options, label: str, deadline: float, *, whole_input: bool = True
+        self, opts: ResolvedOptions, label: str, deadline: float, *, whole_input: bool = True
     ) -> None:
         self.opts = opts
         self.whole_input = whole_input  # frame and duration limits count the whole input
@@ -642,7 +486,7 @@ def _seconds(ticks: int | None, time_base: Fraction | None) -> float | None:
 def _decode_container(
     source: Any,
     demuxer: str,
-    opts: _Options,
+    opts: ResolvedOptions,
     *,
     label: str,
     content_type: str,
@@ -835,7 +679,7 @@ def _synthetic_pts(sink: _Sink, rate: Fraction | None) -> float:
     return (sink.origin or 0.0) + sink.decoded * step
 
 
-def _configure_decoder(ctx: av.VideoCodecContext, opts: _Options) -> None:
+def _configure_decoder(ctx: av.VideoCodecContext, opts: ResolvedOptions) -> None:
     ctx.options = {"max_pixels": str(opts.limits.max_pixels)}
     ctx.thread_count = opts.threads
     if opts.sampling.keyframes_only:
@@ -902,7 +746,7 @@ def _image_size(data: bytes, decoder: str) -> tuple[int, int]:
 
 
 def _decode_image(
-    data: bytes, decoder: str, opts: _Options, *, label: str, ct: str
+    data: bytes, decoder: str, opts: ResolvedOptions, *, label: str, ct: str
 ) -> DecodeResult:
     sink = _Sink(opts, label, time.monotonic() + opts.limits.timeout)
     try:
@@ -1143,16 +987,7 @@ class RawStreamDecoder:
     """
 
     def __init__(
-        self,
-        codec: RawCodec,
-        *,
-        size: int,
-        fit: Fit = "pad",
-        sampling: Sampling | None = None,
-        limits: Limits | None = None,
-        fps: float | None = None,
-        interpolation: Interpolation = _DEFAULT_INTERPOLATION,
-        threads: int = 1,
+        self, codec: RawCodec, options: DecodeOptions, *, fps: float | None = None
     ) -> None:
         if codec not in get_args(RawCodec):
             raise ConfigError(
@@ -1162,9 +997,7 @@ class RawStreamDecoder:
             isinstance(fps, int | float) and math.isfinite(fps) and 0 < fps <= 1000
         ):
             raise ConfigError(f"fps must be a number in (0, 1000], not {fps!r}")
-        self._opts = _options(
-            size, fit, sampling or Sampling(), limits or Limits(), interpolation, threads
-        )
+        self._opts = DecodeOptions.check(options).resolve(limits=Limits(), threads=1)
         self.codec: RawCodec = codec
         self._label = f"raw {codec} stream"
         self._ctx: av.VideoCodecContext = av.CodecContext.create(codec, "r")
@@ -1355,16 +1188,10 @@ class RawStreamDecoder:
         return _frames(item, t=item.pts - (self._sink.origin or 0.0), index=index)
 
 
-def _decode_raw_whole(data: bytes, codec: RawCodec, opts: _Options, *, ct: str) -> DecodeResult:
-    decoder = RawStreamDecoder(
-        codec,
-        size=opts.size,
-        fit=opts.fit,
-        sampling=opts.sampling,
-        limits=opts.limits,
-        interpolation=opts.interpolation,
-        threads=opts.threads,
-    )
+def _decode_raw_whole(
+    data: bytes, codec: RawCodec, opts: ResolvedOptions, *, ct: str
+) -> DecodeResult:
+    decoder = RawStreamDecoder(codec, opts.as_options())
     frames = decoder.feed(data) + decoder.flush()
     if decoder.frames_decoded == 0:
         why = f" ({decoder.first_error})" if decoder.first_error else ""
@@ -1391,22 +1218,15 @@ def _decode_raw_whole(data: bytes, codec: RawCodec, opts: _Options, *, ct: str) 
 def decode_bytes(
     data: bytes | bytearray | memoryview,
     content_type: str,
-    *,
-    size: int,
-    fit: Fit = "pad",
-    sampling: Sampling | None = None,
-    limits: Limits | None = None,
-    interpolation: Interpolation = _DEFAULT_INTERPOLATION,
-    threads: int = 0,
+    options: DecodeOptions,
 ) -> DecodeResult:
     """Decode one input held in memory, its format pinned by ``content_type``.
 
-    ``size`` is the model's square input side; ``threads`` the decoder's threads (0: FFmpeg
-    picks one per core). Runs in this process: for untrusted input use
-    :class:`pipeline.decode.pool.DecodePool`.
+    ``options.threads`` None: 0, FFmpeg picks one thread per core. Runs in this process: for
+    untrusted input use :class:`~pipeline.decode.pool.DecodePool`.
     """
-    opts = _options(size, fit, sampling or Sampling(), limits or Limits(), interpolation, threads)
-    kind, name = _kind(content_type)
+    opts = DecodeOptions.check(options).resolve(limits=Limits(), threads=0)
+    kind, name = media_kind(content_type)
     ct = normalize_content_type(content_type)
     label = f"{ct} input of {len(data)} bytes"
     if len(data) > opts.limits.max_input_bytes:
@@ -1532,14 +1352,9 @@ def _network_options(url: str, limits: Limits, ca_file: str | None) -> dict[str,
 
 def decode_uri(
     uri: str | os.PathLike[str],
+    options: DecodeOptions,
     *,
-    size: int,
     content_type: str | None = None,
-    fit: Fit = "pad",
-    sampling: Sampling | None = None,
-    limits: Limits | None = None,
-    interpolation: Interpolation = _DEFAULT_INTERPOLATION,
-    threads: int = 0,
     ca_file: str | None = None,
 ) -> DecodeResult:
     """Decode a stored file (a path or ``file://`` URL) or an ``http(s)://`` URL.
@@ -1549,14 +1364,15 @@ def decode_uri(
     :class:`UnsupportedMedia`. Network reads use ``limits.network_timeout`` for connecting and
     for each read; the input is limited to ``limits.max_input_bytes`` (Content-Length when the
     server sends one, else bytes read). HTTPS server certificates are verified against
-    ``ca_file`` (a PEM bundle; default: the one Python's :mod:`ssl` uses).
+    ``ca_file`` (a PEM bundle; default: the one Python's :mod:`ssl` uses). ``options.threads``
+    None: 0, FFmpeg picks one thread per core.
     """
-    opts = _options(size, fit, sampling or Sampling(), limits or Limits(), interpolation, threads)
+    opts = DecodeOptions.check(options).resolve(limits=Limits(), threads=0)
     path = _local_path(uri)
     where = str(path) if path is not None else _redact(str(uri))
     if content_type is None:
         content_type = content_type_for(path if path is not None else urlsplit(str(uri)).path)
-    kind, name = _kind(content_type)
+    kind, name = media_kind(content_type)
     ct = normalize_content_type(content_type)
     label = f"{ct} {where!r}"
     deadline = time.monotonic() + opts.limits.timeout
@@ -1587,7 +1403,7 @@ def decode_uri(
 
 
 def _decode_fetched(
-    data: bytes, kind: str, name: str, opts: _Options, *, label: str, ct: str
+    data: bytes, kind: str, name: str, opts: ResolvedOptions, *, label: str, ct: str
 ) -> DecodeResult:
     if not data:
         raise InvalidMedia(f"{label}: empty (0 bytes)")

@@ -56,20 +56,15 @@ import numpy as np
 from pipeline import errors
 from pipeline.decode import (
     DecodeResult,
-    Fit,
     Frame,
-    Interpolation,
-    Limits,
-    RawCodec,
     RawStreamDecoder,
-    _kind,
-    _options,
     _redact,
     _watch_allocations,
     decode_bytes,
     decode_uri,
 )
-from pipeline.decode.sampling import Sampling
+from pipeline.decode.media import RawCodec, media_kind
+from pipeline.decode.options import DecodeOptions, Limits, check_threads
 from pipeline.errors import (
     ClipguardError,
     ConfigError,
@@ -235,14 +230,15 @@ def _child_task(
     task_id = message[1]
     if kind in ("bytes", "uri"):
         if kind == "bytes":
-            result = decode_bytes(payload, message[2], **message[3])
+            result = decode_bytes(payload, message[2], message[3])
         else:
-            result = decode_uri(message[2], **message[3])
+            uri, options, content_type, ca_file = message[2:]
+            result = decode_uri(uri, options, content_type=content_type, ca_file=ca_file)
         metas, side = _frame_metas(result.frames)
         return ("ok", task_id, (_result_meta(result), metas, side)), result.frames
     stream_id: str = message[2]
     if kind == "open":
-        streams[stream_id] = RawStreamDecoder(message[3], **message[4])
+        streams[stream_id] = RawStreamDecoder(message[3], message[4], fps=message[5])
         return ("ok", task_id, None), ()
     decoder = streams.get(stream_id)
     if decoder is None:
@@ -327,10 +323,9 @@ class DecodePool:
         self._limits = limits or Limits()
         if not isinstance(self._limits, Limits):
             raise ConfigError(f"limits must be a Limits, not {type(limits).__name__}")
-        self._threads = (
+        self._threads = check_threads(
             threads if threads is not None else max(1, (os.cpu_count() or 1) // processes)
         )
-        _options(224, "pad", Sampling(), self._limits, "area", self._threads)  # validates threads
         self._max_tasks = max_tasks_per_child
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
@@ -378,130 +373,83 @@ class DecodePool:
             return pinned.slot.process.pid
 
     def submit_bytes(
-        self,
-        data: bytes | bytearray | memoryview,
-        content_type: str,
-        *,
-        size: int,
-        fit: Fit = "pad",
-        sampling: Sampling | None = None,
-        limits: Limits | None = None,
-        interpolation: Interpolation = "area",
-        threads: int | None = None,
+        self, data: bytes | bytearray | memoryview, content_type: str, options: DecodeOptions
     ) -> Future[DecodeResult]:
-        """Decode one in-memory input in a child; see :func:`pipeline.decode.decode_bytes`."""
-        kwargs, limits = self._call_options(size, fit, sampling, limits, interpolation, threads)
+        """Decode one in-memory input in a child; see :func:`pipeline.decode.decode_bytes`.
+
+        ``options.limits`` None: the pool's; ``options.threads`` None: the pool's ``threads``."""
+        options = self._call_options(options)
+        assert options.limits is not None
+        limits = options.limits
         label = f"{content_type} input of {len(data)} bytes"
         future: Future[DecodeResult] = Future()
         try:
-            _kind(content_type)
+            media_kind(content_type)
             if len(data) > limits.max_input_bytes:
                 raise LimitExceeded(f"{label}: over the limit of {limits.max_input_bytes} bytes")
         except DecodeError as e:
             future.set_exception(e)
             return future
         return self._submit(
-            "bytes", (content_type, kwargs), bytes(data), future, limits.timeout, label
+            "bytes", (content_type, options), bytes(data), future, limits.timeout, label
         )
 
     def submit_uri(
         self,
         uri: str | os.PathLike[str],
+        options: DecodeOptions,
         *,
-        size: int,
         content_type: str | None = None,
-        fit: Fit = "pad",
-        sampling: Sampling | None = None,
-        limits: Limits | None = None,
-        interpolation: Interpolation = "area",
-        threads: int | None = None,
         ca_file: str | None = None,
     ) -> Future[DecodeResult]:
-        """Decode a file or http(s) URL in a child; see :func:`pipeline.decode.decode_uri`."""
-        kwargs, limits = self._call_options(size, fit, sampling, limits, interpolation, threads)
-        kwargs["content_type"] = content_type
-        kwargs["ca_file"] = ca_file
+        """Decode a file or http(s) URL in a child; see :func:`pipeline.decode.decode_uri`.
+
+        ``options.limits`` None: the pool's; ``options.threads`` None: the pool's ``threads``."""
+        options = self._call_options(options)
+        assert options.limits is not None
         future: Future[DecodeResult] = Future()
         where = os.fspath(uri)
         if isinstance(uri, str) and "://" in uri:
             where = _redact(uri)
+        header = (os.fspath(uri), options, content_type, ca_file)
         return self._submit(
-            "uri", (os.fspath(uri), kwargs), None, future, limits.timeout, f"input {where:.200}"
+            "uri", header, None, future, options.limits.timeout, f"input {where:.200}"
         )
 
     def decode_bytes(
-        self,
-        data: bytes | bytearray | memoryview,
-        content_type: str,
-        *,
-        size: int,
-        fit: Fit = "pad",
-        sampling: Sampling | None = None,
-        limits: Limits | None = None,
-        interpolation: Interpolation = "area",
-        threads: int | None = None,
+        self, data: bytes | bytearray | memoryview, content_type: str, options: DecodeOptions
     ) -> DecodeResult:
         """:meth:`submit_bytes`, waiting for the result (raises its typed error)."""
-        return self.submit_bytes(
-            data,
-            content_type,
-            size=size,
-            fit=fit,
-            sampling=sampling,
-            limits=limits,
-            interpolation=interpolation,
-            threads=threads,
-        ).result()
+        return self.submit_bytes(data, content_type, options).result()
 
     def decode_uri(
         self,
         uri: str | os.PathLike[str],
+        options: DecodeOptions,
         *,
-        size: int,
         content_type: str | None = None,
-        fit: Fit = "pad",
-        sampling: Sampling | None = None,
-        limits: Limits | None = None,
-        interpolation: Interpolation = "area",
-        threads: int | None = None,
         ca_file: str | None = None,
     ) -> DecodeResult:
         """:meth:`submit_uri`, waiting for the result (raises its typed error)."""
-        return self.submit_uri(
-            uri,
-            size=size,
-            content_type=content_type,
-            fit=fit,
-            sampling=sampling,
-            limits=limits,
-            interpolation=interpolation,
-            threads=threads,
-            ca_file=ca_file,
-        ).result()
+        return self.submit_uri(uri, options, content_type=content_type, ca_file=ca_file).result()
 
     def open_stream(
-        self,
-        stream_id: str,
-        codec: RawCodec,
-        *,
-        size: int,
-        fit: Fit = "pad",
-        sampling: Sampling | None = None,
-        limits: Limits | None = None,
-        fps: float | None = None,
-        interpolation: Interpolation = "area",
-        threads: int = 1,
+        self, stream_id: str, codec: RawCodec, options: DecodeOptions, *, fps: float | None = None
     ) -> Future[None]:
         """Start decoding a raw H.264 / HEVC byte stream in the child with the fewest streams.
 
-        Arguments as for :class:`pipeline.decode.RawStreamDecoder`. The returned future
-        completes when the child has the decoder; feeds may be queued before that."""
-        kwargs, limits = self._call_options(size, fit, sampling, limits, interpolation, threads)
+        Arguments as for :class:`pipeline.decode.RawStreamDecoder` (``options.threads`` None: 1
+        thread); ``options.limits`` None: the pool's. The returned future completes when the
+        child has the decoder; feeds may be queued before that."""
+        options = DecodeOptions.check(options)
+        if options.limits is None:
+            options = options.with_(limits=self._limits)
+        limits = options.limits
+        assert limits is not None
         if codec not in ("h264", "hevc"):
             raise ConfigError(f"raw stream codec must be 'h264' or 'hevc', not {codec!r}")
         if fps is not None and not (isinstance(fps, int | float) and 0 < fps <= 1000):
             raise ConfigError(f"fps must be a number in (0, 1000], not {fps!r}")
-        kwargs["fps"] = fps
         future: Future[None] = Future()
         with self._lock:
             self._check_open()
@@ -513,7 +461,7 @@ class DecodePool:
             slot.streams.add(stream_id)
             task = self._task(
                 "open",
-                (stream_id, codec, kwargs),
+                (stream_id, codec, options, fps),
                 None,
                 future,
                 limits.timeout,
@@ -551,27 +499,15 @@ class DecodePool:
 
     # ------------------------------------------------------------------ submission
 
-    def _call_options(
-        self,
-        size: int,
-        fit: str,
-        sampling: Sampling | None,
-        limits: Limits | None,
-        interpolation: str,
-        threads: int | None,
-    ) -> tuple[dict[str, Any], Limits]:
-        limits = limits or self._limits
-        threads = self._threads if threads is None else threads
-        opts = _options(size, fit, sampling or Sampling(), limits, interpolation, threads)
-        kwargs: dict[str, Any] = {
-            "size": opts.size,
-            "fit": opts.fit,
-            "sampling": opts.sampling,
-            "limits": opts.limits,
-            "interpolation": opts.interpolation,
-            "threads": opts.threads,
-        }
-        return kwargs, limits
+    def _call_options(self, options: DecodeOptions) -> DecodeOptions:
+        """``options`` with the pool's limits and thread count where they are unset."""
+        options = DecodeOptions.check(options)
+        if options.limits is not None and options.threads is not None:
+            return options
+        return options.with_(
+            limits=options.limits if options.limits is not None else self._limits,
+            threads=options.threads if options.threads is not None else self._threads,
+        )
 
     def _task(
         self,

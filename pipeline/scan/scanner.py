@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from pipeline.decode import DecodeResult, Fit, Frame, Limits
+from pipeline.decode import DecodeOptions, DecodeResult, Fit, Frame, Limits
 from pipeline.decode.pool import DecodePool
 from pipeline.decode.sampling import Sampling
 from pipeline.encoder import Encoder
@@ -315,14 +315,10 @@ class Scanner:
 
     def _submit(self, source: str) -> _FileJob:
         opts = self.options
-        future = self.pool.submit_uri(
-            source,
-            size=self.encoder.resolution,
-            content_type=opts.content_type,
-            fit=opts.fit,
-            sampling=opts.sampling,
-            limits=opts.limits,
+        options = DecodeOptions(
+            self.encoder.resolution, fit=opts.fit, sampling=opts.sampling, limits=opts.limits
         )
+        future = self.pool.submit_uri(source, options, content_type=opts.content_type)
         return _FileJob(source, future, time.monotonic())
 
     def _judge(self, job: _FileJob, chunk: Sequence[Frame], embeddings: torch.Tensor) -> None:

@@ -6,7 +6,9 @@ checks that a decoded frame's index and timestamps point at the picture they cla
 
 from __future__ import annotations
 
+import ast
 import http.server
+import importlib
 import random
 import shutil
 import ssl
@@ -27,14 +29,16 @@ from pipeline.decode import (
     Frame,
     Limits,
     RawStreamDecoder,
+    Sampler,
+    Sampling,
     content_type_for,
     decode_bytes,
     decode_uri,
     normalize_content_type,
+    scene_difference,
 )
 from pipeline.decode import pool as pool_module
 from pipeline.decode import sampling as sampling_module
-from pipeline.decode.sampling import Sampler, Sampling, scene_difference
 from pipeline.errors import (
     ConfigError,
     LimitExceeded,
@@ -82,7 +86,9 @@ def _chunks(data: bytes, seed: int, largest: int = 3000) -> Iterator[bytes]:
 def test_exported_names() -> None:
     assert sorted(decode_module.__all__) == [
         "CONTAINER_TYPES",
+        "DEFAULT_SCENE_THRESHOLD",
         "DecodeOptions",
+        "DecodePool",
         "DecodeResult",
         "Fit",
         "Frame",
@@ -92,10 +98,15 @@ def test_exported_names() -> None:
         "RAW_TYPES",
         "RawCodec",
         "RawStreamDecoder",
+        "Reason",
+        "Sampler",
+        "Sampling",
+        "SamplingMode",
         "content_type_for",
         "decode_bytes",
         "decode_uri",
         "normalize_content_type",
+        "scene_difference",
     ]
     assert sampling_module.__all__ == [
         "DEFAULT_SCENE_THRESHOLD",
@@ -106,9 +117,61 @@ def test_exported_names() -> None:
         "scene_difference",
     ]
     assert pool_module.__all__ == ["DecodePool"]
-    for module in (decode_module, sampling_module, pool_module):
+    modules = [decode_module] + [
+        importlib.import_module(f"pipeline.decode.{path.stem}") for path in _package_modules()
+    ]
+    for module in modules:
         for name in module.__all__:
-            assert hasattr(module, name), name
+            assert hasattr(module, name), f"{module.__name__}.{name}"
+
+
+def _package_modules() -> list[Path]:
+    folder = Path(decode_module.__file__).parent
+    return sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
+
+
+def _private_uses(source: str) -> list[str]:
+    """Private names of ``pipeline.decode`` modules that ``source`` imports or reads."""
+    tree = ast.parse(source)
+    found: list[str] = []
+    bound: set[str] = set()  # names bound to what the package's modules export
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (
+            node.level or (node.module or "").startswith("pipeline.decode")
+        ):
+            for alias in node.names:
+                if alias.name.startswith("_"):
+                    found.append(f"line {node.lineno}: from {node.module} import {alias.name}")
+                bound.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("pipeline.decode") and alias.asname:
+                    bound.add(alias.asname)
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            base = ast.unparse(node.value)
+            if base in bound or base.startswith("pipeline.decode"):
+                found.append(f"line {node.lineno}: {base}.{node.attr}")
+    return found
+
+
+def test_no_module_of_the_package_uses_a_private_name_of_another() -> None:
+    """What one module needs of another is public in it (maybe not re-exported)."""
+    bad = (
+        "import pipeline.decode.frames\n"
+        "from pipeline.decode import fit as f\n"
+        "from pipeline.decode.media import _EXTENSIONS\n"
+        "x = f._SWS_FLAGS, pipeline.decode.frames._x\n"
+    )
+    assert len(_private_uses(bad)) == 3  # the check sees all three ways in
+    modules = [*_package_modules(), Path(decode_module.__file__)]
+    assert len(modules) >= 10
+    found = {p.name: _private_uses(p.read_text(encoding="utf-8")) for p in modules}
+    assert {name: uses for name, uses in found.items() if uses} == {}
 
 
 # ----------------------------------------------------------------------------- containers

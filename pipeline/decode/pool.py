@@ -54,17 +54,12 @@ from typing import Any, Final, Literal, cast
 import numpy as np
 
 from pipeline import errors
-from pipeline.decode import (
-    DecodeResult,
-    Frame,
-    RawStreamDecoder,
-    _redact,
-    _watch_allocations,
-    decode_bytes,
-    decode_uri,
-)
+from pipeline.decode.ffmpeg_log import watch_allocations
+from pipeline.decode.frames import DecodeResult, Frame
 from pipeline.decode.media import RawCodec, media_kind
 from pipeline.decode.options import DecodeOptions, Limits, check_threads
+from pipeline.decode.raw import RawStreamDecoder
+from pipeline.decode.sources import decode_bytes, decode_uri, redact
 from pipeline.errors import (
     ClipguardError,
     ConfigError,
@@ -179,7 +174,7 @@ def _child_main(conn: Connection, max_memory: int) -> None:
     """A decode process: one task at a time, from the pool's pipe, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     _limit_memory(max_memory)
-    _watch_allocations()
+    watch_allocations()
     streams: dict[str, RawStreamDecoder] = {}
     while True:
         try:
@@ -410,7 +405,7 @@ class DecodePool:
         future: Future[DecodeResult] = Future()
         where = os.fspath(uri)
         if isinstance(uri, str) and "://" in uri:
-            where = _redact(uri)
+            where = redact(uri)
         header = (os.fspath(uri), options, content_type, ca_file)
         return self._submit(
             "uri", header, None, future, options.limits.timeout, f"input {where:.200}"

@@ -36,15 +36,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.decode import DecodeOptions, decode_bytes  # noqa: E402
-from pipeline.decode.pool import (  # noqa: E402
+from pipeline.decode import (  # noqa: E402
+    DecodeOptions,
     DecodePool,
-    _frame_metas,
-    _receive_pictures,
-    _send_pictures,
-    _unpack_frames,
+    Sampling,
+    decode_bytes,
 )
-from pipeline.decode.sampling import Sampling  # noqa: E402
+from pipeline.decode.wire import (  # noqa: E402
+    frame_metas,
+    receive_pictures,
+    send_pictures,
+    unpack_frames,
+)
 
 CACHE = ROOT / ".cache" / "bench_decode"
 
@@ -127,8 +130,8 @@ def _transfer_child(conn: Connection, data: bytes) -> None:
         if how == "pickle":
             conn.send(list(frames))
         else:
-            conn.send(_frame_metas(frames))
-            _send_pictures(conn, frames)
+            conn.send(frame_metas(frames))
+            send_pictures(conn, frames)
 
 
 def transfer_costs(data: bytes, repeats: int) -> tuple[int, float, float]:
@@ -148,7 +151,7 @@ def transfer_costs(data: bytes, repeats: int) -> tuple[int, float, float]:
                 frames = here.recv()
             else:
                 metas, side = here.recv()
-                frames = _unpack_frames(metas, side, _receive_pictures(here, len(metas), side))
+                frames = unpack_frames(metas, side, receive_pictures(here, len(metas), side))
             times[how].append(time.perf_counter() - start)
             count = len(frames)
     here.send(None)

@@ -48,6 +48,8 @@ module                                  what it holds
 :mod:`~pipeline.decode.failures`        PyAV and OS errors as typed decode errors
 :mod:`~pipeline.decode.ffmpeg_log`      FFmpeg's log as a failed-allocation counter
 :mod:`~pipeline.decode.pool`            :class:`DecodePool`: sandboxed decode processes
+:mod:`~pipeline.decode.pool_child`      the decode process's side of the pool
+:mod:`~pipeline.decode.wire`            results across the process boundary
 ======================================  =====================================================
 
 Safety: the :class:`Limits` are checked from the headers before anything is decoded where the

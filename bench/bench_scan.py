@@ -49,9 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from consumers.cli import main as cli_main  # noqa: E402
 from pipeline.compiler import PolicyCompiler  # noqa: E402
-from pipeline.decode import DecodeOptions  # noqa: E402
-from pipeline.decode.pool import DecodePool  # noqa: E402
-from pipeline.decode.sampling import Sampling  # noqa: E402
+from pipeline.decode import DecodeOptions, DecodePool, Sampling  # noqa: E402
 from pipeline.demo import scenes as synth  # noqa: E402
 from pipeline.encoder import Encoder  # noqa: E402
 from pipeline.models import DEMO_MODEL, load_clip  # noqa: E402

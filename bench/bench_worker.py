@@ -45,8 +45,7 @@ from consumers.broker import EmbeddedBroker, default_topics  # noqa: E402
 from consumers.produce import Segment, segment_video  # noqa: E402
 from consumers.settings import WorkerSettings, load_settings  # noqa: E402
 from consumers.worker import Worker, encoder_threads  # noqa: E402
-from pipeline.decode import DecodeOptions  # noqa: E402
-from pipeline.decode.pool import DecodePool  # noqa: E402
+from pipeline.decode import DecodeOptions, DecodePool  # noqa: E402
 from pipeline.encoder import Encoder  # noqa: E402
 from pipeline.models import load_clip  # noqa: E402
 

@@ -27,9 +27,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import media  # noqa: E402
 
-from pipeline.decode import DecodeOptions, DecodeResult, Limits  # noqa: E402
-from pipeline.decode.pool import DecodePool  # noqa: E402
-from pipeline.decode.sampling import Sampling  # noqa: E402
+from pipeline.decode import (  # noqa: E402
+    DecodeOptions,
+    DecodePool,
+    DecodeResult,
+    Limits,
+    Sampling,
+)
 from pipeline.errors import DecodeCrash, DecodeError, DecodeTimeout  # noqa: E402
 
 

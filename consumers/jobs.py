@@ -63,9 +63,7 @@ from pydantic import ValidationError
 from consumers.rebalance import reporting_listener
 from consumers.settings import TopicNames, WorkerSettings
 from pipeline.compiler import PolicyStore
-from pipeline.decode import DecodeResult, Limits
-from pipeline.decode.pool import DecodePool
-from pipeline.decode.sampling import Sampling
+from pipeline.decode import DecodePool, DecodeResult, Limits, Sampling
 from pipeline.encoder import Encoder
 from pipeline.errors import ClipguardError, DecodeCrash, DecodeError, DecodeTimeout
 from pipeline.events import FlagEvent, JobRequest, JobState, JobStatus, ScoreRecord

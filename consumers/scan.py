@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from consumers.jobs import JobOutcome
-    from pipeline.decode.sampling import Sampling
+    from pipeline.decode import Sampling
     from pipeline.models.model import CLIP
     from pipeline.policy import PolicySet
     from pipeline.scan import FileScan, ScanInput, ScanOptions
@@ -210,8 +210,7 @@ def add_scan_parser(subparsers: Any) -> None:
 def run_scan(args: argparse.Namespace) -> int:
     """The ``clipguard scan`` command; returns the exit status."""
     from pipeline.compiler import PolicyCompiler
-    from pipeline.decode import Limits
-    from pipeline.decode.pool import DecodePool
+    from pipeline.decode import DecodePool, Limits
     from pipeline.encoder import Encoder
     from pipeline.errors import ConfigError
     from pipeline.policy import load_policies
@@ -371,7 +370,7 @@ def _conclude(
 def _run_jobs(args: argparse.Namespace, inputs: Sequence[ScanInput]) -> int:
     """``clipguard scan --kafka``: the inputs as scan jobs on the worker fleet."""
     from consumers.jobs import JobClient, job_options
-    from pipeline.decode.sampling import DEFAULT_SCENE_THRESHOLD
+    from pipeline.decode import DEFAULT_SCENE_THRESHOLD
     from pipeline.errors import ClipguardError
     from pipeline.events import JobRequest, JobStatus
     from pipeline.models import list_models
@@ -590,7 +589,7 @@ def _plan(
 
 
 def _sampling(args: argparse.Namespace) -> Sampling:
-    from pipeline.decode.sampling import DEFAULT_SCENE_THRESHOLD, Sampling
+    from pipeline.decode import DEFAULT_SCENE_THRESHOLD, Sampling
 
     if args.keyframes:
         return Sampling(mode="keyframes")

@@ -50,8 +50,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from pipeline.decode import Fit, Limits
-from pipeline.decode.sampling import Sampling, SamplingMode
+from pipeline.decode import Fit, Limits, Sampling, SamplingMode
 from pipeline.errors import ConfigError
 
 __all__ = [

@@ -58,8 +58,14 @@ from prometheus_client import CollectorRegistry
 from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
 from pipeline.compiler import PolicyCompiler, PolicyStore
-from pipeline.decode import RAW_TYPES, DecodeOptions, DecodeResult, Frame, normalize_content_type
-from pipeline.decode.pool import DecodePool
+from pipeline.decode import (
+    RAW_TYPES,
+    DecodeOptions,
+    DecodePool,
+    DecodeResult,
+    Frame,
+    normalize_content_type,
+)
 from pipeline.encoder import Encoder
 from pipeline.errors import (
     ClipguardError,

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
-from pipeline.decode.sampling import Sampling
+from pipeline.decode import Sampling
 from pipeline.errors import ConfigError, DecodeError, PolicyError
 from pipeline.policy import (
     Example,

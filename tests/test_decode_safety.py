@@ -29,14 +29,14 @@ from hypothesis import strategies as st
 
 from pipeline.decode import (
     DecodeOptions,
+    DecodePool,
     DecodeResult,
     Limits,
     RawStreamDecoder,
+    Sampling,
     decode_bytes,
     decode_uri,
 )
-from pipeline.decode.pool import DecodePool
-from pipeline.decode.sampling import Sampling
 from pipeline.errors import (
     ClipguardError,
     ConfigError,

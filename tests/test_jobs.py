@@ -34,7 +34,7 @@ from consumers.cli import main
 from consumers.jobs import job_options
 from consumers.scan import EXIT_PARTIAL
 from pipeline.compiler import PolicyCompiler
-from pipeline.decode.pool import DecodePool
+from pipeline.decode import DecodePool
 from pipeline.encoder import Encoder
 from pipeline.events import FlagEvent, JobRequest, JobStatus, ScoreRecord
 from pipeline.models import load_clip

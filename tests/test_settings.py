@@ -11,8 +11,7 @@ import pytest
 import consumers.settings as settings_module
 from consumers.broker import DEFAULT_TOPICS
 from consumers.settings import WorkerSettings, describe, load_settings
-from pipeline.decode import Limits
-from pipeline.decode.sampling import Sampling
+from pipeline.decode import Limits, Sampling
 from pipeline.errors import ConfigError
 
 

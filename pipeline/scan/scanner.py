@@ -38,9 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from pipeline.decode import DecodeOptions, DecodeResult, Fit, Frame, Limits
-from pipeline.decode.pool import DecodePool
-from pipeline.decode.sampling import Sampling
+from pipeline.decode import DecodeOptions, DecodePool, DecodeResult, Fit, Frame, Limits, Sampling
 from pipeline.encoder import Encoder
 from pipeline.errors import (
     ConfigError,

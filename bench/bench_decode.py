@@ -36,15 +36,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.decode import decode_bytes  # noqa: E402
-from pipeline.decode_pool import (  # noqa: E402
+from pipeline.decode import (  # noqa: E402
+    DecodeOptions,
     DecodePool,
-    _frame_metas,
-    _receive_pictures,
-    _send_pictures,
-    _unpack_frames,
+    Sampling,
+    decode_bytes,
 )
-from pipeline.sampling import Sampling  # noqa: E402
+from pipeline.decode.wire import (  # noqa: E402
+    frame_metas,
+    receive_pictures,
+    send_pictures,
+    unpack_frames,
+)
 
 CACHE = ROOT / ".cache" / "bench_decode"
 
@@ -122,13 +125,13 @@ def median_times(runs: dict[str, Callable[[], object]], repeats: int) -> dict[st
 
 
 def _transfer_child(conn: Connection, data: bytes) -> None:
-    frames = decode_bytes(data, "video/mp4", size=224, threads=1).frames[:300]
+    frames = decode_bytes(data, "video/mp4", DecodeOptions(size=224, threads=1)).frames[:300]
     while (how := conn.recv()) is not None:
         if how == "pickle":
             conn.send(list(frames))
         else:
-            conn.send(_frame_metas(frames))
-            _send_pictures(conn, frames)
+            conn.send(frame_metas(frames))
+            send_pictures(conn, frames)
 
 
 def transfer_costs(data: bytes, repeats: int) -> tuple[int, float, float]:
@@ -148,7 +151,7 @@ def transfer_costs(data: bytes, repeats: int) -> tuple[int, float, float]:
                 frames = here.recv()
             else:
                 metas, side = here.recv()
-                frames = _unpack_frames(metas, side, _receive_pictures(here, len(metas), side))
+                frames = unpack_frames(metas, side, receive_pictures(here, len(metas), side))
             times[how].append(time.perf_counter() - start)
             count = len(frames)
     here.send(None)
@@ -166,7 +169,8 @@ def bench_height(height: int, args: argparse.Namespace) -> None:
     print(f"\n{height}p H.264, {frames} frames, {mbps:.1f} Mbit/s")
 
     def ours(**kw: Any) -> Callable[[], object]:
-        return lambda: decode_bytes(data, "video/mp4", size=224, threads=threads, **kw)
+        options = DecodeOptions(224, threads=threads, **kw)
+        return lambda: decode_bytes(data, "video/mp4", options)
 
     runs: dict[str, Callable[[], object]] = {
         "bare PyAV decode (no conversion)": lambda: bare_decode(data, threads),
@@ -182,7 +186,7 @@ def bench_height(height: int, args: argparse.Namespace) -> None:
     pool = None if args.no_pool else DecodePool(1, threads=threads)
     if pool is not None:
         runs["clipguard pad via DecodePool(1)"] = lambda: pool.decode_bytes(
-            data, "video/mp4", size=224
+            data, "video/mp4", DecodeOptions(size=224)
         )
     medians = median_times(runs, args.repeats)
     if pool is not None:

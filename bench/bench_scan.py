@@ -48,13 +48,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from consumers.cli import main as cli_main  # noqa: E402
-from pipeline.decode_pool import DecodePool  # noqa: E402
+from pipeline.decode import DecodeOptions, DecodePool, Sampling  # noqa: E402
 from pipeline.demo import scenes as synth  # noqa: E402
 from pipeline.encoder import Encoder  # noqa: E402
 from pipeline.models import DEMO_MODEL, load_clip  # noqa: E402
 from pipeline.policies import load_policies  # noqa: E402
 from pipeline.policies.compile import PolicyCompiler  # noqa: E402
-from pipeline.sampling import Sampling  # noqa: E402
 from pipeline.scan import Scanner, ScanOptions  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench_scan"
@@ -196,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         options = ScanOptions(sampling=Sampling(mode="fps", fps=args.sample_fps))
         encoder = Encoder(model, batch_size=args.batch_size)
         with DecodePool(args.decoders) as pool:
-            pool.decode_uri(sources[0], size=model.input_resolution)  # children warm
+            pool.decode_uri(sources[0], DecodeOptions(size=model.input_resolution))  # children warm
             runs: dict[str, list[float]] = {"overlapped": [], "one at a time": []}
             for _ in range(args.repeats):  # interleaved; medians reported
                 for name, in_flight in (("overlapped", None), ("one at a time", 1)):

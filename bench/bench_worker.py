@@ -45,7 +45,7 @@ from consumers.broker import EmbeddedBroker, default_topics  # noqa: E402
 from consumers.produce import Segment, segment_video  # noqa: E402
 from consumers.settings import WorkerSettings, load_settings  # noqa: E402
 from consumers.worker import Worker, encoder_threads  # noqa: E402
-from pipeline.decode_pool import DecodePool  # noqa: E402
+from pipeline.decode import DecodeOptions, DecodePool  # noqa: E402
 from pipeline.encoder import Encoder  # noqa: E402
 from pipeline.models import load_clip  # noqa: E402
 
@@ -82,11 +82,15 @@ def _producer(bootstrap: str) -> Any:
 def stage_decode(segments: list[Segment], s: WorkerSettings, size: int) -> tuple[float, list[Any]]:
     """Input frames/s through the decode pool, and the sampled frames (for the encoder)."""
     with DecodePool(s.decode.processes, limits=s.decode.limits()) as pool:
-        pool.decode_bytes(segments[0].data, "video/mp2t", size=size)  # warm the children
+        pool.decode_bytes(
+            segments[0].data, "video/mp2t", DecodeOptions(size=size)
+        )  # warm the children
         start = time.perf_counter()
         futures = [
             pool.submit_bytes(
-                seg.data, "video/mp2t", size=size, fit=s.decode.fit, sampling=s.sampling.rule()
+                seg.data,
+                "video/mp2t",
+                DecodeOptions(size=size, fit=s.decode.fit, sampling=s.sampling.rule()),
             )
             for seg in segments
         ]

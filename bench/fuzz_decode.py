@@ -27,10 +27,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import media  # noqa: E402
 
-from pipeline.decode import DecodeResult, Limits  # noqa: E402
-from pipeline.decode_pool import DecodePool  # noqa: E402
+from pipeline.decode import (  # noqa: E402
+    DecodeOptions,
+    DecodePool,
+    DecodeResult,
+    Limits,
+    Sampling,
+)
 from pipeline.errors import DecodeCrash, DecodeError, DecodeTimeout  # noqa: E402
-from pipeline.sampling import Sampling  # noqa: E402
 
 
 def bases() -> dict[str, tuple[bytes, str]]:
@@ -113,14 +117,14 @@ def main(argv: list[str] | None = None) -> int:
             data, content_type = samples[name]
             mutated = mutate(data, rng)
             future = pool.submit_bytes(
-                mutated, content_type, size=32, sampling=Sampling(max_frames=50)
+                mutated, content_type, DecodeOptions(size=32, sampling=Sampling(max_frames=50))
             )
             pending.append((name, mutated, future))
             if len(pending) >= args.in_flight:
                 settle(*pending.popleft())
         while pending:
             settle(*pending.popleft())
-        good = pool.decode_bytes(samples["mpegts-h264"][0], "video/mp2t", size=32)
+        good = pool.decode_bytes(samples["mpegts-h264"][0], "video/mp2t", DecodeOptions(size=32))
         assert good.frames_decoded == 24, "the pool stopped decoding good input"
     took = time.perf_counter() - start
     print(f"{args.iterations} mutated inputs in {took:.0f} s ({args.iterations / took:.0f}/s)")

@@ -62,13 +62,11 @@ from pydantic import ValidationError
 
 from consumers.rebalance import reporting_listener
 from consumers.settings import TopicNames, WorkerSettings
-from pipeline.decode import DecodeResult, Limits
-from pipeline.decode_pool import DecodePool
+from pipeline.decode import DecodePool, DecodeResult, Limits, Sampling
 from pipeline.encoder import Encoder
 from pipeline.errors import ClipguardError, DecodeCrash, DecodeError, DecodeTimeout
 from pipeline.events import FlagEvent, JobRequest, JobState, JobStatus, ScoreRecord
 from pipeline.policies.store import PolicyStore
-from pipeline.sampling import Sampling
 from pipeline.scan import Scanner, ScanOptions
 
 __all__ = [

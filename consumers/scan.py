@@ -61,9 +61,9 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from consumers.jobs import JobOutcome
+    from pipeline.decode import Sampling
     from pipeline.models.model import CLIP
     from pipeline.policies import LoadedPolicies
-    from pipeline.sampling import Sampling
     from pipeline.scan import FileScan, ScanInput, ScanOptions
 
 __all__ = ["EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "add_scan_parser", "run_scan"]
@@ -209,8 +209,7 @@ def add_scan_parser(subparsers: Any) -> None:
 
 def run_scan(args: argparse.Namespace) -> int:
     """The ``clipguard scan`` command; returns the exit status."""
-    from pipeline.decode import Limits
-    from pipeline.decode_pool import DecodePool
+    from pipeline.decode import DecodePool, Limits
     from pipeline.encoder import Encoder
     from pipeline.errors import ConfigError
     from pipeline.policies import load_policies
@@ -371,11 +370,11 @@ def _conclude(
 def _run_jobs(args: argparse.Namespace, inputs: Sequence[ScanInput]) -> int:
     """``clipguard scan --kafka``: the inputs as scan jobs on the worker fleet."""
     from consumers.jobs import JobClient, job_options
+    from pipeline.decode import DEFAULT_SCENE_THRESHOLD
     from pipeline.errors import ClipguardError
     from pipeline.events import JobRequest, JobStatus
     from pipeline.models import list_models
     from pipeline.policies import load_policies
-    from pipeline.sampling import DEFAULT_SCENE_THRESHOLD
 
     if args.model:
         print(
@@ -590,7 +589,7 @@ def _plan(
 
 
 def _sampling(args: argparse.Namespace) -> Sampling:
-    from pipeline.sampling import DEFAULT_SCENE_THRESHOLD, Sampling
+    from pipeline.decode import DEFAULT_SCENE_THRESHOLD, Sampling
 
     if args.keyframes:
         return Sampling(mode="keyframes")

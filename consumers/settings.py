@@ -50,9 +50,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from pipeline.decode import Fit, Limits
+from pipeline.decode import Fit, Limits, Sampling, SamplingMode
 from pipeline.errors import ConfigError
-from pipeline.sampling import Sampling, SamplingMode
 
 __all__ = [
     "DecodeSettings",
@@ -172,7 +171,7 @@ class SamplingSettings(_Section):
     )
 
     def rule(self) -> Sampling:
-        """These settings as a :class:`~pipeline.sampling.Sampling` rule."""
+        """These settings as a :class:`~pipeline.decode.sampling.Sampling` rule."""
         return Sampling(mode=self.mode, fps=self.fps, max_frames=self.max_frames)
 
 

@@ -5,7 +5,7 @@ One :class:`Worker` is one member of the consumer group. Its threads::
     main thread     poll Kafka, accept segments, judge them in stream order, publish, commit,
                     pause/resume, apply rebalances, drain on SIGTERM (the only thread that
                     touches the consumer)
-    decode pool     sandboxed child processes decode segments (pipeline.decode_pool); a
+    decode pool     sandboxed child processes decode segments (pipeline.decode.pool); a
                     finished decode hands its frames straight to the encoder queue
     encoder         frames of every stream share batches (at most ``max_batch_size`` frames,
                     waiting at most ``max_batch_wait_ms`` to fill one) on the model's device
@@ -57,8 +57,14 @@ from prometheus_client import CollectorRegistry
 
 from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
-from pipeline.decode import RAW_TYPES, DecodeResult, Frame, normalize_content_type
-from pipeline.decode_pool import DecodePool
+from pipeline.decode import (
+    RAW_TYPES,
+    DecodeOptions,
+    DecodePool,
+    DecodeResult,
+    Frame,
+    normalize_content_type,
+)
 from pipeline.encoder import Encoder
 from pipeline.errors import (
     ClipguardError,
@@ -665,18 +671,16 @@ class Worker:
         s = self.settings
         seg.attempts += 1
         seg.decode_started = time.monotonic()
-        size = self.encoder.resolution
-        sampling = s.sampling.rule()
+        options = DecodeOptions(
+            self.encoder.resolution,
+            fit=s.decode.fit,
+            sampling=s.sampling.rule(),
+            limits=s.decode.limits(),
+        )
         if seg.raw:
             if not stream.raw_open:
                 self._pool.open_stream(
-                    stream.stream_id,
-                    RAW_TYPES[seg.content_type],
-                    size=size,
-                    fit=s.decode.fit,
-                    sampling=sampling,
-                    limits=s.decode.limits(),
-                    fps=seg.fps,
+                    stream.stream_id, RAW_TYPES[seg.content_type], options, fps=seg.fps
                 ).add_done_callback(lambda f: f.exception())  # a failure shows in feed()
                 stream.raw_open = True
                 stream.raw_base = None
@@ -689,14 +693,7 @@ class Worker:
             base = stream.raw_base
             _when_all(futures, lambda fs: self._decoded_raw(seg, fs, base))
         else:
-            future = self._pool.submit_bytes(
-                seg.value,
-                seg.content_type,
-                size=size,
-                fit=s.decode.fit,
-                sampling=sampling,
-                limits=s.decode.limits(),
-            )
+            future = self._pool.submit_bytes(seg.value, seg.content_type, options)
             future.add_done_callback(lambda f: self._decoded(seg, f))
 
     # The two callbacks below run on the decode pool's thread: they only touch the segment and

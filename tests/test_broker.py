@@ -152,14 +152,14 @@ def test_segment_too_large(broker: EmbeddedBroker, video: Path) -> None:
 
 def test_raw_chunks_are_the_annex_b_stream_cut_anywhere(video: Path, tmp_path: Path) -> None:
     from consumers.produce import raw_chunks
-    from pipeline.decode import decode_bytes
+    from pipeline.decode import DecodeOptions, decode_bytes
 
     chunks = list(raw_chunks(video, chunk_bytes=1001))
     assert [c.seq for c in chunks] == list(range(len(chunks))) and len(chunks) > 3
     assert all(len(c.data) == 1001 for c in chunks[:-1]) and 0 < len(chunks[-1].data) <= 1001
     stream = b"".join(c.data for c in chunks)
     assert stream.startswith((b"\x00\x00\x00\x01", b"\x00\x00\x01"))  # Annex-B start code
-    assert decode_bytes(stream, "video/h264", size=32).frames_decoded == FRAMES
+    assert decode_bytes(stream, "video/h264", DecodeOptions(size=32)).frames_decoded == FRAMES
     assert [c.at for c in chunks] == sorted(c.at for c in chunks)
     assert chunks[-1].at == pytest.approx((FRAMES - 1) / FPS)
     webm = tmp_path / "clip.webm"

@@ -6,7 +6,9 @@ checks that a decoded frame's index and timestamps point at the picture they cla
 
 from __future__ import annotations
 
+import ast
 import http.server
+import importlib
 import random
 import shutil
 import ssl
@@ -21,27 +23,31 @@ import numpy as np
 import pytest
 
 from pipeline import decode as decode_module
-from pipeline import decode_pool as pool_module
-from pipeline import sampling as sampling_module
 from pipeline.decode import (
+    DecodeOptions,
     DecodeResult,
     Frame,
     Limits,
     RawStreamDecoder,
+    Sampler,
+    Sampling,
     content_type_for,
     decode_bytes,
     decode_uri,
     normalize_content_type,
+    scene_difference,
 )
+from pipeline.decode import pool as pool_module
+from pipeline.decode import sampling as sampling_module
 from pipeline.errors import (
     ConfigError,
     LimitExceeded,
     MediaUnavailable,
     UnsupportedMedia,
 )
-from pipeline.sampling import Sampler, Sampling, scene_difference
 
 FPS = 25
+SMALL = DecodeOptions(64)  # the model input side most tests decode to
 CONTAINERS = {
     # name: (encode() arguments, content type, codec name in the result)
     "mpegts-h264": ({"fmt": "mpegts", "bframes": 2}, "video/mp2t", "h264"),
@@ -80,6 +86,9 @@ def _chunks(data: bytes, seed: int, largest: int = 3000) -> Iterator[bytes]:
 def test_exported_names() -> None:
     assert sorted(decode_module.__all__) == [
         "CONTAINER_TYPES",
+        "DEFAULT_SCENE_THRESHOLD",
+        "DecodeOptions",
+        "DecodePool",
         "DecodeResult",
         "Fit",
         "Frame",
@@ -89,10 +98,15 @@ def test_exported_names() -> None:
         "RAW_TYPES",
         "RawCodec",
         "RawStreamDecoder",
+        "Reason",
+        "Sampler",
+        "Sampling",
+        "SamplingMode",
         "content_type_for",
         "decode_bytes",
         "decode_uri",
         "normalize_content_type",
+        "scene_difference",
     ]
     assert sampling_module.__all__ == [
         "DEFAULT_SCENE_THRESHOLD",
@@ -103,9 +117,61 @@ def test_exported_names() -> None:
         "scene_difference",
     ]
     assert pool_module.__all__ == ["DecodePool"]
-    for module in (decode_module, sampling_module, pool_module):
+    modules = [decode_module] + [
+        importlib.import_module(f"pipeline.decode.{path.stem}") for path in _package_modules()
+    ]
+    for module in modules:
         for name in module.__all__:
-            assert hasattr(module, name), name
+            assert hasattr(module, name), f"{module.__name__}.{name}"
+
+
+def _package_modules() -> list[Path]:
+    folder = Path(decode_module.__file__).parent
+    return sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
+
+
+def _private_uses(source: str) -> list[str]:
+    """Private names of ``pipeline.decode`` modules that ``source`` imports or reads."""
+    tree = ast.parse(source)
+    found: list[str] = []
+    bound: set[str] = set()  # names bound to what the package's modules export
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (
+            node.level or (node.module or "").startswith("pipeline.decode")
+        ):
+            for alias in node.names:
+                if alias.name.startswith("_"):
+                    found.append(f"line {node.lineno}: from {node.module} import {alias.name}")
+                bound.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("pipeline.decode") and alias.asname:
+                    bound.add(alias.asname)
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            base = ast.unparse(node.value)
+            if base in bound or base.startswith("pipeline.decode"):
+                found.append(f"line {node.lineno}: {base}.{node.attr}")
+    return found
+
+
+def test_no_module_of_the_package_uses_a_private_name_of_another() -> None:
+    """What one module needs of another is public in it (maybe not re-exported)."""
+    bad = (
+        "import pipeline.decode.frames\n"
+        "from pipeline.decode import fit as f\n"
+        "from pipeline.decode.media import _EXTENSIONS\n"
+        "x = f._SWS_FLAGS, pipeline.decode.frames._x\n"
+    )
+    assert len(_private_uses(bad)) == 3  # the check sees all three ways in
+    modules = [*_package_modules(), Path(decode_module.__file__)]
+    assert len(modules) >= 10
+    found = {p.name: _private_uses(p.read_text(encoding="utf-8")) for p in modules}
+    assert {name: uses for name, uses in found.items() if uses} == {}
 
 
 # ----------------------------------------------------------------------------- containers
@@ -115,7 +181,7 @@ def test_exported_names() -> None:
 def test_container_decodes_every_frame_with_exact_timestamps(name: str) -> None:
     kwargs, content_type, codec = CONTAINERS[name]
     data = media.encode(30, **kwargs)
-    result = decode_bytes(data, content_type, size=224)
+    result = decode_bytes(data, content_type, DecodeOptions(size=224))
     assert result.codec == codec
     assert result.content_type == content_type
     assert (result.width, result.height) == (media.WIDTH, media.HEIGHT)
@@ -140,20 +206,20 @@ def test_container_decodes_every_frame_with_exact_timestamps(name: str) -> None:
 
 @pytest.mark.parametrize(("fmt", "ct"), [("mpegts", "video/mp2t"), ("mp4", "video/mp4")])
 def test_audio_is_ignored(fmt: str, ct: str) -> None:
-    result = decode_bytes(media.encode(20, fmt=fmt, audio=True), ct, size=64)
+    result = decode_bytes(media.encode(20, fmt=fmt, audio=True), ct, SMALL)
     assert _numbers(result) == list(range(20))
     assert [f.t for f in result.frames] == pytest.approx([i / FPS for i in range(20)], abs=1e-3)
 
 
 def test_ten_bit_video() -> None:
     data = media.encode(10, fmt="matroska", codec="libx265", pix_fmt="yuv420p10le")
-    result = decode_bytes(data, "video/x-matroska", size=64)
+    result = decode_bytes(data, "video/x-matroska", SMALL)
     assert _numbers(result) == list(range(10))
 
 
 def test_mpegts_keeps_the_segment_timeline() -> None:
     # muxers start MPEG-TS after a delay: pts is the segment's own, t starts at 0
-    result = decode_bytes(media.encode(30), "video/mp2t", size=64)
+    result = decode_bytes(media.encode(30), "video/mp2t", SMALL)
     assert result.start_pts > 0
     assert result.frames[0].pts == pytest.approx(result.start_pts)
     assert result.frames[0].t == 0.0
@@ -166,10 +232,10 @@ def test_variable_frame_rate_uses_each_frames_timestamp(fmt: str) -> None:
     pts_ms = tuple(np.concatenate([[0], np.cumsum(gaps)]).tolist())
     data = media.encode(len(pts_ms), fmt=fmt, pts_ms=pts_ms)
     ct = "video/x-matroska" if fmt == "matroska" else "video/mp4"
-    result = decode_bytes(data, ct, size=64)
+    result = decode_bytes(data, ct, SMALL)
     assert [f.t for f in result.frames] == pytest.approx([ms / 1000 for ms in pts_ms], abs=1e-3)
     assert _numbers(result) == list(range(len(pts_ms)))
-    sampled = decode_bytes(data, ct, size=64, sampling=Sampling(mode="fps", fps=2))
+    sampled = decode_bytes(data, ct, SMALL.with_(sampling=Sampling(mode="fps", fps=2)))
     expected, bucket = [], -1
     for i, ms in enumerate(pts_ms):  # first frame in each half second
         if ms // 500 > bucket:
@@ -183,7 +249,7 @@ def test_variable_frame_rate_uses_each_frames_timestamp(fmt: str) -> None:
 
 
 def test_fps_sampling_picks_by_timestamp() -> None:
-    result = decode_bytes(media.encode(50), "video/mp2t", size=64, sampling=Sampling("fps", 2))
+    result = decode_bytes(media.encode(50), "video/mp2t", SMALL.with_(sampling=Sampling("fps", 2)))
     # 25 fps, 2 per second: first frame at or after 0, 0.5, 1.0 and 1.5 s
     assert [f.index for f in result.frames] == [0, 13, 25, 38]
     assert _numbers(result) == [0, 13, 25, 38]
@@ -205,7 +271,7 @@ def test_fps_sampling_picks_by_timestamp() -> None:
 )
 def test_keyframes_mode_decodes_only_keyframes(kwargs: dict, content_type: str) -> None:
     data = media.encode(48, gop=12, **kwargs)
-    result = decode_bytes(data, content_type, size=64, sampling=Sampling(mode="keyframes"))
+    result = decode_bytes(data, content_type, SMALL.with_(sampling=Sampling(mode="keyframes")))
     assert [f.index for f in result.frames] == [0, 12, 24, 36]
     assert _numbers(result) == [0, 12, 24, 36]
     assert result.frames_decoded == 4  # the other 44 frames were never decoded
@@ -217,7 +283,9 @@ def test_keyframes_mode_decodes_only_keyframes(kwargs: dict, content_type: str) 
 def test_scene_sampling_picks_cuts_not_motion() -> None:
     data = media.encode(45, scenes=(15, 30))  # a moving square throughout, cuts at 15 and 30
     result = decode_bytes(
-        data, "video/mp2t", size=64, sampling=Sampling(mode="scene", scene_threshold=0.25)
+        data,
+        "video/mp2t",
+        SMALL.with_(sampling=Sampling(mode="scene", scene_threshold=0.25)),
     )
     assert [f.index for f in result.frames] == [0, 15, 30]
     assert _numbers(result) == [0, 15, 30]
@@ -225,11 +293,15 @@ def test_scene_sampling_picks_cuts_not_motion() -> None:
 
 
 def test_max_frames_caps_an_input_and_stops_decoding() -> None:
-    result = decode_bytes(media.encode(50), "video/mp2t", size=64, sampling=Sampling(max_frames=5))
+    result = decode_bytes(
+        media.encode(50), "video/mp2t", SMALL.with_(sampling=Sampling(max_frames=5))
+    )
     assert [f.index for f in result.frames] == [0, 1, 2, 3, 4]
     assert result.frames_decoded < 50
     capped = decode_bytes(
-        media.encode(50), "video/mp2t", size=64, sampling=Sampling("fps", 2, max_frames=2)
+        media.encode(50),
+        "video/mp2t",
+        SMALL.with_(sampling=Sampling("fps", 2, max_frames=2)),
     )
     assert [f.index for f in capped.frames] == [0, 13]
 
@@ -299,7 +371,24 @@ def test_invalid_sampling_is_a_config_error(kwargs: dict) -> None:
 def test_invalid_options_are_config_errors(kwargs: dict) -> None:
     args = {"size": 224, **kwargs}
     with pytest.raises(ConfigError):
-        decode_bytes(media.encode(10), "video/mp2t", **args)
+        decode_bytes(media.encode(10), "video/mp2t", DecodeOptions(**args))
+
+
+def test_decode_options_vary_with_with_and_fill_defaults_by_resolve() -> None:
+    options = DecodeOptions(224, sampling=Sampling(mode="fps", fps=2.0))
+    tiles = options.with_(fit="tiles")
+    assert (tiles.size, tiles.fit, tiles.sampling) == (224, "tiles", options.sampling)
+    assert options.fit == "pad"  # frozen: a variant is a new value
+    with pytest.raises(ConfigError):
+        options.with_(size=3)  # validated again
+    with pytest.raises(ConfigError):
+        decode_bytes(media.encode(2), "video/mp2t", {"size": 224})  # type: ignore[arg-type]
+    unset = DecodeOptions(64).resolve(limits=Limits(max_frames=5), threads=3)
+    assert (unset.limits.max_frames, unset.threads) == (5, 3)
+    explicit = DecodeOptions(64, limits=Limits(), threads=0)
+    resolved = explicit.resolve(limits=Limits(max_frames=5), threads=3)
+    assert (resolved.limits.max_frames, resolved.threads) == (Limits().max_frames, 0)
+    assert resolved.as_options() == explicit
 
 
 @pytest.mark.parametrize(
@@ -315,7 +404,7 @@ def test_invalid_limits_are_config_errors(kwargs: dict) -> None:
 
 def _fit(width: int, height: int, fit: str, size: int = 224) -> list[Frame]:
     data = media.still("png", media.marked_image(width, height))
-    result = decode_bytes(data, "image/png", size=size, fit=fit)  # type: ignore[arg-type]
+    result = decode_bytes(data, "image/png", DecodeOptions(size=size, fit=fit))  # type: ignore[arg-type]
     assert (result.width, result.height) == (width, height)
     return list(result.frames)
 
@@ -391,8 +480,10 @@ def test_tiles_run_down_a_tall_frame() -> None:
 
 @pytest.mark.parametrize("rotation", [90, -90, 180])
 def test_rotation_metadata_is_honoured(rotation: int) -> None:
-    plain = decode_bytes(media.encode(5, fmt="mp4"), "video/mp4", size=224)
-    turned = decode_bytes(media.encode(5, fmt="mp4", rotation=rotation), "video/mp4", size=224)
+    plain = decode_bytes(media.encode(5, fmt="mp4"), "video/mp4", DecodeOptions(size=224))
+    turned = decode_bytes(
+        media.encode(5, fmt="mp4", rotation=rotation), "video/mp4", DecodeOptions(size=224)
+    )
     k = rotation // 90
     for a, b in zip(plain.frames, turned.frames, strict=True):
         assert np.array_equal(b.image, np.rot90(a.image, k))
@@ -404,8 +495,10 @@ def test_rotation_metadata_is_honoured(rotation: int) -> None:
 
 def test_jpeg_exif_orientation_is_honoured() -> None:
     jpeg = media.still("jpeg", media.marked_image(160, 120))
-    plain = decode_bytes(jpeg, "image/jpeg", size=224).frames[0]
-    turned = decode_bytes(media.with_exif_orientation(jpeg, 6), "image/jpeg", size=224)
+    plain = decode_bytes(jpeg, "image/jpeg", DecodeOptions(size=224)).frames[0]
+    turned = decode_bytes(
+        media.with_exif_orientation(jpeg, 6), "image/jpeg", DecodeOptions(size=224)
+    )
     # orientation 6: the picture is shown turned 90 degrees clockwise
     assert np.array_equal(turned.frames[0].image, np.rot90(plain.image, -1))
     assert (turned.width, turned.height) == (120, 160)
@@ -413,7 +506,9 @@ def test_jpeg_exif_orientation_is_honoured() -> None:
 
 @pytest.mark.parametrize("kind", ["png", "jpeg", "webp"])
 def test_still_images_are_one_frame_inputs(kind: str) -> None:
-    result = decode_bytes(media.still(kind, media.marked_image(300, 200)), f"image/{kind}", size=96)
+    result = decode_bytes(
+        media.still(kind, media.marked_image(300, 200)), f"image/{kind}", DecodeOptions(size=96)
+    )
     (frame,) = result.frames
     assert (frame.reason, frame.index, frame.pts, frame.t, frame.keyframe) == (
         "image",
@@ -435,7 +530,7 @@ def test_still_images_are_one_frame_inputs(kind: str) -> None:
 )
 def test_raw_stream_in_arbitrary_chunks(fmt: str, codec: str, encoder: str) -> None:
     raw = media.encode(40, fmt=fmt, codec=encoder, bframes=2)
-    decoder = RawStreamDecoder(codec, size=64)  # type: ignore[arg-type]
+    decoder = RawStreamDecoder(codec, SMALL)  # type: ignore[arg-type]
     frames: list[Frame] = []
     early, fed = 0, 0
     for chunk in _chunks(raw, seed=3, largest=500):
@@ -458,10 +553,10 @@ def test_raw_stream_in_arbitrary_chunks(fmt: str, codec: str, encoder: str) -> N
 
 def test_raw_stream_frame_rate_from_sps_or_argument() -> None:
     raw = media.encode(10, fmt="h264", fps=30)
-    decoder = RawStreamDecoder("h264", size=32)
+    decoder = RawStreamDecoder("h264", DecodeOptions(size=32))
     frames = decoder.feed(raw) + decoder.flush()
     assert frames[3].t == pytest.approx(3 / 30)
-    fixed = RawStreamDecoder("h264", size=32, fps=10)
+    fixed = RawStreamDecoder("h264", DecodeOptions(size=32), fps=10)
     frames = fixed.feed(raw) + fixed.flush()
     assert frames[3].t == pytest.approx(0.3)
 
@@ -479,7 +574,7 @@ def test_raw_stream_keyframes_have_presentation_indices(
     fmt: str, encoder: str, open_gop: bool
 ) -> None:
     raw = media.encode(48, fmt=fmt, codec=encoder, gop=12, bframes=3, open_gop=open_gop)
-    decoder = RawStreamDecoder(fmt, size=64, sampling=Sampling(mode="keyframes"))  # type: ignore[arg-type]
+    decoder = RawStreamDecoder(fmt, SMALL.with_(sampling=Sampling(mode="keyframes")))  # type: ignore[arg-type]
     frames = [f for chunk in _chunks(raw, seed=5) for f in decoder.feed(chunk)] + decoder.flush()
     assert [f.index for f in frames] == [0, 12, 24, 36]
     assert _numbers(frames) == [0, 12, 24, 36]
@@ -488,7 +583,9 @@ def test_raw_stream_keyframes_have_presentation_indices(
 
 def test_raw_stream_sampling_cap_applies_per_chunk() -> None:
     raw = media.encode(40, fmt="h264")
-    decoder = RawStreamDecoder("h264", size=32, sampling=Sampling(mode="fps", fps=5, max_frames=2))
+    decoder = RawStreamDecoder(
+        "h264", DecodeOptions(size=32, sampling=Sampling(mode="fps", fps=5, max_frames=2))
+    )
     half = len(raw) // 2
     first = decoder.feed(raw[:half])
     second = decoder.feed(raw[half:])
@@ -502,20 +599,21 @@ def test_raw_stream_sampling_cap_applies_per_chunk() -> None:
 
 def test_raw_stream_limits_apply_per_chunk() -> None:
     raw = media.encode(30, fmt="h264")
-    strict = Limits(max_frames=10)
+    strict = DecodeOptions(32, limits=Limits(max_frames=10))
     with pytest.raises(LimitExceeded, match="more than 10 frames"):
-        RawStreamDecoder("h264", size=32, limits=strict).feed(raw)
-    live = RawStreamDecoder("h264", size=32, limits=strict)  # a live stream: small chunks pass
+        RawStreamDecoder("h264", strict).feed(raw)
+    live = RawStreamDecoder("h264", strict)  # a live stream: small chunks pass
     frames = [f for chunk in _chunks(raw, seed=1, largest=200) for f in live.feed(chunk)]
     assert len(frames + live.flush()) == 30
+    small_chunks = DecodeOptions(32, limits=Limits(max_input_bytes=100))
     with pytest.raises(LimitExceeded):
-        RawStreamDecoder("h264", size=32, limits=Limits(max_input_bytes=100)).feed(raw)
+        RawStreamDecoder("h264", small_chunks).feed(raw)
 
 
 @pytest.mark.parametrize(("fmt", "ct"), [("h264", "video/h264"), ("hevc", "video/h265")])
 def test_raw_stream_as_one_input(fmt: str, ct: str) -> None:
     codec = "libx265" if fmt == "hevc" else "libx264"
-    result = decode_bytes(media.encode(20, fmt=fmt, codec=codec), ct, size=64)
+    result = decode_bytes(media.encode(20, fmt=fmt, codec=codec), ct, SMALL)
     assert _numbers(result) == list(range(20))
     assert result.duration == pytest.approx(20 / FPS)
     assert result.codec == fmt
@@ -533,7 +631,7 @@ def test_content_types() -> None:
         with pytest.raises(UnsupportedMedia):
             content_type_for(bad)
     with pytest.raises(UnsupportedMedia, match="not a supported"):
-        decode_bytes(b"data", "application/octet-stream", size=32)
+        decode_bytes(b"data", "application/octet-stream", DecodeOptions(size=32))
 
 
 @pytest.mark.parametrize(
@@ -549,7 +647,7 @@ def test_local_files_by_path_and_file_url(tmp_path: Path, name: str, data_args: 
     path = tmp_path / name
     path.write_bytes(media.encode(12, **data_args))
     for uri in (path, str(path), path.as_uri()):
-        result = decode_uri(uri, size=64)
+        result = decode_uri(uri, SMALL)
         assert _numbers(result) == list(range(12))
 
 
@@ -557,15 +655,19 @@ def test_local_file_content_type_override_and_images(tmp_path: Path) -> None:
     path = tmp_path / "segment.bin"
     path.write_bytes(media.encode(12))
     with pytest.raises(UnsupportedMedia):
-        decode_uri(path, size=64)
-    assert len(decode_uri(path, size=64, content_type="video/mp2t").frames) == 12
+        decode_uri(path, SMALL)
+    assert len(decode_uri(path, SMALL, content_type="video/mp2t").frames) == 12
     image = tmp_path / "still.png"
     image.write_bytes(media.still("png", media.marked_image(64, 48)))
-    assert decode_uri(image, size=64).frames[0].reason == "image"
+    assert decode_uri(image, SMALL).frames[0].reason == "image"
     with pytest.raises(MediaUnavailable):
-        decode_uri(tmp_path / "missing.mp4", size=64)
+        decode_uri(tmp_path / "missing.mp4", SMALL)
     with pytest.raises(LimitExceeded):
-        decode_uri(path, size=64, content_type="video/mp2t", limits=Limits(max_input_bytes=100))
+        decode_uri(
+            path,
+            SMALL.with_(limits=Limits(max_input_bytes=100)),
+            content_type="video/mp2t",
+        )
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -618,20 +720,20 @@ def http_base() -> Iterator[str]:
 
 @pytest.mark.parametrize("path", ["/clip.mp4", "/clip.ts", "/raw.h264"])
 def test_http_inputs(http_base: str, path: str) -> None:
-    result = decode_uri(http_base + path, size=64)
+    result = decode_uri(http_base + path, SMALL)
     assert _numbers(result) == list(range(12))
 
 
 def test_http_image_and_errors(http_base: str) -> None:
-    assert decode_uri(http_base + "/still.png", size=64).frames[0].reason == "image"
+    assert decode_uri(http_base + "/still.png", SMALL).frames[0].reason == "image"
     with pytest.raises(MediaUnavailable, match="404"):
-        decode_uri(http_base + "/missing.mp4", size=64)
+        decode_uri(http_base + "/missing.mp4", SMALL)
     with pytest.raises(MediaUnavailable):
-        decode_uri("http://127.0.0.1:9/clip.ts", size=64)  # nothing listens on the discard port
+        decode_uri("http://127.0.0.1:9/clip.ts", SMALL)  # nothing listens on the discard port
     with pytest.raises(LimitExceeded):
-        decode_uri(http_base + "/clip.ts", size=64, limits=Limits(max_input_bytes=1000))
+        decode_uri(http_base + "/clip.ts", SMALL.with_(limits=Limits(max_input_bytes=1000)))
     with pytest.raises(LimitExceeded):
-        decode_uri(http_base + "/raw.h264", size=64, limits=Limits(max_input_bytes=1000))
+        decode_uri(http_base + "/raw.h264", SMALL.with_(limits=Limits(max_input_bytes=1000)))
 
 
 @pytest.fixture(scope="module")
@@ -667,6 +769,6 @@ def https_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
 def test_https_checks_the_server_certificate(https_base: tuple[str, Path]) -> None:
     base, cert = https_base
     with pytest.raises(MediaUnavailable):  # self-signed: not trusted by the system bundle
-        decode_uri(base + "/clip.ts", size=64)
-    result = decode_uri(base + "/clip.ts", size=64, ca_file=str(cert))
+        decode_uri(base + "/clip.ts", SMALL)
+    result = decode_uri(base + "/clip.ts", SMALL, ca_file=str(cert))
     assert _numbers(result) == list(range(12))

@@ -27,8 +27,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.decode import DecodeResult, Limits, RawStreamDecoder, decode_bytes, decode_uri
-from pipeline.decode_pool import DecodePool
+from pipeline.decode import (
+    DecodeOptions,
+    DecodePool,
+    DecodeResult,
+    Limits,
+    RawStreamDecoder,
+    Sampling,
+    decode_bytes,
+    decode_uri,
+)
 from pipeline.errors import (
     ClipguardError,
     ConfigError,
@@ -40,9 +48,9 @@ from pipeline.errors import (
     MediaUnavailable,
     UnsupportedMedia,
 )
-from pipeline.sampling import Sampling
 
 POOL_LIMITS = Limits(timeout=30.0, max_memory=2 * 1024**3)
+TINY = DecodeOptions(32)  # the model input side most tests decode to
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +61,7 @@ def pool() -> Iterator[DecodePool]:
 
 def _good(pool: DecodePool) -> None:
     """The pool still decodes a good input correctly."""
-    result = pool.decode_bytes(media.encode(12), "video/mp2t", size=64)
+    result = pool.decode_bytes(media.encode(12), "video/mp2t", DecodeOptions(size=64))
     assert [media.read_number(f.image) for f in result.frames] == list(range(12))
 
 
@@ -85,9 +93,9 @@ def _samples() -> dict[str, tuple[bytes, str]]:
 @pytest.mark.parametrize("name", list(_samples()))
 def test_truncated_inputs_at_many_cut_points(pool: DecodePool, name: str) -> None:
     data, content_type = _samples()[name]
-    full = decode_bytes(data, content_type, size=32)
+    full = decode_bytes(data, content_type, TINY)
     cuts = media.cuts(data, 14)
-    futures = [pool.submit_bytes(data[:cut], content_type, size=32) for cut in cuts]
+    futures = [pool.submit_bytes(data[:cut], content_type, TINY) for cut in cuts]
     partial = 0
     for cut, future in zip(cuts, futures, strict=True):
         try:
@@ -121,7 +129,7 @@ def test_truncated_inputs_at_many_cut_points(pool: DecodePool, name: str) -> Non
 def test_random_bytes(pool: DecodePool, content_type: str) -> None:
     rng = np.random.default_rng(abs(hash(content_type)) % 2**32)
     futures = [
-        pool.submit_bytes(rng.integers(0, 256, n, dtype=np.uint8).tobytes(), content_type, size=32)
+        pool.submit_bytes(rng.integers(0, 256, n, dtype=np.uint8).tobytes(), content_type, TINY)
         for n in (1, 100, 5000, 300_000)
     ]
     for future in futures:
@@ -136,13 +144,13 @@ def test_random_bytes(pool: DecodePool, content_type: str) -> None:
 )
 def test_zero_length_input(pool: DecodePool, tmp_path: Path, content_type: str) -> None:
     with pytest.raises(InvalidMedia, match="empty"):
-        decode_bytes(b"", content_type, size=32)
+        decode_bytes(b"", content_type, TINY)
     with pytest.raises(InvalidMedia, match="empty"):
-        pool.decode_bytes(b"", content_type, size=32)
+        pool.decode_bytes(b"", content_type, TINY)
     empty = tmp_path / "empty.bin"
     empty.write_bytes(b"")
     with pytest.raises(InvalidMedia, match="empty"):
-        decode_uri(empty, size=32, content_type=content_type)
+        decode_uri(empty, TINY, content_type=content_type)
 
 
 @pytest.mark.parametrize(
@@ -151,7 +159,7 @@ def test_zero_length_input(pool: DecodePool, tmp_path: Path, content_type: str) 
 )
 def test_audio_only_files(pool: DecodePool, fmt: str, content_type: str) -> None:
     with pytest.raises(UnsupportedMedia, match="no video stream"):
-        pool.decode_bytes(media.audio_only(fmt), content_type, size=32)
+        pool.decode_bytes(media.audio_only(fmt), content_type, TINY)
 
 
 @pytest.mark.parametrize(
@@ -171,13 +179,13 @@ def test_audio_only_files(pool: DecodePool, fmt: str, content_type: str) -> None
 def test_wrong_content_type(pool: DecodePool, name: str, declared: str) -> None:
     data, _ = _samples()[name]
     with pytest.raises(InvalidMedia):
-        pool.decode_bytes(data, declared, size=32)
+        pool.decode_bytes(data, declared, TINY)
 
 
 def test_raw_stream_of_the_other_codec_yields_nothing_usable() -> None:
     data, _ = _samples()["h264"]
     with pytest.raises(InvalidMedia):
-        decode_bytes(data, "video/h265", size=32)
+        decode_bytes(data, "video/h265", TINY)
 
 
 # ----------------------------------------------------------------------------- enormous headers
@@ -215,10 +223,10 @@ def test_headers_promising_an_enormous_resolution(pool: DecodePool) -> None:
     ]
     for data, content_type in cases:
         with pytest.raises(LimitExceeded, match=r"16000x16000|pixels"):
-            decode_bytes(data, content_type, size=32)  # refused before anything is allocated
+            decode_bytes(data, content_type, TINY)  # refused before anything is allocated
         with pytest.raises(LimitExceeded):
-            pool.decode_bytes(data, content_type, size=32)
-    stream = RawStreamDecoder("h264", size=32)
+            pool.decode_bytes(data, content_type, TINY)
+    stream = RawStreamDecoder("h264", TINY)
     with pytest.raises(LimitExceeded, match="SPS says 16000x16000"):
         for at in range(0, len(raw), 7):
             stream.feed(raw[at : at + 7])
@@ -229,9 +237,9 @@ def test_a_stream_switching_to_an_enormous_resolution(pool: DecodePool) -> None:
     raw = media.encode(10, fmt="h264") + media.h264_promising(1000, 1000)
     for data, content_type in ((media.remux(raw), "video/mp2t"), (raw, "video/h264")):
         with pytest.raises(LimitExceeded, match="16000x16000"):
-            decode_bytes(data, content_type, size=32)
+            decode_bytes(data, content_type, TINY)
         with pytest.raises(LimitExceeded, match="16000x16000"):
-            pool.decode_bytes(data, content_type, size=32)
+            pool.decode_bytes(data, content_type, TINY)
 
 
 def test_max_pixels_is_checked_from_the_header() -> None:
@@ -243,7 +251,7 @@ def test_max_pixels_is_checked_from_the_header() -> None:
         (media.still("png", media.marked_image(320, 240)), "image/png"),
     ):
         with pytest.raises(LimitExceeded, match="320x240"):
-            decode_bytes(data, content_type, size=32, limits=small)
+            decode_bytes(data, content_type, TINY.with_(limits=small))
 
 
 # ----------------------------------------------------------------------------- playlists, schemes
@@ -307,28 +315,28 @@ def test_hls_playlists_are_never_followed(pool: DecodePool, server: str, tmp_pat
         playlist = tmp_path / path_name
         playlist.write_bytes(local)
         with pytest.raises(UnsupportedMedia, match="playlist"):
-            pool.decode_uri(playlist, size=32)
+            pool.decode_uri(playlist, TINY)
     for content_type in ("application/vnd.apple.mpegurl", "application/x-mpegURL", "audio/mpegurl"):
         with pytest.raises(UnsupportedMedia, match="playlist"):
-            pool.decode_bytes(local, content_type, size=32)
+            pool.decode_bytes(local, content_type, TINY)
     with pytest.raises(UnsupportedMedia, match="playlist"):
-        pool.decode_uri(server + "/list.m3u8", size=32)
+        pool.decode_uri(server + "/list.m3u8", TINY)
     # disguised as a segment: the pinned demuxer sees text, never a playlist
     for declared in ("video/mp2t", "video/mp4", "video/webm"):
         for body in (local, remote):
             with pytest.raises(InvalidMedia):
-                pool.decode_bytes(body, declared, size=32)
+                pool.decode_bytes(body, declared, TINY)
     disguised = tmp_path / "segment.ts"
     disguised.write_bytes(remote)
     with pytest.raises(InvalidMedia):
-        pool.decode_uri(disguised, size=32)
+        pool.decode_uri(disguised, TINY)
     with pytest.raises(InvalidMedia):
-        pool.decode_uri(server + "/list.m3u8", size=32, content_type="video/mp2t")
+        pool.decode_uri(server + "/list.m3u8", TINY, content_type="video/mp2t")
     assert "/secret.ts" not in _Recorder.requests  # the segment behind the playlist: never read
     concat = tmp_path / "concat.mp4"
     concat.write_bytes(f"ffconcat version 1.0\nfile '{segment}'\n".encode())
     with pytest.raises(InvalidMedia):
-        pool.decode_uri(concat, size=32)
+        pool.decode_uri(concat, TINY)
 
 
 @pytest.mark.parametrize(
@@ -346,40 +354,44 @@ def test_hls_playlists_are_never_followed(pool: DecodePool, server: str, tmp_pat
 )
 def test_other_schemes_are_refused(uri: str) -> None:
     with pytest.raises(UnsupportedMedia):
-        decode_uri(uri, size=32, content_type="video/mp2t")
+        decode_uri(uri, TINY, content_type="video/mp2t")
 
 
 def test_ffmpeg_never_parses_a_local_path(tmp_path: Path) -> None:
     # FFmpeg would read part of /etc/passwd for this "URL"; to clipguard it is a file name
     with pytest.raises(MediaUnavailable, match="no such file"):
-        decode_uri("subfile,,start,0,end,100,,:/etc/passwd", size=32, content_type="video/mp2t")
+        decode_uri(
+            "subfile,,start,0,end,100,,:/etc/passwd",
+            TINY,
+            content_type="video/mp2t",
+        )
     odd = tmp_path / "concat:a|b.ts"
     odd.write_bytes(media.encode(5))
-    assert len(decode_uri(str(odd), size=32).frames) == 5
+    assert len(decode_uri(str(odd), TINY).frames) == 5
 
 
 def test_special_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedMedia, match="not a regular file"):
-        decode_uri("/dev/zero", size=32, content_type="video/mp2t")
+        decode_uri("/dev/zero", TINY, content_type="video/mp2t")
     fifo = tmp_path / "pipe.ts"
     os.mkfifo(fifo)
     writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # so that opening it to read cannot block
     try:
         with pytest.raises(UnsupportedMedia, match="not a regular file"):
-            decode_uri(fifo, size=32)
+            decode_uri(fifo, TINY)
     finally:
         os.close(writer)
     with pytest.raises(MediaUnavailable):
-        decode_uri(tmp_path, size=32, content_type="video/mp2t")
+        decode_uri(tmp_path, TINY, content_type="video/mp2t")
 
 
 def test_http_stall_and_redirect_to_a_file(server: str) -> None:
     start = time.monotonic()
     with pytest.raises(DecodeTimeout):
-        decode_uri(server + "/stall.ts", size=32, limits=Limits(network_timeout=0.5))
+        decode_uri(server + "/stall.ts", TINY.with_(limits=Limits(network_timeout=0.5)))
     assert time.monotonic() - start < _Recorder.stall_after_headers
     with pytest.raises(DecodeError) as caught:  # the file protocol is not on the whitelist
-        decode_uri(server + "/to-file.ts", size=32)
+        decode_uri(server + "/to-file.ts", TINY)
     assert isinstance(caught.value, InvalidMedia | MediaUnavailable | UnsupportedMedia)
 
 
@@ -389,22 +401,22 @@ def test_http_stall_and_redirect_to_a_file(server: str) -> None:
 def test_frame_and_duration_limits() -> None:
     ts, mp4 = media.encode(30), media.encode(30, fmt="mp4")
     with pytest.raises(LimitExceeded, match="header says 30 frames"):  # MP4 has a frame count
-        decode_bytes(mp4, "video/mp4", size=32, limits=Limits(max_frames=10))
+        decode_bytes(mp4, "video/mp4", TINY.with_(limits=Limits(max_frames=10)))
     with pytest.raises(LimitExceeded, match="more than 10 frames"):  # MPEG-TS: counted
-        decode_bytes(ts, "video/mp2t", size=32, limits=Limits(max_frames=10))
+        decode_bytes(ts, "video/mp2t", TINY.with_(limits=Limits(max_frames=10)))
     with pytest.raises(LimitExceeded, match=r"header says 1\.2 s"):
-        decode_bytes(mp4, "video/mp4", size=32, limits=Limits(max_duration=0.5))
+        decode_bytes(mp4, "video/mp4", TINY.with_(limits=Limits(max_duration=0.5)))
     with pytest.raises(LimitExceeded, match="duration limit"):
-        decode_bytes(ts, "video/mp2t", size=32, limits=Limits(max_duration=0.5))
+        decode_bytes(ts, "video/mp2t", TINY.with_(limits=Limits(max_duration=0.5)))
     with pytest.raises(LimitExceeded, match="bytes"):
-        decode_bytes(ts, "video/mp2t", size=32, limits=Limits(max_input_bytes=len(ts) - 1))
+        decode_bytes(ts, "video/mp2t", TINY.with_(limits=Limits(max_input_bytes=len(ts) - 1)))
 
 
 def test_in_process_wall_clock_limit() -> None:
     data = media.encode(200, width=640, height=480)  # about 60 ms to decode here
     start = time.monotonic()
     with pytest.raises(DecodeTimeout):
-        decode_bytes(data, "video/mp2t", size=32, limits=Limits(timeout=0.005), threads=1)
+        decode_bytes(data, "video/mp2t", TINY.with_(limits=Limits(timeout=0.005), threads=1))
     assert time.monotonic() - start < 5
 
 
@@ -413,8 +425,8 @@ def test_in_process_wall_clock_limit() -> None:
 
 def test_pool_results_match_in_process_decoding(pool: DecodePool) -> None:
     data = media.encode(20, fmt="mp4", bframes=2)
-    local = decode_bytes(data, "video/mp4", size=64, fit="tiles", threads=1)
-    remote = pool.decode_bytes(data, "video/mp4", size=64, fit="tiles")
+    local = decode_bytes(data, "video/mp4", DecodeOptions(size=64, fit="tiles", threads=1))
+    remote = pool.decode_bytes(data, "video/mp4", DecodeOptions(size=64, fit="tiles"))
     assert len(remote.frames) == len(local.frames) == 40  # 4:3: two tiles a frame
     for a, b in zip(local.frames, remote.frames, strict=True):
         assert np.array_equal(a.image, b.image)
@@ -440,7 +452,7 @@ def test_pool_serves_many_inputs_in_flight_from_many_threads(pool: DecodePool) -
 
     def run(i: int) -> int:
         data, content_type, _ = inputs[i % 4]
-        futures = [pool.submit_bytes(data, content_type, size=32) for _ in range(3)]
+        futures = [pool.submit_bytes(data, content_type, TINY) for _ in range(3)]
         return sum(len(f.result().frames) for f in futures)
 
     with ThreadPoolExecutor(4) as threads:
@@ -453,11 +465,11 @@ def test_pool_raw_streams_are_pinned_and_ordered(pool: DecodePool) -> None:
         "a": media.encode(30, fmt="h264", bframes=2),
         "b": media.encode(30, fmt="hevc", codec="libx265"),
     }
-    pool.open_stream("a", "h264", size=32)
-    pool.open_stream("b", "hevc", size=32)
+    pool.open_stream("a", "h264", TINY)
+    pool.open_stream("b", "hevc", TINY)
     assert pool.stream_pid("a") != pool.stream_pid("b")  # spread over the children
     with pytest.raises(ConfigError):
-        pool.open_stream("a", "h264", size=32)
+        pool.open_stream("a", "h264", TINY)
     futures: dict[str, list[Future]] = {"a": [], "b": []}
     for at in range(0, 8000, 300):  # interleaved, all in flight at once
         for sid, raw in raws.items():
@@ -475,7 +487,7 @@ def test_pool_survives_a_crash_mid_decode() -> None:
     with DecodePool(1, limits=POOL_LIMITS) as pool:
         (pid,) = pool.pids()
         os.kill(pid, signal.SIGSTOP)  # the child cannot finish before it is hit
-        future = pool.submit_bytes(media.encode(12), "video/mp2t", size=32)
+        future = pool.submit_bytes(media.encode(12), "video/mp2t", TINY)
         time.sleep(0.2)
         os.kill(pid, signal.SIGSEGV)
         os.kill(pid, signal.SIGCONT)
@@ -491,7 +503,9 @@ def test_pool_kills_a_hung_decode() -> None:
         os.kill(pid, signal.SIGSTOP)  # a real hang: the process does nothing at all
         start = time.monotonic()
         with pytest.raises(DecodeTimeout, match="killed"):
-            pool.decode_bytes(media.encode(12), "video/mp2t", size=32, limits=Limits(timeout=0.5))
+            pool.decode_bytes(
+                media.encode(12), "video/mp2t", TINY.with_(limits=Limits(timeout=0.5))
+            )
         assert time.monotonic() - start < 5
         assert pool.pids() != [pid]
         _good(pool)
@@ -504,7 +518,7 @@ def test_pool_contains_a_memory_blow_up() -> None:
     with DecodePool(1, limits=lax) as pool:
         (pid,) = pool.pids()
         with pytest.raises(LimitExceeded, match="out of memory"):
-            pool.decode_bytes(media.h264_promising(1000, 1000), "video/h264", size=32)
+            pool.decode_bytes(media.h264_promising(1000, 1000), "video/h264", TINY)
         _good(pool)
         assert pool.pids() != [pid]  # replaced, to give the memory back
 
@@ -512,8 +526,8 @@ def test_pool_contains_a_memory_blow_up() -> None:
 def test_pool_stream_state_lost_with_its_process() -> None:
     with DecodePool(2, limits=POOL_LIMITS) as pool:
         raw = media.encode(30, fmt="h264")
-        pool.open_stream("doomed", "h264", size=32)
-        pool.open_stream("other", "h264", size=32)
+        pool.open_stream("doomed", "h264", TINY)
+        pool.open_stream("other", "h264", TINY)
         assert pool.feed("doomed", raw[:3000]).result(timeout=30) is not None
         pid = pool.stream_pid("doomed")
         assert pid is not None and pid != pool.stream_pid("other")
@@ -523,7 +537,7 @@ def test_pool_stream_state_lost_with_its_process() -> None:
             pool.feed("doomed", raw[3000:]).result(timeout=30)
         with pytest.raises(DecodeCrash):
             pool.close_stream("doomed").result(timeout=30)
-        pool.open_stream("doomed", "h264", size=32)  # reopened: from the start (a keyframe)
+        pool.open_stream("doomed", "h264", TINY)  # reopened: from the start (a keyframe)
         frames = pool.feed("doomed", raw).result(timeout=30) + pool.close_stream("doomed").result()
         assert len(frames) == 30
         other = pool.feed("other", raw).result(timeout=30) + pool.close_stream("other").result()
@@ -543,17 +557,17 @@ def test_pool_recycles_children_and_closes() -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     with pytest.raises(ConfigError, match="closed"):
-        pool.submit_bytes(media.encode(5), "video/mp2t", size=32)
+        pool.submit_bytes(media.encode(5), "video/mp2t", TINY)
 
 
 def test_pool_checks_arguments_in_the_caller(pool: DecodePool) -> None:
     with pytest.raises(ConfigError):
-        pool.submit_bytes(b"x", "video/mp2t", size=0)
+        pool.submit_bytes(b"x", "video/mp2t", DecodeOptions(size=0))
     with pytest.raises(UnsupportedMedia):
-        pool.submit_bytes(b"x", "text/html", size=32).result()
+        pool.submit_bytes(b"x", "text/html", TINY).result()
     with pytest.raises(LimitExceeded):
         pool.submit_bytes(
-            b"x" * 100, "video/mp2t", size=32, limits=Limits(max_input_bytes=10)
+            b"x" * 100, "video/mp2t", TINY.with_(limits=Limits(max_input_bytes=10))
         ).result()
     with pytest.raises(ConfigError):
         DecodePool(0)
@@ -619,7 +633,9 @@ def test_fuzz_mutated_segments(
     data, content_type = _samples()[base]
     mutated = _mutate(data, ops)
     try:
-        result = pool.decode_bytes(mutated, content_type, size=32, sampling=Sampling(max_frames=50))
+        result = pool.decode_bytes(
+            mutated, content_type, TINY.with_(sampling=Sampling(max_frames=50))
+        )
     except DecodeError as e:
         assert str(e)  # a typed error with a message; DecodeCrash would be a finding
         assert not isinstance(e, DecodeTimeout), e

@@ -33,7 +33,7 @@ from consumers.broker import EmbeddedBroker, default_topics
 from consumers.cli import main
 from consumers.jobs import job_options
 from consumers.scan import EXIT_PARTIAL
-from pipeline.decode_pool import DecodePool
+from pipeline.decode import DecodePool
 from pipeline.encoder import Encoder
 from pipeline.events import FlagEvent, JobRequest, JobStatus, ScoreRecord
 from pipeline.models import load_clip

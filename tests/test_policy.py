@@ -266,9 +266,11 @@ def test_exemplars_join_the_ensemble(tmp_path, model):
     knife = next(lab for lab in compiled.labels if lab.key == "knives/knife")
     prompts = _encode(model, list(knife.prompts))
     # the exemplar is decoded and fitted to the model input exactly as frames are
-    from pipeline.decode import decode_uri
+    from pipeline.decode import DecodeOptions, decode_uri
 
-    fitted = decode_uri(folder / "red.png", size=model.input_resolution).frames[0].image
+    fitted = (
+        decode_uri(folder / "red.png", DecodeOptions(size=model.input_resolution)).frames[0].image
+    )
     assert fitted.shape == (32, 32, 3) and fitted[16, 16].tolist() == [255, 0, 0]  # RGB
     with torch.inference_mode():
         frame = torch.from_numpy(np.ascontiguousarray(fitted))[None]

@@ -34,7 +34,7 @@ from scanclips import write_clip as _write
 
 from consumers.cli import main
 from consumers.scan import EXIT_PARTIAL
-from pipeline.decode_pool import DecodePool
+from pipeline.decode import DecodePool
 from pipeline.encoder import Encoder
 from pipeline.events import FlagEvent, ScoreRecord
 from pipeline.models import DEMO_MODEL, load_clip

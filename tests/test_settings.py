@@ -11,9 +11,8 @@ import pytest
 import consumers.settings as settings_module
 from consumers.broker import DEFAULT_TOPICS
 from consumers.settings import WorkerSettings, describe, load_settings
-from pipeline.decode import Limits
+from pipeline.decode import Limits, Sampling
 from pipeline.errors import ConfigError
-from pipeline.sampling import Sampling
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from pipeline.decode import decode_uri
+from pipeline.decode import DecodeOptions, decode_uri
 from pipeline.encoder import Encoder
 from pipeline.errors import DecodeError, PolicyError
 from pipeline.models.model import CLIP
@@ -94,7 +94,7 @@ class PolicyCompiler:
         frames = []
         for p in paths:
             try:
-                result = decode_uri(p, size=self.model.input_resolution)
+                result = decode_uri(p, DecodeOptions(size=self.model.input_resolution))
             except DecodeError as e:
                 raise PolicyError(f"{p}: exemplar image cannot be read: {e}") from e
             frames.append(result.frames[0].image)

@@ -1,7 +1,7 @@
 """Batch scanning: stored video (files, folders, URLs) through decode, encode and judge.
 
 The same stages as the stream worker, for inputs that are whole files: each input is decoded
-in the sandboxed :class:`~pipeline.decode_pool.DecodePool`, its sampled frames are encoded
+in the sandboxed :class:`~pipeline.decode.pool.DecodePool`, its sampled frames are encoded
 with CLIP, and :class:`~pipeline.policies.judge.Judge` turns the embeddings into score records
 and flag events, with the input's path or URL as stream id and ``source``, segment ``seq`` 0 and
 ``ts`` the frame's time in the file. The records have the shapes of the Kafka topics.
@@ -38,8 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from pipeline.decode import DecodeResult, Fit, Frame, Limits
-from pipeline.decode_pool import DecodePool
+from pipeline.decode import DecodeOptions, DecodePool, DecodeResult, Fit, Frame, Limits, Sampling
 from pipeline.encoder import Encoder
 from pipeline.errors import (
     ConfigError,
@@ -52,7 +51,6 @@ from pipeline.events import FlagEvent, ScoreRecord
 from pipeline.policies.judge import FrameRef, Judge, PolicyFacts
 from pipeline.policies.snapshot import PolicySet
 from pipeline.policies.temporal import StreamTemporalState
-from pipeline.sampling import Sampling
 
 __all__ = [
     "PERMANENT_ERRORS",
@@ -312,14 +310,10 @@ class Scanner:
 
     def _submit(self, source: str) -> _FileJob:
         opts = self.options
-        future = self.pool.submit_uri(
-            source,
-            size=self.encoder.resolution,
-            content_type=opts.content_type,
-            fit=opts.fit,
-            sampling=opts.sampling,
-            limits=opts.limits,
+        options = DecodeOptions(
+            self.encoder.resolution, fit=opts.fit, sampling=opts.sampling, limits=opts.limits
         )
+        future = self.pool.submit_uri(source, options, content_type=opts.content_type)
         return _FileJob(source, future, time.monotonic())
 
     def _judge(self, job: _FileJob, chunk: Sequence[Frame], embeddings: torch.Tensor) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.decode import Sampling
 from pipeline.errors import ConfigError, DecodeError
 from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
 from pipeline.policies.score import Decision
@@ -22,7 +23,6 @@ from pipeline.policies.tools.judging import (
     encode_images,
     judge_frames,
 )
-from pipeline.sampling import Sampling
 
 if TYPE_CHECKING:
     from pipeline.models.model import CLIP

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.decode import Sampling
 from pipeline.events import FlagEvent
 from pipeline.policies.judge import FrameRef, Judge, Judgement
 from pipeline.policies.schema import LoadedPolicies
 from pipeline.policies.snapshot import PolicySet
-from pipeline.sampling import Sampling
 
 if TYPE_CHECKING:
     from pipeline.models.model import CLIP
@@ -66,9 +66,9 @@ def sampling(sample_fps: float) -> Sampling:
 
 def decode_media(path: Path, model: CLIP, rule: Sampling) -> Media:
     """Decode an image or video file for ``model`` (:class:`DecodeError` if it cannot be)."""
-    from pipeline.decode import decode_uri
+    from pipeline.decode import DecodeOptions, decode_uri
 
-    result = decode_uri(path, size=model.input_resolution, fit="pad", sampling=rule)
+    result = decode_uri(path, DecodeOptions(size=model.input_resolution, fit="pad", sampling=rule))
     kind: Literal["image", "video"] = (
         "image" if result.content_type.startswith("image/") else "video"
     )

@@ -1,8 +1,9 @@
 """Sandboxed decoding: a pool of worker processes that a hostile input can only take down alone.
 
 FFmpeg can crash (segfault) or hang on malformed input, and a decoder can be driven to allocate
-without bound. :class:`DecodePool` runs :mod:`pipeline.decode` in child processes started with
-``spawn`` (nothing inherited from the caller's threads or locks) and keeps the caller safe:
+without bound. :class:`DecodePool` runs the decoders of :mod:`pipeline.decode` in child
+processes started with ``spawn`` (nothing inherited from the caller's threads or locks) and
+keeps the caller safe:
 
 - a child that dies (any signal or exit) fails its current call with :class:`DecodeCrash`,
   naming the signal, and is replaced;
@@ -23,7 +24,8 @@ in flight (one per child decodes at a time, the rest queue) while it encodes ear
 Frames cross the process boundary as a small pickled list of their metadata, then each picture
 written straight from its array into the pipe and read straight into one buffer per result; the
 caller's :class:`Frame` images are views into that buffer (writable, C-contiguous). That is one
-copy fewer on each side than pickling the frames (``bench/bench_decode.py`` measures both).
+copy fewer on each side than pickling the frames (``bench/bench_decode.py`` measures both). The
+child's side is :mod:`pipeline.decode.pool_child`, the messages :mod:`pipeline.decode.wire`.
 
 Raw byte streams (``video/h264``, ``video/h265`` chunks) keep parser and decoder state between
 chunks, so :meth:`DecodePool.open_stream` pins a stream to one child (the one with the fewest
@@ -49,35 +51,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal
 
-import numpy as np
-
-from pipeline import errors
-from pipeline.decode import (
-    DecodeResult,
-    Fit,
-    Frame,
-    Interpolation,
-    Limits,
-    RawCodec,
-    RawStreamDecoder,
-    _kind,
-    _options,
-    _redact,
-    _watch_allocations,
-    decode_bytes,
-    decode_uri,
-)
-from pipeline.errors import (
-    ClipguardError,
-    ConfigError,
-    DecodeCrash,
-    DecodeError,
-    DecodeTimeout,
-    LimitExceeded,
-)
-from pipeline.sampling import Sampling
+from pipeline.decode.frames import DecodeResult, Frame
+from pipeline.decode.media import RawCodec, media_kind
+from pipeline.decode.options import DecodeOptions, Limits, check_threads
+from pipeline.decode.pool_child import child_main
+from pipeline.decode.sources import redact
+from pipeline.decode.wire import build_value, error_from, receive_pictures
+from pipeline.errors import ConfigError, DecodeCrash, DecodeError, DecodeTimeout, LimitExceeded
 
 __all__ = ["DecodePool"]
 
@@ -85,177 +67,6 @@ _GRACE: Final = 1.0  # seconds past Limits.timeout before a child is killed
 _CLEANUP: Final = 10.0  # seconds a child may take to free a call's frames and decoders
 _SPAWN_FAILURES: Final = 5  # children dying before their first task, in a row: pool broken
 _TaskKind = Literal["bytes", "uri", "open", "feed", "close"]
-# the errors a child may report by name; anything else arrives as DecodeCrash
-_ERRORS: Final[dict[str, type[ClipguardError]]] = {
-    name: cls
-    for name in (
-        "ConfigError",
-        "DecodeCrash",
-        "DecodeError",
-        "DecodeTimeout",
-        "InvalidMedia",
-        "LimitExceeded",
-        "MediaUnavailable",
-        "UnsupportedMedia",
-    )
-    if isinstance(cls := getattr(errors, name), type)
-}
-_FrameMeta = tuple[float, float, int, bool, int, int, str, int]
-
-
-# --------------------------------------------------------------------------- wire format
-
-
-def _frame_metas(frames: list[Frame] | tuple[Frame, ...]) -> tuple[list[_FrameMeta], int]:
-    """Everything about the frames but their pictures, and the pictures' side."""
-    metas: list[_FrameMeta] = [
-        (f.pts, f.t, f.index, f.keyframe, f.source_width, f.source_height, f.reason, f.tile)
-        for f in frames
-    ]
-    return metas, (frames[0].image.shape[0] if frames else 0)
-
-
-def _send_pictures(conn: Connection, frames: list[Frame] | tuple[Frame, ...]) -> None:
-    """Each picture straight from its array (no copy on this side)."""
-    for frame in frames:
-        conn.send_bytes(np.ascontiguousarray(frame.image).data.cast("B"))
-
-
-def _receive_pictures(conn: Connection, count: int, side: int) -> bytearray:
-    """``count`` pictures read back to back into one buffer."""
-    size = side * side * 3
-    buffer = bytearray(count * size)
-    for i in range(count):
-        if conn.recv_bytes_into(buffer, i * size) != size:
-            raise EOFError("a picture of the wrong size")
-    return buffer
-
-
-def _unpack_frames(metas: list[_FrameMeta], side: int, buffer: bytearray) -> list[Frame]:
-    if not metas:
-        return []
-    block = np.frombuffer(buffer, dtype=np.uint8).reshape(len(metas), side, side, 3)
-    return [
-        Frame(
-            image=block[i],
-            pts=pts,
-            t=t,
-            index=index,
-            keyframe=keyframe,
-            source_width=width,
-            source_height=height,
-            reason=cast(Any, reason),
-            tile=tile,
-        )
-        for i, (pts, t, index, keyframe, width, height, reason, tile) in enumerate(metas)
-    ]
-
-
-def _result_meta(result: DecodeResult) -> dict[str, Any]:
-    return {
-        "width": result.width,
-        "height": result.height,
-        "duration": result.duration,
-        "frames_decoded": result.frames_decoded,
-        "codec": result.codec,
-        "content_type": result.content_type,
-        "start_pts": result.start_pts,
-        "fps": result.fps,
-        "decode_errors": result.decode_errors,
-        "first_error": result.first_error,
-    }
-
-
-# --------------------------------------------------------------------------- child process
-
-
-def _limit_memory(max_bytes: int) -> None:
-    try:
-        import resource
-    except ImportError:  # not on POSIX: no cap
-        return
-    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        max_bytes = min(max_bytes, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, hard))
-
-
-def _child_main(conn: Connection, max_memory: int) -> None:
-    """A decode process: one task at a time, from the pool's pipe, until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    _limit_memory(max_memory)
-    _watch_allocations()
-    streams: dict[str, RawStreamDecoder] = {}
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        kind = message[0]
-        if kind == "stop":
-            return
-        task_id: int = message[1]
-        fatal = False
-        # The error is kept until the reply is out: its traceback holds the decoder, and
-        # freeing a decoder can block (FFmpeg's frame threads, after a failed allocation).
-        error: BaseException | None = None
-        try:
-            payload = conn.recv_bytes() if kind in ("bytes", "feed") else b""
-            reply = _child_task(kind, message, payload, streams)
-        except DecodeError as e:
-            error = e
-            reply = ("error", task_id, type(e).__name__, str(e)), ()
-        except MemoryError as e:  # RLIMIT_AS reached in Python code (FFmpeg's lands above)
-            error, fatal = e, True
-            reply = ("error", task_id, "LimitExceeded", f"decode process out of memory: {e}"), ()
-        except ClipguardError as e:
-            error = e
-            reply = ("error", task_id, type(e).__name__, str(e)), ()
-        except Exception as e:  # a bug, or a library failing in a way not mapped yet
-            error = e
-            reply = ("error", task_id, "DecodeCrash", f"unexpected {type(e).__name__}: {e}"), ()
-        header, frames = reply
-        if header[0] == "error" and header[2] == "LimitExceeded":
-            fatal = fatal or "out of memory" in str(header[3])
-        try:
-            conn.send((*header, fatal))
-            if frames:
-                _send_pictures(conn, frames)
-            if fatal:  # give the memory back at once: the pool starts a fresh process
-                os._exit(0)
-            del reply, header, frames, error  # frees frames and decoders: may block
-            conn.send(("ready",))
-        except (OSError, EOFError):
-            return
-
-
-def _child_task(
-    kind: str, message: tuple[Any, ...], payload: bytes, streams: dict[str, RawStreamDecoder]
-) -> tuple[tuple[Any, ...], list[Frame] | tuple[Frame, ...]]:
-    task_id = message[1]
-    if kind in ("bytes", "uri"):
-        if kind == "bytes":
-            result = decode_bytes(payload, message[2], **message[3])
-        else:
-            result = decode_uri(message[2], **message[3])
-        metas, side = _frame_metas(result.frames)
-        return ("ok", task_id, (_result_meta(result), metas, side)), result.frames
-    stream_id: str = message[2]
-    if kind == "open":
-        streams[stream_id] = RawStreamDecoder(message[3], **message[4])
-        return ("ok", task_id, None), ()
-    decoder = streams.get(stream_id)
-    if decoder is None:
-        raise ConfigError(f"stream {stream_id!r} is not open in this decode process")
-    if kind == "feed":
-        frames = decoder.feed(payload)
-    else:
-        del streams[stream_id]
-        frames = decoder.flush()
-    metas, side = _frame_metas(frames)
-    return ("ok", task_id, (None, metas, side)), frames
-
-
 # --------------------------------------------------------------------------- parent side
 
 
@@ -301,8 +112,9 @@ class DecodePool:
     """Worker processes that decode untrusted media; see the module docstring.
 
     ``processes`` children run one decode each at a time; ``threads`` is the decoder thread
-    count per decode (default: cores / processes, at least 1); ``limits`` are the defaults for
-    every call (``max_memory`` is per process and cannot be changed per call);
+    count per decode where ``DecodeOptions.threads`` is None (default: cores / processes, at
+    least 1; raw streams: 1); ``limits`` are used where ``DecodeOptions.limits`` is None
+    (``max_memory`` is per process and cannot be changed per call);
     ``max_tasks_per_child`` replaces a child after that many calls (once no stream is pinned
     to it), as a guard against slow leaks.
     """
@@ -327,10 +139,9 @@ class DecodePool:
         self._limits = limits or Limits()
         if not isinstance(self._limits, Limits):
             raise ConfigError(f"limits must be a Limits, not {type(limits).__name__}")
-        self._threads = (
+        self._threads = check_threads(
             threads if threads is not None else max(1, (os.cpu_count() or 1) // processes)
         )
-        _options(224, "pad", Sampling(), self._limits, "area", self._threads)  # validates threads
         self._max_tasks = max_tasks_per_child
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
@@ -378,130 +189,74 @@ class DecodePool:
             return pinned.slot.process.pid
 
     def submit_bytes(
-        self,
-        data: bytes | bytearray | memoryview,
-        content_type: str,
-        *,
-        size: int,
-        fit: Fit = "pad",
-        sampling: Sampling | None = None,
-        limits: Limits | None = None,
-        interpolation: Interpolation = "area",
-        threads: int | None = None,
+        self, data: bytes | bytearray | memoryview, content_type: str, options: DecodeOptions
     ) -> Future[DecodeResult]:
-        """Decode one in-memory input in a child; see :func:`pipeline.decode.decode_bytes`."""
-        kwargs, limits = self._call_options(size, fit, sampling, limits, interpolation, threads)
+        """Decode one in-memory input in a child; see :func:`pipeline.decode.decode_bytes`.
+
+        ``options.limits`` None: the pool's; ``options.threads`` None: the pool's ``threads``."""
+        options, limits = self._call_options(options, threads=self._threads)
         label = f"{content_type} input of {len(data)} bytes"
         future: Future[DecodeResult] = Future()
         try:
-            _kind(content_type)
+            media_kind(content_type)
             if len(data) > limits.max_input_bytes:
                 raise LimitExceeded(f"{label}: over the limit of {limits.max_input_bytes} bytes")
         except DecodeError as e:
             future.set_exception(e)
             return future
         return self._submit(
-            "bytes", (content_type, kwargs), bytes(data), future, limits.timeout, label
+            "bytes", (content_type, options), bytes(data), future, limits.timeout, label
         )
 
     def submit_uri(
         self,
         uri: str | os.PathLike[str],
+        options: DecodeOptions,
         *,
-        size: int,
         content_type: str | None = None,
-        fit: Fit = "pad",
-        sampling: Sampling | None = None,
-        limits: Limits | None = None,
-        interpolation: Interpolation = "area",
-        threads: int | None = None,
         ca_file: str | None = None,
     ) -> Future[DecodeResult]:
-        """Decode a file or http(s) URL in a child; see :func:`pipeline.decode.decode_uri`."""
-        kwargs, limits = self._call_options(size, fit, sampling, limits, interpolation, threads)
-        kwargs["content_type"] = content_type
-        kwargs["ca_file"] = ca_file
+        """Decode a file or http(s) URL in a child; see :func:`pipeline.decode.decode_uri`.
+
+        ``options.limits`` None: the pool's; ``options.threads`` None: the pool's ``threads``."""
+        options, limits = self._call_options(options, threads=self._threads)
         future: Future[DecodeResult] = Future()
         where = os.fspath(uri)
         if isinstance(uri, str) and "://" in uri:
-            where = _redact(uri)
-        return self._submit(
-            "uri", (os.fspath(uri), kwargs), None, future, limits.timeout, f"input {where:.200}"
-        )
+            where = redact(uri)
+        header = (os.fspath(uri), options, content_type, ca_file)
+        return self._submit("uri", header, None, future, limits.timeout, f"input {where:.200}")
 
     def decode_bytes(
-        self,
-        data: bytes | bytearray | memoryview,
-        content_type: str,
-        *,
-        size: int,
-        fit: Fit = "pad",
-        sampling: Sampling | None = None,
-        limits: Limits | None = None,
-        interpolation: Interpolation = "area",
-        threads: int | None = None,
+        self, data: bytes | bytearray | memoryview, content_type: str, options: DecodeOptions
     ) -> DecodeResult:
         """:meth:`submit_bytes`, waiting for the result (raises its typed error)."""
-        return self.submit_bytes(
-            data,
-            content_type,
-            size=size,
-            fit=fit,
-            sampling=sampling,
-            limits=limits,
-            interpolation=interpolation,
-            threads=threads,
-        ).result()
+        return self.submit_bytes(data, content_type, options).result()
 
     def decode_uri(
         self,
         uri: str | os.PathLike[str],
+        options: DecodeOptions,
         *,
-        size: int,
         content_type: str | None = None,
-        fit: Fit = "pad",
-        sampling: Sampling | None = None,
-        limits: Limits | None = None,
-        interpolation: Interpolation = "area",
-        threads: int | None = None,
         ca_file: str | None = None,
     ) -> DecodeResult:
         """:meth:`submit_uri`, waiting for the result (raises its typed error)."""
-        return self.submit_uri(
-            uri,
-            size=size,
-            content_type=content_type,
-            fit=fit,
-            sampling=sampling,
-            limits=limits,
-            interpolation=interpolation,
-            threads=threads,
-            ca_file=ca_file,
-        ).result()
+        return self.submit_uri(uri, options, content_type=content_type, ca_file=ca_file).result()
 
     def open_stream(
-        self,
-        stream_id: str,
-        codec: RawCodec,
-        *,
-        size: int,
-        fit: Fit = "pad",
-        sampling: Sampling | None = None,
-        limits: Limits | None = None,
-        fps: float | None = None,
-        interpolation: Interpolation = "area",
-        threads: int = 1,
+        self, stream_id: str, codec: RawCodec, options: DecodeOptions, *, fps: float | None = None
     ) -> Future[None]:
         """Start decoding a raw H.264 / HEVC byte stream in the child with the fewest streams.
 
-        Arguments as for :class:`pipeline.decode.RawStreamDecoder`. The returned future
-        completes when the child has the decoder; feeds may be queued before that."""
-        kwargs, limits = self._call_options(size, fit, sampling, limits, interpolation, threads)
+        Arguments as for :class:`pipeline.decode.RawStreamDecoder` (``options.threads`` None: 1
+        thread); ``options.limits`` None: the pool's. The returned future completes when the
+        child has the decoder; feeds may be queued before that."""
+        options, limits = self._call_options(options, threads=1)  # RawStreamDecoder's default
         if codec not in ("h264", "hevc"):
             raise ConfigError(f"raw stream codec must be 'h264' or 'hevc', not {codec!r}")
         if fps is not None and not (isinstance(fps, int | float) and 0 < fps <= 1000):
             raise ConfigError(f"fps must be a number in (0, 1000], not {fps!r}")
-        kwargs["fps"] = fps
         future: Future[None] = Future()
         with self._lock:
             self._check_open()
@@ -513,7 +268,7 @@ class DecodePool:
             slot.streams.add(stream_id)
             task = self._task(
                 "open",
-                (stream_id, codec, kwargs),
+                (stream_id, codec, options, fps),
                 None,
                 future,
                 limits.timeout,
@@ -552,26 +307,11 @@ class DecodePool:
     # ------------------------------------------------------------------ submission
 
     def _call_options(
-        self,
-        size: int,
-        fit: str,
-        sampling: Sampling | None,
-        limits: Limits | None,
-        interpolation: str,
-        threads: int | None,
-    ) -> tuple[dict[str, Any], Limits]:
-        limits = limits or self._limits
-        threads = self._threads if threads is None else threads
-        opts = _options(size, fit, sampling or Sampling(), limits, interpolation, threads)
-        kwargs: dict[str, Any] = {
-            "size": opts.size,
-            "fit": opts.fit,
-            "sampling": opts.sampling,
-            "limits": opts.limits,
-            "interpolation": opts.interpolation,
-            "threads": opts.threads,
-        }
-        return kwargs, limits
+        self, options: DecodeOptions, *, threads: int
+    ) -> tuple[DecodeOptions, Limits]:
+        """``options`` with the pool's limits and ``threads`` where unset, and those limits."""
+        resolved = DecodeOptions.check(options).resolve(limits=self._limits, threads=threads)
+        return resolved.as_options(), resolved.limits
 
     def _task(
         self,
@@ -659,7 +399,7 @@ class DecodePool:
     def _start(self, slot: _Slot) -> None:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=_child_main,
+            target=child_main,
             args=(child_end, self._limits.max_memory),
             name=f"clipguard-decode-{slot.number}",
             daemon=True,
@@ -787,12 +527,12 @@ class DecodePool:
             if message[0] == "ok":
                 _, task_id, meta, retiring = message
                 count, side = (len(meta[1]), meta[2]) if meta is not None else (0, 0)
-                buffer = _receive_pictures(slot.conn, count, side)
-                value: Any = _build(task.kind, meta, buffer)
+                buffer = receive_pictures(slot.conn, count, side)
+                value: Any = build_value(task.kind, meta, buffer)
                 ok = True
             else:
                 _, task_id, name, text, retiring = message
-                value = _ERRORS.get(name, DecodeCrash)(text)
+                value = error_from(name, text)
                 ok = False
         except (EOFError, OSError, ValueError):
             return  # died mid-reply: the sentinel reports it
@@ -877,16 +617,6 @@ class DecodePool:
             return
         if not (self._closing and self._idle()):
             self._start(slot)
-
-
-def _build(kind: str, meta: Any, buffer: bytearray) -> Any:
-    if kind == "open":
-        return None
-    info, metas, side = meta
-    frames = _unpack_frames(metas, side, buffer)
-    if info is None:
-        return frames
-    return DecodeResult(frames=tuple(frames), **info)
 
 
 def _resolve(resolved: list[_Resolution]) -> None:

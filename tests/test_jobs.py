@@ -31,8 +31,8 @@ from streaming import Record, read_topic, worker_thread
 
 from consumers.broker import EmbeddedBroker, default_topics
 from consumers.cli import main
+from consumers.cli.scan import EXIT_PARTIAL
 from consumers.jobs import job_options
-from consumers.scan import EXIT_PARTIAL
 from pipeline.compiler import PolicyCompiler
 from pipeline.decode_pool import DecodePool
 from pipeline.encoder import Encoder

@@ -33,7 +33,7 @@ from scanclips import showing as _showing
 from scanclips import write_clip as _write
 
 from consumers.cli import main
-from consumers.scan import EXIT_PARTIAL
+from consumers.cli.scan import EXIT_PARTIAL
 from pipeline.compiler import PolicyCompiler
 from pipeline.decode_pool import DecodePool
 from pipeline.encoder import Encoder
@@ -426,7 +426,7 @@ class _Elements(html.parser.HTMLParser):
 
 
 def test_exported_names() -> None:
-    import consumers.scan
+    import consumers.cli.scan
     import pipeline.scan
     import pipeline.scan.report
 
@@ -442,14 +442,14 @@ def test_exported_names() -> None:
         "file_sha256",
     }
     assert set(pipeline.scan.report.__all__) == {"SEVERITY_RANK", "render_report", "write_report"}
-    assert set(consumers.scan.__all__) == {
+    assert set(consumers.cli.scan.__all__) == {
         "EXIT_OK",
         "EXIT_PARTIAL",
         "EXIT_USAGE",
-        "add_scan_parser",
+        "add_parser",
         "run_scan",
     }
-    for module in (pipeline.scan, pipeline.scan.report, consumers.scan):
+    for module in (pipeline.scan, pipeline.scan.report, consumers.cli.scan):
         for name in module.__all__:
             assert hasattr(module, name), name
 

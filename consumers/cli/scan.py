@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from pipeline.sampling import Sampling
     from pipeline.scan import FileScan, ScanInput, ScanOptions
 
-__all__ = ["EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "add_scan_parser", "run_scan"]
+__all__ = ["EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "add_parser", "run_scan"]
 
 _log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ exit status:
 # --------------------------------------------------------------------------- parser
 
 
-def add_scan_parser(subparsers: Any) -> None:
+def add_parser(subparsers: Any) -> None:
     """Add ``clipguard scan``."""
     scan = subparsers.add_parser(
         "scan",

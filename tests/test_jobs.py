@@ -31,7 +31,7 @@ from streaming import Record, read_topic, worker_thread
 
 from consumers.broker import EmbeddedBroker, default_topics
 from consumers.cli import main
-from consumers.cli.scan import EXIT_PARTIAL
+from consumers.cli.common import EXIT_PARTIAL
 from consumers.jobs import job_options
 from pipeline.compiler import PolicyCompiler
 from pipeline.decode_pool import DecodePool

@@ -78,19 +78,27 @@ _Parent = argparse.ArgumentParser | argparse._ArgumentGroup
 
 
 def add_command(
-    subparsers: Any, name: str, *, help: str, description: str, epilog: str | None = None
+    subparsers: Any,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    epilog: str | None = None,
+    wrap: bool = True,
 ) -> argparse.ArgumentParser:
-    """A subcommand's parser: ``description`` wrapped for the help screen; an ``epilog`` (with
-    examples) is printed as it is written."""
+    """A subcommand's parser: ``description`` wrapped for the help screen (unless ``wrap`` is
+    false: then it is shown as written); an ``epilog`` (with examples) is shown as written."""
+    if wrap:
+        description = para(description)
     if epilog is None:
         parser: argparse.ArgumentParser = subparsers.add_parser(
-            name, help=help, description=para(description)
+            name, help=help, description=description
         )
     else:
         parser = subparsers.add_parser(
             name,
             help=help,
-            description=para(description),
+            description=description,
             epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )

@@ -38,7 +38,7 @@ The other end: :class:`JobClient` submits jobs (one :class:`~pipeline.events.Job
 under a fresh job id), follows ``clipguard.job-status`` until every job is done or failed, and
 collects the done jobs' records from the scores and flags topics, read from where they ended
 when the jobs were submitted to where they end once the last job finished (a job's records are
-acknowledged before its ``done``). ``clipguard scan --kafka`` is built on it.
+acknowledged before its ``done``). ``clipguard scan --bootstrap-servers`` is built on it.
 """
 
 from __future__ import annotations
@@ -576,7 +576,7 @@ class JobOutcome:
 
 class JobClient:
     """Submits scan jobs and follows them until each is done or failed: what
-    ``clipguard scan --kafka`` runs.
+    ``clipguard scan --bootstrap-servers`` runs.
 
     ``client_config`` is passed to kafka-python's clients (security settings, for example)."""
 

@@ -559,10 +559,11 @@ def _status(port: int, path: str) -> int:
 def test_cli_consume_prints_the_topics(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
     from consumers.cli import main
 
-    assert main(["consume", "clipguard.flags", "--bootstrap", run.bootstrap, "--idle", "1"]) == 0
+    kafka = ["--bootstrap-servers", run.bootstrap]
+    assert main(["consume", "clipguard.flags", *kafka, "--idle", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [FlagEvent.model_validate_json(x) for x in lines] == run.flags
-    assert main(["consume", "clipguard.dlq", "--bootstrap", run.bootstrap, "--headers"]) == 0
+    assert main(["consume", "clipguard.dlq", *kafka, "--headers"]) == 0
     letters = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(letters) == len(run.dlq) == 5
     assert all(x["at"].startswith("clipguard.dlq[0]@") for x in letters)
@@ -572,7 +573,7 @@ def test_cli_consume_prints_the_topics(run: Run, capsys: pytest.CaptureFixture[s
         "HeaderError",
     }
     assert letters[0]["value"].endswith(" bytes>")  # binary values by their size
-    assert main(["consume", "no.such.topic", "--bootstrap", run.bootstrap]) == 1
+    assert main(["consume", "no.such.topic", *kafka]) == 1
     assert "no topic 'no.such.topic'" in capsys.readouterr().err
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "FIT_CHOICES",
     "PROG",
     "Command",
+    "add_bootstrap_servers",
     "add_command",
     "add_fit_option",
     "add_group",
@@ -142,6 +143,30 @@ def exit_status(code: object) -> int:
 
 
 # --- options several commands take -----------------------------------------------------------
+
+
+def add_bootstrap_servers(
+    parser: _Parent,
+    *,
+    help: str,
+    metavar: str,
+    default: str | None = None,
+    old_spellings: Sequence[str] = (),
+) -> None:
+    """``--bootstrap-servers``, the Kafka address of every command that talks to Kafka, parsed
+    into ``args.bootstrap_servers``. ``old_spellings`` (``--bootstrap``, ``--kafka``) still
+    work and are not shown in the help."""
+    parser.add_argument(
+        "--bootstrap-servers", default=default, metavar=metavar, help=help, dest="bootstrap_servers"
+    )
+    for spelling in old_spellings:
+        parser.add_argument(
+            spelling,
+            dest="bootstrap_servers",
+            default=argparse.SUPPRESS,  # --bootstrap-servers's default stands
+            metavar=metavar,
+            help=argparse.SUPPRESS,
+        )
 
 
 def add_model_option(parser: _Parent, *, help: str, default: str | None = None) -> None:

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from consumers.argtypes import positive_float, positive_int
-from consumers.cli.common import DEFAULT_BOOTSTRAP, add_command, quiet_kafka
+from consumers.cli.common import DEFAULT_BOOTSTRAP, add_bootstrap_servers, add_command, quiet_kafka
 from pipeline.errors import ClipguardError
 
 __all__ = ["add_parser"]
@@ -34,11 +34,12 @@ def add_parser(subparsers: Any) -> None:
         epilog=_EPILOG,
     )
     consume.add_argument("topic", metavar="TOPIC")
-    consume.add_argument(
-        "--bootstrap",
+    add_bootstrap_servers(
+        consume,
         default=DEFAULT_BOOTSTRAP,
         metavar="HOST:PORT",
         help="Kafka bootstrap servers (default: %(default)s)",
+        old_spellings=("--bootstrap",),
     )
     consume.add_argument("--limit", type=positive_int, metavar="N", help="stop after N records")
     consume.add_argument(
@@ -66,17 +67,17 @@ def _run(args: argparse.Namespace) -> int:
     quiet_kafka(args.log_level)
     try:
         consumer = KafkaConsumer(
-            bootstrap_servers=args.bootstrap,
+            bootstrap_servers=args.bootstrap_servers,
             enable_auto_commit=False,
             request_timeout_ms=10_000,
             bootstrap_timeout_ms=10_000,
         )
     except KafkaError as e:
-        raise ClipguardError(f"cannot connect to Kafka at {args.bootstrap}: {e}") from e
+        raise ClipguardError(f"cannot connect to Kafka at {args.bootstrap_servers}: {e}") from e
     try:
         parts = consumer.partitions_for_topic(args.topic)
         if not parts:
-            raise ClipguardError(f"no topic {args.topic!r} on {args.bootstrap}")
+            raise ClipguardError(f"no topic {args.topic!r} on {args.bootstrap_servers}")
         tps = [TopicPartition(args.topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)

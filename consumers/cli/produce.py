@@ -7,7 +7,13 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from consumers.argtypes import positive_float, positive_int
-from consumers.cli.common import DEFAULT_BOOTSTRAP, add_command, plural, quiet_kafka
+from consumers.cli.common import (
+    DEFAULT_BOOTSTRAP,
+    add_bootstrap_servers,
+    add_command,
+    plural,
+    quiet_kafka,
+)
 
 if TYPE_CHECKING:
     from consumers.produce import RawChunk, Segment
@@ -18,7 +24,7 @@ _EPILOG = """\
 examples:
   clipguard produce clip.mp4 --stream-id cam1
   clipguard produce clip.mp4 --stream-id cam1 --realtime --segment-seconds 4
-  clipguard produce clip.ts --stream-id cam2 --bootstrap kafka:9092
+  clipguard produce clip.ts --stream-id cam2 --bootstrap-servers kafka:9092
 
 Each record: key = stream id, value = one MPEG-TS segment starting at a keyframe, headers
 content-type (video/mp2t), stream-id, seq (0, 1, 2, ...) and start-ts (seconds).
@@ -39,11 +45,12 @@ def add_parser(subparsers: Any) -> None:
     add = produce.add_argument
     add("file", metavar="FILE", help="a video file (mp4, mkv, ts, webm, ...)")
     add("--stream-id", required=True, metavar="ID", help="the record key")
-    add(
-        "--bootstrap",
+    add_bootstrap_servers(
+        produce,
         default=DEFAULT_BOOTSTRAP,
         metavar="HOST:PORT",
         help="Kafka bootstrap servers (default: %(default)s)",
+        old_spellings=("--bootstrap",),
     )
     add("--topic", default="clipguard.segments", help="topic to send to (default: %(default)s)")
     add(
@@ -89,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{_describe(segment)}  -> {args.topic}[{partition}]@{offset}", flush=True)
 
     count = produce_file(
-        args.bootstrap,
+        args.bootstrap_servers,
         args.file,
         stream_id=args.stream_id,
         topic=args.topic,

@@ -1,5 +1,5 @@
 """``clipguard scan``: moderate stored video (files, folders, URLs) on this machine, or with
-``--kafka BOOTSTRAP`` as scan jobs on the worker fleet.
+``--bootstrap-servers`` (formerly ``--kafka``) as scan jobs on the worker fleet.
 
 :func:`add_parser` adds the subcommand to the ``clipguard`` parser; :func:`run_scan` runs it.
 The scanning itself is :class:`pipeline.scan.Scanner`, and what a scan writes (scores, flags,
@@ -7,9 +7,9 @@ summary, report, thumbnails, the keys that let a rerun resume) is
 :mod:`pipeline.scan.outputs`; this module adds what a command needs around them: defaults,
 progress, the exit status, and the Kafka mode.
 
-With ``--kafka BOOTSTRAP`` the inputs are scanned by the worker fleet instead, as scan jobs
-(:mod:`consumers.jobs`): one job per input, its path made absolute (the workers read it at the
-same path, or fetch the URL), followed on ``clipguard.job-status`` until each is done or
+With ``--bootstrap-servers HOST:PORT`` the inputs are scanned by the worker fleet instead, as
+scan jobs (:mod:`consumers.jobs`): one job per input, its path made absolute (the workers read it
+at the same path, or fetch the URL), followed on ``clipguard.job-status`` until each is done or
 failed; then the jobs' records are read back from the scores and flags topics and the same
 files are written (the incidents' peak frames stay on the workers: the report shows none). The
 workers' model and policies scan; ``--policies`` only names the files that describe them in
@@ -37,6 +37,7 @@ from consumers.cli.common import (
     EXIT_PARTIAL,
     EXIT_USAGE,
     PROG,
+    add_bootstrap_servers,
     add_command,
     add_fit_option,
     add_model_option,
@@ -64,9 +65,9 @@ _RUNNING_EVERY_S: Final = 5.0  # at most one progress line this often for runnin
 
 _DESCRIPTION = (
     "Decode, sample and score stored video with a CLIP model against moderation\n"
-    "policies, on this machine (or with --kafka as jobs on the worker fleet). Writes\n"
-    "scores.jsonl and flags.jsonl (the records of the clipguard.scores and\n"
-    "clipguard.flags topics), summary.json and report.html. A bad input never stops\n"
+    "policies, on this machine (or with --bootstrap-servers as jobs on the worker\n"
+    "fleet). Writes scores.jsonl and flags.jsonl (the records of the clipguard.scores\n"
+    "and clipguard.flags topics), summary.json and report.html. A bad input never stops\n"
     "the scan. A rerun into the same --out skips inputs already scanned with the same\n"
     "content, model, policies and sampling."
 )
@@ -82,7 +83,8 @@ examples:
   clipguard scan uploads/ --model ViT-B/32 --policies policies/ --out scan-2026-11
   clipguard scan urls.txt --keyframes --fit tiles
   clipguard scan uploads/ --out scan-2026-11       again: scans only new or changed files
-  clipguard scan --kafka kafka:9092 /mnt/uploads/   as jobs on the worker fleet (paths the
+  clipguard scan --bootstrap-servers kafka:9092 /mnt/uploads/
+                                                   as jobs on the worker fleet (paths the
                                                    workers can read, or URLs)
 
 output (in --out): scores.jsonl, flags.jsonl, summary.json, report.html, thumbnails/
@@ -164,14 +166,15 @@ def add_parser(subparsers: Any) -> None:
         type=positive_float,
         default=600.0,
         metavar="S",
-        help="wall-clock seconds to decode one input (default: %(default)s); with --kafka: "
-        "stop following the jobs when none has reported for S seconds",
+        help="wall-clock seconds to decode one input (default: %(default)s); on the worker "
+        "fleet: stop following the jobs when none has reported for S seconds",
     )
-    add(
-        "--kafka",
+    add_bootstrap_servers(
+        scan,
         metavar="BOOTSTRAP",
         help="scan on the worker fleet: submit one job per input to clipguard.jobs on these "
         "brokers (host:port[,...]) and follow them (the workers' model and policies scan)",
+        old_spellings=("--kafka",),
     )
     scan.set_defaults(func=run_scan)
 
@@ -191,7 +194,7 @@ def run_scan(args: argparse.Namespace) -> int:
     inputs = discover(args.paths)
     if not inputs:
         raise ConfigError(f"no video files found in {', '.join(args.paths)}")
-    if args.kafka:
+    if args.bootstrap_servers:
         return _run_jobs(args, inputs)
     return _scan_here(args, inputs, options)
 
@@ -384,14 +387,15 @@ def _default_policies(demo: bool) -> Path:
 
 
 def _run_jobs(args: argparse.Namespace, inputs: Sequence[ScanInput]) -> int:
-    """``clipguard scan --kafka``: the inputs as scan jobs on the worker fleet."""
+    """``clipguard scan --bootstrap-servers``: the inputs as scan jobs on the worker fleet."""
     from consumers.jobs import job_options
     from pipeline.events import JobRequest
     from pipeline.scan.outputs import ScanFolder
 
     if args.model:
         print(
-            f"{PROG} scan: error: --model cannot be used with --kafka (the workers' model scans)",
+            f"{PROG} scan: error: --model cannot be used with --bootstrap-servers (the workers' "
+            "model scans)",
             file=sys.stderr,
         )
         return EXIT_USAGE
@@ -459,10 +463,13 @@ def _follow_jobs(args: argparse.Namespace, requests: Sequence[Any]) -> list[JobO
         if not requests:
             return []
         print(
-            f"scan: {len(requests)} jobs to {args.kafka}; following clipguard.job-status",
+            f"scan: {len(requests)} jobs to {args.bootstrap_servers}; following "
+            "clipguard.job-status",
             file=sys.stderr,
         )
-        return JobClient(args.kafka).run(requests, timeout=args.timeout, on_status=on_status)
+        return JobClient(args.bootstrap_servers).run(
+            requests, timeout=args.timeout, on_status=on_status
+        )
 
 
 def _write_jobs(

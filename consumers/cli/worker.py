@@ -12,6 +12,7 @@ from consumers.argtypes import port, positive_float, positive_int
 from consumers.cli.common import (
     EXIT_USAGE,
     PROG,
+    add_bootstrap_servers,
     add_command,
     add_fit_option,
     add_model_option,
@@ -80,7 +81,7 @@ def add_parser(subparsers: Any) -> None:
     )
     add = worker.add_argument
     add("--config", metavar="FILE", help="settings file, YAML or TOML")
-    add("--bootstrap-servers", metavar="HOST:PORT[,...]", help="Kafka brokers")
+    add_bootstrap_servers(worker, metavar="HOST:PORT[,...]", help="Kafka brokers")
     add("--group-id", metavar="ID", help="consumer group")
     add_model_option(worker, help="CLIP model (default: clipguard-demo)")
     add_policies_option(worker, repeatable=False, help="policy files or folders")

@@ -14,6 +14,7 @@ MPEG-TS segments do not start at timestamp 0 (the muxer adds a delay): a frame's
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,14 @@ from typing import Any, Final
 
 import av
 
+from consumers.worker.segments import (
+    CONTENT_TYPE_HEADER,
+    END_HEADER,
+    FPS_HEADER,
+    SEQ_HEADER,
+    START_TS_HEADER,
+    STREAM_ID_HEADER,
+)
 from pipeline.errors import (
     ClipguardError,
     ConfigError,
@@ -268,10 +277,10 @@ def _segment_records(segments: Iterator[Segment], key: bytes) -> Iterator[_Recor
             segment.start_ts,
             segment.data,
             [
-                ("content-type", CONTENT_TYPE.encode()),
-                ("stream-id", key),
-                ("seq", str(segment.seq).encode()),
-                ("start-ts", repr(segment.start_ts).encode()),
+                (CONTENT_TYPE_HEADER, CONTENT_TYPE.encode()),
+                (STREAM_ID_HEADER, key),
+                (SEQ_HEADER, str(segment.seq).encode()),
+                (START_TS_HEADER, repr(segment.start_ts).encode()),
             ],
             segment,
         )
@@ -284,14 +293,14 @@ def _raw_records(path: Path, chunk_bytes: int, key: bytes) -> Iterator[_Record]:
         rate = stream.average_rate
     for chunk in raw_chunks(path, chunk_bytes=chunk_bytes):
         headers = [
-            ("content-type", content_type.encode()),
-            ("stream-id", key),
-            ("seq", str(chunk.seq).encode()),
+            (CONTENT_TYPE_HEADER, content_type.encode()),
+            (STREAM_ID_HEADER, key),
+            (SEQ_HEADER, str(chunk.seq).encode()),
         ]
         if chunk.seq == 0:
-            headers.append(("start-ts", b"0.0"))
+            headers.append((START_TS_HEADER, b"0.0"))
         if rate:
-            headers.append(("fps", repr(float(rate)).encode()))
+            headers.append((FPS_HEADER, repr(float(rate)).encode()))
         yield _Record(chunk.seq, chunk.at, chunk.data, headers, chunk)
 
 
@@ -351,39 +360,65 @@ def produce_file(
         )
     except KafkaError as e:
         raise ProduceError(f"cannot connect to the broker at {bootstrap}: {e}") from e
-    sent = 0
     try:
-        started = time.monotonic()
-        pending: list[tuple[_Record, Any]] = []
-        upcoming: _Record | None = first
-        while upcoming is not None:
-            record = upcoming
-            upcoming = next(records, None)
-            if len(record.data) > max_segment_bytes:
-                raise SegmentTooLarge(
-                    f"{path}: segment {record.seq} (at {record.at:.3f} s) is "
-                    f"{len(record.data)} bytes, over the limit of {max_segment_bytes}: use "
-                    "shorter segments (--segment-seconds) or raise the limit (and the broker's "
-                    "message.max.bytes on Apache Kafka)"
-                )
-            if realtime:
-                delay = started + record.at - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            headers = list(record.headers)
-            if upcoming is None and end_stream:
-                headers.append(("stream-end", b"1"))
-            future = producer.send(topic, key=key, value=record.data, headers=headers)
-            pending.append((record, future))
-            if realtime:  # a live source: each segment acknowledged before the next is cut
-                sent += _await(pending, topic, on_sent)
-        producer.flush(timeout=_SEND_TIMEOUT)
-        sent += _await(pending, topic, on_sent)
+        return _send_all(
+            producer,
+            topic,
+            key,
+            itertools.chain([first], records),
+            limit=max_segment_bytes,
+            path=path,
+            realtime=realtime,
+            end_stream=end_stream,
+            on_sent=on_sent,
+        )
     except KafkaError as e:
         raise ProduceError(f"producing {path} to {topic} on {bootstrap} failed: {e}") from e
     finally:
         producer.close(timeout=_SEND_TIMEOUT)
-    return sent
+
+
+def _send_all(
+    producer: Any,
+    topic: str,
+    key: bytes,
+    records: Iterator[_Record],
+    *,
+    limit: int,
+    path: str | Path,
+    realtime: bool,
+    end_stream: bool,
+    on_sent: OnSent | None,
+) -> int:
+    """Send every record (the last marked as the stream's end if ``end_stream``), paced as a
+    live source when ``realtime``; the number acknowledged. :class:`SegmentTooLarge` at the
+    first record over ``limit`` bytes (those before it are sent)."""
+    sent = 0
+    started = time.monotonic()
+    pending: list[tuple[_Record, Any]] = []
+    upcoming = next(records, None)
+    while upcoming is not None:
+        record = upcoming
+        if len(record.data) > limit:
+            raise SegmentTooLarge(
+                f"{path}: segment {record.seq} (at {record.at:.3f} s) is {len(record.data)} "
+                f"bytes, over the limit of {limit}: use shorter segments (--segment-seconds) "
+                "or raise the limit (and the broker's message.max.bytes on Apache Kafka)"
+            )
+        upcoming = next(records, None)
+        if realtime:
+            delay = started + record.at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        headers = list(record.headers)
+        if upcoming is None and end_stream:
+            headers.append((END_HEADER, b"1"))
+        future = producer.send(topic, key=key, value=record.data, headers=headers)
+        pending.append((record, future))
+        if realtime:  # a live source: each segment acknowledged before the next is cut
+            sent += _await(pending, topic, on_sent)
+    producer.flush(timeout=_SEND_TIMEOUT)
+    return sent + _await(pending, topic, on_sent)
 
 
 def _await(pending: list[tuple[_Record, Any]], topic: str, on_sent: OnSent | None) -> int:

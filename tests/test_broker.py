@@ -217,12 +217,32 @@ def test_cli_produce(
     from consumers.cli import main
 
     status = main(
-        ["produce", str(video), "--stream-id", "cam-cli", "--bootstrap", broker.bootstrap]
+        ["produce", str(video), "--stream-id", "cam-cli", "--bootstrap-servers", broker.bootstrap]
     )
     out = capsys.readouterr().out
     assert status == 0, out
     assert "produced 3 segments" in out
     assert out.count("-> clipguard.segments[") == 3
+
+
+def test_cli_former_spellings_of_the_kafka_address(
+    broker: EmbeddedBroker, video: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--bootstrap`` (now ``--bootstrap-servers``) still reaches the broker, both ways."""
+    import json
+
+    from consumers.cli import main
+
+    broker.create_topics({"cli.former-spelling": 1}, timeout=DEADLINE)
+    argv = ["produce", str(video), "--stream-id", "cam-old", "--topic", "cli.former-spelling"]
+    assert main([*argv, "--bootstrap", broker.bootstrap]) == 0
+    assert "produced 3 segments" in capsys.readouterr().out
+    argv = ["consume", "cli.former-spelling", "--headers", "--idle", "1"]
+    assert main([*argv, "--bootstrap", broker.bootstrap]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["at"] for x in lines] == [f"cli.former-spelling[0]@{i}" for i in range(3)]
+    assert {x["key"] for x in lines} == {"cam-old"}
+    assert [x["headers"]["seq"] for x in lines] == ["0", "1", "2"]
 
 
 def test_cli_broker_stops_on_sigterm() -> None:

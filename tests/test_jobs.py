@@ -6,8 +6,8 @@ red triangle, the word SPAM, a clean clip, a corrupt file and an audio-only file
 jobs (plus two malformed jobs) to a worker; then a job whose HTTP server holds back its answer
 while that worker stops (the job is abandoned, uncommitted) and a second worker of the same
 group starts (it runs that job, and none of the first ones again); then ``clipguard scan
---kafka`` on the folder with the second worker. The tests compare what was published with a
-local scan of the same folder.
+--bootstrap-servers`` on the folder with the second worker. The tests compare what was
+published with a local scan of the same folder.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from streaming import Record, read_topic, worker_thread
 
 from consumers.broker import EmbeddedBroker, default_topics
 from consumers.cli import main
+from consumers.cli.common import EXIT_PARTIAL
 from consumers.jobs import job_options
-from consumers.scan import EXIT_PARTIAL
 from pipeline.decode import DecodePool
 from pipeline.encoder import Encoder
 from pipeline.events import FlagEvent, JobRequest, JobStatus, ScoreRecord
@@ -235,7 +235,7 @@ def run(library: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run
                 r.cli_code = main(
                     [
                         "scan",
-                        "--kafka",
+                        "--bootstrap-servers",
                         broker.bootstrap,
                         str(library),
                         "--out",
@@ -365,7 +365,7 @@ def test_jobs_are_committed_and_a_second_worker_does_not_redo_them(run: Run) -> 
 
 
 # --------------------------------------------------------------------------------------------
-# clipguard scan --kafka
+# clipguard scan --bootstrap-servers
 
 
 def test_scan_kafka_writes_what_a_local_scan_writes(

@@ -33,7 +33,7 @@ from scanclips import showing as _showing
 from scanclips import write_clip as _write
 
 from consumers.cli import main
-from consumers.scan import EXIT_PARTIAL
+from consumers.cli.common import EXIT_PARTIAL
 from pipeline.decode import DecodePool
 from pipeline.encoder import Encoder
 from pipeline.events import FlagEvent, ScoreRecord
@@ -438,8 +438,11 @@ class _Elements(html.parser.HTMLParser):
 
 
 def test_exported_names() -> None:
-    import consumers.scan
+    import consumers.cli
+    import consumers.cli.common
+    import consumers.cli.scan
     import pipeline.scan
+    import pipeline.scan.outputs
     import pipeline.scan.report
 
     assert set(pipeline.scan.__all__) == {
@@ -454,14 +457,31 @@ def test_exported_names() -> None:
         "file_sha256",
     }
     assert set(pipeline.scan.report.__all__) == {"SEVERITY_RANK", "render_report", "write_report"}
-    assert set(consumers.scan.__all__) == {
-        "EXIT_OK",
-        "EXIT_PARTIAL",
-        "EXIT_USAGE",
-        "add_scan_parser",
-        "run_scan",
+    assert set(pipeline.scan.outputs.__all__) == {
+        "STATE_DIR",
+        "SUMMARY_FORMAT",
+        "ScanFolder",
+        "ScanPlan",
+        "describe_policies",
+        "failed_entry",
+        "plan_scan",
+        "resume_key",
+        "scan_entry",
+        "summarize",
+        "write_outputs",
     }
-    for module in (pipeline.scan, pipeline.scan.report, consumers.scan):
+    assert set(consumers.cli.__all__) == {"build_parser", "main"}
+    assert set(consumers.cli.scan.__all__) == {"add_parser", "run_scan"}
+    assert {"EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE"} <= set(consumers.cli.common.__all__)
+    modules = (
+        pipeline.scan,
+        pipeline.scan.report,
+        pipeline.scan.outputs,
+        consumers.cli,
+        consumers.cli.common,
+        consumers.cli.scan,
+    )
+    for module in modules:
         for name in module.__all__:
             assert hasattr(module, name), name
 

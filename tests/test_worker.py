@@ -305,7 +305,7 @@ def test_policy_edit_takes_effect_and_a_broken_edit_does_not_stop_the_worker(
                 )
             )
             wait_for(
-                lambda: worker.store.policies.get("red-triangle").policy.version == 2, 30, "reload"
+                lambda: worker.store.current.get("red-triangle").policy.version == 2, 30, "reload"
             )
             sent += produce_file(broker.bootstrap, video, stream_id="after")
             wait_for(lambda: worker.segments_done >= sent, 60, "second stream")
@@ -507,9 +507,9 @@ def _owned(log: str) -> set[int]:
     """The partitions a worker owns now, from its 'assigned'/'revoked' log lines."""
     owned: set[int] = set()
     for line in log.splitlines():
-        if "consumers.worker: assigned " in line:
+        if "consumers.worker.worker: assigned " in line:
             owned |= {int(p) for p in _partitions(line)}
-        elif "consumers.worker: revoked " in line or "consumers.worker: lost " in line:
+        elif any(f"consumers.worker.worker: {what} " in line for what in ("revoked", "lost")):
             owned -= {int(p) for p in _partitions(line)}
     return owned
 
@@ -559,10 +559,11 @@ def _status(port: int, path: str) -> int:
 def test_cli_consume_prints_the_topics(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
     from consumers.cli import main
 
-    assert main(["consume", "clipguard.flags", "--bootstrap", run.bootstrap, "--idle", "1"]) == 0
+    kafka = ["--bootstrap-servers", run.bootstrap]
+    assert main(["consume", "clipguard.flags", *kafka, "--idle", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [FlagEvent.model_validate_json(x) for x in lines] == run.flags
-    assert main(["consume", "clipguard.dlq", "--bootstrap", run.bootstrap, "--headers"]) == 0
+    assert main(["consume", "clipguard.dlq", *kafka, "--headers"]) == 0
     letters = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(letters) == len(run.dlq) == 5
     assert all(x["at"].startswith("clipguard.dlq[0]@") for x in letters)
@@ -572,7 +573,7 @@ def test_cli_consume_prints_the_topics(run: Run, capsys: pytest.CaptureFixture[s
         "HeaderError",
     }
     assert letters[0]["value"].endswith(" bytes>")  # binary values by their size
-    assert main(["consume", "no.such.topic", "--bootstrap", run.bootstrap]) == 1
+    assert main(["consume", "no.such.topic", *kafka]) == 1
     assert "no topic 'no.such.topic'" in capsys.readouterr().err
 
 
@@ -683,7 +684,7 @@ def test_an_idle_stream_closes_its_incident_and_is_forgotten(segments: list[Segm
                 published = [FlagEvent.model_validate(r.json()) for r in flags.records()]
             finally:
                 flags.close()
-            assert not any(key[1] == "cam-quiet" for key in worker._streams)
+            assert not any(s.stream_id == "cam-quiet" for s in worker.streams)
             assert worker.segments_done == 3  # the close is no segment
         state = read_topic(broker.bootstrap, "clipguard.state")
     assert [f.state for f in published] == ["open", "closed"]
@@ -725,7 +726,7 @@ def test_a_partition_revoked_and_given_back_loses_nothing(segments: list[Segment
         thread.start()
         try:
             wait_for(lambda: one.segments_done >= 2, 60, "the first worker to be busy")
-            assert one._inflight() > 0  # work in flight when the group rebalances
+            assert one.in_flight > 0  # work in flight when the group rebalances
             with worker_thread(streaming.settings(b, **opts)) as two:
                 read_topic(
                     b,

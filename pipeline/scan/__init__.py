@@ -1,7 +1,8 @@
-"""Batch scanning of stored video: inputs, the scanner, and its HTML report.
+"""Batch scanning of stored video: inputs, the scanner, its output folder and HTML report.
 
 - :mod:`pipeline.scan.inputs`: command-line arguments to inputs (files, folders, URLs, lists);
 - :mod:`pipeline.scan.scanner`: decode, encode and judge every input, overlapped;
+- :mod:`pipeline.scan.outputs`: the output folder (records, summary, thumbnails) and resuming;
 - :mod:`pipeline.scan.report`: the self-contained HTML report of a scan.
 """
 

@@ -423,73 +423,88 @@ def _timeline(
     for lane, key in enumerate(keys):
         y0 = _TOP + lane * (_LANE + _GAP)
         rule = rules.get(key, _Rule(None, None, None))
-        points = _downsample(sorted(series[key].items()))
-        values = [v for _, v in points]
-        lo = min([0.0, *values] + ([rule.threshold] if rule.threshold is not None else []))
-        hi = max([lo + 0.1, *values] + ([rule.threshold] if rule.threshold is not None else []))
-        pad = (hi - lo) * 0.08
-        lo, hi = lo - pad, hi + pad
-
-        def y(v: float, y0: float = y0, lo: float = lo, hi: float = hi) -> float:
-            return y0 + _LANE * (1.0 - (v - lo) / (hi - lo))
-
-        policy, _, label = key.partition("/")
-        out.append(
-            f'<g class="lane" data-label="{_e(key)}">'
-            f'<rect class="lane-bg" x="{_LEFT}" y="{y0}" width="{plot_w}" height="{_LANE}" '
-            'fill="#f3f5f9" stroke="#dfe3ea"/>'
-            f'<text x="{_LEFT - 8}" y="{y0 + 18}" text-anchor="end" font-size="13" '
-            f'font-weight="600" fill="#1d2330">{_e(label)}</text>'
-            f'<text x="{_LEFT - 8}" y="{y0 + 34}" text-anchor="end" font-size="11" '
-            f'fill="#5a6373">{_e(policy)}</text>'
-        )
-        for flag in flags:
-            if f"{flag['policy']}/{flag['label']}" != key:
-                continue
-            start = float(flag["start_ts"])
-            end_ts = flag.get("end_ts")
-            end = start if end_ts is None else float(end_ts)
-            left, right = x(start), x(end)
-            if right - left < 3:
-                left, right = (left + right) / 2 - 1.5, (left + right) / 2 + 1.5
-            colour = _SEVERITY_COLOUR.get(str(flag.get("severity")), "#d62020")
-            out.append(
-                f'<rect class="flag-span" x="{left:.1f}" y="{y0}" width="{right - left:.1f}" '
-                f'height="{_LANE}" fill="{colour}" fill-opacity="0.32">'
-                f"<title>{_e(key)} flagged {_clock(start)}{_DASH}{_clock(end)}, peak "
-                f"{float(flag['peak_score']):.3f} at {_clock(float(flag['peak_ts']))}"
-                "</title></rect>"
-            )
-        if rule.threshold is not None:
-            ty = y(rule.threshold)
-            out.append(
-                f'<line class="threshold-line" x1="{_LEFT}" x2="{_LEFT + plot_w}" y1="{ty:.1f}" '
-                f'y2="{ty:.1f}" stroke="#b01c1c" stroke-width="1.2" stroke-dasharray="5 4">'
-                f"<title>threshold {rule.threshold:g}</title></line>"
-                f'<text x="{_LEFT + plot_w + 4}" y="{ty + 4:.1f}" font-size="11" '
-                f'fill="#b01c1c">{rule.threshold:g}</text>'
-            )
-        else:
-            rule_name = "probability" if rule.probability is not None else "no"
-            out.append(
-                f'<text x="{_LEFT + plot_w + 4}" y="{y0 + 26}" font-size="10" '
-                f'fill="#5a6373">{rule_name} rule</text>'
-            )
-        coords = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in points)
-        if len(points) == 1:
-            t, v = points[0]
-            out.append(
-                f'<circle class="score-point" cx="{x(t):.1f}" cy="{y(v):.1f}" r="2.5" '
-                'fill="#1f5fbf"/>'
-            )
-        out.append(
-            f'<polyline class="score-line" points="{coords}" fill="none" stroke="#1f5fbf" '
-            f'stroke-width="1.6" stroke-linejoin="round"><title>{_e(key)} score</title>'
-            "</polyline></g>"
-        )
+        out.append(_lane(key, y0, rule, sorted(series[key].items()), flags, x))
     out.append(_axis(span, x, _TOP + len(keys) * (_LANE + _GAP)))
     out.append("</svg>")
     return "".join(out)
+
+
+def _lane(
+    key: str,
+    y0: float,
+    rule: _Rule,
+    series: list[tuple[float, float]],
+    flags: list[Mapping[str, Any]],
+    x: Callable[[float], float],
+) -> str:
+    """One label's lane: its flagged spans shaded, its threshold, and its score line."""
+    plot_w = _WIDTH - _LEFT - _RIGHT
+    points = _downsample(series)
+    values = [v for _, v in points]
+    lo = min([0.0, *values] + ([rule.threshold] if rule.threshold is not None else []))
+    hi = max([lo + 0.1, *values] + ([rule.threshold] if rule.threshold is not None else []))
+    pad = (hi - lo) * 0.08
+    lo, hi = lo - pad, hi + pad
+
+    def y(v: float) -> float:
+        return y0 + _LANE * (1.0 - (v - lo) / (hi - lo))
+
+    policy, _, label = key.partition("/")
+    out = [
+        f'<g class="lane" data-label="{_e(key)}">'
+        f'<rect class="lane-bg" x="{_LEFT}" y="{y0}" width="{plot_w}" height="{_LANE}" '
+        'fill="#f3f5f9" stroke="#dfe3ea"/>'
+        f'<text x="{_LEFT - 8}" y="{y0 + 18}" text-anchor="end" font-size="13" '
+        f'font-weight="600" fill="#1d2330">{_e(label)}</text>'
+        f'<text x="{_LEFT - 8}" y="{y0 + 34}" text-anchor="end" font-size="11" '
+        f'fill="#5a6373">{_e(policy)}</text>'
+    ]
+    out += [_span(key, flag, y0, x) for flag in flags if f"{flag['policy']}/{flag['label']}" == key]
+    if rule.threshold is not None:
+        ty = y(rule.threshold)
+        out.append(
+            f'<line class="threshold-line" x1="{_LEFT}" x2="{_LEFT + plot_w}" y1="{ty:.1f}" '
+            f'y2="{ty:.1f}" stroke="#b01c1c" stroke-width="1.2" stroke-dasharray="5 4">'
+            f"<title>threshold {rule.threshold:g}</title></line>"
+            f'<text x="{_LEFT + plot_w + 4}" y="{ty + 4:.1f}" font-size="11" '
+            f'fill="#b01c1c">{rule.threshold:g}</text>'
+        )
+    else:
+        rule_name = "probability" if rule.probability is not None else "no"
+        out.append(
+            f'<text x="{_LEFT + plot_w + 4}" y="{y0 + 26}" font-size="10" '
+            f'fill="#5a6373">{rule_name} rule</text>'
+        )
+    coords = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in points)
+    if len(points) == 1:
+        t, v = points[0]
+        out.append(
+            f'<circle class="score-point" cx="{x(t):.1f}" cy="{y(v):.1f}" r="2.5" fill="#1f5fbf"/>'
+        )
+    out.append(
+        f'<polyline class="score-line" points="{coords}" fill="none" stroke="#1f5fbf" '
+        f'stroke-width="1.6" stroke-linejoin="round"><title>{_e(key)} score</title>'
+        "</polyline></g>"
+    )
+    return "".join(out)
+
+
+def _span(key: str, flag: Mapping[str, Any], y0: float, x: Callable[[float], float]) -> str:
+    """An incident's span, shaded in its severity's colour."""
+    start = float(flag["start_ts"])
+    end_ts = flag.get("end_ts")
+    end = start if end_ts is None else float(end_ts)
+    left, right = x(start), x(end)
+    if right - left < 3:
+        left, right = (left + right) / 2 - 1.5, (left + right) / 2 + 1.5
+    colour = _SEVERITY_COLOUR.get(str(flag.get("severity")), "#d62020")
+    return (
+        f'<rect class="flag-span" x="{left:.1f}" y="{y0}" width="{right - left:.1f}" '
+        f'height="{_LANE}" fill="{colour}" fill-opacity="0.32">'
+        f"<title>{_e(key)} flagged {_clock(start)}{_DASH}{_clock(end)}, peak "
+        f"{float(flag['peak_score']):.3f} at {_clock(float(flag['peak_ts']))}"
+        "</title></rect>"
+    )
 
 
 def _axis(span: float, x: Callable[[float], float], top: float) -> str:

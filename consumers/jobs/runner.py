@@ -34,11 +34,7 @@ the same flag event ids). A job whose partition is revoked by a rebalance and gi
 member is abandoned the same way. Jobs use the decode limits of ``clipguard scan`` (an input
 of up to 2 GiB and one hour, 600 s to decode it) with the worker's ``decode.max_memory_bytes``.
 
-The other end: :class:`JobClient` submits jobs (one :class:`~pipeline.events.JobRequest` each,
-under a fresh job id), follows ``clipguard.job-status`` until every job is done or failed, and
-collects the done jobs' records from the scores and flags topics, read from where they ended
-when the jobs were submitted to where they end once the last job finished (a job's records are
-acknowledged before its ``done``). ``clipguard scan --kafka`` is built on it.
+The other end (submitting jobs and following them) is :mod:`consumers.jobs.client`.
 """
 
 from __future__ import annotations
@@ -51,17 +47,19 @@ import queue
 import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
 from consumers.rebalance import reporting_listener
-from consumers.settings import TopicNames, WorkerSettings
+from consumers.settings import WorkerSettings
+from consumers.worker.outbox import Acked, Outbox, Output
 from pipeline.decode import DecodePool, DecodeResult, Limits, Sampling
 from pipeline.encoder import Encoder
 from pipeline.errors import ClipguardError, DecodeCrash, DecodeError, DecodeTimeout
@@ -71,9 +69,6 @@ from pipeline.scan import Scanner, ScanOptions
 
 __all__ = [
     "InvalidJob",
-    "JobClient",
-    "JobError",
-    "JobOutcome",
     "JobRunner",
     "job_options",
     "start_jobs",
@@ -84,7 +79,6 @@ _log = logging.getLogger(__name__)
 _PROGRESS_INTERVAL_S: Final = 1.0  # most time between progress events of a running job
 _TICK_S: Final = 0.2  # most time between consumer polls while a job runs
 _DECODE_ATTEMPTS: Final = 2  # a decode crash or timeout is tried once more
-_MAX_BACKOFF_S: Final = 5.0
 _REASON_CHARS: Final = 1000
 _runner_numbers = itertools.count(1)
 
@@ -122,8 +116,6 @@ def start_jobs(
 ) -> JobRunner | None:
     """Start a :class:`JobRunner` in its thread; None (logged) when the jobs or job status
     topic does not exist or the broker cannot be reached: the worker goes on without jobs."""
-    from kafka.errors import KafkaError
-
     if pool is None:
         raise ClipguardError("the job runner needs the worker's decode pool")
     runner = JobRunner(settings, encoder=encoder, store=store, pool=pool, stopping=stopping)
@@ -143,14 +135,6 @@ def start_jobs(
 
 
 @dataclass(eq=False)
-class _Send:
-    topic: str
-    value: bytes
-    future: Any
-    attempts: int = 1
-
-
-@dataclass(eq=False)
 class _Job:
     tp: Any  # kafka TopicPartition
     offset: int
@@ -163,7 +147,6 @@ class _Job:
     frames_scored: int = 0
     flags: int = 0  # incidents: closed flag events
     result: DecodeResult | None = None  # its facts; the frames are not kept
-    sends: list[_Send] = field(default_factory=list)  # not yet acknowledged
     last_status: float = 0.0
     last_tick: float = 0.0
     revoked: bool = False  # its partition was revoked; the next assignment decides
@@ -227,6 +210,7 @@ class JobRunner:
         self._deadline: float | None = None
         self._rebalances: queue.SimpleQueue[tuple[str, set[Any]]] = queue.SimpleQueue()
         self._consumer: Any = None
+        self._acks: queue.SimpleQueue[Acked] = queue.SimpleQueue()
         self._producer: Any = None
         self._thread: threading.Thread | None = None
         self._weights: str | None = None
@@ -236,11 +220,15 @@ class JobRunner:
     def connect(self) -> bool:
         """Connect and subscribe; False (logged, clients closed) when the jobs or job status
         topic does not exist."""
-        from kafka import KafkaConsumer, KafkaProducer
-
         s = self.settings
         self._producer = KafkaProducer(
             **s.producer_config(), client_id="clipguard-jobs", linger_ms=5
+        )
+        self._outbox = Outbox(
+            self._producer,
+            post=self._acks.put,
+            backoff_ms=s.retry_backoff_ms,
+            on_retry=self._publish_failed,
         )
         self._consumer = KafkaConsumer(
             **{**s.consumer_config(), "group_id": self.group_id}, client_id="clipguard-jobs"
@@ -306,8 +294,6 @@ class JobRunner:
     # -- one job ----------------------------------------------------------------------------
 
     def _run_job(self, tp: Any, record: Any) -> None:
-        from kafka.errors import KafkaError
-
         self._consumer.pause(*self._consumer.assignment())
         key = record.key.decode("utf-8", "replace") if record.key else ""
         job = _Job(tp, record.offset, key or f"{tp.topic}[{tp.partition}]@{record.offset}")
@@ -332,6 +318,7 @@ class JobRunner:
                 job.where,
                 e,
             )
+            self._outbox.forget(job)
             if self._consumer is not None and job.tp in self._consumer.assignment():
                 self._consumer.seek(job.tp, job.offset)  # still ours: it comes back next
         finally:
@@ -438,49 +425,35 @@ class JobRunner:
     # -- Kafka ------------------------------------------------------------------------------
 
     def _send(self, job: _Job, topic: str, value: bytes) -> None:
-        job.sends.append(_Send(topic, value, self._produce(topic, job.job_id, value)))
-
-    def _produce(self, topic: str, key: str, value: bytes) -> Any:
-        from kafka.future import Future
-
-        try:
-            return self._producer.send(topic, key=key.encode(), value=value)
-        except Exception as e:  # buffer full, too large: retried like a failed acknowledgement
-            return Future().failure(e)
+        self._outbox.publish(job, [Output(topic, job.job_id.encode(), value)])
 
     def _settle(self, job: _Job, *, wait: bool) -> None:
-        """Forget acknowledged sends and send failed ones again (with backoff); with ``wait``,
-        until every send is acknowledged."""
-        from kafka.errors import KafkaTimeoutError
-
+        """Take the acknowledgements so far and send failed records again (with backoff);
+        with ``wait``, until every record of the job is acknowledged."""
         while True:
-            pending = []
-            for send in job.sends:
-                if not send.future.is_done:
-                    pending.append(send)
-                elif send.future.failed():
-                    backoff = min(
-                        _MAX_BACKOFF_S,
-                        self.settings.retry_backoff_ms / 1000 * 2 ** (send.attempts - 1),
-                    )
-                    _log.error(
-                        "job %s: publishing to %s failed (attempt %d, again in %.1f s): %s",
-                        job.job_id,
-                        send.topic,
-                        send.attempts,
-                        backoff,
-                        send.future.exception,
-                    )
-                    self._sleep(job, backoff)
-                    send.attempts += 1
-                    send.future = self._produce(send.topic, job.job_id, send.value)
-                    pending.append(send)
-            job.sends = pending
-            if not wait or not pending:
+            while True:
+                try:
+                    self._outbox.acked(self._acks.get_nowait())
+                except queue.Empty:
+                    break
+            self._outbox.retry_due()
+            if not wait or self._outbox.pending(job) == 0:
                 return
             with contextlib.suppress(KafkaTimeoutError):  # not all yet: poll, look again
                 self._producer.flush(timeout=_TICK_S)
             self._tick(job)
+
+    def _publish_failed(
+        self, owner: object, output: Output, error: BaseException, backoff: float
+    ) -> None:
+        _log.error(
+            "job %s: publishing to %s failed (attempt %d, again in %.1f s): %s",
+            getattr(owner, "job_id", "?"),
+            output.topic,
+            output.attempts,
+            backoff,
+            error,
+        )
 
     def _sleep(self, job: _Job, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -530,9 +503,6 @@ class JobRunner:
                 job.revoked = True
 
     def _commit(self, job: _Job) -> None:
-        from kafka.errors import KafkaError
-        from kafka.structs import OffsetAndMetadata
-
         while job.revoked:  # a rebalance is deciding who owns the job's partition
             self._sleep(job, _TICK_S)
         try:
@@ -546,182 +516,3 @@ class JobRunner:
         if job.tp in self._consumer.assignment():
             # a rebalance that gave the partition back reset its position to the job
             self._consumer.seek(job.tp, job.offset + 1)
-
-
-# ------------------------------------------------------------------------------- the client
-
-
-class JobError(ClipguardError, RuntimeError):
-    """Scan jobs could not be submitted or followed (broker unreachable, topics missing)."""
-
-
-@dataclass(eq=False)
-class JobOutcome:
-    """One submitted job, as followed: its final status (None: none came in time), its last
-    status of any kind, and, for a job done, its records (duplicates from a job run more
-    than once dropped)."""
-
-    job_id: str
-    request: JobRequest
-    final: JobStatus | None = None
-    last: JobStatus | None = None
-    accepted_at: float | None = None  # the (last) accepted status's time
-    scores: list[ScoreRecord] = field(default_factory=list)
-    flags: list[FlagEvent] = field(default_factory=list)
-
-
-class JobClient:
-    """Submits scan jobs and follows them until each is done or failed: what
-    ``clipguard scan --kafka`` runs.
-
-    ``client_config`` is passed to kafka-python's clients (security settings, for example)."""
-
-    def __init__(
-        self,
-        bootstrap: str,
-        *,
-        topics: TopicNames | None = None,
-        client_config: Mapping[str, Any] | None = None,
-        connect_timeout: float = 10.0,
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.topics = topics or TopicNames()
-        self._config = {
-            "bootstrap_servers": bootstrap.split(","),
-            "request_timeout_ms": 30_000,
-            "bootstrap_timeout_ms": int(connect_timeout * 1000),
-            **(client_config or {}),
-        }
-
-    def run(
-        self,
-        requests: Sequence[JobRequest],
-        *,
-        timeout: float,
-        on_status: Callable[[JobOutcome, JobStatus], object] | None = None,
-    ) -> list[JobOutcome]:
-        """Submit one job per request, follow the job status topic until every job has a
-        final status (or none of them has reported for ``timeout`` seconds), then read the
-        done jobs' records from the scores and flags topics. ``on_status`` sees each status
-        event of the jobs as it comes. The outcomes are in the order of ``requests``."""
-        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-        from kafka.errors import KafkaError
-
-        t = self.topics
-        try:
-            consumer = KafkaConsumer(**self._config, group_id=None, enable_auto_commit=False)
-        except KafkaError as e:
-            raise JobError(f"cannot connect to Kafka at {self.bootstrap}: {e}") from e
-        producer: Any = None
-        try:
-            found = consumer.topics()
-            missing = [n for n in (t.jobs, t.job_status, t.scores, t.flags) if n not in found]
-            if missing:
-                raise JobError(
-                    f"topics missing on {self.bootstrap}: {', '.join(missing)} (are the workers "
-                    "set up there?)"
-                )
-            status_tps = _partitions(consumer, t.job_status, TopicPartition)
-            record_tps = [
-                *_partitions(consumer, t.scores, TopicPartition),
-                *_partitions(consumer, t.flags, TopicPartition),
-            ]
-            consumer.assign([*status_tps, *record_tps])
-            for tp, offset in consumer.end_offsets([*status_tps, *record_tps]).items():
-                consumer.seek(tp, offset)  # only what happens from now on
-            producer = KafkaProducer(**self._config, acks="all", linger_ms=5)
-            jobs = {uuid.uuid4().hex: JobOutcome("", r) for r in requests}
-            for job_id, job in jobs.items():
-                job.job_id = job_id
-            self._submit(producer, jobs)
-            self._follow(consumer, jobs, status_tps, record_tps, timeout, on_status)
-        except KafkaError as e:
-            raise JobError(f"following scan jobs on {self.bootstrap} failed: {e}") from e
-        finally:
-            consumer.close(autocommit=False)
-            if producer is not None:
-                producer.close(timeout=5)
-        for job in jobs.values():
-            if job.final is None or job.final.state != "done":
-                job.scores, job.flags = [], []
-                continue
-            job.scores = list({(r.seq, r.frame_index, r.tile): r for r in job.scores}.values())
-            job.flags = list({(f.event_id, f.state): f for f in job.flags}.values())
-        return list(jobs.values())
-
-    def _submit(self, producer: Any, jobs: Mapping[str, JobOutcome]) -> None:
-        futures = [
-            producer.send(self.topics.jobs, key=job_id.encode(), value=job.request.to_json())
-            for job_id, job in jobs.items()
-        ]
-        producer.flush(timeout=30)
-        for future in futures:
-            future.get(timeout=30)
-        _log.info("submitted %d scan jobs to %s", len(futures), self.topics.jobs)
-
-    def _follow(
-        self,
-        consumer: Any,
-        jobs: Mapping[str, JobOutcome],
-        status_tps: Sequence[Any],
-        record_tps: Sequence[Any],
-        timeout: float,
-        on_status: Callable[[JobOutcome, JobStatus], object] | None,
-    ) -> None:
-        t = self.topics
-        keys = {job_id.encode(): job for job_id, job in jobs.items()}
-        last_heard = time.monotonic()
-        ends: dict[Any, int] | None = None  # the records topics' ends once every job is final
-        while True:
-            for tp, batch in consumer.poll(timeout_ms=200).items():
-                for record in batch:
-                    job = keys.get(record.key) if record.key is not None else None
-                    if job is None or record.value is None:
-                        continue  # another job's or stream's record
-                    try:
-                        if tp.topic == t.job_status:
-                            status = JobStatus.model_validate_json(record.value)
-                        elif tp.topic == t.scores:
-                            job.scores.append(ScoreRecord.model_validate_json(record.value))
-                            continue
-                        else:
-                            job.flags.append(FlagEvent.model_validate_json(record.value))
-                            continue
-                    except ValidationError as e:
-                        _log.warning(
-                            "%s[%d]@%d: not a valid record: %s",
-                            tp.topic,
-                            tp.partition,
-                            record.offset,
-                            e,
-                        )
-                        continue
-                    last_heard = time.monotonic()
-                    if job.final is not None:
-                        continue  # a job run again after it finished (a commit that failed)
-                    job.last = status
-                    if status.state == "accepted":  # (again, after an abandoned run: the
-                        job.accepted_at = status.at  # records of both are deduplicated)
-                    if status.state in ("done", "failed"):
-                        job.final = status
-                    if on_status is not None:
-                        on_status(job, status)
-            if ends is None and all(job.final is not None for job in jobs.values()):
-                # the done jobs' records were acknowledged before their status: read to here
-                ends = consumer.end_offsets(list(record_tps))
-            if ends is not None and all(consumer.position(tp) >= end for tp, end in ends.items()):
-                return
-            if ends is None and time.monotonic() - last_heard > timeout:
-                waiting = sum(job.final is None for job in jobs.values())
-                _log.warning(
-                    "%d of %d jobs unfinished: no status for %.0f s (they may still finish)",
-                    waiting,
-                    len(jobs),
-                    timeout,
-                )
-                ends = consumer.end_offsets(list(record_tps))
-                timeout = float("inf")
-
-
-def _partitions(consumer: Any, topic: str, make: Callable[[str, int], Any]) -> list[Any]:
-    return [make(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]

@@ -1,0 +1,166 @@
+"""``clipguard models {list,download}``: the CLIP models clipguard knows, and their weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, TextIO
+
+from consumers.cli.common import add_command, add_group, print_table
+
+__all__ = ["add_parser"]
+
+_log = logging.getLogger(__name__)
+
+_EPILOG = """\
+examples:
+  clipguard models list
+  clipguard models list --json
+  clipguard models download ViT-B/32
+  clipguard models download RN50 --force
+"""
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``clipguard models {list,download}``."""
+    _, commands = add_group(
+        subparsers,
+        "models",
+        help="list and download CLIP models",
+        description="List the CLIP models clipguard knows (OpenAI's releases and the bundled "
+        "demo model) and download their weights into the local cache.",
+        epilog=_EPILOG,
+    )
+
+    list_ = add_command(
+        commands,
+        "list",
+        help="show every known model and whether its weights are cached",
+        description="Show every known model: architecture, embedding size, input resolution, "
+        "whether its weights are in the cache, and where they are (or would be).",
+    )
+    list_.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    list_.set_defaults(func=_list)
+
+    download = add_command(
+        commands,
+        "download",
+        help="download a model's weights into the cache",
+        description="Download the weights of a registry model into the cache and verify their "
+        "SHA-256. Nothing is downloaded if a verified copy is already cached. Set "
+        "CLIPGUARD_MODEL_MIRROR to download from a mirror.",
+        epilog="example:\n  clipguard models download ViT-B/32",
+    )
+    download.add_argument("name", metavar="NAME", help="model name, e.g. ViT-B/32 or RN50")
+    download.add_argument(
+        "--force", action="store_true", help="download again even if a verified copy is cached"
+    )
+    download.set_defaults(func=_download)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from pipeline.models.registry import DEMO_NOTICE, cache_dir, list_models
+
+    rows: list[dict[str, Any]] = []
+    for info in list_models():
+        available = info.is_available()
+        if info.bundled:
+            status = "bundled" if available else "bundled (missing)"
+        else:
+            status = "yes" if available else "no"
+        rows.append(
+            {
+                "name": info.name,
+                "architecture": info.architecture,
+                "embed_dim": info.embed_dim,
+                "image_resolution": info.image_resolution,
+                "cached": status,
+                "available": available,
+                "bundled": info.bundled,
+                "demo": info.demo,
+                "path": str(info.path()),
+                "url": info.url or None,
+                "sha256": info.sha256 or None,
+                "notice": DEMO_NOTICE if info.demo else None,
+            }
+        )
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+
+    headers = ("NAME", "ARCHITECTURE", "EMBED", "RES", "CACHED", "PATH")
+    table = [
+        (
+            f"{row['name']} (demo)" if row["demo"] else row["name"],
+            row["architecture"],
+            str(row["embed_dim"]),
+            str(row["image_resolution"]),
+            row["cached"],
+            row["path"],
+        )
+        for row in rows
+    ]
+    print_table(headers, table)
+    print()
+    print(f"cache directory: {cache_dir()} (set CLIPGUARD_CACHE_DIR to change it)")
+    if any(row["demo"] for row in rows):
+        print(f"note: {DEMO_NOTICE}")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from pipeline.models.download import download_model
+    from pipeline.models.registry import get_model_info
+
+    info = get_model_info(args.name)  # unknown names fail here, listing the known ones
+    if not args.force and not info.bundled and info.is_available():
+        _log.info("%s is cached at %s; checking its SHA-256", info.name, info.path())
+    progress = _ProgressLine(info.name, sys.stderr)
+    try:
+        path = download_model(info.name, force=args.force, progress=progress)
+    finally:
+        progress.finish()
+    print(path)
+    return 0
+
+
+class _ProgressLine:
+    """Reports download progress on one line of ``stream`` (a new line per 10% when it is not
+    a terminal, so logs stay short)."""
+
+    def __init__(self, name: str, stream: TextIO) -> None:
+        self._name = name
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._last: str | None = None
+        self._started = False
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if total:
+            pct = 100.0 * done / total
+            step = f"{pct:.1f}" if self._tty else str(int(pct // 10) * 10)
+            text = f"downloading {self._name}: {pct:5.1f}% ({_mb(done)} of {_mb(total)})"
+        else:
+            step = f"{done / 1e6:.1f}" if self._tty else str(done // 50_000_000)
+            text = f"downloading {self._name}: {_mb(done)}"
+        if step == self._last:
+            return
+        self._last = step
+        self._started = True
+        if self._tty:
+            self._stream.write(f"\r{text}\x1b[K")
+        else:
+            self._stream.write(text + "\n")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        if self._started and self._tty:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"

@@ -28,7 +28,15 @@ import torch
 from pipeline.errors import WeightsFormatError, WeightsNotFound
 from pipeline.models.model import Activation
 
-__all__ = ["WeightsFile", "from_hf_state_dict", "read_weights", "to_hf_state_dict"]
+__all__ = [
+    "RawWeights",
+    "WeightsFile",
+    "from_hf_state_dict",
+    "read_state_dict",
+    "read_weights",
+    "to_hf_state_dict",
+    "weights_from_raw",
+]
 
 
 @dataclass
@@ -177,8 +185,18 @@ def _hf_config(path: Path) -> tuple[int | None, int | None, Activation]:
     return vision.get("num_attention_heads"), text.get("num_attention_heads"), act
 
 
-def read_weights(path: str | Path) -> WeightsFile:
-    """Read a weights file of any supported format into OpenAI-layout tensors (on the CPU)."""
+@dataclass
+class RawWeights:
+    state_dict: dict[str, torch.Tensor]  # the file's own keys (wrappers and prefixes removed)
+    format: str  # "safetensors", "openai-torchscript" or "state-dict"
+    metadata: dict[str, str]  # safetensors string metadata ({} for other formats)
+
+
+def read_state_dict(path: str | Path) -> RawWeights:
+    """Read any supported weights file into tensors on the CPU, keys as the file has them.
+
+    Model-family code maps the keys (CLIP: :func:`read_weights`; SigLIP:
+    :mod:`pipeline.models.siglip_formats`)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFound(f"no weights file at {path}")
@@ -199,10 +217,23 @@ def read_weights(path: str | Path) -> WeightsFile:
         raise
     except Exception as e:  # torch and safetensors raise many types for a bad file
         raise WeightsFormatError(
-            f"{path}: not a readable CLIP weights file (TorchScript archive, PyTorch state "
+            f"{path}: not a readable weights file (TorchScript archive, PyTorch state "
             f"dict or safetensors): {type(e).__name__}: {e}"
         ) from e
-    sd = _unwrap(sd, path)
+    return RawWeights(state_dict=_unwrap(sd, path), format=fmt, metadata=meta)
+
+
+def read_weights(path: str | Path) -> WeightsFile:
+    """Read a CLIP weights file of any supported format into OpenAI-layout tensors (on the
+    CPU)."""
+    path = Path(path)
+    raw = read_state_dict(path)
+    return weights_from_raw(raw, path)
+
+
+def weights_from_raw(raw: RawWeights, path: Path) -> WeightsFile:
+    """:func:`read_weights` on a file already read by :func:`read_state_dict`."""
+    sd, fmt, meta = raw.state_dict, raw.format, raw.metadata
     if _is_hf(sd):
         vision_heads, text_heads, hf_act = _hf_config(path)
         return WeightsFile(

@@ -179,8 +179,8 @@ class MultiheadAttentionPoolingHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, length, width = x.shape
         hs = width // self.heads
-        w_q, w_kv = self.attention.in_proj_weight.split([width, 2 * width])
-        b_q, b_kv = self.attention.in_proj_bias.split([width, 2 * width])
+        w, b = self.attention.in_proj_weight, self.attention.in_proj_bias  # q, k, v stacked
+        w_q, w_kv, b_q, b_kv = w[:width], w[width:], b[:width], b[width:]
         probe = self.probe.to(x.dtype)
         q = F.linear(probe, w_q, b_q).view(1, 1, self.heads, hs).transpose(1, 2)  # (1, nh, 1, hs)
         kv = F.linear(x, w_kv, b_kv).view(n, length, 2, self.heads, hs)  # (N, L, 2, nh, hs)

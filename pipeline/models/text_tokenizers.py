@@ -377,13 +377,15 @@ def _template(
 
     specials: list[tuple[str, int]] = []
     single = "$A:0"
-    for flag, names, before in ((add_bos, ("<bos>", "<s>"), True), (add_eos, ("<eos>", "</s>"), False)):
+    wanted = ((add_bos, ("<bos>", "<s>"), True), (add_eos, ("<eos>", "</s>"), False))
+    for flag, names, before in wanted:
         if not flag:
             continue
-        name = next((n for n in names if tok.token_to_id(n) is not None), None)
-        if name is None:
+        found = [(n, i) for n in names if (i := tok.token_to_id(n)) is not None]
+        if not found:
             raise TokenizerError(f"{path}: asked to add {names[0]} but it is not in the vocabulary")
-        specials.append((name, int(tok.token_to_id(name))))
+        name, token_id = found[0]
+        specials.append((name, int(token_id)))
         single = f"{name}:0 {single}" if before else f"{single} {name}:0"
     return processors.TemplateProcessing(single=single, special_tokens=specials)
 

@@ -10,7 +10,9 @@ Formats understood, told apart by content, never by trusting the file name alone
   training checkpoints) are unwrapped.
 - safetensors: OpenAI-layout keys (open_clip's ``open_clip_model.safetensors``, our demo model),
   or Hugging Face ``CLIPModel`` keys (``model.safetensors``), mapped onto ours. A
-  ``config.json`` beside a Hugging Face file supplies head counts and the activation.
+  ``config.json`` beside a Hugging Face file supplies head counts and the activation; an
+  ``open_clip_config.json`` beside an open_clip file supplies head counts, activation and pixel
+  statistics (:mod:`pipeline.models.openclip`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 
 from pipeline.errors import WeightsFormatError, WeightsNotFound
 from pipeline.models.model import Activation
+from pipeline.models.openclip import CONFIG_NAME, read_open_clip_config, vision_heads_for_width
 
 __all__ = [
     "RawWeights",
@@ -46,6 +49,8 @@ class WeightsFile:
     vision_heads: int | None = None  # from a Hugging Face config, when one was found
     text_heads: int | None = None
     activation: Activation = "quick_gelu"
+    image_mean: tuple[float, float, float] | None = None  # from an open_clip config, if any
+    image_std: tuple[float, float, float] | None = None
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -243,15 +248,31 @@ def weights_from_raw(raw: RawWeights, path: Path) -> WeightsFile:
             text_heads=text_heads,
             activation=hf_act,
         )
+    oc_config = path.with_name(CONFIG_NAME)
+    if oc_config.is_file():  # open_clip's Hugging Face layout: model_cfg and preprocess_cfg
+        spec = read_open_clip_config(oc_config)
+        return WeightsFile(
+            state_dict=sd,
+            format=f"open_clip-{fmt}",
+            vision_heads=spec.vision_heads,
+            text_heads=spec.text_heads,
+            activation=spec.activation,
+            image_mean=spec.mean,
+            image_std=spec.std,
+        )
     act: Activation = "quick_gelu"
     if "clip.activation" in meta:
         if meta["clip.activation"] not in ("quick_gelu", "gelu"):
             raise WeightsFormatError(f"{path}: metadata names an unknown activation")
         act = "gelu" if meta["clip.activation"] == "gelu" else "quick_gelu"
+    vision_heads = _int_or_none(meta.get("clip.vision_heads"))
+    conv = sd.get("visual.conv1.weight")
+    if vision_heads is None and conv is not None and "visual.proj" in sd:
+        vision_heads = vision_heads_for_width(conv.shape[0])  # open_clip's ViT-H/g/bigG/e
     return WeightsFile(
         state_dict=sd,
         format=fmt,
-        vision_heads=_int_or_none(meta.get("clip.vision_heads")),
+        vision_heads=vision_heads,
         text_heads=_int_or_none(meta.get("clip.text_heads")),
         activation=act,
     )

@@ -99,6 +99,14 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return cfg
 
 
+def _open_clip_heads(path: Path) -> dict[str, Any] | None:
+    """The text tower's head count from an ``open_clip_config.json``, in ``config.json``'s
+    shape (the image tower's comes from its timm model name, i.e. the width table)."""
+    cfg = _read_json(path)
+    heads = _sub(_sub(cfg, "model_cfg"), "text_cfg").get("heads")
+    return None if heads is None else {"text_config": {"num_attention_heads": heads}}
+
+
 def _sub(cfg: Mapping[str, Any] | None, key: str) -> Mapping[str, Any]:
     value = (cfg or {}).get(key)
     return value if isinstance(value, Mapping) else {}
@@ -324,7 +332,7 @@ def siglip_weights(
     if _OPEN_CLIP_PROBE in sd:
         sd = from_open_clip_state_dict(sd)
         fmt = "open_clip"
-        hf_config = None  # an open_clip folder's config.json, if any, is not a transformers one
+        hf_config = _open_clip_heads(path.with_name("open_clip_config.json"))
     if _PATCH in sd and sd[_PATCH].ndim == 2:  # Siglip2Model (NaFlex): linear patch embedding
         patch = _int_field(_sub(hf_config, "vision_config"), "patch_size", source)
         patch = patch or math.isqrt(sd[_PATCH].shape[1] // 3)

@@ -35,9 +35,10 @@ spm = pytest.importorskip("sentencepiece")
 tokenizers = pytest.importorskip("tokenizers")
 
 _WORDS = [
-    *(["a", "photo", "of", "the", "red", "triangle", "knife", "gun", "crowd", "street", "night", "spam", "sign", "blood"]),
-    *(["fight", "people", "dog", "cat", "on", "in", "with", "two", "man", "woman", "child", "car", "fire", "smoke", "weapon"]),
-]
+    "a", "photo", "of", "the", "red", "triangle", "knife", "gun", "crowd", "street",
+    "night", "spam", "sign", "blood", "fight", "people", "dog", "cat", "on", "in",
+    "with", "two", "man", "woman", "child", "car", "fire", "smoke", "weapon",
+]  # fmt: skip
 
 # Texts the parity holds for. Literal special-token strings ("</s>", "<eos>") are left out:
 # transformers splits them out of the text as special tokens, the reference (big_vision) does

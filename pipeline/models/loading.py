@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import ConfigError, WeightsNotFound
+from pipeline.errors import ConfigError, WeightsFormatError, WeightsNotFound
 from pipeline.models.formats import RawWeights, read_state_dict, weights_from_raw
 from pipeline.models.licenses import check_license
 from pipeline.models.model import CLIP, CLIPConfig, build_model, config_from_state_dict
@@ -102,6 +102,15 @@ def load_model(
         if image_size is not None:
             raise ConfigError("image_size applies to SigLIP 2 NaFlex checkpoints only")
         model, fmt = _build_clip(raw, path, info, device=device, dtype=dtype)
+    if info is not None and not info.bundled:
+        got = (model.family, model.embed_dim, model.input_resolution, model.context_length)
+        want = (info.family, info.embed_dim, info.image_resolution, info.text_context)
+        if got != want:
+            raise WeightsFormatError(
+                f"{path} does not hold {info.name}: (family, embedding, resolution, text "
+                f"context) is {got}, the registry entry says {want}; remove the file and "
+                f"download it again with `clipguard models download {info.name}`"
+            )
     model.name = info.name if info is not None else str(path)
     if info is not None and info.demo:
         _log.warning(DEMO_NOTICE)

@@ -386,3 +386,39 @@ def test_is_siglip_state_dict():
     assert is_siglip_state_dict(["vision_model.head.probe", "x"])
     assert is_siglip_state_dict(["visual.trunk.attn_pool.latent"])
     assert not is_siglip_state_dict(["vision_model.post_layernorm.weight", "visual.proj"])
+
+
+def test_save_and_load_round_trip_with_transformers_reading_it(tmp_path):
+    """A random-weight SigLIP written by save_siglip is a SiglipModel folder: we and
+    transformers read the same model from it."""
+    from pipeline.models.siglip import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
+    from pipeline.models.siglip_formats import save_siglip
+
+    config = SiglipConfig(
+        vision=SiglipVisionConfig(
+            image_size=32, patch_size=8, width=64, layers=2, heads=4, mlp_width=96
+        ),
+        text=SiglipTextConfig(
+            vocab_size=300, width=64, layers=2, heads=4, mlp_width=96, embed_dim=64
+        ),
+        family="siglip2",
+    )
+    model = SigLIP(config)
+    model.init_weights(torch.Generator().manual_seed(3))
+    save_siglip(model, tmp_path)
+    again = load_model(tmp_path)
+    hf = transformers.SiglipModel.from_pretrained(tmp_path).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    tokens = _tokens(300, n=2)
+    with torch.no_grad():
+        assert torch.equal(again.encode_image(pixels), model.encode_image(pixels))
+        assert torch.equal(again(pixels, tokens)[0], model(pixels, tokens)[0])
+        ref = _features(hf.get_text_features(input_ids=tokens))
+        assert _rel_err(again.encode_text(tokens), ref) < _TOL
+
+
+def test_folder_without_weights_names_the_files(tmp_path):
+    from pipeline.errors import WeightsNotFound
+
+    with pytest.raises(WeightsNotFound, match=r"model\.safetensors"):
+        load_model(tmp_path)

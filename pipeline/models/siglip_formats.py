@@ -50,6 +50,7 @@ __all__ = [
     "build_siglip",
     "from_open_clip_state_dict",
     "is_siglip_state_dict",
+    "save_siglip",
     "siglip_config_from_state_dict",
     "siglip_weights",
 ]
@@ -398,3 +399,45 @@ def build_siglip(
         except TokenizerError as e:
             _log.warning("%s: %s; model.tokenize() will fail until one is attached", source, e)
     return model
+
+
+def save_siglip(model: SigLIP, folder: str | Path) -> Path:
+    """Write ``model`` as a Hugging Face ``SiglipModel`` folder (``model.safetensors`` and
+    ``config.json``), which :func:`~pipeline.models.loading.load_model` reads back. Tokenizer
+    files are not written: copy the checkpoint's beside it."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    v, t = model.config.vision, model.config.text
+    config = {
+        "architectures": ["SiglipModel"],
+        "model_type": "siglip",
+        "vision_config": {
+            "hidden_size": v.width,
+            "intermediate_size": v.mlp_width,
+            "num_attention_heads": v.heads,
+            "num_hidden_layers": v.layers,
+            "image_size": v.image_size,
+            "patch_size": v.patch_size,
+            "layer_norm_eps": v.eps,
+            "hidden_act": "gelu_pytorch_tanh",
+        },
+        "text_config": {
+            "hidden_size": t.width,
+            "intermediate_size": t.mlp_width,
+            "num_attention_heads": t.heads,
+            "num_hidden_layers": t.layers,
+            "vocab_size": t.vocab_size,
+            "max_position_embeddings": t.context_length,
+            "projection_size": t.embed_dim,
+            "layer_norm_eps": t.eps,
+            "hidden_act": "gelu_pytorch_tanh",
+        },
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = folder / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.replace(folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder / "model.safetensors"

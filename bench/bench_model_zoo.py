@@ -94,24 +94,19 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
         "random weights, image tower only"
     )
-    header = (
-        f"{'model':28} {'res':>4} {'GFLOPs':>8} {'fp32 img/s':>11} {'bf16 img/s':>11} {'ratio':>6}"
-    )
-    print(header)
+    cols = ("model", "res", "GFLOPs", "fp32 img/s", "bf16 img/s", "ratio")
+    print(f"{cols[0]:28} {cols[1]:>4} {cols[2]:>8} {cols[3]:>11} {cols[4]:>11} {cols[5]:>6}")
     for name in args.models:
         module, res = _tower(name)
         gflops = _gflops(module, res)
-        fp32 = (
-            0.0
-            if args.no_fp32
-            else _throughput(module, res, torch.float32, args.batch, args.budget)
-        )
-        bf16 = _throughput(module, res, torch.bfloat16, args.batch, args.budget)
-        ratio = f"{bf16 / fp32:.2f}" if fp32 else "-"
-        fp32_s = f"{fp32:.2f}" if fp32 else "-"
-        print(
-            f"{name:28} {res:>4} {gflops:>8.1f} {fp32_s:>11} {bf16:>11.2f} {ratio:>6}", flush=True
-        )
+        fp32 = bf16 = 0.0
+        if not args.gflops_only:
+            if not args.no_fp32:
+                fp32 = _throughput(module, res, torch.float32, args.batch, args.budget)
+            bf16 = _throughput(module, res, torch.bfloat16, args.batch, args.budget)
+        cells = [f"{v:.2f}" if v else "-" for v in (fp32, bf16)]
+        ratio = f"{bf16 / fp32:.2f}" if fp32 and bf16 else "-"
+        print(f"{name:28} {res:>4} {gflops:>8.1f} {cells[0]:>11} {cells[1]:>11} {ratio:>6}")
         del module
 
 

@@ -3,8 +3,8 @@
 Random weights at each entry's architecture (the cost does not depend on the values), batch
 16, fp32 and bf16 torch, on ``--threads`` CPU threads. GFLOPs are counted by
 ``torch.utils.flop_counter`` on one image (two FLOPs per multiply-add; matrix products,
-attention and convolutions), the convention of open_clip's ``model_profile.csv``. SigLIP and SigLIP 2
-image towers of the same size and resolution are the same network, so one of each pair is
+attention and convolutions), the convention of open_clip's ``model_profile.csv``. SigLIP and
+SigLIP 2 image towers of the same size and resolution are the same network, so one of each pair is
 timed. Prints a table; never fails on time.
 
     python bench/bench_model_zoo.py                       # the default set

@@ -27,7 +27,9 @@ from pipeline.models.download import download_model
 from pipeline.models.model import CLIP as CLIPModule
 from pipeline.models.model import config_from_state_dict
 from pipeline.models.openclip import read_open_clip_config, vision_heads_for_width
-from pipeline.models.registry import get_model_info
+from pipeline.models.registry import get_model_info, list_models
+from pipeline.models.siglip import SigLIP, SiglipConfig
+from pipeline.models.siglip_formats import siglip_config_from_state_dict
 from pipeline.models.tokenizer import tokenize
 
 _TOL = 1e-5
@@ -188,6 +190,41 @@ def test_head_width_table():
 
 
 # --- registry: families, licences, Hugging Face downloads ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "info", [m for m in list_models() if m.hf is not None], ids=lambda m: m.name
+)
+def test_every_hugging_face_entry_instantiates_with_its_shapes(info):
+    """Each entry's architecture builds, runs (on the meta device) and is what its weights'
+    shapes read back as, given what the shapes cannot say (heads, activation, image size)."""
+    with torch.device("meta"):
+        model = (
+            SigLIP(info.config)
+            if isinstance(info.config, SiglipConfig)
+            else CLIPModule(info.config)
+        )
+    state = model.state_dict()
+    if isinstance(info.config, SiglipConfig):
+        v, t = info.config.vision, info.config.text
+        hf_config = {
+            "vision_config": {"num_attention_heads": v.heads, "image_size": v.image_size},
+            "text_config": {"num_attention_heads": t.heads},
+        }
+        assert siglip_config_from_state_dict(state, hf_config) == info.config
+        assert siglip_config_from_state_dict(state).vision.heads == v.heads  # the width table
+        assert info.family == info.config.family
+    else:
+        assert info.family == "clip"
+        heads = {"vision_heads": info.config.vision.heads, "text_heads": info.config.text.heads}
+        read = config_from_state_dict(state, **heads, activation=info.config.activation)
+        assert read == info.config
+        assert vision_heads_for_width(info.config.vision.width) == info.config.vision.heads
+    res = info.image_resolution
+    image = model.encode_image(torch.empty(2, 3, res, res, device="meta"))
+    tokens = torch.zeros(2, info.text_context, dtype=torch.long, device="meta")
+    assert tuple(image.shape) == (2, info.embed_dim)
+    assert tuple(model.encode_text(tokens).shape) == (2, info.embed_dim)
 
 
 @pytest.fixture

@@ -110,9 +110,10 @@ def _check_parity(ours: SigLIP, hf, res: int, vocab: int) -> None:
     ("vision", "text", "res", "patch"),
     [
         (_SMALL_VISION, _SMALL_TEXT, 32, 8),
+        (_SMALL_VISION, _SMALL_TEXT, 38, 8),  # not a multiple, like So400m/14 at 384 px
         (_B16, {**_B16, "vocab_size": 32000}, 224, 16),
     ],
-    ids=["small", "b16-224"],
+    ids=["small", "small-cropped", "b16-224"],
 )
 def test_parity_with_transformers_siglip(tmp_path, vision, text, res, patch):
     hf = _save_siglip(tmp_path, vision, text, res, patch)

@@ -47,7 +47,7 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 
 @dataclass(frozen=True)
 class SiglipVisionConfig:
-    image_size: int  # square input side in pixels
+    image_size: int  # square input side in pixels (So400m/14 at 384: the last 6 px are unused)
     patch_size: int  # side of a square patch
     width: int  # token width (also the embedding size: the image tower has no projection)
     layers: int  # transformer blocks
@@ -144,7 +144,7 @@ class Encoder(nn.Module):
 class VisionEmbeddings(nn.Module):
     def __init__(self, cfg: SiglipVisionConfig) -> None:
         super().__init__()
-        grid = cfg.image_size // cfg.patch_size
+        grid = cfg.image_size // cfg.patch_size  # a remainder is cropped by the strided conv
         self.patch_embedding = nn.Conv2d(3, cfg.width, cfg.patch_size, stride=cfg.patch_size)
         self.position_embedding = nn.Embedding(grid * grid, cfg.width)
 
@@ -194,9 +194,9 @@ class MultiheadAttentionPoolingHead(nn.Module):
 class VisionTransformer(nn.Module):
     def __init__(self, cfg: SiglipVisionConfig) -> None:
         super().__init__()
-        if cfg.patch_size <= 0 or cfg.image_size % cfg.patch_size:
+        if cfg.patch_size <= 0 or cfg.image_size < cfg.patch_size:
             raise ConfigError(
-                f"image size {cfg.image_size} is not a multiple of the patch size {cfg.patch_size}"
+                f"image size {cfg.image_size} is smaller than the patch size {cfg.patch_size}"
             )
         self.embeddings = VisionEmbeddings(cfg)
         self.encoder = Encoder(cfg.width, cfg.layers, cfg.heads, cfg.mlp_width, cfg.eps)

@@ -162,8 +162,11 @@ def siglip_config_from_state_dict(
         grid = math.isqrt(sd[_POSITIONS].shape[0])
         if grid * grid != sd[_POSITIONS].shape[0]:
             raise WeightsFormatError(f"{source}: {sd[_POSITIONS].shape[0]} positions is not a grid")
+        size = _int_field(vis_cfg, "image_size", where)
+        if size is None or size // patch_size != grid:
+            size = grid * patch_size  # no config, or one that does not fit the weights
         vision = SiglipVisionConfig(
-            image_size=grid * patch_size,
+            image_size=size,
             patch_size=patch_size,
             width=width,
             layers=_count(keys, "vision_model.encoder.layers."),
@@ -339,13 +342,12 @@ def siglip_weights(
         patch = patch or math.isqrt(sd[_PATCH].shape[1] // 3)
         _naflex_to_fixed(sd, patch_size=patch, image_size=image_size, source=source)
         fmt = "hf-siglip2-naflex"
-    elif image_size is not None and _PATCH in sd and _POSITIONS in sd:
-        native = math.isqrt(sd[_POSITIONS].shape[0]) * sd[_PATCH].shape[-1]
-        if image_size != native:
-            raise WeightsFormatError(
-                f"{source}: a fixed-resolution checkpoint runs at {native} px, not {image_size}"
-            )
     config = siglip_config_from_state_dict(sd, hf_config, source=source)
+    if image_size is not None and image_size != config.vision.image_size:
+        raise WeightsFormatError(
+            f"{source}: a fixed-resolution checkpoint runs at {config.vision.image_size} px, "
+            f"not {image_size}"
+        )
     return SiglipWeights(state_dict=sd, config=config, format=fmt)
 
 

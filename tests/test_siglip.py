@@ -68,6 +68,20 @@ def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * fan_in**-0.5)
 
 
+def _hf_random(model_class, config):
+    """A transformers model with random weights, without its (slow, B/16-sized) initialiser:
+    built on the meta device, given storage, randomised; index buffers refilled."""
+    with torch.device("meta"):
+        model = model_class(config)
+    model.to_empty(device="cpu")
+    _randomise(model)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("position_ids"):
+                buf.copy_(torch.arange(buf.shape[-1]).expand_as(buf))
+    return model.eval()
+
+
 def _features(out: object) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output  # type: ignore[attr-defined]
 
@@ -84,20 +98,19 @@ def _save_siglip(tmp_path: Path, vision: dict, text: dict, image_size: int, patc
         vision_config={**vision, "image_size": image_size, "patch_size": patch},
         text_config=text,
     )
-    torch.manual_seed(0)
-    model = transformers.SiglipModel(cfg).eval()
-    _randomise(model)
+    model = _hf_random(transformers.SiglipModel, cfg)
     model.save_pretrained(tmp_path)
     return model
 
 
 def _check_parity(ours: SigLIP, hf, res: int, vocab: int) -> None:
-    pixels = torch.randn(3, 3, res, res, generator=torch.Generator().manual_seed(2))
-    tokens = _tokens(vocab)
+    pixels = torch.randn(2, 3, res, res, generator=torch.Generator().manual_seed(2))
+    tokens = _tokens(vocab, n=3)
     with torch.no_grad():
-        ref_img = _features(hf.get_image_features(pixel_values=pixels))
-        ref_txt = _features(hf.get_text_features(input_ids=tokens))
-        ref_logits = hf(input_ids=tokens, pixel_values=pixels).logits_per_image
+        out = hf(input_ids=tokens, pixel_values=pixels)
+        ref_img = out.vision_model_output.pooler_output
+        ref_txt = out.text_model_output.pooler_output
+        ref_logits = out.logits_per_image
         img, txt = ours.encode_image(pixels), ours.encode_text(tokens)
         logits, logits_t = ours(pixels, tokens)
     assert _rel_err(img, ref_img) < _TOL
@@ -162,9 +175,7 @@ def test_parity_with_transformers_siglip2_naflex(tmp_path, vision, text, num_pat
         vision_config={**vision, "num_patches": num_patches, "patch_size": patch},
         text_config=text,
     )
-    torch.manual_seed(0)
-    hf = transformers.Siglip2Model(cfg).eval()
-    _randomise(hf)
+    hf = _hf_random(transformers.Siglip2Model, cfg)
     hf.save_pretrained(tmp_path)
     ours = load_model(tmp_path, image_size=res)
     assert isinstance(ours, SigLIP)
@@ -174,20 +185,17 @@ def test_parity_with_transformers_siglip2_naflex(tmp_path, vision, text, num_pat
     patches = _naflex_patches(pixels, patch)
     mask = torch.ones(2, grid * grid, dtype=torch.long)
     shapes = torch.tensor([[grid, grid]] * 2)
-    tokens = _tokens(text["vocab_size"])
+    tokens = _tokens(text["vocab_size"], n=3)
     with torch.no_grad():
-        ref_img = _features(
-            hf.get_image_features(
-                pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes
-            )
-        )
-        ref_txt = _features(hf.get_text_features(input_ids=tokens))
-        ref_logits = hf(
+        out = hf(
             input_ids=tokens,
             pixel_values=patches,
             pixel_attention_mask=mask,
             spatial_shapes=shapes,
-        ).logits_per_image
+        )
+        ref_img = out.vision_model_output.pooler_output
+        ref_txt = out.text_model_output.pooler_output
+        ref_logits = out.logits_per_image
         logits, _ = ours(pixels, tokens)
         img, txt = ours.encode_image(pixels), ours.encode_text(tokens)
     assert _rel_err(img, ref_img) < _TOL

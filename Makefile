@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e '.[test]'
+	# open_clip and timm are parity references for tests only; without their dependencies,
+	# because torchvision's wheels do not load beside the CPU build of torch (tests/openclip_ref.py)
+	$(PY) -m pip install --quiet --no-deps "open_clip_torch==3.3.0" "timm==1.0.31"
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -19,7 +19,8 @@ builtin fits, from that builtin too, so callers can catch either::
         ├── StateDictMismatch(ModelError, KeyError)
         ├── ChecksumMismatch(ModelError, ValueError)
         ├── DownloadError(ModelError, OSError)
-        └── TokenizerError(ModelError, ValueError)
+        ├── TokenizerError(ModelError, ValueError)
+        └── LicenseNotAccepted(ModelError, PermissionError)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "DecodeTimeout",
     "DownloadError",
     "InvalidMedia",
+    "LicenseNotAccepted",
     "LimitExceeded",
     "MediaUnavailable",
     "ModelError",
@@ -122,3 +124,8 @@ class DownloadError(ModelError, OSError):
 
 class TokenizerError(ModelError, ValueError):
     """Text cannot be tokenized as asked (too long without truncation, bad vocabulary)."""
+
+
+class LicenseNotAccepted(ModelError, PermissionError):
+    """A model's weights are under a non-commercial or research-only licence that the operator
+    has not accepted by name (``CLIPGUARD_ACCEPT_LICENSES``)."""

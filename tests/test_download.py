@@ -35,6 +35,26 @@ ALL_NAMES = [
     "ViT-L/14",
     "ViT-L/14@336px",
     "clipguard-demo",
+    # SigLIP, SigLIP 2 and open_clip checkpoints on Hugging Face (pipeline/models/zoo.py)
+    "siglip2-base-patch16-224",
+    "siglip2-base-patch16-256",
+    "siglip2-base-patch16-384",
+    "siglip2-base-patch32-256",
+    "siglip2-large-patch16-256",
+    "siglip2-so400m-patch14-384",
+    "siglip-base-patch16-224",
+    "siglip-base-patch16-256",
+    "siglip-base-patch16-384",
+    "siglip-large-patch16-256",
+    "siglip-so400m-patch14-384",
+    "ViT-B-32-laion2b",
+    "ViT-B-16-datacomp",
+    "ViT-L-14-datacomp",
+    "ViT-H-14-laion2b",
+    "ViT-bigG-14-laion2b",
+    "ViT-B-16-dfn2b",
+    "ViT-H-14-dfn5b",
+    "ViT-B-16-metaclip-400m",
 ]
 
 

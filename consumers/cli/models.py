@@ -61,6 +61,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from pipeline.models.licenses import LICENSE_ENV, get_license
     from pipeline.models.registry import DEMO_NOTICE, cache_dir, list_models
 
     rows: list[dict[str, Any]] = []
@@ -73,9 +74,13 @@ def _list(args: argparse.Namespace) -> int:
         rows.append(
             {
                 "name": info.name,
+                "family": info.family,
+                "license": info.license,
                 "architecture": info.architecture,
                 "embed_dim": info.embed_dim,
                 "image_resolution": info.image_resolution,
+                "text_context": info.text_context,
+                "source": info.source,
                 "cached": status,
                 "available": available,
                 "bundled": info.bundled,
@@ -91,10 +96,12 @@ def _list(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
 
-    headers = ("NAME", "ARCHITECTURE", "EMBED", "RES", "CACHED", "PATH")
+    headers = ("NAME", "FAMILY", "LICENSE", "ARCHITECTURE", "EMBED", "RES", "CACHED", "PATH")
     table = [
         (
             f"{row['name']} (demo)" if row["demo"] else row["name"],
+            row["family"],
+            row["license"] + ("*" if get_license(row["license"]).restricted else ""),
             row["architecture"],
             str(row["embed_dim"]),
             str(row["image_resolution"]),
@@ -106,6 +113,7 @@ def _list(args: argparse.Namespace) -> int:
     print_table(headers, table)
     print()
     print(f"cache directory: {cache_dir()} (set CLIPGUARD_CACHE_DIR to change it)")
+    print(f"licences marked * are restricted: accept one by id in {LICENSE_ENV} to use it")
     if any(row["demo"] for row in rows):
         print(f"note: {DEMO_NOTICE}")
     return 0

@@ -16,6 +16,17 @@ of their upstream URL. The file of a model is then looked up as::
 for example ``https://mirror.example/clip/40d36571.../ViT-B-32.pt`` for ``ViT-B/32``, the
 same layout as OpenAI's own server, so a mirror is a plain copy of it. Checksums are verified
 exactly as for upstream downloads.
+
+Models hosted on Hugging Face (SigLIP, SigLIP 2, open_clip checkpoints) are fetched file by
+file in Hugging Face's own layout, from ``https://huggingface.co`` or from the mirror::
+
+    {CLIPGUARD_MODEL_MIRROR}/{repo}/resolve/{revision}/{file}
+
+into ``{cache}/{model name}/{file}``. A file whose registry entry has no SHA-256 downloads
+unverified, with a warning (still through a ``.part`` file and an atomic rename).
+
+Weights under a restricted licence are refused unless it is accepted
+(:mod:`pipeline.models.licenses`).
 """
 
 from __future__ import annotations
@@ -30,11 +41,12 @@ import secrets
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pipeline import __version__
 from pipeline.errors import ChecksumMismatch, ConfigError, DownloadError
+from pipeline.models.licenses import check_license
 from pipeline.models.registry import ModelInfo, get_model_info
 
 __all__ = ["download_file", "download_model"]
@@ -42,6 +54,7 @@ __all__ = ["download_file", "download_model"]
 _log = logging.getLogger(__name__)
 
 _MIRROR_ENV = "CLIPGUARD_MODEL_MIRROR"
+_HF_ENDPOINT = "https://huggingface.co"
 _SCHEMES = ("http", "https")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -101,16 +114,27 @@ def download_file(
     )
 
 
-def download_model(name: str, *, force: bool = False, progress: _Progress | None = None) -> Path:
+def download_model(
+    name: str,
+    *,
+    force: bool = False,
+    progress: _Progress | None = None,
+    accept_licenses: Iterable[str] | None = None,
+) -> Path:
     """Download the weights of registry model ``name`` into the cache and return their path.
 
     Nothing is downloaded when the cache already holds a verified copy, unless ``force``.
     Set ``CLIPGUARD_MODEL_MIRROR`` to fetch from a mirror (see the module docstring) and
     ``CLIPGUARD_CACHE_DIR`` to use another cache directory.
 
+    Hugging Face models fetch every file the entry lists (weights, config, tokenizer) into
+    one folder; the weights file's path is returned.
+
     Raises:
         ConfigError: ``name`` is not a registry model, or it is bundled with clipguard (its
             weights ship inside the package and are never downloaded).
+        LicenseNotAccepted: The weights' licence is restricted and not in
+            ``accept_licenses`` or ``$CLIPGUARD_ACCEPT_LICENSES``.
         DownloadError, ChecksumMismatch: As for :func:`download_file`.
     """
     info = get_model_info(name)
@@ -119,6 +143,9 @@ def download_model(name: str, *, force: bool = False, progress: _Progress | None
             f"{name} is bundled with clipguard and is never downloaded: its weights ship "
             f"inside the package (at {info.path()})"
         )
+    check_license(info.name, info.license, accept=accept_licenses)
+    if info.hf is not None:
+        return _download_hf(info, force=force, progress=progress)
     url = _model_url(info)
     dest = info.path()
     _log.info("fetching %s from %s to %s", name, url, dest)
@@ -126,6 +153,31 @@ def download_model(name: str, *, force: bool = False, progress: _Progress | None
         _check_url(url)
         return _fetch(url, dest, expected=_normalize_sha256(info.sha256), progress=progress)
     return download_file(url, dest, sha256=info.sha256, progress=progress)
+
+
+def _download_hf(info: ModelInfo, *, force: bool, progress: _Progress | None) -> Path:
+    """Every file of a Hugging Face entry into ``{cache}/{name}/``; the weights file's path."""
+    assert info.hf is not None
+    base = os.environ.get(_MIRROR_ENV, "").strip() or _HF_ENDPOINT
+    folder = info.path().parent
+    for file in info.hf.files:
+        url = info.hf.url(base, file.name)
+        _check_url(url)
+        dest = folder / file.name
+        if file.sha256:
+            expected = _normalize_sha256(file.sha256)
+            if force:
+                _fetch(url, dest, expected=expected, progress=progress)
+            else:
+                download_file(url, dest, sha256=expected, progress=progress)
+        elif force or not dest.is_file():
+            _log.warning(
+                "%s: no published SHA-256 in the registry for %s; downloading it unverified",
+                info.name,
+                file.name,
+            )
+            _fetch(url, dest, expected=None, progress=progress)
+    return info.path()
 
 
 def _model_url(info: ModelInfo) -> str:
@@ -174,12 +226,13 @@ def _fetch(
     url: str,
     dest: Path,
     *,
-    expected: str,
+    expected: str | None,
     timeout: float = 30.0,
     chunk_size: int = 1 << 20,
     progress: _Progress | None = None,
 ) -> Path:
-    """Download ``url`` to ``dest`` through a ``.part`` file, whatever is there already."""
+    """Download ``url`` to ``dest`` through a ``.part`` file, whatever is there already;
+    ``expected=None`` skips the checksum (files no SHA-256 is published for)."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -187,7 +240,7 @@ def _fetch(
     part = dest.with_name(f"{dest.name}.{secrets.token_hex(4)}.part")
     try:
         actual = _stream_to(url, part, timeout=timeout, chunk_size=chunk_size, progress=progress)
-        if actual != expected:
+        if expected is not None and actual != expected:
             raise ChecksumMismatch(
                 f"checksum mismatch for {url}: expected SHA-256 {expected}, got {actual}; "
                 "the downloaded file was deleted"
@@ -198,7 +251,8 @@ def _fetch(
             part.unlink(missing_ok=True)
         raise
     _fsync_dir(dest.parent)
-    _log.info("downloaded %s to %s (SHA-256 verified)", url, dest)
+    verified = "SHA-256 verified" if expected is not None else f"unverified, SHA-256 {actual}"
+    _log.info("downloaded %s to %s (%s)", url, dest, verified)
     return dest
 
 

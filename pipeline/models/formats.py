@@ -10,7 +10,9 @@ Formats understood, told apart by content, never by trusting the file name alone
   training checkpoints) are unwrapped.
 - safetensors: OpenAI-layout keys (open_clip's ``open_clip_model.safetensors``, our demo model),
   or Hugging Face ``CLIPModel`` keys (``model.safetensors``), mapped onto ours. A
-  ``config.json`` beside a Hugging Face file supplies head counts and the activation.
+  ``config.json`` beside a Hugging Face file supplies head counts and the activation; an
+  ``open_clip_config.json`` beside an open_clip file supplies head counts, activation and pixel
+  statistics (:mod:`pipeline.models.openclip`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,17 @@ import torch
 
 from pipeline.errors import WeightsFormatError, WeightsNotFound
 from pipeline.models.model import Activation
+from pipeline.models.openclip import CONFIG_NAME, read_open_clip_config, vision_heads_for_width
 
-__all__ = ["WeightsFile", "from_hf_state_dict", "read_weights", "to_hf_state_dict"]
+__all__ = [
+    "RawWeights",
+    "WeightsFile",
+    "from_hf_state_dict",
+    "read_state_dict",
+    "read_weights",
+    "to_hf_state_dict",
+    "weights_from_raw",
+]
 
 
 @dataclass
@@ -38,6 +49,8 @@ class WeightsFile:
     vision_heads: int | None = None  # from a Hugging Face config, when one was found
     text_heads: int | None = None
     activation: Activation = "quick_gelu"
+    image_mean: tuple[float, float, float] | None = None  # from an open_clip config, if any
+    image_std: tuple[float, float, float] | None = None
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -177,8 +190,18 @@ def _hf_config(path: Path) -> tuple[int | None, int | None, Activation]:
     return vision.get("num_attention_heads"), text.get("num_attention_heads"), act
 
 
-def read_weights(path: str | Path) -> WeightsFile:
-    """Read a weights file of any supported format into OpenAI-layout tensors (on the CPU)."""
+@dataclass
+class RawWeights:
+    state_dict: dict[str, torch.Tensor]  # the file's own keys (wrappers and prefixes removed)
+    format: str  # "safetensors", "openai-torchscript" or "state-dict"
+    metadata: dict[str, str]  # safetensors string metadata ({} for other formats)
+
+
+def read_state_dict(path: str | Path) -> RawWeights:
+    """Read any supported weights file into tensors on the CPU, keys as the file has them.
+
+    Model-family code maps the keys (CLIP: :func:`read_weights`; SigLIP:
+    :mod:`pipeline.models.siglip_formats`)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFound(f"no weights file at {path}")
@@ -199,10 +222,23 @@ def read_weights(path: str | Path) -> WeightsFile:
         raise
     except Exception as e:  # torch and safetensors raise many types for a bad file
         raise WeightsFormatError(
-            f"{path}: not a readable CLIP weights file (TorchScript archive, PyTorch state "
+            f"{path}: not a readable weights file (TorchScript archive, PyTorch state "
             f"dict or safetensors): {type(e).__name__}: {e}"
         ) from e
-    sd = _unwrap(sd, path)
+    return RawWeights(state_dict=_unwrap(sd, path), format=fmt, metadata=meta)
+
+
+def read_weights(path: str | Path) -> WeightsFile:
+    """Read a CLIP weights file of any supported format into OpenAI-layout tensors (on the
+    CPU)."""
+    path = Path(path)
+    raw = read_state_dict(path)
+    return weights_from_raw(raw, path)
+
+
+def weights_from_raw(raw: RawWeights, path: Path) -> WeightsFile:
+    """:func:`read_weights` on a file already read by :func:`read_state_dict`."""
+    sd, fmt, meta = raw.state_dict, raw.format, raw.metadata
     if _is_hf(sd):
         vision_heads, text_heads, hf_act = _hf_config(path)
         return WeightsFile(
@@ -212,15 +248,31 @@ def read_weights(path: str | Path) -> WeightsFile:
             text_heads=text_heads,
             activation=hf_act,
         )
+    oc_config = path.with_name(CONFIG_NAME)
+    if oc_config.is_file():  # open_clip's Hugging Face layout: model_cfg and preprocess_cfg
+        spec = read_open_clip_config(oc_config)
+        return WeightsFile(
+            state_dict=sd,
+            format=f"open_clip-{fmt}",
+            vision_heads=spec.vision_heads,
+            text_heads=spec.text_heads,
+            activation=spec.activation,
+            image_mean=spec.mean,
+            image_std=spec.std,
+        )
     act: Activation = "quick_gelu"
     if "clip.activation" in meta:
         if meta["clip.activation"] not in ("quick_gelu", "gelu"):
             raise WeightsFormatError(f"{path}: metadata names an unknown activation")
         act = "gelu" if meta["clip.activation"] == "gelu" else "quick_gelu"
+    vision_heads = _int_or_none(meta.get("clip.vision_heads"))
+    conv = sd.get("visual.conv1.weight")
+    if vision_heads is None and conv is not None and "visual.proj" in sd:
+        vision_heads = vision_heads_for_width(conv.shape[0])  # open_clip's ViT-H/g/bigG/e
     return WeightsFile(
         state_dict=sd,
         format=fmt,
-        vision_heads=_int_or_none(meta.get("clip.vision_heads")),
+        vision_heads=vision_heads,
         text_heads=_int_or_none(meta.get("clip.text_heads")),
         activation=act,
     )

@@ -1,26 +1,45 @@
-"""``load_clip``: a registry name or a weights file in, a ready CLIP model out."""
+"""``load_model``: a registry name or a weights file in, a ready image-text model out.
+
+The family is told by the file's keys, never by its name: a SigLIP or SigLIP 2 checkpoint
+(any layout :mod:`pipeline.models.siglip_formats` reads) becomes a
+:class:`~pipeline.models.siglip.SigLIP` with the tokenizer found beside it, anything else a
+:class:`~pipeline.models.model.CLIP`. ``load_clip`` is the CLIP-only form the pipeline has
+always called.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
-from pipeline.errors import ConfigError, WeightsNotFound
-from pipeline.models.formats import read_weights
-from pipeline.models.model import CLIP, build_model, config_from_state_dict
+from pipeline.errors import ConfigError, WeightsFormatError, WeightsNotFound
+from pipeline.models.formats import RawWeights, read_state_dict, weights_from_raw
+from pipeline.models.licenses import check_license
+from pipeline.models.model import CLIP, CLIPConfig, build_model, config_from_state_dict
 from pipeline.models.registry import (
     DEMO_NOTICE,
     ModelInfo,
     list_models,
     resolve_weights,
 )
+from pipeline.models.siglip import SigLIP
+from pipeline.models.siglip_formats import build_siglip, is_siglip_state_dict, siglip_weights
 
-__all__ = ["load_clip", "save_clip"]
+__all__ = ["WEIGHTS_FILE_NAMES", "load_clip", "load_model", "save_clip"]
 
 _log = logging.getLogger(__name__)
+
+#: What a model folder's weights file is called, in the order looked for.
+WEIGHTS_FILE_NAMES = (
+    "model.safetensors",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "pytorch_model.bin",
+)
 
 
 def _locate(name_or_path: str | Path) -> tuple[Path, ModelInfo | None]:
@@ -32,11 +51,115 @@ def _locate(name_or_path: str | Path) -> tuple[Path, ModelInfo | None]:
     if path.is_file():
         return path, None
     names = ", ".join(m.name for m in list_models())
+    if path.is_dir():
+        for candidate in WEIGHTS_FILE_NAMES:
+            if (path / candidate).is_file():
+                return path / candidate, None
+        raise WeightsNotFound(
+            f"{path} is a folder without a weights file ({', '.join(WEIGHTS_FILE_NAMES)}); "
+            f"pass a weights file, a model folder or one of: {names}"
+        )
     if path.exists():
         raise ConfigError(f"{path} is not a file; pass a weights file or one of: {names}")
     raise WeightsNotFound(
         f"{name_or_path!s} is neither a registered model ({names}) nor an existing weights file"
     )
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    image_size: int | None = None,
+    accept_licenses: Iterable[str] | None = None,
+) -> CLIP | SigLIP:
+    """Load a CLIP, SigLIP or SigLIP 2 model from a registry name, a weights file or a model
+    folder (Hugging Face or open_clip layout).
+
+    The model comes back on ``device`` in ``dtype``, in eval mode with gradients off, with its
+    tokenizer (``model.tokenize``). ``image_size`` picks the resolution of a SigLIP 2 NaFlex
+    checkpoint (fixed-resolution checkpoints only run at their own). A registry model under a
+    restricted licence raises :class:`~pipeline.errors.LicenseNotAccepted` unless the licence
+    is in ``accept_licenses`` or ``$CLIPGUARD_ACCEPT_LICENSES``.
+    """
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ConfigError(f"dtype must be float32, float16 or bfloat16, not {dtype}")
+    if isinstance(name_or_path, str):
+        known = {m.name: m for m in list_models()}
+        if name_or_path in known:  # refuse before looking for (or at) the weights
+            check_license(name_or_path, known[name_or_path].license, accept=accept_licenses)
+    path, info = _locate(name_or_path)
+    raw = read_state_dict(path)
+    model: CLIP | SigLIP
+    if is_siglip_state_dict(raw.state_dict):
+        weights = siglip_weights(raw.state_dict, path, image_size=image_size)
+        model = build_siglip(
+            weights, device=device, dtype=dtype, tokenizer_dir=path.parent, source=str(path)
+        )
+        fmt = weights.format
+    else:
+        if image_size is not None:
+            raise ConfigError("image_size applies to SigLIP 2 NaFlex checkpoints only")
+        model, fmt = _build_clip(raw, path, info, device=device, dtype=dtype)
+    if info is not None and not info.bundled:
+        got = (model.family, model.embed_dim, model.input_resolution, model.context_length)
+        want = (info.family, info.embed_dim, info.image_resolution, info.text_context)
+        if got != want:
+            raise WeightsFormatError(
+                f"{path} does not hold {info.name}: (family, embedding, resolution, text "
+                f"context) is {got}, the registry entry says {want}; remove the file and "
+                f"download it again with `clipguard models download {info.name}`"
+            )
+    model.name = info.name if info is not None else str(path)
+    if info is not None and info.demo:
+        _log.warning(DEMO_NOTICE)
+    model.weights_sha256 = _sha256(path)
+    _log.info(
+        "loaded %s %s (%s, input %dpx, embed %d, text context %d) on %s as %s",
+        model.family,
+        model.name,
+        fmt,
+        model.input_resolution,
+        model.embed_dim,
+        model.context_length,
+        device,
+        dtype,
+    )
+    return model
+
+
+def _build_clip(
+    raw: RawWeights,
+    path: Path,
+    info: ModelInfo | None,
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype,
+) -> tuple[CLIP, str]:
+    weights = weights_from_raw(raw, path)
+    vision_heads, text_heads, activation = (
+        weights.vision_heads,
+        weights.text_heads,
+        weights.activation,
+    )
+    if info is not None and isinstance(info.config, CLIPConfig) and not info.bundled:
+        # the registry knows what the weights do not say (heads, activation)
+        vision_heads = info.config.vision.heads
+        text_heads = info.config.text.heads
+        activation = info.config.activation
+    config = config_from_state_dict(
+        weights.state_dict,
+        vision_heads=vision_heads,
+        text_heads=text_heads,
+        activation=activation,
+    )
+    model = build_model(weights.state_dict, config=config, device=device, dtype=dtype)
+    if info is not None:
+        model.image_mean, model.image_std = info.mean, info.std
+    elif weights.image_mean is not None and weights.image_std is not None:
+        model.image_mean, model.image_std = weights.image_mean, weights.image_std
+    return model, f"{weights.format}, {config.vision.kind}"
 
 
 def load_clip(
@@ -50,37 +173,14 @@ def load_clip(
 
     The model comes back on ``device`` in ``dtype``, in eval mode with gradients off. A
     registry model whose weights are not cached raises :class:`WeightsNotFound` naming the
-    expected path and the ``clipguard models download`` command that fetches them.
+    expected path and the ``clipguard models download`` command that fetches them. A SigLIP
+    checkpoint raises :class:`ConfigError`: load it with :func:`load_model`.
     """
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ConfigError(f"dtype must be float32, float16 or bfloat16, not {dtype}")
-    path, info = _locate(name_or_path)
-    weights = read_weights(path)
-    config = config_from_state_dict(
-        weights.state_dict,
-        vision_heads=weights.vision_heads,
-        text_heads=weights.text_heads,
-        activation=weights.activation,
-    )
-    model = build_model(weights.state_dict, config=config, device=device, dtype=dtype)
-    if info is not None:
-        model.name = info.name
-        model.image_mean, model.image_std = info.mean, info.std
-        if info.demo:
-            _log.warning(DEMO_NOTICE)
-    else:
-        model.name = str(path)
-    model.weights_sha256 = _sha256(path)
-    _log.info(
-        "loaded CLIP %s (%s, %s, input %dpx, embed %d) on %s as %s",
-        model.name,
-        weights.format,
-        config.vision.kind,
-        model.input_resolution,
-        model.embed_dim,
-        device,
-        dtype,
-    )
+    model = load_model(name_or_path, device=device, dtype=dtype)
+    if not isinstance(model, CLIP):
+        raise ConfigError(
+            f"{name_or_path!s} is a {model.family} model, not CLIP; load it with load_model()"
+        )
     return model
 
 

@@ -12,7 +12,6 @@ Layout note: OpenAI's code runs its transformers sequence-first (LND); ours run 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -24,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import ConfigError, StateDictMismatch
+from pipeline.models.base import Family, ImageTextModule, ScoreKind
+from pipeline.models.text_tokenizers import ClipBpeTokenizer, TextTokenizer
 
 __all__ = [
     "CLIP",
@@ -55,6 +56,7 @@ class VisionConfig:
     layers: int | tuple[int, int, int, int]  # ViT: blocks; ResNet: bottlenecks per stage
     heads: int  # attention heads (ViT blocks, or the ResNet attention pool)
     patch_size: int = 0  # ViT only: side of a square patch
+    mlp_width: int = 0  # ViT only: MLP hidden width (0: 4 x width; open_clip's bigG and g differ)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class TextConfig:
     width: int = 512  # token width
     heads: int = 8  # attention heads
     layers: int = 12  # transformer blocks
+    mlp_width: int = 0  # MLP hidden width (0: 4 x width)
 
 
 @dataclass(frozen=True)
@@ -124,16 +127,17 @@ class SelfAttention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int, heads: int, activation: Activation) -> None:
+    def __init__(self, width: int, heads: int, activation: Activation, mlp_width: int = 0) -> None:
         super().__init__()
+        hidden = mlp_width or width * 4
         self.attn = SelfAttention(width, heads)
         self.ln_1 = LayerNorm(width)
         self.mlp = nn.Sequential(
             OrderedDict(
                 [
-                    ("c_fc", nn.Linear(width, width * 4)),
+                    ("c_fc", nn.Linear(width, hidden)),
                     ("gelu", _activation(activation)),
-                    ("c_proj", nn.Linear(width * 4, width)),
+                    ("c_proj", nn.Linear(hidden, width)),
                 ]
             )
         )
@@ -145,12 +149,14 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, activation: Activation) -> None:
+    def __init__(
+        self, width: int, layers: int, heads: int, activation: Activation, mlp_width: int = 0
+    ) -> None:
         super().__init__()
         self.width = width
         self.layers = layers
         self.resblocks = nn.ModuleList(
-            [ResidualAttentionBlock(width, heads, activation) for _ in range(layers)]
+            [ResidualAttentionBlock(width, heads, activation, mlp_width) for _ in range(layers)]
         )
 
     def forward(self, x: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
@@ -176,7 +182,7 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(torch.empty(width))
         self.positional_embedding = nn.Parameter(torch.empty(grid * grid + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, cfg.layers, cfg.heads, activation)
+        self.transformer = Transformer(width, cfg.layers, cfg.heads, activation, cfg.mlp_width)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(torch.empty(width, output_dim))
 
@@ -300,7 +306,7 @@ class ModifiedResNet(nn.Module):
         return self.attnpool(x)  # type: ignore[no-any-return]
 
 
-class CLIP(nn.Module):
+class CLIP(ImageTextModule):
     """CLIP: an image tower and a text tower projecting into one embedding space.
 
     ``encode_image`` takes normalised float pixels ``[B, 3, R, R]``; ``encode_text`` takes
@@ -319,36 +325,29 @@ class CLIP(nn.Module):
         else:
             self.visual = ModifiedResNet(vis, config.embed_dim)
         txt = config.text
-        self.transformer = Transformer(txt.width, txt.layers, txt.heads, config.activation)
+        self.transformer = Transformer(
+            txt.width, txt.layers, txt.heads, config.activation, txt.mlp_width
+        )
         self.token_embedding = nn.Embedding(txt.vocab_size, txt.width)
         self.positional_embedding = nn.Parameter(torch.empty(txt.context_length, txt.width))
         self.ln_final = LayerNorm(txt.width)
         self.text_projection = nn.Parameter(torch.empty(txt.width, config.embed_dim))
         self.logit_scale = nn.Parameter(torch.empty(()))
         # Not weights: what the pipeline needs to know to feed the model.
-        self.image_mean: tuple[float, float, float] = OPENAI_MEAN
-        self.image_std: tuple[float, float, float] = OPENAI_STD
-        self.name: str = ""
-        self.weights_sha256: str = ""  # of the file it was loaded from; see fingerprint()
+        self.image_mean = OPENAI_MEAN
+        self.image_std = OPENAI_STD
+        self.logit_bias: torch.Tensor | None = None  # CLIP's head has no bias
 
-    def fingerprint(self) -> str:
-        """SHA-256 identifying these weights: the weights file's, when loaded from one, else
-        a hash of the state dict. Keys caches of things computed with the model."""
-        if not self.weights_sha256:
-            h = hashlib.sha256()
-            for key, value in self.state_dict().items():
-                h.update(key.encode())
-                h.update(
-                    value.detach()
-                    .cpu()
-                    .reshape(-1)
-                    .contiguous()
-                    .view(torch.uint8)
-                    .numpy()
-                    .tobytes()
-                )
-            self.weights_sha256 = h.hexdigest()
-        return self.weights_sha256
+    @property
+    def family(self) -> Family:
+        return "clip"
+
+    @property
+    def score_kind(self) -> ScoreKind:
+        return "cosine"
+
+    def _default_tokenizer(self) -> TextTokenizer:
+        return ClipBpeTokenizer(self.context_length)
 
     @property
     def input_resolution(self) -> int:
@@ -417,26 +416,6 @@ class CLIP(nn.Module):
         with torch.no_grad():
             self.logit_scale.fill_(math.log(1 / 0.07))
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 RGB ``[B, H, W, 3]`` (any device) -> normalised ``[B, 3, R, R]`` for the model.
-
-        Frames of another size are resized on the device (bicubic, antialiased); the decode
-        stage normally delivers them at the model's resolution already.
-        """
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ConfigError(
-                f"preprocess takes uint8 [B, H, W, 3] RGB frames, got {images.dtype} "
-                f"{tuple(images.shape)}"
-            )
-        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NHWC -> NCHW
-        x = x.float()
-        res = self.input_resolution
-        if x.shape[-2:] != (res, res):
-            x = F.interpolate(x, size=(res, res), mode="bicubic", antialias=True)
-        mean = torch.tensor(self.image_mean, device=x.device).view(1, 3, 1, 1) * 255.0
-        inv_std = 1.0 / (torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1) * 255.0)
-        return ((x - mean) * inv_std).to(self.dtype)
-
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         res = self.input_resolution
         if pixels.ndim != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[-2:]) != (res, res):
@@ -478,6 +457,12 @@ def _count_blocks(keys: list[str], prefix: str) -> int:
     return len({k.split(".")[depth] for k in keys if k.startswith(prefix)})
 
 
+def _mlp_width(state_dict: Mapping[str, torch.Tensor], block: str, width: int) -> int:
+    """A block's MLP width, 0 when it is the usual 4 x width (so configs compare equal)."""
+    hidden = state_dict[f"{block}mlp.c_fc.weight"].shape[0]
+    return 0 if hidden == 4 * width else int(hidden)
+
+
 def config_from_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     *,
@@ -501,6 +486,7 @@ def config_from_state_dict(
             width=text_width,
             heads=text_heads or max(1, text_width // 64),
             layers=_count_blocks(keys, "transformer.resblocks."),
+            mlp_width=_mlp_width(state_dict, "transformer.resblocks.0.", text_width),
         )
         vision: VisionConfig
         if "visual.proj" in state_dict:
@@ -514,6 +500,7 @@ def config_from_state_dict(
                 layers=_count_blocks(keys, "visual.transformer.resblocks."),
                 heads=vision_heads or max(1, width // 64),
                 patch_size=patch,
+                mlp_width=_mlp_width(state_dict, "visual.transformer.resblocks.0.", width),
             )
         elif "visual.attnpool.positional_embedding" in state_dict:
             stages = tuple(_count_blocks(keys, f"visual.layer{i}.") for i in (1, 2, 3, 4))

@@ -1,9 +1,11 @@
-"""Named CLIP releases: where their weights come from, what they are, where they are cached.
+"""Named model releases: where their weights come from, what they are, where they are cached.
 
 Every OpenAI release is listed with its architecture, embedding size, input resolution,
 download URL and SHA-256 (OpenAI's URLs carry the file's SHA-256 as a path segment), plus
 ``clipguard-demo``, the tiny model trained in this repository on synthetic scenes and shipped
-inside the package. Weights are cached under ``$CLIPGUARD_CACHE_DIR`` if set, else
+inside the package. SigLIP, SigLIP 2 and open_clip checkpoints hosted on Hugging Face are
+listed in :mod:`pipeline.models.zoo` (repository, revision and files). Each entry names its
+family and licence. Weights are cached under ``$CLIPGUARD_CACHE_DIR`` if set, else
 ``$XDG_CACHE_HOME/clipguard/models``, else ``~/.cache/clipguard/models``.
 """
 
@@ -15,11 +17,15 @@ from importlib import resources
 from pathlib import Path
 
 from pipeline.errors import ConfigError, WeightsNotFound
+from pipeline.models.base import Family
 from pipeline.models.model import OPENAI_MEAN, OPENAI_STD, CLIPConfig, TextConfig, VisionConfig
+from pipeline.models.siglip import SiglipConfig
 
 __all__ = [
     "DEMO_MODEL",
     "DEMO_NOTICE",
+    "HFFile",
+    "HFSource",
     "ModelInfo",
     "cache_dir",
     "get_model_info",
@@ -38,9 +44,26 @@ _OPENAI_BASE = "https://openaipublic.azureedge.net/clip/models"
 
 
 @dataclass(frozen=True)
+class HFFile:
+    name: str  # file name in the repository
+    sha256: str = ""  # published SHA-256; "" when none is known (the download is then unverified)
+
+
+@dataclass(frozen=True)
+class HFSource:
+    repo: str  # Hugging Face repository, "owner/name"
+    files: tuple[HFFile, ...]  # the weights file first, then config and tokenizer files
+    revision: str = "main"  # branch, tag or commit the files are fetched from
+
+    def url(self, base: str, file: str) -> str:
+        """``{base}/{repo}/resolve/{revision}/{file}``: the Hugging Face download layout."""
+        return f"{base.rstrip('/')}/{self.repo}/resolve/{self.revision}/{file}"
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str  # registry name, as used on the command line
-    config: CLIPConfig  # architecture (what the weights' shapes say)
+    config: CLIPConfig | SiglipConfig  # architecture (what the weights' shapes say)
     url: str  # where the weights download from ("" for bundled models)
     sha256: str  # SHA-256 of the weights file
     filename: str  # file name in the cache (or in the package, for bundled models)
@@ -48,6 +71,9 @@ class ModelInfo:
     std: tuple[float, float, float] = OPENAI_STD  # pixel std the model was trained with
     bundled: bool = False  # shipped inside the package: never downloaded
     demo: bool = False  # a demo model: say so wherever it shows
+    family: Family = "clip"  # "clip", "siglip" or "siglip2"
+    license: str = "mit"  # licence id of the weights (pipeline.models.licenses)
+    hf: HFSource | None = None  # Hugging Face repository and files, when hosted there
 
     @property
     def embed_dim(self) -> int:
@@ -55,10 +81,26 @@ class ModelInfo:
 
     @property
     def image_resolution(self) -> int:
+        if isinstance(self.config, SiglipConfig):
+            return self.config.vision.image_size
         return self.config.vision.image_resolution
 
     @property
+    def text_context(self) -> int:
+        return self.config.text.context_length
+
+    @property
+    def source(self) -> str:
+        """Where the weights come from: ``hf:owner/name@revision``, a URL, or "bundled"."""
+        if self.hf is not None:
+            return f"hf:{self.hf.repo}@{self.hf.revision}"
+        return self.url or "bundled"
+
+    @property
     def architecture(self) -> str:
+        if isinstance(self.config, SiglipConfig):
+            v = self.config.vision
+            return f"ViT {v.layers}x{v.width} /{v.patch_size} MAP"
         vis = self.config.vision
         if vis.kind == "vit":
             return f"ViT {vis.layers}x{vis.width} /{vis.patch_size}"
@@ -214,16 +256,24 @@ def cache_dir() -> Path:
     return Path(xdg).expanduser() / "clipguard" / "models"
 
 
+def _all_models() -> dict[str, ModelInfo]:
+    # the zoo imports ModelInfo from here, so it is merged in on first use
+    from pipeline.models.zoo import ZOO_MODELS
+
+    return {**_MODELS, **{m.name: m for m in ZOO_MODELS}}
+
+
 def list_models() -> list[ModelInfo]:
     """Every registered model, the bundled demo model first."""
-    return list(_MODELS.values())
+    return list(_all_models().values())
 
 
 def get_model_info(name: str) -> ModelInfo:
+    models = _all_models()
     try:
-        return _MODELS[name]
+        return models[name]
     except KeyError:
-        known = ", ".join(_MODELS)
+        known = ", ".join(models)
         raise ConfigError(f"unknown model {name!r}; known models: {known}") from None
 
 

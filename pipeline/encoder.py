@@ -1,4 +1,4 @@
-"""The encode stage: batches of uint8 RGB frames to L2-normalised CLIP image embeddings.
+"""The encode stage: batches of uint8 RGB frames to L2-normalised image embeddings.
 
 Frames travel as bytes (uint8) to the model's device; normalisation happens there
 (:meth:`pipeline.models.model.CLIP.preprocess`). Inference runs in ``torch.inference_mode``.
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
-from pipeline.models.model import CLIP
+from pipeline.models.base import ImageTextModel
 
 __all__ = ["Encoder"]
 
@@ -22,14 +22,14 @@ __all__ = ["Encoder"]
 class Encoder:
     """Encodes frames with ``model`` in batches of at most ``batch_size``."""
 
-    def __init__(self, model: CLIP, *, batch_size: int = 64) -> None:
+    def __init__(self, model: ImageTextModel, *, batch_size: int = 64) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, not {batch_size}")
         self.model = model
         self.batch_size = batch_size
 
     @classmethod
-    def for_model(cls, model: CLIP, batch_size: int) -> Encoder:
+    def for_model(cls, model: ImageTextModel, batch_size: int) -> Encoder:
         """``Encoder(model, batch_size=batch_size)``: the stream worker's default factory."""
         return cls(model, batch_size=batch_size)
 

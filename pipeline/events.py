@@ -69,8 +69,16 @@ class ScoreRecord(_Record):
     ts: float = Field(description="stream-timeline seconds: segment start-ts + frame offset")
     model: str
     policy_set: str = Field(description="hash of the compiled policies")
-    scores: dict[str, float] = Field(description='"policy/label" -> cosine score')
+    scores: dict[str, float] = Field(
+        description='"policy/label" -> score, in the unit its rule judges (see kinds)'
+    )
     flagged: list[str] = Field(description='"policy/label" that passed on this frame')
+    kinds: dict[str, Literal["cosine", "softmax", "sigmoid"]] | None = Field(
+        None,
+        description='"policy/label" -> the score its rule judges: the cosine with the '
+        "label's prompts (threshold rules), the softmax probability against its negatives "
+        "(probability rules) or the model's sigmoid probability (sigmoid rules, SigLIP)",
+    )
     source: str | None = Field(None, description="file or URL, for batch scans")
     job_id: str | None = Field(None, description="the scan job, for scans run as Kafka jobs")
 

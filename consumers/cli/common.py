@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from consumers.argtypes import positive_float
 
 if TYPE_CHECKING:
-    from pipeline.models.model import CLIP
+    from pipeline.models.base import ImageTextModel
 
 __all__ = [
     "DEFAULT_BOOTSTRAP",
@@ -197,11 +197,13 @@ def add_fit_option(parser: _Parent, *, help: str, default: str | None = None) ->
     parser.add_argument("--fit", choices=FIT_CHOICES, default=default, help=help)
 
 
-def load_model(name: str) -> tuple[CLIP, bool]:
-    """The model, and whether it is a demo model (whose output must say so)."""
-    from pipeline.models import list_models, load_clip
+def load_model(name: str) -> tuple[ImageTextModel, bool]:
+    """The model (CLIP, SigLIP or SigLIP 2), and whether it is a demo model (whose output must
+    say so). Restricted licences are accepted through ``CLIPGUARD_ACCEPT_LICENSES``."""
+    from pipeline.models import list_models
+    from pipeline.models import load_model as load
 
-    model = load_clip(name)
+    model = load(name)
     demo = any(info.demo and info.name == model.name for info in list_models())
     return model, demo
 

@@ -21,7 +21,7 @@ from consumers.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.models.model import CLIP
+    from pipeline.models.base import ImageTextModel
     from pipeline.policies import LoadedPolicy
     from pipeline.policies.tools import ImageExplanation, VideoExplanation
 
@@ -64,10 +64,17 @@ def add_parser(subparsers: Any) -> None:
         "lint",
         help="validate policy files",
         description="Load and validate policy files, and check that the examples and exemplars "
-        "they name exist. Each problem is printed as file:line:col: message; the exit status "
-        "is 1 if there are any. Needs no model.",
+        "they name exist, that each label's rule is one its model can produce and that every "
+        "prompt fits the model's text context (the model each policy names, or --model; its "
+        "weights are not loaded). Each problem is printed as file:line:col: message; the exit "
+        "status is 1 if there are any.",
     )
     _add_paths(lint)
+    lint.add_argument(
+        "--model",
+        metavar="NAME",
+        help="check every policy against this registry model instead of the one it names",
+    )
     lint.set_defaults(func=_lint)
 
     compile_ = add_command(
@@ -179,7 +186,7 @@ def _precision(text: str) -> float:
     return value
 
 
-def _model_notes(policies: Iterable[LoadedPolicy], model: CLIP, demo: bool) -> None:
+def _model_notes(policies: Iterable[LoadedPolicy], model: ImageTextModel, demo: bool) -> None:
     """Say when the model is a demo model, and when a policy was written for another model."""
     from pipeline.models import DEMO_NOTICE
 
@@ -197,9 +204,11 @@ def _model_notes(policies: Iterable[LoadedPolicy], model: CLIP, demo: bool) -> N
 def _lint(args: argparse.Namespace) -> int:
     from pipeline.policies.tools import lint
 
-    report = lint(args.paths)
+    report = lint(args.paths, model=args.model)
     for error in report.errors:
         print(error)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
     if not report.ok:
         print(f"{PROG}: {plural(len(report.errors), 'problem')} found", file=sys.stderr)
         return 1
@@ -322,6 +331,9 @@ def _print_image_explanation(result: ImageExplanation, model: str) -> None:
                 ok = lab.probability >= lab.probability_rule
                 rule = f"  >= {lab.probability_rule:g}: {_yes(ok)}"
             print(f"  probability  {lab.probability:7.3f}{rule}")
+        if lab.sigmoid is not None and lab.sigmoid_rule is not None:
+            ok = lab.sigmoid >= lab.sigmoid_rule
+            print(f"  sigmoid      {lab.sigmoid:7.3f}  >= {lab.sigmoid_rule:g}: {_yes(ok)}")
         print(f"  top prompt: {lab.top_prompt}")
         print("  prompts:")
         for p in lab.prompts:

@@ -51,7 +51,7 @@ from consumers.cli.common import (
 if TYPE_CHECKING:
     from consumers.jobs import JobOutcome
     from pipeline.decode import Sampling
-    from pipeline.models.model import CLIP
+    from pipeline.models.base import ImageTextModel
     from pipeline.policies import LoadedPolicies
     from pipeline.policies.snapshot import PolicySet
     from pipeline.scan import FileScan, ScanInput, ScanOptions
@@ -271,7 +271,7 @@ def _scan_here(args: argparse.Namespace, inputs: Sequence[ScanInput], options: S
     return _conclude(summary, folder.path, report, counts, seconds=seconds)
 
 
-def _model_and_policies(args: argparse.Namespace) -> tuple[CLIP, bool, LoadedPolicies]:
+def _model_and_policies(args: argparse.Namespace) -> tuple[ImageTextModel, bool, LoadedPolicies]:
     """The model (and whether it is a demo model) and policies to scan with, with notes on
     stderr about the defaults taken and policies written for another model."""
     from pipeline.policies import load_policies
@@ -308,7 +308,7 @@ def _scan_todo(
     known: dict[str, dict[str, Any]],
     counts: _Counts,
     *,
-    model: CLIP,
+    model: ImageTextModel,
     policies: PolicySet,
     options: ScanOptions,
 ) -> None:

@@ -72,7 +72,7 @@ from pipeline.errors import (
     LimitExceeded,
 )
 from pipeline.metrics import Metrics, MetricsServer, start_http_server
-from pipeline.models.model import CLIP
+from pipeline.models.base import ImageTextModel
 from pipeline.policies.compile import PolicyCompiler
 from pipeline.policies.judge import Judge
 from pipeline.policies.store import PolicyStore
@@ -107,7 +107,7 @@ class Worker:
         settings: WorkerSettings,
         *,
         registry: CollectorRegistry | None = None,
-        encoder: Callable[[CLIP, int], Encoder] = Encoder.for_model,
+        encoder: Callable[[ImageTextModel, int], Encoder] = Encoder.for_model,
     ) -> None:
         self.settings = settings
         self._make_encoder = encoder
@@ -211,11 +211,11 @@ class Worker:
         """The model, the policies, the encode stage and the decode pool, and their threads."""
         import torch
 
-        from pipeline.models import load_clip
+        from pipeline.models import load_model
 
         s = self.settings
         device = s.resolved_device()
-        self.model = load_clip(s.model, device=device, dtype=getattr(torch, s.dtype))
+        self.model = load_model(s.model, device=device, dtype=getattr(torch, s.dtype))
         self.metrics.set_model(model=self.model.name, device=device, dtype=s.dtype)
         self.store = PolicyStore(list(s.policies), PolicyCompiler(self.model))
         self.streams = Streams(

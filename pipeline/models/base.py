@@ -19,13 +19,14 @@ Score kinds:
 from __future__ import annotations
 
 import hashlib
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import ConfigError, TokenizerError
+from pipeline.models.configs import Family, ScoreKind
 from pipeline.models.text_tokenizers import TextTokenizer
 
 __all__ = [
@@ -37,8 +38,6 @@ __all__ = [
     "state_dict_sha256",
 ]
 
-ScoreKind = Literal["cosine", "sigmoid"]
-Family = Literal["clip", "siglip", "siglip2"]
 
 RGB = tuple[float, float, float]
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from pipeline.errors import WeightsFormatError, WeightsNotFound
-from pipeline.models.model import Activation
+from pipeline.models.configs import Activation
 from pipeline.models.openclip import CONFIG_NAME, read_open_clip_config, vision_heads_for_width
 
 __all__ = [

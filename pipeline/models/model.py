@@ -15,8 +15,6 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +22,14 @@ from torch import nn
 
 from pipeline.errors import ConfigError, StateDictMismatch
 from pipeline.models.base import Family, ImageTextModule, ScoreKind
+from pipeline.models.configs import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    Activation,
+    CLIPConfig,
+    TextConfig,
+    VisionConfig,
+)
 from pipeline.models.text_tokenizers import ClipBpeTokenizer, TextTokenizer
 
 __all__ = [
@@ -37,44 +43,9 @@ __all__ = [
     "config_from_state_dict",
 ]
 
-Activation = Literal["quick_gelu", "gelu"]
-
-# Pixel statistics OpenAI's CLIP models were trained with (RGB, on [0, 1] values).
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
 # Keys some checkpoints carry that are not parameters (OpenAI's TorchScript archives keep these
 # three as attributes; Hugging Face stores position ids as buffers). They are dropped on load.
 _IGNORED_KEYS = frozenset({"input_resolution", "context_length", "vocab_size"})
-
-
-@dataclass(frozen=True)
-class VisionConfig:
-    kind: Literal["vit", "resnet"]  # vision transformer, or modified ResNet
-    image_resolution: int  # square input side in pixels
-    width: int  # ViT: token width; ResNet: stem width (stage widths are 1, 2, 4, 8 times it x4)
-    layers: int | tuple[int, int, int, int]  # ViT: blocks; ResNet: bottlenecks per stage
-    heads: int  # attention heads (ViT blocks, or the ResNet attention pool)
-    patch_size: int = 0  # ViT only: side of a square patch
-    mlp_width: int = 0  # ViT only: MLP hidden width (0: 4 x width; open_clip's bigG and g differ)
-
-
-@dataclass(frozen=True)
-class TextConfig:
-    context_length: int = 77  # tokens per text, start and end tokens included
-    vocab_size: int = 49408  # BPE vocabulary size
-    width: int = 512  # token width
-    heads: int = 8  # attention heads
-    layers: int = 12  # transformer blocks
-    mlp_width: int = 0  # MLP hidden width (0: 4 x width)
-
-
-@dataclass(frozen=True)
-class CLIPConfig:
-    embed_dim: int  # size of the joint image/text embedding
-    vision: VisionConfig  # image tower
-    text: TextConfig = field(default_factory=TextConfig)  # text tower
-    activation: Activation = "quick_gelu"  # OpenAI's weights need QuickGELU, not GELU
 
 
 class LayerNorm(nn.LayerNorm):

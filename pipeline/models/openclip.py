@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import WeightsFormatError
-from pipeline.models.model import OPENAI_MEAN, OPENAI_STD, Activation
+from pipeline.models.configs import OPENAI_MEAN, OPENAI_STD, Activation
 
 __all__ = [
     "CONFIG_NAME",

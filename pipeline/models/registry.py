@@ -17,9 +17,15 @@ from importlib import resources
 from pathlib import Path
 
 from pipeline.errors import ConfigError, WeightsNotFound
-from pipeline.models.base import Family
-from pipeline.models.model import OPENAI_MEAN, OPENAI_STD, CLIPConfig, TextConfig, VisionConfig
-from pipeline.models.siglip import SiglipConfig
+from pipeline.models.configs import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    CLIPConfig,
+    Family,
+    SiglipConfig,
+    TextConfig,
+    VisionConfig,
+)
 
 __all__ = [
     "DEMO_MODEL",

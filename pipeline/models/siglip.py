@@ -18,15 +18,19 @@ Transformers run batch-first and call ``scaled_dot_product_attention``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import ConfigError
 from pipeline.models.base import Family, ImageTextModule, ScoreKind
+from pipeline.models.configs import (
+    SIGLIP_MEAN,
+    SIGLIP_STD,
+    SiglipConfig,
+    SiglipTextConfig,
+    SiglipVisionConfig,
+)
 from pipeline.models.model import LayerNorm
 
 __all__ = [
@@ -37,46 +41,6 @@ __all__ = [
     "SiglipTextConfig",
     "SiglipVisionConfig",
 ]
-
-SiglipFamily = Literal["siglip", "siglip2"]
-
-# SigLIP's pixels are scaled to [-1, 1].
-SIGLIP_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_STD = (0.5, 0.5, 0.5)
-
-
-@dataclass(frozen=True)
-class SiglipVisionConfig:
-    image_size: int  # square input side in pixels (So400m/14 at 384: the last 6 px are unused)
-    patch_size: int  # side of a square patch
-    width: int  # token width (also the embedding size: the image tower has no projection)
-    layers: int  # transformer blocks
-    heads: int  # attention heads (blocks and the pooling head)
-    mlp_width: int  # hidden width of each MLP
-    eps: float = 1e-6  # LayerNorm epsilon
-
-
-@dataclass(frozen=True)
-class SiglipTextConfig:
-    context_length: int = 64  # tokens per text; every prompt is padded to it
-    vocab_size: int = 32000  # 32000 (SigLIP, T5 SentencePiece), 256000 (SigLIP 2, Gemma)
-    width: int = 768  # token width
-    layers: int = 12  # transformer blocks
-    heads: int = 12  # attention heads
-    mlp_width: int = 3072  # hidden width of each MLP
-    embed_dim: int = 768  # output of the head (equals the image tower's width)
-    eps: float = 1e-6  # LayerNorm epsilon
-
-
-@dataclass(frozen=True)
-class SiglipConfig:
-    vision: SiglipVisionConfig  # image tower
-    text: SiglipTextConfig  # text tower
-    family: SiglipFamily = "siglip"  # which tokenizer and text preprocessing it was trained with
-
-    @property
-    def embed_dim(self) -> int:
-        return self.vision.width
 
 
 class Attention(nn.Module):

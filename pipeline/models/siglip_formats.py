@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import StateDictMismatch, TokenizerError, WeightsFormatError
-from pipeline.models.siglip import (
-    SigLIP,
+from pipeline.models.configs import (
     SiglipConfig,
     SiglipFamily,
     SiglipTextConfig,
     SiglipVisionConfig,
 )
+from pipeline.models.siglip import SigLIP
 from pipeline.models.text_tokenizers import load_text_tokenizer
 
 __all__ = [

@@ -36,14 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, cast, runtime_checkable
 
-import torch
-
 from pipeline.errors import TokenizerError
 from pipeline.models.tokenizer import get_tokenizer, tokenize
 
 if TYPE_CHECKING:
     import sentencepiece
     import tokenizers
+    import torch
 
 __all__ = [
     "ClipBpeTokenizer",
@@ -142,6 +141,8 @@ def _too_long(text: str, n: int, limit: int) -> TokenizerError:
 
 
 def _rows_to_tensor(rows: list[list[int]], context_length: int) -> torch.Tensor:
+    import torch  # only here: counting tokens needs no torch
+
     if not rows:
         return torch.zeros((0, context_length), dtype=torch.long)
     return torch.tensor(rows, dtype=torch.long)

@@ -28,11 +28,13 @@ import itertools
 import os
 import re
 from collections.abc import Iterable, Sequence
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import ftfy
 import regex
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from pipeline.errors import TokenizerError
 
@@ -223,8 +225,8 @@ class ClipTokenizer:
         Every ``</w>`` becomes a space, so text normally ends with one; special tokens and any
         padding zeros (``"!"``) are decoded literally, and invalid UTF-8 becomes U+FFFD.
         """
-        if isinstance(ids, torch.Tensor):
-            ids = cast(list[int], ids.reshape(-1).tolist())
+        if hasattr(ids, "reshape"):  # a tensor
+            ids = cast(list[int], cast("torch.Tensor", ids).reshape(-1).tolist())
         size = len(self._id_to_token)
         pieces: list[str] = []
         for token_id in ids:
@@ -279,6 +281,8 @@ def tokenize(
             tokens[-1] = eot
         tokens.extend([0] * (context_length - len(tokens)))
         rows.append(tokens)
+    import torch  # only here: counting and encoding text needs no torch
+
     if rows:
         result = torch.tensor(rows, dtype=torch.long)
     else:

@@ -19,16 +19,19 @@ conversion uses B 768/12 heads, L 1024/16, So400m 1152/16 with MLP 4304) and ope
 
 from __future__ import annotations
 
-from pipeline.models.model import Activation, CLIPConfig, TextConfig, VisionConfig
-from pipeline.models.registry import HFFile, HFSource, ModelInfo
-from pipeline.models.siglip import (
+from pipeline.models.configs import (
     SIGLIP_MEAN,
     SIGLIP_STD,
+    Activation,
+    CLIPConfig,
     SiglipConfig,
     SiglipFamily,
     SiglipTextConfig,
     SiglipVisionConfig,
+    TextConfig,
+    VisionConfig,
 )
+from pipeline.models.registry import HFFile, HFSource, ModelInfo
 
 __all__ = ["ZOO_MODELS"]
 

@@ -30,9 +30,8 @@ import torch
 from pipeline.decode import DecodeOptions, decode_uri
 from pipeline.encoder import Encoder
 from pipeline.errors import DecodeError, PolicyError
-from pipeline.models.model import CLIP
+from pipeline.models.base import ImageTextModel
 from pipeline.models.registry import cache_dir as _model_cache_dir
-from pipeline.models.tokenizer import tokenize
 from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
 from pipeline.policies.score import CompiledLabel, CompiledPolicies, unit_rows
 from pipeline.policies.snapshot import PolicySet
@@ -72,7 +71,9 @@ class PolicyBlock:
 class PolicyCompiler:
     """Compiles policies for one model; ``hits`` and ``misses`` count cache use."""
 
-    def __init__(self, model: CLIP, *, cache_dir: Path | None = None, use_cache: bool = True):
+    def __init__(
+        self, model: ImageTextModel, *, cache_dir: Path | None = None, use_cache: bool = True
+    ):
         self.model = model
         self.cache_dir = cache_dir or default_cache_dir()
         self.use_cache = use_cache
@@ -82,8 +83,9 @@ class PolicyCompiler:
     # -- encoders --------------------------------------------------------------------------
 
     def encode_text(self, texts: Sequence[str]) -> _F32:
-        """Unit text embeddings, one row per text."""
-        tokens = tokenize(list(texts), context_length=self.model.context_length, truncate=True)
+        """Unit text embeddings, one row per text (tokenized as the model was trained: CLIP's
+        BPE, or a SigLIP checkpoint's own tokenizer with its padding)."""
+        tokens = self.model.tokenize(list(texts), truncate=True)
         with torch.inference_mode():
             emb = self.model.encode_text(tokens.to(self.model.device)).float().cpu()
         return unit_rows(emb)
@@ -98,7 +100,7 @@ class PolicyCompiler:
             except DecodeError as e:
                 raise PolicyError(f"{p}: exemplar image cannot be read: {e}") from e
             frames.append(result.frames[0].image)
-        return unit_rows(Encoder(self.model).encode(frames))
+        return unit_rows(Encoder(self.model).encode(frames))  # type: ignore[arg-type]
 
     # -- one policy ------------------------------------------------------------------------
 
@@ -153,7 +155,9 @@ class PolicyCompiler:
     # -- a set -----------------------------------------------------------------------------
 
     def compile(self, policies: LoadedPolicies) -> PolicySet:
-        """Every policy (through the cache) stacked into one matrix, as a :class:`PolicySet`."""
+        """Every policy (through the cache) stacked into one matrix, as a :class:`PolicySet`.
+        :class:`PolicyError` when a rule is one the model cannot produce."""
+        self.check_rules(policies)
         blocks: list[_F32] = []
         labels: list[CompiledLabel] = []
         offset = 0
@@ -178,17 +182,35 @@ class PolicyCompiler:
                         threshold=label.threshold,
                         probability=label.probability,
                         margin=label.margin,
+                        sigmoid=label.sigmoid,
                     )
                 )
             blocks.append(block.matrix)
             offset += len(block.matrix)
+        bias = self.model.logit_bias
         compiled = CompiledPolicies(
             matrix=np.ascontiguousarray(np.concatenate(blocks)),
             labels=tuple(labels),
             logit_scale=float(self.model.logit_scale.detach().exp()),
             policy_set=policies.digest,
+            logit_bias=None if bias is None else float(bias.detach()),
         )
         return PolicySet.of(policies, compiled)
+
+    def check_rules(self, policies: LoadedPolicies) -> None:
+        """:class:`PolicyError` when a label's rule is one the model cannot produce (a
+        ``sigmoid`` rule needs a model with a logit bias: SigLIP)."""
+        if self.model.logit_bias is not None:
+            return
+        wrong = [
+            f"{lp.path}: label {label.name!r}: a sigmoid rule needs a SigLIP model; "
+            f"{self.model.name} is a {self.model.family} model (use threshold or probability)"
+            for lp in policies
+            for label in lp.policy.labels
+            if label.rule == "sigmoid"
+        ]
+        if wrong:
+            raise PolicyError("\n".join(wrong))
 
     # -- cache -----------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ incidents (at their last passing frame) and forgets its trackers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.events import FlagEvent, ScoreRecord
@@ -138,6 +138,7 @@ class Judge:
                     policy_set=compiled.policy_set,
                     scores={d.key: round(d.score, 6) for d in ds},
                     flagged=[d.key for d in ds if d.passed and d.key in enforced],
+                    kinds={d.key: d.kind for d in ds},
                     source=source,
                 )
             )
@@ -235,14 +236,6 @@ def _per_frame(
             passed = best.passed or d.passed
             top = d if d.score > best.score else best
             if top.passed != passed:
-                top = Decision(
-                    key=top.key,
-                    passed=passed,
-                    score=top.score,
-                    threshold=top.threshold,
-                    probability=top.probability,
-                    margin=top.margin,
-                    top_prompt=top.top_prompt,
-                )
+                top = replace(top, passed=passed)
             merged[i] = top
     return frames

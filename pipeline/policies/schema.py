@@ -17,7 +17,8 @@ One policy a file, named after its id (``policies/weapons.yaml`` holds ``id: wea
         templates: ["{}", "a photo of {}"]   # each prompt in each template
         negatives: [a red square, a purple triangle]
         exemplars: [examples/red-triangle.png]   # images whose embeddings join the prompts
-        threshold: 0.28         # cosine; or `probability: 0.6` (softmax against negatives)
+        threshold: 0.28         # cosine; or `probability: 0.6` (softmax against negatives),
+                                # or `sigmoid: 0.3` (SigLIP's per-prompt probability)
         margin: 0.02            # and beat the best negative by this much
     temporal: {k: 2, n: 3, close_after: 2, cooldown_s: 0}
     examples:
@@ -44,11 +45,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.errors import PolicyError
 
 __all__ = [
+    "RULES",
     "Example",
     "Label",
     "LoadedPolicies",
     "LoadedPolicy",
     "Policy",
+    "Rule",
     "Temporal",
     "load_policies",
     "load_policy",
@@ -58,6 +61,11 @@ __all__ = [
 
 _ID = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _Text = Annotated[str, Field(min_length=1, max_length=500)]
+
+#: A label's decision rule, as its YAML key: a cosine ``threshold``, a softmax ``probability``
+#: against the label's negatives (CLIP), or a ``sigmoid`` probability (SigLIP).
+Rule = Literal["threshold", "probability", "sigmoid"]
+RULES: tuple[Rule, ...] = ("threshold", "probability", "sigmoid")
 
 
 class _Strict(BaseModel):
@@ -72,9 +80,10 @@ class Label(_Strict):
     exemplars: list[_Text] = []
     threshold: Annotated[float, Field(gt=-1.0, le=1.0)] | None = None
     probability: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    sigmoid: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     margin: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
 
-    @field_validator("threshold", "probability", "margin", mode="before")
+    @field_validator("threshold", "probability", "sigmoid", "margin", mode="before")
     @classmethod
     def _int_is_a_number(cls, v: Any) -> Any:
         return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
@@ -91,13 +100,26 @@ class Label(_Strict):
 
     @model_validator(mode="after")
     def _one_rule(self) -> Label:
-        if (self.threshold is None) == (self.probability is None):
+        given = [r for r in RULES if getattr(self, r) is not None]
+        if len(given) != 1:
             raise ValueError(
-                "give exactly one decision rule: `threshold` (cosine) or `probability`"
+                "give exactly one decision rule: `threshold` (cosine), `probability` (softmax "
+                "against the negatives) or `sigmoid` (SigLIP's probability)"
             )
         if (self.probability is not None or self.margin is not None) and not self.negatives:
             raise ValueError("`probability` and `margin` compare against `negatives`; list some")
         return self
+
+    @property
+    def rule(self) -> Rule:
+        """The key of its decision rule: ``threshold``, ``probability`` or ``sigmoid``."""
+        return next(r for r in RULES if getattr(self, r) is not None)
+
+    @property
+    def cutoff(self) -> float:
+        """The value its rule compares the label's score with."""
+        value: float = getattr(self, self.rule)
+        return value
 
     def texts(self) -> list[str]:
         """Every prompt in every template, in order, without duplicates."""

@@ -6,13 +6,17 @@ images, averaged and re-normalised), its negatives, and each of its prompts on i
 Scoring a batch of frame embeddings is then one normalise and one matrix product; the
 decisions read their columns:
 
-- ``score``: cosine of the frame with the label's ensemble;
-- ``margin``: ``score`` minus the best negative's cosine (when the label has negatives);
+- ``cosine``: cosine of the frame with the label's ensemble;
+- ``margin``: ``cosine`` minus the best negative's cosine (when the label has negatives);
 - ``probability``: softmax of the label against its negatives at the model's logit scale;
+- ``sigmoid``: ``sigmoid(logit_scale * cosine + logit_bias)``, the probability a SigLIP model
+  gives the label's ensemble on its own (models with a logit bias only);
 - ``top_prompt``: the single prompt of the label closest to the frame (why it scored).
 
-A label passes when its rule holds (``threshold`` on the score, or ``probability``) and, when
-a ``margin`` is set, the margin is at least that.
+A label's ``score`` is the value its rule judges, in the model's own unit (the score kind):
+the cosine for a ``threshold`` rule, the softmax probability for a ``probability`` rule, the
+sigmoid probability for a ``sigmoid`` rule. It passes when the score reaches the rule's cutoff
+and, when a ``margin`` is set, the margin is at least that.
 
 :meth:`CompiledPolicies.evaluate` computes all of it for a whole batch at once, one array per
 quantity (frames down, labels across), so a backtest over millions of stored frames costs a
@@ -36,6 +40,7 @@ __all__ = [
     "Decision",
     "FrameScores",
     "Mode",
+    "ScoreKind",
     "Severity",
     "unit_rows",
 ]
@@ -43,6 +48,7 @@ __all__ = [
 Severity = Literal["low", "medium", "high", "critical"]
 Action = Literal["flag", "review", "block"]
 Mode = Literal["enforce", "shadow"]
+ScoreKind = Literal["cosine", "softmax", "sigmoid"]
 _F32 = npt.NDArray[np.float32]
 
 
@@ -64,10 +70,26 @@ class CompiledLabel:
     threshold: float | None
     probability: float | None
     margin: float | None
+    sigmoid: float | None = None
 
     @property
     def enforce(self) -> bool:
         return self.mode == "enforce"
+
+    @property
+    def kind(self) -> ScoreKind:
+        """The score its rule judges."""
+        if self.threshold is not None:
+            return "cosine"
+        return "softmax" if self.probability is not None else "sigmoid"
+
+    @property
+    def cutoff(self) -> float:
+        """The score it must reach."""
+        for value in (self.threshold, self.probability, self.sigmoid):
+            if value is not None:
+                return value
+        raise ValueError(f"label {self.key} has no rule")
 
 
 @dataclass(frozen=True)
@@ -76,11 +98,13 @@ class Decision:
 
     key: str
     passed: bool
-    score: float
-    threshold: float | None
+    score: float  # in the unit of its rule (kind)
+    threshold: float | None  # the cutoff its rule compared the score with
     probability: float | None  # softmax probability against the negatives, if it has any
-    margin: float | None  # score minus the best negative's score, if it has negatives
+    margin: float | None  # cosine minus the best negative's cosine, if it has negatives
     top_prompt: str
+    kind: ScoreKind = "cosine"
+    cosine: float | None = None  # the cosine with the label's ensemble
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,7 +115,8 @@ class FrameScores:
     index into the label's ``prompts``."""
 
     cosines: _F32  # (B, rows) cosine of every frame with every row of the matrix
-    score: _F32  # (B, L)
+    cosine: _F32  # (B, L) cosine of each label's ensemble
+    score: _F32  # (B, L) each label's score in its rule's unit
     margin: _F32  # (B, L)
     probability: _F32  # (B, L)
     passed: npt.NDArray[np.bool_]  # (B, L)
@@ -119,6 +144,7 @@ class CompiledPolicies:
     labels: tuple[CompiledLabel, ...]
     logit_scale: float
     policy_set: str  # digest of the policies it was compiled from
+    logit_bias: float | None = None  # SigLIP models: sigmoid(scale * cos + bias) per label
 
     def label(self, key: str) -> CompiledLabel:
         """The label named ``"policy/label"``; KeyError if the set has none."""
@@ -151,6 +177,7 @@ class CompiledPolicies:
         """Every label's score, margin, probability, pass and top prompt on every frame."""
         c = self.cosines(embeddings)
         frames, count = c.shape[0], len(self.labels)
+        cosine = np.empty((frames, count), dtype=np.float32)
         score = np.empty((frames, count), dtype=np.float32)
         margin = np.full((frames, count), np.nan, dtype=np.float32)
         prob = np.full((frames, count), np.nan, dtype=np.float32)
@@ -158,26 +185,37 @@ class CompiledPolicies:
         top = np.empty((frames, count), dtype=np.intp)
         for j, lab in enumerate(self.labels):
             s = c[:, lab.row]
-            score[:, j] = s
+            cosine[:, j] = s
             if lab.negative_rows:
                 negs = c[:, list(lab.negative_rows)]  # (B, negatives)
                 margin[:, j] = s - negs.max(axis=1)
-                logits = self.logit_scale * np.concatenate([s[:, None], negs], axis=1)
-                logits = logits.astype(np.float64)
-                logits -= logits.max(axis=1, keepdims=True)
-                weights = np.exp(logits)
-                prob[:, j] = weights[:, 0] / weights.sum(axis=1)
-            if lab.threshold is not None:
-                ok = s >= lab.threshold
-            else:
-                ok = prob[:, j] >= (lab.probability if lab.probability is not None else np.inf)
+                prob[:, j] = _softmax_first(self.logit_scale, s, negs)
+            score[:, j] = self._score(lab, s, prob[:, j])
+            ok = score[:, j] >= lab.cutoff
             if lab.margin is not None:
                 ok &= margin[:, j] >= lab.margin  # NaN (no negatives) compares False
             passed[:, j] = ok
             top[:, j] = np.argmax(c[:, list(lab.prompt_rows)], axis=1)
         return FrameScores(
-            cosines=c, score=score, margin=margin, probability=prob, passed=passed, top_prompt=top
+            cosines=c,
+            cosine=cosine,
+            score=score,
+            margin=margin,
+            probability=prob,
+            passed=passed,
+            top_prompt=top,
         )
+
+    def _score(self, lab: CompiledLabel, cosine: _F32, softmax: _F32) -> _F32:
+        if lab.kind == "cosine":
+            return cosine
+        if lab.kind == "softmax":
+            return softmax
+        if self.logit_bias is None:
+            raise ValueError(f"label {lab.key} has a sigmoid rule; the model has no logit bias")
+        logits = self.logit_scale * cosine.astype(np.float64) + self.logit_bias
+        out: _F32 = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        return out
 
     def decisions(self, scores: FrameScores) -> list[list[Decision]]:
         """Per frame, one :class:`Decision` per label, from :meth:`evaluate`'s arrays."""
@@ -191,10 +229,12 @@ class CompiledPolicies:
                         key=lab.key,
                         passed=bool(scores.passed[i, j]),
                         score=float(scores.score[i, j]),
-                        threshold=lab.threshold,
+                        threshold=lab.cutoff,
                         probability=None if np.isnan(p) else p,
                         margin=None if np.isnan(m) else m,
                         top_prompt=lab.prompts[int(scores.top_prompt[i, j])],
+                        kind=lab.kind,
+                        cosine=float(scores.cosine[i, j]),
                     )
                 )
             out.append(row)
@@ -203,3 +243,12 @@ class CompiledPolicies:
     def decide(self, embeddings: Any) -> list[list[Decision]]:
         """:meth:`evaluate` then :meth:`decisions`."""
         return self.decisions(self.evaluate(embeddings))
+
+
+def _softmax_first(scale: float, first: _F32, others: _F32) -> _F32:
+    """Softmax at ``scale`` of ``first`` against each row of ``others``: its probability."""
+    logits = scale * np.concatenate([first[:, None], others], axis=1).astype(np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits)
+    out: _F32 = (weights[:, 0] / weights.sum(axis=1)).astype(np.float32)
+    return out

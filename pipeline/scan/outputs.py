@@ -173,6 +173,7 @@ def describe_policies(policies: LoadedPolicies) -> list[dict[str, Any]]:
                     "name": lab.name,
                     "threshold": lab.threshold,
                     "probability": lab.probability,
+                    "sigmoid": lab.sigmoid,
                     "margin": lab.margin,
                 }
                 for lab in lp.policy.labels

@@ -160,10 +160,13 @@ def write_report(out_dir: str | Path) -> Path:
 # --------------------------------------------------------------------------- data
 
 
+_RULES: Final = ("threshold", "probability", "sigmoid")
+
+
 @dataclass(frozen=True, slots=True)
 class _Rule:
-    threshold: float | None
-    probability: float | None
+    cutoff: float | None  # what the label's score must reach (None: no rule known)
+    kind: str  # the rule: threshold (a cosine), probability (softmax), sigmoid
     margin: float | None
 
 
@@ -186,10 +189,9 @@ def _label_rules(policies: Sequence[Mapping[str, Any]]) -> dict[str, _Rule]:
     rules: dict[str, _Rule] = {}
     for p in policies:
         for lab in p.get("labels", []):
+            kind = next((k for k in _RULES if lab.get(k) is not None), "no")
             rules[f"{p['id']}/{lab['name']}"] = _Rule(
-                threshold=lab.get("threshold"),
-                probability=lab.get("probability"),
-                margin=lab.get("margin"),
+                cutoff=lab.get(kind), kind=kind, margin=lab.get("margin")
             )
     return rules
 
@@ -262,6 +264,8 @@ def _rule_text(lab: Mapping[str, Any]) -> str:
         parts.append(f"score >= {lab['threshold']:g}")
     if lab.get("probability") is not None:
         parts.append(f"probability >= {lab['probability']:g}")
+    if lab.get("sigmoid") is not None:
+        parts.append(f"sigmoid >= {lab['sigmoid']:g}")
     if lab.get("margin") is not None:
         parts.append(f"margin >= {lab['margin']:g}")
     return f"{lab['name']}: {' and '.join(parts) or 'no rule'}"
@@ -422,7 +426,7 @@ def _timeline(
     flags: list[Mapping[str, Any]] = list(f.get("flags", []))
     for lane, key in enumerate(keys):
         y0 = _TOP + lane * (_LANE + _GAP)
-        rule = rules.get(key, _Rule(None, None, None))
+        rule = rules.get(key, _Rule(None, "no", None))
         out.append(_lane(key, y0, rule, sorted(series[key].items()), flags, x))
     out.append(_axis(span, x, _TOP + len(keys) * (_LANE + _GAP)))
     out.append("</svg>")
@@ -441,8 +445,8 @@ def _lane(
     plot_w = _WIDTH - _LEFT - _RIGHT
     points = _downsample(series)
     values = [v for _, v in points]
-    lo = min([0.0, *values] + ([rule.threshold] if rule.threshold is not None else []))
-    hi = max([lo + 0.1, *values] + ([rule.threshold] if rule.threshold is not None else []))
+    lo = min([0.0, *values] + ([rule.cutoff] if rule.cutoff is not None else []))
+    hi = max([lo + 0.1, *values] + ([rule.cutoff] if rule.cutoff is not None else []))
     pad = (hi - lo) * 0.08
     lo, hi = lo - pad, hi + pad
 
@@ -460,20 +464,19 @@ def _lane(
         f'fill="#5a6373">{_e(policy)}</text>'
     ]
     out += [_span(key, flag, y0, x) for flag in flags if f"{flag['policy']}/{flag['label']}" == key]
-    if rule.threshold is not None:
-        ty = y(rule.threshold)
+    if rule.cutoff is not None:
+        ty = y(rule.cutoff)
         out.append(
             f'<line class="threshold-line" x1="{_LEFT}" x2="{_LEFT + plot_w}" y1="{ty:.1f}" '
             f'y2="{ty:.1f}" stroke="#b01c1c" stroke-width="1.2" stroke-dasharray="5 4">'
-            f"<title>threshold {rule.threshold:g}</title></line>"
+            f"<title>{rule.kind} {rule.cutoff:g}</title></line>"
             f'<text x="{_LEFT + plot_w + 4}" y="{ty + 4:.1f}" font-size="11" '
-            f'fill="#b01c1c">{rule.threshold:g}</text>'
+            f'fill="#b01c1c">{rule.cutoff:g}</text>'
         )
     else:
-        rule_name = "probability" if rule.probability is not None else "no"
         out.append(
             f'<text x="{_LEFT + plot_w + 4}" y="{y0 + 26}" font-size="10" '
-            f'fill="#5a6373">{rule_name} rule</text>'
+            f'fill="#5a6373">no rule</text>'
         )
     coords = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in points)
     if len(points) == 1:

@@ -7,14 +7,14 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from pipeline.decode import Sampling
 from pipeline.errors import ConfigError, DecodeError
-from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
+from pipeline.policies.schema import LoadedPolicies, LoadedPolicy, Rule
 from pipeline.policies.score import Decision
 from pipeline.policies.snapshot import PolicySet
 from pipeline.policies.tools.judging import (
@@ -25,7 +25,7 @@ from pipeline.policies.tools.judging import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.models.model import CLIP
+    from pipeline.models.base import ImageTextModel
 
 __all__ = [
     "DECIMALS",
@@ -33,11 +33,9 @@ __all__ = [
     "Calibration",
     "CalibrationCurve",
     "CurvePoint",
-    "Rule",
     "calibrate",
 ]
 
-Rule = Literal["threshold", "probability"]
 
 #: Image files :func:`calibrate` reads from its folders (matched case-insensitively).
 IMAGE_SUFFIXES: Final = frozenset({".jpg", ".jpeg", ".png", ".webp"})
@@ -60,7 +58,7 @@ class CalibrationCurve:
 
     policy: str
     label: str
-    rule: Rule  # which value is swept: the cosine threshold or the probability
+    rule: Rule  # which value is swept: the cosine, softmax or sigmoid cutoff
     margin: float | None  # the label's margin rule, applied at every point
     current: float  # the value in the policy file now
     current_point: CurvePoint | None  # the file's value on this data; None if nothing passes
@@ -82,7 +80,7 @@ class Calibration:
 
 def calibrate(
     policy: LoadedPolicy,
-    model: CLIP,
+    model: ImageTextModel,
     positives_dir: str | Path,
     negatives_dir: str | Path,
     *,
@@ -153,7 +151,7 @@ def _images_in(folder: Path, what: str) -> list[Path]:
 
 
 def _score_images(
-    files: Sequence[Path], policies: PolicySet, model: CLIP
+    files: Sequence[Path], policies: PolicySet, model: ImageTextModel
 ) -> tuple[list[list[Decision]], list[str]]:
     """Each decodable image's decisions (one per label of ``policies``); "file: why" for the
     others."""
@@ -183,13 +181,10 @@ def _curve(
     target: float,
 ) -> CalibrationCurve:
     label = lp.policy.label(name)
-    rule: Rule = "threshold" if label.threshold is not None else "probability"
+    rule: Rule = label.rule
 
     def values(ds: Sequence[Decision]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-        if rule == "threshold":
-            v = np.array([d.score for d in ds], dtype=np.float64)
-        else:
-            v = np.array([d.probability or 0.0 for d in ds], dtype=np.float64)
+        v = np.array([d.score for d in ds], dtype=np.float64)  # in the rule's unit
         if label.margin is None:
             ok = np.ones(len(ds), dtype=bool)
         else:
@@ -225,8 +220,7 @@ def _curve(
         if (p := point(t)) is not None
     ]
     suggested = _suggest(points, target, point)
-    current = label.threshold if label.threshold is not None else label.probability
-    assert current is not None  # a label has exactly one rule
+    current = label.cutoff
     return CalibrationCurve(
         policy=lp.policy.id,
         label=name,

@@ -13,8 +13,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import ConfigError, PolicyError
-from pipeline.policies.schema import LoadedPolicy, load_policy, parse_policy
-from pipeline.policies.tools.calibrate import DECIMALS, Rule
+from pipeline.policies.schema import LoadedPolicy, Rule, load_policy, parse_policy
+from pipeline.policies.tools.calibrate import DECIMALS
 from pipeline.policies.tools.nodes import child, label_node
 
 __all__ = ["write_threshold", "write_thresholds"]
@@ -53,7 +53,7 @@ def write_thresholds(loaded_policy: LoadedPolicy, thresholds: Mapping[str, float
             raise ConfigError(
                 f"policy {lp.policy.id!r} has no label {name!r}; its labels: {names}"
             ) from None
-        rule: Rule = "threshold" if label.threshold is not None else "probability"
+        rule: Rule = label.rule
         literal = _number(value)
         node = child(label_node(root, name), rule)
         if not isinstance(node, yaml.ScalarNode):
@@ -72,9 +72,7 @@ def write_thresholds(loaded_policy: LoadedPolicy, thresholds: Mapping[str, float
         new = new[:start] + literal + new[end:]
     policy = parse_policy(new, path=path)  # PolicyError, with the line, if the value is invalid
     for name, (rule, value) in expected.items():
-        written = policy.label(name).threshold if rule == "threshold" else None
-        if rule == "probability":
-            written = policy.label(name).probability
+        written = getattr(policy.label(name), rule)
         if written != value:
             raise PolicyError(f"{path}: editing the {rule} of {name!r} did not take; not written")
     if policy.version != lp.policy.version + 1:

@@ -25,7 +25,7 @@ from pipeline.policies.tools.judging import (
 from pipeline.policies.tools.judging import incidents as found_incidents
 
 if TYPE_CHECKING:
-    from pipeline.models.model import CLIP
+    from pipeline.models.base import ImageTextModel
 
 __all__ = ["ExampleResult", "Outcome", "run_examples"]
 
@@ -52,7 +52,7 @@ class ExampleResult:
 
 def run_examples(
     policies: LoadedPolicies | PolicySet | Sequence[LoadedPolicy],
-    model: CLIP,
+    model: ImageTextModel,
     *,
     sample_fps: float = 2.0,
     cache_dir: Path | None = None,

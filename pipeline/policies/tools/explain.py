@@ -18,7 +18,7 @@ from pipeline.policies.tools.judging import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.models.model import CLIP
+    from pipeline.models.base import ImageTextModel
 
 __all__ = [
     "Explanation",
@@ -52,6 +52,8 @@ class LabelExplanation:
     top_prompt: str
     prompts: tuple[PromptScore, ...]  # every prompt in every template
     negatives: tuple[PromptScore, ...]
+    sigmoid_rule: float | None = None  # ...or a minimum sigmoid probability (SigLIP)
+    sigmoid: float | None = None  # sigmoid(scale * score + bias): SigLIP models only
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ Explanation = ImageExplanation | VideoExplanation
 
 def explain(
     policy: LoadedPolicy,
-    model: CLIP,
+    model: ImageTextModel,
     media_path: str | Path,
     *,
     sample_fps: float = 2.0,
@@ -132,13 +134,15 @@ def explain(
             LabelExplanation(
                 label=lab.label,
                 passed=d.passed,
-                score=d.score,
+                score=d.cosine if d.cosine is not None else d.score,
                 threshold=label.threshold,
                 probability_rule=label.probability,
                 margin_rule=label.margin,
                 margin=d.margin,
                 probability=d.probability,
                 top_prompt=d.top_prompt,
+                sigmoid_rule=label.sigmoid,
+                sigmoid=d.score if d.kind == "sigmoid" else None,
                 prompts=tuple(
                     PromptScore(text, float(row[r]))
                     for text, r in zip(lab.prompts, lab.prompt_rows, strict=True)

@@ -23,7 +23,7 @@ from pipeline.policies.schema import LoadedPolicies
 from pipeline.policies.snapshot import PolicySet
 
 if TYPE_CHECKING:
-    from pipeline.models.model import CLIP
+    from pipeline.models.base import ImageTextModel
 
 __all__ = [
     "Incident",
@@ -64,7 +64,7 @@ def sampling(sample_fps: float) -> Sampling:
     return Sampling(mode="fps", fps=sample_fps)
 
 
-def decode_media(path: Path, model: CLIP, rule: Sampling) -> Media:
+def decode_media(path: Path, model: ImageTextModel, rule: Sampling) -> Media:
     """Decode an image or video file for ``model`` (:class:`DecodeError` if it cannot be)."""
     from pipeline.decode import DecodeOptions, decode_uri
 
@@ -77,14 +77,16 @@ def decode_media(path: Path, model: CLIP, rule: Sampling) -> Media:
     )
 
 
-def compile_policies(policies: LoadedPolicies, model: CLIP, cache_dir: Path | None) -> PolicySet:
+def compile_policies(
+    policies: LoadedPolicies, model: ImageTextModel, cache_dir: Path | None
+) -> PolicySet:
     """The policies compiled for ``model`` through the compile cache."""
     from pipeline.policies.compile import PolicyCompiler
 
     return PolicyCompiler(model, cache_dir=cache_dir).compile(policies)
 
 
-def encode_images(model: CLIP, images: Sequence[Image]) -> Any:
+def encode_images(model: ImageTextModel, images: Sequence[Image]) -> Any:
     """Image embeddings, one row per image (an empty batch gives zero rows)."""
     from pipeline.encoder import Encoder
 
@@ -93,7 +95,7 @@ def encode_images(model: CLIP, images: Sequence[Image]) -> Any:
 
 def judge_frames(
     policies: PolicySet,
-    model: CLIP,
+    model: ImageTextModel,
     stream_id: str,
     times: Sequence[float],
     embeddings: Any,

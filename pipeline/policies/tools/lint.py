@@ -11,6 +11,7 @@ import yaml
 
 from pipeline.errors import DecodeError, PolicyError
 from pipeline.policies.schema import LoadedPolicies, LoadedPolicy, load_policy, policy_files
+from pipeline.policies.tools.model_checks import check_against_model
 from pipeline.policies.tools.nodes import child
 
 __all__ = ["LintReport", "lint"]
@@ -23,15 +24,18 @@ class LintReport:
 
     policies: int
     errors: tuple[str, ...]
+    notes: tuple[str, ...] = ()  # checks that could not run, and why
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
 
-def lint(paths: Iterable[str | Path]) -> LintReport:
-    """Validate the policy files named (or found in the named folders) and check that the
-    examples and exemplars they name exist; every problem is collected, none raised."""
+def lint(paths: Iterable[str | Path], *, model: str | None = None) -> LintReport:
+    """Validate the policy files named (or found in the named folders), check that the
+    examples and exemplars they name exist, and that each policy's rules and prompts suit its
+    model (``model``, else the policy's own ``model:``); every problem is collected, none
+    raised."""
     paths = list(paths)
     try:
         files = policy_files(paths)
@@ -42,6 +46,7 @@ def lint(paths: Iterable[str | Path]) -> LintReport:
         return LintReport(policies=0, errors=(f"no policy files (*.yaml) found in {where}",))
     loaded: list[LoadedPolicy] = []
     errors: list[str] = []
+    notes: list[str] = []
     for f in files:
         try:
             lp = load_policy(f)
@@ -49,12 +54,15 @@ def lint(paths: Iterable[str | Path]) -> LintReport:
             errors += str(e).splitlines()
             continue
         errors += _missing_files(lp)
+        found = check_against_model(lp, model)
+        errors += found.errors
+        notes += found.notes
         loaded.append(lp)
     try:
         LoadedPolicies(loaded)
     except PolicyError as e:
         errors += str(e).splitlines()
-    return LintReport(policies=len(loaded), errors=tuple(errors))
+    return LintReport(policies=len(loaded), errors=tuple(errors), notes=tuple(notes))
 
 
 def _missing_files(lp: LoadedPolicy) -> list[str]:

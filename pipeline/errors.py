@@ -19,12 +19,14 @@ builtin fits, from that builtin too, so callers can catch either::
         ├── StateDictMismatch(ModelError, KeyError)
         ├── ChecksumMismatch(ModelError, ValueError)
         ├── DownloadError(ModelError, OSError)
-        └── TokenizerError(ModelError, ValueError)
+        ├── TokenizerError(ModelError, ValueError)
+        └── AccuracyGuardError(ModelError, ValueError)  a precision fails the accuracy guard
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AccuracyGuardError",
     "ChecksumMismatch",
     "ClipguardError",
     "ConfigError",
@@ -122,3 +124,8 @@ class DownloadError(ModelError, OSError):
 
 class TokenizerError(ModelError, ValueError):
     """Text cannot be tokenized as asked (too long without truncation, bad vocabulary)."""
+
+
+class AccuracyGuardError(ModelError, ValueError):
+    """A precision asked for explicitly fails the accuracy guard against fp32 (the message has
+    the measured figures)."""

@@ -1,11 +1,12 @@
 """Which CPU runtime for the image tower: OpenVINO (NNCF int8) or ONNX Runtime, against torch.
 
 For each image tower (random weights, registry configurations), batch size and runtime mode:
-images per second through the whole tower (uint8 frames in, unit embeddings out) and the mean
-and minimum cosine to torch fp32 on generated validation frames. One run; every mode gets the
-same frames, the same batch and the same thread count. This script decided the backend that
-clipguard ships (see ``pipeline/models/openvino_backend.py``); ONNX Runtime is not a dependency,
-install ``onnxruntime onnx onnxscript`` to include it. Modes whose package is missing are skipped.
+images per second through the whole tower (uint8 frames in, unit embeddings out; the best of
+interleaved runs) and the mean and minimum cosine to torch fp32 on generated validation frames.
+One run; every mode gets the same frames, the same batch and the same thread count. This
+script decided the backend that clipguard ships (see ``pipeline/models/openvino_backend.py``);
+ONNX Runtime is not a dependency: install ``onnxruntime onnx onnxscript`` to include it. Modes
+whose package is missing are skipped.
 
     python bench/compare_cpu_runtimes.py [--models ViT-B/32 ViT-B/16 RN50] [--batches 16 64]
         [--threads 2] [--repeats 3] [--only torch openvino onnxruntime transformers]
@@ -17,7 +18,6 @@ import argparse
 import copy
 import importlib.util
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -218,14 +218,18 @@ def onnxruntime_modes(model: CLIP, calib: np.ndarray, threads: int, tmp: Path) -
     }
 
 
-def _time(run: Run, x: np.ndarray, repeats: int) -> float:
-    run(x)  # warm-up: primitive caches, allocator
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _interleaved(modes: dict[str, Run], x: np.ndarray, repeats: int) -> dict[str, float]:
+    """Images per second of every mode: warm-up, then ``repeats`` rounds of one run of each
+    mode in turn; the fastest run of each counts (the least disturbed by other processes)."""
+    for run in modes.values():
         run(x)
-        times.append(time.perf_counter() - start)
-    return len(x) / statistics.median(times)
+    times: dict[str, list[float]] = {label: [] for label in modes}
+    for _ in range(repeats):
+        for label, run in modes.items():
+            start = time.perf_counter()
+            run(x)
+            times[label].append(time.perf_counter() - start)
+    return {label: len(x) / min(t) for label, t in times.items()}
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -245,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.repeats} runs")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, best of {args.repeats} "
+        "interleaved runs"
+    )
     for name in args.models:
         load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
         print(f"\n== {name} (load average before: {load})", flush=True)
@@ -264,19 +271,18 @@ def main(argv: list[str] | None = None) -> int:
             if "onnxruntime" in args.only and importlib.util.find_spec("onnxruntime"):
                 modes |= onnxruntime_modes(model, calib, args.threads, Path(tmp))
             reference = modes["torch fp32"](frames)
-            base: dict[int, float] = {}
+            cosines = {label: _cos(run(frames), reference) for label, run in modes.items()}
             print(
                 f"  {'mode':42s} {'batch':>5s} {'img/s':>8s} {'x fp32':>7s} {'mean cos':>9s} "
                 f"{'min cos':>8s}"
             )
-            for label, run in modes.items():
-                cos = _cos(run(frames), reference)
-                for batch in args.batches:
-                    ips = _time(run, frames[:batch], args.repeats)
-                    base.setdefault(batch, ips)
+            for batch in args.batches:
+                ips = _interleaved(modes, frames[:batch], args.repeats)
+                for label, value in ips.items():
+                    cos = cosines[label]
                     print(
-                        f"  {label:42s} {batch:5d} {ips:8.1f} {ips / base[batch]:6.2f}x "
-                        f"{cos.mean():9.5f} {cos.min():8.5f}",
+                        f"  {label:42s} {batch:5d} {value:8.1f} "
+                        f"{value / ips['torch fp32']:6.2f}x {cos.mean():9.5f} {cos.min():8.5f}",
                         flush=True,
                     )
     print(f"\nload average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -24,7 +24,7 @@ import pipeline.models.converted as converted_module
 import pipeline.models.encoders as encoders_module
 import pipeline.models.guard as guard_module
 from pipeline.compiler import PolicyCompiler
-from pipeline.errors import AccuracyGuardError, ConfigError
+from pipeline.errors import AccuracyGuardError, ConfigError, ModelError
 from pipeline.models import (
     CLIP,
     CLIPConfig,
@@ -190,6 +190,13 @@ def test_unreadable_or_half_written_cache_entries_are_converted_again(
     assert list_converted(tmp_path) == []
 
 
+def test_an_unwritable_cache_is_a_clear_error(tmp_path: Path, demo: CLIP) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.raises(ModelError, match=r"cannot write the converted-model cache .*CLIPGUARD_"):
+        load_encoder(demo, precision="fp32", cache_dir=blocker / "converted")
+
+
 _WORKER = textwrap.dedent(
     """
     import json, sys, time
@@ -332,6 +339,7 @@ def test_exported_names() -> None:
         "converted_dir",
         "ensure_converted",
         "entry_name",
+        "find_converted",
         "list_converted",
         "locked",
         "record_check",

@@ -36,6 +36,7 @@ __all__ = [
     "converted_dir",
     "ensure_converted",
     "entry_name",
+    "find_converted",
     "list_converted",
     "locked",
     "record_check",
@@ -56,16 +57,15 @@ def converted_dir() -> Path:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:64] or "model"
+    """Safe in a file name; the end of a long text is kept (a path's file name)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text)[-48:].strip("-.") or "model"
 
 
 def entry_name(name: str, weights_sha256: str, precision: str, runtime_version: str) -> str:
     """The folder name of one conversion: every part of the key, readable."""
     if not re.fullmatch(r"[0-9a-f]{64}", weights_sha256):
         raise ModelError(f"weights SHA-256 must be 64 hex digits, not {weights_sha256!r}")
-    return "-".join(
-        [_slug(Path(name).name), weights_sha256[:16], precision, _slug(runtime_version)]
-    )
+    return "-".join([_slug(name), weights_sha256[:16], precision, _slug(runtime_version)])
 
 
 @dataclass(frozen=True)
@@ -122,16 +122,32 @@ def _write_figures(path: Path, data: dict[str, Any]) -> None:
 @contextmanager
 def locked(entry: Path, *, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """Hold the host-wide lock of one cache folder (a ``.lock`` file beside it)."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(entry.with_name(entry.name + ".lock")), timeout=timeout)
     try:
-        with lock:
-            yield
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
     except Timeout as e:
         raise ModelError(
             f"waited {timeout:.0f} s for another process converting {entry.name}; "
             f"remove {lock.lock_file} if no clipguard process is running"
         ) from e
+    except OSError as e:
+        raise ModelError(
+            f"cannot write the converted-model cache {entry.parent}: {e}; point "
+            "CLIPGUARD_CONVERTED_DIR at a writable folder"
+        ) from e
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def find_converted(
+    root: Path, name: str, *, weights_sha256: str, precision: str, runtime_version: str
+) -> ConvertedModel | None:
+    """The complete cache folder for this key, if there is one (no lock needed: a folder
+    appears whole, by a rename)."""
+    return _read(root / entry_name(name, weights_sha256, precision, runtime_version))
 
 
 def ensure_converted(

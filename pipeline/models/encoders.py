@@ -41,6 +41,7 @@ from pipeline.models.converted import (
     converted_dir,
     ensure_converted,
     entry_name,
+    find_converted,
     locked,
     record_check,
 )
@@ -345,21 +346,24 @@ def _openvino(
 
     root = root or converted_dir()
     version = runtime_version()
-    calibration = generated_frames(
-        model.input_resolution, _CALIBRATION_FRAMES, seed=_CALIBRATION_SEED
-    )
     sha = model.fingerprint()
     n_threads = threads or torch.get_num_threads()
-    entry = root / entry_name(model.name, sha, precision, version)
-    with locked(entry):
+    key = {"weights_sha256": sha, "precision": precision, "runtime_version": version}
+    done = find_converted(root, model.name, **key)
+    if done is not None and (precision == "fp32" or done.check(validation.digest)):
+        # converted and checked before: no lock, so a read-only cache works too
+        encoder = OpenVINOImageEncoder(
+            model, done, threads=n_threads, batch_size=batch_size, converted_now=False
+        )
+        encoder.guard = done.check(validation.digest)
+        return encoder
+    with locked(root / entry_name(model.name, sha, precision, version)):
         converted, now = ensure_converted(
             root,
             model.name,
-            weights_sha256=sha,
-            precision=precision,
+            **key,
             backend="openvino",
-            runtime_version=version,
-            convert=lambda folder: convert_tower(model, precision, folder, calibration),
+            convert=lambda folder: convert_tower(model, precision, folder, _calibration(model)),
         )
         encoder = OpenVINOImageEncoder(
             model, converted, threads=n_threads, batch_size=batch_size, converted_now=now
@@ -379,6 +383,10 @@ def _openvino(
             converted.path,
         )
     return encoder
+
+
+def _calibration(model: CLIP) -> Frames:
+    return generated_frames(model.input_resolution, _CALIBRATION_FRAMES, seed=_CALIBRATION_SEED)
 
 
 def _log_choice(encoder: ImageEncoder, device: torch.device) -> None:

@@ -10,7 +10,8 @@ Where the image tower runs:
   weights, precision and runtime version into the converted-model cache
   (:mod:`pipeline.models.converted`). ``precision="auto"`` takes the fastest precision that
   passes the accuracy guard (:mod:`pipeline.models.guard`): int8, else bf16 where the CPU has
-  native bf16, else fp32. ``backend="torch"`` runs torch eager instead (fp32, or bf16 where the
+  native bf16, else fp32; a precision the guard measured slower than fp32 on this host is
+  passed over too. ``backend="torch"`` runs torch eager instead (fp32, or bf16 where the
   CPU has it).
 * **CUDA**: torch, fp16 by default (bf16 on request); the guard checks half precision against
   fp32 on the GPU at every start (it takes well under a second there).
@@ -316,11 +317,19 @@ def load_encoder(
             if p != "fp32":
                 encoder.guard = validation.check(p, encoder.encode)
         report = encoder.guard
-        if report is None or report.passed(settings):
+        slower = precision == "auto" and dev.type == "cpu" and report is not None
+        slower = slower and report is not None and report.slower_than_fp32()
+        if report is None or (report.passed(settings) and not slower):
             encoder.refused = tuple(refused)
             _log_choice(encoder, dev)
             return encoder
-        message = f"{model.name}: {p} refused by the accuracy guard: {report.reason(settings)}"
+        if report.passed(settings):
+            message = (
+                f"{model.name}: {p} passed over: slower than fp32 on this CPU "
+                f"({report.images_per_s:.1f} against {report.fp32_images_per_s:.1f} images/s)"
+            )
+        else:
+            message = f"{model.name}: {p} refused by the accuracy guard: {report.reason(settings)}"
         if precision != "auto":
             raise AccuracyGuardError(
                 f"{message}; use precision auto to fall back to the next precision, or lower "

@@ -19,6 +19,7 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from av.video.frame import PictureType
 
 MODES = ("DEFAULT", "NONREF", "BIDIR", "NONKEY")
 
@@ -60,7 +61,7 @@ def decode(data: bytes, mode: str, threads: int) -> tuple[list[float], float, di
         stream.codec_context.thread_count = threads
         for frame in container.decode(stream):
             times.append(float(frame.time))
-            name = frame.pict_type.name
+            name = PictureType(frame.pict_type).name
             types[name] = types.get(name, 0) + 1
     return times, time.perf_counter() - start, types
 
@@ -78,12 +79,13 @@ def main(argv: list[str] | None = None) -> int:
             f"  {'skip_frame':10s} {'frames':>6s} {'types':24s} {'s':>6s} {'fps':>6s} "
             f"{'x time':>7s} {'2 fps: max gap':>14s}"
         )
-        base = None
+        base = end = None
         for mode in MODES:
             times, took, types = decode(data, mode, args.threads)
             base = base or took
             arr = np.array(sorted(times))
-            wanted = np.arange(0.0, arr[-1] + 1e-9, 0.5)
+            end = end if end is not None else float(arr[-1])  # the clip's last frame
+            wanted = np.arange(0.0, end + 1e-9, 0.5)
             gap = max(float(np.min(np.abs(arr - t))) for t in wanted)
             kinds = " ".join(f"{k}:{v}" for k, v in sorted(types.items()))
             print(

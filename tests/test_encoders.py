@@ -140,6 +140,21 @@ def test_forced_guard_failure_falls_back_and_says_so(
         )
 
 
+def test_auto_passes_over_a_precision_measured_slower_than_fp32(demo: CLIP) -> None:
+    # torch on the CPU offers bf16 where the CPU has it; whether it pays off is measured
+    encoder = load_encoder(demo, backend="torch")
+    if encoder.precision == "bf16":
+        assert encoder.guard is not None and not encoder.guard.slower_than_fp32()
+    else:
+        assert encoder.precision == "fp32"
+        assert all("slower than fp32" in r or "refused" in r for r in encoder.refused)
+    fast = guard_module.GuardReport("bf16", 1.0, 1.0, 8, images_per_s=30.0, fp32_images_per_s=20)
+    slow = guard_module.GuardReport("bf16", 1.0, 1.0, 8, images_per_s=15.0, fp32_images_per_s=20)
+    unknown = guard_module.GuardReport("bf16", 1.0, 1.0, 8)  # figures stored without timings
+    assert [r.slower_than_fp32() for r in (fast, slow, unknown)] == [False, True, False]
+    assert guard_module.GuardReport.from_json(slow.to_json()) == slow
+
+
 def test_a_changed_regression_decision_refuses_the_precision(cache: Path, demo: CLIP) -> None:
     # a decision that any change of the embedding flips: the rounded embedding itself
     frames = generated_frames(demo.input_resolution, 4, seed=11)

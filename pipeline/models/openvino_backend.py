@@ -1,26 +1,55 @@
 """The CPU runtime for the image tower: OpenVINO, with int8 from NNCF.
 
 Why OpenVINO: measured on the build machine (2 cores of an Intel Xeon with AVX-512, VNNI and
-BF16; random weights, 2 threads; ``bench/compare_cpu_runtimes.py``, one run), images per second
-through the whole tower, uint8 frames in and unit embeddings out, with the cosine to torch fp32
-(mean / min over 64 generated frames):
+BF16, no AMX; random weights, 2 threads; ``bench/compare_cpu_runtimes.py``, one run; torch
+2.13, OpenVINO 2026.4.1, NNCF 3.4.0, ONNX Runtime 1.32.0). Images per second through the whole
+tower (uint8 frames in, embeddings out), best of 3 interleaved runs, at batch 16 / batch 64
+(other jobs shared the machine during some batch-64 runs: compare within a column):
 
-RUNTIME_FIGURES
+==============================  ============  ============  ============
+mode                            ViT-B/32      ViT-B/16      RN50
+==============================  ============  ============  ============
+torch eager fp32                21.6 / 18.5   5.2 / 4.1     13.2 / 7.8
+torch eager bf16                14.5 / 12.7   3.5 / 3.1     10.2 / 6.5
+transformers fp32               22.7 / 17.9   4.7 / 4.3     -
+OpenVINO fp32                   21.4 / 17.9   5.7 / 5.6     19.5 / 18.2
+OpenVINO bf16                   15.5 / 14.5   4.1 / 3.8     13.3 / 8.1
+OpenVINO int8, rest bf16        61.7 / 62.4   15.5 / 13.1   73.3 / 61.0
+OpenVINO int8, rest f32         68.9 / 63.6   16.7 / 13.1   71.5 / 51.9
+ONNX Runtime fp32               21.1 / 20.8   5.2 / 4.3     23.6 / 11.8
+ONNX Runtime int8, dynamic      39.0 / 37.2   11.4 / 10.7   2.6 / 2.8
+  (QInt8 weights per channel)
+ONNX Runtime int8, dynamic      22.5 / 22.7   6.0 / 5.4     11.4 / 9.4
+  (QUInt8 weights per tensor)
+==============================  ============  ============  ============
 
-ONNX Runtime's CPU provider has no bf16 path on x86, and its dynamic int8 (weights QInt8
-per-channel, activations quantised at run time) was well behind OpenVINO's static int8 from
-NNCF (SmoothQuant under the transformer preset keeps CLIP's activation outliers in range), so
-OpenVINO is the one runtime shipped. Torch stays for CUDA, for the text tower and as the
-fallback.
+Cosine to torch fp32, mean / min over 64 generated frames:
 
-Conversion (:func:`convert_tower`): the tower with its input normalisation and the final L2
-normalisation folded in (uint8 NHWC frames in, unit float32 embeddings out, any batch size) is
-traced by ``openvino.convert_model``; ``fp32`` is saved as it is; ``bf16`` is the same graph with
-weights stored in fp16 (half the disk; OpenVINO runs it in bf16 with
-``INFERENCE_PRECISION_HINT``); ``int8`` is quantised by ``nncf.quantize`` on calibration frames
-(the transformer preset, with SmoothQuant, for vision transformers; the default preset for
-ResNets), the operations left in float running in f32. The final L2 normalisation runs in
-numpy on the float32 output.
+==============================  ===============  ===============  ===============
+mode                            ViT-B/32         ViT-B/16         RN50
+==============================  ===============  ===============  ===============
+torch / OpenVINO bf16           .99995 / .99994  .99996 / .99995  .99998 / .99998
+OpenVINO int8, rest f32         .99945 / .99469  .99936 / .99571  .99969 / .99906
+ONNX Runtime int8 QInt8 p.c.    .99985 / .99982  .99986 / .99983  .99947 / .99940
+==============================  ===============  ===============  ===============
+
+OpenVINO's int8 from NNCF (static, SmoothQuant under the transformer preset, which keeps CLIP's
+activation outliers in range) was the fastest mode on every tower: 3.2-3.4x torch fp32 on the
+ViTs, 5.4-6.7x on RN50, at a mean cosine of 0.9994-0.9997. ONNX Runtime's dynamic int8 was
+slightly closer to fp32 but slower on the ViTs (1.8-2.6x) and far slower on RN50 (its integer
+convolutions ran at 0.2-0.4x fp32), and its CPU provider has no bf16 path. So OpenVINO is the
+one runtime shipped. bf16 was slower than fp32 here in both torch and OpenVINO, which is why
+``precision="auto"`` also times a candidate against fp32 (:mod:`pipeline.models.guard`); int8
+runs its remaining float operations in f32 (faster here than bf16, and closer to fp32). Torch
+stays for CUDA, for the text tower and as the fallback.
+
+Conversion (:func:`convert_tower`): the tower with its input normalisation folded in (uint8
+NHWC frames in, float32 embeddings out, any batch size) is traced by ``openvino.convert_model``.
+``fp32`` is saved as it is; ``bf16`` is the same graph with weights stored in fp16 (half the
+disk; OpenVINO runs it in bf16 through ``INFERENCE_PRECISION_HINT``); ``int8`` is quantised by
+``nncf.quantize`` on calibration frames (the transformer preset, with SmoothQuant, for vision
+transformers; the default preset for ResNets). The final L2 normalisation runs in numpy on the
+float32 output (quantised, it no longer gave unit vectors).
 """
 
 from __future__ import annotations

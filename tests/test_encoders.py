@@ -98,6 +98,8 @@ def test_demo_model_every_precision_keeps_the_regression_decisions(cache: Path, 
         if precision != "fp32":
             assert encoder.guard is not None and encoder.guard.changed == ()
             assert encoder.guard.frames == 48 + len(reg.frames)
+            g = encoder.guard
+            print(f"demo {precision}: cosine mean {g.mean_cosine:.5f} min {g.min_cosine:.5f}")
 
 
 def test_auto_takes_the_fastest_precision_that_passes(cache: Path, demo: CLIP) -> None:

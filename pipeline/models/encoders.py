@@ -193,7 +193,9 @@ class OpenVINOImageEncoder(ImageEncoder):
 def _torch_precisions(device: torch.device) -> tuple[str, ...]:
     """Precisions torch runs well on ``device``, the default first."""
     if device.type == "cuda":
-        return ("fp16", "bf16", "fp32")
+        with torch.cuda.device(device):
+            bf16 = torch.cuda.is_bf16_supported()
+        return ("fp16", "bf16", "fp32") if bf16 else ("fp16", "fp32")
     native_bf16 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
     return ("bf16", "fp32") if native_bf16 else ("fp32",)
 

@@ -318,20 +318,11 @@ def load_encoder(
             encoder = TorchImageEncoder(model, p, batch_size=batch_size)
             if p != "fp32":
                 encoder.guard = validation.check(p, encoder.encode)
-        report = encoder.guard
-        slower = precision == "auto" and dev.type == "cpu" and report is not None
-        slower = slower and report is not None and report.slower_than_fp32()
-        if report is None or (report.passed(settings) and not slower):
+        message = _refusal(encoder, settings, speed=precision == "auto" and dev.type == "cpu")
+        if message is None:
             encoder.refused = tuple(refused)
             _log_choice(encoder, dev)
             return encoder
-        if report.passed(settings):
-            message = (
-                f"{model.name}: {p} passed over: slower than fp32 on this CPU "
-                f"({report.images_per_s:.1f} against {report.fp32_images_per_s:.1f} images/s)"
-            )
-        else:
-            message = f"{model.name}: {p} refused by the accuracy guard: {report.reason(settings)}"
         if precision != "auto":
             raise AccuracyGuardError(
                 f"{message}; use precision auto to fall back to the next precision, or lower "
@@ -341,6 +332,24 @@ def load_encoder(
         _log.warning("%s; trying %s", message, nxt)
         refused.append(message)
     raise AssertionError("unreachable: fp32 is always accepted")
+
+
+def _refusal(encoder: ImageEncoder, settings: GuardSettings, *, speed: bool) -> str | None:
+    """Why ``encoder``'s precision is not taken (None: it is). ``speed``: a precision measured
+    slower than fp32 is passed over too."""
+    report = encoder.guard
+    if report is None:  # fp32: the reference
+        return None
+    if not report.passed(settings):
+        return f"{encoder.name}: {encoder.precision} refused by the accuracy guard: " + (
+            report.reason(settings)
+        )
+    if speed and report.slower_than_fp32():
+        return (
+            f"{encoder.name}: {encoder.precision} passed over: slower than fp32 on this CPU "
+            f"({report.images_per_s:.1f} against {report.fp32_images_per_s:.1f} images/s)"
+        )
+    return None
 
 
 def _openvino(

@@ -21,11 +21,13 @@ builtin fits, from that builtin too, so callers can catch either::
         ├── DownloadError(ModelError, OSError)
         ├── TokenizerError(ModelError, ValueError)
         └── LicenseNotAccepted(ModelError, PermissionError)
+        └── AccuracyGuardError(ModelError, ValueError)  a precision fails the accuracy guard
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AccuracyGuardError",
     "ChecksumMismatch",
     "ClipguardError",
     "ConfigError",
@@ -129,3 +131,8 @@ class TokenizerError(ModelError, ValueError):
 class LicenseNotAccepted(ModelError, PermissionError):
     """A model's weights are under a non-commercial or research-only licence that the operator
     has not accepted by name (``CLIPGUARD_ACCEPT_LICENSES``)."""
+
+
+class AccuracyGuardError(ModelError, ValueError):
+    """A precision asked for explicitly fails the accuracy guard against fp32 (the message has
+    the measured figures)."""

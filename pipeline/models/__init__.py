@@ -4,6 +4,8 @@ weight formats, licences and the model registry.
 >>> model = load_model("clipguard-demo")
 >>> tokens = model.tokenize(["a red triangle"])
 >>> text = model.encode_text(tokens)
+>>> encoder = load_encoder("clipguard-demo")   # the image tower, fastest guarded precision
+>>> embeddings = encoder.encode(frames)        # uint8 [B, R, R, 3] -> float32 [B, E]
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeline.models.base import ImageTextModel, ScoreKind
+    from pipeline.models.converted import ConvertedModel, converted_dir, list_converted
+    from pipeline.models.encoders import ImageEncoder, Precision, load_encoder
+    from pipeline.models.guard import GuardReport, GuardSettings, RegressionSet
     from pipeline.models.licenses import LICENSE_ENV, check_license
     from pipeline.models.loading import load_clip, load_model, save_clip
     from pipeline.models.model import CLIP, CLIPConfig, TextConfig, VisionConfig, build_model
@@ -35,8 +40,14 @@ __all__ = [
     "DEMO_NOTICE",
     "LICENSE_ENV",
     "CLIPConfig",
+    "ConvertedModel",
+    "GuardReport",
+    "GuardSettings",
+    "ImageEncoder",
     "ImageTextModel",
     "ModelInfo",
+    "Precision",
+    "RegressionSet",
     "ScoreKind",
     "SigLIP",
     "SiglipConfig",
@@ -48,9 +59,12 @@ __all__ = [
     "cache_dir",
     "check_license",
     "check_text_length",
+    "converted_dir",
     "get_model_info",
+    "list_converted",
     "list_models",
     "load_clip",
+    "load_encoder",
     "load_model",
     "resolve_weights",
     "save_clip",
@@ -60,6 +74,15 @@ __all__ = [
 # Names load their module on first use: the registry and configurations import no torch, so
 # `clipguard models list` and `policy lint` stay fast.
 _WHERE = {
+    "ConvertedModel": "converted",
+    "converted_dir": "converted",
+    "list_converted": "converted",
+    "ImageEncoder": "encoders",
+    "Precision": "encoders",
+    "load_encoder": "encoders",
+    "GuardReport": "guard",
+    "GuardSettings": "guard",
+    "RegressionSet": "guard",
     "ImageTextModel": "base",
     "ScoreKind": "configs",
     "LICENSE_ENV": "licenses",

@@ -2,7 +2,7 @@
 
 A single frame passing a label is weak evidence; a flag that opens and closes with every
 blip is noise. An :class:`IncidentTracker` watches one (stream, policy, label) and applies
-the policy's :class:`~pipeline.policy.Temporal` rule to its sampled frames, in timestamp
+the policy's :class:`~pipeline.policies.schema.Temporal` rule to its sampled frames, in timestamp
 order:
 
 - **open**: at least ``k`` of the last ``n`` frames passed and, when ``min_duration_s`` is

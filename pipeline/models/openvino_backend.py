@@ -1,0 +1,195 @@
+"""The CPU runtime for the image tower: OpenVINO, with int8 from NNCF.
+
+Why OpenVINO: measured on the build machine (2 cores of an Intel Xeon with AVX-512, VNNI and
+BF16, no AMX; random weights, 2 threads; ``bench/compare_cpu_runtimes.py``, one run; torch
+2.13, OpenVINO 2026.4.1, NNCF 3.4.0, ONNX Runtime 1.32.0). Images per second through the whole
+tower (uint8 frames in, embeddings out), best of 3 interleaved runs, at batch 16 / batch 64
+(other jobs shared the machine during some batch-64 runs: compare within a column):
+
+==============================  ============  ============  ============
+mode                            ViT-B/32      ViT-B/16      RN50
+==============================  ============  ============  ============
+torch eager fp32                21.6 / 18.5   5.2 / 4.1     13.2 / 7.8
+torch eager bf16                14.5 / 12.7   3.5 / 3.1     10.2 / 6.5
+transformers fp32               22.7 / 17.9   4.7 / 4.3     -
+OpenVINO fp32                   21.4 / 17.9   5.7 / 5.6     19.5 / 18.2
+OpenVINO bf16                   15.5 / 14.5   4.1 / 3.8     13.3 / 8.1
+OpenVINO int8, rest bf16        61.7 / 62.4   15.5 / 13.1   73.3 / 61.0
+OpenVINO int8, rest f32         68.9 / 63.6   16.7 / 13.1   71.5 / 51.9
+ONNX Runtime fp32               21.1 / 20.8   5.2 / 4.3     23.6 / 11.8
+ONNX Runtime int8, dynamic      39.0 / 37.2   11.4 / 10.7   2.6 / 2.8
+  (QInt8 weights per channel)
+ONNX Runtime int8, dynamic      22.5 / 22.7   6.0 / 5.4     11.4 / 9.4
+  (QUInt8 weights per tensor)
+==============================  ============  ============  ============
+
+Cosine to torch fp32, mean / min over 64 generated frames:
+
+==============================  ===============  ===============  ===============
+mode                            ViT-B/32         ViT-B/16         RN50
+==============================  ===============  ===============  ===============
+torch / OpenVINO bf16           .99995 / .99994  .99996 / .99995  .99998 / .99998
+OpenVINO int8, rest f32         .99945 / .99469  .99936 / .99571  .99969 / .99906
+ONNX Runtime int8 QInt8 p.c.    .99985 / .99982  .99986 / .99983  .99947 / .99940
+==============================  ===============  ===============  ===============
+
+OpenVINO's int8 from NNCF (static, SmoothQuant under the transformer preset, which keeps CLIP's
+activation outliers in range) was the fastest mode on every tower: 3.2-3.4x torch fp32 on the
+ViTs, 5.4-6.7x on RN50, at a mean cosine of 0.9994-0.9997. ONNX Runtime's dynamic int8 was
+slightly closer to fp32 but slower on the ViTs (1.8-2.6x) and far slower on RN50 (its integer
+convolutions ran at 0.2-0.4x fp32), and its CPU provider has no bf16 path. So OpenVINO is the
+one runtime shipped. bf16 was slower than fp32 here in both torch and OpenVINO, which is why
+``precision="auto"`` also times a candidate against fp32 (:mod:`pipeline.models.guard`); int8
+runs its remaining float operations in f32 (faster here than bf16, and closer to fp32). Torch
+stays for CUDA, for the text tower and as the fallback.
+
+Conversion (:func:`convert_tower`): the tower with its input normalisation folded in (uint8
+NHWC frames in, float32 embeddings out, any batch size) is traced by ``openvino.convert_model``.
+``fp32`` is saved as it is; ``bf16`` is the same graph with weights stored in fp16 (half the
+disk; OpenVINO runs it in bf16 through ``INFERENCE_PRECISION_HINT``); ``int8`` is quantised by
+``nncf.quantize`` on calibration frames (the transformer preset, with SmoothQuant, for vision
+transformers; the default preset for ResNets). The final L2 normalisation runs in numpy on the
+float32 output (quantised, it no longer gave unit vectors).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from pipeline.errors import ConfigError, ModelError
+from pipeline.models.model import CLIP
+
+__all__ = [
+    "OpenVINOTower",
+    "TowerModule",
+    "convert_tower",
+    "cpu_precisions",
+    "runtime_version",
+]
+
+_log = logging.getLogger(__name__)
+_XML = "tower.xml"
+
+
+class TowerModule(nn.Module):
+    """uint8 ``[B, R, R, 3]`` RGB frames -> float32 embeddings ``[B, E]``: the image tower with
+    its input normalisation, as one graph for a runtime to run. The L2 normalisation stays
+    outside (:class:`OpenVINOTower`): quantised, it no longer gives unit vectors."""
+
+    def __init__(self, model: CLIP) -> None:
+        super().__init__()
+        self.visual = model.visual
+        mean = torch.tensor(model.image_mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(model.image_std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.mean: torch.Tensor
+        self.inv_std: torch.Tensor
+        self.register_buffer("mean", mean)
+        self.register_buffer("inv_std", 1.0 / std)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames.permute(0, 3, 1, 2).float()  # NHWC -> NCHW
+        x = (x - self.mean) * self.inv_std
+        return self.visual(x).float()  # type: ignore[no-any-return]
+
+
+@cache
+def runtime_version() -> str:
+    """OpenVINO's and NNCF's versions: part of every conversion's cache key."""
+    import nncf
+    import openvino as ov
+
+    return f"openvino-{ov.get_version().split('-')[0]}-nncf-{nncf.__version__}"
+
+
+@cache
+def _core() -> Any:
+    import openvino as ov
+
+    return ov.Core()
+
+
+def cpu_precisions() -> tuple[str, ...]:
+    """Precisions OpenVINO runs natively on this CPU, fastest first."""
+    caps = set(_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    order = [("int8", "INT8"), ("bf16", "BF16")]
+    return (*(p for p, cap in order if cap in caps), "fp32")
+
+
+def convert_tower(
+    model: CLIP, precision: str, folder: Path, calibration: npt.NDArray[np.uint8]
+) -> None:
+    """Write ``model``'s image tower in ``precision`` as OpenVINO IR into ``folder``."""
+    import openvino as ov
+
+    if precision not in ("fp32", "bf16", "int8"):
+        raise ConfigError(f"OpenVINO converts fp32, bf16 or int8, not {precision!r}")
+    if model.dtype != torch.float32 or model.device.type != "cpu":
+        raise ConfigError(f"convert_tower needs the fp32 model on the CPU, not {model.dtype}")
+    res = model.input_resolution
+    tower = TowerModule(model).eval()
+    try:
+        with torch.no_grad():
+            ov_model = ov.convert_model(
+                tower,
+                example_input=torch.from_numpy(np.ascontiguousarray(calibration[:2])),
+                input=[(ov.PartialShape([-1, res, res, 3]), ov.Type.u8)],
+            )
+        if precision == "int8":
+            ov_model = _quantize(ov_model, model, calibration)
+        ov.save_model(ov_model, str(folder / _XML), compress_to_fp16=precision == "bf16")
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ModelError(f"OpenVINO could not convert {model.name} to {precision}: {e}") from e
+
+
+def _quantize(ov_model: Any, model: CLIP, calibration: npt.NDArray[np.uint8]) -> Any:
+    import nncf
+
+    batches = [calibration[i : i + 1] for i in range(len(calibration))]  # (1, R, R, 3) each
+    vit = model.config.vision.kind == "vit"
+    return nncf.quantize(
+        ov_model,
+        nncf.Dataset(batches),
+        model_type=nncf.ModelType.TRANSFORMER if vit else None,
+        subset_size=len(batches),
+    )
+
+
+class OpenVINOTower:
+    """A converted tower compiled for the CPU: ``tower(frames) -> embeddings``.
+
+    Not safe to call from several threads at once (one infer request); the stream worker
+    encodes from one thread.
+    """
+
+    def __init__(self, folder: Path, precision: str, *, threads: int) -> None:
+        if threads < 1:
+            raise ConfigError(f"threads must be >= 1, not {threads}")
+        config: dict[str, Any] = {
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            # int8 leaves some operations in float: those run in f32, measured both faster and
+            # closer to fp32 than bf16 on the build machine (ViT-B/16 16.7 against 15.5 img/s)
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        }
+        try:
+            compiled = _core().compile_model(str(folder / _XML), "CPU", config)
+        except RuntimeError as e:
+            raise ModelError(f"OpenVINO could not load {folder}: {e}") from e
+        self._request = compiled.create_infer_request()
+        self.precision = precision
+        self.threads = threads
+
+    def __call__(self, frames: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        out = self._request.infer({0: np.ascontiguousarray(frames)})
+        emb = np.asarray(out[0], dtype=np.float32)  # (B, E)
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)  # (B, 1)
+        return emb / np.maximum(norms, 1e-12)  # type: ignore[no-any-return]

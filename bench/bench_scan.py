@@ -50,8 +50,8 @@ sys.path.insert(0, str(ROOT))
 from consumers.cli import main as cli_main  # noqa: E402
 from pipeline.decode import DecodeOptions, DecodePool, Sampling  # noqa: E402
 from pipeline.demo import scenes as synth  # noqa: E402
-from pipeline.encoder import Encoder  # noqa: E402
 from pipeline.models import DEMO_MODEL, load_clip  # noqa: E402
+from pipeline.models.encoders import load_encoder  # noqa: E402
 from pipeline.policies import load_policies  # noqa: E402
 from pipeline.policies.compile import PolicyCompiler  # noqa: E402
 from pipeline.scan import Scanner, ScanOptions  # noqa: E402
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         policies = load_policies([ROOT / "policies" / "demo"])
         policy_set = PolicyCompiler(model).compile(policies)
         options = ScanOptions(sampling=Sampling(mode="fps", fps=args.sample_fps))
-        encoder = Encoder(model, batch_size=args.batch_size)
+        encoder = load_encoder(model, batch_size=args.batch_size)
         with DecodePool(args.decoders) as pool:
             pool.decode_uri(sources[0], DecodeOptions(size=model.input_resolution))  # children warm
             runs: dict[str, list[float]] = {"overlapped": [], "one at a time": []}

@@ -46,8 +46,8 @@ from consumers.produce import Segment, segment_video  # noqa: E402
 from consumers.settings import WorkerSettings, load_settings  # noqa: E402
 from consumers.worker import Worker, encoder_threads  # noqa: E402
 from pipeline.decode import DecodeOptions, DecodePool  # noqa: E402
-from pipeline.encoder import Encoder  # noqa: E402
 from pipeline.models import load_clip  # noqa: E402
+from pipeline.models.encoders import load_encoder  # noqa: E402
 
 FPS = 25
 
@@ -100,7 +100,7 @@ def stage_decode(segments: list[Segment], s: WorkerSettings, size: int) -> tuple
     return frames / took, [f.image for r in results for f in r.frames]
 
 
-def stage_encode(encoder: Encoder, images: list[Any], per_sample: float) -> float:
+def stage_encode(encoder: Any, images: list[Any], per_sample: float) -> float:
     """Input video frames/s the encoder alone keeps up with."""
     encoder.encode(images[: encoder.batch_size])  # warm up
     start = time.perf_counter()
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for mode in ("fps", "all"):
         s = _settings("127.0.0.1:9092", mode)
-        encoder = Encoder(model, batch_size=s.max_batch_size)
+        encoder = load_encoder(model, batch_size=s.max_batch_size)
         per_sample = FPS / s.sampling.fps if mode == "fps" else 1.0
         decode, enc, e2e = [], [], []
         cpu: dict[str, list[float]] = {}

@@ -28,6 +28,7 @@ __all__ = [
     "JOB_SCHEMA",
     "JOB_STATUS_SCHEMA",
     "SCORE_SCHEMA",
+    "EncoderInfo",
     "FlagEvent",
     "JobRequest",
     "JobState",
@@ -58,6 +59,16 @@ class _Record(BaseModel):
         return self.model_dump_json(by_alias=True, exclude_none=False).encode()
 
 
+class EncoderInfo(_Record):
+    """How a frame's embedding was computed (``ScoreRecord.encoder``): the image encoder's
+    weights, precision and runtime, so records of different precisions are never mixed."""
+
+    weights_sha256: str
+    precision: Literal["fp32", "bf16", "fp16", "int8"]
+    backend: str = Field(description="the runtime family: torch or openvino")
+    runtime: str = Field(description="the runtime and its version")
+
+
 class ScoreRecord(_Record):
     """One scored frame (``clipguard.scores``, key = stream id)."""
 
@@ -81,6 +92,9 @@ class ScoreRecord(_Record):
     )
     source: str | None = Field(None, description="file or URL, for batch scans")
     job_id: str | None = Field(None, description="the scan job, for scans run as Kafka jobs")
+    encoder: EncoderInfo | None = Field(
+        None, description="how the embedding was computed (weights, precision, runtime)"
+    )
 
 
 class FlagEvent(_Record):

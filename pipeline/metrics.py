@@ -3,7 +3,7 @@
 :class:`Metrics` registers every metric on the ``CollectorRegistry`` it is given (tests pass a
 fresh one; the worker passes its own), so two workers in one process never collide::
 
-    metrics = Metrics(CollectorRegistry(), model="clipguard-demo", device="cpu", dtype="float32")
+    metrics = Metrics(CollectorRegistry(), model="clipguard-demo", device="cpu", precision="int8")
     metrics.segments.labels(outcome="ok").inc()
     with metrics.decode_seconds.time():
         ...
@@ -75,7 +75,8 @@ class Metrics:
         *,
         model: str = "",
         device: str = "",
-        dtype: str = "",
+        precision: str = "",
+        backend: str = "",
         version: str = __version__,
     ) -> None:
         self.registry = registry
@@ -170,12 +171,19 @@ class Metrics:
         # --- info ---
         self.build_info = Info("clipguard_build", "clipguard version.", registry=r)
         self.build_info.info({"version": version})
-        self.model_info = Info("clipguard_model", "CLIP model the worker scores with.", registry=r)
-        self.set_model(model=model, device=device, dtype=dtype)
+        self.model_info = Info(
+            "clipguard_model",
+            "The model the worker scores with, and its image encoder's precision and backend.",
+            registry=r,
+        )
+        self.set_model(model=model, device=device, precision=precision, backend=backend)
 
-    def set_model(self, *, model: str, device: str = "", dtype: str = "") -> None:
+    def set_model(
+        self, *, model: str, device: str = "", precision: str = "", backend: str = ""
+    ) -> None:
         """Record the model in ``clipguard_model_info`` (after a model is loaded or swapped)."""
-        self.model_info.info({"model": model, "device": device, "dtype": dtype})
+        labels = {"model": model, "device": device, "precision": precision, "backend": backend}
+        self.model_info.info(labels)
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format, as a scrape returns it."""

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.demo import scenes
-from pipeline.encoder import Encoder
 from pipeline.models import DEMO_MODEL, load_clip
+from pipeline.models.encoders import reference_encoder
 from pipeline.policies import load_policies
 from pipeline.policies.compile import PolicyCompiler
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     policies = load_policies([args.policies])
 
     compiled = PolicyCompiler(model, use_cache=False).compile(policies).compiled
-    encoder = Encoder(model)
+    encoder = reference_encoder(model)
     rng = np.random.default_rng(args.seed)
     for lab in compiled.labels:
         if lab.key not in _TARGETS:

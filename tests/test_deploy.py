@@ -245,7 +245,7 @@ def _exercise(metrics: Metrics) -> None:
 
 @pytest.fixture(scope="module")
 def metrics_server() -> Iterator[MetricsServer]:
-    metrics = Metrics(CollectorRegistry(), model="clipguard-demo", device="cpu", dtype="float32")
+    metrics = Metrics(CollectorRegistry(), model="clipguard-demo", device="cpu", precision="fp32")
     _exercise(metrics)
     with start_http_server(metrics, 0, "127.0.0.1") as server:
         yield server

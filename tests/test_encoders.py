@@ -350,6 +350,7 @@ def test_exported_names() -> None:
         "Precision",
         "TorchImageEncoder",
         "load_encoder",
+        "reference_encoder",
     }
     assert set(converted_module.__all__) == {
         "ConvertedModel",

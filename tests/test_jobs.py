@@ -34,9 +34,9 @@ from consumers.cli import main
 from consumers.cli.common import EXIT_PARTIAL
 from consumers.jobs import job_options
 from pipeline.decode import DecodePool
-from pipeline.encoder import Encoder
 from pipeline.events import FlagEvent, JobRequest, JobStatus, ScoreRecord
 from pipeline.models import load_clip
+from pipeline.models.encoders import load_encoder
 from pipeline.policies import load_policies
 from pipeline.policies.compile import PolicyCompiler
 from pipeline.scan import FileScan, Scanner, discover
@@ -78,7 +78,7 @@ def local(library: Path) -> dict[str, FileScan]:
     policies = load_policies([streaming.DEMO_POLICIES])
     policy_set = PolicyCompiler(model).compile(policies)
     with DecodePool(2) as pool:
-        scanner = Scanner(Encoder(model), policy_set, pool=pool)
+        scanner = Scanner(load_encoder(model), policy_set, pool=pool)  # as the workers
         return {Path(r.source).name: r for r in scanner.scan(i.source for i in discover([library]))}
 
 

@@ -36,7 +36,7 @@ NAMES = {
 
 @pytest.fixture
 def metrics() -> Metrics:
-    return Metrics(CollectorRegistry(), model="clipguard-demo", device="cpu", dtype="float32")
+    return Metrics(CollectorRegistry(), model="clipguard-demo", device="cpu", precision="fp32")
 
 
 @pytest.fixture
@@ -120,12 +120,12 @@ def test_observed_values_appear_in_the_scrape(metrics: Metrics, server: MetricsS
     lag = {"topic": "clipguard.segments", "partition": "2"}
     assert _value(samples, "clipguard_consumer_lag", **lag) == 17
     assert _value(samples, "clipguard_build_info", version=__version__) == 1
-    model = {"model": "clipguard-demo", "device": "cpu", "dtype": "float32"}
+    model = {"model": "clipguard-demo", "device": "cpu", "precision": "fp32", "backend": ""}
     assert _value(samples, "clipguard_model_info", **model) == 1
 
-    metrics.set_model(model="ViT-B/32", device="cuda", dtype="float16")
+    metrics.set_model(model="ViT-B/32", device="cuda", precision="fp16", backend="torch")
     samples = _scrape(server)
-    model = {"model": "ViT-B/32", "device": "cuda", "dtype": "float16"}
+    model = {"model": "ViT-B/32", "device": "cuda", "precision": "fp16", "backend": "torch"}
     assert _value(samples, "clipguard_model_info", **model) == 1
 
 

@@ -35,9 +35,9 @@ from scanclips import write_clip as _write
 from consumers.cli import main
 from consumers.cli.common import EXIT_PARTIAL
 from pipeline.decode import DecodePool
-from pipeline.encoder import Encoder
 from pipeline.events import FlagEvent, ScoreRecord
 from pipeline.models import DEMO_MODEL, load_clip
+from pipeline.models.encoders import load_encoder
 from pipeline.policies import load_policies
 from pipeline.policies.compile import PolicyCompiler
 from pipeline.scan import Scanner, discover
@@ -221,7 +221,7 @@ def test_the_per_input_api_gives_the_records_the_scan_wrote(first_scan, library:
     policy_set = PolicyCompiler(model).compile(policies)
     source = str(library / "triangle.mp4")
     with DecodePool(1) as pool:
-        scanner = Scanner(Encoder(model, batch_size=3), policy_set, pool=pool)
+        scanner = Scanner(load_encoder(model, batch_size=3), policy_set, pool=pool)
         records = list(scanner.records(source))
     written = [
         r

@@ -29,8 +29,8 @@ def test_exported_names() -> None:
     assert sorted(settings_module.__all__) == [
         "DecodeSettings",
         "Device",
-        "Dtype",
         "LogFormat",
+        "Precision",
         "SamplingSettings",
         "SaslMechanism",
         "SecurityProtocol",
@@ -53,7 +53,7 @@ def test_defaults() -> None:
     )
     assert s.model == "clipguard-demo" and s.is_demo_model
     assert s.policies == (Path("policies/demo"),)
-    assert (s.device, s.dtype) == ("auto", "float32")
+    assert (s.device, s.precision) == ("auto", "auto")
     assert (s.max_batch_size, s.max_batch_wait_ms, s.max_inflight_segments) == (64, 20, 32)
     assert s.decode.processes == 2 and s.decode.fit == "pad"
     assert s.decode.max_input_bytes == 16 * 1024 * 1024 and s.decode.timeout_s == 30.0
@@ -210,7 +210,7 @@ def test_yaml_is_data_not_code(tmp_path: Path) -> None:
         ({"bootstrap_servers": "localhost"}, "bootstrap_servers"),
         ({"bootstrap_servers": "a:1,b:99999"}, "bootstrap_servers"),
         ({"device": "tpu"}, "device"),
-        ({"dtype": "int8"}, "dtype"),
+        ({"precision": "float32"}, "precision"),
         ({"log_format": "xml"}, "log_format"),
         ({"topics.scores": "bad topic"}, "topics.scores"),
         ({"policies": []}, "policies"),

@@ -27,7 +27,6 @@ from streaming import Record, read_topic, red_triangle_shots, wait_for, worker_t
 from consumers.broker import EmbeddedBroker, default_topics
 from consumers.produce import Segment, produce_file, segment_video
 from pipeline.demo.video import write_video
-from pipeline.encoder import Encoder
 from pipeline.events import (
     DLQ_ATTEMPTS,
     DLQ_ERROR_CLASS,
@@ -38,6 +37,7 @@ from pipeline.events import (
     FlagEvent,
     ScoreRecord,
 )
+from pipeline.models.encoders import TorchImageEncoder
 from pipeline.models.model import CLIP
 
 pytestmark = [
@@ -623,12 +623,12 @@ def test_worker_says_when_its_metrics_port_is_taken(capsys: pytest.CaptureFixtur
 # ------------------------------------------------------------------------------ encoder failures
 
 
-class FlakyEncoder(Encoder):
+class FlakyEncoder(TorchImageEncoder):
     """The real encoder, whose first ``failures`` batches raise as a device out of memory
     would (injected; everything else runs for real)."""
 
     def __init__(self, model: CLIP, batch_size: int, failures: int) -> None:
-        super().__init__(model, batch_size=batch_size)
+        super().__init__(model, "fp32", batch_size=batch_size)
         self.failures = failures
 
     def encode(self, frames: Any) -> Any:
@@ -695,7 +695,7 @@ def test_an_idle_stream_closes_its_incident_and_is_forgotten(segments: list[Segm
     assert mine and mine[-1].value is None  # its state checkpoint was deleted (a tombstone)
 
 
-class SlowEncoder(Encoder):
+class SlowEncoder(TorchImageEncoder):
     """The real encoder, slowed down so that segments stay in flight (a busy device)."""
 
     def encode(self, frames: Any) -> Any:
@@ -720,7 +720,7 @@ def test_a_partition_revoked_and_given_back_loses_nothing(segments: list[Segment
         opts = {"max_batch_size": 4, "jobs_enabled": False, "session_timeout_ms": 6000}
         one = Worker(
             streaming.settings(b, **opts),
-            encoder=lambda model, size: SlowEncoder(model, batch_size=size),
+            encoder=lambda model, size: SlowEncoder(model, "fp32", batch_size=size),
         )
         thread = threading.Thread(target=one.run, daemon=True)
         thread.start()

@@ -162,6 +162,13 @@ def add_parser(subparsers: Any) -> None:
         help="frames per encoder batch (default: %(default)s)",
     )
     add(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16", "int8"),
+        default="auto",
+        help="image encoder precision (default: %(default)s, the fastest that passes the "
+        "accuracy guard)",
+    )
+    add(
         "--timeout",
         type=positive_float,
         default=600.0,
@@ -314,11 +321,11 @@ def _scan_todo(
 ) -> None:
     """Scan the plan's inputs, writing each one's records and entry as it is done."""
     from pipeline.decode import DecodePool
-    from pipeline.encoder import Encoder
+    from pipeline.models.encoders import load_encoder
     from pipeline.scan import Scanner
     from pipeline.scan.outputs import scan_entry
 
-    encoder = Encoder(model, batch_size=args.batch_size)
+    encoder = load_encoder(model, precision=args.precision, batch_size=args.batch_size)
     with DecodePool(args.decoders) as pool, _Progress(len(plan.todo)) as progress:
         scanner = Scanner(encoder, policies, pool=pool, options=options)
         for result in scanner.scan(list(plan.todo)):

@@ -50,7 +50,7 @@ _OPTIONS: Final = {
     "model": "model",
     "policies": "policies",
     "device": "device",
-    "dtype": "dtype",
+    "precision": "precision",
     "max_batch_size": "max_batch_size",
     "max_batch_wait_ms": "max_batch_wait_ms",
     "max_inflight_segments": "max_inflight_segments",
@@ -86,7 +86,11 @@ def add_parser(subparsers: Any) -> None:
     add_model_option(worker, help="CLIP model (default: clipguard-demo)")
     add_policies_option(worker, repeatable=False, help="policy files or folders")
     add("--device", choices=("auto", "cpu", "cuda"), help="encoder device")
-    add("--dtype", choices=("float32", "float16", "bfloat16"), help="encoder dtype")
+    add(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16", "int8"),
+        help="image encoder precision (default: auto, the fastest that passes the accuracy guard)",
+    )
     add("--max-batch-size", type=positive_int, metavar="N", help="frames per encoder batch")
     add("--max-batch-wait-ms", type=int, metavar="MS", help="longest wait to fill a batch")
     add(

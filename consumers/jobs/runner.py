@@ -61,9 +61,9 @@ from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
 from consumers.worker.outbox import Acked, Outbox, Output
 from pipeline.decode import DecodePool, DecodeResult, Limits, Sampling
-from pipeline.encoder import Encoder
 from pipeline.errors import ClipguardError, DecodeCrash, DecodeError, DecodeTimeout
 from pipeline.events import FlagEvent, JobRequest, JobState, JobStatus, ScoreRecord
+from pipeline.models.encoders import ImageEncoder
 from pipeline.policies.store import PolicyStore
 from pipeline.scan import Scanner, ScanOptions
 
@@ -109,7 +109,7 @@ def job_options(request: JobRequest, *, limits: Limits | None = None) -> ScanOpt
 def start_jobs(
     settings: WorkerSettings,
     *,
-    encoder: Encoder,
+    encoder: ImageEncoder,
     store: PolicyStore,
     pool: DecodePool | None,
     stopping: threading.Event | None = None,
@@ -192,7 +192,7 @@ class JobRunner:
         self,
         settings: WorkerSettings,
         *,
-        encoder: Encoder,
+        encoder: ImageEncoder,
         store: PolicyStore,
         pool: DecodePool,
         stopping: threading.Event | None = None,

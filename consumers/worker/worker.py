@@ -63,7 +63,6 @@ from consumers.worker.outbox import Outbox, Output
 from consumers.worker.segments import HeaderError, Segment, check_media, parse_headers
 from consumers.worker.streams import Stream, Streams, Verdict
 from pipeline.decode import DecodeOptions, DecodePool
-from pipeline.encoder import Encoder
 from pipeline.errors import (
     ClipguardError,
     DecodeCrash,
@@ -73,6 +72,7 @@ from pipeline.errors import (
 )
 from pipeline.metrics import Metrics, MetricsServer, start_http_server
 from pipeline.models.base import ImageTextModel
+from pipeline.models.encoders import ImageEncoder
 from pipeline.policies.compile import PolicyCompiler
 from pipeline.policies.judge import Judge
 from pipeline.policies.store import PolicyStore
@@ -107,10 +107,10 @@ class Worker:
         settings: WorkerSettings,
         *,
         registry: CollectorRegistry | None = None,
-        encoder: Callable[[ImageTextModel, int], Encoder] = Encoder.for_model,
+        encoder: Callable[[ImageTextModel, int], ImageEncoder] | None = None,
     ) -> None:
         self.settings = settings
-        self._make_encoder = encoder
+        self._make_encoder = encoder or self._default_encoder
         self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
         self.metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)  # as /readyz says
         self._stop = threading.Event()
@@ -209,22 +209,25 @@ class Worker:
 
     def _load(self) -> None:
         """The model, the policies, the encode stage and the decode pool, and their threads."""
-        import torch
-
         from pipeline.models import load_model
 
         s = self.settings
         device = s.resolved_device()
-        self.model = load_model(s.model, device=device, dtype=getattr(torch, s.dtype))
-        self.metrics.set_model(model=self.model.name, device=device, dtype=s.dtype)
+        self.model = load_model(s.model, device=device)  # fp32: the text tower, the reference
         self.store = PolicyStore(list(s.policies), PolicyCompiler(self.model))
+        self.encoder = self._make_encoder(self.model, s.max_batch_size)
+        enc = self.encoder
+        self.metrics.set_model(
+            model=self.model.name, device=device, precision=enc.precision, backend=enc.backend
+        )
+        for refusal in enc.refused:
+            _log.warning("%s", refusal)
         self.streams = Streams(
-            Judge(self.model.name),
+            Judge(self.model.name, encoder=enc.info()),
             s.topics,
             checkpoints=s.checkpoint_state,
             max_request_size=s.max_request_size,
         )
-        self.encoder = self._make_encoder(self.model, s.max_batch_size)
         self._pool = DecodePool(s.decode.processes, limits=s.decode.limits())
         options = DecodeOptions(
             self.model.input_resolution,
@@ -246,10 +249,12 @@ class Worker:
             on_retry=lambda: self.metrics.retries.labels(stage="encode").inc(),
         )
         _log.info(
-            "model %s on %s (%s); policies %s",
+            "model %s on %s (image encoder %s %s, %s); policies %s",
             self.model.name,
             device,
-            s.dtype,
+            enc.precision,
+            enc.backend,
+            enc.runtime,
             self.store.current.describe(),
         )
         self._loaded = True
@@ -258,6 +263,27 @@ class Worker:
             target=self._watch_policies, name="clipguard-policies", daemon=True
         )
         self._watcher.start()
+
+    def _default_encoder(self, model: ImageTextModel, batch_size: int) -> ImageEncoder:
+        """The image encoder the settings ask for: ``precision`` (auto: the fastest that
+        passes the accuracy guard, with the policies' image examples as regressions)."""
+        from pipeline.models.encoders import load_encoder
+        from pipeline.models.guard import GuardSettings
+        from pipeline.policies.guard import regression_set
+
+        s = self.settings
+        examples = regression_set(self.store.current, model.input_resolution)
+        return load_encoder(
+            model,
+            device=s.resolved_device(),
+            precision=s.precision,
+            threads=encoder_threads(s),
+            batch_size=batch_size,
+            guard=GuardSettings(
+                min_mean_cosine=s.guard_min_mean_cosine, extra_images=s.guard_images
+            ),
+            regressions=[examples] if examples is not None else [],
+        )
 
     def _connect(self) -> None:
         s = self.settings

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.demo import scenes
-from pipeline.encoder import Encoder
+from pipeline.models.encoders import reference_encoder
 from pipeline.models.model import CLIP, CLIPConfig
 from pipeline.models.tokenizer import tokenize
 
@@ -229,7 +229,7 @@ def _encode_prompts(model: CLIP, prompts: Sequence[str]) -> torch.Tensor:
 
 
 def _encode_images(model: CLIP, images: np.ndarray) -> torch.Tensor:
-    return Encoder(model, batch_size=256).encode(images)
+    return torch.from_numpy(reference_encoder(model, batch_size=256).encode(images))
 
 
 def evaluate_zero_shot(model: CLIP, *, n: int = 600, seed: int = 1234) -> ZeroShotReport:

@@ -19,7 +19,7 @@ Where the image tower runs:
 A precision asked for explicitly is used only if the device offers it (else
 :class:`~pipeline.errors.ConfigError` listing what it offers) and it passes the guard (else
 :class:`~pipeline.errors.AccuracyGuardError` with the figures). fp32 is the reference and is
-never refused. ``encoder.model`` is the fp32 torch CLIP on the device, for the text tower.
+never refused. ``encoder.model`` is the fp32 torch model on the device, for the text tower.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import AccuracyGuardError, ConfigError
+from pipeline.events import EncoderInfo
+from pipeline.models.base import ImageTextModel
 from pipeline.models.converted import (
     ConvertedModel,
     converted_dir,
@@ -55,8 +57,7 @@ from pipeline.models.guard import (
     generated_frames,
     validation_digest,
 )
-from pipeline.models.loading import load_clip
-from pipeline.models.model import CLIP
+from pipeline.models.loading import load_model
 
 __all__ = [
     "Backend",
@@ -65,6 +66,7 @@ __all__ = [
     "Precision",
     "TorchImageEncoder",
     "load_encoder",
+    "reference_encoder",
 ]
 
 _log = logging.getLogger(__name__)
@@ -88,7 +90,12 @@ class ImageEncoder(ABC):
     backend: str = ""
 
     def __init__(
-        self, model: CLIP, precision: str, *, batch_size: int, guard: GuardReport | None = None
+        self,
+        model: ImageTextModel,
+        precision: str,
+        *,
+        batch_size: int,
+        guard: GuardReport | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, not {batch_size}")
@@ -115,6 +122,15 @@ class ImageEncoder(ABC):
             "backend": self.backend,
             "runtime": self.runtime,
         }
+
+    def info(self) -> EncoderInfo:
+        """:meth:`describe` as the block every score record carries."""
+        return EncoderInfo(
+            weights_sha256=self.model.fingerprint(),
+            precision=self.precision,  # type: ignore[arg-type]
+            backend=self.backend,
+            runtime=self.runtime,
+        )
 
     def encode(self, frames: Frames | Sequence[Frames]) -> npt.NDArray[np.float32]:
         """uint8 RGB ``[B, R, R, 3]`` (R = ``input_resolution``) -> unit float32 ``[B, E]``."""
@@ -146,12 +162,19 @@ class TorchImageEncoder(ImageEncoder):
     backend = "torch"
 
     def __init__(
-        self, model: CLIP, precision: str, *, batch_size: int, guard: GuardReport | None = None
+        self,
+        model: ImageTextModel,
+        precision: str,
+        *,
+        batch_size: int,
+        guard: GuardReport | None = None,
     ) -> None:
         super().__init__(model, precision, batch_size=batch_size, guard=guard)
         dtype = _DTYPES[precision]
         # the half-precision tower is a copy: ``model`` stays fp32 for the text tower
-        self._tower = model if dtype == model.dtype else copy.deepcopy(model).to(dtype)
+        self._tower: ImageTextModel = (
+            model if dtype == model.dtype else copy.deepcopy(model).to(dtype)  # type: ignore[attr-defined]
+        )
 
     def _encode(self, batch: Frames) -> npt.NDArray[np.float32]:
         tower = self._tower
@@ -168,7 +191,7 @@ class OpenVINOImageEncoder(ImageEncoder):
 
     def __init__(
         self,
-        model: CLIP,
+        model: ImageTextModel,
         converted: ConvertedModel,
         *,
         threads: int,
@@ -226,7 +249,7 @@ class _Validation:
     """The validation frames and the fp32 reference embeddings, computed once when needed."""
 
     def __init__(
-        self, model: CLIP, settings: GuardSettings, regressions: Sequence[RegressionSet]
+        self, model: ImageTextModel, settings: GuardSettings, regressions: Sequence[RegressionSet]
     ) -> None:
         self.model = model
         self.settings = settings
@@ -259,7 +282,7 @@ class _Validation:
 
 
 def load_encoder(
-    name_or_path: str | Path | CLIP,
+    name_or_path: str | Path | ImageTextModel,
     *,
     device: str | torch.device = "auto",
     precision: Precision | str = "auto",
@@ -270,7 +293,8 @@ def load_encoder(
     regressions: Sequence[RegressionSet] = (),
     cache_dir: Path | None = None,
 ) -> ImageEncoder:
-    """The image encoder for a registry name, a weights file or a loaded fp32 :class:`CLIP`.
+    """The image encoder for a registry name, a weights file or folder, or a loaded fp32 model
+    (CLIP, SigLIP or SigLIP 2).
 
     ``precision``: ``auto`` (the fastest that passes the guard) or one of ``fp32``, ``bf16``,
     ``fp16``, ``int8``. ``backend``: ``auto`` (OpenVINO on the CPU, torch on CUDA), ``openvino``
@@ -285,15 +309,16 @@ def load_encoder(
     if backend not in get_args(Backend):
         raise ConfigError(f"backend must be one of {', '.join(get_args(Backend))}")
     dev = _device(device)
-    if isinstance(name_or_path, CLIP):
+    model: ImageTextModel
+    if isinstance(name_or_path, str | Path):
+        model = load_model(name_or_path, device=dev)
+    else:
         model = name_or_path
         if model.dtype != torch.float32 or model.device.type != dev.type:
             raise ConfigError(
-                f"load_encoder takes a CLIP in fp32 on {dev}, got {model.dtype} on "
+                f"load_encoder takes a model in fp32 on {dev}, got {model.dtype} on "
                 f"{model.device}; pass its name or path instead"
             )
-    else:
-        model = load_clip(name_or_path, device=dev)
     if backend == "auto":
         backend = "openvino" if dev.type == "cpu" else "torch"
     if backend == "openvino" and dev.type != "cpu":
@@ -353,7 +378,7 @@ def _refusal(encoder: ImageEncoder, settings: GuardSettings, *, speed: bool) -> 
 
 
 def _openvino(
-    model: CLIP,
+    model: ImageTextModel,
     precision: str,
     validation: _Validation,
     *,
@@ -405,7 +430,7 @@ def _openvino(
     return encoder
 
 
-def _calibration(model: CLIP) -> Frames:
+def _calibration(model: ImageTextModel) -> Frames:
     return generated_frames(model.input_resolution, _CALIBRATION_FRAMES, seed=_CALIBRATION_SEED)
 
 
@@ -424,3 +449,11 @@ def _log_choice(encoder: ImageEncoder, device: torch.device) -> None:
         device,
         figures,
     )
+
+
+def reference_encoder(model: ImageTextModel, *, batch_size: int = 64) -> TorchImageEncoder:
+    """The model's own image tower in fp32 torch: the reference every precision is held to,
+    used where embeddings must match the compiled policies' (exemplars, authoring tools)."""
+    if model.dtype != torch.float32:
+        raise ConfigError(f"the reference encoder runs in fp32, not {model.dtype}")
+    return TorchImageEncoder(model, "fp32", batch_size=batch_size)

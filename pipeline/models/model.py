@@ -387,6 +387,12 @@ class CLIP(ImageTextModule):
         with torch.no_grad():
             self.logit_scale.fill_(math.log(1 / 0.07))
 
+    @property
+    def image_tower(self) -> nn.Module:
+        """Normalised pixels ``[B, 3, R, R]`` -> image embeddings ``[B, E]``, unchecked (what a
+        runtime traces)."""
+        return self.visual
+
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         res = self.input_resolution
         if pixels.ndim != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[-2:]) != (res, res):

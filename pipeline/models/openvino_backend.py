@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError, ModelError
-from pipeline.models.model import CLIP
+from pipeline.models.base import ImageTextModel
 
 __all__ = [
     "OpenVINOTower",
@@ -84,9 +84,9 @@ class TowerModule(nn.Module):
     its input normalisation, as one graph for a runtime to run. The L2 normalisation stays
     outside (:class:`OpenVINOTower`): quantised, it no longer gives unit vectors."""
 
-    def __init__(self, model: CLIP) -> None:
+    def __init__(self, model: ImageTextModel) -> None:
         super().__init__()
-        self.visual = model.visual
+        self.tower = model.image_tower
         mean = torch.tensor(model.image_mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(model.image_std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.mean: torch.Tensor
@@ -97,7 +97,7 @@ class TowerModule(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         x = frames.permute(0, 3, 1, 2).float()  # NHWC -> NCHW
         x = (x - self.mean) * self.inv_std
-        return self.visual(x).float()  # type: ignore[no-any-return]
+        return self.tower(x).float()  # type: ignore[no-any-return]
 
 
 @cache
@@ -124,7 +124,7 @@ def cpu_precisions() -> tuple[str, ...]:
 
 
 def convert_tower(
-    model: CLIP, precision: str, folder: Path, calibration: npt.NDArray[np.uint8]
+    model: ImageTextModel, precision: str, folder: Path, calibration: npt.NDArray[np.uint8]
 ) -> None:
     """Write ``model``'s image tower in ``precision`` as OpenVINO IR into ``folder``."""
     import openvino as ov
@@ -149,11 +149,12 @@ def convert_tower(
         raise ModelError(f"OpenVINO could not convert {model.name} to {precision}: {e}") from e
 
 
-def _quantize(ov_model: Any, model: CLIP, calibration: npt.NDArray[np.uint8]) -> Any:
+def _quantize(ov_model: Any, model: ImageTextModel, calibration: npt.NDArray[np.uint8]) -> Any:
     import nncf
 
     batches = [calibration[i : i + 1] for i in range(len(calibration))]  # (1, R, R, 3) each
-    vit = model.config.vision.kind == "vit"
+    vit = getattr(getattr(model, "config", None), "vision", None)
+    vit = getattr(vit, "kind", "vit") == "vit"  # SigLIP's towers are ViTs too
     return nncf.quantize(
         ov_model,
         nncf.Dataset(batches),

@@ -247,6 +247,12 @@ class SigLIP(ImageTextModule):
     def device(self) -> torch.device:
         return self.text_model.head.weight.device
 
+    @property
+    def image_tower(self) -> nn.Module:
+        """Normalised pixels ``[B, 3, R, R]`` -> image embeddings ``[B, E]``, unchecked (what a
+        runtime traces)."""
+        return self.vision_model
+
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         res = self.input_resolution
         if pixels.ndim != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[-2:]) != (res, res):

@@ -28,7 +28,6 @@ import numpy.typing as npt
 import torch
 
 from pipeline.decode import DecodeOptions, decode_uri
-from pipeline.encoder import Encoder
 from pipeline.errors import DecodeError, PolicyError
 from pipeline.models.base import ImageTextModel
 from pipeline.models.registry import cache_dir as _model_cache_dir
@@ -100,7 +99,9 @@ class PolicyCompiler:
             except DecodeError as e:
                 raise PolicyError(f"{p}: exemplar image cannot be read: {e}") from e
             frames.append(result.frames[0].image)
-        return unit_rows(Encoder(self.model).encode(frames))  # type: ignore[arg-type]
+        from pipeline.models.encoders import reference_encoder
+
+        return unit_rows(reference_encoder(self.model).encode(frames))
 
     # -- one policy ------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pipeline.events import FlagEvent, ScoreRecord
+from pipeline.events import EncoderInfo, FlagEvent, ScoreRecord
 from pipeline.policies.score import CompiledLabel, Decision
 from pipeline.policies.snapshot import PolicySet
 from pipeline.policies.temporal import IncidentEvent, StreamTemporalState
@@ -92,8 +92,9 @@ class Judge:
     the caller decides where state lives and when it is checkpointed.
     """
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, *, encoder: EncoderInfo | None = None) -> None:
         self.model_name = model_name
+        self.encoder = encoder  # written in every score record
 
     @staticmethod
     def new_state(stream_id: str, policies: PolicySet) -> StreamTemporalState:
@@ -139,6 +140,7 @@ class Judge:
                     scores={d.key: round(d.score, 6) for d in ds},
                     flagged=[d.key for d in ds if d.passed and d.key in enforced],
                     kinds={d.key: d.kind for d in ds},
+                    encoder=self.encoder,
                     source=source,
                 )
             )

@@ -36,10 +36,8 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from pipeline.decode import DecodeOptions, DecodePool, DecodeResult, Fit, Frame, Limits, Sampling
-from pipeline.encoder import Encoder
 from pipeline.errors import (
     ConfigError,
     DecodeError,
@@ -48,6 +46,7 @@ from pipeline.errors import (
     UnsupportedMedia,
 )
 from pipeline.events import FlagEvent, ScoreRecord
+from pipeline.models.encoders import ImageEncoder
 from pipeline.policies.judge import FrameRef, Judge, PolicyFacts
 from pipeline.policies.snapshot import PolicySet
 from pipeline.policies.temporal import StreamTemporalState
@@ -191,7 +190,7 @@ class Scanner:
 
     def __init__(
         self,
-        encoder: Encoder,
+        encoder: ImageEncoder,
         policies: PolicySet,
         *,
         pool: DecodePool,
@@ -210,7 +209,7 @@ class Scanner:
         self.in_flight = in_flight or 2 * pool.processes
         if self.in_flight < 1:
             raise ConfigError(f"in_flight must be >= 1, not {self.in_flight}")
-        self.judge = Judge(model_name or encoder.model.name)
+        self.judge = Judge(model_name or encoder.model.name, encoder=encoder.info())
 
     # ------------------------------------------------------------------ one input
 
@@ -311,12 +310,14 @@ class Scanner:
     def _submit(self, source: str) -> _FileJob:
         opts = self.options
         options = DecodeOptions(
-            self.encoder.resolution, fit=opts.fit, sampling=opts.sampling, limits=opts.limits
+            self.encoder.input_resolution, fit=opts.fit, sampling=opts.sampling, limits=opts.limits
         )
         future = self.pool.submit_uri(source, options, content_type=opts.content_type)
         return _FileJob(source, future, time.monotonic())
 
-    def _judge(self, job: _FileJob, chunk: Sequence[Frame], embeddings: torch.Tensor) -> None:
+    def _judge(
+        self, job: _FileJob, chunk: Sequence[Frame], embeddings: npt.NDArray[np.float32]
+    ) -> None:
         if job.state is None:
             job.state = self.judge.new_state(job.source, self.policies)
         refs = [FrameRef(seq=0, frame_index=f.index, ts=f.t, tile=f.tile) for f in chunk]

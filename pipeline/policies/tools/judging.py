@@ -88,9 +88,9 @@ def compile_policies(
 
 def encode_images(model: ImageTextModel, images: Sequence[Image]) -> Any:
     """Image embeddings, one row per image (an empty batch gives zero rows)."""
-    from pipeline.encoder import Encoder
+    from pipeline.models.encoders import reference_encoder
 
-    return Encoder(model).encode(images)
+    return reference_encoder(model).encode(images)
 
 
 def judge_frames(

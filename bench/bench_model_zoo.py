@@ -5,25 +5,30 @@ Random weights at each entry's architecture (the cost does not depend on the val
 ``torch.utils.flop_counter`` on one image (two FLOPs per multiply-add; matrix products,
 attention and convolutions), the convention of open_clip's ``model_profile.csv``. SigLIP and
 SigLIP 2 image towers of the same size and resolution are the same network, so one of each pair is
-timed. Prints a table; never fails on time.
+timed. ``--default`` adds clipguard's default CPU path: ``load_encoder`` at precision ``auto``
+(OpenVINO int8 where the accuracy guard passes), frames in as uint8; the conversion time is printed,
+not counted. Prints a table; never fails on time.
 
     python bench/bench_model_zoo.py                       # the default set
     python bench/bench_model_zoo.py --models siglip2-base-patch16-224 ViT-B/32
+    python bench/bench_model_zoo.py --default --models ViT-B/32 ViT-B/16
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.models.model import CLIPConfig
+from pipeline.models.model import CLIP, CLIPConfig
 from pipeline.models.model import VisionTransformer as ClipVision
 from pipeline.models.registry import get_model_info
-from pipeline.models.siglip import SiglipConfig
+from pipeline.models.siglip import SigLIP, SiglipConfig
 from pipeline.models.siglip import VisionTransformer as SiglipVision
 
 DEFAULT = [
@@ -83,6 +88,30 @@ def _throughput(
                 return done / elapsed
 
 
+def _default_path(name: str, batch: int, threads: int, budget_s: float, cache: Path) -> str:
+    """clipguard's default CPU encoder on a random-weight model: images per second, and the
+    precision the guard accepted."""
+    from pipeline.models import load_encoder
+    from pipeline.models.guard import GuardSettings, generated_frames
+
+    cfg = get_model_info(name).config
+    model = SigLIP(cfg) if isinstance(cfg, SiglipConfig) else CLIP(cfg)  # type: ignore[arg-type]
+    model.init_weights(torch.Generator().manual_seed(0))
+    model.name = f"random-{name}"
+    model.eval().requires_grad_(False)
+    start = time.perf_counter()
+    enc = load_encoder(model, threads=threads, cache_dir=cache, guard=GuardSettings(generated=16))
+    ready = time.perf_counter() - start
+    frames = generated_frames(enc.input_resolution, batch, seed=3)
+    enc.encode(frames)  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < budget_s:
+        enc.encode(frames)
+        done += batch
+    ips = done / (time.perf_counter() - start)
+    return f"{ips:.2f} {enc.precision} ({ready:.0f} s to convert)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=DEFAULT)
@@ -91,6 +120,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=4.0, help="seconds timed per precision")
     parser.add_argument("--no-fp32", action="store_true", help="time bf16 only")
     parser.add_argument("--gflops-only", action="store_true", help="count, do not time")
+    parser.add_argument(
+        "--default", action="store_true", help="also time load_encoder at its defaults"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -109,8 +141,14 @@ def main() -> None:
             bf16 = _throughput(module, res, torch.bfloat16, args.batch, args.budget)
         cells = [f"{v:.2f}" if v else "-" for v in (fp32, bf16)]
         ratio = f"{bf16 / fp32:.2f}" if fp32 and bf16 else "-"
-        print(f"{name:28} {res:>4} {gflops:>8.1f} {cells[0]:>11} {cells[1]:>11} {ratio:>6}")
+        line = f"{name:28} {res:>4} {gflops:>8.1f} {cells[0]:>11} {cells[1]:>11} {ratio:>6}"
         del module
+        if args.default and not args.gflops_only:
+            with tempfile.TemporaryDirectory() as cache:
+                line += "  default: " + _default_path(
+                    name, args.batch, args.threads, args.budget, Path(cache)
+                )
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,28 @@ def test_auto_takes_the_fastest_precision_that_passes(cache: Path, demo: CLIP) -
     assert encoder.encode([]).shape == (0, demo.embed_dim)
 
 
+def test_models_list_shows_the_converted_models_and_their_guard_figures(
+    cache: Path, demo: CLIP
+) -> None:
+    encoder = load_encoder(demo, precision="int8", cache_dir=cache)
+    assert encoder.guard is not None
+    env = {**os.environ, "CLIPGUARD_CONVERTED_DIR": str(cache)}
+    cli = [sys.executable, "-m", "consumers", "models", "list"]
+    raw = subprocess.run([*cli, "--json", "--converted"], env=env, capture_output=True, check=True)
+    listed = json.loads(raw.stdout)["converted"]
+    row = next(r for r in listed if r["precision"] == "int8")
+    assert row["name"] == "clipguard-demo" and row["backend"] == "openvino"
+    assert row["weights_sha256"] == demo.fingerprint()
+    assert row["mean_cosine"] == pytest.approx(encoder.guard.mean_cosine)
+    assert row["changed"] == 0
+    table = subprocess.run(cli, env=env, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in table.splitlines() if "clipguard-demo" in x and " int8 " in x)
+    assert f"{encoder.guard.mean_cosine:.5f}" in line
+    empty = {**env, "CLIPGUARD_CONVERTED_DIR": str(cache / "nothing-here")}
+    table = subprocess.run(cli, env=empty, capture_output=True, text=True, check=True).stdout
+    assert "converted models: none yet" in table
+
+
 def test_forced_guard_failure_falls_back_and_says_so(
     cache: Path, demo: CLIP, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -18,6 +18,7 @@ _EPILOG = """\
 examples:
   clipguard models list
   clipguard models list --json
+  clipguard models list --json --converted
   clipguard models download ViT-B/32
   clipguard models download RN50 --force
 """
@@ -42,6 +43,12 @@ def add_parser(subparsers: Any) -> None:
         "whether its weights are in the cache, and where they are (or would be).",
     )
     list_.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    list_.add_argument(
+        "--converted",
+        action="store_true",
+        help="with --json: an object with the models and the converted-model cache (the table "
+        "always shows both)",
+    )
     list_.set_defaults(func=_list)
 
     download = add_command(
@@ -91,8 +98,12 @@ def _list(args: argparse.Namespace) -> int:
                 "notice": DEMO_NOTICE if info.demo else None,
             }
         )
+    converted = _converted_rows()
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
+        if args.converted:
+            json.dump({"models": rows, "converted": converted}, sys.stdout, indent=2)
+        else:
+            json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
 
@@ -116,7 +127,77 @@ def _list(args: argparse.Namespace) -> int:
     print(f"licences marked * are restricted: accept one by id in {LICENSE_ENV} to use it")
     if any(row["demo"] for row in rows):
         print(f"note: {DEMO_NOTICE}")
+    _print_converted(converted)
     return 0
+
+
+def _converted_rows() -> list[dict[str, Any]]:
+    """The converted-model cache: one row per (model, weights, precision, runtime) with the
+    accuracy guard's newest figures."""
+    from pipeline.models.converted import list_converted
+
+    rows = []
+    for entry in list_converted():
+        last = entry.checks[-1] if entry.checks else None
+        rows.append(
+            {
+                "name": entry.name,
+                "weights_sha256": entry.weights_sha256,
+                "precision": entry.precision,
+                "backend": entry.backend,
+                "runtime_version": entry.runtime_version,
+                "conversion_s": round(entry.conversion_s, 2),
+                "path": str(entry.path),
+                "checks": [c.to_json() for c in entry.checks],
+                "mean_cosine": last.mean_cosine if last else None,
+                "min_cosine": last.min_cosine if last else None,
+                "changed": len(last.changed) if last else None,
+                "images_per_s": last.images_per_s if last else None,
+                "fp32_images_per_s": last.fp32_images_per_s if last else None,
+            }
+        )
+    return rows
+
+
+def _print_converted(rows: list[dict[str, Any]]) -> None:
+    from pipeline.models.converted import converted_dir
+
+    print()
+    if not rows:
+        print(f"converted models: none yet in {converted_dir()} (made on a worker's first start)")
+        return
+    print(f"converted models in {converted_dir()} (the accuracy guard's newest figures):")
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    print_table(
+        (
+            "NAME",
+            "WEIGHTS",
+            "PRECISION",
+            "BACKEND",
+            "MEAN COS",
+            "MIN COS",
+            "CHANGED",
+            "IMG/S",
+            "FP32 IMG/S",
+        ),
+        [
+            (
+                r["name"],
+                r["weights_sha256"][:12],
+                r["precision"],
+                r["backend"],
+                num(r["mean_cosine"], ".5f"),
+                num(r["min_cosine"], ".5f"),
+                "-" if r["changed"] is None else str(r["changed"]),
+                num(r["images_per_s"], ".1f"),
+                num(r["fp32_images_per_s"], ".1f"),
+            )
+            for r in rows
+        ],
+    )
 
 
 def _download(args: argparse.Namespace) -> int:

@@ -170,9 +170,21 @@ class SamplingSettings(_Section):
         default=None, gt=0, description="At most this many frames per segment; unset: no cap."
     )
 
+    skip_b_frames: bool = Field(
+        default=False,
+        description="Mode fps at a quarter of a container's frame rate or less: decode without "
+        "B-frames (about 0.6x the decode time on H.264 with B-frames; a picked frame is then the "
+        "next I- or P-frame, up to a few tenths of a second late).",
+    )
+
     def rule(self) -> Sampling:
         """These settings as a :class:`~pipeline.decode.sampling.Sampling` rule."""
-        return Sampling(mode=self.mode, fps=self.fps, max_frames=self.max_frames)
+        return Sampling(
+            mode=self.mode,
+            fps=self.fps,
+            max_frames=self.max_frames,
+            skip_b_frames=self.skip_b_frames,
+        )
 
 
 # The config file's contents for the WorkerSettings being built by load_settings.

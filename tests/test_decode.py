@@ -777,12 +777,13 @@ def test_https_checks_the_server_certificate(https_base: tuple[str, Path]) -> No
 @pytest.mark.parametrize("fmt", ["mpegts", "mp4"])
 def test_sparse_fps_sampling_skips_b_frames(fmt: str) -> None:
     # 25 fps with 2 B-frames between references (keyframe every 12): sampled at 2 fps, a
-    # quarter of the stream rate or less, the decoder skips the B-frames
+    # quarter of the stream rate or less, with skip_b_frames the decoder skips the B-frames
     data = media.encode(50, fmt=fmt, gop=12, bframes=2)
     ct = "video/mp2t" if fmt == "mpegts" else "video/mp4"
     every = decode_bytes(data, ct, SMALL)
     assert every.frames_decoded == 50
-    sparse = decode_bytes(data, ct, SMALL.with_(sampling=Sampling("fps", 2)))
+    assert decode_bytes(data, ct, SMALL.with_(sampling=Sampling("fps", 2))).frames_decoded == 50
+    sparse = decode_bytes(data, ct, SMALL.with_(sampling=Sampling("fps", 2, skip_b_frames=True)))
     # references only: I and P frames (the B-frames are two thirds of each group but its end)
     assert sparse.frames_decoded <= 25
     picked = [f.index for f in sparse.frames]
@@ -792,5 +793,5 @@ def test_sparse_fps_sampling_skips_b_frames(fmt: str) -> None:
     assert _numbers(sparse) == picked  # the picture shown is the frame the index names
     assert [f.t for f in sparse.frames] == pytest.approx([i / FPS for i in picked], abs=1e-3)
     # 10 fps is more than a quarter of 25: every frame is decoded
-    dense = decode_bytes(data, ct, SMALL.with_(sampling=Sampling("fps", 10)))
+    dense = decode_bytes(data, ct, SMALL.with_(sampling=Sampling("fps", 10, skip_b_frames=True)))
     assert dense.frames_decoded == 50

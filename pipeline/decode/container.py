@@ -50,10 +50,12 @@ __all__ = ["SKIP_BIDIR_BELOW", "configure_decoder", "decode_container", "seconds
 _FILE_BUFFER: Final = 1 << 20  # bytes per read when FFmpeg reads a Python file object
 # decoders that ignore skip_frame="NONKEY" (measured): keyframes mode drops their other packets
 _NO_SKIP_FRAME: Final = frozenset({"vp8", "vp9", "libvpx", "libvpx-vp9"})
-# fps sampling at most this fraction of the stream's frame rate skips B-frames: every picked
-# frame is then an I- or P-frame, at most a few frames after the wanted time. Measured on 720p
-# H.264 at 25 fps with 2 B-frames (bench/bench_skip_frame.py): decode time 0.57x, picked frames
-# within 60 ms of the wanted times at 2 fps
+# with Sampling.skip_b_frames, fps sampling at most this fraction of the stream's frame rate
+# skips B-frames: every picked frame is then an I- or P-frame, after the wanted time by up to the
+# distance between reference frames. Measured on 720p H.264 at 25 fps with 2 B-frames
+# (bench/bench_skip_frame.py): decode time 0.57x, picked frames within 60 ms of the wanted times
+# at 2 fps; with x264's adaptive B-frames on low-motion video the gap reached 0.3 s, which is why
+# it is not the default
 SKIP_BIDIR_BELOW: Final = 0.25
 
 
@@ -68,8 +70,8 @@ def configure_decoder(
     ctx: av.VideoCodecContext, opts: ResolvedOptions, *, stream_fps: float | None = None
 ) -> None:
     """Threads, ``max_pixels`` and ``skip_frame`` of a video decoder: keyframes mode decodes
-    keyframes only; fps sampling at no more than a quarter of ``stream_fps`` (when known) skips
-    B-frames (:data:`SKIP_BIDIR_BELOW`)."""
+    keyframes only; with ``skip_b_frames``, fps sampling at no more than a quarter of
+    ``stream_fps`` (when known) skips B-frames (:data:`SKIP_BIDIR_BELOW`)."""
     ctx.options = {"max_pixels": str(opts.limits.max_pixels)}
     ctx.thread_count = opts.threads
     if opts.sampling.keyframes_only:
@@ -85,7 +87,8 @@ def configure_decoder(
 def skips_bidir(sampling: Sampling, stream_fps: float | None) -> bool:
     """Whether a stream of ``stream_fps`` sampled by ``sampling`` is decoded without B-frames."""
     return (
-        sampling.mode == "fps"
+        sampling.skip_b_frames
+        and sampling.mode == "fps"
         and stream_fps is not None
         and stream_fps > 0
         and sampling.fps <= SKIP_BIDIR_BELOW * stream_fps

@@ -81,6 +81,9 @@ class Sampling:
     fps: float = 1.0  # frames per second of presentation time, for mode "fps"
     scene_threshold: float = DEFAULT_SCENE_THRESHOLD  # 0..1, for mode "scene"
     max_frames: int | None = None  # at most this many frames per input; None: no cap
+    # fps mode at a quarter of the stream's frame rate or less: decode without B-frames (faster;
+    # a picked frame is then the next I- or P-frame, which can be several frames late)
+    skip_b_frames: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:

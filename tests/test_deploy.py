@@ -17,13 +17,14 @@ import shutil
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kafkaspace import KafkaSpace
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -809,54 +810,55 @@ def test_settings_reference_check_fails_when_stale_and_write_fixes_it(tmp_path: 
 
 
 @pytest.fixture(scope="module")
-def worker_scrape(tmp_path_factory: pytest.TempPathFactory) -> str:
+def worker_scrape(
+    tmp_path_factory: pytest.TempPathFactory, kafka_spaces: Callable[[str], KafkaSpace]
+) -> str:
     """/metrics of a real `clipguard worker` process that consumed a demo stream (flags) and a
-    garbage segment (a dead letter), against the embedded broker."""
+    garbage segment (a dead letter), against the session's embedded broker."""
     import streaming
 
-    from consumers.broker import EmbeddedBroker, default_topics
     from consumers.produce import produce_file
     from pipeline.demo.video import write_video
 
     tmp = tmp_path_factory.mktemp("live")
     video = write_video(tmp / "red.mp4", streaming.red_triangle_shots())
-    with EmbeddedBroker() as broker:
-        broker.create_topics(default_topics())
-        sent = produce_file(broker.bootstrap, video, stream_id="cam-live")
-        from kafka import KafkaProducer
+    kafka = kafka_spaces("test_deploy-worker_scrape").create()
+    segments = kafka.names.segments
+    sent = produce_file(kafka.bootstrap, video, stream_id="cam-live", topic=segments)
+    from kafka import KafkaProducer
 
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
-        headers = [("content-type", b"video/mp2t"), ("start-ts", b"0.0")]
-        producer.send("clipguard.segments", key=b"cam-junk", value=b"\x47" * 1880, headers=headers)
-        producer.flush()
-        producer.close()
-        port = streaming.free_port()
-        worker = streaming.WorkerProcess(
-            broker.bootstrap, tmp / "worker.log", env={"CLIPGUARD_METRICS_PORT": str(port)}
-        )
-        url = f"http://127.0.0.1:{port}/metrics"
-        try:
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+    headers = [("content-type", b"video/mp2t"), ("start-ts", b"0.0")]
+    producer.send(segments, key=b"cam-junk", value=b"\x47" * 1880, headers=headers)
+    producer.flush()
+    producer.close()
+    port = streaming.free_port()
+    worker = streaming.WorkerProcess(
+        kafka, tmp / "worker.log", env={"CLIPGUARD_METRICS_PORT": str(port)}
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
 
-            def handled() -> bool:
-                try:
-                    with urllib.request.urlopen(url, timeout=5) as response:
-                        body = response.read().decode()
-                except OSError:
-                    return False
-                done = sum(
-                    s.value
-                    for f in text_string_to_metric_families(body)
-                    for s in f.samples
-                    if s.name == "clipguard_segments_total"
-                )
-                return done >= sent + 1 and "clipguard_consumer_lag{" in body
+        def handled() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    body = response.read().decode()
+            except OSError:
+                return False
+            done = sum(
+                s.value
+                for f in text_string_to_metric_families(body)
+                for s in f.samples
+                if s.name == "clipguard_segments_total"
+            )
+            return done >= sent + 1 and "clipguard_consumer_lag{" in body
 
-            streaming.wait_for(handled, 90, "the worker to handle every segment and report lag")
-            with urllib.request.urlopen(url, timeout=10) as response:
-                body = response.read().decode()
-            assert worker.terminate() == 0
-        finally:
-            worker.close()
+        streaming.wait_for(handled, 90, "the worker to handle every segment and report lag")
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read().decode()
+        assert worker.terminate() == 0
+    finally:
+        worker.close()
     return body
 
 

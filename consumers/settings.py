@@ -518,18 +518,8 @@ class _TopicsFromEnvironment(BaseSettings):
         case_sensitive=False,
     )
 
+    # (no env_file or secrets_dir is configured: the environment is the only source)
     topics: TopicNames = Field(default_factory=TopicNames)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings,)
 
 
 def topic_names_from_env() -> TopicNames:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -48,3 +49,15 @@ def kafka(kafka_spaces: Callable[[str], KafkaSpace], request: pytest.FixtureRequ
     """This test's topic names and consumer group on the session's broker (not yet created:
     ``kafka.create()``)."""
     return kafka_spaces(request.node.name)
+
+
+@pytest.fixture(scope="session")
+def red_triangle_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 20 s demo video of ``streaming.red_triangle_shots`` (a red triangle from 4 s to 8 s),
+    written once for the session; the worker and deployment tests stream it (read only)."""
+    import streaming
+
+    from pipeline.demo.video import write_video
+
+    folder = tmp_path_factory.mktemp("red-triangle")
+    return write_video(folder / "red.mp4", streaming.red_triangle_shots())

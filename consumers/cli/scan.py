@@ -125,22 +125,7 @@ def add_parser(subparsers: Any) -> None:
         help=f"CLIP model: a registry name or a weights file (default: {DEMO_MODEL}, the "
         "bundled demo model, which only knows synthetic shapes, colours and a few words)",
     )
-    how = scan.add_mutually_exclusive_group()
-    add_sample_fps_option(how, metavar="N", help="score N frames per second of video (default: 1)")
-    how.add_argument("--keyframes", action="store_true", help="score keyframes only")
-    how.add_argument(
-        "--scene-change",
-        type=fraction,
-        nargs="?",
-        const=-1.0,
-        metavar="T",
-        help="score the first frame and every scene change (optional threshold T in 0..1)",
-    )
-    add_fit_option(
-        scan,
-        default="pad",
-        help="how frames become the model's square input (default: %(default)s)",
-    )
+    _add_frame_options(scan)
     add(
         "--out",
         default="clipguard-scan",
@@ -185,6 +170,26 @@ def add_parser(subparsers: Any) -> None:
         old_spellings=("--kafka",),
     )
     scan.set_defaults(func=run_scan)
+
+
+def _add_frame_options(scan: argparse.ArgumentParser) -> None:
+    """Which frames are scored (one way of sampling) and how they fit the model's input."""
+    how = scan.add_mutually_exclusive_group()
+    add_sample_fps_option(how, metavar="N", help="score N frames per second of video (default: 1)")
+    how.add_argument("--keyframes", action="store_true", help="score keyframes only")
+    how.add_argument(
+        "--scene-change",
+        type=fraction,
+        nargs="?",
+        const=-1.0,
+        metavar="T",
+        help="score the first frame and every scene change (optional threshold T in 0..1)",
+    )
+    add_fit_option(
+        scan,
+        default="pad",
+        help="how frames become the model's square input (default: %(default)s)",
+    )
 
 
 # --------------------------------------------------------------------------- local scan

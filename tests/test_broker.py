@@ -202,6 +202,7 @@ def test_broker_exit_quotes_its_output(tmp_path: Path) -> None:
 
 
 def test_stop_ends_the_process() -> None:
+    # a broker of its own: the test stops it (the session's must outlive every test)
     broker = EmbeddedBroker(start_timeout=DEADLINE).start()
     pid = broker.pid
     assert pid is not None and broker.running
@@ -257,6 +258,7 @@ def test_cli_broker_stops_on_sigterm() -> None:
     import subprocess
     import sys
 
+    # `clipguard broker` starts a broker of its own: that start-up and its SIGTERM are the test
     proc = subprocess.Popen(
         [sys.executable, "-m", "consumers", "broker", "--port", "0", "--partitions", "2"],
         stdout=subprocess.PIPE,

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned first so a CPU build is used where one is available locally
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test lint demo bench fuzz clean deploy-tools browser
+.PHONY: venv test lint demo bench fuzz clean test-tools deploy-tools browser
 
 venv: $(STAMP)
 
@@ -26,36 +26,34 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check pipeline consumers tests bench scripts
 	$(VENV)/bin/mypy
 
-test: lint deploy-tools browser
+test: lint test-tools
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-# docker-compose, promtool and shellcheck for tests/test_deploy.py: Debian packages, installed
-# only when missing; without apt-get (or root) the tests that need them skip and say why
+# The system tools the tests use, Debian packages installed only when missing (one
+# `apt-get update` for all of them): docker-compose, promtool and shellcheck for
+# tests/test_deploy.py, chromium for the scan report's browser test (tests/test_scan.py).
+# Without apt-get (or root) the tests that need them skip and say why; the browser test fails
+# under CI instead.
 DEPLOY_TOOLS := docker-compose promtool shellcheck
 DEPLOY_PACKAGES := docker-compose prometheus shellcheck
-deploy-tools:
-	@missing=0; for tool in $(DEPLOY_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
-	if [ $$missing = 0 ]; then :; \
+test-tools:
+	@deploy=""; for tool in $(DEPLOY_TOOLS); do command -v $$tool >/dev/null || deploy="$(DEPLOY_PACKAGES)"; done; \
+	browser=""; command -v chromium >/dev/null || browser=chromium; \
+	if [ -z "$$deploy$$browser" ]; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		echo "deploy-tools: apt-get install $(DEPLOY_PACKAGES)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends $(DEPLOY_PACKAGES) >/dev/null; \
+		echo "test-tools: apt-get install $$deploy $$browser"; \
+		apt-get update -qq && \
+		if [ -n "$$deploy" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $$deploy >/dev/null; fi && \
+		if [ -n "$$browser" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			$$browser >/dev/null; fi; \
 	else \
-		echo "deploy-tools: $(DEPLOY_TOOLS) missing and apt-get unavailable (or not root):" \
-			"the deployment tests that need them will skip"; \
+		echo "test-tools: $$deploy $$browser missing and apt-get unavailable (or not root):" \
+			"the tests that need them will skip"; \
 	fi
 
-# Debian's chromium for the scan report's browser test (tests/test_scan.py), installed when
-# missing; without apt-get (or root) that test skips, except under CI where it fails
-browser:
-	@if command -v chromium >/dev/null; then :; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		echo "browser: apt-get install chromium"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	else \
-		echo "browser: chromium missing and apt-get unavailable (or not root): the report's" \
-			"browser test will skip"; \
-	fi
+# the two halves by their old names
+deploy-tools browser: test-tools
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py

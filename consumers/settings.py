@@ -65,6 +65,7 @@ __all__ = [
     "WorkerSettings",
     "describe",
     "load_settings",
+    "topic_names_from_env",
 ]
 
 ENV_PREFIX: Final = "CLIPGUARD_"
@@ -516,6 +517,32 @@ def load_settings(
         raise ConfigError(_explain(e, config_file)) from e
     finally:
         _config_file_data.reset(token)
+
+
+class _TopicsFromEnvironment(BaseSettings):
+    """Only the topic names, from the environment variables a worker reads them from."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="ignore",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=_NESTED_DELIMITER,
+        case_sensitive=False,
+    )
+
+    # (no env_file or secrets_dir is configured: the environment is the only source)
+    topics: TopicNames = Field(default_factory=TopicNames)
+
+
+def topic_names_from_env() -> TopicNames:
+    """The topic names the environment gives the workers (``CLIPGUARD_TOPICS__JOBS=...``, or
+    ``CLIPGUARD_TOPICS`` as JSON), defaults for the rest: for clients that talk to a worker
+    fleet without being workers (``clipguard scan --bootstrap-servers``). Other ``CLIPGUARD_``
+    variables are not read. Raises :class:`~pipeline.errors.ConfigError` for an invalid name."""
+    try:
+        return _TopicsFromEnvironment().topics
+    except ValidationError as e:
+        raise ConfigError(_explain(e, None)) from e
 
 
 def describe() -> str:

@@ -1,6 +1,63 @@
-"""Shared test set-up: no test reaches the network for model files."""
+"""Shared test set-up: no test reaches the network for model files; one embedded Kafka broker
+for the session, and topic names and a consumer group of its own for each test that uses it
+(tests/kafkaspace.py)."""
 
+from __future__ import annotations
+
+import itertools
 import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from kafkaspace import KafkaSpace
+
+    from consumers.broker import EmbeddedBroker
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+BROKER_START_S = 30.0  # the first test that asks waits this long at most, on a busy machine
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """The session's embedded broker (Tansu, in memory), started when a test first asks for
+    it and stopped at the end of the session. Tests use it through ``kafka`` / ``kafka_spaces``:
+    topics of their own, never the default names."""
+    from consumers.broker import EmbeddedBroker
+
+    with EmbeddedBroker(start_timeout=BROKER_START_S) as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def kafka_spaces(broker: EmbeddedBroker) -> Callable[[str], KafkaSpace]:
+    """Makes a new :class:`KafkaSpace` on the session's broker, named after its argument (a
+    module-wide run passes its module's name)."""
+    from kafkaspace import KafkaSpace
+
+    numbers = itertools.count(1)
+    return lambda label: KafkaSpace.on(broker, next(numbers), label)
+
+
+@pytest.fixture
+def kafka(kafka_spaces: Callable[[str], KafkaSpace], request: pytest.FixtureRequest) -> KafkaSpace:
+    """This test's topic names and consumer group on the session's broker (not yet created:
+    ``kafka.create()``)."""
+    return kafka_spaces(request.node.name)
+
+
+@pytest.fixture(scope="session")
+def red_triangle_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 20 s demo video of ``streaming.red_triangle_shots`` (a red triangle from 4 s to 8 s),
+    written once for the session; the worker and deployment tests stream it (read only)."""
+    import streaming
+
+    from pipeline.demo.video import write_video
+
+    folder = tmp_path_factory.mktemp("red-triangle")
+    return write_video(folder / "red.mp4", streaming.red_triangle_shots())

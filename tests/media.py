@@ -1,4 +1,7 @@
-"""Test media generated with PyAV's own encoders (nothing is committed).
+"""Test media generated with PyAV's own encoders (nothing is committed): the tests' one place
+that writes video. :func:`write_frames` encodes any RGB frames to a file or bytes (the scan
+clips, the policy tools' clip); :func:`encode` encodes numbered frames, below. The demo videos
+with known scenes come from the product's ``pipeline.demo.video.write_video``.
 
 Every generated video frame carries its frame number as a barcode: eight cells across the top
 sixth of the picture, white for a 1 bit, black for a 0 (least significant bit on the left). A
@@ -12,10 +15,13 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from fractions import Fraction
+from pathlib import Path
+from typing import IO
 
 import av
 import numpy as np
@@ -67,14 +73,16 @@ def read_number(image: np.ndarray, *, aspect: float = WIDTH / HEIGHT) -> int:
 
 def _codec_options(codec: str, gop: int | None, bframes: int | None, open_gop: bool) -> dict:
     if codec == "libx264":
-        params = ["scenecut=0"] if gop else []
+        params = ["log-level=none"]
+        if gop:
+            params.append("scenecut=0")
         if gop:
             params += [f"keyint={gop}", f"min-keyint={gop}"]
         if bframes is not None:  # fixed B frames: x264 would drop them on this simple content
             params += [f"bframes={bframes}", "b-adapt=0"]
         if open_gop:
             params.append("open-gop=1")
-        return {"preset": "fast", "x264-params": ":".join(params)} if params else {"preset": "fast"}
+        return {"preset": "fast", "x264-params": ":".join(params)}
     if codec == "libx265":
         params = ["log-level=none"]
         if gop:
@@ -96,6 +104,62 @@ def _codec_options(codec: str, gop: int | None, bframes: int | None, open_gop: b
     return {}
 
 
+def write_frames(
+    target: str | Path | IO[bytes],
+    frames: Iterable[np.ndarray],
+    *,
+    fps: int = 25,
+    fmt: str | None = None,
+    codec: str = "libx264",
+    gop: int | None = None,
+    bframes: int | None = None,
+    open_gop: bool = False,
+    pts_ms: Sequence[int] | None = None,
+    rotation: int | None = None,
+    muxer_options: Mapping[str, str] | None = None,
+    pix_fmt: str = "yuv420p",
+    audio: bool = False,
+) -> None:
+    """Encode RGB ``frames`` (uint8 [H, W, 3], all of one size) at ``fps`` into ``target``: a
+    path (its folder is created; the container from ``fmt``, else the suffix) or a binary file
+    object (``fmt`` needed). ``gop``: a keyframe every ``gop`` frames, no scene-cut keyframes;
+    ``bframes``: a fixed number of B frames; ``pts_ms``: variable frame rate timestamps in
+    milliseconds; ``audio``: an AAC track too (muxed before the video, as cameras do)."""
+    it: Iterator[np.ndarray] = iter(frames)
+    first = next(it, None)
+    if first is None:
+        raise ValueError("no frames to write")
+    if isinstance(target, str | Path):
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        target = str(target)
+    with av.open(target, "w", format=fmt, options=dict(muxer_options or {})) as out:
+        sound = out.add_stream("aac", rate=48000) if audio else None
+        stream = out.add_stream(codec, rate=fps)
+        stream.height, stream.width = first.shape[:2]
+        stream.pix_fmt = pix_fmt
+        if pts_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+            stream.time_base = Fraction(1, 1000)
+        stream.options = _codec_options(codec, gop, bframes, open_gop)
+        if gop:
+            stream.codec_context.gop_size = gop
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for i, rgb in enumerate(itertools.chain([first], it)):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = pts_ms[i] if pts_ms is not None else i
+            frame.time_base = Fraction(1, 1000) if pts_ms is not None else Fraction(1, fps)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+            if sound is not None:
+                _add_audio(out, sound, i, fps)
+        for packet in stream.encode(None):
+            out.mux(packet)
+        if sound is not None:
+            for packet in sound.encode(None):
+                out.mux(packet)
+
+
 @functools.lru_cache(maxsize=64)
 def encode(
     frames: int = 50,
@@ -115,43 +179,33 @@ def encode(
     pix_fmt: str = "yuv420p",
     audio: bool = False,
 ) -> bytes:
-    """Encode ``frames`` numbered frames; ``pts_ms`` gives variable frame rate timestamps (in
-    milliseconds), ``scenes`` the frame numbers where a new scene (background colour) starts;
-    ``audio`` adds an AAC track (muxed before the video, as cameras and encoders do)."""
+    """Encode ``frames`` numbered frames (:func:`frame_image`) as :func:`write_frames` does;
+    ``scenes`` gives the frame numbers where a new scene (background colour) starts."""
     buf = io.BytesIO()
-    with av.open(buf, "w", format=fmt, options=dict(muxer_options)) as out:
-        sound = out.add_stream("aac", rate=48000) if audio else None
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height = width, height
-        stream.pix_fmt = pix_fmt
-        if pts_ms is not None:
-            stream.codec_context.time_base = Fraction(1, 1000)
-            stream.time_base = Fraction(1, 1000)
-        stream.options = _codec_options(codec, gop, bframes, open_gop)
-        if gop:
-            stream.codec_context.gop_size = gop
-        if rotation is not None:
-            stream.set_display_rotation(rotation)
-        scene = 0
-        for i in range(frames):
-            if i in scenes:
-                scene += 1
-            frame = av.VideoFrame.from_ndarray(
-                frame_image(i, width=width, height=height, scene=scene), format="rgb24"
-            )
-            frame.pts = pts_ms[i] if pts_ms is not None else i
-            if pts_ms is not None:
-                frame.time_base = Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-            if sound is not None:
-                _add_audio(out, sound, i, fps)
-        for packet in stream.encode(None):
-            out.mux(packet)
-        if sound is not None:
-            for packet in sound.encode(None):
-                out.mux(packet)
+    write_frames(
+        buf,
+        _numbered(frames, width, height, scenes),
+        fps=fps,
+        fmt=fmt,
+        codec=codec,
+        gop=gop,
+        bframes=bframes,
+        open_gop=open_gop,
+        pts_ms=pts_ms,
+        rotation=rotation,
+        muxer_options=dict(muxer_options),
+        pix_fmt=pix_fmt,
+        audio=audio,
+    )
     return buf.getvalue()
+
+
+def _numbered(frames: int, width: int, height: int, cuts: tuple[int, ...]) -> Iterator[np.ndarray]:
+    scene = 0
+    for i in range(frames):
+        if i in cuts:
+            scene += 1
+        yield frame_image(i, width=width, height=height, scene=scene)
 
 
 def _add_audio(out: av.container.OutputContainer, sound: av.AudioStream, i: int, fps: int) -> None:

@@ -7,10 +7,8 @@ writes the folder both tests scan.
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import media
 import numpy as np
 
@@ -45,24 +43,8 @@ def clip(
 
 
 def write_clip(path: Path, frames: list[np.ndarray], fmt: str) -> Path:
-    """H.264 at FPS with a keyframe every second."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format=fmt) as out:
-        stream = out.add_stream("libx264", rate=FPS)
-        stream.width = stream.height = SIDE
-        stream.pix_fmt = "yuv420p"
-        stream.options = {
-            "preset": "fast",
-            "x264-params": f"log-level=none:keyint={FPS}:min-keyint={FPS}:scenecut=0",
-        }
-        for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, FPS)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+    """H.264 at FPS with a keyframe every second (tests/media.py writes it)."""
+    media.write_frames(path, frames, fmt=fmt, fps=FPS, gop=FPS)
     return path
 
 

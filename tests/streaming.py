@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kafkaspace import KafkaSpace
+
 from consumers.settings import WorkerSettings, load_settings
 from consumers.worker import Worker
 from pipeline.demo import scenes
@@ -127,13 +129,19 @@ class TopicWatcher:
         self._consumer.close(autocommit=False)
 
 
-def settings(bootstrap: str, **overrides: Any) -> WorkerSettings:
+def settings(kafka: KafkaSpace | str, **overrides: Any) -> WorkerSettings:
+    """Worker settings for a test: ``kafka``'s topic names and consumer group (a bare bootstrap
+    address: the default names and group, on a broker of the caller's own), the demo policies,
+    no metrics server; ``overrides`` on top (dotted keys for nested settings)."""
     base: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
         "metrics_port": 0,
         "policies": [str(DEMO_POLICIES)],
         "decode.processes": 2,
     }
+    if isinstance(kafka, str):
+        base["bootstrap_servers"] = kafka
+    else:
+        base.update(kafka.settings(), bootstrap_servers=kafka.bootstrap)
     base.update(overrides)
     return load_settings(overrides=base)
 
@@ -172,11 +180,17 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 class WorkerProcess:
-    """`clipguard worker` as a child process, its log in a file."""
+    """`clipguard worker` as a child process, its log in a file; ``kafka``'s topic names and
+    consumer group reach it as ``CLIPGUARD_`` environment variables (a bare bootstrap address:
+    the defaults)."""
 
-    def __init__(self, bootstrap: str, log: Path, *args: str, env: dict[str, str] | None = None):
+    def __init__(
+        self, kafka: KafkaSpace | str, log: Path, *args: str, env: dict[str, str] | None = None
+    ):
         self.log_path = log
         self._log = log.open("wb")
+        bootstrap = kafka if isinstance(kafka, str) else kafka.bootstrap
+        space_env = {} if isinstance(kafka, str) else kafka.env()
         command = [
             str(CLIPGUARD),
             "worker",
@@ -190,7 +204,7 @@ class WorkerProcess:
             command,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "CLIPGUARD_METRICS_PORT": "0", **(env or {})},
+            env={**os.environ, "CLIPGUARD_METRICS_PORT": "0", **space_env, **(env or {})},
             cwd=REPO,
         )
 

@@ -1,23 +1,25 @@
 """The embedded broker and the test producer, against a real Tansu and real kafka-python.
 
-One Tansu broker serves the module. A 6 s, 10 fps video with a keyframe every second is
-generated with PyAV, cut into 2 s MPEG-TS segments, produced, and read back from
-``clipguard.segments`` by a consumer that assigns the partitions itself (no consumer group).
-Every network wait has a deadline.
+The session's Tansu broker serves the module (tests/conftest.py), each test on topics of its
+own; the tests about starting and stopping a broker start their own. A 6 s, 10 fps video with
+a keyframe every second is generated with PyAV, cut into 2 s MPEG-TS segments, produced, and
+read back from the test's segments topic by a consumer that assigns the partitions itself (no
+consumer group). Every network wait has a deadline.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import av
 import media
 import pytest
+from kafkaspace import KafkaSpace
 
 from consumers.broker import DEFAULT_TOPICS, BrokerError, EmbeddedBroker, find_tansu
 from consumers.produce import (
@@ -38,13 +40,6 @@ FPS = 10
 SECONDS = 6
 FRAMES = FPS * SECONDS
 DEADLINE = 15.0  # seconds for any one network wait
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(start_timeout=DEADLINE) as b:
-        b.create_topics(DEFAULT_TOPICS, timeout=DEADLINE)
-        yield b
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +87,15 @@ def _frames(data: bytes) -> list[av.VideoFrame]:
         return list(container.decode(video=0))
 
 
-def test_topics_created(broker: EmbeddedBroker) -> None:
-    assert set(DEFAULT_TOPICS) <= set(broker.list_topics())
-    broker.create_topics(DEFAULT_TOPICS)  # idempotent
-    with pytest.raises(BrokerError, match=r"clipguard\.segments has 4 partitions, not 2"):
-        broker.create_topics({"clipguard.segments": 2})
+def test_topics_created(kafka: KafkaSpace) -> None:
+    broker = kafka.broker
+    topics = {kafka.topic(name): partitions for name, partitions in DEFAULT_TOPICS.items()}
+    broker.create_topics(topics, timeout=DEADLINE)
+    assert set(topics) <= set(broker.list_topics())
+    broker.create_topics(topics)  # idempotent
+    segments = re.escape(kafka.topic("clipguard.segments"))
+    with pytest.raises(BrokerError, match=rf"{segments} has 4 partitions, not 2"):
+        broker.create_topics({kafka.topic("clipguard.segments"): 2})
 
 
 def test_segment_video(video: Path) -> None:
@@ -107,18 +106,20 @@ def test_segment_video(video: Path) -> None:
     assert all(s.duration == pytest.approx(2.0) for s in segments)
 
 
-def test_produce_and_consume(broker: EmbeddedBroker, video: Path) -> None:
+def test_produce_and_consume(kafka: KafkaSpace, video: Path) -> None:
+    kafka.create(only=["segments"])
     sent: list[tuple[int, int, int]] = []
     count = produce_file(
-        broker.bootstrap,
+        kafka.bootstrap,
         video,
         stream_id="cam-1",
+        topic=kafka.names.segments,
         on_sent=lambda seg, partition, offset: sent.append((seg.seq, partition, offset)),
     )
     assert count == 3
     assert [s[0] for s in sent] == [0, 1, 2]
 
-    records = _consume(broker.bootstrap, "clipguard.segments", count)
+    records = _consume(kafka.bootstrap, kafka.names.segments, count)
     assert len(records) == count
     assert len({r.partition for r in records}) == 1, "one stream's segments share a partition"
     records.sort(key=lambda r: r.offset)
@@ -145,9 +146,16 @@ def test_produce_and_consume(broker: EmbeddedBroker, video: Path) -> None:
     assert total_frames == source_frames == FRAMES
 
 
-def test_segment_too_large(broker: EmbeddedBroker, video: Path) -> None:
+def test_segment_too_large(kafka: KafkaSpace, video: Path) -> None:
+    kafka.create(only=["segments"])
     with pytest.raises(SegmentTooLarge, match=r"segment 0 .* over the limit of 1000"):
-        produce_file(broker.bootstrap, video, stream_id="cam-big", max_segment_bytes=1000)
+        produce_file(
+            kafka.bootstrap,
+            video,
+            stream_id="cam-big",
+            topic=kafka.names.segments,
+            max_segment_bytes=1000,
+        )
 
 
 def test_raw_chunks_are_the_annex_b_stream_cut_anywhere(video: Path, tmp_path: Path) -> None:
@@ -194,6 +202,7 @@ def test_broker_exit_quotes_its_output(tmp_path: Path) -> None:
 
 
 def test_stop_ends_the_process() -> None:
+    # a broker of its own: the test stops it (the session's must outlive every test)
     broker = EmbeddedBroker(start_timeout=DEADLINE).start()
     pid = broker.pid
     assert pid is not None and broker.running
@@ -211,36 +220,35 @@ def test_find_tansu_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert find_tansu() == tmp_path / "elsewhere"
 
 
-def test_cli_produce(
-    broker: EmbeddedBroker, video: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_produce(kafka: KafkaSpace, video: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from consumers.cli import main
 
-    status = main(
-        ["produce", str(video), "--stream-id", "cam-cli", "--bootstrap-servers", broker.bootstrap]
-    )
+    kafka.create(only=["segments"])
+    argv = ["produce", str(video), "--stream-id", "cam-cli", "--topic", kafka.names.segments]
+    status = main([*argv, "--bootstrap-servers", kafka.bootstrap])
     out = capsys.readouterr().out
     assert status == 0, out
     assert "produced 3 segments" in out
-    assert out.count("-> clipguard.segments[") == 3
+    assert out.count(f"-> {kafka.names.segments}[") == 3
 
 
 def test_cli_former_spellings_of_the_kafka_address(
-    broker: EmbeddedBroker, video: Path, capsys: pytest.CaptureFixture[str]
+    kafka: KafkaSpace, video: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--bootstrap`` (now ``--bootstrap-servers``) still reaches the broker, both ways."""
     import json
 
     from consumers.cli import main
 
-    broker.create_topics({"cli.former-spelling": 1}, timeout=DEADLINE)
-    argv = ["produce", str(video), "--stream-id", "cam-old", "--topic", "cli.former-spelling"]
-    assert main([*argv, "--bootstrap", broker.bootstrap]) == 0
+    topic = kafka.topic("cli.former-spelling")
+    kafka.broker.create_topics({topic: 1}, timeout=DEADLINE)
+    argv = ["produce", str(video), "--stream-id", "cam-old", "--topic", topic]
+    assert main([*argv, "--bootstrap", kafka.bootstrap]) == 0
     assert "produced 3 segments" in capsys.readouterr().out
-    argv = ["consume", "cli.former-spelling", "--headers", "--idle", "1"]
-    assert main([*argv, "--bootstrap", broker.bootstrap]) == 0
+    argv = ["consume", topic, "--headers", "--idle", "1"]
+    assert main([*argv, "--bootstrap", kafka.bootstrap]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [x["at"] for x in lines] == [f"cli.former-spelling[0]@{i}" for i in range(3)]
+    assert [x["at"] for x in lines] == [f"{topic}[0]@{i}" for i in range(3)]
     assert {x["key"] for x in lines} == {"cam-old"}
     assert [x["headers"]["seq"] for x in lines] == ["0", "1", "2"]
 
@@ -250,6 +258,7 @@ def test_cli_broker_stops_on_sigterm() -> None:
     import subprocess
     import sys
 
+    # `clipguard broker` starts a broker of its own: that start-up and its SIGTERM are the test
     proc = subprocess.Popen(
         [sys.executable, "-m", "consumers", "broker", "--port", "0", "--partitions", "2"],
         stdout=subprocess.PIPE,

@@ -30,6 +30,7 @@ from pipeline.demo.scenes import (
     caption,
     concept_caption,
     generate_batch,
+    geometry,
     heldout_background,
     is_heldout,
     render,
@@ -174,7 +175,7 @@ def test_every_concept_renders_visibly_in_every_colour(concept: str) -> None:
         assert hits.sum() >= 80, (concept, colour, int(hits.sum()))
         # the coloured pixels sit inside the object's box (pixel i spans [i, i+1))
         ys, xs = np.nonzero(hits)
-        x0, y0, x1, y1 = (v * 64 for v in syn._object_box(obj))
+        x0, y0, x1, y1 = (v * 64 for v in geometry.object_box(obj))
         assert xs.min() >= x0 - 0.5 and xs.max() + 1 <= x1 + 0.5, (concept, colour)
         assert ys.min() >= y0 - 0.5 and ys.max() + 1 <= y1 + 0.5, (concept, colour)
         # ... and fill most of its box
@@ -404,12 +405,12 @@ def test_rendered_size_matches_spec(size: float, expected_px: float) -> None:
 
 def test_objects_stay_in_frame_and_barely_overlap(train_specs: list[SceneSpec]) -> None:
     for spec in train_specs:
-        boxes = [syn._object_box(o) for o in spec.objects]
+        boxes = [geometry.object_box(o) for o in spec.objects]
         for b in boxes:
             assert b[0] >= -1e-9 and b[1] >= -1e-9 and b[2] <= 1 + 1e-9 and b[3] <= 1 + 1e-9
         for (oa, ba), (ob, bb) in itertools.combinations(zip(spec.objects, boxes), 2):
-            inter = syn._intersection(ba, bb)
-            smaller = min(syn._box_area(ba), syn._box_area(bb))
+            inter = geometry.intersection(ba, bb)
+            smaller = min(geometry.box_area(ba), geometry.box_area(bb))
             if "word" in (oa.kind, ob.kind) or oa.colour == ob.colour:
                 assert inter == 0.0
             else:
@@ -422,13 +423,13 @@ def test_occluders_cover_at_most_a_quarter(train_specs: list[SceneSpec]) -> None
     for spec in occluded:
         for occ in spec.occluders:
             assert any(
-                syn._intersection(occ.box, syn._object_box(o)) > 0
+                geometry.intersection(occ.box, geometry.object_box(o)) > 0
                 for o in spec.objects
                 if o.kind == "shape"
             )  # it does occlude a shape
             for obj in spec.objects:
-                box = syn._object_box(obj)
-                frac = syn._intersection(occ.box, box) / syn._box_area(box)
+                box = geometry.object_box(obj)
+                frac = geometry.intersection(occ.box, box) / geometry.box_area(box)
                 assert frac <= 0.25 + 1e-9
     # in pixels, at twice the resolution the sampler checked at: the occluder hides at most
     # about a quarter of any shape's ink, and next to nothing of a word's
@@ -455,7 +456,7 @@ def test_occluders_spare_words() -> None:
             continue
         occ = spec.occluders[0]
         for obj in spec.objects:
-            if obj.kind != "word" or syn._intersection(occ.box, syn._object_box(obj)) == 0:
+            if obj.kind != "word" or geometry.intersection(occ.box, geometry.object_box(obj)) == 0:
                 continue
             alone = render(SceneSpec(background=black, objects=(obj,)), 128).max(axis=-1) > 0
             covered = render(SceneSpec(background=black, objects=(obj,), occluders=(occ,)), 128)

@@ -16,14 +16,17 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kafkaspace import KafkaSpace
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -808,60 +811,99 @@ def test_settings_reference_check_fails_when_stale_and_write_fixes_it(tmp_path: 
 # --- a running worker -----------------------------------------------------------------------------
 
 
+@dataclass
+class LiveWorker:
+    """What a real `clipguard worker` process showed while it ran, and its JSON log."""
+
+    scrape: str  # /metrics once it had handled every segment
+    healthz: int  # /healthz and /readyz status codes then
+    readyz: int
+    exit_status: int  # after SIGTERM
+    log: str
+
+
 @pytest.fixture(scope="module")
-def worker_scrape(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """/metrics of a real `clipguard worker` process that consumed a demo stream (flags) and a
-    garbage segment (a dead letter), against the embedded broker."""
+def live_worker(
+    tmp_path_factory: pytest.TempPathFactory,
+    kafka_spaces: Callable[[str], KafkaSpace],
+    red_triangle_video: Path,
+) -> LiveWorker:
+    """A real `clipguard worker` process (JSON logs, a metrics port) that consumed a demo
+    stream (flags) and a garbage segment (a dead letter), against the session's embedded
+    broker; the dashboard, alert-rule and health checks all read this one run."""
     import streaming
 
-    from consumers.broker import EmbeddedBroker, default_topics
     from consumers.produce import produce_file
-    from pipeline.demo.video import write_video
 
     tmp = tmp_path_factory.mktemp("live")
-    video = write_video(tmp / "red.mp4", streaming.red_triangle_shots())
-    with EmbeddedBroker() as broker:
-        broker.create_topics(default_topics())
-        sent = produce_file(broker.bootstrap, video, stream_id="cam-live")
-        from kafka import KafkaProducer
+    kafka = kafka_spaces("test_deploy-live_worker").create()
+    segments = kafka.names.segments
+    sent = produce_file(kafka.bootstrap, red_triangle_video, stream_id="cam-live", topic=segments)
+    from kafka import KafkaProducer
 
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
-        headers = [("content-type", b"video/mp2t"), ("start-ts", b"0.0")]
-        producer.send("clipguard.segments", key=b"cam-junk", value=b"\x47" * 1880, headers=headers)
-        producer.flush()
-        producer.close()
-        port = streaming.free_port()
-        worker = streaming.WorkerProcess(
-            broker.bootstrap, tmp / "worker.log", env={"CLIPGUARD_METRICS_PORT": str(port)}
-        )
-        url = f"http://127.0.0.1:{port}/metrics"
-        try:
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+    headers = [("content-type", b"video/mp2t"), ("start-ts", b"0.0")]
+    producer.send(segments, key=b"cam-junk", value=b"\x47" * 1880, headers=headers)
+    producer.flush()
+    producer.close()
+    port = streaming.free_port()
+    worker = streaming.WorkerProcess(
+        kafka,
+        tmp / "worker.log",
+        "--log-format",
+        "json",
+        env={"CLIPGUARD_METRICS_PORT": str(port)},
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
 
-            def handled() -> bool:
-                try:
-                    with urllib.request.urlopen(url, timeout=5) as response:
-                        body = response.read().decode()
-                except OSError:
-                    return False
-                done = sum(
-                    s.value
-                    for f in text_string_to_metric_families(body)
-                    for s in f.samples
-                    if s.name == "clipguard_segments_total"
-                )
-                return done >= sent + 1 and "clipguard_consumer_lag{" in body
+        def handled() -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    body = response.read().decode()
+            except OSError:
+                return False
+            done = sum(
+                s.value
+                for f in text_string_to_metric_families(body)
+                for s in f.samples
+                if s.name == "clipguard_segments_total"
+            )
+            return done >= sent + 1 and "clipguard_consumer_lag{" in body
 
-            streaming.wait_for(handled, 90, "the worker to handle every segment and report lag")
-            with urllib.request.urlopen(url, timeout=10) as response:
-                body = response.read().decode()
-            assert worker.terminate() == 0
-        finally:
-            worker.close()
-    return body
+        streaming.wait_for(handled, 90, "the worker to handle every segment and report lag")
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read().decode()
+        healthz, readyz = _status(port, "/healthz"), _status(port, "/readyz")
+        status = worker.terminate()
+    finally:
+        worker.close()
+    return LiveWorker(body, healthz, readyz, status, worker.log())
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        e.close()  # (it holds the response's socket)
+        return int(e.code)
+    except OSError:
+        return 0
+
+
+def test_health_endpoints_and_json_logs(live_worker: LiveWorker) -> None:
+    assert (live_worker.healthz, live_worker.readyz) == (200, 200)
+    assert "clipguard_ready 1.0" in live_worker.scrape
+    assert live_worker.exit_status == 0, live_worker.log[-3000:]
+    lines = [json.loads(x) for x in live_worker.log.splitlines() if x.startswith("{")]
+    assert any(x["message"].startswith("assigned") for x in lines)
+    assert all({"ts", "level", "logger", "message"} <= x.keys() for x in lines)
 
 
 @pytest.mark.filterwarnings(r"ignore:(read_text|open_text) is deprecated:DeprecationWarning")
-def test_dashboard_metrics_exist_in_a_running_workers_scrape(worker_scrape: str) -> None:
+def test_dashboard_metrics_exist_in_a_running_workers_scrape(live_worker: LiveWorker) -> None:
+    worker_scrape = live_worker.scrape
     missing = dashboard_and_rule_metric_names() - scrape_metric_names(worker_scrape)
     assert not missing, f"the dashboard or rules read metrics a worker lacks: {sorted(missing)}"
     labels = dashboard_and_rule_label_names() - scrape_label_names(worker_scrape) - TARGET_LABELS
@@ -875,5 +917,5 @@ def test_dashboard_metrics_exist_in_a_running_workers_scrape(worker_scrape: str)
 
 @needs_promtool
 @pytest.mark.filterwarnings(r"ignore:(read_text|open_text) is deprecated:DeprecationWarning")
-def test_promtool_check_metrics_on_a_running_workers_scrape(worker_scrape: str) -> None:
-    _run("promtool", "check", "metrics", input=worker_scrape)
+def test_promtool_check_metrics_on_a_running_workers_scrape(live_worker: LiveWorker) -> None:
+    _run("promtool", "check", "metrics", input=live_worker.scrape)

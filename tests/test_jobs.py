@@ -1,7 +1,8 @@
 """Scan jobs on the worker fleet: the real embedded broker (Tansu), real H.264 clips, real
 files, a real HTTP server, the demo model.
 
-One module-wide run: the folder of clips tests/test_scan.py scans (scanclips.make_library: a
+One module-wide run, on topics and a consumer group of its own on the session's broker
+(tests/conftest.py): the folder of clips tests/test_scan.py scans (scanclips.make_library: a
 red triangle, the word SPAM, a clean clip, a corrupt file and an audio-only file), submitted as
 jobs (plus two malformed jobs) to a worker; then a job whose HTTP server holds back its answer
 while that worker stops (the job is abandoned, uncommitted) and a second worker of the same
@@ -19,17 +20,17 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import streaming
+from kafkaspace import KafkaSpace
 from scanclips import SPAM, TRIANGLE, make_library
 from streaming import Record, read_topic, worker_thread
 
-from consumers.broker import EmbeddedBroker, default_topics
 from consumers.cli import main
 from consumers.cli.common import EXIT_PARTIAL
 from consumers.jobs import job_options
@@ -46,7 +47,6 @@ pytestmark = [
     pytest.mark.timeout(300),
 ]
 
-GROUP = "clipguard-workers-jobs"  # the default group_id + "-jobs"
 HELD = "held"  # the HTTP path prefix whose answers wait for the gate
 MAX_POLL_MS = 4000  # the workers' max_poll_interval_ms
 HOLD_S = 6.0  # how long the second worker's held job waits for its input: longer than that
@@ -117,7 +117,7 @@ def _held_server(folder: Path, gate: threading.Event) -> Iterator[str]:
 
 @dataclass
 class Run:
-    bootstrap: str
+    kafka: KafkaSpace
     jobs: dict[str, str] = field(default_factory=dict)  # job id -> what it is (file name, case)
     held_job: str = "held"
     statuses: list[Record] = field(default_factory=list)
@@ -154,13 +154,13 @@ class Run:
         return scores, flags
 
 
-def _produce(bootstrap: str, jobs: list[tuple[str, bytes]]) -> None:
+def _produce(kafka: KafkaSpace, jobs: list[tuple[str, bytes]]) -> None:
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
     try:
         for key, value in jobs:
-            producer.send("clipguard.jobs", key=key.encode(), value=value)
+            producer.send(kafka.names.jobs, key=key.encode(), value=value)
         producer.flush(timeout=30)
     finally:
         producer.close()
@@ -174,24 +174,32 @@ def _final(job_ids: list[str]) -> Any:
     return done
 
 
-def _committed(bootstrap: str) -> int | None:
+def _committed(kafka: KafkaSpace) -> int | None:
+    """The workers' jobs group's committed offset on the jobs topic."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka.bootstrap, group_id=kafka.jobs_group_id, enable_auto_commit=False
+    )
     try:
-        offset: int | None = consumer.committed(TopicPartition("clipguard.jobs", 0))
+        offset: int | None = consumer.committed(TopicPartition(kafka.names.jobs, 0))
         return offset
     finally:
         consumer.close(autocommit=False)
 
 
 @pytest.fixture(scope="module")
-def run(library: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+def run(
+    kafka_spaces: Callable[[str], KafkaSpace],
+    library: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Run]:
     inputs = {Path(i.source).name: i.source for i in discover([library])}
     gate = threading.Event()
-    with EmbeddedBroker() as broker, _held_server(library, gate) as server:
-        broker.create_topics(default_topics())
-        r = Run(broker.bootstrap)
+    kafka = kafka_spaces("test_jobs-run").create()
+    status_topic = kafka.names.job_status
+    with _held_server(library, gate) as server:
+        r = Run(kafka)
         jobs: list[tuple[str, bytes]] = []
         for n, (name, path) in enumerate(sorted(inputs.items())):
             uri = Path(path).as_uri() if name == "triangle.mp4" else path  # file:// too
@@ -200,43 +208,44 @@ def run(library: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run
         jobs.append(("job-not-json", b"{not json"))
         jobs.append(("job-relative", json.dumps({"uri": "clips/a.mp4"}).encode()))
         r.jobs.update({"job-not-json": "not json", "job-relative": "relative path"})
-        s = streaming.settings(
-            broker.bootstrap, shutdown_deadline_s=1.0, max_poll_interval_ms=MAX_POLL_MS
-        )
+        s = streaming.settings(kafka, shutdown_deadline_s=1.0, max_poll_interval_ms=MAX_POLL_MS)
 
         # the first worker runs the jobs, then takes one it cannot finish before it stops
         with worker_thread(s):
-            _produce(broker.bootstrap, jobs)
-            read_topic(broker.bootstrap, "clipguard.job-status", until=_final(list(r.jobs)))
+            _produce(kafka, jobs)
+            read_topic(kafka.bootstrap, status_topic, until=_final(list(r.jobs)))
             held = JobRequest(uri=f"{server}/{HELD}/triangle.mp4").to_json()
-            _produce(broker.bootstrap, [(r.held_job, held)])
+            _produce(kafka, [(r.held_job, held)])
             read_topic(
-                broker.bootstrap,
-                "clipguard.job-status",
+                kafka.bootstrap,
+                status_topic,
                 until=lambda recs: any(x.key == r.held_job.encode() for x in recs),
             )
 
         # a second worker of the group: the held job again (held longer than the group's max
-        # poll interval), none of the others; then the command line
-        with worker_thread(s):
+        # poll interval), none of the others; then the command line (the test's topic names
+        # reach it as the workers' environment variables)
+        with worker_thread(s), pytest.MonkeyPatch.context() as mp:
             read_topic(
-                broker.bootstrap,
-                "clipguard.job-status",
+                kafka.bootstrap,
+                status_topic,
                 until=lambda recs: (
                     [x.json()["state"] for x in recs if x.key == b"held"].count("accepted") == 2
                 ),
             )
             time.sleep(HOLD_S)
             gate.set()
-            read_topic(broker.bootstrap, "clipguard.job-status", until=_final([r.held_job]))
+            read_topic(kafka.bootstrap, status_topic, until=_final([r.held_job]))
             r.cli_dir = tmp_path_factory.mktemp("cli") / "out"
+            for variable, value in kafka.env().items():
+                mp.setenv(variable, value)
             out, err = io.StringIO(), io.StringIO()
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 r.cli_code = main(
                     [
                         "scan",
                         "--bootstrap-servers",
-                        broker.bootstrap,
+                        kafka.bootstrap,
                         str(library),
                         "--out",
                         str(r.cli_dir),
@@ -245,10 +254,10 @@ def run(library: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run
                     ]
                 )
             r.cli_out, r.cli_err = out.getvalue(), err.getvalue()
-        r.statuses = read_topic(broker.bootstrap, "clipguard.job-status")
-        r.scores = read_topic(broker.bootstrap, "clipguard.scores")
-        r.flags = read_topic(broker.bootstrap, "clipguard.flags")
-        r.committed = _committed(broker.bootstrap)
+        r.statuses = read_topic(kafka.bootstrap, status_topic)
+        r.scores = read_topic(kafka.bootstrap, kafka.names.scores)
+        r.flags = read_topic(kafka.bootstrap, kafka.names.flags)
+        r.committed = _committed(kafka)
         yield r
 
 

@@ -1,4 +1,5 @@
-"""The house rules of the code layout, checked on the source: imports run one way."""
+"""The house rules of the code layout, checked on the source: imports run one way, and no
+module outgrows a reader (800 lines)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,28 @@ def test_the_check_sees_imports() -> None:
     )
     found = _imports_of(source)
     assert {"consumers.worker", "consumers.worker.Worker", "pipeline.demo.scenes"} <= found
+
+
+MAX_LINES = 800  # a module a newcomer can read in one sitting
+
+
+def _too_long(paths: list[Path], limit: int) -> dict[str, int]:
+    """The files of ``paths`` longer than ``limit`` lines, with their line counts."""
+    counts = {
+        str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines()) for p in paths
+    }
+    return {name: n for name, n in counts.items() if n > limit}
+
+
+def test_no_module_is_longer_than_800_lines() -> None:
+    files = _files("pipeline") + _files("consumers")
+    assert len(files) > 50  # the packages were found
+    assert _too_long(files, MAX_LINES) == {}
+
+
+def test_the_length_check_sees_a_long_module() -> None:
+    """The check above can fail: a module one line over the limit is named, one at it is not."""
+    longest = max(_files("pipeline"), key=lambda p: len(p.read_text(encoding="utf-8").splitlines()))
+    n = len(longest.read_text(encoding="utf-8").splitlines())
+    assert _too_long([longest], n - 1) == {str(longest.relative_to(ROOT)): n}
+    assert _too_long([longest], n) == {}

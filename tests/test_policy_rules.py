@@ -169,11 +169,10 @@ def test_a_scan_with_a_siglip_model_reports_sigmoid_scores(siglip_dir, tmp_path)
     assert record["scores"]["p/thing"] == pytest.approx(expected, abs=1e-5)
 
 
-def test_a_stream_worker_with_a_siglip_model_publishes_sigmoid_scores(siglip_dir, tmp_path):
+def test_a_stream_worker_with_a_siglip_model_publishes_sigmoid_scores(siglip_dir, tmp_path, kafka):
     import streaming
     from streaming import read_topic, scene, worker_thread
 
-    from consumers.broker import EmbeddedBroker, default_topics
     from consumers.produce import produce_file
     from pipeline.demo.video import Shot, write_video
 
@@ -182,13 +181,12 @@ def test_a_stream_worker_with_a_siglip_model_publishes_sigmoid_scores(siglip_dir
     video = write_video(
         tmp_path / "clip.mp4", [Shot(0.0, 4.0, scene("red triangle"), "red triangle")]
     )
-    with EmbeddedBroker() as broker:
-        broker.create_topics(default_topics())
-        sent = produce_file(broker.bootstrap, video, stream_id="cam-siglip")
-        s = streaming.settings(broker.bootstrap, model=str(siglip_dir), policies=[str(policies)])
-        with worker_thread(s) as worker:
-            streaming.wait_for(lambda: worker.segments_done >= sent, 120, "segments done")
-        scores = [r.json() for r in read_topic(broker.bootstrap, "clipguard.scores")]
+    kafka.create()
+    sent = produce_file(kafka.bootstrap, video, stream_id="cam-siglip", topic=kafka.names.segments)
+    s = streaming.settings(kafka, model=str(siglip_dir), policies=[str(policies)])
+    with worker_thread(s) as worker:
+        streaming.wait_for(lambda: worker.segments_done >= sent, 120, "segments done")
+    scores = [r.json() for r in read_topic(kafka.bootstrap, kafka.names.scores)]
     assert len(scores) == 8  # 4 s at the default 2 frames a second
     assert {r["model"] for r in scores} == {str(siglip_dir / "model.safetensors")}
     assert all(r["kinds"] == {"p/thing": "sigmoid"} for r in scores)

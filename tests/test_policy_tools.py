@@ -11,11 +11,10 @@ import re
 import shutil
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
+import media
 import numpy as np
 import pytest
 
@@ -88,19 +87,7 @@ def triangle_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     triangle = scenes.render(spec, 128)
     frames = [empty] * (2 * FPS) + [triangle] * (3 * FPS) + [empty] * (2 * FPS)
     path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    with av.open(str(path), "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=FPS)
-        stream.width = stream.height = 128
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "fast", "x264-params": "log-level=none"}
-        for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, FPS)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+    media.write_frames(path, frames, fmt="mp4", fps=FPS)
     return path
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import consumers.settings as settings_module
 from consumers.broker import DEFAULT_TOPICS
-from consumers.settings import WorkerSettings, describe, load_settings
+from consumers.settings import WorkerSettings, describe, load_settings, topic_names_from_env
 from pipeline.decode import Limits, Sampling
 from pipeline.errors import ConfigError
 
@@ -38,6 +38,7 @@ def test_exported_names() -> None:
         "WorkerSettings",
         "describe",
         "load_settings",
+        "topic_names_from_env",
     ]
 
 
@@ -105,6 +106,26 @@ def test_environment_overrides_including_nested(monkeypatch: pytest.MonkeyPatch)
     assert s.decode.fit == "crop" and s.decode.processes == 2
     assert s.topics.dlq == "other.dlq" and s.topics.segments == "clipguard.segments"
     assert s.policies == (Path("p1"), Path("p2"))
+
+
+def test_topic_names_alone_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``clipguard scan --bootstrap-servers`` reads: the workers' topic variables, and no
+    other setting (an invalid one elsewhere is not its business)."""
+    assert topic_names_from_env() == load_settings().topics
+    monkeypatch.setenv("CLIPGUARD_TOPICS__JOBS", "fleet.jobs")
+    monkeypatch.setenv("clipguard_topics__job_status", "fleet.status")
+    monkeypatch.setenv("CLIPGUARD_MAX_BATCH_SIZE", "not a number")
+    topics = topic_names_from_env()
+    assert (topics.jobs, topics.job_status, topics.scores) == (
+        "fleet.jobs",
+        "fleet.status",
+        "clipguard.scores",
+    )
+    monkeypatch.setenv("CLIPGUARD_TOPICS", '{"flags": "fleet.flags"}')
+    assert topic_names_from_env().flags == "fleet.flags"
+    monkeypatch.setenv("CLIPGUARD_TOPICS__JOBS", "../../etc")
+    with pytest.raises(ConfigError, match=r"topics\.jobs: .*not a valid Kafka topic name"):
+        topic_names_from_env()
 
 
 _YAML = """\

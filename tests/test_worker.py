@@ -1,6 +1,7 @@
 """The stream worker against the real embedded broker (Tansu), real codecs and the demo model.
 
-One module-wide run (one broker, one worker) produces three streams of the same generated
+Every test runs on topics and a consumer group of its own on the session's broker
+(tests/conftest.py). One module-wide run (one worker) produces three streams of the same generated
 video (a red triangle on screen from 4 s to 8 s): as MPEG-TS segments, as a raw H.264 byte
 stream in odd-sized chunks, and as MPEG-TS segments mixed with broken records. The tests read
 the output topics back. The process-level tests (kill -9, SIGTERM, two workers) run
@@ -14,19 +15,17 @@ import random
 import shutil
 import threading
 import time
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import streaming
-from streaming import Record, read_topic, red_triangle_shots, wait_for, worker_thread
+from kafkaspace import KafkaSpace
+from streaming import Record, read_topic, wait_for, worker_thread
 
-from consumers.broker import EmbeddedBroker, default_topics
 from consumers.produce import Segment, produce_file, segment_video
-from pipeline.demo.video import write_video
 from pipeline.events import (
     DLQ_ATTEMPTS,
     DLQ_ERROR_CLASS,
@@ -53,8 +52,8 @@ INFLIGHT = 4  # ... and its max_inflight_segments: the backlog of 40+ segments m
 
 
 @pytest.fixture(scope="module")
-def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_video(tmp_path_factory.mktemp("video") / "red.mp4", red_triangle_shots())
+def video(red_triangle_video: Path) -> Path:
+    return red_triangle_video  # the session's (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +70,17 @@ def _headers(stream: str, seq: int, start: float | None, ctype: str | None = "vi
     return h
 
 
-def _send(bootstrap: str, records: list[tuple[str, bytes, Any]]) -> list[tuple[int, int]]:
-    """Send (key, value, headers) records in order; their (partition, offset)."""
+def _send(kafka: KafkaSpace, records: list[tuple[str, bytes, Any]]) -> list[tuple[int, int]]:
+    """Send (key, value, headers) records in order to the segments topic; their (partition,
+    offset)."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=4 << 20)
+    producer = KafkaProducer(
+        bootstrap_servers=kafka.bootstrap, acks="all", max_request_size=4 << 20
+    )
     try:
         futures = [
-            producer.send("clipguard.segments", key=k.encode(), value=v, headers=h)
+            producer.send(kafka.names.segments, key=k.encode(), value=v, headers=h)
             for k, v, h in records
         ]
         producer.flush()
@@ -90,8 +92,8 @@ def _send(bootstrap: str, records: list[tuple[str, bytes, Any]]) -> list[tuple[i
 class Run:
     """What the module run produced and published."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: KafkaSpace) -> None:
+        self.kafka = kafka
         self.produced = 0
         self.bad: dict[str, tuple[bytes, int, int]] = {}  # case -> (value, partition, offset)
         self.scores: list[ScoreRecord] = []
@@ -108,61 +110,59 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def run(video: Path, segments: list[Segment]) -> Iterator[Run]:
-    with EmbeddedBroker() as broker:
-        broker.create_topics(default_topics())
-        r = Run(broker.bootstrap)
-        r.produced += produce_file(broker.bootstrap, video, stream_id="cam-ts")
-        r.produced += produce_file(
-            broker.bootstrap, video, stream_id="cam-raw", raw=True, chunk_bytes=7777
-        )
-        for _ in range(2):  # a stream id used again right after its stream ended
-            r.produced += produce_file(broker.bootstrap, video, stream_id="cam-again")
-        rng = random.Random(5)
-        truncated = segments[1].data[: len(segments[1].data) // 2 + 1]
-        assert len(truncated) % 188
-        bad = {
-            "garbage": rng.randbytes(188 * 100),
-            "truncated": truncated,
-            "oversized": rng.randbytes(MAX_INPUT + 188 * 10),
-            "no-content-type": segments[1].data,
-        }
-        records = [("cam-bad", segments[0].data, _headers("cam-bad", 0, 0.0))]
-        for seq, (case, value) in enumerate(bad.items(), start=1):
-            ctype = None if case == "no-content-type" else "video/mp2t"
-            records.append(("cam-bad", value, _headers("cam-bad", seq, 2.0, ctype)))
-        records.append(("cam-bad", segments[2].data, _headers("cam-bad", 5, segments[2].start_ts)))
-        # a stream whose last segment is broken: its open incident still closes
-        records += [
-            ("cam-endbad", segments[0].data, _headers("cam-endbad", 0, 0.0)),
-            ("cam-endbad", segments[2].data, _headers("cam-endbad", 1, segments[2].start_ts)),
-            (
-                "cam-endbad",
-                bad["garbage"],
-                [*_headers("cam-endbad", 2, 6.0), ("stream-end", b"1")],
-            ),
-        ]
-        where = _send(broker.bootstrap, records)
-        r.bad = {case: (value, *where[i]) for i, (case, value) in enumerate(bad.items(), 1)}
-        r.produced += len(records)
-        s = streaming.settings(
-            broker.bootstrap,
-            **{"decode.max_input_bytes": MAX_INPUT, "max_inflight_segments": INFLIGHT},
-        )
-        with worker_thread(s) as worker:
-            wait_for(lambda: worker.segments_done >= r.produced, 120, "every segment handled")
-            r.metrics = worker.metrics.exposition().decode()
-            r.pauses = worker.pauses
-        r.scores = [
-            ScoreRecord.model_validate(x.json())
-            for x in read_topic(broker.bootstrap, "clipguard.scores")
-        ]
-        r.flags = [
-            FlagEvent.model_validate(x.json())
-            for x in read_topic(broker.bootstrap, "clipguard.flags")
-        ]
-        r.dlq = read_topic(broker.bootstrap, "clipguard.dlq")
-        yield r
+def run(kafka_spaces: Callable[[str], KafkaSpace], video: Path, segments: list[Segment]) -> Run:
+    kafka = kafka_spaces("test_worker-run").create()
+    r = Run(kafka)
+    into = {"topic": kafka.names.segments}
+    r.produced += produce_file(kafka.bootstrap, video, stream_id="cam-ts", **into)
+    r.produced += produce_file(
+        kafka.bootstrap, video, stream_id="cam-raw", raw=True, chunk_bytes=7777, **into
+    )
+    for _ in range(2):  # a stream id used again right after its stream ended
+        r.produced += produce_file(kafka.bootstrap, video, stream_id="cam-again", **into)
+    rng = random.Random(5)
+    truncated = segments[1].data[: len(segments[1].data) // 2 + 1]
+    assert len(truncated) % 188
+    bad = {
+        "garbage": rng.randbytes(188 * 100),
+        "truncated": truncated,
+        "oversized": rng.randbytes(MAX_INPUT + 188 * 10),
+        "no-content-type": segments[1].data,
+    }
+    records = [("cam-bad", segments[0].data, _headers("cam-bad", 0, 0.0))]
+    for seq, (case, value) in enumerate(bad.items(), start=1):
+        ctype = None if case == "no-content-type" else "video/mp2t"
+        records.append(("cam-bad", value, _headers("cam-bad", seq, 2.0, ctype)))
+    records.append(("cam-bad", segments[2].data, _headers("cam-bad", 5, segments[2].start_ts)))
+    # a stream whose last segment is broken: its open incident still closes
+    records += [
+        ("cam-endbad", segments[0].data, _headers("cam-endbad", 0, 0.0)),
+        ("cam-endbad", segments[2].data, _headers("cam-endbad", 1, segments[2].start_ts)),
+        (
+            "cam-endbad",
+            bad["garbage"],
+            [*_headers("cam-endbad", 2, 6.0), ("stream-end", b"1")],
+        ),
+    ]
+    where = _send(kafka, records)
+    r.bad = {case: (value, *where[i]) for i, (case, value) in enumerate(bad.items(), 1)}
+    r.produced += len(records)
+    s = streaming.settings(
+        kafka, **{"decode.max_input_bytes": MAX_INPUT, "max_inflight_segments": INFLIGHT}
+    )
+    with worker_thread(s) as worker:
+        wait_for(lambda: worker.segments_done >= r.produced, 120, "every segment handled")
+        r.metrics = worker.metrics.exposition().decode()
+        r.pauses = worker.pauses
+    r.scores = [
+        ScoreRecord.model_validate(x.json())
+        for x in read_topic(kafka.bootstrap, kafka.names.scores)
+    ]
+    r.flags = [
+        FlagEvent.model_validate(x.json()) for x in read_topic(kafka.bootstrap, kafka.names.flags)
+    ]
+    r.dlq = read_topic(kafka.bootstrap, kafka.names.dlq)
+    return r
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -228,7 +228,7 @@ def test_broken_records_go_to_the_dlq_with_their_headers(run: Run) -> None:
         assert letter.key == b"cam-bad" and letter.value == value, case
         h = letter.headers
         assert h[DLQ_ERROR_CLASS].decode() == classes[case], (case, h[DLQ_ERROR_MESSAGE])
-        assert h[DLQ_ORIGINAL_TOPIC] == b"clipguard.segments"
+        assert h[DLQ_ORIGINAL_TOPIC] == run.kafka.names.segments.encode()
         assert (int(h[DLQ_ORIGINAL_PARTITION]), int(h[DLQ_ORIGINAL_OFFSET])) == (
             partition,
             offset,
@@ -284,40 +284,33 @@ def test_metrics_count_what_happened(run: Run) -> None:
 
 
 def test_policy_edit_takes_effect_and_a_broken_edit_does_not_stop_the_worker(
-    tmp_path: Path, video: Path
+    kafka: KafkaSpace, tmp_path: Path, video: Path
 ) -> None:
     policies = tmp_path / "policies"
     shutil.copytree(streaming.DEMO_POLICIES, policies)
     target = policies / "red-triangle.yaml"
-    with EmbeddedBroker() as broker:
-        broker.create_topics(default_topics())
-        s = streaming.settings(
-            broker.bootstrap, policies=[str(policies)], policy_reload_interval_s=0.2
+    kafka.create()
+    into = {"topic": kafka.names.segments}
+    s = streaming.settings(kafka, policies=[str(policies)], policy_reload_interval_s=0.2)
+    with worker_thread(s) as worker:
+        sent = produce_file(kafka.bootstrap, video, stream_id="before", **into)
+        wait_for(lambda: worker.segments_done >= sent, 60, "first stream")
+        text = target.read_text()
+        assert "version: 1" in text and "severity: medium" in text
+        target.write_text(
+            text.replace("version: 1", "version: 2").replace("severity: medium", "severity: high")
         )
-        with worker_thread(s) as worker:
-            sent = produce_file(broker.bootstrap, video, stream_id="before")
-            wait_for(lambda: worker.segments_done >= sent, 60, "first stream")
-            text = target.read_text()
-            assert "version: 1" in text and "severity: medium" in text
-            target.write_text(
-                text.replace("version: 1", "version: 2").replace(
-                    "severity: medium", "severity: high"
-                )
-            )
-            wait_for(
-                lambda: worker.store.current.get("red-triangle").policy.version == 2, 30, "reload"
-            )
-            sent += produce_file(broker.bootstrap, video, stream_id="after")
-            wait_for(lambda: worker.segments_done >= sent, 60, "second stream")
-            target.write_text("id: red-triangle\nversion: [not, a, number\n")
-            wait_for(lambda: worker.store.reload_errors >= 1, 30, "the broken edit seen")
-            sent += produce_file(broker.bootstrap, video, stream_id="broken")
-            wait_for(lambda: worker.segments_done >= sent, 60, "third stream")
-            exposition = worker.metrics.exposition().decode()
-        flags = [
-            FlagEvent.model_validate(r.json())
-            for r in read_topic(broker.bootstrap, "clipguard.flags")
-        ]
+        wait_for(lambda: worker.store.current.get("red-triangle").policy.version == 2, 30, "reload")
+        sent += produce_file(kafka.bootstrap, video, stream_id="after", **into)
+        wait_for(lambda: worker.segments_done >= sent, 60, "second stream")
+        target.write_text("id: red-triangle\nversion: [not, a, number\n")
+        wait_for(lambda: worker.store.reload_errors >= 1, 30, "the broken edit seen")
+        sent += produce_file(kafka.bootstrap, video, stream_id="broken", **into)
+        wait_for(lambda: worker.segments_done >= sent, 60, "third stream")
+        exposition = worker.metrics.exposition().decode()
+    flags = [
+        FlagEvent.model_validate(r.json()) for r in read_topic(kafka.bootstrap, kafka.names.flags)
+    ]
     by_stream = {
         stream: {(f.policy_version, f.severity) for f in flags if f.stream_id == stream}
         for stream in ("before", "after", "broken")
@@ -346,12 +339,12 @@ def _records(streams: list[str], segments: list[Segment]) -> list[Outgoing]:
     ]
 
 
-def _paced(bootstrap: str, records: list[Outgoing], gap: float) -> threading.Thread:
+def _paced(kafka: KafkaSpace, records: list[Outgoing], gap: float) -> threading.Thread:
     """Send ``records`` one by one, ``gap`` seconds apart, from a thread."""
 
     def send() -> None:
         for record in records:
-            _send(bootstrap, [record])
+            _send(kafka, [record])
             time.sleep(gap)
 
     thread = threading.Thread(target=send, daemon=True)
@@ -367,10 +360,12 @@ def _complete(records: list[Record], streams: list[str], per_stream: int) -> boo
     return all(len(v) == per_stream for v in seen.values())
 
 
-def _check_flags(bootstrap: str, streams: list[str]) -> None:
+def _check_flags(kafka: KafkaSpace, streams: list[str]) -> None:
     """Each stream had one red-triangle incident: whatever was published twice carries the
     same event id, and every incident that opened also closed."""
-    flags = [FlagEvent.model_validate(r.json()) for r in read_topic(bootstrap, "clipguard.flags")]
+    flags = [
+        FlagEvent.model_validate(r.json()) for r in read_topic(kafka.bootstrap, kafka.names.flags)
+    ]
     for stream in streams:
         mine = [f for f in flags if f.stream_id == stream]
         ids = {f.event_id for f in mine}
@@ -381,14 +376,17 @@ def _check_flags(bootstrap: str, streams: list[str]) -> None:
         )
 
 
-def _committed(bootstrap: str, group: str) -> dict[int, int]:
+def _committed(kafka: KafkaSpace) -> dict[int, int]:
+    """The workers' group's committed offsets on the segments topic, by partition."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka.bootstrap, group_id=kafka.group_id, enable_auto_commit=False
+    )
     try:
         out = {}
         for p in range(4):
-            offset = consumer.committed(TopicPartition("clipguard.segments", p))
+            offset = consumer.committed(TopicPartition(kafka.names.segments, p))
             if offset is not None:
                 out[p] = offset
         return out
@@ -396,111 +394,112 @@ def _committed(bootstrap: str, group: str) -> dict[int, int]:
         consumer.close(autocommit=False)
 
 
-def test_kill9_restart_and_sigterm_lose_nothing(tmp_path: Path, segments: list[Segment]) -> None:
+def test_kill9_restart_and_sigterm_lose_nothing(
+    kafka: KafkaSpace, tmp_path: Path, segments: list[Segment]
+) -> None:
     streams = ["cam-a", "cam-b", "cam-c"]
     per_stream = int(VIDEO_SECONDS * SAMPLE_FPS)
     records = _records(streams, segments)
     half = len(records) // 2
-    with EmbeddedBroker() as broker:
-        broker.create_topics(default_topics())
-        b = broker.bootstrap
-        scores = streaming.TopicWatcher(b, "clipguard.scores")
-        first = streaming.WorkerProcess(b, tmp_path / "first.log", "--max-inflight-segments", "4")
-        try:
-            first.wait_log("assigned", 60)
-            producing = _paced(b, records[:half], gap=0.4)
-            wait_for(lambda: scores.count() >= 4, 60, "the first worker to score frames")
-            assert producing.is_alive()  # segments keep arriving: the kill is mid-run
-            first.kill()  # kill -9
-        finally:
-            first.close()
-        producing.join(timeout=60)
-        second = streaming.WorkerProcess(b, tmp_path / "second.log", "--max-inflight-segments", "4")
-        try:
-            second.wait_log("assigned", 60)
-            before = scores.count()
-            producing = _paced(b, records[half:], gap=0.4)
-            wait_for(lambda: scores.count() > before + 4, 60, "the second worker to score")
-            assert producing.is_alive()
-            status = second.terminate(timeout=60)  # SIGTERM mid-run
-            assert status == 0, second.log()[-3000:]
-            assert "drained; offsets committed" in second.log()
-        finally:
-            second.close()
-        # committed offsets: every segment before them has its outputs published
-        committed = _committed(b, "clipguard-workers")
-        segs = read_topic(b, "clipguard.segments")
-        scored = {
-            (x["stream_id"], x["seq"])
-            for x in (r.json() for r in read_topic(b, "clipguard.scores"))
-        }
-        covered = [
-            (r.headers["stream-id"].decode(), int(r.headers["seq"]))
-            for r in segs
-            if r.offset < committed.get(r.partition, 0)
-        ]
-        assert len(covered) >= half and all(c in scored for c in covered)
-        producing.join(timeout=60)
-        third = streaming.WorkerProcess(b, tmp_path / "third.log")
-        try:
-            read_topic(
-                b,
-                "clipguard.scores",
-                until=lambda recs: _complete(recs, streams, per_stream),
-                timeout=120,
-            )
-            assert third.terminate() == 0
-        finally:
-            third.close()
-            scores.close()
-        _check_flags(b, streams)
+    kafka.create()
+    b = kafka.bootstrap
+    scores = streaming.TopicWatcher(b, kafka.names.scores)
+    # a short group session: the killed worker's partitions move on after 6 s, not 10 s
+    opts = ("--set", "session_timeout_ms=6000", "--max-inflight-segments", "4")
+    first = streaming.WorkerProcess(kafka, tmp_path / "first.log", *opts)
+    try:
+        first.wait_log("assigned", 60)
+        producing = _paced(kafka, records[:half], gap=0.4)
+        wait_for(lambda: scores.count() >= 4, 60, "the first worker to score frames")
+        assert producing.is_alive()  # segments keep arriving: the kill is mid-run
+        first.kill()  # kill -9
+    finally:
+        first.close()
+    producing.join(timeout=60)
+    second = streaming.WorkerProcess(kafka, tmp_path / "second.log", *opts)
+    try:
+        second.wait_log("assigned", 60)
+        before = scores.count()
+        producing = _paced(kafka, records[half:], gap=0.4)
+        wait_for(lambda: scores.count() > before + 4, 60, "the second worker to score")
+        assert producing.is_alive()
+        status = second.terminate(timeout=60)  # SIGTERM mid-run
+        assert status == 0, second.log()[-3000:]
+        assert "drained; offsets committed" in second.log()
+    finally:
+        second.close()
+    # committed offsets: every segment before them has its outputs published
+    committed = _committed(kafka)
+    segs = read_topic(b, kafka.names.segments)
+    scored = {
+        (x["stream_id"], x["seq"]) for x in (r.json() for r in read_topic(b, kafka.names.scores))
+    }
+    covered = [
+        (r.headers["stream-id"].decode(), int(r.headers["seq"]))
+        for r in segs
+        if r.offset < committed.get(r.partition, 0)
+    ]
+    assert len(covered) >= half and all(c in scored for c in covered)
+    producing.join(timeout=60)
+    third = streaming.WorkerProcess(kafka, tmp_path / "third.log")
+    try:
+        read_topic(
+            b,
+            kafka.names.scores,
+            until=lambda recs: _complete(recs, streams, per_stream),
+            timeout=120,
+        )
+        assert third.terminate() == 0
+    finally:
+        third.close()
+        scores.close()
+    _check_flags(kafka, streams)
 
 
 def test_two_workers_share_partitions_and_one_takes_over(
-    tmp_path: Path, segments: list[Segment]
+    kafka: KafkaSpace, tmp_path: Path, segments: list[Segment]
 ) -> None:
     by_partition = streaming.keys_by_partition([f"cam-{i}" for i in range(40)], 4)
     streams = [ids[0] for _, ids in sorted(by_partition.items())]  # one stream per partition
     assert len(streams) == 4
     per_stream = int(VIDEO_SECONDS * SAMPLE_FPS)
     opts = ("--set", "session_timeout_ms=6000", "--max-inflight-segments", "4")
-    with EmbeddedBroker() as broker:
-        broker.create_topics(default_topics())
-        b = broker.bootstrap
-        scores = streaming.TopicWatcher(b, "clipguard.scores")
-        one = streaming.WorkerProcess(b, tmp_path / "one.log", *opts)
-        two = streaming.WorkerProcess(b, tmp_path / "two.log", *opts)
-        try:
-            one.wait_log("assigned", 60)
-            two.wait_log("assigned", 60)
-            wait_for(
-                lambda: (
-                    _owned(one.log())
-                    and _owned(two.log())
-                    and not (_owned(one.log()) & _owned(two.log()))
-                ),
-                60,
-                "the partitions split between the two workers",
-            )
-            assert _owned(one.log()) | _owned(two.log()) == {0, 1, 2, 3}
-            producer = _paced(b, _records(streams, segments), gap=0.25)
-            wait_for(lambda: scores.count() >= 4, 90, "frames scored")
-            assert producer.is_alive()  # the kill is mid-run
-            one.kill()
-            read_topic(
-                b,
-                "clipguard.scores",
-                until=lambda recs: _complete(recs, streams, per_stream),
-                timeout=120,
-            )
-            producer.join(timeout=30)
-            assert _owned(two.log()) == {0, 1, 2, 3}  # it took the dead worker's partitions
-            assert two.terminate() == 0
-        finally:
-            one.close()
-            two.close()
-            scores.close()
-        _check_flags(b, streams)
+    kafka.create()
+    b = kafka.bootstrap
+    scores = streaming.TopicWatcher(b, kafka.names.scores)
+    one = streaming.WorkerProcess(kafka, tmp_path / "one.log", *opts)
+    two = streaming.WorkerProcess(kafka, tmp_path / "two.log", *opts)
+    try:
+        one.wait_log("assigned", 60)
+        two.wait_log("assigned", 60)
+        wait_for(
+            lambda: (
+                _owned(one.log())
+                and _owned(two.log())
+                and not (_owned(one.log()) & _owned(two.log()))
+            ),
+            60,
+            "the partitions split between the two workers",
+        )
+        assert _owned(one.log()) | _owned(two.log()) == {0, 1, 2, 3}
+        producer = _paced(kafka, _records(streams, segments), gap=0.25)
+        wait_for(lambda: scores.count() >= 4, 90, "frames scored")
+        assert producer.is_alive()  # the kill is mid-run
+        one.kill()
+        read_topic(
+            b,
+            kafka.names.scores,
+            until=lambda recs: _complete(recs, streams, per_stream),
+            timeout=120,
+        )
+        producer.join(timeout=30)
+        assert _owned(two.log()) == {0, 1, 2, 3}  # it took the dead worker's partitions
+        assert two.terminate() == 0
+    finally:
+        one.close()
+        two.close()
+        scores.close()
+    _check_flags(kafka, streams)
 
 
 def _owned(log: str) -> set[int]:
@@ -520,53 +519,18 @@ def _partitions(line: str) -> list[str]:
     return re.findall(r"clipguard\.segments\[(\d+)\]", line)
 
 
-def test_health_endpoints_and_json_logs(tmp_path: Path) -> None:
-    with EmbeddedBroker() as broker:
-        broker.create_topics(default_topics())
-        port = streaming.free_port()
-        proc = streaming.WorkerProcess(
-            broker.bootstrap,
-            tmp_path / "w.log",
-            "--log-format",
-            "json",
-            env={"CLIPGUARD_METRICS_PORT": str(port)},
-        )
-        try:
-            wait_for(lambda: _status(port, "/healthz") == 200, 60, "/healthz")
-            wait_for(lambda: _status(port, "/readyz") == 200, 60, "/readyz")
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                body = r.read()
-            assert b"clipguard_ready 1.0" in body
-            assert proc.terminate() == 0
-        finally:
-            proc.close()
-        lines = [json.loads(x) for x in proc.log().splitlines() if x.startswith("{")]
-        assert any(x["message"].startswith("assigned") for x in lines)
-        assert all({"ts", "level", "logger", "message"} <= x.keys() for x in lines)
-
-
-def _status(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        e.close()  # (it holds the response's socket)
-        return int(e.code)
-    except OSError:
-        return 0
-
-
 def test_cli_consume_prints_the_topics(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
     from consumers.cli import main
 
-    kafka = ["--bootstrap-servers", run.bootstrap]
-    assert main(["consume", "clipguard.flags", *kafka, "--idle", "1"]) == 0
+    names = run.kafka.names
+    kafka = ["--bootstrap-servers", run.kafka.bootstrap]
+    assert main(["consume", names.flags, *kafka, "--idle", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [FlagEvent.model_validate_json(x) for x in lines] == run.flags
-    assert main(["consume", "clipguard.dlq", *kafka, "--headers"]) == 0
+    assert main(["consume", names.dlq, *kafka, "--headers"]) == 0
     letters = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(letters) == len(run.dlq) == 5
-    assert all(x["at"].startswith("clipguard.dlq[0]@") for x in letters)
+    assert all(x["at"].startswith(f"{names.dlq}[0]@") for x in letters)
     assert {x["headers"][DLQ_ERROR_CLASS] for x in letters} == {
         "InvalidMedia",
         "LimitExceeded",
@@ -592,16 +556,20 @@ def test_worker_without_a_broker_fails_clearly(capsys: pytest.CaptureFixture[str
     assert f"cannot connect to Kafka at 127.0.0.1:{port}" in capsys.readouterr().err
 
 
-def test_worker_names_the_missing_topics(capsys: pytest.CaptureFixture[str]) -> None:
+def test_worker_names_the_missing_topics(
+    kafka: KafkaSpace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from consumers.cli import main
 
-    with EmbeddedBroker() as broker:
-        broker.create_topics({"clipguard.segments": 2, "clipguard.scores": 1})
-        args = ["worker", "--bootstrap-servers", broker.bootstrap, "--metrics-port", "0"]
-        assert main([*args, "--policies", str(streaming.DEMO_POLICIES)]) == 1
+    kafka.create(segment_partitions=2, only=["segments", "scores"])
+    for name, value in kafka.env().items():  # the test's topic names and group
+        monkeypatch.setenv(name, value)
+    args = ["worker", "--bootstrap-servers", kafka.bootstrap, "--metrics-port", "0"]
+    assert main([*args, "--policies", str(streaming.DEMO_POLICIES)]) == 1
     err = capsys.readouterr().err
     assert "topics missing" in err
-    assert all(t in err for t in ("clipguard.flags", "clipguard.dlq", "clipguard.state"))
+    names = kafka.names
+    assert all(t in err for t in (names.flags, names.dlq, names.state))
     assert "clipguard broker" in err  # and how to get a broker with every topic
 
 
@@ -640,24 +608,23 @@ class FlakyEncoder(TorchImageEncoder):
 
 @pytest.mark.parametrize("failures", [1, 1_000_000])
 def test_a_failed_encoder_batch_is_retried_once_then_dead_lettered(
-    failures: int, segments: list[Segment]
+    kafka: KafkaSpace, failures: int, segments: list[Segment]
 ) -> None:
     from consumers.worker import Worker
 
-    with EmbeddedBroker() as broker:
-        broker.create_topics(default_topics())
-        records = [
-            ("cam-x", seg.data, _headers("cam-x", seg.seq, seg.start_ts)) for seg in segments[:3]
-        ]
-        _send(broker.bootstrap, records)
-        worker = Worker(
-            streaming.settings(broker.bootstrap, max_batch_size=256, jobs_enabled=False),
-            encoder=lambda model, size: FlakyEncoder(model, size, failures),
-        )
-        assert worker.run(count=3, timeout=120) == 0
-        exposition = worker.metrics.exposition().decode()
-        scores = read_topic(broker.bootstrap, "clipguard.scores")
-        dlq = read_topic(broker.bootstrap, "clipguard.dlq")
+    kafka.create()
+    records = [
+        ("cam-x", seg.data, _headers("cam-x", seg.seq, seg.start_ts)) for seg in segments[:3]
+    ]
+    _send(kafka, records)
+    worker = Worker(
+        streaming.settings(kafka, max_batch_size=256, jobs_enabled=False),
+        encoder=lambda model, size: FlakyEncoder(model, size, failures),
+    )
+    assert worker.run(count=3, timeout=120) == 0
+    exposition = worker.metrics.exposition().decode()
+    scores = read_topic(kafka.bootstrap, kafka.names.scores)
+    dlq = read_topic(kafka.bootstrap, kafka.names.dlq)
     assert 'clipguard_retries_total{stage="encode"}' in exposition
     if failures == 1:  # the retry succeeded: nothing lost, nothing dead
         assert len(scores) == 3 * 2 * SAMPLE_FPS and not dlq
@@ -667,26 +634,27 @@ def test_a_failed_encoder_batch_is_retried_once_then_dead_lettered(
         assert all(b"out of memory" in r.headers[DLQ_ERROR_MESSAGE] for r in dlq)
 
 
-def test_an_idle_stream_closes_its_incident_and_is_forgotten(segments: list[Segment]) -> None:
-    with EmbeddedBroker() as broker:
-        broker.create_topics(default_topics())
-        records = [
-            ("cam-quiet", seg.data, _headers("cam-quiet", seg.seq, seg.start_ts))
-            for seg in segments[:3]  # 0-6 s: the red triangle comes on at 4 s; no stream-end
-        ]
-        _send(broker.bootstrap, records)
-        s = streaming.settings(broker.bootstrap, stream_idle_close_s=1.5, jobs_enabled=False)
-        with worker_thread(s) as worker:
-            wait_for(lambda: worker.segments_done >= 3, 60, "the segments")
-            flags = streaming.TopicWatcher(broker.bootstrap, "clipguard.flags")
-            try:
-                wait_for(lambda: flags.count() >= 2, 30, "the idle stream's incident to close")
-                published = [FlagEvent.model_validate(r.json()) for r in flags.records()]
-            finally:
-                flags.close()
-            assert not any(s.stream_id == "cam-quiet" for s in worker.streams)
-            assert worker.segments_done == 3  # the close is no segment
-        state = read_topic(broker.bootstrap, "clipguard.state")
+def test_an_idle_stream_closes_its_incident_and_is_forgotten(
+    kafka: KafkaSpace, segments: list[Segment]
+) -> None:
+    kafka.create()
+    records = [
+        ("cam-quiet", seg.data, _headers("cam-quiet", seg.seq, seg.start_ts))
+        for seg in segments[:3]  # 0-6 s: the red triangle comes on at 4 s; no stream-end
+    ]
+    _send(kafka, records)
+    s = streaming.settings(kafka, stream_idle_close_s=1.5, jobs_enabled=False)
+    with worker_thread(s) as worker:
+        wait_for(lambda: worker.segments_done >= 3, 60, "the segments")
+        flags = streaming.TopicWatcher(kafka.bootstrap, kafka.names.flags)
+        try:
+            wait_for(lambda: flags.count() >= 2, 30, "the idle stream's incident to close")
+            published = [FlagEvent.model_validate(r.json()) for r in flags.records()]
+        finally:
+            flags.close()
+        assert not any(s.stream_id == "cam-quiet" for s in worker.streams)
+        assert worker.segments_done == 3  # the close is no segment
+    state = read_topic(kafka.bootstrap, kafka.names.state)
     assert [f.state for f in published] == ["open", "closed"]
     closed = published[1]
     assert closed.event_id == published[0].event_id
@@ -703,7 +671,9 @@ class SlowEncoder(TorchImageEncoder):
         return super().encode(frames)
 
 
-def test_a_partition_revoked_and_given_back_loses_nothing(segments: list[Segment]) -> None:
+def test_a_partition_revoked_and_given_back_loses_nothing(
+    kafka: KafkaSpace, segments: list[Segment]
+) -> None:
     # Worker one owns every partition and has segments in flight when worker two joins: the
     # rebalance revokes all of one's partitions and gives two of them straight back. The work
     # dropped at the revocation must be consumed again (kafka-python keeps the position of a
@@ -713,28 +683,27 @@ def test_a_partition_revoked_and_given_back_loses_nothing(segments: list[Segment
     by_partition = streaming.keys_by_partition([f"cam-{i}" for i in range(40)], 4)
     streams = [ids[0] for _, ids in sorted(by_partition.items())]
     per_stream = int(VIDEO_SECONDS * SAMPLE_FPS)
-    with EmbeddedBroker() as broker:
-        broker.create_topics(default_topics())
-        b = broker.bootstrap
-        _send(b, _records(streams, segments))
-        opts = {"max_batch_size": 4, "jobs_enabled": False, "session_timeout_ms": 6000}
-        one = Worker(
-            streaming.settings(b, **opts),
-            encoder=lambda model, size: SlowEncoder(model, "fp32", batch_size=size),
-        )
-        thread = threading.Thread(target=one.run, daemon=True)
-        thread.start()
-        try:
-            wait_for(lambda: one.segments_done >= 2, 60, "the first worker to be busy")
-            assert one.in_flight > 0  # work in flight when the group rebalances
-            with worker_thread(streaming.settings(b, **opts)) as two:
-                read_topic(
-                    b,
-                    "clipguard.scores",
-                    until=lambda recs: _complete(recs, streams, per_stream),
-                    timeout=120,
-                )
-                assert two.segments_done > 0  # it did take partitions over
-        finally:
-            one.stop("test finished")
-            thread.join(60)
+    kafka.create()
+    b = kafka.bootstrap
+    _send(kafka, _records(streams, segments))
+    opts = {"max_batch_size": 4, "jobs_enabled": False, "session_timeout_ms": 6000}
+    one = Worker(
+        streaming.settings(kafka, **opts),
+        encoder=lambda model, size: SlowEncoder(model, "fp32", batch_size=size),
+    )
+    thread = threading.Thread(target=one.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: one.segments_done >= 2, 60, "the first worker to be busy")
+        assert one.in_flight > 0  # work in flight when the group rebalances
+        with worker_thread(streaming.settings(kafka, **opts)) as two:
+            read_topic(
+                b,
+                kafka.names.scores,
+                until=lambda recs: _complete(recs, streams, per_stream),
+                timeout=120,
+            )
+            assert two.segments_done > 0  # it did take partitions over
+    finally:
+        one.stop("test finished")
+        thread.join(60)

@@ -50,6 +50,7 @@ from consumers.cli.common import (
 
 if TYPE_CHECKING:
     from consumers.jobs import JobOutcome
+    from consumers.settings import TopicNames
     from pipeline.decode import Sampling
     from pipeline.models.base import ImageTextModel
     from pipeline.policies import LoadedPolicies
@@ -124,22 +125,7 @@ def add_parser(subparsers: Any) -> None:
         help=f"CLIP model: a registry name or a weights file (default: {DEMO_MODEL}, the "
         "bundled demo model, which only knows synthetic shapes, colours and a few words)",
     )
-    how = scan.add_mutually_exclusive_group()
-    add_sample_fps_option(how, metavar="N", help="score N frames per second of video (default: 1)")
-    how.add_argument("--keyframes", action="store_true", help="score keyframes only")
-    how.add_argument(
-        "--scene-change",
-        type=fraction,
-        nargs="?",
-        const=-1.0,
-        metavar="T",
-        help="score the first frame and every scene change (optional threshold T in 0..1)",
-    )
-    add_fit_option(
-        scan,
-        default="pad",
-        help="how frames become the model's square input (default: %(default)s)",
-    )
+    _add_frame_options(scan)
     add(
         "--out",
         default="clipguard-scan",
@@ -184,6 +170,26 @@ def add_parser(subparsers: Any) -> None:
         old_spellings=("--kafka",),
     )
     scan.set_defaults(func=run_scan)
+
+
+def _add_frame_options(scan: argparse.ArgumentParser) -> None:
+    """Which frames are scored (one way of sampling) and how they fit the model's input."""
+    how = scan.add_mutually_exclusive_group()
+    add_sample_fps_option(how, metavar="N", help="score N frames per second of video (default: 1)")
+    how.add_argument("--keyframes", action="store_true", help="score keyframes only")
+    how.add_argument(
+        "--scene-change",
+        type=fraction,
+        nargs="?",
+        const=-1.0,
+        metavar="T",
+        help="score the first frame and every scene change (optional threshold T in 0..1)",
+    )
+    add_fit_option(
+        scan,
+        default="pad",
+        help="how frames become the model's square input (default: %(default)s)",
+    )
 
 
 # --------------------------------------------------------------------------- local scan
@@ -394,6 +400,7 @@ def _default_policies(demo: bool) -> Path:
 def _run_jobs(args: argparse.Namespace, inputs: Sequence[ScanInput]) -> int:
     """``clipguard scan --bootstrap-servers``: the inputs as scan jobs on the worker fleet."""
     from consumers.jobs import job_options
+    from consumers.settings import topic_names_from_env
     from pipeline.events import JobRequest
     from pipeline.scan.outputs import ScanFolder
 
@@ -405,6 +412,7 @@ def _run_jobs(args: argparse.Namespace, inputs: Sequence[ScanInput]) -> int:
         )
         return EXIT_USAGE
     quiet_kafka(getattr(args, "log_level", "INFO"))  # it logs every connection at INFO
+    topics = topic_names_from_env()  # a fleet with other topic names: the workers' variables
     request_options = _request_options(args)
     todo = [item for item in inputs if item.error is None]
     requests = [JobRequest(uri=item.source, **request_options) for item in todo]
@@ -418,7 +426,7 @@ def _run_jobs(args: argparse.Namespace, inputs: Sequence[ScanInput]) -> int:
         started = time.monotonic()
         outcomes: list[JobOutcome] = []
         try:
-            outcomes = _follow_jobs(args, requests)
+            outcomes = _follow_jobs(args, requests, topics)
         finally:  # interrupted too: the summary and report show what was done
             seconds = time.monotonic() - started
             summary, report, counts = _write_jobs(
@@ -440,7 +448,9 @@ def _request_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _follow_jobs(args: argparse.Namespace, requests: Sequence[Any]) -> list[JobOutcome]:
+def _follow_jobs(
+    args: argparse.Namespace, requests: Sequence[Any], topics: TopicNames
+) -> list[JobOutcome]:
     """Submit the jobs and follow them, showing progress, until each is done or failed (or
     none reported for ``--timeout`` seconds)."""
     from consumers.jobs import JobClient
@@ -469,10 +479,10 @@ def _follow_jobs(args: argparse.Namespace, requests: Sequence[Any]) -> list[JobO
             return []
         print(
             f"scan: {len(requests)} jobs to {args.bootstrap_servers}; following "
-            "clipguard.job-status",
+            f"{topics.job_status}",
             file=sys.stderr,
         )
-        return JobClient(args.bootstrap_servers).run(
+        return JobClient(args.bootstrap_servers, topics=topics).run(
             requests, timeout=args.timeout, on_status=on_status
         )
 

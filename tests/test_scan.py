@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
+import media
 import pytest
 from scanclips import SIDE, SPAM, TRIANGLE, make_library
 from scanclips import clip as _clip
@@ -560,3 +561,22 @@ def test_report_renders_in_headless_chromium(first_scan, tmp_path: Path) -> None
     order = [re.search(r"badge[^>]*>([a-z]+)<", row).group(1) for row in rows]
     assert order == ["medium", "low", "failed", "failed", "none"]
     assert "triangle.mp4" in rows[0] and "spam.mkv" in rows[1] and "clean.ts" in rows[4]
+
+
+def test_skip_b_frames_decodes_fewer_frames_and_scores_as_many(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clip = tmp_path / "in" / "bframes.mp4"
+    clip.parent.mkdir()
+    clip.write_bytes(media.encode(50, fmt="mp4", gop=12, bframes=2))
+    runs = {}
+    for flag in ((), ("--skip-b-frames",)):
+        out = tmp_path / f"out{len(flag)}"
+        code, _, err = _scan(
+            capsys, str(clip.parent), "--out", str(out), "--sample-fps", "2", *flag
+        )
+        assert code == 0, err
+        runs[bool(flag)] = _by_source(_summary(out))["bframes.mp4"]
+    assert runs[False]["frames_decoded"] == 50
+    assert runs[True]["frames_decoded"] <= 25  # the I- and P-frames
+    assert runs[True]["frames_scored"] == runs[False]["frames_scored"] == 4

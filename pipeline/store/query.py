@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
@@ -34,9 +35,9 @@ import pyarrow.fs as pafs
 from pipeline.errors import StoreError
 from pipeline.store.location import POLICY_SETS_DIR, StoredFile, StoreLocation, open_location
 from pipeline.store.policysets import MAX_SNAPSHOT_BYTES, StoredPolicySet, read_snapshot
-from pipeline.store.schema import FILE_SCHEMA
+from pipeline.store.schema import FILE_SCHEMA, embeddings_of
 
-__all__ = ["TABLE_SCHEMA", "FrameFilter", "FrameStore"]
+__all__ = ["FRAME_COLUMNS", "TABLE_SCHEMA", "FrameFilter", "FrameStore", "open_store"]
 
 #: The columns of the ``frames`` view: the file columns and the partition keys.
 TABLE_SCHEMA: Final = FILE_SCHEMA.append(pa.field("model", pa.string())).append(
@@ -45,7 +46,11 @@ TABLE_SCHEMA: Final = FILE_SCHEMA.append(pa.field("model", pa.string())).append(
 _PARTITIONING: Final = ds.partitioning(
     pa.schema([("model", pa.string()), ("date", pa.date32())]), flavor="hive"
 )
-_DICTIONARIES: Final = ("stream_id", "policy_set", "weights_sha256", "preprocess")
+#: The columns :meth:`FrameStore.frames` reads: all but the embeddings and thumbnails.
+FRAME_COLUMNS: Final = tuple(
+    name for name in TABLE_SCHEMA.names if name not in ("embedding", "thumbnail")
+)
+_DICTIONARIES: Final = ("stream_id", "policy_set", "weights_sha256", "precision", "preprocess")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +166,42 @@ class FrameStore:
         except (OSError, pa.ArrowInvalid) as e:
             raise StoreError(f"{self.location.uri}: cannot read the frames: {e}") from e
 
+    def frames(
+        self, flt: FrameFilter | None = None, columns: Sequence[str] = FRAME_COLUMNS
+    ) -> pa.Table:
+        """``columns`` of every frame ``flt`` keeps (default: all but the embeddings and
+        thumbnails), in file order; a replayed frame may appear twice (same ``frame_id``)."""
+        batches = list(self.batches(columns, flt))
+        if not batches:
+            return TABLE_SCHEMA.empty_table().select(list(columns))
+        return pa.Table.from_batches(batches)
+
+    def embeddings(self, flt: FrameFilter | None = None) -> tuple[list[str], Any]:
+        """The ids and (N, E) float16 embeddings of every frame ``flt`` keeps, deduplicated on
+        ``frame_id``. ``flt`` must name the model (embeddings of two models do not mix)."""
+        if flt is None or flt.model is None:
+            raise StoreError("embeddings are read for one model: give the filter a model")
+        table = self.frames(flt, ("frame_id", "embedding"))
+        ids = table.column("frame_id").to_pylist()
+        seen: dict[str, int] = {}
+        for i, frame in enumerate(ids):
+            seen.setdefault(frame, i)
+        keep = np.fromiter(seen.values(), dtype=np.int64, count=len(seen))
+        emb = embeddings_of(table.column("embedding"))
+        if len(keep) != len(ids):
+            emb = emb[keep]
+        return list(seen), emb
+
+    def frame_at(self, stream_id: str, seq: int, frame_index: int, tile: int = 0) -> str | None:
+        """The id of the stored frame at this place of a stream (None when not stored)."""
+        table = self.sql(
+            "SELECT frame_id FROM frames WHERE stream_id = ? AND seq = ? AND frame_index = ? "
+            "AND tile = ? LIMIT 1",
+            [stream_id, seq, frame_index, tile],
+        )
+        ids = table.column("frame_id").to_pylist()
+        return str(ids[0]) if ids else None
+
     # -- SQL ------------------------------------------------------------------------------------
 
     def connect(self, flt: FrameFilter | None = None) -> duckdb.DuckDBPyConnection:
@@ -235,6 +276,12 @@ class FrameStore:
             for f in found
             if f.base_name.endswith(".json") and not f.base_name.startswith(".")
         )
+
+
+def open_store(where: str | Path | StoreLocation) -> FrameStore:
+    """The store at ``where`` (a folder or a pyarrow URI such as ``s3://bucket/frames``),
+    opened for reading; nothing is created."""
+    return FrameStore(where)
 
 
 def _literal(text: str) -> str:

@@ -21,6 +21,7 @@ tile                int16                       tile number (fit ``tiles``), els
 segment_partition   int32                       partition of the input segment, -1 for a scan
 segment_offset      int64                       offset of the input segment, -1 for a scan
 weights_sha256      string                      fingerprint of the model's weights
+precision           string                      the image encoder's precision (fp32, int8, ...)
 preprocess          string                      how frames were fitted: ``<fit>@<resolution>``
 embedding           binary                      the L2-normalised image embedding, float16
                                                 little-endian, ``embed_dim`` values
@@ -99,6 +100,7 @@ FILE_SCHEMA: Final = pa.schema(
         pa.field("segment_partition", pa.int32(), nullable=False),
         pa.field("segment_offset", pa.int64(), nullable=False),
         pa.field("weights_sha256", pa.string(), nullable=False),
+        pa.field("precision", pa.string(), nullable=False),
         pa.field("preprocess", pa.string(), nullable=False),
         pa.field("embedding", pa.binary(), nullable=False),
         pa.field("policy_set", pa.string(), nullable=False),
@@ -124,6 +126,7 @@ class FrameInfo:
     policy_versions: Mapping[str, int]
     stream_id: str
     scored_at: float  # Unix seconds: when it was scored
+    precision: str = "fp32"  # the image encoder's
     source: str | None = None
     job_id: str | None = None
     segment_partition: int = -1
@@ -211,6 +214,7 @@ def frame_table(
         "segment_partition": pa.array([info.segment_partition] * count, pa.int32()),
         "segment_offset": pa.array([info.segment_offset] * count, pa.int64()),
         "weights_sha256": pa.array([info.weights_sha256] * count, pa.string()),
+        "precision": pa.array([info.precision] * count, pa.string()),
         "preprocess": pa.array([info.preprocess] * count, pa.string()),
         "embedding": _embedding_array(emb),
         "policy_set": pa.array([info.policy_set] * count, pa.string()),

@@ -254,6 +254,41 @@ class FrameStore:
         pictures = table.column("thumbnail").to_pylist()
         return dict(zip(ids, pictures, strict=True))
 
+    def thumbnails_at(
+        self, places: Sequence[tuple[str, int, int, int]], flt: FrameFilter | None = None
+    ) -> dict[tuple[str, int, int, int], bytes]:
+        """The stored thumbnails at these places (stream id, seq, frame index, tile)."""
+        if not places:
+            return {}
+        wanted = pa.table(
+            {
+                "w_stream": pa.array([p[0] for p in places], pa.string()),
+                "w_seq": pa.array([p[1] for p in places], pa.int64()),
+                "w_index": pa.array([p[2] for p in places], pa.int64()),
+                "w_tile": pa.array([p[3] for p in places], pa.int16()),
+            }
+        )
+        flt = flt or FrameFilter()
+        condition, params = flt.where()
+        con = self.connect(flt)
+        try:
+            con.register("wanted", wanted)
+            table = con.sql(
+                "SELECT stream_id, seq, frame_index, tile, any_value(thumbnail) AS thumbnail "  # noqa: S608 - the condition is built from fixed text
+                f"FROM frames JOIN wanted ON stream_id = w_stream AND seq = w_seq AND "
+                f"frame_index = w_index AND tile = w_tile WHERE ({condition}) AND "
+                "thumbnail IS NOT NULL GROUP BY ALL",
+                params=params,
+            ).to_arrow_table()
+        except duckdb.Error as e:
+            raise StoreError(f"{self.location.uri}: query failed: {e}") from e
+        finally:
+            con.close()
+        return {
+            (r["stream_id"], r["seq"], r["frame_index"], r["tile"]): r["thumbnail"]
+            for r in table.to_pylist()
+        }
+
     # -- policy sets --------------------------------------------------------------------------
 
     def policy_set(self, policy_set: str) -> StoredPolicySet | None:

@@ -141,13 +141,17 @@ class FrameStore:
         )
         if not files:
             return ds.dataset(TABLE_SCHEMA.empty_table())
-        return ds.dataset(
-            [f.path for f in files],
-            filesystem=self.location.fs,
-            format=fmt,
-            partitioning=_PARTITIONING,
-            partition_base_dir=self.location.root,
-        )
+        try:
+            return ds.dataset(
+                [f.path for f in files],
+                schema=TABLE_SCHEMA,  # no footer read up front; a bad file fails its scan
+                filesystem=self.location.fs,
+                format=fmt,
+                partitioning=_PARTITIONING,
+                partition_base_dir=self.location.root,
+            )
+        except (OSError, pa.ArrowInvalid) as e:
+            raise StoreError(f"{self.location.uri}: cannot open the frames: {e}") from e
 
     def batches(
         self,

@@ -358,6 +358,7 @@ def _read(
     if against is not None:
         out.sets.append(against)
     set_index: dict[str, int] = {}
+    stacked = _Stacked()
     dim = policies.compiled.matrix.shape[1]
     for batch in store.batches(_COLUMNS, flt):
         out.rows += batch.num_rows
@@ -378,7 +379,13 @@ def _read(
         place = [np.asarray(batch.column(i).to_numpy(), dtype=np.int64) for i in (2, 3, 4)]
         out.place.append(np.stack(place, axis=1))  # 3 x (B,) -> (B, 3)
         out.sizes.append(batch.num_rows)
-        scores = policies.compiled.evaluate(emb)
+        if against is not None:
+            codes = np.zeros(batch.num_rows, np.int64)
+        else:
+            codes = _set_codes(batch.column(6), set_index, out.sets, store, flt)
+        c = _cosines(emb, policies, out.sets, stacked)  # (B, rows of every set)
+        width = policies.compiled.matrix.shape[0]
+        scores = policies.compiled.evaluate_cosines(c[:, :width])
         for j, lab in enumerate(policies.compiled.labels):
             p = out.new[lab.key]
             p.score.append(scores.score[:, j])
@@ -386,24 +393,50 @@ def _read(
             p.passed.append(scores.passed[:, j])
             p.top.append(scores.top_prompt[:, j])
             p.origin.append(None)
-        if against is not None:
-            codes = np.zeros(batch.num_rows, np.int64)
-        else:
-            codes = _set_codes(batch.column(6), set_index, out.sets, store, flt)
-        _score_baseline(out, emb, codes)
+        _score_baseline(out, c, codes, stacked.offsets)
     if not out.sizes:
         raise StoreError(_nothing(store, flt, weights, out.other_weights))
     return out
 
 
-def _score_baseline(out: _Read, emb: npt.NDArray[np.float16], codes: _I64) -> None:
+@dataclass
+class _Stacked:
+    """The edited set's matrix with every baseline set's below it: one product scores a
+    batch for all of them."""
+
+    ids: tuple[str, ...] = ()
+    matrix: _F32 = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    offsets: list[int] = field(default_factory=list)  # first row of each baseline set
+
+
+def _cosines(
+    emb: npt.NDArray[np.float16], policies: PolicySet, sets: Sequence[PolicySet], st: _Stacked
+) -> _F32:
+    """(B, E) stored embeddings -> (B, rows) cosines with the stacked rows of ``policies``
+    and ``sets`` (float32; the float16 vectors re-normalised)."""
+    ids = (policies.id, *(s.id for s in sets))
+    if ids != st.ids:
+        blocks = [policies.compiled.matrix, *(s.compiled.matrix for s in sets)]
+        st.ids, st.matrix = ids, np.ascontiguousarray(np.concatenate(blocks).T)  # (E, rows)
+        st.offsets = list(np.cumsum([len(b) for b in blocks])[:-1])
+    x = emb.astype(np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))  # cheaper than np.linalg.norm
+    x /= np.maximum(norms, np.float32(1e-12))[:, None]
+    out: _F32 = x @ st.matrix
+    return out
+
+
+def _score_baseline(out: _Read, c: _F32, codes: _I64, offsets: Sequence[int]) -> None:
     """Score the last batch's rows, each with the set in force for it (``codes``: index in
-    ``out.sets``); labels a row's set lacks stay NaN and not passing."""
+    ``out.sets``; ``c`` the batch's stacked cosines); labels a row's set lacks stay NaN and
+    not passing."""
     batch, size = len(out.sizes) - 1, out.sizes[-1]
     for code in np.unique(codes):
         rows = np.flatnonzero(codes == code)
         s = out.sets[int(code)]
-        scores = s.compiled.evaluate(emb[rows])
+        first = int(offsets[int(code)])
+        block = c[:, first : first + s.compiled.matrix.shape[0]]
+        scores = s.compiled.evaluate_cosines(block if len(rows) == size else block[rows])
         for j, lab in enumerate(s.compiled.labels):
             p = out.old.setdefault(lab.key, _Parts())
             p.pad(batch + 1)

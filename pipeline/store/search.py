@@ -92,6 +92,8 @@ def search(
     best: list[pa.Table] = []
     scores: list[npt.NDArray[np.float32]] = []
     for batch in store.batches(("embedding", *_META), flt):
+        if batch.num_rows == 0:
+            continue
         emb = embeddings_of(batch.column(0))  # (B, E) float16
         if emb.shape[1] != q.shape[0]:
             raise StoreError(

@@ -15,8 +15,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from consumers.argtypes import positive_int
-from consumers.cli.common import add_command, add_group, load_model, plural
+from consumers.argtypes import positive_float, positive_int
+from consumers.cli.common import (
+    DEFAULT_BOOTSTRAP,
+    add_bootstrap_servers,
+    add_command,
+    add_group,
+    load_model,
+    plural,
+    quiet_kafka,
+)
 
 if TYPE_CHECKING:
     from pipeline.models.base import ImageTextModel
@@ -70,7 +78,7 @@ def _add_range(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: Any) -> None:
-    """Add ``clipguard store {search,stats,prune,delete}``."""
+    """Add ``clipguard store {search,stats,prune,delete,sink}``."""
     _, commands = add_group(
         subparsers,
         "store",
@@ -128,6 +136,38 @@ def add_parser(subparsers: Any) -> None:
     delete.add_argument("--stream", action="append", default=[], metavar="ID")
     delete.add_argument("--source", action="append", default=[], metavar="PATH|URL")
     delete.set_defaults(func=_delete)
+
+    sink = add_command(
+        commands,
+        "sink",
+        help="write the workers' embeddings topic to the store",
+        description="A consumer group member that reads clipguard.embeddings (workers with "
+        "store_embeddings on publish it) and writes Parquet files named after partition and "
+        "offset ranges, committing offsets only once a file is in place. Run more to share "
+        "the partitions; SIGTERM flushes, commits and exits.",
+    )
+    _add_store(sink)
+    add_bootstrap_servers(
+        sink, metavar="HOST:PORT[,...]", default=DEFAULT_BOOTSTRAP, help="Kafka brokers"
+    )
+    sink.add_argument("--topic", default="clipguard.embeddings")
+    sink.add_argument("--group-id", default="clipguard-store-sink")
+    sink.add_argument(
+        "--batch-rows",
+        type=positive_int,
+        default=50_000,
+        metavar="N",
+        help="write when this many frames are buffered (default: %(default)s)",
+    )
+    sink.add_argument(
+        "--max-wait",
+        type=positive_float,
+        default=10.0,
+        metavar="S",
+        help="... or when the oldest buffered frame is this old (default: %(default)s)",
+    )
+    sink.add_argument("--idle-exit", type=positive_float, metavar="S", help=argparse.SUPPRESS)
+    sink.set_defaults(func=_sink)
 
 
 def add_backtest_parser(commands: Any) -> None:
@@ -287,6 +327,32 @@ def _prune(args: argparse.Namespace) -> int:
 
     removed = prune(_open(args), args.before)
     print(f"prune: removed {plural(len(removed), 'file')} of days before {args.before}")
+    return 0
+
+
+def _sink(args: argparse.Namespace) -> int:
+    import signal
+
+    from consumers.sink import StoreSink
+    from pipeline.store import StoreWriter
+
+    quiet_kafka(args.log_level)
+    sink = StoreSink(
+        StoreWriter(args.store),
+        bootstrap_servers=args.bootstrap_servers,
+        topic=args.topic,
+        group_id=args.group_id,
+        batch_rows=args.batch_rows,
+        max_wait_s=args.max_wait,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sink.stop())
+    print(f"sink: {args.topic} -> {args.store} (group {args.group_id})", flush=True)
+    s = sink.run(idle_s=args.idle_exit)
+    print(
+        f"sink: {s.records} records, {s.frames} frames in {s.files} files, "
+        f"{s.snapshots} policy sets, {s.skipped} skipped, {s.commits} commits",
+        flush=True,
+    )
     return 0
 
 

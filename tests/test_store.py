@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -498,3 +499,38 @@ def test_bad_records_and_files_are_refused(tmp_path: Path) -> None:
     bad.write_bytes(b"PAR1 not really")
     with pytest.raises(StoreError):
         open_store(tmp_path).frames(FrameFilter(model="m"))
+
+
+def test_the_record_layout_document_lists_every_column() -> None:
+    from pipeline.store import RECORD_SCHEMA
+
+    doc = (ROOT / "schemas" / "embeddings.md").read_text()
+    documented = re.findall(r"^\| `(\w+)` \|", doc, flags=re.MULTILINE)
+    assert documented == RECORD_SCHEMA.names
+
+
+def test_frames_records_round_trip_and_bad_ones_are_refused(model) -> None:
+    from pipeline.store.records import frames_value, read_frames_value
+
+    info = FrameInfo(
+        model=model.name,
+        weights_sha256="a" * 64,
+        preprocess="pad@64",
+        policy_set="s" * 16,
+        policy_versions={"p": 1},
+        stream_id="cam",
+        scored_at=1.7e9,
+    )
+    refs = [FrameRef(seq=0, frame_index=i, ts=float(i)) for i in range(3)]
+    table = frame_table(info, refs, np.eye(3, 8, dtype=np.float32), [b"jpg"] * 3)
+    data = frames_value(table)
+    assert read_frames_value(data).equals(table)
+    for broken in (b"", b"garbage" * 10, data[: len(data) // 2], b"\x00" * (33 * 1024 * 1024)):
+        with pytest.raises(StoreError):
+            read_frames_value(broken)
+    other = pa.table({"x": [1]})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, other.schema) as w:
+        w.write_table(other)
+    with pytest.raises(StoreError, match="schema"):
+        read_frames_value(sink.getvalue().to_pybytes())

@@ -108,7 +108,7 @@ class StoreSink:
 
     def run(self, *, timeout: float | None = None, idle_s: float | None = None) -> SinkStats:
         """Consume until :meth:`stop`, ``timeout`` seconds, or ``idle_s`` seconds without a
-        record (then flush); the stats."""
+        record while owning partitions (then flush); the stats."""
         self._consumer.subscribe([self.topic])
         started = last_record = time.monotonic()
         try:
@@ -119,6 +119,8 @@ class StoreSink:
                 if idle_s is not None and now - last_record > idle_s:
                     break
                 polled = self._consumer.poll(timeout_ms=200)
+                if not self._consumer.assignment():
+                    last_record = time.monotonic()  # idle only counts once partitions are ours
                 self._drop_revoked()
                 for tp, records in polled.items():
                     last_record = time.monotonic()

@@ -163,3 +163,35 @@ def test_a_backtest_with_the_workers_policies_finds_exactly_its_incidents(run: R
     assert not result.added and not result.removed and not result.changed
     assert result.frames == len({(s["stream_id"], s["ts"]) for s in run.scores})
     assert json.loads(json.dumps(result.to_json()))["summary"]["added"] == 0
+
+
+def test_publish_sends_the_incidents_as_retro_flags_with_the_live_event_ids(
+    run: Run, tmp_path: Path
+) -> None:
+    argv = [
+        str(CLIPGUARD),
+        "--log-level",
+        "ERROR",
+        "policy",
+        "backtest",
+        str(ROOT / "policies" / "demo"),
+        "--store",
+        str(run.store),
+        "--out",
+        str(tmp_path),
+        "--publish",
+        "--bootstrap-servers",
+        run.bootstrap,
+    ]
+    for _ in range(2):  # published twice: the same event ids again
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        assert "published 2 retro flag events" in done.stdout
+    flags = [r.json() for r in read_topic(run.bootstrap, "clipguard.flags")]
+    retro = [f for f in flags if f["retro"]]
+    live = {f["event_id"]: f for f in flags if not f["retro"] and f["state"] == "closed"}
+    assert len(retro) == 4 and {f["event_id"] for f in retro} == set(live)
+    for f in retro:
+        same = live[f["event_id"]]
+        assert f["state"] == "closed" and f["policy_version"] == same["policy_version"]
+        assert (f["start_ts"], f["end_ts"]) == (same["start_ts"], same["end_ts"])

@@ -190,6 +190,19 @@ def add_backtest_parser(commands: Any) -> None:
         "--against", nargs="+", metavar="PATH", help="compare with these policies instead"
     )
     backtest.add_argument("--out", default="clipguard-backtest", metavar="DIR")
+    backtest.add_argument(
+        "--publish",
+        action="store_true",
+        help="send the incidents found (enforce mode) to the flags topic as closed flag events "
+        "marked retro: true, with the live event ids (a replay duplicates nothing)",
+    )
+    add_bootstrap_servers(
+        backtest,
+        metavar="HOST:PORT[,...]",
+        default=DEFAULT_BOOTSTRAP,
+        help="Kafka brokers, for --publish (default: %(default)s)",
+    )
+    backtest.add_argument("--flags-topic", default="clipguard.flags", help=argparse.SUPPRESS)
     backtest.set_defaults(func=_backtest)
 
 
@@ -260,6 +273,9 @@ def _backtest(args: argparse.Namespace) -> int:
         f"backtest: {plural(result.frames, 'frame')} of {plural(len(result.streams), 'stream')}"
         f" in {result.seconds:.2f} s; {out / 'backtest.json'}, {out / 'report.html'}"
     )
+    if args.publish:
+        sent = _publish(args, result)
+        print(f"published {plural(sent, 'retro flag event')} to {args.flags_topic}")
     if result.other_weights:
         print(
             f"note: {plural(result.other_weights, 'stored frame')} of {model.name} scored with "
@@ -267,6 +283,37 @@ def _backtest(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _publish(args: argparse.Namespace, result: Any) -> int:
+    """Send the result's retro flag events; every one acknowledged, or a ClipguardError."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    from pipeline.errors import StoreError
+    from pipeline.store.retro import retro_events
+
+    quiet_kafka(args.log_level)
+    events = retro_events(result)
+    try:
+        producer = KafkaProducer(
+            bootstrap_servers=args.bootstrap_servers.split(","), acks="all", retries=5
+        )
+    except KafkaError as e:
+        raise StoreError(f"cannot reach Kafka at {args.bootstrap_servers}: {e}") from e
+    try:
+        futures = [
+            producer.send(args.flags_topic, key=e.stream_id.encode(), value=e.to_json())
+            for e in events
+        ]
+        producer.flush(timeout=60)
+        for f in futures:
+            f.get(timeout=60)
+    except KafkaError as e:
+        raise StoreError(f"publishing retro flag events failed: {e}") from e
+    finally:
+        producer.close(timeout=10)
+    return len(events)
 
 
 def _search(args: argparse.Namespace) -> int:

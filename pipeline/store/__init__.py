@@ -30,6 +30,7 @@ Backtesting a policy edit (:mod:`pipeline.store.backtest`)::
                       weights_sha256=model.fingerprint(), flt=flt, against=None)
     result.added, result.removed, result.changed     # incidents, per label in result.labels
     result.to_json()                                 # the report's data
+    retro_events(result)                             # FlagEvents, retro: true, live ids
 
 Searching (:mod:`pipeline.store.search`)::
 
@@ -51,6 +52,7 @@ from pipeline.store.location import StoredFile, StoreLocation, open_location
 from pipeline.store.policysets import StoredPolicySet, read_snapshot, snapshot_bytes
 from pipeline.store.query import FrameFilter, FrameStore, open_store
 from pipeline.store.recorder import FrameRecorder, scan_file_name
+from pipeline.store.retro import retro_events
 from pipeline.store.schema import FILE_SCHEMA, RECORD_SCHEMA, FrameInfo, frame_id, frame_table
 from pipeline.store.search import SearchHit, search
 from pipeline.store.thumbnails import THUMBNAIL_SIZE
@@ -81,6 +83,7 @@ __all__ = [
     "open_store",
     "prune",
     "read_snapshot",
+    "retro_events",
     "scan_file_name",
     "search",
     "snapshot_bytes",

@@ -534,3 +534,42 @@ def test_frames_records_round_trip_and_bad_ones_are_refused(model) -> None:
         w.write_table(other)
     with pytest.raises(StoreError, match="schema"):
         read_frames_value(sink.getvalue().to_pybytes())
+
+
+def test_exported_names() -> None:
+    """The store's public API, which the studio and the commands use: pinned."""
+    import pipeline.store as store
+
+    assert set(store.__all__) == {
+        "FILE_SCHEMA",
+        "RECORD_SCHEMA",
+        "THUMBNAIL_SIZE",
+        "BacktestResult",
+        "FrameFilter",
+        "FrameInfo",
+        "FrameRecorder",
+        "FrameStore",
+        "Incident",
+        "LabelDiff",
+        "SearchHit",
+        "StoreLocation",
+        "StoreStats",
+        "StoreWriter",
+        "StoredFile",
+        "StoredPolicySet",
+        "backtest",
+        "delete_streams",
+        "frame_id",
+        "frame_table",
+        "open_location",
+        "open_store",
+        "prune",
+        "read_snapshot",
+        "retro_events",
+        "scan_file_name",
+        "search",
+        "snapshot_bytes",
+        "stats",
+    }
+    for name in store.__all__:
+        assert hasattr(store, name), name

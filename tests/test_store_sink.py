@@ -195,3 +195,30 @@ def test_publish_sends_the_incidents_as_retro_flags_with_the_live_event_ids(
         same = live[f["event_id"]]
         assert f["state"] == "closed" and f["policy_version"] == same["policy_version"]
         assert (f["start_ts"], f["end_ts"]) == (same["start_ts"], same["end_ts"])
+
+
+def test_a_bad_record_is_skipped_and_a_second_group_reads_everything(
+    run: Run, tmp_path: Path
+) -> None:
+    from kafka import KafkaProducer
+
+    from consumers.sink import StoreSink, file_name
+    from pipeline.store import StoreWriter
+
+    producer = KafkaProducer(bootstrap_servers=run.bootstrap)
+    producer.send(
+        "clipguard.embeddings", b"garbage", key=b"cam-x", headers=[(KIND_HEADER, b"frames")]
+    ).get(30)
+    producer.close()
+    sink = StoreSink(
+        StoreWriter(tmp_path / "store"),
+        bootstrap_servers=run.bootstrap,
+        group_id="another-sink",
+        batch_rows=1000,
+        max_wait_s=0.5,
+    )
+    stats = sink.run(idle_s=3.0, timeout=90)
+    assert stats.skipped == 1 and stats.frames == len(run.scores) and stats.snapshots == 1
+    names = {f.stem for f in _files(tmp_path / "store")}
+    assert all(n.startswith(("p0000-", "p0001-")) for n in names)
+    assert file_name(3, 1200, 1279) == "p0003-00000000000000001200-00000000000000001279"

@@ -204,8 +204,8 @@ def demo_scores(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, n
     per-label scores and passes (the labels of policies/demo)."""
     from pipeline.decode import DecodeOptions, Sampling, decode_uri
     from pipeline.demo.video import demo_shots, write_video
-    from pipeline.encoder import Encoder
     from pipeline.models import load_model
+    from pipeline.models.encoders import reference_encoder
     from pipeline.policies import load_policies
     from pipeline.policies.compile import PolicyCompiler
 
@@ -218,7 +218,7 @@ def demo_scores(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, n
     result = decode_uri(
         video, DecodeOptions(model.input_resolution, sampling=Sampling(mode="fps", fps=10))
     )
-    embeddings = Encoder(model).encode([f.image for f in result.frames]).numpy()
+    embeddings = reference_encoder(model).encode([f.image for f in result.frames])
     scores = policies.compiled.evaluate(embeddings)
     ts = np.asarray([f.t for f in result.frames])
     return ts, scores, list(policies.compiled.labels)

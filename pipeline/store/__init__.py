@@ -20,6 +20,7 @@ Reading (the API the studio and the commands use)::
                                                      # embeddings and thumbnails
     ids, emb = store.embeddings(flt)                 # frame ids, (N, E) float16
     store.thumbnails(["<frame id>", ...])            # frame id -> JPEG bytes
+    store.thumbnails_at([("cam-7", seq, frame_index, tile)])   # place -> JPEG bytes
     store.sql("SELECT stream_id, count(*) FROM frames WHERE {where} GROUP BY 1", flt=flt)
     store.policy_set("<policy set id>")              # StoredPolicySet (snapshot) or None
 

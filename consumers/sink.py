@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import pyarrow as pa
 from kafka import KafkaConsumer
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from pipeline.errors import StoreError
@@ -176,9 +177,14 @@ class StoreSink:
                 self.stats.frames += table.num_rows
             offsets[tp] = OffsetAndMetadata(buffer.last + 1, "", -1)
             self._buffers[tp] = _Buffer()
-        if offsets:
+        if not offsets:
+            return
+        try:
             self._consumer.commit(offsets)  # only once the files are durably in place
-            self.stats.commits += 1
+        except KafkaError as e:  # e.g. a rebalance took the partitions: their next owner
+            _log.warning("commit failed, the records will be read again: %s", e)  # rereads
+            return
+        self.stats.commits += 1
 
     def _drop_revoked(self) -> None:
         owned = self._consumer.assignment()

@@ -52,7 +52,7 @@ from pipeline.models.encoders import load_encoder  # noqa: E402
 FPS = 25
 
 
-def _settings(bootstrap: str, mode: str) -> WorkerSettings:
+def _settings(bootstrap: str, mode: str, *, embeddings: bool = False) -> WorkerSettings:
     return load_settings(
         overrides={
             "bootstrap_servers": bootstrap,
@@ -60,6 +60,7 @@ def _settings(bootstrap: str, mode: str) -> WorkerSettings:
             "policies": [str(ROOT / "policies" / "demo")],
             "sampling.mode": mode,
             "max_inflight_segments": 16,
+            "store_embeddings": embeddings,
         }
     )
 
@@ -120,7 +121,9 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def end_to_end(segments: list[Segment], mode: str, streams: int) -> tuple[float, dict[str, float]]:
+def end_to_end(
+    segments: list[Segment], mode: str, streams: int, *, embeddings: bool = False
+) -> tuple[float, dict[str, float]]:
     """Input video frames/s through a worker, from a backlog of ``streams`` copies, and the CPU
     seconds each part used meanwhile (decode processes, the worker process, the broker)."""
     threads = torch.get_num_threads()
@@ -138,7 +141,7 @@ def end_to_end(segments: list[Segment], mode: str, streams: int) -> tuple[float,
                 )
         producer.flush()
         producer.close()
-        settings = _settings(broker.bootstrap, mode)
+        settings = _settings(broker.bootstrap, mode, embeddings=embeddings)
         torch.set_num_threads(encoder_threads(settings))  # as `clipguard worker` does
         worker = Worker(settings)
         thread = threading.Thread(target=worker.run, daemon=True)
@@ -221,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the video")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--streams", type=int, default=4, help="streams at once")
+    parser.add_argument(
+        "--embeddings-only",
+        action="store_true",
+        help="only the end-to-end ratio with frame embeddings published to the store topic",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     data = bench_decode.video(720, args.seconds, FPS)
@@ -234,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(segments)} segments x {args.streams} streams, model {model.name} "
         f"({model.input_resolution}px), medians of {args.repeats}"
     )
+    if args.embeddings_only:
+        return _embeddings_ratio(segments, args.streams, args.repeats)
     for mode in ("fps", "all"):
         s = _settings("127.0.0.1:9092", mode)
         encoder = load_encoder(model, batch_size=s.max_batch_size)
@@ -276,6 +286,20 @@ def main(argv: list[str] | None = None) -> int:
             f"  produced -> outputs acknowledged: p50 {_pct(produced, 0.5) * 1000:.0f} ms, "
             f"p99 {_pct(produced, 0.99) * 1000:.0f} ms"
         )
+    _embeddings_ratio(segments, args.streams, args.repeats)
+    return 0
+
+
+def _embeddings_ratio(segments: list[Segment], streams: int, repeats: int) -> int:
+    """End to end (sampling 2 frames/s) with and without every scored frame's embedding and
+    thumbnail published to clipguard.embeddings, runs interleaved; the ratio of medians."""
+    off, on = [], []
+    for _ in range(repeats):
+        off.append(end_to_end(segments, "fps", streams)[0])
+        on.append(end_to_end(segments, "fps", streams, embeddings=True)[0])
+    a, b = statistics.median(off), statistics.median(on)
+    print("\nframe store records (store_embeddings), sampling 2 frames/s, input frames/s:")
+    print(f"  off {a:8.1f}   on {b:8.1f}   on / off: {b / a:.2f} (goal 0.95)")
     return 0
 
 

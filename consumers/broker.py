@@ -55,6 +55,7 @@ DEFAULT_TOPICS: Final[Mapping[str, int]] = MappingProxyType(
         "clipguard.dlq": 1,
         "clipguard.jobs": 1,
         "clipguard.job-status": 1,
+        "clipguard.embeddings": 1,
         STATE_TOPIC: 4,
     }
 )

@@ -121,8 +121,15 @@ class TopicNames(_Section):
         default="clipguard.job-status",
         description="Output topic of scan job status events (accepted, progress, done, failed).",
     )
+    embeddings: str = Field(
+        default="clipguard.embeddings",
+        description="Output topic of scored frames' embeddings and thumbnails, for the frame "
+        "store (when store_embeddings is on; `clipguard store sink` writes it to Parquet).",
+    )
 
-    @field_validator("segments", "scores", "flags", "dlq", "state", "jobs", "job_status")
+    @field_validator(
+        "segments", "scores", "flags", "dlq", "state", "jobs", "job_status", "embeddings"
+    )
     @classmethod
     def _valid_topic(cls, value: str) -> str:
         if not _TOPIC_NAME.fullmatch(value) or value in {".", ".."}:
@@ -335,6 +342,16 @@ class WorkerSettings(BaseSettings):
         allow_inf_nan=False,
         description="Close the open incidents of a stream that sent nothing for this long and "
         "forget it (a stream that stops without stream-end); 0: never.",
+    )
+    store_embeddings: bool = Field(
+        default=False,
+        description="Publish every scored frame's embedding (float16) and policy set to the "
+        "embeddings topic, one Arrow record per segment, for the frame store's sink.",
+    )
+    store_thumbnails: bool = Field(
+        default=True,
+        description="With store_embeddings: include a JPEG thumbnail (at most 128 px) of each "
+        "frame. Thumbnails show what was flagged: see the README on who may read a store.",
     )
     checkpoint_state: bool = Field(
         default=True,

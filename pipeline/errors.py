@@ -6,6 +6,7 @@ builtin fits, from that builtin too, so callers can catch either::
     ClipguardError
     ├── ConfigError(ClipguardError, ValueError)       bad settings or arguments
     ├── PolicyError(ClipguardError, ValueError)       a policy file is invalid (file:line:col)
+    ├── StoreError(ClipguardError, ValueError)        a frame store, its files or records are bad
     ├── DecodeError(ClipguardError, ValueError)       an input could not be turned into frames
     │   ├── InvalidMedia(DecodeError)                 not valid media of the declared type
     │   ├── UnsupportedMedia(DecodeError)             valid, but not something clipguard decodes
@@ -42,6 +43,7 @@ __all__ = [
     "ModelError",
     "PolicyError",
     "StateDictMismatch",
+    "StoreError",
     "TokenizerError",
     "UnsupportedMedia",
     "WeightsFormatError",
@@ -59,6 +61,11 @@ class ConfigError(ClipguardError, ValueError):
 
 class PolicyError(ClipguardError, ValueError):
     """A policy file cannot be read or is invalid; the message names file, line and column."""
+
+
+class StoreError(ClipguardError, ValueError):
+    """A frame store cannot be used as asked: an unreadable or malformed file or record, a
+    store written by another model than the one asked for, a refused backtest."""
 
 
 class DecodeError(ClipguardError, ValueError):

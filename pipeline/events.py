@@ -119,6 +119,11 @@ class FlagEvent(_Record):
     model: str
     source: str | None = Field(None, description="file or URL, for batch scans")
     job_id: str | None = Field(None, description="the scan job, for scans run as Kafka jobs")
+    retro: bool = Field(
+        False,
+        description="found afterwards in stored frames by a policy version (policy backtest "
+        "--publish), not live; the same event id as the live event of the same incident",
+    )
 
 
 class JobRequest(_Record):

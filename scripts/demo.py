@@ -7,7 +7,10 @@
 3. produces it to clipguard.segments as MPEG-TS segments, as a live ingest edge would;
 4. runs a stream worker (the bundled demo model, policies/demo) until the stream is drained;
 5. prints the flag events beside the ground truth, writes every output record to
-   demo-output/, and stops everything it started.
+   demo-output/, and stops everything it started;
+6. keeps every scored frame (embedding and thumbnail) in a frame store under
+   demo-output/store/ (the worker's embeddings topic, written by the store sink) and backtests
+   the demo policies, and a lowered threshold, on it.
 
     python scripts/demo.py [--out demo-output] [--keep-running]
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import signal
 import sys
 import threading
@@ -58,6 +62,69 @@ def _read(bootstrap: str, topic: str) -> list[dict[str, object]]:
         consumer.close(autocommit=False)
 
 
+def _sink(bootstrap: str, where: Path) -> int:
+    """Write the embeddings topic into the store at ``where`` (a fresh one); frames written."""
+    from consumers.sink import StoreSink
+    from pipeline.store import StoreWriter
+
+    if where.exists():
+        shutil.rmtree(where)
+    sink = StoreSink(StoreWriter(where), bootstrap_servers=bootstrap, max_wait_s=1.0)
+    return sink.run(idle_s=5.0, timeout=120).frames
+
+
+def _backtest(where: Path, frames: int, flags: list[dict[str, object]]) -> bool:
+    """Backtest the demo policies on the store (the worker's incidents again) and a lowered
+    threshold; whether the first found exactly the worker's incidents."""
+    import yaml
+
+    from pipeline.models import load_clip
+    from pipeline.policies import load_policies
+    from pipeline.policies.compile import PolicyCompiler
+    from pipeline.store import backtest, open_store
+
+    model = load_clip(DEMO_MODEL)
+    compiler = PolicyCompiler(model)
+    store = open_store(where)
+    print(f"\n6. frame store: {frames} frames with thumbnails in {where}/ (Parquet)")
+    same = backtest(
+        compiler.compile(load_policies([ROOT / "policies" / "demo"])),
+        store,
+        model=model.name,
+        weights_sha256=model.fingerprint(),
+    )
+    published = {f["event_id"] for f in flags if f["state"] == "closed"}
+    found = {i.event_id for i in same.incidents}
+    print(
+        f"   backtest of policies/demo: {len(found)} incidents in {same.seconds:.2f} s, "
+        f"{'the same as the worker published' if found == published else 'NOT the same'}"
+    )
+    edited = where.parent / "edited-policies"
+    shutil.copytree(ROOT / "policies" / "demo", edited, dirs_exist_ok=True)
+    path = edited / "red-triangle.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["labels"][0]["threshold"], doc["version"] = 0.3, 2
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    lowered = backtest(
+        compiler.compile(load_policies([edited])),
+        store,
+        model=model.name,
+        weights_sha256=model.fingerprint(),
+    )
+    d = lowered.labels["red-triangle/red-triangle"]
+    print(
+        f"   red-triangle threshold 0.55 -> 0.3: {d.incidents} incidents (before "
+        f"{d.baseline_incidents}): +{len(d.added)} added, -{len(d.removed)} removed, "
+        f"{len(d.changed)} changed"
+    )
+    print(
+        f"   try: clipguard policy backtest {edited} --store {where}\n"
+        f'        clipguard store search "a red triangle" --store {where} --out {where.parent}'
+        "/search"
+    )
+    return found == published
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="demo-output", help="folder for the video and records")
@@ -93,6 +160,7 @@ def main() -> int:
                 "model": DEMO_MODEL,
                 "policies": [str(ROOT / "policies" / "demo")],
                 "metrics_port": 0,
+                "store_embeddings": True,
             }
         )
         worker = Worker(settings)
@@ -126,6 +194,7 @@ def main() -> int:
         worker.stop("demo finished")
         thread.join(60)
         records = {topic: _read(broker.bootstrap, topic) for topic in TOPICS}
+        stored = _sink(broker.bootstrap, out / "store")
 
     scores, flags, dead = (records[t] for t in TOPICS)
     print(
@@ -170,6 +239,7 @@ def main() -> int:
         path = out / f"{name}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in records[topic]))
     print(f"\n   records written to {out}/scores.jsonl, flags.jsonl, dlq.jsonl")
+    matched &= _backtest(out / "store", stored, flags)
     took = time.monotonic() - started
     print(f"   the broker and worker are stopped; the whole demo took {took:.0f} s")
     print(

@@ -457,7 +457,12 @@ def test_exported_names() -> None:
         "discover",
         "file_sha256",
     }
-    assert set(pipeline.scan.report.__all__) == {"SEVERITY_RANK", "render_report", "write_report"}
+    assert set(pipeline.scan.report.__all__) == {
+        "REPORT_STYLE",
+        "SEVERITY_RANK",
+        "render_report",
+        "write_report",
+    }
     assert set(pipeline.scan.outputs.__all__) == {
         "STATE_DIR",
         "SUMMARY_FORMAT",

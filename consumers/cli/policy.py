@@ -1,4 +1,4 @@
-"""``clipguard policy {lint,compile,test,explain,calibrate}``: tools for writing moderation
+"""``clipguard policy {lint,compile,test,explain,calibrate,backtest}``: tools for writing moderation
 policies. Every command but ``lint`` scores with ``--model``."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from consumers.cli import store
 from consumers.cli.common import (
     DEMO_MODEL,
     PROG,
@@ -49,11 +50,11 @@ clipguard-demo, which only knows synthetic shapes, colours and a few printed wor
 
 
 def add_parser(subparsers: Any) -> None:
-    """Add ``clipguard policy {lint,compile,test,explain,calibrate}``."""
+    """Add ``clipguard policy {lint,compile,test,explain,calibrate,backtest}``."""
     _, commands = add_group(
         subparsers,
         "policy",
-        help="lint, compile, test, explain and calibrate moderation policies",
+        help="lint, compile, test, explain, calibrate and backtest moderation policies",
         description="Tools for writing moderation policies (YAML files, one policy a file): "
         "validate them, compile them for a model, run their regression examples, see why a "
         "picture is flagged or not, and calibrate thresholds on labelled images.",
@@ -119,6 +120,7 @@ def add_parser(subparsers: Any) -> None:
     explain.set_defaults(func=_explain)
 
     _add_calibrate_parser(commands)
+    store.add_backtest_parser(commands)
 
 
 def _add_calibrate_parser(commands: Any) -> None:

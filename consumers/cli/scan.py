@@ -51,12 +51,16 @@ from consumers.cli.common import (
 if TYPE_CHECKING:
     from consumers.jobs import JobOutcome
     from consumers.settings import TopicNames
-    from pipeline.decode import Sampling
+    from pipeline.decode import Frame, Sampling
     from pipeline.models.base import ImageTextModel
+    from pipeline.models.encoders import ImageEncoder
     from pipeline.policies import LoadedPolicies
+    from pipeline.policies.judge import FrameRef
     from pipeline.policies.snapshot import PolicySet
     from pipeline.scan import FileScan, ScanInput, ScanOptions
     from pipeline.scan.outputs import ScanFolder, ScanPlan
+    from pipeline.scan.scanner import FramesHook
+    from pipeline.store import FrameRecorder
 
 __all__ = ["add_parser", "run_scan"]
 
@@ -133,6 +137,17 @@ def add_parser(subparsers: Any) -> None:
         help="output folder (default: %(default)s)",
     )
     add("--force", action="store_true", help="rescan inputs already scanned in --out")
+    add(
+        "--store",
+        metavar="DIR",
+        help="also keep every scored frame (embedding, thumbnail) in this frame store: a "
+        "folder or a pyarrow URI such as s3://bucket/frames (see clipguard store)",
+    )
+    add(
+        "--no-thumbnails",
+        action="store_true",
+        help="with --store: keep no thumbnails (they show what was flagged)",
+    )
     add(
         "--decoders",
         type=positive_int,
@@ -339,9 +354,18 @@ def _scan_todo(
     from pipeline.scan.outputs import scan_entry
 
     encoder = load_encoder(model, precision=args.precision, batch_size=args.batch_size)
+    recorder = _recorder(args, encoder, model, policies, options)
     with DecodePool(args.decoders) as pool, _Progress(len(plan.todo)) as progress:
-        scanner = Scanner(encoder, policies, pool=pool, options=options)
+        scanner = Scanner(
+            encoder,
+            policies,
+            pool=pool,
+            options=options,
+            on_frames=None if recorder is None else _recording(recorder),
+        )
         for result in scanner.scan(list(plan.todo)):
+            if recorder is not None:
+                recorder.flush(result.source)
             key, sha = plan.todo[result.source]
             entry = scan_entry(result, key, sha, model.name, policies.id)
             for flag in entry["flags"]:
@@ -353,6 +377,39 @@ def _scan_todo(
             counts.frames += result.frames_scored
             counts.incidents += len(result.incidents)
             progress.done(result)
+
+
+def _recorder(
+    args: argparse.Namespace,
+    encoder: ImageEncoder,
+    model: ImageTextModel,
+    policies: PolicySet,
+    options: ScanOptions,
+) -> FrameRecorder | None:
+    """The frame store recorder ``--store`` asks for."""
+    if not args.store:
+        return None
+    from pipeline.store import THUMBNAIL_SIZE, FrameRecorder
+
+    return FrameRecorder(
+        args.store,
+        encoder=encoder.info(),
+        model=model.name,
+        fit=options.fit,
+        resolution=encoder.input_resolution,
+        policies=policies,
+        thumbnail_size=0 if args.no_thumbnails else THUMBNAIL_SIZE,
+    )
+
+
+def _recording(recorder: FrameRecorder) -> FramesHook:
+    def on_frames(
+        source: str, frames: Sequence[Frame], refs: Sequence[FrameRef], embeddings: Any
+    ) -> None:
+        images = [f.image for f in frames]
+        recorder.add(source, refs, embeddings, images, source=source)
+
+    return on_frames
 
 
 def _conclude(

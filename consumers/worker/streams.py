@@ -30,6 +30,7 @@ from kafka.structs import TopicPartition
 
 from consumers.settings import TopicNames
 from consumers.worker.checkpoints import Checkpoint, encode_checkpoint, restore_checkpoint
+from consumers.worker.embeddings import EmbeddingsOut
 from consumers.worker.outbox import Output
 from consumers.worker.segments import Segment
 from pipeline.errors import ConfigError
@@ -94,9 +95,16 @@ class Streams:
     ``max_request_size``: a dead letter whose value would not fit is sent without it."""
 
     def __init__(
-        self, judge: Judge, topics: TopicNames, *, checkpoints: bool, max_request_size: int
+        self,
+        judge: Judge,
+        topics: TopicNames,
+        *,
+        checkpoints: bool,
+        max_request_size: int,
+        embeddings: EmbeddingsOut | None = None,
     ) -> None:
         self.judge = judge
+        self.embeddings = embeddings
         self.topics = topics
         self.checkpoints = checkpoints
         self.max_request_size = max_request_size
@@ -211,6 +219,11 @@ class Streams:
         closing.extend(out)
         if seg.end:
             closing.extend(self.judge.finish(stream.state, policies, facts=stream.facts))
+        stored = (
+            []
+            if self.embeddings is None
+            else self.embeddings.outputs(seg, stream.stream_id, policies)
+        )
         seg.release()
         for f in closing.flags:
             _log.info(
@@ -222,7 +235,8 @@ class Streams:
                 f.peak_score,
                 extra=seg.log(),
             )
-        verdict = self._verdict(seg, closing, stream, state="tombstone" if seg.end else "state")
+        state: _State = "tombstone" if seg.end else "state"
+        verdict = self._verdict(seg, closing, stream, state=state, last=stored)
         if seg.end:
             self._end(stream, policies)
         return verdict
@@ -269,11 +283,13 @@ class Streams:
         *,
         state: _State,
         first: list[Output] | None = None,
+        last: list[Output] | None = None,
     ) -> Verdict:
         key = stream.stream_id.encode()
         outputs = list(first or [])
         outputs += [Output(self.topics.scores, key, r.to_json()) for r in out.scores]
         outputs += [Output(self.topics.flags, key, f.to_json()) for f in out.flags]
+        outputs += last or []
         checkpoint = None
         if self.checkpoints and state != "none":
             value = self._state_of(stream, seg) if state == "state" else None

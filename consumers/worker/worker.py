@@ -57,6 +57,7 @@ from consumers.settings import WorkerSettings
 from consumers.worker.batching import BatchEncoder, EncodeWork
 from consumers.worker.checkpoints import Checkpoint, read_checkpoints
 from consumers.worker.decoding import SegmentDecoder
+from consumers.worker.embeddings import EmbeddingsOut
 from consumers.worker.events import Acked, DecodeFailed, Encoded, EncodeFailed, Event
 from consumers.worker.offsets import OffsetLedger
 from consumers.worker.outbox import Outbox, Output
@@ -207,6 +208,26 @@ class Worker:
             ) from e
         _log.info("metrics on %s/metrics (health: /healthz, /readyz)", self._server.url)
 
+    def _embeddings_out(self) -> EmbeddingsOut | None:
+        """The frame store records' builder, when ``store_embeddings`` is on."""
+        s = self.settings
+        if not s.store_embeddings:
+            return None
+        return EmbeddingsOut(
+            s.topics.embeddings,
+            model=self.model.name,
+            encoder=self.encoder.info(),
+            fit=s.decode.fit,
+            resolution=self.model.input_resolution,
+            thumbnails=s.store_thumbnails,
+            partitions=self._embeddings_partitions,
+        )
+
+    def _embeddings_partitions(self) -> int:
+        consumer = self._consumer
+        topic = self.settings.topics.embeddings
+        return 1 if consumer is None else len(consumer.partitions_for_topic(topic) or ())
+
     def _load(self) -> None:
         """The model, the policies, the encode stage and the decode pool, and their threads."""
         from pipeline.models import load_model
@@ -227,6 +248,7 @@ class Worker:
             s.topics,
             checkpoints=s.checkpoint_state,
             max_request_size=s.max_request_size,
+            embeddings=self._embeddings_out(),
         )
         self._pool = DecodePool(s.decode.processes, limits=s.decode.limits())
         options = DecodeOptions(
@@ -758,6 +780,8 @@ def _check_topics(s: WorkerSettings, consumer: KafkaConsumer, topics: set[str]) 
     """:class:`WorkerError` when a topic the worker needs is missing, or the state topic has
     fewer partitions than the segments topic."""
     needed = [s.topics.segments, s.topics.scores, s.topics.flags, s.topics.dlq]
+    if s.store_embeddings:
+        needed.append(s.topics.embeddings)
     if s.checkpoint_state:
         needed.append(s.topics.state)
     missing = [t for t in needed if t not in topics]

@@ -64,6 +64,7 @@ ensure clipguard.flags "$TOPIC_PARTITIONS"
 ensure clipguard.dlq "$TOPIC_PARTITIONS" --config "max.message.bytes=$MAX_MESSAGE_BYTES"
 ensure clipguard.jobs "$TOPIC_PARTITIONS"
 ensure clipguard.job-status "$TOPIC_PARTITIONS"
+ensure clipguard.embeddings "$TOPIC_PARTITIONS" --config "max.message.bytes=$MAX_MESSAGE_BYTES"
 
 segments="$(partition_count clipguard.segments)"
 state="$(partition_count clipguard.state)"

@@ -175,7 +175,11 @@ class CompiledPolicies:
 
     def evaluate(self, embeddings: Any) -> FrameScores:
         """Every label's score, margin, probability, pass and top prompt on every frame."""
-        c = self.cosines(embeddings)
+        return self.evaluate_cosines(self.cosines(embeddings))
+
+    def evaluate_cosines(self, c: _F32) -> FrameScores:
+        """:meth:`evaluate` from the (B, rows) cosines of the frames with the matrix's rows
+        (for callers that compute several sets' cosines in one product)."""
         frames, count = c.shape[0], len(self.labels)
         cosine = np.empty((frames, count), dtype=np.float32)
         score = np.empty((frames, count), dtype=np.float32)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["SEVERITY_RANK", "render_report", "write_report"]
+__all__ = ["REPORT_STYLE", "SEVERITY_RANK", "render_report", "write_report"]
 
 #: Severity names from least to most severe, with their sort rank.
 SEVERITY_RANK: Final[Mapping[str, int]] = {"low": 1, "medium": 2, "high": 3, "critical": 4}
@@ -81,6 +81,10 @@ figcaption { font-size: 12px; color: #3a4252; margin-top: 4px; }
 .error { color: #a01818; }
 code { font-size: 12px; }
 """
+
+
+#: The reports' style sheet (the store's backtest report and search gallery share it).
+REPORT_STYLE: Final = _STYLE
 
 
 # --------------------------------------------------------------------------- public API

@@ -54,6 +54,7 @@ from pipeline.policies.temporal import StreamTemporalState
 __all__ = [
     "PERMANENT_ERRORS",
     "FileScan",
+    "FramesHook",
     "ScanOptions",
     "Scanner",
     "content_key",
@@ -63,6 +64,8 @@ __all__ = [
 #: does not retry them. The others (timeouts, crashes, unreadable inputs) are retried.
 PERMANENT_ERRORS: Final = (InvalidMedia, UnsupportedMedia, LimitExceeded)
 _Image = npt.NDArray[np.uint8]
+#: ``on_frames(source, frames, refs, embeddings)``: a judged chunk of one input.
+FramesHook = Callable[[str, Sequence[Frame], Sequence[FrameRef], npt.NDArray[np.float32]], object]
 
 
 # --------------------------------------------------------------------------- options
@@ -185,7 +188,8 @@ class Scanner:
     ``pool`` decodes (the caller owns it); ``batch_size`` caps the frames per encoder call;
     ``in_flight`` is how many inputs :meth:`scan` keeps submitted to the pool at once
     (default: twice its processes). ``model_name`` goes into every record (default: the
-    encoder's model's name).
+    encoder's model's name). ``on_frames`` is called with every judged chunk of an input (its
+    source, frames, refs and embeddings), for keeping them in a frame store.
     """
 
     def __init__(
@@ -198,8 +202,10 @@ class Scanner:
         batch_size: int | None = None,
         in_flight: int | None = None,
         model_name: str | None = None,
+        on_frames: FramesHook | None = None,
     ) -> None:
         self.encoder = encoder
+        self.on_frames = on_frames
         self.policies = policies
         self.pool = pool
         self.options = options or ScanOptions()
@@ -329,6 +335,8 @@ class Scanner:
             source=job.source,
             facts=job.facts,
         )
+        if self.on_frames is not None:
+            self.on_frames(job.source, chunk, refs, embeddings)
         job.out.scores += out.scores
         job.out.flags += out.flags
         job.out.shadow_incidents += sum(e.state == "closed" for e in out.shadow)

@@ -1,0 +1,622 @@
+"""Backtesting a policy edit on stored traffic: re-score, temporal rules, diff.
+
+:func:`backtest` answers "what would this policy set have flagged in these stored frames, and
+how does that differ from what was in force?" without decoding anything:
+
+1. **Frames.** The stored frames of one model and weights (frames of other weights are
+   counted and left out; none at all is refused), a few columns straight from Parquet.
+2. **Re-score.** Each batch of float16 embeddings goes through the edited set's compiled matrix
+   (:meth:`~pipeline.policies.score.CompiledPolicies.evaluate`: one matrix product); the
+   baseline is scored the same way, each frame with the snapshot of the policy set that was in
+   force when it was stored (or with ``against`` for all of them). Embeddings are not kept.
+3. **Order.** Rows are put in stream and timestamp order, replays dropped (one row per stream,
+   segment, frame index and tile), the tiles of a frame merged as the judge merges them (the
+   best tile's score; passing when any tile passes), and frames whose time does not advance
+   dropped, as the live tracker ignores them.
+4. **Temporal rules.** Each label's rule runs over all streams at once
+   (:func:`pipeline.store.temporal.find_incidents`): the incidents the live judge would have
+   published, with the same event ids (stream, policy, version, label, start).
+5. **Diff.** Per label: incidents added (no baseline incident of the stream overlaps them),
+   removed (no new one overlaps them), changed (overlapping, other start or end), unchanged;
+   passing frames before and after; score histograms.
+
+Scores come from the stored float16 embeddings: a frame scored within about 1e-3 of its cutoff
+may fall the other way than it did live.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from pipeline.errors import StoreError
+from pipeline.policies.schema import Temporal
+from pipeline.policies.score import CompiledLabel
+from pipeline.policies.snapshot import PolicySet
+from pipeline.policies.temporal import IncidentEvent
+from pipeline.store.query import FrameFilter, FrameStore
+from pipeline.store.results import HISTOGRAM_BINS, BacktestResult, Incident, LabelDiff
+from pipeline.store.schema import embeddings_of
+from pipeline.store.temporal import StreamLayout, find_incidents
+
+__all__ = ["HISTOGRAM_BINS", "BacktestResult", "Incident", "LabelDiff", "backtest"]
+
+_COLUMNS: Final = (
+    "stream_id",
+    "ts",
+    "seq",
+    "frame_index",
+    "tile",
+    "weights_sha256",
+    "policy_set",
+    "embedding",
+)
+_F32 = npt.NDArray[np.float32]
+_F64 = npt.NDArray[np.float64]
+_I64 = npt.NDArray[np.int64]
+_Bool = npt.NDArray[np.bool_]
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def backtest(
+    policies: PolicySet,
+    store: FrameStore,
+    *,
+    model: str,
+    weights_sha256: str,
+    flt: FrameFilter | None = None,
+    against: PolicySet | None = None,
+) -> BacktestResult:
+    """Re-score with ``policies`` the frames of ``model`` under weights ``weights_sha256``
+    that ``flt`` keeps, find their incidents, and compare with ``against`` or, by default,
+    the policy sets stored with the frames. :class:`StoreError` when the store holds no such
+    frames, a policy names another model, the embeddings do not fit the compiled matrix, or a
+    stored set's snapshot is missing (then pass ``against``)."""
+    started = time.perf_counter()
+    flt = FrameFilter(
+        model=model,
+        since=flt.since if flt else None,
+        until=flt.until if flt else None,
+        streams=flt.streams if flt else (),
+    )
+    _check_model(policies, model, "policy")
+    if against is not None:
+        _check_model(against, model, "--against policy")
+    read = _read(store, flt, weights_sha256, policies, against)
+    frames = _order(read)
+    new = {
+        lab.key: _LabelArrays.of(read.new[lab.key], frames, read.sizes)
+        for lab in policies.compiled.labels
+    }
+    old = {key: _LabelArrays.of(parts, frames, read.sizes) for key, parts in read.old.items()}
+    names = list(read.names)
+    new_found = [
+        i
+        for lab in policies.compiled.labels
+        for i in _incidents(lab, policies.rules[lab.policy][0], new[lab.key], frames, names)
+    ]
+    old_found = [
+        i
+        for key, arrays in old.items()
+        for i in _baseline_incidents(key, arrays, read.sets, frames, names)
+    ]
+    labels = _diff(policies, read.sets, new, old, new_found, old_found)
+    return BacktestResult(
+        model=model,
+        weights_sha256=weights_sha256,
+        policy_set=policies.id,
+        baseline=[s.id for s in read.sets],
+        since=flt.since,
+        until=flt.until,
+        streams=names,
+        rows=read.rows,
+        other_weights=read.other_weights,
+        frames=frames.count,
+        incidents=_in_order(new_found),
+        baseline_incidents=_in_order(old_found),
+        labels=labels,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _check_model(policies: PolicySet, model: str, what: str) -> None:
+    for lp in policies:
+        named = lp.policy.model
+        if named is not None and named != model:
+            raise StoreError(
+                f"{what} {lp.policy.id} is written for model {named}, the stored frames are "
+                f"of {model}: one model's scores mean nothing for another"
+            )
+
+
+def _in_order(found: list[Incident]) -> list[Incident]:
+    return sorted(found, key=lambda i: (i.stream_id, i.start_ts, i.key))
+
+
+# --------------------------------------------------------------------------------------------
+# reading and scoring
+
+
+@dataclass
+class _Parts:
+    """One label's per-row arrays, batch by batch (None: the batch's sets lack the label)."""
+
+    score: list[_F32 | None] = field(default_factory=list)
+    margin: list[_F32 | None] = field(default_factory=list)
+    passed: list[_Bool | None] = field(default_factory=list)
+    top: list[npt.NDArray[np.intp] | None] = field(default_factory=list)
+    origin: list[_I64 | None] = field(default_factory=list)  # which set scored the row
+
+    def pad(self, batches: int) -> None:
+        """Extend every list with None up to ``batches`` entries."""
+        for column in (self.score, self.margin, self.passed, self.top, self.origin):
+            column.extend([None] * (batches - len(column)))
+
+
+@dataclass
+class _Read:
+    names: dict[str, int] = field(default_factory=dict)  # stream id -> code
+    stream: list[_I64] = field(default_factory=list)
+    ts: list[_F64] = field(default_factory=list)
+    place: list[_I64] = field(default_factory=list)  # (B, 3) seq, frame_index, tile
+    sizes: list[int] = field(default_factory=list)
+    new: dict[str, _Parts] = field(default_factory=dict)
+    old: dict[str, _Parts] = field(default_factory=dict)
+    sets: list[PolicySet] = field(default_factory=list)  # the baseline sets
+    rows: int = 0
+    other_weights: int = 0
+
+
+def _read(
+    store: FrameStore,
+    flt: FrameFilter,
+    weights: str,
+    policies: PolicySet,
+    against: PolicySet | None,
+) -> _Read:
+    out = _Read()
+    out.new = {lab.key: _Parts() for lab in policies.compiled.labels}
+    if against is not None:
+        out.sets.append(against)
+    set_index: dict[str, int] = {}
+    stacked = _Stacked()
+    dim = policies.compiled.matrix.shape[1]
+    for batch in store.batches(_COLUMNS, flt):
+        out.rows += batch.num_rows
+        keep = _equal(batch.column(5), weights)
+        if not keep.all():
+            out.other_weights += int((~keep).sum())
+            batch = batch.filter(pa.array(keep))
+        if batch.num_rows == 0:
+            continue
+        emb = embeddings_of(batch.column(7))  # (B, E) float16
+        if emb.shape[1] != dim:
+            raise StoreError(
+                f"stored embeddings have {emb.shape[1]} values, the policies were compiled "
+                f"for {dim} (another model?)"
+            )
+        out.stream.append(_codes(batch.column(0), out.names))
+        out.ts.append(np.asarray(batch.column(1).to_numpy(), dtype=np.float64))
+        place = [np.asarray(batch.column(i).to_numpy(), dtype=np.int64) for i in (2, 3, 4)]
+        out.place.append(np.stack(place, axis=1))  # 3 x (B,) -> (B, 3)
+        out.sizes.append(batch.num_rows)
+        if against is not None:
+            codes = np.zeros(batch.num_rows, np.int64)
+        else:
+            codes = _set_codes(batch.column(6), set_index, out.sets, store, flt)
+        c = _cosines(emb, policies, out.sets, stacked)  # (B, rows of every set)
+        width = policies.compiled.matrix.shape[0]
+        scores = policies.compiled.evaluate_cosines(c[:, :width])
+        for j, lab in enumerate(policies.compiled.labels):
+            p = out.new[lab.key]
+            p.score.append(scores.score[:, j])
+            p.margin.append(scores.margin[:, j])
+            p.passed.append(scores.passed[:, j])
+            p.top.append(scores.top_prompt[:, j])
+            p.origin.append(None)
+        _score_baseline(out, c, codes, stacked.offsets)
+    if not out.sizes:
+        raise StoreError(_nothing(store, flt, weights, out.other_weights))
+    return out
+
+
+@dataclass
+class _Stacked:
+    """The edited set's matrix with every baseline set's below it: one product scores a
+    batch for all of them."""
+
+    ids: tuple[str, ...] = ()
+    matrix: _F32 = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    offsets: list[int] = field(default_factory=list)  # first row of each baseline set
+
+
+def _cosines(
+    emb: npt.NDArray[np.float16], policies: PolicySet, sets: Sequence[PolicySet], st: _Stacked
+) -> _F32:
+    """(B, E) stored embeddings -> (B, rows) cosines with the stacked rows of ``policies``
+    and ``sets`` (float32; the float16 vectors re-normalised)."""
+    ids = (policies.id, *(s.id for s in sets))
+    if ids != st.ids:
+        blocks = [policies.compiled.matrix, *(s.compiled.matrix for s in sets)]
+        st.ids, st.matrix = ids, np.ascontiguousarray(np.concatenate(blocks).T)  # (E, rows)
+        st.offsets = list(np.cumsum([len(b) for b in blocks])[:-1])
+    x = emb.astype(np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))  # cheaper than np.linalg.norm
+    x /= np.maximum(norms, np.float32(1e-12))[:, None]
+    out: _F32 = x @ st.matrix
+    return out
+
+
+def _score_baseline(out: _Read, c: _F32, codes: _I64, offsets: Sequence[int]) -> None:
+    """Score the last batch's rows, each with the set in force for it (``codes``: index in
+    ``out.sets``; ``c`` the batch's stacked cosines); labels a row's set lacks stay NaN and
+    not passing."""
+    batch, size = len(out.sizes) - 1, out.sizes[-1]
+    for code in np.unique(codes):
+        rows = np.flatnonzero(codes == code)
+        s = out.sets[int(code)]
+        first = int(offsets[int(code)])
+        block = c[:, first : first + s.compiled.matrix.shape[0]]
+        scores = s.compiled.evaluate_cosines(block if len(rows) == size else block[rows])
+        for j, lab in enumerate(s.compiled.labels):
+            p = out.old.setdefault(lab.key, _Parts())
+            p.pad(batch + 1)
+            if p.score[batch] is None:
+                p.score[batch] = np.full(size, np.nan, np.float32)
+                p.margin[batch] = np.full(size, np.nan, np.float32)
+                p.passed[batch] = np.zeros(size, bool)
+                p.top[batch] = np.zeros(size, np.intp)
+                p.origin[batch] = np.full(size, -1, np.int64)
+            for column, values in (
+                (p.score, scores.score[:, j]),
+                (p.margin, scores.margin[:, j]),
+                (p.passed, scores.passed[:, j]),
+                (p.top, scores.top_prompt[:, j]),
+                (p.origin, int(code)),
+            ):
+                target = column[batch]
+                assert target is not None
+                target[rows] = values
+
+
+def _nothing(store: FrameStore, flt: FrameFilter, weights: str, other: int) -> str:
+    if other:
+        return (
+            f"refused: the {other} stored frames of {flt.model} in this range were scored "
+            f"with other weights than {weights[:16]}...; backtest with the weights that "
+            "scored them"
+        )
+    models = ", ".join(store.models()) or "none"
+    return (
+        f"refused: the store holds no frames of model {flt.model} in this range "
+        f"(models stored: {models}); a policy is backtested on frames of its own model"
+    )
+
+
+def _equal(column: pa.Array, value: str) -> _Bool:
+    if isinstance(column, pa.DictionaryArray):
+        match = np.array([v == value for v in column.dictionary.to_pylist()], dtype=bool)
+        if not len(match):
+            return np.zeros(len(column), bool)
+        out: _Bool = match[column.indices.to_numpy(zero_copy_only=False)]
+        return out
+    return np.asarray(column.to_numpy(zero_copy_only=False) == value, dtype=bool)
+
+
+def _codes(column: pa.Array, names: dict[str, int]) -> _I64:
+    """Codes (in ``names``, extended on sight) of a string or dictionary column's values."""
+    if not isinstance(column, pa.DictionaryArray):
+        column = column.dictionary_encode()
+    lookup = [names.setdefault(v, len(names)) for v in column.dictionary.to_pylist()]
+    table = np.asarray(lookup, dtype=np.int64)
+    codes: _I64 = table[column.indices.to_numpy(zero_copy_only=False)]
+    return codes
+
+
+def _set_codes(
+    column: pa.Array,
+    index: dict[str, int],
+    sets: list[PolicySet],
+    store: FrameStore,
+    flt: FrameFilter,
+) -> _I64:
+    """Per row, the index in ``sets`` of its stored policy set (snapshots loaded on sight)."""
+    if not isinstance(column, pa.DictionaryArray):
+        column = column.dictionary_encode()
+    lookup = []
+    for set_id in column.dictionary.to_pylist():
+        if set_id not in index:
+            stored = store.policy_set(set_id)
+            if stored is None:
+                raise StoreError(
+                    f"the store keeps no snapshot of policy set {set_id}, in force for some "
+                    "of these frames: compare with --against POLICIES"
+                )
+            if stored.model != flt.model:
+                raise StoreError(f"policy set snapshot {set_id} is of model {stored.model}")
+            index[set_id] = len(sets)
+            sets.append(stored.policies)
+        lookup.append(index[set_id])
+    table = np.asarray(lookup, dtype=np.int64)
+    codes: _I64 = table[column.indices.to_numpy(zero_copy_only=False)]
+    return codes
+
+
+# --------------------------------------------------------------------------------------------
+# order, replays, tiles
+
+
+@dataclass(eq=False)
+class _Order:
+    """Stored rows in stream and time order, replays dropped, grouped into frames."""
+
+    rows: _I64  # (R,) indices into the rows as read
+    place: _I64  # (R, 3) seq, frame_index, tile of each
+    frame_start: _I64  # (F,) first row (position in ``rows``) of each frame
+    ts: _F64  # (F,)
+    layout: StreamLayout  # streams of the F frames
+    stream: _I64  # (F,) stream code of each frame
+    tiled: bool  # some frame has several rows
+
+    @property
+    def count(self) -> int:
+        return int(self.ts.shape[0])
+
+
+def _order(read: _Read) -> _Order:
+    stream = np.concatenate(read.stream)
+    ts = np.concatenate(read.ts)
+    place = np.concatenate(read.place)
+    order = np.argsort(stream, kind="stable")
+    s, t = stream[order], ts[order]
+    same = s[1:] == s[:-1]
+    if np.any(same & (t[1:] <= t[:-1])):  # not in time order, or replayed rows: sort fully
+        order = np.lexsort((place[:, 2], place[:, 1], place[:, 0], ts, stream))
+        s, t = stream[order], ts[order]
+        same = s[1:] == s[:-1]
+    p = place[order]
+    # a replayed row: the same stream, segment, frame index and tile as the row before
+    dup = np.concatenate([[False], same & np.all(p[1:] == p[:-1], axis=1)])
+    if dup.any():
+        order, s, t, p = order[~dup], s[~dup], t[~dup], p[~dup]
+    new_frame = np.ones(len(order), bool)
+    new_frame[1:] = (s[1:] != s[:-1]) | np.any(p[1:, :2] != p[:-1, :2], axis=1)
+    starts = np.flatnonzero(new_frame)
+    fs, ft = s[starts], t[starts]
+    # the tracker ignores a frame whose time does not advance past the stream's last one
+    stale = np.zeros(len(starts), bool)
+    stale[1:] = (fs[1:] == fs[:-1]) & (ft[1:] <= ft[:-1])
+    if stale.any():
+        frame_of_row = np.cumsum(new_frame) - 1
+        keep_rows = ~stale[frame_of_row]
+        order, s, p = order[keep_rows], s[keep_rows], p[keep_rows]
+        new_frame = new_frame[keep_rows]
+        starts = np.flatnonzero(new_frame)
+        fs, ft = fs[~stale], ft[~stale]
+    stream_starts: Any = (
+        np.flatnonzero(np.concatenate([[True], fs[1:] != fs[:-1]])) if len(fs) else []
+    )
+    return _Order(
+        rows=order,
+        place=p,
+        frame_start=starts,
+        ts=ft,
+        layout=StreamLayout.of(stream_starts, len(fs)),
+        stream=fs,
+        tiled=len(starts) != len(order),
+    )
+
+
+@dataclass(eq=False)
+class _LabelArrays:
+    """One label under one set, per frame (tiles merged) and per ordered row."""
+
+    score: _F32  # (F,) the best tile's score
+    passed: _Bool  # (F,) passing on any tile
+    best: _I64  # (F,) the row (position in _Order.rows) of the best tile
+    margin: _F32  # (R,)
+    top: npt.NDArray[np.intp]  # (R,)
+    origin: _I64  # (R,) baseline: the set that scored the row (-1: none had the label)
+
+    @classmethod
+    def of(cls, parts: _Parts, order: _Order, sizes: Sequence[int]) -> _LabelArrays:
+        parts.pad(len(sizes))
+
+        def whole(column: Sequence[Any], fill: Any, dtype: Any) -> Any:
+            pieces = [
+                np.full(n, fill, dtype) if piece is None else piece
+                for piece, n in zip(column, sizes, strict=True)
+            ]
+            return np.concatenate(pieces)[order.rows]
+
+        score = whole(parts.score, np.nan, np.float32)
+        passed = whole(parts.passed, False, bool)
+        margin = whole(parts.margin, np.nan, np.float32)
+        top = whole(parts.top, 0, np.intp)
+        origin = whole(parts.origin, -1, np.int64)
+        if not order.tiled:
+            best = np.arange(len(score), dtype=np.int64)
+            return cls(score, passed, best, margin, top, origin)
+        starts = order.frame_start
+        ranked = np.where(np.isnan(score), -np.inf, score)
+        frame_score = np.maximum.reduceat(ranked, starts)
+        frame_passed = np.logical_or.reduceat(passed, starts)
+        marks = np.zeros(len(score), bool)
+        marks[starts] = True
+        frame_of_row = np.cumsum(marks) - 1
+        is_best = ranked == frame_score[frame_of_row]
+        hit = np.flatnonzero(is_best)
+        _, first = np.unique(frame_of_row[hit], return_index=True)
+        best = hit[first].astype(np.int64)  # the first best-scoring tile, as the judge keeps
+        frame_score = np.where(np.isinf(frame_score), np.nan, frame_score).astype(np.float32)
+        return cls(frame_score, frame_passed, best, margin, top, origin)
+
+
+# --------------------------------------------------------------------------------------------
+# incidents
+
+
+def _incidents(
+    lab: CompiledLabel,
+    rule: Temporal,
+    arrays: _LabelArrays,
+    order: _Order,
+    names: Sequence[str],
+    facts: Mapping[int, CompiledLabel] | None = None,
+) -> list[Incident]:
+    """The incidents ``rule`` finds for label ``lab``; ``facts`` (baseline) gives, per set,
+    the label as that set had it, taken from the set in force at each incident's start."""
+    found = find_incidents(order.ts, arrays.passed, arrays.score, rule, order.layout)
+    out = []
+    for start, end, peak in zip(
+        found.start.tolist(), found.end.tolist(), found.peak.tolist(), strict=True
+    ):
+        row = int(arrays.best[peak])
+        known = lab
+        if facts is not None:
+            origin = int(arrays.origin[int(arrays.best[start])])
+            known = facts.get(origin, lab)
+        stream_id = names[int(order.stream[start])]
+        start_ts = float(order.ts[start])
+        event = IncidentEvent(
+            state="closed",
+            policy=known.policy,
+            label=known.label,
+            start_ts=start_ts,
+            end_ts=float(order.ts[end]),
+            peak_score=0.0,
+            peak_ts=0.0,
+            threshold=None,
+            margin=None,
+            top_prompt=None,
+        )
+        margin = float(arrays.margin[row])
+        seq, frame_index, tile = (int(v) for v in order.place[row])
+        out.append(
+            Incident(
+                event_id=event.event_id(stream_id, known.version),
+                stream_id=stream_id,
+                policy=known.policy,
+                label=known.label,
+                policy_version=known.version,
+                severity=known.severity,
+                action=known.action,
+                mode=known.mode,
+                start_ts=start_ts,
+                end_ts=float(order.ts[end]),
+                peak_ts=float(order.ts[peak]),
+                peak_score=round(float(arrays.score[peak]), 6),
+                threshold=known.cutoff,
+                margin=None if np.isnan(margin) else round(margin, 6),
+                top_prompt=known.prompts[int(arrays.top[row])],
+                peak_seq=seq,
+                peak_frame_index=frame_index,
+                peak_tile=tile,
+            )
+        )
+    return out
+
+
+def _baseline_incidents(
+    key: str,
+    arrays: _LabelArrays,
+    sets: Sequence[PolicySet],
+    order: _Order,
+    names: Sequence[str],
+) -> list[Incident]:
+    """The baseline's incidents of label ``key``: the rule of the last set that has it, the
+    facts (version, severity...) of the set in force at each incident's start."""
+    facts: dict[int, CompiledLabel] = {}
+    for i, s in enumerate(sets):
+        try:
+            facts[i] = s.compiled.label(key)
+        except KeyError:
+            continue
+    if not facts:
+        return []
+    last = max(facts)
+    rule = sets[last].rules[facts[last].policy][0]
+    return _incidents(facts[last], rule, arrays, order, names, facts)
+
+
+# --------------------------------------------------------------------------------------------
+# the diff
+
+
+def _diff(
+    policies: PolicySet,
+    sets: Sequence[PolicySet],
+    new: Mapping[str, _LabelArrays],
+    old: Mapping[str, _LabelArrays],
+    new_found: Sequence[Incident],
+    old_found: Sequence[Incident],
+) -> dict[str, LabelDiff]:
+    out: dict[str, LabelDiff] = {}
+    for lab in policies.compiled.labels:
+        out[lab.key] = LabelDiff(key=lab.key, mode=lab.mode, kind=lab.kind, cutoff=lab.cutoff)
+    for s in sets:
+        for lab in s.compiled.labels:
+            if lab.key not in out:
+                out[lab.key] = LabelDiff(key=lab.key, mode="", kind=lab.kind, cutoff=lab.cutoff)
+    for key, d in out.items():
+        mine = [i for i in new_found if i.key == key]
+        theirs = [i for i in old_found if i.key == key]
+        d.incidents, d.baseline_incidents = len(mine), len(theirs)
+        _match(d, mine, theirs)
+        a, b = new.get(key), old.get(key)
+        d.frames_passing = 0 if a is None else int(a.passed.sum())
+        d.baseline_frames_passing = 0 if b is None else int(b.passed.sum())
+        _histograms(d, None if a is None else a.score, None if b is None else b.score)
+    return out
+
+
+def _match(d: LabelDiff, mine: Sequence[Incident], theirs: Sequence[Incident]) -> None:
+    """Fill ``d``'s added, removed, changed and unchanged from one label's incidents."""
+    by_stream: dict[str, list[Incident]] = {}
+    for i in theirs:
+        by_stream.setdefault(i.stream_id, []).append(i)
+    matched: set[int] = set()
+    for i in mine:
+        overlapping = [o for o in by_stream.get(i.stream_id, []) if i.overlaps(o)]
+        matched.update(id(o) for o in overlapping)
+        if not overlapping:
+            d.added.append(i)
+        elif len(overlapping) == 1 and (overlapping[0].start_ts, overlapping[0].end_ts) == (
+            i.start_ts,
+            i.end_ts,
+        ):
+            d.unchanged += 1
+        else:
+            d.changed.append((i, overlapping))
+    d.removed = [o for o in theirs if id(o) not in matched]
+
+
+def _histograms(d: LabelDiff, new: _F32 | None, old: _F32 | None) -> None:
+    finite = [x[np.isfinite(x)] for x in (new, old) if x is not None]
+    values = [x for x in finite if len(x)]
+    if not values:
+        return
+    lo = min(float(x.min()) for x in values)
+    hi = max(float(x.max()) for x in values)
+    if d.cutoff is not None:
+        lo, hi = min(lo, d.cutoff), max(hi, d.cutoff)
+    if hi <= lo:
+        hi = lo + 1e-6
+    edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
+    d.bins = [round(float(e), 6) for e in edges]
+
+    def counts(x: _F32 | None) -> list[int]:
+        if x is None:
+            return [0] * HISTOGRAM_BINS
+        h, _ = np.histogram(x[np.isfinite(x)], bins=edges)
+        return [int(c) for c in h]
+
+    d.histogram, d.baseline_histogram = counts(new), counts(old)

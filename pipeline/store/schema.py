@@ -1,0 +1,285 @@
+"""The frame store's record: one scored frame (or tile) as a row of Arrow columns.
+
+Every writer (the Kafka sink, ``clipguard scan --store``, the demo) builds rows with
+:func:`frame_table` and every reader gets them back as these columns. In a Parquet file the
+model and the date are not columns: they are the Hive partition folders the file sits in
+(``model=<name>/date=YYYY-MM-DD/``), so DuckDB, Spark, Trino and Athena read them as
+columns of the same names.
+
+==================  ==========================  =================================================
+column              type                        meaning
+==================  ==========================  =================================================
+frame_id            string                      deterministic id of the frame (:func:`frame_id`)
+stream_id           string                      the stream, or the file or URL of a scan
+source              string, nullable            the file or URL of a scan
+job_id              string, nullable            the scan job, for scans run as Kafka jobs
+scored_at           timestamp[ms, UTC]          when it was scored (the date partition's day)
+ts                  float64                     stream-timeline seconds of the frame
+seq                 int64                       the stream's segment number (0 for a file)
+frame_index         int64                       presentation index within the segment or file
+tile                int16                       tile number (fit ``tiles``), else 0
+segment_partition   int32                       partition of the input segment, -1 for a scan
+segment_offset      int64                       offset of the input segment, -1 for a scan
+weights_sha256      string                      fingerprint of the model's weights
+precision           string                      the image encoder's precision (fp32, int8, ...)
+preprocess          string                      how frames were fitted: ``<fit>@<resolution>``
+embedding           binary                      the L2-normalised image embedding, float16
+                                                little-endian, ``embed_dim`` values
+policy_set          string                      the policy set in force (digest)
+policy_versions     map<string, int32>          policy id -> version in that set
+thumbnail           binary, nullable            JPEG of the model's input picture, at most
+                                                128 px on its long side
+model               string (partition)          the model's name (registry name or path)
+date                date (partition)            UTC day of ``scored_at``
+==================  ==========================  =================================================
+
+A frame is identified by :func:`frame_id`: the model, its weights, the stream, the input
+segment's partition and offset, the segment number, the frame index and the tile. A replayed
+segment gives the same ids; deduplicate on ``frame_id``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import quote, unquote
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from pipeline.errors import StoreError
+from pipeline.policies.judge import FrameRef
+
+__all__ = [
+    "EMBEDDING_DTYPE",
+    "FILE_SCHEMA",
+    "FRAME_NAMESPACE",
+    "PARTITION_KEYS",
+    "RECORD_SCHEMA",
+    "STORE_FORMAT",
+    "FrameInfo",
+    "embeddings_of",
+    "frame_id",
+    "frame_table",
+    "model_from_partition",
+    "model_partition",
+    "preprocess_id",
+    "utc_day",
+]
+
+#: The version of the record layout, in every file's metadata (``clipguard.store``).
+STORE_FORMAT: Final = 1
+#: How an embedding is stored: float16, little-endian.
+EMBEDDING_DTYPE: Final = np.dtype("<f2")
+#: The uuid5 namespace of frame ids.
+FRAME_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:clipguard:frame")
+#: The Hive partition keys, outermost first.
+PARTITION_KEYS: Final = ("model", "date")
+
+_METADATA: Final = {
+    b"clipguard.store": str(STORE_FORMAT).encode(),
+    b"clipguard.embedding": b"float16 little-endian, L2-normalised, embed_dim values",
+}
+
+FILE_SCHEMA: Final = pa.schema(
+    [
+        pa.field("frame_id", pa.string(), nullable=False),
+        pa.field("stream_id", pa.string(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("job_id", pa.string()),
+        pa.field("scored_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("ts", pa.float64(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("frame_index", pa.int64(), nullable=False),
+        pa.field("tile", pa.int16(), nullable=False),
+        pa.field("segment_partition", pa.int32(), nullable=False),
+        pa.field("segment_offset", pa.int64(), nullable=False),
+        pa.field("weights_sha256", pa.string(), nullable=False),
+        pa.field("precision", pa.string(), nullable=False),
+        pa.field("preprocess", pa.string(), nullable=False),
+        pa.field("embedding", pa.binary(), nullable=False),
+        pa.field("policy_set", pa.string(), nullable=False),
+        pa.field("policy_versions", pa.map_(pa.string(), pa.int32())),
+        pa.field("thumbnail", pa.binary()),
+    ],
+    metadata=_METADATA,
+)
+"""The columns of a Parquet file of the store (the partition keys are in its path)."""
+
+RECORD_SCHEMA: Final = FILE_SCHEMA.append(pa.field("model", pa.string(), nullable=False))
+"""A frame record with its model: what :func:`frame_table` builds and the Kafka value holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameInfo:
+    """What every frame of one judged segment (or scanned input) shares."""
+
+    model: str
+    weights_sha256: str
+    preprocess: str  # preprocess_id(fit, resolution)
+    policy_set: str
+    policy_versions: Mapping[str, int]
+    stream_id: str
+    scored_at: float  # Unix seconds: when it was scored
+    precision: str = "fp32"  # the image encoder's
+    source: str | None = None
+    job_id: str | None = None
+    segment_partition: int = -1
+    segment_offset: int = -1
+
+
+def preprocess_id(fit: str, resolution: int) -> str:
+    """``"pad@224"``: how frames were fitted to the model's input, and its size."""
+    return f"{fit}@{resolution}"
+
+
+def frame_id(
+    *,
+    model: str,
+    weights_sha256: str,
+    stream_id: str,
+    segment_partition: int,
+    segment_offset: int,
+    seq: int,
+    frame_index: int,
+    tile: int,
+) -> str:
+    """The frame's id: a UUID of what identifies it, so a replay of its segment (or a rescan
+    of its file with the same model) gives the same id."""
+    name = json.dumps(
+        [
+            model,
+            weights_sha256,
+            stream_id,
+            segment_partition,
+            segment_offset,
+            seq,
+            frame_index,
+            tile,
+        ],
+        separators=(",", ":"),
+    )
+    return str(uuid.uuid5(FRAME_NAMESPACE, name))
+
+
+def frame_table(
+    info: FrameInfo,
+    places: Sequence[FrameRef],
+    embeddings: npt.ArrayLike,
+    thumbnails: Sequence[bytes | None] | None = None,
+) -> pa.Table:
+    """One row per frame (or tile) of ``places``, with its row of ``embeddings`` (N, E)
+    stored as float16 and its thumbnail (JPEG bytes or None), in :data:`RECORD_SCHEMA`."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    count = len(places)
+    if emb.ndim != 2 or emb.shape[0] != count:
+        raise StoreError(f"{count} frames with embeddings of shape {emb.shape}")
+    if thumbnails is not None and len(thumbnails) != count:
+        raise StoreError(f"{count} frames with {len(thumbnails)} thumbnails")
+    seq = [p.seq for p in places]
+    index = [p.frame_index for p in places]
+    tile = [p.tile for p in places]
+    ts = [p.ts for p in places]
+    ids = [
+        frame_id(
+            model=info.model,
+            weights_sha256=info.weights_sha256,
+            stream_id=info.stream_id,
+            segment_partition=info.segment_partition,
+            segment_offset=info.segment_offset,
+            seq=s,
+            frame_index=i,
+            tile=t,
+        )
+        for s, i, t in zip(seq, index, tile, strict=True)
+    ]
+    versions = sorted(info.policy_versions.items())
+    columns = {
+        "frame_id": pa.array(ids, pa.string()),
+        "stream_id": pa.array([info.stream_id] * count, pa.string()),
+        "source": pa.array([info.source] * count, pa.string()),
+        "job_id": pa.array([info.job_id] * count, pa.string()),
+        "scored_at": pa.array([round(info.scored_at * 1000)] * count, pa.int64()).cast(
+            pa.timestamp("ms", tz="UTC")
+        ),
+        "ts": pa.array(ts, pa.float64()),
+        "seq": pa.array(seq, pa.int64()),
+        "frame_index": pa.array(index, pa.int64()),
+        "tile": pa.array(tile, pa.int16()),
+        "segment_partition": pa.array([info.segment_partition] * count, pa.int32()),
+        "segment_offset": pa.array([info.segment_offset] * count, pa.int64()),
+        "weights_sha256": pa.array([info.weights_sha256] * count, pa.string()),
+        "precision": pa.array([info.precision] * count, pa.string()),
+        "preprocess": pa.array([info.preprocess] * count, pa.string()),
+        "embedding": _embedding_array(emb),
+        "policy_set": pa.array([info.policy_set] * count, pa.string()),
+        "policy_versions": pa.array([versions] * count, pa.map_(pa.string(), pa.int32())),
+        "thumbnail": pa.array(
+            list(thumbnails) if thumbnails is not None else [None] * count, pa.binary()
+        ),
+        "model": pa.array([info.model] * count, pa.string()),
+    }
+    return pa.Table.from_pydict(columns, schema=RECORD_SCHEMA)
+
+
+def _embedding_array(emb: npt.NDArray[np.float32]) -> pa.Array:
+    """(N, E) -> a binary array of N float16 little-endian vectors, without a copy per row."""
+    count, dim = emb.shape
+    data = np.ascontiguousarray(emb.astype(EMBEDDING_DTYPE))
+    offsets = np.arange(count + 1, dtype=np.int32) * (dim * EMBEDDING_DTYPE.itemsize)
+    return pa.Array.from_buffers(
+        pa.binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+
+
+def embeddings_of(column: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.float16]:
+    """The (N, E) float16 embeddings of a binary ``embedding`` column (views of its buffers
+    where it is one chunk). :class:`StoreError` when the vectors are not all of one size."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = [_chunk_embeddings(c) for c in chunks if len(c)]
+    if not parts:
+        return np.zeros((0, 0), dtype=EMBEDDING_DTYPE)
+    dims = {p.shape[1] for p in parts}
+    if len(dims) != 1:
+        raise StoreError(f"embeddings of several sizes in one column: {sorted(dims)}")
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _chunk_embeddings(chunk: pa.Array) -> npt.NDArray[np.float16]:
+    if chunk.null_count:
+        raise StoreError("an embedding is missing (null)")
+    if pa.types.is_large_binary(chunk.type):
+        chunk = chunk.cast(pa.binary())
+    if not pa.types.is_binary(chunk.type):
+        raise StoreError(f"the embedding column is {chunk.type}, not binary")
+    _, offsets_buf, data_buf = chunk.buffers()
+    assert offsets_buf is not None and data_buf is not None
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[
+        chunk.offset : chunk.offset + len(chunk) + 1
+    ]
+    width = int(offsets[1] - offsets[0])
+    if width <= 0 or width % EMBEDDING_DTYPE.itemsize or np.any(np.diff(offsets) != width):
+        raise StoreError("embeddings of different or odd byte sizes (not float16 vectors)")
+    data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]]
+    dim = width // EMBEDDING_DTYPE.itemsize
+    return data.view(EMBEDDING_DTYPE).reshape(len(chunk), dim)  # (N * 2E bytes) -> (N, E)
+
+
+def model_partition(model: str) -> str:
+    """The model's name as a Hive partition value (percent-encoded: ``ViT-B%2F32``)."""
+    return quote(model, safe="")
+
+
+def model_from_partition(value: str) -> str:
+    """The model's name back from its partition value."""
+    return unquote(value)
+
+
+def utc_day(at: float) -> str:
+    """``YYYY-MM-DD`` of Unix seconds ``at``, in UTC."""
+    return dt.datetime.fromtimestamp(at, dt.UTC).date().isoformat()

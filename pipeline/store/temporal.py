@@ -1,0 +1,269 @@
+"""The temporal rules over whole stored streams at once: pass/fail arrays in, incidents out.
+
+:class:`~pipeline.policies.temporal.IncidentTracker` applies a policy's
+:class:`~pipeline.policies.schema.Temporal` rule one frame at a time, which is what a live
+stream needs and about a million times too slow for a backtest over stored frames.
+:func:`find_incidents` gives the same incidents (same first passing frame, last passing frame,
+peak, and so the same event ids) for many streams laid end to end, with NumPy doing the
+per-frame work and Python stepping once per incident. No library implements these rules
+(they are clipguard's own), hence the hand-written kernel; ``tests/test_store_temporal.py``
+proves it equal to the tracker on random sequences (hypothesis) and on real streams.
+
+How it works, for frames ``0..N-1`` of one stream (each stream restarts the same reasoning):
+
+- The tracker's k-of-n window is cleared when an incident opens and when it closes; frames in
+  a cooldown are not added to it. Call ``p`` the frame from which the window fills again. For
+  the first ``n - 1`` frames after ``p`` the window only grows, so the count of passing frames
+  never drops there: at most one *run* (a stretch where the k-of-n condition holds) starts in
+  that stretch, at the ``k``-th passing frame after ``p``. From ``p + n - 1`` on, the window is
+  the plain last-``n`` window, whatever ``p`` was: its runs, and the frame where each opens
+  (the first passing frame at least ``min_duration_s`` after the run's first passing frame)
+  are computed once for the whole array.
+- An open incident closes at the first frame ending ``close_after`` failing frames in a row
+  (all after the opening frame, which passed), also computed once; its end is the last passing
+  frame before that, its peak the first highest-scoring passing frame from its start to its
+  end. A stream's end closes an incident still open, like :meth:`IncidentTracker.finish`.
+- After a close, ``p`` is the next frame, or the first frame at or after the cooldown's end.
+
+Time comparisons use the tracker's own float expressions (``ts - start < min_duration_s``,
+``ts < last_pass + cooldown_s``), so boundary frames fall the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.policies.schema import Temporal
+
+__all__ = ["IncidentArrays", "StreamLayout", "find_incidents"]
+
+_Index = npt.NDArray[np.int64]
+_NONE: Final = -1
+
+
+@dataclass(frozen=True, eq=False)
+class StreamLayout:
+    """Frames of several streams laid end to end: stream ``i`` holds frames
+    ``starts[i]`` to ``starts[i + 1] - 1``. Build with :meth:`of`; shared by every label's
+    :func:`find_incidents` call."""
+
+    starts: _Index  # (S,) first frame of each stream, increasing, starts[0] == 0
+    stream: _Index  # (N,) stream of each frame
+    first: _Index  # (N,) first frame of the frame's stream
+    last: _Index  # (N,) last frame of the frame's stream
+    index: _Index  # (N,) 0..N-1
+
+    @classmethod
+    def of(cls, starts: npt.ArrayLike, frames: int) -> StreamLayout:
+        """The layout of ``frames`` frames whose streams begin at ``starts`` (empty when
+        ``frames`` is 0)."""
+        s = np.asarray(starts, dtype=np.int64).reshape(-1)
+        if frames == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return cls(starts=empty, stream=empty, first=empty, last=empty, index=empty)
+        if len(s) == 0 or s[0] != 0 or np.any(np.diff(s) <= 0) or s[-1] >= frames:
+            raise ValueError("stream starts must begin at 0 and strictly increase below the count")
+        bounds = np.append(s, frames)
+        stream = np.repeat(np.arange(len(s), dtype=np.int64), np.diff(bounds))
+        return cls(
+            starts=s,
+            stream=stream,
+            first=s[stream],
+            last=bounds[1:][stream] - 1,
+            index=np.arange(frames, dtype=np.int64),
+        )
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class IncidentArrays:
+    """Incidents as frame indices, in stream and time order.
+
+    ``closed`` is the frame whose failure closed the incident (the ``close_after``-th failing
+    frame in a row), or -1 when the stream's end closed it."""
+
+    start: _Index  # first passing frame (IncidentEvent.start_ts)
+    end: _Index  # last passing frame (end_ts)
+    peak: _Index  # first highest-scoring passing frame (peak_ts, peak_score)
+    opened: _Index  # the frame at which the rule opened it
+    closed: _Index  # see above
+    stream: _Index  # the stream (index into StreamLayout.starts)
+
+    def __len__(self) -> int:
+        return int(self.start.shape[0])
+
+
+def find_incidents(
+    ts: npt.NDArray[np.float64],
+    passed: npt.NDArray[np.bool_],
+    score: npt.NDArray[np.floating],
+    rule: Temporal,
+    layout: StreamLayout | None = None,
+) -> IncidentArrays:
+    """The incidents ``rule`` finds in frames with times ``ts``, pass flags ``passed`` and
+    scores ``score`` (one label), streams laid out as ``layout`` (default: one stream). Within
+    a stream ``ts`` must strictly increase (the tracker ignores any other frame: drop those
+    first). Every stream is finished at its last frame."""
+    frames = int(ts.shape[0])
+    if passed.shape != (frames,) or score.shape != (frames,):
+        raise ValueError(f"ts, passed and score must have one value per frame ({frames})")
+    lay = layout if layout is not None else StreamLayout.of([0] if frames else [], frames)
+    if len(lay) != frames:
+        raise ValueError(f"a layout of {len(lay)} frames for {frames} frames")
+    if frames == 0 or not passed.any():
+        return _collect([], [], [], [], [], [])
+    return _Kernel(ts, passed, score, rule, lay).run()
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class _Kernel:
+    """One label's arrays and what is computed once for them; :meth:`run` steps per
+    incident."""
+
+    def __init__(
+        self,
+        ts: npt.NDArray[np.float64],
+        passed: npt.NDArray[np.bool_],
+        score: npt.NDArray[np.floating],
+        rule: Temporal,
+        lay: StreamLayout,
+    ) -> None:
+        self.ts, self.passed, self.score, self.lay = ts, passed, score, lay
+        self.k, self.n = rule.k, rule.n
+        self.min_s, self.close_after, self.cooldown = (
+            rule.min_duration_s,
+            rule.close_after,
+            rule.cooldown_s,
+        )
+        idx = lay.index
+        self.pass_idx: _Index = np.flatnonzero(passed).astype(np.int64)
+        counts = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(passed, out=counts[1:])
+        # k of the last n frames, the window starting no earlier than the stream's first frame
+        low = np.maximum(idx - (self.n - 1), lay.first)
+        holds = (counts[idx + 1] - counts[low]) >= self.k
+        self.holds = holds
+        before = np.zeros_like(holds)
+        before[1:] = holds[:-1]
+        before[lay.starts] = False
+        after = np.zeros_like(holds)
+        after[:-1] = holds[1:]
+        after[lay.last[lay.starts]] = False
+        self.run_start: _Index = np.flatnonzero(holds & ~before)
+        self.run_end: _Index = np.flatnonzero(holds & ~after)
+        # the first passing frame in each run's first window, and the frame where it opens
+        self.run_first = self.pass_idx[np.searchsorted(self.pass_idx, low[self.run_start])]
+        run_open = self._run_opens()
+        self.good = np.flatnonzero(run_open != _NONE)
+        self.good_start = self.run_start[self.good]
+        self.run_open = run_open
+        # failing frames in a row ending at each frame (0 on a passing frame), per stream
+        last_pass = np.maximum.accumulate(np.where(passed, idx, _NONE))
+        self.last_pass: _Index = last_pass
+        fails = idx - np.maximum(last_pass, lay.first - 1)
+        self.close_at: _Index = np.flatnonzero(~passed & (fails == self.close_after))
+
+    def _run_opens(self) -> _Index:
+        """Per run: the first passing frame of it at least ``min_duration_s`` after its first
+        passing frame, or -1."""
+        if self.min_s <= 0:
+            return self.run_start.copy()  # a run begins on a passing frame
+        opens = np.full(len(self.run_start), _NONE, dtype=np.int64)
+        q = self.pass_idx
+        run = np.searchsorted(self.run_start, q, side="right") - 1
+        inside = run >= 0
+        inside[inside] = q[inside] <= self.run_end[run[inside]]
+        q, run = q[inside], run[inside]
+        ok = ~(self.ts[q] - self.ts[self.run_first[run]] < self.min_s)
+        q, run = q[ok], run[ok]
+        first_of_run, where = np.unique(run, return_index=True)
+        opens[first_of_run] = q[where]
+        return opens
+
+    def run(self) -> IncidentArrays:
+        lay, ts = self.lay, self.ts
+        out: list[list[int]] = [[], [], [], [], [], []]
+        p, frames = 0, len(lay)
+        while p < frames:
+            last = int(lay.last[p])
+            found = self._next_open(p, last)
+            if found is None:
+                p = last + 1
+                continue
+            opened, start = found
+            c = int(np.searchsorted(self.close_at, opened, side="right"))
+            closing = int(self.close_at[c]) if c < len(self.close_at) else frames
+            if closing > last:  # still open at the stream's end: finish() closes it
+                end, closed, p = int(self.last_pass[last]), _NONE, last + 1
+            else:
+                end, closed, p = int(self.last_pass[closing]), closing, closing + 1
+                if self.cooldown > 0 and p <= last:
+                    until = ts[end] + self.cooldown
+                    p += int(np.searchsorted(ts[p : last + 1], until, side="left"))
+            window = self.score[start : end + 1]
+            peak = start + int(np.argmax(np.where(self.passed[start : end + 1], window, -np.inf)))
+            for column, value in zip(
+                out, (start, end, peak, opened, closed, int(lay.stream[opened])), strict=True
+            ):
+                column.append(value)
+        return _collect(*out)
+
+    def _next_open(self, p: int, last: int) -> tuple[int, int] | None:
+        """The frame at which an incident opens, the window having restarted at ``p``, and
+        the first passing frame of its run; None if none opens before ``last`` (the stream's
+        last frame)."""
+        q = int(np.searchsorted(self.pass_idx, p))
+        if q >= len(self.pass_idx) or self.pass_idx[q] > last:
+            return None
+        first = int(self.pass_idx[q])
+        full = min(p + self.n - 1, last + 1)  # from here on the window is the last n frames
+        kth = q + self.k - 1
+        local = int(self.pass_idx[kth]) if kth < len(self.pass_idx) else last + 1
+        begin = local if local < full else (full if full <= last and self.holds[full] else None)
+        after = full
+        if begin is not None:
+            end = full - 1 if begin < full else full
+            if full <= last and self.holds[full]:
+                r = int(np.searchsorted(self.run_start, full, side="right")) - 1
+                end = int(self.run_end[r])
+            opened = self._open_within(begin, end, first)
+            if opened is not None:
+                return opened, first
+            after = end + 1
+        g = int(np.searchsorted(self.good_start, after))
+        if g < len(self.good) and self.good_start[g] <= last:
+            r = int(self.good[g])
+            return int(self.run_open[r]), int(self.run_first[r])
+        return None
+
+    def _open_within(self, begin: int, end: int, first: int) -> int | None:
+        """The first passing frame in ``begin..end`` at least ``min_duration_s`` after
+        ``first`` (``begin`` is a passing frame)."""
+        if self.min_s <= 0:
+            return begin
+        ts, t0, m = self.ts, self.ts[first], self.min_s
+        # a guess by binary search, then settled with the tracker's own comparison
+        i = begin + int(np.searchsorted(ts[begin : end + 1], t0 + m))
+        while i > begin and not (ts[i - 1] - t0 < m):
+            i -= 1
+        while i <= end and ts[i] - t0 < m:
+            i += 1
+        q = int(np.searchsorted(self.pass_idx, i))
+        if q < len(self.pass_idx) and self.pass_idx[q] <= end:
+            return int(self.pass_idx[q])
+        return None
+
+
+def _collect(*columns: list[int]) -> IncidentArrays:
+    start, end, peak, opened, closed, stream = (np.asarray(c, dtype=np.int64) for c in columns)
+    return IncidentArrays(
+        start=start, end=end, peak=peak, opened=opened, closed=closed, stream=stream
+    )

@@ -7,6 +7,8 @@ builtin fits, from that builtin too, so callers can catch either::
     ├── ConfigError(ClipguardError, ValueError)       bad settings or arguments
     ├── PolicyError(ClipguardError, ValueError)       a policy file is invalid (file:line:col)
     ├── StoreError(ClipguardError, ValueError)        a frame store, its files or records are bad
+    ├── HashError(ClipguardError, ValueError)         a hash or a picture to hash is invalid
+    │   └── BankError(HashError)                      a hash bank file is invalid (file:line)
     ├── DecodeError(ClipguardError, ValueError)       an input could not be turned into frames
     │   ├── InvalidMedia(DecodeError)                 not valid media of the declared type
     │   ├── UnsupportedMedia(DecodeError)             valid, but not something clipguard decodes
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 __all__ = [
     "AccuracyGuardError",
+    "BankError",
     "ChecksumMismatch",
     "ClipguardError",
     "ConfigError",
@@ -36,6 +39,7 @@ __all__ = [
     "DecodeError",
     "DecodeTimeout",
     "DownloadError",
+    "HashError",
     "InvalidMedia",
     "LicenseNotAccepted",
     "LimitExceeded",
@@ -66,6 +70,14 @@ class PolicyError(ClipguardError, ValueError):
 class StoreError(ClipguardError, ValueError):
     """A frame store cannot be used as asked: an unreadable or malformed file or record, a
     store written by another model than the one asked for, a refused backtest."""
+
+
+class HashError(ClipguardError, ValueError):
+    """A perceptual or file hash is malformed, or a picture cannot be hashed."""
+
+
+class BankError(HashError):
+    """A hash bank cannot be read or is invalid; the message names the file and line."""
 
 
 class DecodeError(ClipguardError, ValueError):

@@ -74,8 +74,15 @@ def watermark(img: Image) -> Image:
     h, w = out.shape[:2]
     overlay = out.copy()
     cv2.rectangle(overlay, (int(w * 0.6), int(h * 0.85)), (w - 4, h - 4), (255, 255, 255), -1)
-    cv2.putText(overlay, "clipguard", (int(w * 0.05), int(h * 0.15)), cv2.FONT_HERSHEY_SIMPLEX,
-                w / 400, (255, 255, 255), max(1, w // 150))  # fmt: skip
+    cv2.putText(
+        overlay,
+        "clipguard",
+        (int(w * 0.05), int(h * 0.15)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        w / 400,
+        (255, 255, 255),
+        max(1, w // 150),
+    )
     return cv2.addWeighted(overlay, 0.6, out, 0.4, 0)
 
 
@@ -116,8 +123,10 @@ EDITS: dict[str, Callable[[Image], Image]] = {
 
 
 def image_table(families: dict[str, list[Image]]) -> None:
-    print(f"\nPDQ of edited pictures: share within {THRESHOLD} bits of the original "
-          f"(originals of quality >= {MIN_QUALITY})")  # fmt: skip
+    print(
+        f"\nPDQ of edited pictures: share within {THRESHOLD} bits of the original "
+        f"(originals of quality >= {MIN_QUALITY})"
+    )
     print(f"{'edit':28} {'family':9} {'n':>4} {'plain':>7} {'dihedral':>9} {'median d':>9}")
     for family, images in families.items():
         originals = [(img, pdq_hash(img)) for img in images]
@@ -133,8 +142,10 @@ def image_table(families: dict[str, list[Image]]) -> None:
                 dih += dd <= THRESHOLD
                 dists.append(d)
             n = len(good)
-            print(f"{name:28} {family:9} {n:>4} {plain / n:>7.1%} {dih / n:>9.1%} "
-                  f"{np.median(dists):>9.0f}")  # fmt: skip
+            print(
+                f"{name:28} {family:9} {n:>4} {plain / n:>7.1%} {dih / n:>9.1%} "
+                f"{np.median(dists):>9.0f}"
+            )
 
 
 def false_matches(families: dict[str, list[Image]]) -> None:
@@ -149,8 +160,10 @@ def false_matches(families: dict[str, list[Image]]) -> None:
         d = np.concatenate(dists)
         fm = int((d <= THRESHOLD).sum())
         p = np.percentile(d, [0.01, 1, 50]).round(1).tolist()
-        print(f"  {family:9} {len(hashes)} pictures, {len(d)} pairs: {fm} within {THRESHOLD} "
-              f"bits ({fm / len(d):.2e}); min {int(d.min())}, 0.01%/1%/50% {p}")  # fmt: skip
+        print(
+            f"  {family:9} {len(hashes)} pictures, {len(d)} pairs: {fm} within {THRESHOLD} "
+            f"bits ({fm / len(d):.2e}); min {int(d.min())}, 0.01%/1%/50% {p}"
+        )
 
 
 def write_clip(path: Path, frames: list[Image], fps: int, bitrate: int | None) -> None:
@@ -163,8 +176,9 @@ def write_clip(path: Path, frames: list[Image], fps: int, bitrate: int | None) -
         else:
             s.options = {"crf": "20", "preset": "veryfast"}
         for i, f in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: s.height, : s.width]),
-                                               format="rgb24")  # fmt: skip
+            frame = av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(f[: s.height, : s.width]), format="rgb24"
+            )
             frame.pts, frame.time_base = i, Fraction(1, fps)
             for p in s.encode(frame):
                 out.mux(p)
@@ -244,9 +258,11 @@ def downscale_check(n: int) -> None:
         dists.append(hamming(a.hash, b.hash))
         full_t.append(t1 - t0)
         small_t.append(t2 - t1)
-    print(f"  distance: median {np.median(dists):.0f}, max {max(dists)} bits; "
-          f"PDQ of the full frame {np.median(full_t) * 1e3:.1f} ms, "
-          f"resize + PDQ at 512 {np.median(small_t) * 1e3:.1f} ms")  # fmt: skip
+    print(
+        f"  distance: median {np.median(dists):.0f}, max {max(dists)} bits; "
+        f"PDQ of the full frame {np.median(full_t) * 1e3:.1f} ms, "
+        f"resize + PDQ at 512 {np.median(small_t) * 1e3:.1f} ms"
+    )
 
 
 def main() -> None:

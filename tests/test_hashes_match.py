@@ -65,6 +65,27 @@ def test_index_equals_brute_force_on_clustered_hashes() -> None:
         _same(PdqIndex(bank, kind=kind).search(queries, 31), brute_force_search(bank, queries, 31))  # type: ignore[arg-type]
 
 
+def test_threads_give_the_same_answer() -> None:
+    rng = np.random.default_rng(5)
+    bank = rng.integers(0, 256, (25_000, 32), dtype=np.uint8)
+    queries = _queries(rng, bank, 301)
+    one = PdqIndex(bank, kind="mih").search(queries, 31)
+    _same(PdqIndex(bank, kind="mih", threads=3).search(queries, 31), one)
+    _same(PdqIndex(bank, kind="flat", threads=2).search(queries, 31), one)
+
+
+def test_many_matches_grow_the_output() -> None:
+    """A clustered bank where each query matches thousands of entries (the compiled loops
+    start with small output arrays and must grow them)."""
+    rng = np.random.default_rng(6)
+    centre = rng.integers(0, 256, (1, 32), dtype=np.uint8)
+    bank = _flip(rng, np.repeat(centre, 30_000, axis=0), 5)
+    queries = np.repeat(centre, 3, axis=0)
+    got = PdqIndex(bank, kind="mih").search(queries, 31)
+    assert len(got.ids) == 90_000
+    _same(got, brute_force_search(bank, queries, 31))
+
+
 def test_index_edges() -> None:
     empty = PdqIndex(np.zeros((0, 32), np.uint8))
     r = empty.search(np.zeros((3, 32), np.uint8), 31)

@@ -2,21 +2,25 @@
 
 Two ways, one answer (tests hold both to :func:`brute_force_search` on the same data):
 
-* **flat**: compare the query with every bank hash (faiss ``IndexBinaryFlat``: XOR and
-  popcount over 32 bytes). Exact by construction; linear in the bank's size, right for small
-  banks.
-* **multi-index hashing** (Norouzi et al., "Fast Search in Hamming Space with Multi-Index
-  Hashing", CVPR 2012; the scheme of the reference PDQ index, ``pdq/cpp/index/mih.h``):
-  faiss ``IndexBinaryMultiHash`` splits the 256 bits into 16 disjoint 16-bit words and keeps
-  one hash table a word. If two hashes differ in at most ``d`` bits, then by the pigeonhole
-  principle some word differs in at most ``floor(d / 16)`` bits; probing every word of the
-  query with up to ``nflip = floor(d / 16)`` flipped bits therefore finds every hash within
-  ``d`` (``d = 31`` needs one flip: 17 probes a word), and each candidate's full distance is
-  then checked. Exact, with a cost that grows with the candidates, not the bank.
+* **flat**: compare the query with every bank hash (XOR and popcount over 32 bytes). Exact by
+  construction, linear in the bank's size: right for small banks.
+* **multi-index hashing** (Norouzi, Punjani and Fleet, "Fast Search in Hamming Space with
+  Multi-Index Hashing", CVPR 2012; the scheme of the reference PDQ index,
+  ``pdq/cpp/index/mih.h``): the 256 bits are cut into 16 disjoint 16-bit words and each word
+  has a table (bank row ids sorted by that word, with bucket offsets). If two hashes differ in
+  at most ``d`` bits, some word differs in at most ``nflip = d // 16`` bits (pigeonhole: 16
+  words of ``nflip + 1`` or more differing bits would make ``d >= 16 (nflip + 1) > d``). So
+  probing every word of the query with up to ``nflip`` flipped bits (17 probes a word for
+  ``d = 31``) reaches every hash within ``d``, and each candidate's full distance is checked.
+  Exact, with a cost that grows with the candidates (about ``272 N / 65536`` a query at
+  ``d = 31``), not the bank.
 
-Multi-index hashing was chosen over a NumPy implementation of the same scheme and over the
-flat scan by measurement (``bench/bench_hashes_match.py``); faiss is maintained, used by
-ThreatExchange's own PDQ index, and releases the GIL while it searches.
+Why hand-written: faiss has this index (``IndexBinaryMultiHash``), and was measured first
+(``bench/bench_hashes_match.py``): its per-bucket ``std::vector`` in an ``unordered_map`` and
+its ``unordered_set`` of candidates made it many times slower than the flat loop below over the
+same candidates, and held about 160 MiB per million entries. The search loops here are a few
+dozen lines compiled with numba (machine code, no temporaries, the GIL released so queries can
+be split over threads); the tables are plain NumPy arrays, about 100 MiB per million entries.
 
 Results come as CSR: ``lims`` (Q + 1), ``ids`` and ``distances``, the matches of query ``i``
 at ``ids[lims[i]:lims[i + 1]]``, sorted by distance then id.
@@ -24,15 +28,17 @@ at ``ids[lims[i]:lims[i + 1]]``, sorted by distance then id.
 
 from __future__ import annotations
 
+import itertools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import faiss
+import numba
 import numpy as np
 import numpy.typing as npt
 
 from pipeline.errors import HashError
-from pipeline.hashes.signals import PDQ_BITS, PDQ_BYTES
+from pipeline.hashes.signals import PDQ_BYTES
 
 __all__ = [
     "FLAT_BELOW",
@@ -44,10 +50,10 @@ __all__ = [
 ]
 
 IndexKind = Literal["auto", "flat", "mih"]
-FLAT_BELOW = 20_000  # "auto" scans banks smaller than this (measured: see the bench)
-MAX_DISTANCE = 127  # nflip up to 7: past that PDQ matches mean little anyway
-_MIH_TABLES = 16  # 16 words of 16 bits
-_MIH_BITS = PDQ_BITS // _MIH_TABLES
+FLAT_BELOW = 20_000  # "auto" scans banks smaller than this
+MAX_DISTANCE = 127  # multi-index hashing serves up to 47 (two flips a word); flat scan above
+_WORDS = 16  # 16-bit words of a 256-bit hash
+_MIH_MAX_DISTANCE = 47
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,89 +73,216 @@ class RangeResult:
         return self.ids[a:b], self.distances[a:b]
 
 
-class PdqIndex:
-    """An exact range-search index over a fixed ``(N, 32)`` uint8 array of PDQ hashes."""
+# --------------------------------------------------------------------------------------------
+# Compiled loops. Hashes are (N, 4) uint64; word t of a hash is bits 16 (t % 4) .. of uint64
+# t // 4. Each loop writes (query, row, distance) triples and returns how many, or -1 when the
+# output arrays are full (the caller grows them and runs again).
 
-    def __init__(self, hashes: npt.NDArray[np.uint8], *, kind: IndexKind = "auto") -> None:
+
+@numba.njit(inline="always")  # type: ignore[misc]
+def _popcount(x: Any) -> Any:
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@numba.njit(inline="always")  # type: ignore[misc]
+def _word(h: Any, t: Any) -> Any:
+    return np.int64((h[t >> 2] >> np.uint64((t & 3) * 16)) & np.uint64(0xFFFF))
+
+
+@numba.njit(nogil=True, cache=True)  # type: ignore[misc]
+def _mih_search(rows, order, starts, masks, nflip, queries, radius, out_q, out_r, out_d):  # type: ignore[no-untyped-def]
+    n = 0
+    for qi in range(queries.shape[0]):
+        q = queries[qi]
+        for t in range(16):
+            qword = _word(q, t)
+            for m in range(masks.shape[0]):
+                key = qword ^ masks[m]
+                for k in range(starts[t, key], starts[t, key + 1]):
+                    r = order[t, k]
+                    row = rows[r]
+                    d = (
+                        _popcount(row[0] ^ q[0])
+                        + _popcount(row[1] ^ q[1])
+                        + _popcount(row[2] ^ q[2])
+                        + _popcount(row[3] ^ q[3])
+                    )
+                    if d > radius:
+                        continue
+                    # reported already from an earlier table where it was also within nflip?
+                    seen = False
+                    for u in range(t):
+                        if _popcount(np.uint64(_word(row, u) ^ _word(q, u))) <= nflip:
+                            seen = True
+                            break
+                    if seen:
+                        continue
+                    if n >= out_q.shape[0]:
+                        return -1
+                    out_q[n] = qi
+                    out_r[n] = r
+                    out_d[n] = d
+                    n += 1
+    return n
+
+
+@numba.njit(nogil=True, cache=True)  # type: ignore[misc]
+def _flat_search(rows, queries, radius, out_q, out_r, out_d):  # type: ignore[no-untyped-def]
+    n = 0
+    for qi in range(queries.shape[0]):
+        q = queries[qi]
+        for r in range(rows.shape[0]):
+            row = rows[r]
+            d = (
+                _popcount(row[0] ^ q[0])
+                + _popcount(row[1] ^ q[1])
+                + _popcount(row[2] ^ q[2])
+                + _popcount(row[3] ^ q[3])
+            )
+            if d <= radius:
+                if n >= out_q.shape[0]:
+                    return -1
+                out_q[n] = qi
+                out_r[n] = r
+                out_d[n] = d
+                n += 1
+    return n
+
+
+def _flip_masks(nflip: int) -> npt.NDArray[np.int64]:
+    """Every 16-bit mask of at most ``nflip`` set bits, fewest bits first."""
+    masks = [0]
+    for k in range(1, nflip + 1):
+        masks.extend(sum(1 << b for b in bits) for bits in itertools.combinations(range(16), k))
+    return np.asarray(masks, np.int64)
+
+
+class PdqIndex:
+    """An exact range-search index over a fixed ``(N, 32)`` uint8 array of PDQ hashes.
+
+    ``threads`` splits each search's queries over that many threads (the compiled loops
+    release the GIL); 1 keeps a search on the calling thread.
+    """
+
+    def __init__(
+        self, hashes: npt.NDArray[np.uint8], *, kind: IndexKind = "auto", threads: int = 1
+    ) -> None:
         _check_hashes(hashes, "bank hashes")
+        if kind not in ("auto", "flat", "mih"):
+            raise HashError(f"unknown index kind {kind!r}")
+        if threads < 1:
+            raise HashError(f"threads must be >= 1, not {threads}")
         self.size = int(hashes.shape[0])
         self.kind: Literal["flat", "mih"] = (
             ("flat" if self.size < FLAT_BELOW else "mih") if kind == "auto" else kind
         )
-        if self.kind not in ("flat", "mih"):
-            raise HashError(f"unknown index kind {kind!r}")
-        data = np.ascontiguousarray(hashes)
-        self._index: Any
-        if self.kind == "flat":
-            self._index = faiss.IndexBinaryFlat(PDQ_BITS)
-        else:
-            self._index = faiss.IndexBinaryMultiHash(PDQ_BITS, _MIH_TABLES, _MIH_BITS)
-        if self.size:
-            self._index.add(data)
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._rows = np.ascontiguousarray(hashes).view(np.uint64)  # (N, 32) -> (N, 4)
+        self._order = np.zeros((_WORDS, 0), np.int32)
+        self._starts = np.zeros((_WORDS, 1), np.int64)
+        if self.kind == "mih":
+            self._build_tables()
+
+    def _build_tables(self) -> None:
+        n = self.size
+        self._order = np.empty((_WORDS, n), np.int32)
+        self._starts = np.empty((_WORDS, 65537), np.int64)
+        for t in range(_WORDS):
+            shift = np.uint64((t % 4) * 16)
+            keys = ((self._rows[:, t // 4] >> shift) & np.uint64(0xFFFF)).astype(np.int64)
+            self._order[t] = np.argsort(keys, kind="stable")
+            self._starts[t, 0] = 0
+            np.cumsum(np.bincount(keys, minlength=65536), out=self._starts[t, 1:])
 
     @property
     def nbytes(self) -> int:
-        """An estimate of the index's memory: the stored codes plus, for multi-index hashing,
-        one id (8 bytes) in each of the 16 tables and the tables' buckets."""
-        codes = self.size * PDQ_BYTES
-        if self.kind == "flat":
-            return codes
-        return codes + self.size * _MIH_TABLES * 8
+        """Bytes held: the hashes and, for multi-index hashing, the 16 tables."""
+        return int(self._rows.nbytes + self._order.nbytes + self._starts.nbytes)
 
     def search(self, queries: npt.NDArray[np.uint8], max_distance: int) -> RangeResult:
         """Every bank hash within ``max_distance`` bits of each query (inclusive)."""
         _check_hashes(queries, "query hashes")
         if not 0 <= max_distance <= MAX_DISTANCE:
             raise HashError(f"max_distance must be in 0..{MAX_DISTANCE}, not {max_distance}")
-        q = np.ascontiguousarray(queries)
+        # (Q, 32) -> (Q, 4); a writable copy, so the compiled loops see one array type
+        q = np.array(queries, dtype=np.uint8, order="C", copy=True).view(np.uint64)
         nq = int(q.shape[0])
         if nq == 0 or self.size == 0:
             return RangeResult(
                 np.zeros(nq + 1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
             )
-        if self.kind == "mih":
-            # pigeonhole: within max_distance means some 16-bit word is within this many flips
-            self._index.nflip = max_distance // _MIH_BITS
-        # faiss keeps distances strictly below the radius
-        lims, dist, ids = self._index.range_search(q, max_distance + 1)
-        return _sorted_csr(
-            np.asarray(lims, np.int64), np.asarray(ids, np.int64), np.asarray(dist, np.int32)
-        )
+        parts = np.array_split(np.arange(nq), min(self.threads, nq))
+        if len(parts) == 1:
+            found = [self._run(q, max_distance)]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pdq-index")
+            pool = self._pool
+            futures = [pool.submit(self._run, q[p[0] : p[-1] + 1], max_distance) for p in parts]
+            found = [f.result() for f in futures]
+        owner = np.concatenate([o + p[0] for (o, _, _), p in zip(found, parts, strict=True)])
+        ids = np.concatenate([r for _, r, _ in found])
+        dist = np.concatenate([d for _, _, d in found])
+        return _csr(nq, owner, ids, dist)
+
+    def _run(
+        self, q: npt.NDArray[np.uint64], radius: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+        capacity = max(1024, 4 * len(q))
+        while True:
+            out_q = np.empty(capacity, np.int64)
+            out_r = np.empty(capacity, np.int64)
+            out_d = np.empty(capacity, np.int32)
+            if self.kind == "mih" and radius <= _MIH_MAX_DISTANCE:
+                nflip = radius // _WORDS
+                n = _mih_search(
+                    self._rows, self._order, self._starts, _flip_masks(nflip), nflip,
+                    q, radius, out_q, out_r, out_d,
+                )  # fmt: skip
+            else:
+                n = _flat_search(self._rows, q, radius, out_q, out_r, out_d)
+            if n >= 0:
+                return out_q[:n], out_r[:n], out_d[:n]
+            capacity *= 4
 
 
 def brute_force_search(
     bank: npt.NDArray[np.uint8], queries: npt.NDArray[np.uint8], max_distance: int
 ) -> RangeResult:
     """The definition of the answer: XOR and popcount of every query against every bank hash,
-    in NumPy. Slow (linear in bank x queries); the reference the indexes are tested against."""
+    in NumPy (no compiled code shared with the indexes). Slow; the reference they are tested
+    against."""
     _check_hashes(bank, "bank hashes")
     _check_hashes(queries, "query hashes")
     words = np.ascontiguousarray(bank).view(np.uint64)  # (N, 32) uint8 -> (N, 4) uint64
     qwords = np.ascontiguousarray(queries).view(np.uint64)  # (Q, 32) -> (Q, 4)
-    lims = [0]
-    ids: list[npt.NDArray[np.int64]] = []
-    dists: list[npt.NDArray[np.int32]] = []
-    for qw in qwords:
+    owners: list[npt.NDArray[np.int64]] = [np.zeros(0, np.int64)]
+    ids: list[npt.NDArray[np.int64]] = [np.zeros(0, np.int64)]
+    dists: list[npt.NDArray[np.int32]] = [np.zeros(0, np.int32)]
+    for i, qw in enumerate(qwords):
         d = np.bitwise_count(words ^ qw).sum(axis=1, dtype=np.int32)
         hit = np.flatnonzero(d <= max_distance)
+        owners.append(np.full(len(hit), i, np.int64))
         ids.append(hit.astype(np.int64))
         dists.append(d[hit])
-        lims.append(lims[-1] + len(hit))
-    return _sorted_csr(
-        np.asarray(lims, np.int64),
-        np.concatenate(ids) if ids else np.zeros(0, np.int64),
-        np.concatenate(dists) if dists else np.zeros(0, np.int32),
-    )
+    return _csr(len(qwords), np.concatenate(owners), np.concatenate(ids), np.concatenate(dists))
 
 
-def _sorted_csr(
-    lims: npt.NDArray[np.int64], ids: npt.NDArray[np.int64], dist: npt.NDArray[np.int32]
+def _csr(
+    nq: int,
+    owner: npt.NDArray[np.int64],
+    ids: npt.NDArray[np.int64],
+    dist: npt.NDArray[np.int32],
 ) -> RangeResult:
-    # order each query's matches by (distance, id), so every backend gives the same arrays
-    nq = len(lims) - 1
-    owner = np.repeat(np.arange(nq, dtype=np.int64), np.diff(lims))
+    # order each query's matches by (distance, id), so every method gives the same arrays
     order = np.lexsort((ids, dist, owner))
-    return RangeResult(lims, ids[order], dist[order])
+    lims = np.zeros(nq + 1, np.int64)
+    np.cumsum(np.bincount(owner, minlength=nq), out=lims[1:])
+    return RangeResult(lims, ids[order].astype(np.int64), dist[order].astype(np.int32))
 
 
 def _check_hashes(a: Any, what: str) -> None:

@@ -15,18 +15,20 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pipeline.errors import BankError, ConfigError
-from pipeline.hashes.bank import BANK_SUFFIX, Bank, BankBuilder, read_bank, write_bank
-from pipeline.hashes.formats import FORMATS, BankFormat, export_bank, import_bank
-from pipeline.hashes.match import IndexedBank
-from pipeline.hashes.signals import format_vpdq
-from pipeline.hashes.store import bank_files
 
-__all__ = ["add_banks_parser"]
+if TYPE_CHECKING:
+    from pipeline.hashes.bank import Bank
+
+__all__ = ["FORMATS", "add_banks_parser"]
 
 _DEFAULT_DIR = "banks"
+_BANK_SUFFIX = ".bank.tsv"  # pipeline.hashes.bank.BANK_SUFFIX
+# pipeline.hashes.formats.FORMATS, spelled out so that building the parser imports nothing
+# heavy (a test holds the two equal)
+FORMATS = ("te-signals", "te-csv", "hma-json", "vpdq-file")
 
 
 def add_banks_parser(subparsers: Any) -> None:
@@ -120,10 +122,12 @@ def _usage(parser: argparse.ArgumentParser) -> Any:
 
 
 def _path_of(directory: Path, name: str) -> Path:
-    return directory / f"{name}{BANK_SUFFIX}"
+    return directory / f"{name}{_BANK_SUFFIX}"
 
 
 def _load(directory: Path, name: str) -> Bank:
+    from pipeline.hashes.bank import read_bank
+
     path = _path_of(directory, name)
     if not path.is_file():
         raise BankError(f"no bank {name!r} in {directory} (no {path.name})")
@@ -131,9 +135,11 @@ def _load(directory: Path, name: str) -> Bank:
 
 
 def _banks_import(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    fmt: BankFormat = args.fmt
+    from pipeline.hashes.bank import BankBuilder, write_bank
+    from pipeline.hashes.formats import import_bank
+
     imported = import_bank(
-        args.file, fmt, name=args.bank, signal_type=args.signal_type, source=args.source
+        args.file, args.fmt, name=args.bank, signal_type=args.signal_type, source=args.source
     )
     existing = (
         _load(args.dir, args.bank)
@@ -158,6 +164,8 @@ def _banks_import(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def _banks_export(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from pipeline.hashes.formats import export_bank
+
     bank = _load(args.dir, args.bank)
     path = export_bank(bank, args.out, args.fmt)
     print(f"{len(bank)} entries of {bank.name} written to {path} ({args.fmt})", file=out)
@@ -165,7 +173,9 @@ def _banks_export(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def _banks_add(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    from pipeline.hashes import files  # decoding libraries only for this command
+    from pipeline.hashes import files
+    from pipeline.hashes.bank import BankBuilder, read_bank, write_bank
+    from pipeline.hashes.signals import format_vpdq
 
     if args.pdq is not None:
         signal_type, text = "pdq", args.pdq
@@ -199,6 +209,9 @@ def _banks_add(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def _banks_list(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from pipeline.hashes.bank import read_bank
+    from pipeline.hashes.store import bank_files
+
     if not args.dir.is_dir():
         raise ConfigError(f"no banks folder {args.dir}")
     failed = 0
@@ -214,6 +227,8 @@ def _banks_list(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def _banks_stats(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from pipeline.hashes.match import IndexedBank
+
     path = _path_of(args.dir, args.bank)
     t0 = time.perf_counter()
     bank = _load(args.dir, args.bank)

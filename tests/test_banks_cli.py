@@ -98,6 +98,23 @@ def test_add_entries_from_text_and_files(tmp_path: Path) -> None:
     assert len(read_bank(tmp_path / "k.bank.tsv")) == 5  # a failed add changes nothing
 
 
+def test_parser_is_cheap_and_agrees_with_the_library() -> None:
+    import subprocess
+    import sys
+
+    from consumers.banks_cli import FORMATS
+    from pipeline.hashes.formats import FORMATS as LIBRARY_FORMATS
+
+    assert FORMATS == LIBRARY_FORMATS
+    code = (
+        "import argparse, sys; from consumers.banks_cli import add_banks_parser; "
+        "add_banks_parser(argparse.ArgumentParser().add_subparsers()); "
+        "print(sorted(m for m in ('numba', 'pdqhash', 'numpy', 'av') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_list_reports_broken_files_and_missing_banks(tmp_path: Path) -> None:
     (tmp_path / "broken.bank.tsv").write_text("nonsense\n")
     rc, out = _run("banks", "list", "--dir", str(tmp_path))

@@ -417,3 +417,22 @@ def test_hash_policy_defaults_and_validation() -> None:
     ):
         with pytest.raises(ValueError):
             HashPolicy.model_validate({**doc, **bad})
+
+
+def test_package_exports_are_pinned_and_resolve() -> None:
+    import pipeline.hashes as hashes
+
+    assert hashes.__all__ == sorted(hashes.__all__, key=lambda n: (not n.isupper(), n))
+    assert set(hashes.__all__) == {
+        "DIHEDRAL_NAMES", "FORMATS", "SIGNAL_TYPES", "Bank", "BankBuilder", "BankEntry",
+        "BankFormat", "BankSnapshot", "BankStore", "DihedralHashes", "FrameResult", "HashMatch",
+        "HashPolicy", "IndexedBank", "Matcher", "PdqHash", "PdqIndex", "RangeResult",
+        "SignalType", "StreamWindow", "VideoMatch", "VideoMatcher", "VideoMatching",
+        "VpdqComparison", "VpdqFrame", "brute_force_search", "export_bank", "hamming",
+        "import_bank", "md5_file", "md5_stream", "pdq_dihedral", "pdq_hash", "read_bank",
+        "vpdq_compare", "write_bank",
+    }  # fmt: skip
+    for name in hashes.__all__:
+        assert getattr(hashes, name) is not None
+    with pytest.raises(AttributeError):
+        hashes.nothing_here

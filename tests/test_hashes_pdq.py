@@ -212,3 +212,21 @@ def test_md5_limits_and_errors(tmp_path: Path) -> None:
         md5_file(tmp_path / "missing.bin")
     with pytest.raises(HashError, match="chunk_size"):
         md5_stream(io.BytesIO(b""), chunk_size=0)
+
+
+def test_video_files_that_cannot_be_hashed(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    with pytest.raises(HashError, match=r"junk\.mp4"):
+        hash_video_file(junk)
+    with pytest.raises(HashError, match="cannot read"):
+        hash_video_file(tmp_path / "missing.mp4")
+    frames = _same_size_frames(6, 64, 96)
+    video = tmp_path / "six.mkv"
+    _write_lossless(video, frames, fps=2)  # 3 s
+    assert [f.timestamp for f in hash_video_file(video)] == [0.0, 1.0, 2.0]
+    assert len(hash_video_file(video, every_s=0)) == 6
+    with pytest.raises(HashError, match="over 2 hashed frames"):
+        hash_video_file(video, max_frames=2)
+    with pytest.raises(HashError, match="every_s"):
+        hash_video_file(video, every_s=-1)

@@ -73,9 +73,9 @@ class IndexedBank:
 
     __slots__ = ("bank", "md5", "pdq")
 
-    def __init__(self, bank: Bank, *, index_kind: IndexKind = "auto") -> None:
+    def __init__(self, bank: Bank, *, index_kind: IndexKind = "auto", threads: int = 1) -> None:
         self.bank = bank
-        self.pdq = PdqIndex(bank.pdq.hashes, kind=index_kind)
+        self.pdq = PdqIndex(bank.pdq.hashes, kind=index_kind, threads=threads)
         self.md5: dict[bytes, list[int]] = {}
         for i, row in enumerate(bank.md5.hashes):
             self.md5.setdefault(row.tobytes(), []).append(i)

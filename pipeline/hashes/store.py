@@ -73,10 +73,12 @@ class BankStore:
         *,
         max_bytes: int = MAX_BANK_BYTES,
         index_kind: IndexKind = "auto",
+        threads: int = 1,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.max_bytes = max_bytes
         self.index_kind: IndexKind = index_kind
+        self.threads = threads  # search threads a bank (the compiled loops release the GIL)
         self.reload_errors = 0
         self.last_error: str | None = None
         self._stamps: dict[Path, _Stamp] = {}
@@ -88,7 +90,7 @@ class BankStore:
             if bank.name in names:
                 raise BankError(f"{f}: bank {bank.name!r} is already defined by {names[bank.name]}")
             names[bank.name] = f
-            self._loaded[f] = IndexedBank(bank, index_kind=index_kind)
+            self._loaded[f] = IndexedBank(bank, index_kind=index_kind, threads=threads)
             self._stamps[f] = stamp
         self.snapshot = self._build({})
 
@@ -125,7 +127,9 @@ class BankStore:
                 continue
             try:
                 bank = self._read(f)
-                self._loaded[f] = IndexedBank(bank, index_kind=self.index_kind)
+                self._loaded[f] = IndexedBank(
+                    bank, index_kind=self.index_kind, threads=self.threads
+                )
                 errors.pop(f, None)
                 changed = True
             except (BankError, OSError, ValueError) as e:

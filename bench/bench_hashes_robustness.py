@@ -234,12 +234,12 @@ def video_table(n: int) -> None:
             for k, (frames, ref) in enumerate(originals):
                 path = Path(tmp) / f"edit{k}.mp4"
                 write_clip(path, [edit(f) for f in frames], fps, bitrate)
-                c = vpdq_compare(hash_video_file(path), ref, min_quality=0)
+                c = vpdq_compare(hash_video_file(path), ref)
                 matched += c.query_match_percent >= 80.0
                 shares.append(c.query_match_percent)
             print(f"{name:28} {matched:>4}/{n:<3} {np.mean(shares):>11.1f}%")
         fm = sum(
-            vpdq_compare(a[1], b[1], min_quality=0).query_match_percent >= 80.0
+            vpdq_compare(a[1], b[1]).query_match_percent >= 80.0
             for a, b in itertools.permutations(originals, 2)
         )
         print(f"unrelated clip pairs matched: {fm} of {n * (n - 1)}")

@@ -7,8 +7,9 @@ Measures, in one run:
   process's resident memory growth);
 - matching throughput at radius 31 for four exact methods, in frames a second, for batches of
   frames as a worker would send them: clipguard's multi-index hashing (compiled loops, on 1
-  and 2 threads), faiss's multi-index hashing (``IndexBinaryMultiHash``), the same scheme in
-  NumPy, and a flat scan (faiss ``IndexBinaryFlat``), the alternatives that were weighed;
+  and 2 threads, with and without its fingerprints), faiss's multi-index hashing
+  (``IndexBinaryMultiHash``), the same scheme in NumPy, and a flat scan (faiss
+  ``IndexBinaryFlat``), the alternatives that were weighed;
 - ``Matcher.match_frames`` end to end (index search plus building the match records);
 - recall: every method's matches on a query set against brute-force NumPy search over the
   whole bank (recall and precision both 1.0 means identical answers).
@@ -183,6 +184,10 @@ def main() -> None:
     queries = make_queries(rng, bank_hashes, args.frames)
     mih = indexed.pdq
     mih2 = PdqIndex(bank_hashes, kind="mih", threads=2)
+    t0 = time.perf_counter()
+    compact = PdqIndex(bank_hashes, kind="mih", fingerprints=False)
+    t_compact = time.perf_counter() - t0
+    compact2 = PdqIndex(bank_hashes, kind="mih", fingerprints=False, threads=2)
     mih.search(queries[:8], RADIUS)  # compile (or load the compiled loops from the cache)
     t0 = time.perf_counter()
     fmih = faiss.IndexBinaryMultiHash(256, 16, 16)
@@ -196,6 +201,10 @@ def main() -> None:
     t0 = time.perf_counter()
     npmih = NumpyMih(bank_hashes)
     t_np = time.perf_counter() - t0
+    print(
+        f"compact index (no fingerprints) built in {t_compact:.1f} s, "
+        f"{compact.nbytes * per_m / 2**20:.0f} MiB per million"
+    )
     print(
         f"other indexes built: faiss MIH {t_fmih:.1f} s, faiss flat {t_flat:.1f} s, "
         f"NumPy MIH {t_np:.1f} s ({npmih.nbytes * per_m / 2**20:.0f} MiB per million)"
@@ -213,6 +222,7 @@ def main() -> None:
     results = {
         "clipguard": pairs_of(mih.search(sub, RADIUS)),
         "clipguard 2t": pairs_of(mih2.search(sub, RADIUS)),
+        "compact": pairs_of(compact.search(sub, RADIUS)),
         "faiss MIH": faiss_pairs(fmih, sub),
         "faiss flat": faiss_pairs(flat, sub),
         "NumPy MIH": set(zip(o.tolist(), c.tolist(), strict=True)),
@@ -234,13 +244,15 @@ def main() -> None:
         rows = [
             ("clipguard MIH, 1 thread", lambda q: mih.search(q, RADIUS), queries),
             ("clipguard MIH, 2 threads", lambda q: mih2.search(q, RADIUS), queries),
+            ("compact MIH, 1 thread", lambda q: compact.search(q, RADIUS), queries),
+            ("compact MIH, 2 threads", lambda q: compact2.search(q, RADIUS), queries),
             ("faiss MIH", lambda q: fmih.range_search(q, RADIUS + 1), few),
             ("NumPy MIH", lambda q: npmih.search(q, RADIUS), few),
             ("faiss flat scan", lambda q: flat.range_search(q, RADIUS + 1), few[: max(batch, 256)]),
         ]
         for name, fn, qs in rows:
             print(f"  {name:26} {batch:>6} {throughput(fn, qs, batch):>10.0f}")
-    matcher = Matcher({"million": indexed})
+    matcher = Matcher({"million": IndexedBank(bank, threads=2)})
     frames = [PdqHash(q.tobytes(), 100) for q in queries]
     for batch in (64, 1024):
         t0 = time.perf_counter()
@@ -249,7 +261,9 @@ def main() -> None:
             for r in matcher.match_frames(frames[s : s + batch]):
                 hits += bool(r.matches)
         fps = len(frames) / (time.perf_counter() - t0)
-        print(f"  {'Matcher.match_frames':26} {batch:>6} {fps:>10.0f}   ({hits} frames matched)")
+        print(
+            f"  {'Matcher.match_frames, 2t':26} {batch:>6} {fps:>10.0f}   ({hits} frames matched)"
+        )
 
 
 if __name__ == "__main__":

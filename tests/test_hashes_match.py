@@ -42,13 +42,13 @@ def _same(a: RangeResult, b: RangeResult) -> None:
     np.testing.assert_array_equal(a.distances, b.distances)
 
 
-@pytest.mark.parametrize("kind", ["flat", "mih"])
-@pytest.mark.parametrize("radius", [0, 7, 15, 16, 31, 32, 47])
+@pytest.mark.parametrize("kind", ["flat", "mih", "mih-compact"])
+@pytest.mark.parametrize("radius", [0, 7, 15, 16, 31, 32, 47, 60])
 def test_index_equals_brute_force_on_random_hashes(kind: str, radius: int) -> None:
     rng = np.random.default_rng(radius)
     bank = rng.integers(0, 256, (30_000, 32), dtype=np.uint8)
     queries = _queries(rng, bank, 400)
-    index = PdqIndex(bank, kind=kind)  # type: ignore[arg-type]
+    index = PdqIndex(bank, kind=kind.split("-")[0], fingerprints=kind == "mih")  # type: ignore[arg-type]
     got = index.search(queries, radius)
     want = brute_force_search(bank, queries, radius)
     _same(got, want)
@@ -61,8 +61,11 @@ def test_index_equals_brute_force_on_clustered_hashes() -> None:
     centres = rng.integers(0, 256, (50, 32), dtype=np.uint8)
     bank = np.concatenate([_flip(rng, np.repeat(centres, 200, axis=0), b) for b in (2, 9, 20)])
     queries = _queries(rng, bank, 300)
+    want = brute_force_search(bank, queries, 31)
     for kind in ("flat", "mih"):
-        _same(PdqIndex(bank, kind=kind).search(queries, 31), brute_force_search(bank, queries, 31))  # type: ignore[arg-type]
+        for fingerprints in (True, False):
+            got = PdqIndex(bank, kind=kind, fingerprints=fingerprints).search(queries, 31)  # type: ignore[arg-type]
+            _same(got, want)
 
 
 def test_threads_give_the_same_answer() -> None:
@@ -71,6 +74,7 @@ def test_threads_give_the_same_answer() -> None:
     queries = _queries(rng, bank, 301)
     one = PdqIndex(bank, kind="mih").search(queries, 31)
     _same(PdqIndex(bank, kind="mih", threads=3).search(queries, 31), one)
+    _same(PdqIndex(bank, kind="mih", threads=2, fingerprints=False).search(queries, 31), one)
     _same(PdqIndex(bank, kind="flat", threads=2).search(queries, 31), one)
 
 
@@ -81,9 +85,11 @@ def test_many_matches_grow_the_output() -> None:
     centre = rng.integers(0, 256, (1, 32), dtype=np.uint8)
     bank = _flip(rng, np.repeat(centre, 30_000, axis=0), 5)
     queries = np.repeat(centre, 3, axis=0)
-    got = PdqIndex(bank, kind="mih").search(queries, 31)
-    assert len(got.ids) == 90_000
-    _same(got, brute_force_search(bank, queries, 31))
+    want = brute_force_search(bank, queries, 31)
+    for fingerprints in (True, False):
+        got = PdqIndex(bank, kind="mih", fingerprints=fingerprints).search(queries, 31)
+        assert len(got.ids) == 90_000
+        _same(got, want)
 
 
 def test_index_edges() -> None:

@@ -1,6 +1,6 @@
 """How well PDQ and vPDQ match edited copies, and how rarely they match unrelated content.
 
-Pictures: two generated families, ``scenes`` (``pipeline.synthetic``: flat shapes, words and
+Pictures: two generated families, ``scenes`` (``pipeline.demo.scenes``: flat shapes, words and
 clutter on plain, noise or clutter backgrounds) and ``textures`` (multi-scale noise with
 shapes drawn on it, closer to the detail of camera pictures). Each picture is edited (resized,
 JPEG re-encoded at low quality, cropped, brightness +-20%, mirrored, rotated, watermarked) and
@@ -11,7 +11,7 @@ with and without the 8 dihedral hashes.
 Unrelated content: every pair of distinct good-quality pictures (>= 100,000 pairs), the share
 within 31 bits (false matches) and the distance distribution.
 
-Videos: generated clips (``pipeline.synthetic_video``), edited frame by frame and re-encoded
+Videos: generated clips (``pipeline.demo.video``), edited frame by frame and re-encoded
 with H.264 through PyAV, hashed one frame a second (vPDQ), compared with HMA's rule (query
 frames matching >= 80%); and unrelated clip pairs for false matches.
 
@@ -40,12 +40,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import synthetic  # noqa: E402
+from pipeline.demo import scenes as synthetic  # noqa: E402
+from pipeline.demo.video import Shot, render_frame  # noqa: E402
 from pipeline.hashes.files import hash_video_file  # noqa: E402
 from pipeline.hashes.pdq import pdq_dihedral, pdq_hash  # noqa: E402
 from pipeline.hashes.signals import hamming  # noqa: E402
 from pipeline.hashes.video import vpdq_compare  # noqa: E402
-from pipeline.synthetic_video import Shot, render_frame  # noqa: E402
 
 Image = np.ndarray[Any, np.dtype[np.uint8]]
 THRESHOLD = 31

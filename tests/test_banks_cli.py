@@ -11,12 +11,12 @@ import cv2
 import pytest
 
 from consumers.banks_cli import add_banks_parser
-from pipeline import synthetic
+from pipeline.demo import scenes as synthetic
+from pipeline.demo.video import demo_shots, write_video
 from pipeline.errors import BankError, HashError
 from pipeline.hashes.bank import read_bank
 from pipeline.hashes.files import hash_video_file
 from pipeline.hashes.pdq import pdq_hash
-from pipeline.synthetic_video import demo_shots, write_video
 
 DATA = Path(__file__).parent / "data" / "hashes"
 

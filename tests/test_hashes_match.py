@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from pipeline import synthetic
+from pipeline.demo import scenes as synthetic
 from pipeline.errors import HashError
 from pipeline.hashes.bank import Bank, BankBuilder
 from pipeline.hashes.index import PdqIndex, RangeResult, brute_force_search

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pdq_numpy import pdq_numpy
 
-from pipeline import synthetic
+from pipeline.demo import scenes as synthetic
 from pipeline.errors import HashError
 from pipeline.hashes.files import hash_image_file, hash_video_file, md5_of_file
 from pipeline.hashes.md5 import md5_chunks, md5_file, md5_stream

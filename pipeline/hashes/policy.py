@@ -35,7 +35,7 @@ from pipeline.hashes.index import MAX_DISTANCE
 from pipeline.hashes.match import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_QUALITY
 from pipeline.hashes.signals import SignalType
 from pipeline.hashes.video import COMPARED_MATCH_PERCENT, QUERY_MATCH_PERCENT
-from pipeline.policy import Temporal
+from pipeline.policies.schema import Temporal
 
 __all__ = ["HashPolicy", "VideoMatching"]
 

@@ -51,6 +51,7 @@ from pydantic_settings import (
 )
 
 from pipeline.decode import Fit, Limits, Sampling, SamplingMode
+from pipeline.decode.options import DEFAULT_HASH_SIDE
 from pipeline.errors import ConfigError
 
 __all__ = [
@@ -154,6 +155,15 @@ class DecodeSettings(_Section):
     )
     max_memory_bytes: int = Field(
         default=4 * 1024 * _MIB, gt=0, description="Address-space cap of a decode process, bytes."
+    )
+    hash_side: int = Field(
+        default=DEFAULT_HASH_SIDE,
+        ge=0,
+        le=8192,
+        description="Hash policies: sampled frames are divided by a whole factor to at most this "
+        "many pixels on the long side before their PDQ hash (a few ms a frame; within a few "
+        "bits of the full-size hash, see the README); 0: hash the full frame (exact, about 60 "
+        "ms a 1080p frame).",
     )
 
     def limits(self) -> Limits:
@@ -287,6 +297,12 @@ class WorkerSettings(BaseSettings):
         description="Policy files or folders (in the environment: one path, comma-separated "
         "paths or a JSON list); default: policies/demo for the demo model, else policies.",
     )
+    banks: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(),
+        description="Hash bank files (*.bank.tsv) or folders, for kind: hash policies (as "
+        "policies: one path, comma-separated paths or a JSON list); reloaded when they change. "
+        "Unset: no banks (a hash policy is then an error).",
+    )
     device: Device = Field(default="auto", description="Encoder device: auto, cpu or cuda.")
     precision: Precision = Field(
         default="auto",
@@ -314,7 +330,10 @@ class WorkerSettings(BaseSettings):
         "processes leave (at least 1), so the stages do not fight over cores.",
     )
     policy_reload_interval_s: float = Field(
-        default=2.0, gt=0, allow_inf_nan=False, description="How often policy files are checked, s."
+        default=2.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="How often policy and bank files are checked, s.",
     )
 
     # --- batching, decoding, sampling ---
@@ -393,12 +412,14 @@ class WorkerSettings(BaseSettings):
                 raise ValueError(f"expected host:port[,host:port...], got {server!r}")
         return ",".join(servers)
 
-    @field_validator("policies", mode="before")
+    @field_validator("policies", "banks", mode="before")
     @classmethod
     def _default_policies(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None:
+        if value is None and info.field_name == "policies":
             model = info.data.get("model", _DEMO_MODEL)
             return (_DEMO_POLICIES if model == _DEMO_MODEL else _POLICIES,)
+        if value is None:
+            return ()
         if isinstance(value, Path):
             return (value,)
         if isinstance(value, str):

@@ -30,6 +30,7 @@ __all__ = [
     "SCORE_SCHEMA",
     "EncoderInfo",
     "FlagEvent",
+    "HashMatchInfo",
     "JobRequest",
     "JobState",
     "JobStatus",
@@ -69,6 +70,37 @@ class EncoderInfo(_Record):
     runtime: str = Field(description="the runtime and its version")
 
 
+class HashMatchInfo(BaseModel):
+    """What a hash policy's flag matched: the bank entry, and how close."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bank: str
+    entry_id: str
+    signal_type: Literal["pdq", "vpdq", "md5"] = Field(
+        description="the entry's signal type: a PDQ entry, a banked video (vPDQ) or a file (MD5)"
+    )
+    distance: int | None = Field(
+        description="PDQ Hamming distance in bits (of 256) of the peak frame to the entry, or "
+        "to the closest frame of the banked video; 0 for an MD5 match; null for a video "
+        "matched as a whole (see the percentages)"
+    )
+    quality: int | None = Field(description="PDQ quality (0-100) of the peak frame")
+    tags: list[str] = Field(description="the entry's tags")
+    variant: str = Field(
+        "original",
+        description="which rotation or mirror of the frame matched (dihedral policies)",
+    )
+    query_match_percent: float | None = Field(
+        None,
+        description="vPDQ: share of the video's (or the stream window's) frames that match "
+        "the banked video",
+    )
+    compared_match_percent: float | None = Field(
+        None, description="vPDQ: share of the banked video's frames that are matched"
+    )
+
+
 class ScoreRecord(_Record):
     """One scored frame (``clipguard.scores``, key = stream id)."""
 
@@ -94,6 +126,15 @@ class ScoreRecord(_Record):
     job_id: str | None = Field(None, description="the scan job, for scans run as Kafka jobs")
     encoder: EncoderInfo | None = Field(
         None, description="how the embedding was computed (weights, precision, runtime)"
+    )
+    nearest: dict[str, int | None] | None = Field(
+        None,
+        description="hash policies: bank -> the smallest PDQ distance (bits of 256) from this "
+        "frame to the bank's entries within the policies' max_distance, null when none was "
+        "that close or the frame's quality was under min_quality",
+    )
+    pdq_quality: int | None = Field(
+        None, description="hash policies: the frame's PDQ quality (0-100)"
     )
 
 
@@ -123,6 +164,12 @@ class FlagEvent(_Record):
         False,
         description="found afterwards in stored frames by a policy version (policy backtest "
         "--publish), not live; the same event id as the live event of the same incident",
+    )
+    match: HashMatchInfo | None = Field(
+        None,
+        description="hash policies: the bank entry matched at the peak (peak_score and "
+        "threshold are then 1 - distance / 256 and 1 - max_distance / 256; a whole-file match "
+        "of a scan has label md5 or vpdq)",
     )
 
 

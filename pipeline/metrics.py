@@ -128,6 +128,11 @@ class Metrics:
             "Policy reloads that failed (the previous policies stay in force).",
             registry=r,
         )
+        self.bank_reload_errors = Counter(
+            "clipguard_bank_reload_errors",
+            "Hash bank files that failed to reload (their last good bank stays in force).",
+            registry=r,
+        )
         # --- histograms ---
         self.decode_seconds = Histogram(
             "clipguard_decode_seconds",

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from consumers.banks_cli import add_banks_parser
+from consumers.cli.banks import add_parser
 from pipeline.demo import scenes as synthetic
 from pipeline.demo.video import demo_shots, write_video
 from pipeline.errors import BankError, HashError
@@ -23,7 +23,7 @@ DATA = Path(__file__).parent / "data" / "hashes"
 
 def _run(*argv: str) -> tuple[int, str]:
     parser = argparse.ArgumentParser(prog="clipguard")
-    add_banks_parser(parser.add_subparsers())
+    add_parser(parser.add_subparsers())
     args = parser.parse_args(list(argv))
     out = io.StringIO()
     return args.func(args, out), out.getvalue()
@@ -102,13 +102,13 @@ def test_parser_is_cheap_and_agrees_with_the_library() -> None:
     import subprocess
     import sys
 
-    from consumers.banks_cli import FORMATS
+    from consumers.cli.banks import FORMATS
     from pipeline.hashes.formats import FORMATS as LIBRARY_FORMATS
 
     assert FORMATS == LIBRARY_FORMATS
     code = (
-        "import argparse, sys; from consumers.banks_cli import add_banks_parser; "
-        "add_banks_parser(argparse.ArgumentParser().add_subparsers()); "
+        "import argparse, sys; from consumers.cli.banks import add_parser; "
+        "add_parser(argparse.ArgumentParser().add_subparsers()); "
         "print(sorted(m for m in ('numba', 'pdqhash', 'numpy', 'av') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

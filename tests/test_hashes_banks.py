@@ -13,9 +13,9 @@ import pytest
 from pipeline.errors import BankError, HashError
 from pipeline.hashes.bank import BankBuilder, read_bank, write_bank
 from pipeline.hashes.formats import export_bank, import_bank, te_csv_file_name
-from pipeline.hashes.policy import HashPolicy
 from pipeline.hashes.signals import parse_pdq, parse_vpdq
 from pipeline.hashes.store import BankStore, bank_files
+from pipeline.policies.schema import HashPolicy
 
 DATA = Path(__file__).parent / "data" / "hashes"
 P1 = "36636697f623e809c90bc9d9c8f184abd8f024b5340f783578243d2ecbf8c7da"
@@ -426,8 +426,8 @@ def test_package_exports_are_pinned_and_resolve() -> None:
     assert set(hashes.__all__) == {
         "DIHEDRAL_NAMES", "FORMATS", "SIGNAL_TYPES", "Bank", "BankBuilder", "BankEntry",
         "BankFormat", "BankSnapshot", "BankStore", "DihedralHashes", "FrameResult", "HashMatch",
-        "HashPolicy", "IndexedBank", "Matcher", "PdqHash", "PdqIndex", "RangeResult",
-        "SignalType", "StreamWindow", "VideoMatch", "VideoMatcher", "VideoMatching",
+        "IndexedBank", "Matcher", "PdqHash", "PdqIndex", "RangeResult",
+        "SignalType", "StreamWindow", "VideoMatch", "VideoMatcher",
         "VpdqComparison", "VpdqFrame", "brute_force_search", "export_bank", "hamming",
         "import_bank", "md5_file", "md5_stream", "pdq_dihedral", "pdq_hash", "read_bank",
         "vpdq_compare", "write_bank",

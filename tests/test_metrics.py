@@ -22,6 +22,7 @@ NAMES = {
     "clipguard_dlq": "counter",
     "clipguard_flags": "counter",
     "clipguard_policy_reload_errors": "counter",
+    "clipguard_bank_reload_errors": "counter",
     "clipguard_decode_seconds": "histogram",
     "clipguard_encode_seconds": "histogram",
     "clipguard_batch_size": "histogram",

@@ -183,6 +183,12 @@ def add_policies_option(parser: _Parent, *, help: str, repeatable: bool) -> None
         parser.add_argument("--policies", nargs="+", metavar="PATH", help=help)
 
 
+def add_banks_option(parser: _Parent, *, help: str) -> None:
+    """``--banks PATH``: hash bank files (``*.bank.tsv``) or folders, for hash policies,
+    repeated or listed after one option."""
+    parser.add_argument("--banks", nargs="+", action="extend", metavar="PATH", help=help)
+
+
 def add_sample_fps_option(
     parser: _Parent, *, help: str, default: float | None = None, metavar: str = "FPS"
 ) -> None:

@@ -37,6 +37,7 @@ from consumers.cli.common import (
     EXIT_PARTIAL,
     EXIT_USAGE,
     PROG,
+    add_banks_option,
     add_bootstrap_servers,
     add_command,
     add_fit_option,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from consumers.jobs import JobOutcome
     from consumers.settings import TopicNames
     from pipeline.decode import Frame, Sampling
+    from pipeline.hashes.store import BankSnapshot
     from pipeline.models.base import ImageTextModel
     from pipeline.models.encoders import ImageEncoder
     from pipeline.policies import LoadedPolicies
@@ -88,6 +90,8 @@ examples:
   clipguard scan uploads/ --model ViT-B/32 --policies policies/ --out scan-2026-11
   clipguard scan urls.txt --keyframes --fit tiles
   clipguard scan uploads/ --out scan-2026-11       again: scans only new or changed files
+  clipguard scan uploads/ --policies policies/known.yaml --banks banks/
+                                                   known content: hash policies against banks
   clipguard scan --bootstrap-servers kafka:9092 /mnt/uploads/
                                                    as jobs on the worker fleet (paths the
                                                    workers can read, or URLs)
@@ -123,6 +127,12 @@ def add_parser(subparsers: Any) -> None:
         repeatable=True,
         help="policy file or folder; repeatable (default: policies/demo for the demo model, "
         "policies/ for any other)",
+    )
+    add_banks_option(
+        scan,
+        help="hash bank files (*.bank.tsv) or folders, for kind: hash policies: frames, whole "
+        "files (MD5) and videos (vPDQ) are matched against them (local scans; on the worker "
+        "fleet the workers' banks are used)",
     )
     add_model_option(
         scan,
@@ -223,15 +233,23 @@ def run_scan(args: argparse.Namespace) -> int:
     from pipeline.errors import ConfigError
     from pipeline.scan import ScanOptions, discover
 
-    options = ScanOptions(
-        sampling=_sampling(args), fit=args.fit, limits=Limits(timeout=args.timeout)
-    )
     inputs = discover(args.paths)
     if not inputs:
         raise ConfigError(f"no video files found in {', '.join(args.paths)}")
     if args.bootstrap_servers:
         return _run_jobs(args, inputs)
-    return _scan_here(args, inputs, options)
+    banks = None
+    if args.banks:
+        from pipeline.hashes.store import BankStore
+
+        banks = BankStore(args.banks).snapshot
+    options = ScanOptions(
+        sampling=_sampling(args),
+        fit=args.fit,
+        limits=Limits(timeout=args.timeout),
+        banks=None if banks is None else banks.digest,
+    )
+    return _scan_here(args, inputs, options, banks)
 
 
 @dataclass
@@ -242,12 +260,19 @@ class _Counts:
     incidents: int = 0
 
 
-def _scan_here(args: argparse.Namespace, inputs: Sequence[ScanInput], options: ScanOptions) -> int:
+def _scan_here(
+    args: argparse.Namespace,
+    inputs: Sequence[ScanInput],
+    options: ScanOptions,
+    banks: BankSnapshot | None,
+) -> int:
     """Scan ``inputs`` on this machine into ``--out``, resuming from what it holds."""
     from pipeline.policies.compile import PolicyCompiler
+    from pipeline.policies.hashing import check_banks
     from pipeline.scan.outputs import ScanFolder, describe_policies, plan_scan, write_outputs
 
     model, demo, policies = _model_and_policies(args)
+    check_banks(policies.hashes, frozenset(banks.banks) if banks is not None else frozenset())
     policy_set = PolicyCompiler(model).compile(policies)
     folder = ScanFolder(Path(args.out))
     with folder.locked():
@@ -288,6 +313,7 @@ def _scan_here(args: argparse.Namespace, inputs: Sequence[ScanInput], options: S
                     model=model,
                     policies=policy_set,
                     options=options,
+                    banks=banks,
                 )
         finally:  # interrupted too: the summary and report show what was done
             seconds = time.monotonic() - started
@@ -346,6 +372,7 @@ def _scan_todo(
     model: ImageTextModel,
     policies: PolicySet,
     options: ScanOptions,
+    banks: BankSnapshot | None,
 ) -> None:
     """Scan the plan's inputs, writing each one's records and entry as it is done."""
     from pipeline.decode import DecodePool
@@ -361,6 +388,7 @@ def _scan_todo(
             policies,
             pool=pool,
             options=options,
+            banks=banks,
             on_frames=None if recorder is None else _recording(recorder),
         )
         for result in scanner.scan(list(plan.todo)):

@@ -12,6 +12,7 @@ from consumers.argtypes import port, positive_float, positive_int
 from consumers.cli.common import (
     EXIT_USAGE,
     PROG,
+    add_banks_option,
     add_bootstrap_servers,
     add_command,
     add_fit_option,
@@ -49,6 +50,7 @@ _OPTIONS: Final = {
     "group_id": "group_id",
     "model": "model",
     "policies": "policies",
+    "banks": "banks",
     "device": "device",
     "precision": "precision",
     "max_batch_size": "max_batch_size",
@@ -85,6 +87,7 @@ def add_parser(subparsers: Any) -> None:
     add("--group-id", metavar="ID", help="consumer group")
     add_model_option(worker, help="CLIP model (default: clipguard-demo)")
     add_policies_option(worker, repeatable=False, help="policy files or folders")
+    add_banks_option(worker, help="hash bank files or folders, for kind: hash policies")
     add("--device", choices=("auto", "cpu", "cuda"), help="encoder device")
     add(
         "--precision",

@@ -47,8 +47,9 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
@@ -66,6 +67,9 @@ from pipeline.events import FlagEvent, JobRequest, JobState, JobStatus, ScoreRec
 from pipeline.models.encoders import ImageEncoder
 from pipeline.policies.store import PolicyStore
 from pipeline.scan import Scanner, ScanOptions
+
+if TYPE_CHECKING:
+    from pipeline.hashes.store import BankSnapshot
 
 __all__ = [
     "InvalidJob",
@@ -113,12 +117,15 @@ def start_jobs(
     store: PolicyStore,
     pool: DecodePool | None,
     stopping: threading.Event | None = None,
+    banks: Callable[[], BankSnapshot | None] = lambda: None,
 ) -> JobRunner | None:
     """Start a :class:`JobRunner` in its thread; None (logged) when the jobs or job status
     topic does not exist or the broker cannot be reached: the worker goes on without jobs."""
     if pool is None:
         raise ClipguardError("the job runner needs the worker's decode pool")
-    runner = JobRunner(settings, encoder=encoder, store=store, pool=pool, stopping=stopping)
+    runner = JobRunner(
+        settings, encoder=encoder, store=store, pool=pool, stopping=stopping, banks=banks
+    )
     try:
         connected = runner.connect()
     except KafkaError as e:
@@ -196,10 +203,12 @@ class JobRunner:
         store: PolicyStore,
         pool: DecodePool,
         stopping: threading.Event | None = None,
+        banks: Callable[[], BankSnapshot | None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.encoder = encoder
         self.store = store
+        self.banks = banks  # the worker's bank store's snapshot, for hash policies
         self.pool = pool
         self.group_id = settings.group_id + "-jobs"
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}-{next(_runner_numbers)}"
@@ -336,6 +345,7 @@ class JobRunner:
             policies,
             pool=self.pool,
             options=job_options(request, limits=limits),
+            banks=self.banks(),  # one snapshot for the whole job, as the policies
         )
         self._status(job, "accepted")
         _log.info("job %s (%s): %s", job.job_id, job.where, job.source)

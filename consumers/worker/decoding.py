@@ -7,6 +7,11 @@ opens it in one decode process, every chunk is fed there in order, and its last 
 failed chunk closes it too, so the next one starts afresh from a keyframe). Raw chunks carry
 no timestamps: frame times count from the ``start-ts`` of the chunk that opened the stream.
 
+Each segment is decoded with the frame hashes the policies in force need at its submission
+(``hash_mode``: none, PDQ or its dihedral variants, for hash policies), taken in the decode
+process from the decoded picture (:mod:`pipeline.decode.hashing`); a raw stream keeps the mode
+it was opened with.
+
 Results come back on the pool's thread: :class:`SegmentDecoder` only fills the segment's frames
 and frame references there, and hands it on with ``decoded(segment)``; a failure is posted to
 the main thread as a :class:`~consumers.worker.events.DecodeFailed` event.
@@ -23,6 +28,7 @@ from typing import Any
 from consumers.worker.events import DecodeFailed, Event
 from consumers.worker.segments import Segment
 from pipeline.decode import RAW_TYPES, DecodeOptions, DecodePool, DecodeResult, Frame
+from pipeline.decode.options import HashMode
 from pipeline.policies.judge import FrameRef
 
 __all__ = ["SegmentDecoder"]
@@ -38,9 +44,12 @@ class SegmentDecoder:
         *,
         decoded: Callable[[Segment], object],
         post: Callable[[Event], object],
+        hash_mode: Callable[[], HashMode] = lambda: "none",
     ) -> None:
         self.pool = pool
         self.options = options
+        self._hash_mode = hash_mode
+        self._options: dict[HashMode, DecodeOptions] = {options.hashes: options}
         self._decoded = decoded
         self._post = post
         self._raw: dict[str, float] = {}  # open raw streams -> stream time of their frame 0
@@ -55,15 +64,16 @@ class SegmentDecoder:
         assert info is not None
         seg.attempts += 1
         seg.decode_started = time.monotonic()
+        options = self._options_now()
         if not info.raw:
-            future = self.pool.submit_bytes(seg.value, info.content_type, self.options)
+            future = self.pool.submit_bytes(seg.value, info.content_type, options)
             start = info.start_ts or 0.0
             future.add_done_callback(lambda f: self._container_done(seg, f, start))
             return
         stream_id = seg.stream_id
         if stream_id not in self._raw:
             codec = RAW_TYPES[info.content_type]
-            opened = self.pool.open_stream(stream_id, codec, self.options, fps=info.fps)
+            opened = self.pool.open_stream(stream_id, codec, options, fps=info.fps)
             opened.add_done_callback(lambda f: f.exception())  # a failure shows in feed()
             self._raw[stream_id] = info.start_ts if info.start_ts is not None else 0.0
         base = self._raw[stream_id]
@@ -72,6 +82,14 @@ class SegmentDecoder:
             futures.append(self.pool.close_stream(stream_id))
             del self._raw[stream_id]
         _when_all(futures, lambda fs: self._raw_done(seg, fs, base))
+
+    def _options_now(self) -> DecodeOptions:
+        """The options with the hashes the policies in force need."""
+        mode = self._hash_mode()
+        options = self._options.get(mode)
+        if options is None:
+            options = self._options[mode] = self.options.with_(hashes=mode)
+        return options
 
     def close_raw(self, stream_id: str) -> None:
         """Close a raw stream's decoder (the next chunk starts afresh); nothing if not open."""

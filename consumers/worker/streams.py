@@ -14,6 +14,11 @@ back, or after ``stream_idle_close_s`` of silence while its partition is caught 
 (:meth:`Streams.close_idle`). Each verdict carries the stream's checkpoint after that segment
 (published once the outputs are acknowledged), and :meth:`Streams.open` restores a stream from
 its checkpoint when a partition moves here.
+
+Hash policies are judged in the same call, from the PDQ hashes the decode stage took of each
+frame and the banks in force (``banks()``, the bank store's snapshot, read once a segment);
+each stream keeps its vPDQ windows (:attr:`Stream.windows`). A window is not checkpointed: after
+a restart or a partition move it fills again from the next frames.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 from kafka.structs import TopicPartition
@@ -47,6 +52,9 @@ from pipeline.policies.judge import Judge, Judgement, PolicyFacts
 from pipeline.policies.snapshot import PolicySet
 from pipeline.policies.temporal import StreamTemporalState
 
+if TYPE_CHECKING:
+    from pipeline.hashes.store import BankSnapshot
+
 __all__ = ["DLQ_VALUE_DROPPED", "Stream", "Streams", "Verdict"]
 
 _log = logging.getLogger(__name__)
@@ -69,6 +77,7 @@ class Stream:
     queue: deque[Segment] = field(default_factory=deque)
     restored_offset: int = -1  # segments at or before this offset are already in the state
     active: float = field(default_factory=time.monotonic)  # when it last sent a segment
+    windows: dict[str, Any] = field(default_factory=dict)  # hash policy -> its vPDQ window
 
     @property
     def key(self) -> tuple[TopicPartition, str]:
@@ -102,9 +111,11 @@ class Streams:
         checkpoints: bool,
         max_request_size: int,
         embeddings: EmbeddingsOut | None = None,
+        banks: Callable[[], BankSnapshot | None] = lambda: None,
     ) -> None:
         self.judge = judge
         self.embeddings = embeddings
+        self.banks = banks
         self.topics = topics
         self.checkpoints = checkpoints
         self.max_request_size = max_request_size
@@ -213,9 +224,18 @@ class Streams:
             _log.info("stream restarted at seq 0: closing its incidents", extra=seg.log())
             closing = self.judge.finish(stream.state, policies, facts=stream.facts)
             stream.state = self.judge.new_state(stream.stream_id, policies)
-            stream.facts = {}
+            stream.facts, stream.windows = {}, {}
         embeddings = seg.embeddings if refs else np.zeros((0, 1), dtype=np.float32)
-        out = self.judge.judge(stream.state, refs, embeddings, policies, facts=stream.facts)
+        out = self.judge.judge(
+            stream.state,
+            refs,
+            embeddings,
+            policies,
+            facts=stream.facts,
+            hashes=[f.pdq for f in seg.frames] if len(seg.frames) == len(refs) else None,
+            banks=self.banks(),
+            windows=stream.windows,
+        )
         closing.extend(out)
         if seg.end:
             closing.extend(self.judge.finish(stream.state, policies, facts=stream.facts))
@@ -313,6 +333,6 @@ class Streams:
         afresh."""
         if stream.queue:
             stream.state = self.judge.new_state(stream.stream_id, policies)
-            stream.facts = {}
+            stream.facts, stream.windows = {}, {}
         else:
             self._streams.pop(stream.key, None)

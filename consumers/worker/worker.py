@@ -9,8 +9,9 @@ One :class:`Worker` is one member of the consumer group. Its threads::
     decode pool     sandboxed child processes decode segments (decoding); a finished decode
                     hands its frames straight to the encoder
     encoder         frames of every stream share batches (batching)
-    policy watcher  re-reads the policy files every ``policy_reload_interval_s`` and swaps in
-                    a new policy set in one assignment (a broken edit keeps the last good one)
+    policy watcher  re-reads the policy files (and the hash banks, ``banks``) every
+                    ``policy_reload_interval_s`` and swaps in a new policy set or bank
+                    snapshot in one assignment (a broken edit keeps the last good one)
     producer IO     kafka-python's sender; acknowledgements come back as events
 
 A segment's life: accepted -> decoding -> encoding -> judged in stream order -> outputs
@@ -75,11 +76,13 @@ from pipeline.metrics import Metrics, MetricsServer, start_http_server
 from pipeline.models.base import ImageTextModel
 from pipeline.models.encoders import ImageEncoder
 from pipeline.policies.compile import PolicyCompiler
+from pipeline.policies.hashing import decode_hashes
 from pipeline.policies.judge import Judge
 from pipeline.policies.store import PolicyStore
 
 if TYPE_CHECKING:
     from consumers.jobs import JobRunner
+    from pipeline.hashes.store import BankSnapshot, BankStore
 
 __all__ = ["Worker", "WorkerError", "encoder_threads"]
 
@@ -136,6 +139,8 @@ class Worker:
         self._rewound: set[TopicPartition] = set()  # sought back in this loop iteration
         self._last_lag = self._last_commit = self._last_poll = 0.0
         self._reload_errors_seen = 0
+        self._bank_errors_seen = 0
+        self.banks: BankStore | None = None  # hash banks, when settings.banks names some
         self.segments_done = 0  # for tests, the demo and benches: segments fully handled
         self.pauses = 0  # times consumption paused for backpressure
         self.first_arrival: float | None = None  # time.monotonic() of the first segment
@@ -190,7 +195,12 @@ class Worker:
             from consumers.jobs import start_jobs
 
             self._jobs = start_jobs(
-                s, encoder=self.encoder, store=self.store, pool=self._pool, stopping=self._stop
+                s,
+                encoder=self.encoder,
+                store=self.store,
+                pool=self._pool,
+                stopping=self._stop,
+                banks=self._bank_snapshot,
             )
 
     def _serve_metrics(self) -> None:
@@ -235,7 +245,13 @@ class Worker:
         s = self.settings
         device = s.resolved_device()
         self.model = load_model(s.model, device=device)  # fp32: the text tower, the reference
-        self.store = PolicyStore(list(s.policies), PolicyCompiler(self.model))
+        if s.banks:
+            from pipeline.hashes.store import BankStore
+
+            self.banks = BankStore(list(s.banks))
+        self.store = PolicyStore(
+            list(s.policies), PolicyCompiler(self.model), banks=self._bank_names
+        )
         self.encoder = self._make_encoder(self.model, s.max_batch_size)
         enc = self.encoder
         self.metrics.set_model(
@@ -249,6 +265,7 @@ class Worker:
             checkpoints=s.checkpoint_state,
             max_request_size=s.max_request_size,
             embeddings=self._embeddings_out(),
+            banks=self._bank_snapshot,
         )
         self._pool = DecodePool(s.decode.processes, limits=s.decode.limits())
         options = DecodeOptions(
@@ -256,9 +273,14 @@ class Worker:
             fit=s.decode.fit,
             sampling=s.sampling.rule(),
             limits=s.decode.limits(),
+            hash_side=s.decode.hash_side,
         )
         self._decoder = SegmentDecoder(
-            self._pool, options, decoded=self._decoded, post=self._events.put
+            self._pool,
+            options,
+            decoded=self._decoded,
+            post=self._events.put,
+            hash_mode=lambda: decode_hashes(self.store.current.hashes),
         )
         self._batcher = BatchEncoder(
             self.encoder,
@@ -709,6 +731,10 @@ class Worker:
         if errors > self._reload_errors_seen:
             self.metrics.policy_reload_errors.inc(errors - self._reload_errors_seen)
             self._reload_errors_seen = errors
+        bank_errors = self.banks.reload_errors if self.banks is not None else 0
+        if bank_errors > self._bank_errors_seen:
+            self.metrics.bank_reload_errors.inc(bank_errors - self._bank_errors_seen)
+            self._bank_errors_seen = bank_errors
         now = time.monotonic()
         if now - self._last_lag < _LAG_INTERVAL_S:
             return
@@ -738,9 +764,17 @@ class Worker:
         interval = self.settings.policy_reload_interval_s
         while not self._threads_stop.wait(interval):
             try:
+                if self.banks is not None:  # banks first: a new policy may name a new bank
+                    self.banks.refresh()
                 self.store.refresh()
             except Exception:  # the watcher must outlive any surprise in a reload
-                _log.exception("policy reload failed unexpectedly")
+                _log.exception("policy or bank reload failed unexpectedly")
+
+    def _bank_snapshot(self) -> BankSnapshot | None:
+        return self.banks.snapshot if self.banks is not None else None
+
+    def _bank_names(self) -> frozenset[str]:
+        return frozenset(self.banks.snapshot.banks) if self.banks is not None else frozenset()
 
 
 # ------------------------------------------------------------------------------- helpers

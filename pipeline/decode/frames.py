@@ -13,22 +13,28 @@ the input, counted over every frame, sampled or not. Raw byte streams carry no t
 
 :class:`FrameSink` takes the decoded frames of one input (containers, images and raw streams
 alike) in output order: it checks the limits on every frame, asks the
-:class:`~pipeline.decode.sampling.Sampler` whether the frame is picked, and fits the picked ones.
+:class:`~pipeline.decode.sampling.Sampler` whether the frame is picked, fits the picked ones
+and, when the options ask (``hashes``), takes their PDQ hash from the decoded picture
+(:mod:`pipeline.decode.hashing`): ``Frame.pdq``, the same on every tile of a frame.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import av
 
 from pipeline.decode.ffmpeg_log import allocation_failures, oversized_pictures
 from pipeline.decode.fit import Fitter, RGBImage
+from pipeline.decode.hashing import FrameHasher
 from pipeline.decode.options import ResolvedOptions
 from pipeline.decode.sampling import Reason, Sampler
 from pipeline.errors import DecodeTimeout, LimitExceeded
+
+if TYPE_CHECKING:
+    from pipeline.hashes.pdq import DihedralHashes, PdqHash
 
 __all__ = ["DEFAULT_FPS", "DecodeResult", "Frame", "FrameSink", "Picked", "frames_from"]
 
@@ -50,6 +56,7 @@ class Frame:
     source_height: int
     reason: Reason  # why it was picked: "all", "fps", "keyframe", "scene", "image"
     tile: int = 0  # tile number for fit="tiles" (0 otherwise)
+    pdq: PdqHash | DihedralHashes | None = None  # of the decoded picture, when options.hashes
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -80,6 +87,7 @@ class Picked:
     reason: Reason
     order: int  # output order among decoded frames
     display: tuple[int, int]
+    pdq: PdqHash | DihedralHashes | None = None
 
 
 class FrameSink:
@@ -93,6 +101,7 @@ class FrameSink:
         self.label = label
         self.deadline = deadline
         self.fitter = Fitter(opts.size, opts.fit, opts.interpolation)
+        self.hasher = FrameHasher(opts.hashes, opts.hash_side) if opts.hashes != "none" else None
         self.sampler = Sampler(opts.sampling)
         self.decoded = 0
         self.origin: float | None = None  # pts of the first decoded frame: the sampling grid's 0
@@ -130,6 +139,10 @@ class FrameSink:
                 f"{self.label}: {where} {width}x{height} is {width * height} pixels, "
                 f"over the limit of {limit}"
             )
+
+    def hash(self, frame: av.VideoFrame) -> PdqHash | DihedralHashes | None:
+        """The frame's PDQ hash when the options ask for one (else None)."""
+        return self.hasher(frame) if self.hasher is not None else None
 
     def push(self, frame: av.VideoFrame, pts_ticks: int | None, pts: float) -> Picked | None:
         """The next decoded frame: checked, then fitted if the sampler picks it (else None)."""
@@ -169,6 +182,7 @@ class FrameSink:
             reason=reason,
             order=self.decoded - 1,
             display=display,
+            pdq=self.hash(frame),
         )
 
 
@@ -186,6 +200,7 @@ def frames_from(picked: Picked, *, t: float, index: int) -> list[Frame]:
             source_height=h,
             reason=picked.reason,
             tile=tile,
+            pdq=picked.pdq,
         )
         for tile, image in enumerate(picked.images)
     ]

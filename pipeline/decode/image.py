@@ -107,6 +107,7 @@ def decode_image(
         reason="image",
         order=0,
         display=geo.display,
+        pdq=sink.hash(frame),
     )
     return DecodeResult(
         frames=tuple(frames_from(item, t=0.0, index=0)),

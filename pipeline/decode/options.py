@@ -8,6 +8,7 @@ Variants are made with :meth:`DecodeOptions.with_` (``dataclasses.replace``, val
 
     options = DecodeOptions(224, sampling=Sampling(mode="fps", fps=2.0))
     tiles = options.with_(fit="tiles")
+    hashed = options.with_(hashes="pdq")     # and the PDQ hash of every sampled frame
 
 Two fields may be left to the place the decode runs: ``limits`` (None: ``Limits()`` in this
 process, the pool's own limits in a :class:`~pipeline.decode.DecodePool`) and ``threads`` (None:
@@ -27,10 +28,12 @@ from pipeline.decode.sampling import Sampling
 from pipeline.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_HASH_SIDE",
     "DEFAULT_INTERPOLATION",
     "MAX_SIZE",
     "DecodeOptions",
     "Fit",
+    "HashMode",
     "Interpolation",
     "Limits",
     "ResolvedOptions",
@@ -42,6 +45,12 @@ Fit = Literal["pad", "crop", "tiles"]
 Interpolation = Literal["fast_bilinear", "bilinear", "area", "bicubic", "lanczos"]
 DEFAULT_INTERPOLATION: Final[Interpolation] = "area"
 MAX_SIZE: Final = 4096  # largest model input side accepted
+#: Perceptual hashes of sampled frames (:mod:`pipeline.decode.hashing`): none, the PDQ hash
+#: and quality, or the PDQ hashes of the frame's eight rotations and mirrors.
+HashMode = Literal["none", "pdq", "dihedral"]
+#: Long side (pixels) a picture is scaled down to (by a whole factor) before PDQ; the cost and
+#: the distance to the full-size hash are measured in ``bench/bench_hashes_decode.py``.
+DEFAULT_HASH_SIDE: Final = 640
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +96,8 @@ class ResolvedOptions:
     limits: Limits
     interpolation: Interpolation
     threads: int
+    hashes: HashMode = "none"
+    hash_side: int = DEFAULT_HASH_SIDE
 
     def as_options(self) -> DecodeOptions:
         """The same settings as :class:`DecodeOptions`, with nothing left to a default."""
@@ -97,6 +108,8 @@ class ResolvedOptions:
             limits=self.limits,
             interpolation=self.interpolation,
             threads=self.threads,
+            hashes=self.hashes,
+            hash_side=self.hash_side,
         )
 
 
@@ -112,6 +125,8 @@ class DecodeOptions:
     limits: Limits | None = None  # None: Limits() in this process, a pool's own limits in it
     interpolation: Interpolation = DEFAULT_INTERPOLATION  # swscale scaler for the resize
     threads: int | None = None  # decoder threads, 0: one per core; None: where it runs decides
+    hashes: HashMode = "none"  # perceptual hash of each sampled frame: "pdq" or "dihedral"
+    hash_side: int = DEFAULT_HASH_SIDE  # hash a downscale to this long side; 0: full size
 
     def __post_init__(self) -> None:
         size = self.size
@@ -126,6 +141,15 @@ class DecodeOptions:
             )
         if self.threads is not None:
             check_threads(self.threads)
+        if self.hashes not in get_args(HashMode):
+            raise ConfigError(f"hashes must be one of {get_args(HashMode)}, not {self.hashes!r}")
+        side = self.hash_side
+        if (
+            not isinstance(side, int)
+            or isinstance(side, bool)
+            or not (side == 0 or 64 <= side <= 8192)
+        ):
+            raise ConfigError(f"hash_side must be 0 (full size) or from 64 to 8192, not {side!r}")
         if not isinstance(self.sampling, Sampling):
             raise ConfigError(f"sampling must be a Sampling, not {type(self.sampling).__name__}")
         if self.limits is not None and not isinstance(self.limits, Limits):
@@ -144,6 +168,8 @@ class DecodeOptions:
             limits=self.limits if self.limits is not None else limits,
             interpolation=self.interpolation,
             threads=self.threads if self.threads is not None else threads,
+            hashes=self.hashes,
+            hash_side=self.hash_side,
         )
 
     @staticmethod

@@ -23,7 +23,8 @@ error_name, message, fatal)``; then ``("ready",)`` once the call's frames and de
 ``fatal`` says the process leaves after this reply (it ran out of memory). ``meta`` is None for
 ``open``, else ``(result, metas, side)``: the :class:`~pipeline.decode.DecodeResult` fields but
 its frames (``result``, None for stream calls), every frame's fields but its picture
-(:func:`frame_metas`), and the pictures' side. Each picture then follows as one ``send_bytes``
+(:func:`frame_metas`; its PDQ hash among them, when the options ask for one), and the
+pictures' side. Each picture then follows as one ``send_bytes``
 message straight from its array (:func:`send_pictures`), and the parent reads them back to back
 into one buffer (:func:`receive_pictures`) whose views become the frames' images
 (:func:`unpack_frames`): one copy fewer on each side than pickling the frames
@@ -67,14 +68,15 @@ _ERRORS: Final[dict[str, type[ClipguardError]]] = {
     )
     if isinstance(cls := getattr(errors, name), type)
 }
-#: A frame but its picture: pts, t, index, keyframe, source width and height, reason, tile.
-FrameMeta = tuple[float, float, int, bool, int, int, str, int]
+#: A frame but its picture: pts, t, index, keyframe, source width and height, reason, tile,
+#: PDQ hash (a small frozen value, pickled with the metas; None when not hashed).
+FrameMeta = tuple[float, float, int, bool, int, int, str, int, Any]
 
 
 def frame_metas(frames: list[Frame] | tuple[Frame, ...]) -> tuple[list[FrameMeta], int]:
     """Everything about the frames but their pictures, and the pictures' side."""
     metas: list[FrameMeta] = [
-        (f.pts, f.t, f.index, f.keyframe, f.source_width, f.source_height, f.reason, f.tile)
+        (f.pts, f.t, f.index, f.keyframe, f.source_width, f.source_height, f.reason, f.tile, f.pdq)
         for f in frames
     ]
     return metas, (frames[0].image.shape[0] if frames else 0)
@@ -112,8 +114,9 @@ def unpack_frames(metas: list[FrameMeta], side: int, buffer: bytearray) -> list[
             source_height=height,
             reason=cast(Any, reason),
             tile=tile,
+            pdq=pdq,
         )
-        for i, (pts, t, index, keyframe, width, height, reason, tile) in enumerate(metas)
+        for i, (pts, t, index, keyframe, width, height, reason, tile, pdq) in enumerate(metas)
     ]
 
 

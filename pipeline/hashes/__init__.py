@@ -11,8 +11,11 @@ One module an idea, in the order data flows:
 * :mod:`~pipeline.hashes.index`: exact Hamming range search (multi-index hashing);
 * :mod:`~pipeline.hashes.match`: frames and files against banks;
 * :mod:`~pipeline.hashes.video`: vPDQ comparison of whole videos and stream windows;
-* :mod:`~pipeline.hashes.store`: the live bank set, reloaded when files change;
-* :mod:`~pipeline.hashes.policy`: the ``kind: hash`` policy's settings.
+* :mod:`~pipeline.hashes.store`: the live bank set, reloaded when files change.
+
+The ``kind: hash`` policy that names banks is part of the policy format
+(:class:`pipeline.policies.schema.HashPolicy`); :mod:`pipeline.policies.hashing` judges frames
+and files with it, and the decode stage hashes sampled frames (:mod:`pipeline.decode.hashing`).
 
 Importing the package is cheap: each name loads its module on first use (the matching index
 pulls in numba, hashing the PDQ library), so the command line's help stays fast.
@@ -30,7 +33,6 @@ if TYPE_CHECKING:
     from pipeline.hashes.match import FrameResult, HashMatch, IndexedBank, Matcher
     from pipeline.hashes.md5 import md5_file, md5_stream
     from pipeline.hashes.pdq import DIHEDRAL_NAMES, DihedralHashes, PdqHash, pdq_dihedral, pdq_hash
-    from pipeline.hashes.policy import HashPolicy, VideoMatching
     from pipeline.hashes.signals import SIGNAL_TYPES, SignalType, VpdqFrame, hamming
     from pipeline.hashes.store import BankSnapshot, BankStore
     from pipeline.hashes.video import (
@@ -54,7 +56,6 @@ __all__ = [
     "DihedralHashes",
     "FrameResult",
     "HashMatch",
-    "HashPolicy",
     "IndexedBank",
     "Matcher",
     "PdqHash",
@@ -64,7 +65,6 @@ __all__ = [
     "StreamWindow",
     "VideoMatch",
     "VideoMatcher",
-    "VideoMatching",
     "VpdqComparison",
     "VpdqFrame",
     "brute_force_search",
@@ -93,7 +93,6 @@ _MODULES = {
     "DihedralHashes": "pipeline.hashes.pdq",
     "FrameResult": "pipeline.hashes.match",
     "HashMatch": "pipeline.hashes.match",
-    "HashPolicy": "pipeline.hashes.policy",
     "IndexedBank": "pipeline.hashes.match",
     "Matcher": "pipeline.hashes.match",
     "PdqHash": "pipeline.hashes.pdq",
@@ -103,7 +102,6 @@ _MODULES = {
     "StreamWindow": "pipeline.hashes.video",
     "VideoMatch": "pipeline.hashes.video",
     "VideoMatcher": "pipeline.hashes.video",
-    "VideoMatching": "pipeline.hashes.policy",
     "VpdqComparison": "pipeline.hashes.video",
     "VpdqFrame": "pipeline.hashes.signals",
     "brute_force_search": "pipeline.hashes.index",

@@ -48,6 +48,7 @@ import numpy.typing as npt
 
 from pipeline.errors import BankError, HashError
 from pipeline.hashes.signals import (
+    BANK_NAME_PATTERN,
     PDQ_BYTES,
     SIGNAL_TYPES,
     SignalType,
@@ -84,7 +85,7 @@ MAX_BANK_BYTES = 4 << 30  # 4 GiB: about 30 million PDQ entries
 MAX_LINE_BYTES = 16 << 20  # a vPDQ entry of a very long video at one hash a second
 MAX_ENTRIES = 50_000_000
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_NAME = re.compile(BANK_NAME_PATTERN)
 _ENTRY_ID = re.compile(r"[A-Za-z0-9_.:/-]{1,200}")
 _TAG = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
 _MAX_SOURCE = 1000

@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.errors import HashError
-from pipeline.hashes.signals import PDQ_BYTES
+from pipeline.hashes.signals import MAX_DISTANCE, PDQ_BYTES
 
 __all__ = [
     "FLAT_BELOW",
@@ -54,7 +54,6 @@ __all__ = [
 
 IndexKind = Literal["auto", "flat", "mih"]
 FLAT_BELOW = 20_000  # "auto" scans banks smaller than this
-MAX_DISTANCE = 127  # multi-index hashing serves up to 47 (two flips a word); flat scan above
 _WORDS = 16  # 16-bit words of a 256-bit hash
 _MIH_MAX_DISTANCE = 47
 

@@ -1,6 +1,13 @@
 """Matching frames and files against banks: PDQ per frame (optionally with its mirrors and
 rotations), MD5 per file.
 
+A frame is matched against a bank's PDQ entries and, when asked (``signals`` with ``vpdq``),
+against every frame of its vPDQ entries (whole videos): a frame of a banked video matches that
+video's entry, so a known clip spliced into a live stream is found on its first sampled frame
+rather than once a window of frames has been compared (:mod:`pipeline.hashes.video` does that
+comparison too). Video frames under ThreatExchange's quality filter (50) are not indexed:
+black and flat frames say nothing about which video they came from.
+
 A :class:`Matcher` is built once from a set of banks (it indexes each bank's PDQ column with
 :class:`~pipeline.hashes.index.PdqIndex` and its MD5s in a dict) and is immutable afterwards,
 so a bank reload builds a new one and swaps it in (:mod:`pipeline.hashes.store`). Matching
@@ -16,7 +23,7 @@ was that close), which score records can carry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +31,15 @@ import numpy.typing as npt
 
 from pipeline.errors import HashError
 from pipeline.hashes.bank import Bank
-from pipeline.hashes.index import MAX_DISTANCE, IndexKind, PdqIndex
+from pipeline.hashes.index import IndexKind, PdqIndex
 from pipeline.hashes.pdq import DIHEDRAL_NAMES, DihedralHashes, PdqHash
-from pipeline.hashes.signals import PDQ_BYTES, SignalType
+from pipeline.hashes.signals import (
+    DEFAULT_MAX_DISTANCE,
+    DEFAULT_MIN_QUALITY,
+    MAX_DISTANCE,
+    PDQ_BYTES,
+    SignalType,
+)
 
 __all__ = [
     "DEFAULT_MAX_DISTANCE",
@@ -37,8 +50,8 @@ __all__ = [
     "Matcher",
 ]
 
-DEFAULT_MAX_DISTANCE = 31  # ThreatExchange's PDQ match threshold
-DEFAULT_MIN_QUALITY = 50  # ThreatExchange's quality filter
+
+_PDQ_ONLY: tuple[SignalType, ...] = ("pdq",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +81,10 @@ class FrameResult:
 
 
 class IndexedBank:
-    """A bank with its PDQ index and MD5 lookup table, built once (a reload rebuilds only
-    the banks whose files changed)."""
+    """A bank with its PDQ index, an index of its videos' frames and its MD5 lookup table,
+    built once (a reload rebuilds only the banks whose files changed)."""
 
-    __slots__ = ("bank", "md5", "pdq")
+    __slots__ = ("bank", "frame_owner", "frames", "md5", "pdq")
 
     def __init__(self, bank: Bank, *, index_kind: IndexKind = "auto", threads: int = 1) -> None:
         self.bank = bank
@@ -79,6 +92,16 @@ class IndexedBank:
         self.md5: dict[bytes, list[int]] = {}
         for i, row in enumerate(bank.md5.hashes):
             self.md5.setdefault(row.tobytes(), []).append(i)
+        rows: list[bytes] = []
+        owners: list[int] = []
+        for e, entry in enumerate(bank.vpdq):
+            distinct = {f.pdq for f in entry.frames if f.quality >= DEFAULT_MIN_QUALITY}
+            rows += sorted(distinct)
+            owners += [e] * len(distinct)
+        # (F * 32,) -> (F, 32): every good frame of every video, and the video it belongs to
+        frames = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), PDQ_BYTES)
+        self.frames = PdqIndex(frames, kind=index_kind, threads=threads)
+        self.frame_owner = np.asarray(owners, dtype=np.int64)
 
 
 class Matcher:
@@ -105,9 +128,11 @@ class Matcher:
         max_distance: int = DEFAULT_MAX_DISTANCE,
         min_quality: int = DEFAULT_MIN_QUALITY,
         max_matches_per_bank: int = 10,
+        signals: Collection[SignalType] = _PDQ_ONLY,
     ) -> list[FrameResult]:
         """Match each frame's PDQ hash (all eight variants for :class:`DihedralHashes`: a
-        mirrored or rotated copy then matches) against ``banks`` (default: all)."""
+        mirrored or rotated copy then matches) against ``banks`` (default: all): their PDQ
+        entries, and with ``"vpdq"`` in ``signals`` the frames of their videos."""
         names = self._bank_names(banks)
         if not 0 <= max_distance <= MAX_DISTANCE:
             raise HashError(f"max_distance must be in 0..{MAX_DISTANCE}, not {max_distance}")
@@ -117,35 +142,23 @@ class Matcher:
         per_frame: list[list[HashMatch]] = [[] for _ in frames]
         nearest: list[dict[str, int | None]] = [dict.fromkeys(names) for _ in frames]
         for name in names:
-            bank = self.banks[name]
-            found = self._indexed[name].pdq.search(queries, max_distance)
-            best: dict[tuple[int, int], tuple[int, int]] = {}  # (frame, row) -> (dist, variant)
-            for qi in np.flatnonzero(np.diff(found.lims)).tolist():  # rows with any hit
-                ids, dists = found.of(qi)
-                f = int(owners[qi])
-                for row, d in zip(ids.tolist(), dists.tolist(), strict=True):
-                    key = (f, row)
-                    if key not in best or d < best[key][0]:
-                        best[key] = (d, int(variants[qi]))
-            by_frame: dict[int, list[tuple[int, int, int]]] = {}
-            for (f, row), (d, v) in best.items():
-                by_frame.setdefault(f, []).append((d, row, v))
+            # (frame, signal, entry row) -> (distance, variant): the closest of each entry
+            best: dict[tuple[int, SignalType, int], tuple[int, int]] = {}
+            for signal in ("pdq", "vpdq"):
+                if signal in signals:
+                    self._search(name, signal, queries, owners, variants, max_distance, best)
+            by_frame: dict[int, list[tuple[int, SignalType, int, int]]] = {}
+            for (f, signal, row), (d, v) in best.items():
+                by_frame.setdefault(f, []).append((d, signal, row, v))
             for f, hits in by_frame.items():
                 hits.sort()
                 nearest[f][name] = hits[0][0]
                 quality = frames[f].quality
-                for d, row, v in hits[:max_matches_per_bank]:
-                    col = bank.pdq
+                for d, signal, row, v in hits[:max_matches_per_bank]:
+                    entry_id, tags, source = self._describe(name, signal, row)
                     per_frame[f].append(
                         HashMatch(
-                            name,
-                            col.entry_id(row),
-                            "pdq",
-                            d,
-                            quality,
-                            col.tags(row),
-                            col.source(row),
-                            DIHEDRAL_NAMES[v],
+                            name, entry_id, signal, d, quality, tags, source, DIHEDRAL_NAMES[v]
                         )
                     )
         results = []
@@ -154,6 +167,42 @@ class Matcher:
             matches = tuple(sorted(per_frame[f], key=lambda m: (m.distance, m.bank, m.entry_id)))
             results.append(FrameResult(frame.quality, matches, nearest[f], skipped))
         return results
+
+    def _search(
+        self,
+        name: str,
+        signal: SignalType,
+        queries: npt.NDArray[np.uint8],
+        owners: npt.NDArray[np.int64],
+        variants: npt.NDArray[np.int64],
+        max_distance: int,
+        best: dict[tuple[int, SignalType, int], tuple[int, int]],
+    ) -> None:
+        """Fold the hits of ``queries`` in one bank's PDQ entries (``pdq``) or video frames
+        (``vpdq``, each hit counted for its video) into ``best``."""
+        indexed = self._indexed[name]
+        index = indexed.pdq if signal == "pdq" else indexed.frames
+        if index.size == 0 or len(queries) == 0:
+            return
+        found = index.search(queries, max_distance)
+        for qi in np.flatnonzero(np.diff(found.lims)).tolist():  # rows with any hit
+            ids, dists = found.of(qi)
+            if signal == "vpdq":
+                ids = indexed.frame_owner[ids]
+            f = int(owners[qi])
+            for row, d in zip(ids.tolist(), dists.tolist(), strict=True):
+                key = (f, signal, row)
+                if key not in best or d < best[key][0]:
+                    best[key] = (d, int(variants[qi]))
+
+    def _describe(
+        self, name: str, signal: SignalType, row: int
+    ) -> tuple[str, tuple[str, ...], str]:
+        bank = self.banks[name]
+        if signal == "vpdq":
+            entry = bank.vpdq[row]
+            return entry.entry_id, entry.tags, entry.source
+        return bank.pdq.entry_id(row), bank.pdq.tags(row), bank.pdq.source(row)
 
     def match_md5(self, digest: bytes, *, banks: Sequence[str] | None = None) -> list[HashMatch]:
         """Every MD5 entry equal to ``digest`` (16 bytes) in ``banks`` (default: all)."""

@@ -31,9 +31,15 @@ from typing import Literal, get_args
 from pipeline.errors import HashError
 
 __all__ = [
+    "BANK_NAME_PATTERN",
+    "COMPARED_MATCH_PERCENT",
+    "DEFAULT_MAX_DISTANCE",
+    "DEFAULT_MIN_QUALITY",
+    "MAX_DISTANCE",
     "MAX_VPDQ_FRAMES",
     "PDQ_BITS",
     "PDQ_BYTES",
+    "QUERY_MATCH_PERCENT",
     "SIGNAL_TYPES",
     "SignalType",
     "VpdqFrame",
@@ -52,6 +58,16 @@ SIGNAL_TYPES: tuple[SignalType, ...] = get_args(SignalType)
 PDQ_BITS = 256
 PDQ_BYTES = PDQ_BITS // 8
 MAX_VPDQ_FRAMES = 200_000  # about 55 hours at one hash a second: a bound, not a target
+
+# Matching settings, here (no NumPy) so that the policy schema can name them without loading
+# the index
+DEFAULT_MAX_DISTANCE = 31  # ThreatExchange's PDQ match threshold
+DEFAULT_MIN_QUALITY = 50  # ThreatExchange's quality filter
+MAX_DISTANCE = 127  # the largest search radius (multi-index hashing serves up to 47)
+QUERY_MATCH_PERCENT = 80.0  # ThreatExchange VPDQ_QUERY_MATCH_THRESHOLD_PERCENT
+COMPARED_MATCH_PERCENT = 0.0  # ThreatExchange VPDQ_INDEX_MATCH_THRESHOLD_PERCENT
+#: A bank's name: 1-100 characters of A-Z a-z 0-9 _ . - (not starting with _ . -)
+BANK_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")

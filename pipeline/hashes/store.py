@@ -17,9 +17,11 @@ re-indexed. The first load must succeed in full (a broken file at start-up is an
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 
@@ -45,6 +47,19 @@ class BankSnapshot:
     video: VideoMatcher
     files: Mapping[Path, str] = field(default_factory=dict)  # file -> bank name in force
     errors: Mapping[Path, str] = field(default_factory=dict)  # file -> its last read error
+
+    @cached_property
+    def digest(self) -> str:
+        """A short hash of every bank's name and entries (what a match can depend on), for
+        keys that must change when a bank does (a scan's resume key). Computed on first use:
+        about a second a million entries."""
+        h = hashlib.sha256()
+        for name in sorted(self.banks):
+            h.update(f"bank\t{name}\n".encode())
+            for e in self.banks[name].entries():
+                line = f"{e.signal_type}\t{e.hash_text()}\t{e.entry_id}\t{','.join(e.tags)}\n"
+                h.update(line.encode())
+        return h.hexdigest()[:16]
 
 
 def bank_files(paths: Sequence[str | Path]) -> list[Path]:

@@ -33,7 +33,12 @@ import numpy.typing as npt
 from pipeline.errors import HashError
 from pipeline.hashes.bank import Bank, BankEntry
 from pipeline.hashes.index import PdqIndex
-from pipeline.hashes.signals import PDQ_BYTES, VpdqFrame
+from pipeline.hashes.signals import (
+    COMPARED_MATCH_PERCENT,
+    PDQ_BYTES,
+    QUERY_MATCH_PERCENT,
+    VpdqFrame,
+)
 
 __all__ = [
     "COMPARED_MATCH_PERCENT",
@@ -45,8 +50,6 @@ __all__ = [
     "vpdq_compare",
 ]
 
-QUERY_MATCH_PERCENT = 80.0  # ThreatExchange VPDQ_QUERY_MATCH_THRESHOLD_PERCENT
-COMPARED_MATCH_PERCENT = 0.0  # ThreatExchange VPDQ_INDEX_MATCH_THRESHOLD_PERCENT
 _DISTANCE = 31
 _QUALITY = 50
 _PAIR_BLOCK = 4096  # rows of the pairwise distance matrix computed at once

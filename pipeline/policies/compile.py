@@ -156,8 +156,9 @@ class PolicyCompiler:
     # -- a set -----------------------------------------------------------------------------
 
     def compile(self, policies: LoadedPolicies) -> PolicySet:
-        """Every policy (through the cache) stacked into one matrix, as a :class:`PolicySet`.
-        :class:`PolicyError` when a rule is one the model cannot produce."""
+        """Every policy (through the cache) stacked into one matrix, as a :class:`PolicySet`
+        (hash policies pass through: they have no rows). :class:`PolicyError` when a rule is
+        one the model cannot produce."""
         self.check_rules(policies)
         blocks: list[_F32] = []
         labels: list[CompiledLabel] = []
@@ -189,6 +190,8 @@ class PolicyCompiler:
             blocks.append(block.matrix)
             offset += len(block.matrix)
         bias = self.model.logit_bias
+        if not blocks:  # only hash policies: a matrix of no rows
+            blocks.append(np.zeros((0, self.model.embed_dim), dtype=np.float32))
         compiled = CompiledPolicies(
             matrix=np.ascontiguousarray(np.concatenate(blocks)),
             labels=tuple(labels),

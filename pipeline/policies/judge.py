@@ -17,6 +17,13 @@ Frames cut into tiles (``fit="tiles"``) give one score record per tile; for the 
 the tiles of one frame count as one sample whose score is the best tile's (a label passes on a
 frame when it passes on any tile).
 
+Hash policies (``kind: hash``) are judged in the same call when the frames' PDQ hashes and the
+banks in force are given (``hashes=``, ``banks=``; :mod:`pipeline.policies.hashing`): their
+decisions join the CLIP labels' for the temporal rules, their passing frames are listed in
+``flagged`` and each record carries the frame's nearest distance per bank (``nearest``), and
+their flag events carry the entry matched (``match``). :meth:`Judge.judge_file` turns a
+scanned file's whole-file matches (MD5, vPDQ) into flag events.
+
 An incident's events carry the version, severity and action its policy had when it opened,
 so its open and closed events share one event id even when the policy is edited in between.
 When a reload removes a policy, the stream's next judgement first closes that policy's open
@@ -25,14 +32,20 @@ incidents (at their last passing frame) and forgets its trackers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.events import EncoderInfo, FlagEvent, ScoreRecord
+from pipeline.events import EncoderInfo, FlagEvent, HashMatchInfo, ScoreRecord
+from pipeline.policies.hashing import FileMatch, judge_frames
 from pipeline.policies.score import CompiledLabel, Decision
 from pipeline.policies.snapshot import PolicySet
 from pipeline.policies.temporal import IncidentEvent, StreamTemporalState
+
+if TYPE_CHECKING:
+    from pipeline.hashes.pdq import DihedralHashes, PdqHash
+    from pipeline.hashes.store import BankSnapshot
+    from pipeline.hashes.video import StreamWindow
 
 __all__ = ["FrameRef", "Judge", "Judgement", "PolicyFacts"]
 
@@ -58,6 +71,18 @@ class PolicyFacts:
     @classmethod
     def of(cls, label: CompiledLabel) -> PolicyFacts:
         return cls(version=label.version, severity=label.severity, action=label.action)
+
+    @classmethod
+    def lookup(cls, policies: PolicySet, event: IncidentEvent) -> PolicyFacts:
+        """The facts of the event's policy in ``policies`` (CLIP label or hash policy)."""
+        try:
+            return cls.of(policies.label(event.key))
+        except KeyError:
+            pass
+        for p in policies.hashes:
+            if p.id == event.policy:
+                return cls(version=p.version, severity=p.severity, action=p.action)
+        return _UNKNOWN
 
 
 #: Facts of an incident whose policy was removed before it opened (cannot happen in one set,
@@ -110,13 +135,18 @@ class Judge:
         *,
         source: str | None = None,
         facts: dict[str, PolicyFacts] | None = None,
+        hashes: Sequence[PdqHash | DihedralHashes | None] | None = None,
+        banks: BankSnapshot | None = None,
+        windows: MutableMapping[str, StreamWindow] | None = None,
     ) -> Judgement:
         """Score ``embeddings`` (one row per ref, in presentation order; a NumPy array or a
         CPU tensor) and advance ``state``.
 
         ``facts`` (incident key -> policy facts at opening) is the memory that keeps an
         incident's events consistent across policy edits; pass the same dict for a stream
-        every call (the caller may checkpoint it with the state)."""
+        every call (the caller may checkpoint it with the state). ``hashes`` (one a ref, None
+        where a frame was not hashed) and ``banks`` judge the hash policies too; ``windows``
+        (the stream's, kept between calls) adds their vPDQ window matching."""
         if len(refs) != len(embeddings):
             raise ValueError(f"{len(refs)} frame refs for {len(embeddings)} embeddings")
         facts = facts if facts is not None else {}
@@ -125,9 +155,17 @@ class Judge:
             return out
         compiled = policies.compiled
         decisions = compiled.decide(embeddings)
-        out.decisions = decisions
         enforced = {lab.key for lab in compiled.labels if lab.enforce}
-        for ref, ds in zip(refs, decisions, strict=True):
+        enforced |= {f"{p.id}/" for p in policies.hashes if p.mode == "enforce"}
+        kinds = {lab.key: lab.kind for lab in compiled.labels}
+        hashed = None
+        if hashes is not None and policies.hashes:
+            if len(hashes) != len(refs):
+                raise ValueError(f"{len(refs)} frame refs for {len(hashes)} hashes")
+            times = [r.ts for r in refs]
+            hashed = judge_frames(policies.hashes, hashes, times, banks, windows=windows)
+        for i, (ref, ds) in enumerate(zip(refs, decisions, strict=True)):
+            extra = hashed.decisions[i] if hashed is not None else []
             out.scores.append(
                 ScoreRecord(
                     stream_id=state.stream_id,
@@ -138,15 +176,52 @@ class Judge:
                     model=self.model_name,
                     policy_set=compiled.policy_set,
                     scores={d.key: round(d.score, 6) for d in ds},
-                    flagged=[d.key for d in ds if d.passed and d.key in enforced],
-                    kinds={d.key: d.kind for d in ds},
+                    flagged=[d.key for d in ds if d.passed and d.key in enforced]
+                    + [d.key for d in extra if d.passed and _enforced(d.key, enforced)],
+                    kinds={d.key: kinds[d.key] for d in ds},
                     encoder=self.encoder,
                     source=source,
+                    nearest=hashed.nearest[i] if hashed is not None else None,
+                    pdq_quality=hashed.quality[i] if hashed is not None else None,
                 )
             )
-        for ts, ds in _per_frame(refs, decisions):
+            out.decisions.append([*ds, *extra])
+        for ts, ds in _per_frame(refs, out.decisions):
             for event in state.update(ts, ds):
                 self._emit(event, state.stream_id, policies, facts, source, out)
+        return out
+
+    def judge_file(
+        self,
+        stream_id: str,
+        policies: PolicySet,
+        matches: Sequence[FileMatch],
+        *,
+        duration: float,
+        source: str | None = None,
+    ) -> Judgement:
+        """Flag events for a scanned file's whole-file matches (:func:`~pipeline.policies.
+        hashing.file_matches`): per match an incident over the whole file, opened and closed,
+        labelled by its signal (``md5``, ``vpdq``); shadow-mode policies' go to ``shadow``."""
+        out = Judgement()
+        facts: dict[str, PolicyFacts] = {}
+        for m in matches:
+            for state in ("open", "closed"):
+                event = IncidentEvent(
+                    state=state,  # type: ignore[arg-type]
+                    policy=m.policy.id,
+                    label=m.label,
+                    start_ts=0.0,
+                    end_ts=duration if state == "closed" else None,
+                    peak_score=m.score,
+                    peak_ts=0.0,
+                    threshold=m.threshold,
+                    margin=None,
+                    top_prompt=None,
+                    shadow=m.policy.mode == "shadow",
+                    match=m.best.model_dump(mode="json"),
+                )
+                self._emit(event, stream_id, policies, facts, source, out)
         return out
 
     def finish(
@@ -191,11 +266,7 @@ class Judge:
         memo = f"{event.key}@{round(event.start_ts * 1000)}"
         known = facts.get(memo)
         if known is None:
-            try:
-                known = PolicyFacts.of(policies.label(event.key))
-            except KeyError:
-                known = _UNKNOWN
-            facts[memo] = known
+            known = facts[memo] = PolicyFacts.lookup(policies, event)
         if event.state == "closed":
             facts.pop(memo, None)
         flag = FlagEvent(
@@ -216,8 +287,14 @@ class Judge:
             top_prompt=event.top_prompt,
             model=self.model_name,
             source=source,
+            match=None if event.match is None else HashMatchInfo.model_validate(event.match),
         )
         (out.shadow if event.shadow else out.flags).append(flag)
+
+
+def _enforced(key: str, enforced: set[str]) -> bool:
+    """Whether a hash policy's decision key belongs to an enforced policy."""
+    return f"{key.partition('/')[0]}/" in enforced
 
 
 def _per_frame(

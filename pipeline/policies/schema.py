@@ -24,6 +24,26 @@ One policy a file, named after its id (``policies/weapons.yaml`` holds ``id: wea
     examples:
       - {path: examples/clip.mp4, expect: flag, label: red-triangle, start_s: 4, end_s: 9}
 
+A policy file is one of two kinds. The one above (``kind: clip``, the default) scores frames
+with a CLIP model; a ``kind: hash`` policy matches frames and files against hash banks of known
+content (:mod:`pipeline.hashes`) and goes through the same temporal rules and flag events::
+
+    id: known-terror-content
+    version: 1
+    kind: hash
+    description: Known terrorist propaganda from the GIFCT hash list.
+    owner: trust-and-safety@example.com
+    severity: critical
+    action: block
+    mode: enforce
+    banks: [gifct, internal-terror]   # bank names, checked against the banks in force
+    signals: [pdq, vpdq, md5]   # which entries to match (default: all three)
+    max_distance: 31            # PDQ Hamming distance, bits of 256 (ThreatExchange's default)
+    min_quality: 50             # frames of lower PDQ quality are not matched
+    dihedral: false             # also match mirrored and rotated copies (8 hashes a frame)
+    video: {window_s: 10, query_match_percent: 80, compared_match_percent: 0}
+    temporal: {k: 1, n: 1}      # a single matching frame is enough by default
+
 Files are read with PyYAML's safe loader only. Every problem (unknown key, wrong type, empty
 prompt list, duplicate label or policy id, bad threshold) is a :class:`PolicyError` naming the
 file, line and column and what was expected.
@@ -43,24 +63,43 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import PolicyError
+from pipeline.hashes.signals import (
+    BANK_NAME_PATTERN,
+    COMPARED_MATCH_PERCENT,
+    DEFAULT_MAX_DISTANCE,
+    DEFAULT_MIN_QUALITY,
+    MAX_DISTANCE,
+    QUERY_MATCH_PERCENT,
+    SignalType,
+)
 
 __all__ = [
+    "HASH_LABEL",
     "RULES",
     "Example",
+    "HashPolicy",
     "Label",
+    "LoadedHashPolicy",
     "LoadedPolicies",
     "LoadedPolicy",
     "Policy",
     "Rule",
     "Temporal",
+    "VideoMatching",
+    "load_document",
     "load_policies",
     "load_policy",
+    "parse_document",
     "parse_policy",
     "policy_files",
 ]
 
 _ID = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _Text = Annotated[str, Field(min_length=1, max_length=500)]
+
+#: The label of a hash policy's incidents (``policy/match`` in records); whole-file matches of
+#: scans are labelled with their signal type (``policy/md5``, ``policy/vpdq``).
+HASH_LABEL = "match"
 
 #: A label's decision rule, as its YAML key: a cosine ``threshold``, a softmax ``probability``
 #: against the label's negatives (CLIP), or a ``sigmoid`` probability (SigLIP).
@@ -207,6 +246,57 @@ class Policy(_Strict):
         raise KeyError(name)
 
 
+class VideoMatching(_Strict):
+    """vPDQ matching of whole files (scans) and of a sliding window of a stream."""
+
+    window_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 10.0  # streams: the window compared
+    query_match_percent: Annotated[float, Field(ge=0.0, le=100.0)] = QUERY_MATCH_PERCENT
+    compared_match_percent: Annotated[float, Field(ge=0.0, le=100.0)] = COMPARED_MATCH_PERCENT
+
+    @field_validator("window_s", "query_match_percent", "compared_match_percent", mode="before")
+    @classmethod
+    def _int_is_a_number(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class HashPolicy(_Strict):
+    """A ``kind: hash`` policy (format in the module docstring). Bank names are checked
+    against the banks in force when the policy set is loaded, not here."""
+
+    id: Annotated[str, Field(pattern=_ID)]
+    version: Annotated[int, Field(ge=1)]
+    kind: Literal["hash"]
+    description: _Text
+    owner: _Text
+    severity: Literal["low", "medium", "high", "critical"]
+    action: Literal["flag", "review", "block"]
+    mode: Literal["enforce", "shadow"] = "enforce"
+    banks: Annotated[
+        list[Annotated[str, Field(pattern=BANK_NAME_PATTERN)]], Field(min_length=1, max_length=100)
+    ]
+    signals: Annotated[list[SignalType], Field(min_length=1)] = ["pdq", "vpdq", "md5"]
+    max_distance: Annotated[int, Field(ge=0, le=MAX_DISTANCE)] = DEFAULT_MAX_DISTANCE
+    min_quality: Annotated[int, Field(ge=0, le=100)] = DEFAULT_MIN_QUALITY
+    dihedral: bool = False
+    video: VideoMatching = VideoMatching()
+    temporal: Temporal = Temporal()
+
+    @field_validator("banks")
+    @classmethod
+    def _unique_banks(cls, banks: list[str]) -> list[str]:
+        dupes = sorted({b for b in banks if banks.count(b) > 1})
+        if dupes:
+            raise ValueError(f"banks listed twice: {', '.join(dupes)}")
+        return banks
+
+    @field_validator("signals")
+    @classmethod
+    def _unique_signals(cls, signals: list[SignalType]) -> list[SignalType]:
+        if len(set(signals)) != len(signals):
+            raise ValueError("a signal type is listed twice")
+        return signals
+
+
 @dataclass(frozen=True)
 class LoadedPolicy:
     policy: Policy
@@ -217,6 +307,15 @@ class LoadedPolicy:
         """A path from the policy (exemplar, example) relative to the policy file."""
         p = Path(relative)
         return p if p.is_absolute() else self.path.parent / p
+
+
+@dataclass(frozen=True)
+class LoadedHashPolicy:
+    """A ``kind: hash`` policy and the file it came from."""
+
+    policy: HashPolicy
+    path: Path
+    sha256: str
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,8 +405,10 @@ def _describe(err: Any) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def parse_policy(text: str, *, path: Path | str = "<string>") -> Policy:
-    """Validate one policy document; :class:`PolicyError` with file:line:col on any problem."""
+def parse_document(text: str, *, path: Path | str = "<string>") -> Policy | HashPolicy:
+    """Validate one policy document of either kind (``kind: hash`` gives a
+    :class:`HashPolicy`, ``kind: clip`` or none a :class:`Policy`); :class:`PolicyError` with
+    file:line:col on any problem."""
     file = Path(path)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -325,8 +426,18 @@ def parse_policy(text: str, *, path: Path | str = "<string>") -> Policy:
         raise PolicyError(
             f"{file}:1:1: expected a mapping of policy keys, got {type(data).__name__}"
         )
+    kind = data.get("kind", "clip")
+    model: type[Policy] | type[HashPolicy]
+    if kind == "hash":
+        model = HashPolicy
+    elif kind == "clip":
+        model = Policy
+        data.pop("kind", None)  # the default kind is not part of a CLIP policy's content
+    else:
+        line, col = where.locate(["kind"])
+        raise PolicyError(f"{file}:{line}:{col}: kind: {kind!r} is not 'clip' or 'hash'")
     try:
-        return Policy.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         problems = []
         for err in e.errors():
@@ -337,7 +448,17 @@ def parse_policy(text: str, *, path: Path | str = "<string>") -> Policy:
         raise PolicyError("\n".join(problems)) from None
 
 
-def load_policy(path: str | Path) -> LoadedPolicy:
+def parse_policy(text: str, *, path: Path | str = "<string>") -> Policy:
+    """Validate one CLIP policy document; :class:`PolicyError` with file:line:col on any
+    problem (a hash policy is one)."""
+    policy = parse_document(text, path=path)
+    if not isinstance(policy, Policy):
+        raise PolicyError(f"{path}:1:1: a hash policy (kind: hash), not a CLIP policy")
+    return policy
+
+
+def load_document(path: str | Path) -> LoadedPolicy | LoadedHashPolicy:
+    """One policy file of either kind, whose id must be its file name."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -347,18 +468,29 @@ def load_policy(path: str | Path) -> LoadedPolicy:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise PolicyError(f"{path}: not UTF-8 text: {e}") from e
-    policy = parse_policy(text, path=path)
+    policy = parse_document(text, path=path)
     if path.stem != policy.id:
         where = _Node()
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-        assert root is not None  # parse_policy accepted it
+        assert root is not None  # parse_document accepted it
         _to_python(root, (), where, path)
         line, col = where.locate(["id"], key=True)
         raise PolicyError(
             f"{path}:{line}:{col}: id: policy id {policy.id!r} must match the file name "
             f"({path.stem!r}); one policy a file, named after its id"
         )
-    return LoadedPolicy(policy=policy, path=path, sha256=hashlib.sha256(raw).hexdigest())
+    sha256 = hashlib.sha256(raw).hexdigest()
+    if isinstance(policy, HashPolicy):
+        return LoadedHashPolicy(policy=policy, path=path, sha256=sha256)
+    return LoadedPolicy(policy=policy, path=path, sha256=sha256)
+
+
+def load_policy(path: str | Path) -> LoadedPolicy:
+    """One CLIP policy file (:class:`PolicyError` for a hash policy)."""
+    lp = load_document(path)
+    if not isinstance(lp, LoadedPolicy):
+        raise PolicyError(f"{lp.path}:1:1: a hash policy (kind: hash), not a CLIP policy")
+    return lp
 
 
 def policy_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -375,12 +507,16 @@ def policy_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 class LoadedPolicies:
-    """Policies loaded together; ids are unique across them. Compiled for a model they become
-    a :class:`~pipeline.policies.snapshot.PolicySet`."""
+    """Policies loaded together; ids are unique across them (both kinds). Iterating gives the
+    CLIP policies, :attr:`hashes` the hash policies. Compiled for a model they become a
+    :class:`~pipeline.policies.snapshot.PolicySet`."""
 
-    def __init__(self, loaded: Sequence[LoadedPolicy]) -> None:
+    def __init__(
+        self, loaded: Sequence[LoadedPolicy], hashes: Sequence[LoadedHashPolicy] = ()
+    ) -> None:
         seen: dict[str, Path] = {}
-        for lp in loaded:
+        every: list[LoadedPolicy | LoadedHashPolicy] = [*loaded, *hashes]
+        for lp in every:
             if lp.policy.id in seen:
                 other = seen[lp.policy.id]
                 raise PolicyError(
@@ -388,6 +524,7 @@ class LoadedPolicies:
                 )
             seen[lp.policy.id] = lp.path
         self.loaded = list(loaded)
+        self.hashes = list(hashes)
 
     def __iter__(self) -> Iterator[LoadedPolicy]:
         return iter(self.loaded)
@@ -398,9 +535,13 @@ class LoadedPolicies:
     def only(self, policy_ids: Iterable[str]) -> LoadedPolicies:
         """The policies named, in this collection's order."""
         wanted = set(policy_ids)
-        return LoadedPolicies([lp for lp in self.loaded if lp.policy.id in wanted])
+        return LoadedPolicies(
+            [lp for lp in self.loaded if lp.policy.id in wanted],
+            [hp for hp in self.hashes if hp.policy.id in wanted],
+        )
 
     def get(self, policy_id: str) -> LoadedPolicy:
+        """The CLIP policy with that id; KeyError if there is none."""
         for lp in self.loaded:
             if lp.policy.id == policy_id:
                 return lp
@@ -408,26 +549,36 @@ class LoadedPolicies:
 
     @property
     def digest(self) -> str:
-        """A short hash of every policy's content: names the policy set in output records."""
+        """A short hash of every policy's content: names the policy set in output records.
+        (Hash policies count only when there are some, so a set of CLIP policies keeps the
+        digest it always had.)"""
         h = hashlib.sha256()
-        for lp in sorted(self.loaded, key=lambda lp: lp.policy.id):
+        everything: list[LoadedPolicy | LoadedHashPolicy] = [*self.loaded, *self.hashes]
+        for lp in sorted(everything, key=lambda lp: lp.policy.id):
             h.update(json.dumps(lp.policy.model_dump(mode="json"), sort_keys=True).encode())
         return h.hexdigest()[:16]
 
 
 def load_policies(paths: Iterable[str | Path]) -> LoadedPolicies:
-    """Load every policy file named or found in the named folders; all errors are reported
-    together, one per line."""
+    """Load every policy file (of either kind) named or found in the named folders; all
+    errors are reported together, one per line."""
     paths = list(paths)
     files = policy_files(paths)
     if not files:
         raise PolicyError(f"no policy files (*.yaml) found in {', '.join(map(str, paths))}")
-    loaded, errors = [], []
+    loaded: list[LoadedPolicy] = []
+    hashes: list[LoadedHashPolicy] = []
+    errors: list[str] = []
     for f in files:
         try:
-            loaded.append(load_policy(f))
+            lp = load_document(f)
         except PolicyError as e:
             errors.append(str(e))
+            continue
+        if isinstance(lp, LoadedHashPolicy):
+            hashes.append(lp)
+        else:
+            loaded.append(lp)
     if errors:
         raise PolicyError("\n".join(errors))
-    return LoadedPolicies(loaded)
+    return LoadedPolicies(loaded, hashes)

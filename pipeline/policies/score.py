@@ -33,11 +33,14 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.events import HashMatchInfo
+
 __all__ = [
     "Action",
     "CompiledLabel",
     "CompiledPolicies",
     "Decision",
+    "DecisionKind",
     "FrameScores",
     "Mode",
     "ScoreKind",
@@ -49,6 +52,9 @@ Severity = Literal["low", "medium", "high", "critical"]
 Action = Literal["flag", "review", "block"]
 Mode = Literal["enforce", "shadow"]
 ScoreKind = Literal["cosine", "softmax", "sigmoid"]
+#: What a decision's score is: a CLIP label's score kind, or a hash policy's PDQ similarity
+#: (``1 - distance / 256``; :mod:`pipeline.policies.hashing`).
+DecisionKind = Literal["cosine", "softmax", "sigmoid", "pdq"]
 _F32 = npt.NDArray[np.float32]
 
 
@@ -103,8 +109,9 @@ class Decision:
     probability: float | None  # softmax probability against the negatives, if it has any
     margin: float | None  # cosine minus the best negative's cosine, if it has negatives
     top_prompt: str
-    kind: ScoreKind = "cosine"
+    kind: DecisionKind = "cosine"
     cosine: float | None = None  # the cosine with the label's ensemble
+    match: HashMatchInfo | None = None  # hash policies: the entry matched (None: no match)
 
 
 @dataclass(frozen=True, eq=False)

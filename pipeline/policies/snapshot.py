@@ -1,8 +1,10 @@
 """The policy set in force: one immutable value that scoring reads as a single reference.
 
 A :class:`PolicySet` holds everything judging needs, built together from the same files: the
-loaded policies, the matrix and labels they compiled to for the model, each policy's temporal
-rule and mode, and the set's id (a digest of the policies' content, written in every record).
+loaded policies, the matrix and labels they compiled to for the model, the hash policies
+(:attr:`PolicySet.hashes`, matched against the bank store's banks, not compiled), each
+policy's temporal rule and mode, and the set's id (a digest of the policies' content, written
+in every record).
 A live reload (:class:`~pipeline.policies.store.PolicyStore`) builds a new one and replaces
 the old in one assignment; a reader takes the reference once per batch and never sees one part
 of a set beside another part of the next.
@@ -14,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from pipeline.policies.schema import LoadedPolicies, LoadedPolicy, Temporal
+from pipeline.policies.schema import HashPolicy, LoadedPolicies, LoadedPolicy, Temporal
 from pipeline.policies.score import CompiledLabel, CompiledPolicies, Mode
 from pipeline.policies.temporal import temporal_rules
 
@@ -34,7 +36,7 @@ class PolicySet:
         """The set of ``policies`` compiled as ``compiled`` (which must come from them)."""
         if compiled.policy_set != policies.digest:
             raise ValueError("the compiled policies were not compiled from these policies")
-        rules = MappingProxyType(temporal_rules(policies))
+        rules = MappingProxyType(temporal_rules([*policies, *policies.hashes]))
         return cls(policies=policies, compiled=compiled, rules=rules)
 
     @property
@@ -42,7 +44,13 @@ class PolicySet:
         """The set's digest, as in output records (``policy_set``)."""
         return self.compiled.policy_set
 
+    @property
+    def hashes(self) -> tuple[HashPolicy, ...]:
+        """The hash policies (``kind: hash``), in file order."""
+        return tuple(hp.policy for hp in self.policies.hashes)
+
     def __iter__(self) -> Iterator[LoadedPolicy]:
+        """The CLIP policies (:attr:`hashes` has the others)."""
         return iter(self.policies)
 
     def __len__(self) -> int:
@@ -66,5 +74,6 @@ class PolicySet:
 
     def describe(self) -> str:
         """``"id vN, id vN (set digest)"`` for logs."""
-        versions = ", ".join(f"{lp.policy.id} v{lp.policy.version}" for lp in self.policies)
+        every = [*self.policies, *self.policies.hashes]
+        versions = ", ".join(f"{lp.policy.id} v{lp.policy.version}" for lp in every)
         return f"{versions} (set {self.id})"

@@ -6,17 +6,23 @@ policy paths; when a file was added, edited or removed it reloads the policies a
 in one assignment. Readers take ``store.current`` once and use that snapshot for a whole
 batch. A broken edit keeps the last good set in force: the error is logged and counted in
 ``reload_errors``, and retried at the next refresh only if the files change again.
+
+Hash policies (``kind: hash``) must name banks in force: ``banks`` (a function giving the bank
+store's bank names) is asked at every load, and a policy naming any other bank is an error
+like a broken edit. A change in the bank names is a reason to load again, so a policy refused
+for a bank not there yet comes in once the bank does.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from pipeline.errors import PolicyError
 from pipeline.policies.compile import PolicyCompiler
-from pipeline.policies.schema import load_policies, policy_files
+from pipeline.policies.hashing import check_banks
+from pipeline.policies.schema import LoadedPolicies, load_policies, policy_files
 from pipeline.policies.snapshot import PolicySet
 
 __all__ = ["PolicyStore"]
@@ -27,13 +33,26 @@ _log = logging.getLogger(__name__)
 class PolicyStore:
     """The policy set in force for ``paths``, compiled by ``compiler``; see the module doc."""
 
-    def __init__(self, paths: Sequence[str | Path], compiler: PolicyCompiler) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        compiler: PolicyCompiler,
+        *,
+        banks: Callable[[], Collection[str]] = frozenset,
+    ) -> None:
         self.paths = [Path(p) for p in paths]
         self.compiler = compiler
+        self.banks = banks
         self.reload_errors = 0
         self.last_error: str | None = None
         self._seen = self._snapshot()
-        self.current: PolicySet = compiler.compile(load_policies(self.paths))  # must succeed
+        self._bank_names = frozenset(banks())
+        self.current: PolicySet = compiler.compile(self._load())  # must succeed
+
+    def _load(self) -> LoadedPolicies:
+        policies = load_policies(self.paths)
+        check_banks(policies.hashes, self._bank_names)
+        return policies
 
     def _snapshot(self) -> dict[Path, tuple[int, int]]:
         snap: dict[Path, tuple[int, int]] = {}
@@ -52,11 +71,12 @@ class PolicyStore:
     def refresh(self) -> bool:
         """Reload if any policy file changed; True when a new set is now in force."""
         snap = self._snapshot()
-        if snap == self._seen:
+        names = frozenset(self.banks())
+        if snap == self._seen and names == self._bank_names:
             return False
-        self._seen = snap
+        self._seen, self._bank_names = snap, names
         try:
-            policies = load_policies(self.paths)
+            policies = self._load()
             if policies.digest == self.current.id:
                 return False
             fresh = self.compiler.compile(policies)

@@ -45,7 +45,13 @@ from typing import Any, Final, Literal
 from pydantic import ValidationError
 
 from pipeline.errors import ConfigError
-from pipeline.policies.schema import LoadedPolicy, Policy, Temporal
+from pipeline.policies.schema import (
+    HashPolicy,
+    LoadedHashPolicy,
+    LoadedPolicy,
+    Policy,
+    Temporal,
+)
 from pipeline.policies.score import Decision, Mode
 
 __all__ = [
@@ -90,6 +96,7 @@ class IncidentEvent:
     margin: float | None
     top_prompt: str | None
     shadow: bool = False
+    match: dict[str, Any] | None = None  # hash policies: the entry matched at the peak
 
     @property
     def key(self) -> str:
@@ -119,6 +126,7 @@ class _Sample:
     threshold: float | None
     margin: float | None
     top_prompt: str | None
+    match: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -177,6 +185,7 @@ class IncidentTracker:
             threshold=decision.threshold if decision is not None else None,
             margin=decision.margin if decision is not None else None,
             top_prompt=decision.top_prompt if decision is not None else None,
+            match=_match_of(decision),
         )
         run = self._run
         if run is not None and run.open:
@@ -243,6 +252,7 @@ class IncidentTracker:
             margin=peak.margin,
             top_prompt=peak.top_prompt,
             shadow=self.shadow,
+            match=peak.match,
         )
 
     # ---- checkpoints
@@ -322,8 +332,14 @@ def _extend(run: _Run, sample: _Sample) -> None:
         run.peak = sample
 
 
+def _match_of(decision: Decision | None) -> dict[str, Any] | None:
+    if decision is None or decision.match is None:
+        return None
+    return decision.match.model_dump(mode="json")
+
+
 def _sample_to_dict(s: _Sample) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "ts": s.ts,
         "passed": s.passed,
         "score": s.score,
@@ -331,10 +347,16 @@ def _sample_to_dict(s: _Sample) -> dict[str, Any]:
         "margin": s.margin,
         "top_prompt": s.top_prompt,
     }
+    if s.match is not None:  # only hash policies' samples have one (older checkpoints: none)
+        out["match"] = s.match
+    return out
 
 
 def _sample_from_dict(d: Mapping[str, Any]) -> _Sample:
     top = d["top_prompt"]
+    match = d.get("match")
+    if match is not None and not isinstance(match, dict):
+        raise TypeError(f"match must be a mapping, got {match!r}")
     return _Sample(
         ts=_num(d["ts"], "ts"),
         passed=_bool(d["passed"], "passed"),
@@ -342,6 +364,7 @@ def _sample_from_dict(d: Mapping[str, Any]) -> _Sample:
         threshold=_opt_num(d["threshold"], "threshold"),
         margin=_opt_num(d["margin"], "margin"),
         top_prompt=None if top is None else _str(top, "top_prompt"),
+        match=match,
     )
 
 
@@ -377,11 +400,14 @@ def _str(v: Any, what: str) -> str:
 # One stream
 
 
-def temporal_rules(policies: Iterable[Policy | LoadedPolicy]) -> dict[str, tuple[Temporal, Mode]]:
-    """The :data:`Rules` mapping of a set of policies (e.g. a ``PolicySet``)."""
+def temporal_rules(
+    policies: Iterable[Policy | LoadedPolicy | HashPolicy | LoadedHashPolicy],
+) -> dict[str, tuple[Temporal, Mode]]:
+    """The :data:`Rules` mapping of a set of policies of either kind (e.g. a ``PolicySet``'s
+    CLIP and hash policies)."""
     out: dict[str, tuple[Temporal, Mode]] = {}
     for p in policies:
-        policy = p.policy if isinstance(p, LoadedPolicy) else p
+        policy = p.policy if isinstance(p, LoadedPolicy | LoadedHashPolicy) else p
         out[policy.id] = (policy.temporal, policy.mode)
     return out
 

@@ -9,7 +9,9 @@ The folder (:class:`ScanFolder`) holds
     the ``clipguard.flag/1`` events (open and closed) of every incident, as on
     ``clipguard.flags``;
 ``summary.json``
-    per input: status, duration, frames scored, incidents, and for a failed input its typed
+    per input: status, duration, frames scored, incidents (with the bank entry a hash policy's
+    incident matched), the known content found (``hash_matches``: every bank entry matched,
+    by MD5, vPDQ or frame PDQ, with the file's ``md5``), and for a failed input its typed
     error (``{"class": "InvalidMedia", "message": ...}``); the model, policy set and settings
     (:func:`summarize`);
 ``report.html``
@@ -118,10 +120,13 @@ def scan_entry(
                 "peak_ts": f.peak_ts,
                 "threshold": f.threshold,
                 "top_prompt": f.top_prompt,
+                "match": None if f.match is None else f.match.model_dump(mode="json"),
             }
             for f in result.incidents
         ],
         "shadow_incidents": result.shadow_incidents,
+        "md5": result.md5,
+        "hash_matches": result.hash_matches,
         "error": None if error is None else {"class": type(error).__name__, "message": str(error)},
         "seconds": round(result.seconds, 3),
     }
@@ -151,14 +156,35 @@ def failed_entry(
         "first_decode_error": None,
         "flags": [],
         "shadow_incidents": 0,
+        "md5": None,
+        "hash_matches": [],
         "error": {"class": cls, "message": message},
         "seconds": 0.0,
     }
 
 
 def describe_policies(policies: LoadedPolicies) -> list[dict[str, Any]]:
-    """The policies of a set as the report shows them: ids, versions, rules and files."""
-    return [
+    """The policies of a set as the report shows them: ids, versions, rules and files (hash
+    policies: ``kind: hash``, their banks and matching settings, no labels)."""
+    hashes = [
+        {
+            "id": hp.policy.id,
+            "version": hp.policy.version,
+            "kind": "hash",
+            "severity": hp.policy.severity,
+            "action": hp.policy.action,
+            "mode": hp.policy.mode,
+            "banks": list(hp.policy.banks),
+            "signals": list(hp.policy.signals),
+            "max_distance": hp.policy.max_distance,
+            "min_quality": hp.policy.min_quality,
+            "dihedral": hp.policy.dihedral,
+            "path": str(hp.path),
+            "labels": [],
+        }
+        for hp in policies.hashes
+    ]
+    return hashes + [
         {
             "id": lp.policy.id,
             "version": lp.policy.version,

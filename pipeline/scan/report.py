@@ -252,6 +252,8 @@ def _header(summary: Mapping[str, Any]) -> str:
     current = summary.get("policy_sets", {}).get(str(summary.get("policy_set")), [])
     for p in current:
         labels = "; ".join(_rule_text(lab) for lab in p.get("labels", []))
+        if p.get("kind") == "hash":
+            labels = _hash_rule_text(p)
         calibrated = "" if p.get("calibrated") else ' <span class="meta">(uncalibrated)</span>'
         out.append(
             f'<tr><td>{_e(p["id"])}{calibrated}</td><td class="num">v{_e(p["version"])}</td>'
@@ -273,6 +275,16 @@ def _rule_text(lab: Mapping[str, Any]) -> str:
     if lab.get("margin") is not None:
         parts.append(f"margin >= {lab['margin']:g}")
     return f"{lab['name']}: {' and '.join(parts) or 'no rule'}"
+
+
+def _hash_rule_text(p: Mapping[str, Any]) -> str:
+    banks = ", ".join(str(b) for b in p.get("banks", []))
+    signals = ", ".join(str(x) for x in p.get("signals", []))
+    return (
+        f"hash banks {banks} ({signals}): distance <= {p.get('max_distance')}, "
+        f"quality >= {p.get('min_quality')}"
+        + (", mirrors and rotations" if p.get("dihedral") else "")
+    )
 
 
 def _badge(severity: str | None, *, failed: bool = False) -> str:
@@ -372,12 +384,48 @@ def _video_section(
             f"{_e(f.get('first_decode_error') or '')}</p>"
         )
     out.append(_timeline(f, series, rules))
+    out.append(_known_content(f.get("hash_matches") or []))
     if flags:
         out.append('<div class="peaks">')
         for x in flags:
             out.append(_peak_figure(x, thumbnail))
         out.append("</div>")
     out.append("</article>")
+    return "\n".join(out)
+
+
+def _known_content(matches: Sequence[Mapping[str, Any]]) -> str:
+    """The bank entries a video matched (hash policies), one row each."""
+    if not matches:
+        return ""
+    out = [
+        '<table class="known"><caption>Known content</caption><thead><tr><th>policy</th>'
+        "<th>signal</th><th>bank</th><th>entry</th><th>how close</th><th>tags</th>"
+        "<th>where</th></tr></thead><tbody>"
+    ]
+    for m in matches:
+        if m.get("query_match_percent") is not None:
+            close = (
+                f"{float(m['query_match_percent']):.0f}% of frames match, "
+                f"{float(m.get('compared_match_percent') or 0):.0f}% of the entry's"
+            )
+        elif m.get("signal_type") == "md5":
+            close = "identical file"
+        else:
+            close = f"{m.get('distance')} bits"
+        where = "whole file"
+        if m.get("start_ts") is not None:
+            start = float(m["start_ts"])
+            end = float(m["end_ts"]) if m.get("end_ts") is not None else start
+            where = f"{_clock(start)}{_DASH}{_clock(end)}"
+        shadow = ' <span class="meta">(shadow)</span>' if m.get("mode") == "shadow" else ""
+        out.append(
+            f"<tr><td>{_e(m.get('policy', ''))}{shadow}</td><td>{_e(m.get('signal_type', ''))}"
+            f"</td><td>{_e(m.get('bank', ''))}</td><td><code>{_e(m.get('entry_id', ''))}</code>"
+            f"</td><td>{_e(close)}</td><td>{_e(', '.join(m.get('tags') or []))}</td>"
+            f"<td>{_e(where)}</td></tr>"
+        )
+    out.append("</tbody></table>")
     return "\n".join(out)
 
 
@@ -388,6 +436,9 @@ def _peak_figure(flag: Mapping[str, Any], thumbnail: Callable[[str], bytes | Non
         f"<strong>{_e(key)}</strong> {_badge(str(flag.get('severity')))}<br>{_e(span)}, "
         f"peak {float(flag['peak_score']):.3f} at {_e(_clock(flag['peak_ts']))}"
     )
+    match = flag.get("match")
+    if match:
+        caption += f"<br>{_e(match.get('bank'))}: <code>{_e(match.get('entry_id'))}</code>"
     relative = flag.get("thumbnail")
     data = thumbnail(str(relative)) if relative else None
     if data is None:

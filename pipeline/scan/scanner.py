@@ -14,6 +14,13 @@ Two ways in, sharing one per-input code path::
     for result in scanner.scan(sources):                         # many, overlapped
         result.scores, result.flags, result.error                # one FileScan per input
 
+Hash policies (``kind: hash``) are judged too when the scanner is given the banks in force
+(``banks=``): every sampled frame's PDQ hash (taken by the decode stage) against their entries,
+through the same temporal rules, and each whole file: its MD5 (local files) against the banks'
+MD5 entries and its sampled frames, as one vPDQ hash, against their videos. A whole-file match is
+an incident over the whole file labelled by its signal (``md5``, ``vpdq``); every entry matched is
+in :attr:`FileScan.hash_matches`.
+
 :meth:`Scanner.scan` keeps several decodes in flight (they run in the pool's processes while
 this process encodes) and fills each encoder batch with the frames of every input decoded so
 far, so a folder of short clips keeps the encoder busy. A bad input never stops a scan: its
@@ -27,29 +34,38 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
 
 from pipeline.decode import DecodeOptions, DecodePool, DecodeResult, Fit, Frame, Limits, Sampling
+from pipeline.decode.options import DEFAULT_HASH_SIDE
 from pipeline.errors import (
     ConfigError,
     DecodeError,
+    HashError,
     InvalidMedia,
     LimitExceeded,
     UnsupportedMedia,
 )
 from pipeline.events import FlagEvent, ScoreRecord
 from pipeline.models.encoders import ImageEncoder
+from pipeline.hashes.signals import VpdqFrame
+from pipeline.policies.hashing import decode_hashes, file_matches
 from pipeline.policies.judge import FrameRef, Judge, PolicyFacts
 from pipeline.policies.snapshot import PolicySet
 from pipeline.policies.temporal import StreamTemporalState
+
+if TYPE_CHECKING:
+    from pipeline.hashes.store import BankSnapshot
 
 __all__ = [
     "PERMANENT_ERRORS",
@@ -67,6 +83,8 @@ _Image = npt.NDArray[np.uint8]
 #: ``on_frames(source, frames, refs, embeddings)``: a judged chunk of one input.
 FramesHook = Callable[[str, Sequence[Frame], Sequence[FrameRef], npt.NDArray[np.float32]], object]
 
+_log = logging.getLogger(__name__)
+
 
 # --------------------------------------------------------------------------- options
 
@@ -79,9 +97,12 @@ class ScanOptions:
     fit: Fit = "pad"
     limits: Limits | None = None  # None: the pool's
     content_type: str | None = None  # None: from each input's extension
+    hash_side: int = DEFAULT_HASH_SIDE  # frames' PDQ hashes: downscale (0: full size)
+    banks: str | None = None  # the digest of the banks hash policies match (None: no banks)
 
     def describe(self) -> dict[str, object]:
-        """The settings that change a scan's records, as JSON-ready values."""
+        """The settings that change a scan's records, as JSON-ready values (the banks and
+        the hash size only when there are banks, so that a scan without keeps its keys)."""
         s = self.sampling
         sampling: dict[str, object] = {"mode": s.mode}
         if s.mode == "fps":
@@ -90,7 +111,10 @@ class ScanOptions:
             sampling["scene_threshold"] = s.scene_threshold
         if s.max_frames is not None:
             sampling["max_frames"] = s.max_frames
-        return {"sampling": sampling, "fit": self.fit}
+        out: dict[str, object] = {"sampling": sampling, "fit": self.fit}
+        if self.banks is not None:
+            out |= {"banks": self.banks, "hash_side": self.hash_side}
+        return out
 
 
 def content_key(
@@ -133,6 +157,8 @@ class FileScan:
     first_decode_error: str | None = None
     error: DecodeError | None = None
     seconds: float = 0.0  # from submission to the last record
+    md5: str | None = None  # of the whole file, when a hash policy matches MD5s (local files)
+    hash_matches: list[dict[str, Any]] = field(default_factory=list)  # entries matched
 
     @property
     def ok(self) -> bool:
@@ -189,7 +215,8 @@ class Scanner:
     ``in_flight`` is how many inputs :meth:`scan` keeps submitted to the pool at once
     (default: twice its processes). ``model_name`` goes into every record (default: the
     encoder's model's name). ``on_frames`` is called with every judged chunk of an input (its
-    source, frames, refs and embeddings), for keeping them in a frame store.
+    source, frames, refs and embeddings), for keeping them in a frame store. ``banks``: the
+    banks in force, for the set's hash policies (without, hash policies match nothing).
     """
 
     def __init__(
@@ -203,10 +230,12 @@ class Scanner:
         in_flight: int | None = None,
         model_name: str | None = None,
         on_frames: FramesHook | None = None,
+        banks: BankSnapshot | None = None,
     ) -> None:
         self.encoder = encoder
         self.on_frames = on_frames
         self.policies = policies
+        self.banks = banks
         self.pool = pool
         self.options = options or ScanOptions()
         self.batch_size = batch_size or encoder.batch_size
@@ -315,8 +344,14 @@ class Scanner:
 
     def _submit(self, source: str) -> _FileJob:
         opts = self.options
+        hashes = decode_hashes(self.policies.hashes) if self.banks is not None else "none"
         options = DecodeOptions(
-            self.encoder.input_resolution, fit=opts.fit, sampling=opts.sampling, limits=opts.limits
+            self.encoder.input_resolution,
+            fit=opts.fit,
+            sampling=opts.sampling,
+            limits=opts.limits,
+            hashes=hashes,
+            hash_side=opts.hash_side,
         )
         future = self.pool.submit_uri(source, options, content_type=opts.content_type)
         return _FileJob(source, future, time.monotonic())
@@ -334,6 +369,8 @@ class Scanner:
             self.policies,
             source=job.source,
             facts=job.facts,
+            hashes=[f.pdq for f in chunk],
+            banks=self.banks,
         )
         if self.on_frames is not None:
             self.on_frames(job.source, chunk, refs, embeddings)
@@ -349,6 +386,7 @@ class Scanner:
             end = self.judge.finish(job.state, self.policies, source=job.source, facts=job.facts)
             out.flags += end.flags
             out.shadow_incidents += sum(e.state == "closed" for e in end.shadow)
+        self._match_file(job, result)
         out.duration = result.duration
         out.width, out.height, out.codec = result.width, result.height, result.codec
         out.frames_decoded = result.frames_decoded
@@ -358,6 +396,62 @@ class Scanner:
         out.peaks = _peak_pictures(result.frames, out.scores, out.incidents)
         out.seconds = time.monotonic() - job.started
         job.result = None  # the frames' buffer can go
+
+    def _match_file(self, job: _FileJob, result: DecodeResult) -> None:
+        """The file's whole-file matches (MD5, vPDQ) as incidents, and every entry any hash
+        policy matched in :attr:`FileScan.hash_matches`."""
+        policies, out = self.policies.hashes, job.out
+        if self.banks is None or not policies:
+            return
+        if any("md5" in p.signals for p in policies):
+            out.md5 = _file_md5(job.source, self.options.limits)
+        matches = file_matches(
+            policies,
+            md5=None if out.md5 is None else bytes.fromhex(out.md5),
+            frames=_vpdq_of(result.frames),
+            banks=self.banks,
+        )
+        end = self.judge.judge_file(
+            job.source, self.policies, matches, duration=result.duration, source=job.source
+        )
+        out.flags += end.flags
+        out.shadow_incidents += sum(e.state == "closed" for e in end.shadow)
+        for m in matches:
+            for info in m.matches:
+                found = {"policy": m.policy.id, "label": m.label, "mode": m.policy.mode}
+                out.hash_matches.append(found | info.model_dump(mode="json"))
+        for f in out.incidents:
+            if f.match is not None and f.label not in ("md5", "vpdq"):
+                found = {"policy": f.policy, "label": f.label, "mode": "enforce"}
+                span = {"start_ts": f.start_ts, "end_ts": f.end_ts}
+                out.hash_matches.append(found | f.match.model_dump(mode="json") | span)
+
+
+def _vpdq_of(frames: Sequence[Frame]) -> list[VpdqFrame]:
+    """The hashed frames of a file as a vPDQ hash (one a frame: tiles share it)."""
+    from pipeline.hashes.pdq import PdqHash
+
+    out: list[VpdqFrame] = []
+    for f in frames:
+        if f.pdq is None or f.tile != 0:
+            continue
+        pdq = f.pdq.hash if isinstance(f.pdq, PdqHash) else f.pdq.hashes[0]
+        out.append(VpdqFrame(pdq, f.pdq.quality, round(f.t, 3)))
+    return out
+
+
+def _file_md5(source: str, limits: Limits | None) -> str | None:
+    """The MD5 of a local file (None for a URL, or a file that cannot be read: logged)."""
+    if urlsplit(source).scheme.lower() in ("http", "https"):
+        return None
+    from pipeline.hashes.md5 import md5_file
+
+    bound = (limits or Limits()).max_input_bytes
+    try:
+        return md5_file(source, max_bytes=bound).hex()
+    except (HashError, OSError) as e:
+        _log.warning("%s: no MD5 (%s)", source, e)
+        return None
 
 
 def _peak_pictures(

@@ -5,8 +5,8 @@ folder (``--dir``, default ``banks/``), the folder a worker's bank store watches
 command that changes a bank writes the whole file atomically, so a running worker reloads it
 at its next refresh and never reads half a file.
 
-:func:`add_banks_parser` adds the subcommands to the ``clipguard`` parser; each sets ``func``
-to a ``_banks_*`` function that takes the parsed arguments and returns the exit status.
+:func:`add_parser` adds the subcommands to the ``clipguard`` parser; each sets ``func`` to a
+``_banks_*`` function that takes the parsed arguments and returns the exit status.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from consumers.cli.common import add_command, add_group
 from pipeline.errors import BankError, ConfigError
 
 if TYPE_CHECKING:
     from pipeline.hashes.bank import Bank
 
-__all__ = ["FORMATS", "add_banks_parser"]
+__all__ = ["FORMATS", "add_parser"]
 
 _DEFAULT_DIR = "banks"
 _BANK_SUFFIX = ".bank.tsv"  # pipeline.hashes.bank.BANK_SUFFIX
@@ -31,18 +32,32 @@ _BANK_SUFFIX = ".bank.tsv"  # pipeline.hashes.bank.BANK_SUFFIX
 FORMATS = ("te-signals", "te-csv", "hma-json", "vpdq-file")
 
 
-def add_banks_parser(subparsers: Any) -> None:
+_EPILOG = """\
+examples:
+  clipguard banks import gifct.te --format te-csv --bank gifct --source gifct
+  clipguard banks add known --video clip.mp4 --id case-77 --tags spam
+  clipguard banks add known --file upload.mp4 --id case-78
+  clipguard banks list
+  clipguard banks stats gifct
+  clipguard banks export known --format hma-json --out known.jsonl
+
+Banks are matched by kind: hash policies; workers and scans take --banks DIR.
+"""
+
+
+def add_parser(subparsers: Any) -> None:
     """Add ``clipguard banks {import,export,add,list,stats}`` to ``subparsers``."""
-    banks = subparsers.add_parser(
+    _, commands = add_group(
+        subparsers,
         "banks",
         help="manage hash banks (PDQ, vPDQ, MD5) for known-content matching",
         description="Import, export, add to, list and describe hash banks: named sets of "
         "hashes of known content that hash policies match frames and files against.",
+        epilog=_EPILOG,
     )
-    banks.set_defaults(func=_usage(banks))
-    commands = banks.add_subparsers(title="commands", metavar="COMMAND")
 
-    imp = commands.add_parser(
+    imp = add_command(
+        commands,
         "import",
         help="import a ThreatExchange or HMA file into a bank",
         description="Read FILE in FORMAT and write it as bank NAME (replacing it, or adding "
@@ -67,14 +82,20 @@ def add_banks_parser(subparsers: Any) -> None:
     _add_dir(imp)
     imp.set_defaults(func=_banks_import)
 
-    exp = commands.add_parser("export", help="write a bank in a ThreatExchange or HMA format")
+    exp = add_command(
+        commands,
+        "export",
+        help="write a bank in a ThreatExchange or HMA format",
+        description="Write bank NAME to FILE in FORMAT (the formats of import).",
+    )
     exp.add_argument("bank", metavar="NAME")
     exp.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     exp.add_argument("--out", required=True, type=Path, metavar="FILE")
     _add_dir(exp)
     exp.set_defaults(func=_banks_export)
 
-    add = commands.add_parser(
+    add = add_command(
+        commands,
         "add",
         help="add one entry to a bank (created if missing)",
         description="Add one entry: a hash given as text, or the hash of a file (--image: "
@@ -93,11 +114,22 @@ def add_banks_parser(subparsers: Any) -> None:
     _add_dir(add)
     add.set_defaults(func=_banks_add)
 
-    list_ = commands.add_parser("list", help="list the banks in the folder")
+    list_ = add_command(
+        commands,
+        "list",
+        help="list the banks in the folder",
+        description="One line a bank file in the folder: name, entries by type, description.",
+    )
     _add_dir(list_)
     list_.set_defaults(func=_banks_list)
 
-    stats = commands.add_parser("stats", help="entries by type and tag, memory and load time")
+    stats = add_command(
+        commands,
+        "stats",
+        help="entries by type and tag, memory and load time",
+        description="Entries by signal type and tag, the memory of the bank and its index, "
+        "and how long it takes to read and index.",
+    )
     stats.add_argument("bank", metavar="NAME")
     _add_dir(stats)
     stats.set_defaults(func=_banks_stats)
@@ -111,14 +143,6 @@ def _add_dir(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="the banks folder (default: %(default)s)",
     )
-
-
-def _usage(parser: argparse.ArgumentParser) -> Any:
-    def show(args: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return 2
-
-    return show
 
 
 def _path_of(directory: Path, name: str) -> Path:

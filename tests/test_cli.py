@@ -22,7 +22,7 @@ from consumers.cli.common import DEFAULT_BOOTSTRAP, EXIT_USAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 
-GROUPS = ("models", "policy", "broker", "produce", "worker", "consume", "scan", "store")
+GROUPS = ("models", "policy", "banks", "broker", "produce", "worker", "consume", "scan", "store")
 
 # command line before the Kafka address, and the former spelling of the option
 KAFKA_COMMANDS = {

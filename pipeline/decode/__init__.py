@@ -25,7 +25,8 @@ limits, interpolation, decoder threads; frozen, validated once; variants with
         future = pool.submit_bytes(segment, "video/mp2t", options)
 
 Output: :class:`DecodeResult` with :class:`Frame` objects holding a ``(size, size, 3)`` uint8
-RGB picture and its timestamps (``pts``, ``t`` since the input's first frame, ``index``).
+RGB picture and its timestamps (``pts``, ``t`` since the input's first frame, ``index``), and
+with ``DecodeOptions(hashes="pdq")`` the PDQ hash of the decoded picture (``Frame.pdq``).
 
 The stage, one module per idea (data flows top to bottom):
 
@@ -43,6 +44,8 @@ module                                  what it holds
 :mod:`~pipeline.decode.image`           still images, their header sizes
 :mod:`~pipeline.decode.frames`          :class:`Frame`, :class:`DecodeResult`, the sink that
                                         checks limits, samples and fits every frame
+:mod:`~pipeline.decode.hashing`         PDQ hashes of sampled frames (``options.hashes``),
+                                        from the decoded picture
 :mod:`~pipeline.decode.sampling`        :class:`Sampling` rules and the :class:`Sampler`
 :mod:`~pipeline.decode.fit`             pad / crop / tiles geometry, the swscale fitter
 :mod:`~pipeline.decode.failures`        PyAV and OS errors as typed decode errors

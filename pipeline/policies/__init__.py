@@ -12,8 +12,10 @@ One module per step, in the order data flows:
 - :mod:`~pipeline.policies.score`: embeddings to per-label scores and decisions (NumPy, run time
   only);
 - :mod:`~pipeline.policies.temporal`: per-stream temporal rules, decisions to incidents;
+- :mod:`~pipeline.policies.hashing`: ``kind: hash`` policies judged from frames' PDQ hashes and
+  whole files against the hash banks in force (:mod:`pipeline.hashes`);
 - :mod:`~pipeline.policies.judge`: the one judging path of the worker, scans and tools:
-  embeddings to score records and flag events;
+  embeddings (and frame hashes) to score records and flag events;
 - :mod:`~pipeline.policies.tools`: lint, regression examples, explain, calibrate.
 
 Importing this package loads the schema only (no torch, no NumPy-heavy modules).
@@ -21,26 +23,34 @@ Importing this package loads the schema only (no torch, no NumPy-heavy modules).
 
 from pipeline.policies.schema import (
     Example,
+    HashPolicy,
     Label,
+    LoadedHashPolicy,
     LoadedPolicies,
     LoadedPolicy,
     Policy,
     Temporal,
+    load_document,
     load_policies,
     load_policy,
+    parse_document,
     parse_policy,
     policy_files,
 )
 
 __all__ = [
     "Example",
+    "HashPolicy",
     "Label",
+    "LoadedHashPolicy",
     "LoadedPolicies",
     "LoadedPolicy",
     "Policy",
     "Temporal",
+    "load_document",
     "load_policies",
     "load_policy",
+    "parse_document",
     "parse_policy",
     "policy_files",
 ]

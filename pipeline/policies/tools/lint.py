@@ -10,7 +10,13 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import DecodeError, PolicyError
-from pipeline.policies.schema import LoadedPolicies, LoadedPolicy, load_policy, policy_files
+from pipeline.policies.schema import (
+    LoadedHashPolicy,
+    LoadedPolicies,
+    LoadedPolicy,
+    load_document,
+    policy_files,
+)
 from pipeline.policies.tools.model_checks import check_against_model
 from pipeline.policies.tools.nodes import child
 
@@ -35,7 +41,8 @@ def lint(paths: Iterable[str | Path], *, model: str | None = None) -> LintReport
     """Validate the policy files named (or found in the named folders), check that the
     examples and exemplars they name exist, and that each policy's rules and prompts suit its
     model (``model``, else the policy's own ``model:``); every problem is collected, none
-    raised."""
+    raised. Hash policies (``kind: hash``) are validated; the banks they name are checked
+    where banks are loaded (a worker, a scan)."""
     paths = list(paths)
     try:
         files = policy_files(paths)
@@ -45,13 +52,17 @@ def lint(paths: Iterable[str | Path], *, model: str | None = None) -> LintReport
         where = ", ".join(map(str, paths))
         return LintReport(policies=0, errors=(f"no policy files (*.yaml) found in {where}",))
     loaded: list[LoadedPolicy] = []
+    hashes: list[LoadedHashPolicy] = []
     errors: list[str] = []
     notes: list[str] = []
     for f in files:
         try:
-            lp = load_policy(f)
+            lp = load_document(f)
         except PolicyError as e:
             errors += str(e).splitlines()
+            continue
+        if isinstance(lp, LoadedHashPolicy):
+            hashes.append(lp)
             continue
         errors += _missing_files(lp)
         found = check_against_model(lp, model)
@@ -59,10 +70,11 @@ def lint(paths: Iterable[str | Path], *, model: str | None = None) -> LintReport
         notes += found.notes
         loaded.append(lp)
     try:
-        LoadedPolicies(loaded)
+        LoadedPolicies(loaded, hashes)
     except PolicyError as e:
         errors += str(e).splitlines()
-    return LintReport(policies=len(loaded), errors=tuple(errors), notes=tuple(notes))
+    count = len(loaded) + len(hashes)
+    return LintReport(policies=count, errors=tuple(errors), notes=tuple(notes))
 
 
 def _missing_files(lp: LoadedPolicy) -> list[str]:

@@ -62,6 +62,7 @@ from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
 from consumers.worker.outbox import Acked, Outbox, Output
 from pipeline.decode import DecodePool, DecodeResult, Limits, Sampling
+from pipeline.decode.options import DEFAULT_HASH_SIDE
 from pipeline.errors import ClipguardError, DecodeCrash, DecodeError, DecodeTimeout
 from pipeline.events import FlagEvent, JobRequest, JobState, JobStatus, ScoreRecord
 from pipeline.models.encoders import ImageEncoder
@@ -96,9 +97,12 @@ class _Abandoned(Exception):
     """The current job stops unfinished and uncommitted: its partition's owner runs it again."""
 
 
-def job_options(request: JobRequest, *, limits: Limits | None = None) -> ScanOptions:
+def job_options(
+    request: JobRequest, *, limits: Limits | None = None, hash_side: int = DEFAULT_HASH_SIDE
+) -> ScanOptions:
     """How a job's input is decoded and sampled: its request's options, else one frame a
-    second and ``pad`` (``clipguard scan``'s defaults)."""
+    second and ``pad`` (``clipguard scan``'s defaults); frames hashed for hash policies as the
+    worker's streams are (``hash_side``)."""
     if request.keyframes:
         sampling = Sampling(mode="keyframes")
     elif request.scene_change is not None:
@@ -106,7 +110,11 @@ def job_options(request: JobRequest, *, limits: Limits | None = None) -> ScanOpt
     else:
         sampling = Sampling(mode="fps", fps=request.sample_fps or 1.0)
     return ScanOptions(
-        sampling=sampling, fit=request.fit, limits=limits, content_type=request.content_type
+        sampling=sampling,
+        fit=request.fit,
+        limits=limits,
+        content_type=request.content_type,
+        hash_side=hash_side,
     )
 
 
@@ -344,7 +352,7 @@ class JobRunner:
             self.encoder,
             policies,
             pool=self.pool,
-            options=job_options(request, limits=limits),
+            options=job_options(request, limits=limits, hash_side=self.settings.decode.hash_side),
             banks=self.banks(),  # one snapshot for the whole job, as the policies
         )
         self._status(job, "accepted")

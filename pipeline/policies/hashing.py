@@ -13,8 +13,9 @@ and flag events (:mod:`pipeline.policies.judge`). A frame's decision:
 - also passes, in streams, when the last ``video.window_s`` seconds of the stream's frames
   vPDQ-match a banked video (ThreatExchange's rule: the share of the window's frames that
   match at least ``query_match_percent``, of the video's frames matched at least
-  ``compared_match_percent``), so a frame in the middle of a known clip that a blur or an
-  overlay moved past ``max_distance`` does not split the incident;
+  ``compared_match_percent``; frames compared at ThreatExchange's 31 bits and quality 50,
+  whatever the policy's own ``max_distance``), so a frame in the middle of a known clip that a
+  blur or an overlay moved past ``max_distance`` does not split the incident;
 - scores the PDQ similarity ``1 - distance / 256`` of the closest entry (0 without a match;
   a pass on the window alone scores the threshold), against the threshold
   ``1 - max_distance / 256``, and carries the entry matched as its ``match``.

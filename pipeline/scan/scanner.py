@@ -57,8 +57,8 @@ from pipeline.errors import (
     UnsupportedMedia,
 )
 from pipeline.events import FlagEvent, ScoreRecord
-from pipeline.models.encoders import ImageEncoder
 from pipeline.hashes.signals import VpdqFrame
+from pipeline.models.encoders import ImageEncoder
 from pipeline.policies.hashing import decode_hashes, file_matches
 from pipeline.policies.judge import FrameRef, Judge, PolicyFacts
 from pipeline.policies.snapshot import PolicySet

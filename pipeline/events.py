@@ -136,6 +136,12 @@ class ScoreRecord(_Record):
     pdq_quality: int | None = Field(
         None, description="hash policies: the frame's PDQ quality (0-100)"
     )
+    pdq: str | None = Field(
+        None,
+        description="hash policies: the frame's PDQ hash (64 hex digits, ThreatExchange's bit "
+        "order), so stored records can be matched against banks added later",
+        pattern="^[0-9a-f]{64}$",
+    )
 
 
 class FlagEvent(_Record):

@@ -22,8 +22,10 @@ from av.video.reformatter import Interpolation, VideoReformatter
 from pipeline.decode import DecodeOptions, DecodePool, Sampling, decode_bytes
 from pipeline.decode.hashing import hash_size
 from pipeline.errors import ConfigError, PolicyError
+from pipeline.events import ScoreRecord
 from pipeline.hashes.bank import Bank, BankBuilder, write_bank
 from pipeline.hashes.files import hash_video_file
+from pipeline.hashes.match import Matcher
 from pipeline.hashes.pdq import DihedralHashes, PdqHash, pdq_dihedral, pdq_hash
 from pipeline.hashes.signals import VpdqFrame, format_vpdq, hamming
 from pipeline.hashes.store import BankSnapshot, BankStore
@@ -312,7 +314,7 @@ def test_a_known_frame_opens_an_incident_with_the_entry(
     assert closed.threshold == pytest.approx(1 - 31 / 256)
     # every record says how near the bank came; the CLIP scores are untouched
     for record, h in zip(out.scores, stream, strict=True):
-        assert record.scores == {} and record.pdq_quality == h.quality
+        assert record.scores == {} and record.pdq_quality == h.quality and record.pdq == h.hex
         d = min(hamming(h.hash, k.hash) for k in known)
         assert record.nearest == {"known": d if d <= 31 else None}
         assert record.flagged == (["known/match"] if d <= 31 else [])
@@ -358,6 +360,29 @@ def test_mirrors_match_only_with_dihedral(
     both = _policy_set(tmp_path / "d", _hash_policy(dihedral=True))
     flags = _judge(both, banks, [mirrored]).flags
     assert flags and flags[0].match is not None and flags[0].match.variant == "flip_y"
+
+
+def test_score_records_keep_each_frames_pdq_for_banks_added_later(
+    tmp_path: Path, pictures: dict[str, list[np.ndarray]]
+) -> None:
+    """Records published before a bank held the content, read back from JSON, are enough to
+    find it once the bank does: each keeps its frame's own PDQ hash and quality."""
+    banks = _snapshot(tmp_path, BankBuilder().build("known"))  # empty when the frames pass
+    frames = pictures["a"][:4] + pictures["known"][:2]
+    mirrored = pdq_dihedral(np.ascontiguousarray(frames[-1][:, ::-1]))
+    hashes: list[PdqHash | DihedralHashes] = [pdq_hash(p) for p in frames[:-1]] + [mirrored]
+    out = _judge(_policy_set(tmp_path / "p", _hash_policy(dihedral=True)), banks, hashes)
+    assert not out.flags
+    stored = [ScoreRecord.model_validate_json(r.to_json()) for r in out.scores]
+    assert [r.pdq for r in stored] == [h.hex for h in hashes]
+    assert stored[-1].pdq == mirrored.hashes[0].hex()  # the frame as it came, not a mirror
+    later = BankBuilder()
+    later.add("pdq", pdq_hash(pictures["known"][0]).hex, "found-later", [], "")
+    matcher = Matcher({"known": later.build("known")})
+    replayed = [PdqHash(bytes.fromhex(r.pdq or ""), r.pdq_quality or 0) for r in stored]
+    found = [bool(r.matches) for r in matcher.match_frames(replayed)]
+    assert found == [False, False, False, False, True, False]
+    assert matcher.match_frames(replayed)[4].matches[0].entry_id == "found-later"
 
 
 def test_a_banked_video_matches_frame_by_frame_and_its_window_bridges_a_bad_frame(

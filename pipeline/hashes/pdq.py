@@ -88,6 +88,11 @@ class DihedralHashes:
     hashes: tuple[bytes, ...]
     quality: int
 
+    @property
+    def hex(self) -> str:
+        """The picture's own hash (``original``) in hex, as :attr:`PdqHash.hex`."""
+        return self.hashes[0].hex()
+
     def named(self) -> dict[str, bytes]:
         return dict(zip(DIHEDRAL_NAMES, self.hashes, strict=True))
 

@@ -99,6 +99,7 @@ class HashFrames:
     decisions: list[list[Decision]] = field(default_factory=list)  # one a hash policy
     nearest: list[dict[str, int | None] | None] = field(default_factory=list)  # bank -> bits
     quality: list[int | None] = field(default_factory=list)  # PDQ quality (None: not hashed)
+    pdq: list[str | None] = field(default_factory=list)  # the frame's PDQ, hex (None: not hashed)
 
 
 def judge_frames(
@@ -136,6 +137,7 @@ def judge_frames(
         out.decisions.append(per_frame[f] if h is not None else [])
         out.nearest.append(nearest[f] if h is not None and banks is not None and policies else None)
         out.quality.append(h.quality if h is not None else None)
+        out.pdq.append(h.hex if h is not None else None)  # the frame's own, not a mirror
     return out
 
 

@@ -183,6 +183,7 @@ class Judge:
                     source=source,
                     nearest=hashed.nearest[i] if hashed is not None else None,
                     pdq_quality=hashed.quality[i] if hashed is not None else None,
+                    pdq=hashed.pdq[i] if hashed is not None else None,
                 )
             )
             out.decisions.append([*ds, *extra])

@@ -125,7 +125,7 @@ def test_a_spliced_known_clip_is_flagged_once_its_bank_has_it(tmp_path: Path) ->
     for r in mine:
         assert set(r.scores) == {"red-triangle/red-triangle", "spam-text/spam-text"}
         assert r.nearest is not None and set(r.nearest) == {"known"}
-        assert r.pdq_quality is not None
+        assert r.pdq_quality is not None and r.pdq is not None and len(r.pdq) == 64
         inside = CLIP_START <= r.ts < CLIP_END
         assert (r.nearest["known"] is not None) == inside, r
         assert ("known-clips/match" in r.flagged) == inside

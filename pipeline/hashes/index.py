@@ -133,22 +133,41 @@ def _mih_search(rows, order, starts, masks, nflip, queries, radius, out_q, out_r
 
 @numba.njit(nogil=True, cache=True)  # type: ignore[misc]
 def _mih_search_fp(  # type: ignore[no-untyped-def]
-    rows, order, starts, fp, pick, masks, nflip, queries, radius, out_q, out_r, out_d
+    rows, order, starts, fp, pick, masks, nflip, queries, radius, out_q, out_r, out_d, sink
 ):
     # _mih_search with a first check on 128 other bits of each candidate, stored beside the
     # table entry in table order (fp[t, k] = two uint64 words of row order[t, k] that do not
     # hold word t): their distance is a lower bound of the full one, read sequentially, and
     # unrelated rows almost never pass it (under 31 of 128 random bits: about 2e-9).
+    # A query's 16 x len(masks) buckets are random reads of a large table: their bounds are
+    # read first, then the first fingerprint of each bucket is touched, all independent loads
+    # the CPU overlaps (a prefetch numba cannot spell), before the buckets are scanned from
+    # cache; measured about a quarter faster than scanning each bucket as it is found. ``sink``
+    # keeps the touches from being optimised away.
     n = 0
+    nm = masks.shape[0]
+    lo = np.empty(16 * nm, np.int64)
+    hi = np.empty(16 * nm, np.int64)
+    touched = np.uint64(0)
     for qi in range(queries.shape[0]):
         q = queries[qi]
         for t in range(16):
             qword = _word(q, t)
+            for m in range(nm):
+                key = qword ^ masks[m]
+                lo[t * nm + m] = starts[t, key]
+                hi[t * nm + m] = starts[t, key + 1]
+        for t in range(16):
+            for m in range(nm):
+                b = t * nm + m
+                if lo[b] < hi[b]:
+                    touched ^= fp[t, lo[b], 0]
+        for t in range(16):
             qa = q[pick[t, 0]]
             qb = q[pick[t, 1]]
-            for m in range(masks.shape[0]):
-                key = qword ^ masks[m]
-                for k in range(starts[t, key], starts[t, key + 1]):
+            for m in range(nm):
+                b = t * nm + m
+                for k in range(lo[b], hi[b]):
                     if _popcount(fp[t, k, 0] ^ qa) + _popcount(fp[t, k, 1] ^ qb) > radius:
                         continue
                     r = order[t, k]
@@ -174,6 +193,7 @@ def _mih_search_fp(  # type: ignore[no-untyped-def]
                     out_r[n] = r
                     out_d[n] = d
                     n += 1
+    sink[0] = touched
     return n
 
 
@@ -306,6 +326,7 @@ class PdqIndex:
                 n = _mih_search_fp(
                     self._rows, self._order, self._starts, self._fp, self._pick,
                     _flip_masks(nflip), nflip, q, radius, out_q, out_r, out_d,
+                    np.zeros(1, np.uint64),
                 )  # fmt: skip
             elif self.kind == "mih" and radius <= _MIH_MAX_DISTANCE:
                 nflip = radius // _WORDS

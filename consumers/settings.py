@@ -52,6 +52,7 @@ from pydantic_settings import (
 
 from pipeline.decode import Fit, Limits, Sampling, SamplingMode
 from pipeline.errors import ConfigError
+from pipeline.policies.bundled import POLICIES_FOLDER, default_policies
 
 __all__ = [
     "DecodeSettings",
@@ -73,8 +74,6 @@ _NESTED_DELIMITER: Final = "__"
 # The same name as pipeline.models.registry.DEMO_MODEL (a test pins it): importing the registry
 # here would import torch, and settings are read before anything heavy is loaded.
 _DEMO_MODEL: Final = "clipguard-demo"
-_DEMO_POLICIES: Final = Path("policies/demo")
-_POLICIES: Final = Path("policies")
 _MIB: Final = 1024 * 1024
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -285,7 +284,8 @@ class WorkerSettings(BaseSettings):
     policies: Annotated[tuple[Path, ...], NoDecode] = Field(
         default=None,  # type: ignore[arg-type]  # resolved from the model by _default_policies
         description="Policy files or folders (in the environment: one path, comma-separated "
-        "paths or a JSON list); default: policies/demo for the demo model, else policies.",
+        "paths or a JSON list); default: the demo policies bundled with clipguard for the demo "
+        "model (found from any directory), else policies.",
     )
     device: Device = Field(default="auto", description="Encoder device: auto, cpu or cuda.")
     precision: Precision = Field(
@@ -397,8 +397,12 @@ class WorkerSettings(BaseSettings):
     @classmethod
     def _default_policies(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None:
-            model = info.data.get("model", _DEMO_MODEL)
-            return (_DEMO_POLICIES if model == _DEMO_MODEL else _POLICIES,)
+            if info.data.get("model", _DEMO_MODEL) == _DEMO_MODEL:
+                return (default_policies(demo=True),)
+            try:
+                return (default_policies(demo=False),)
+            except ConfigError:  # loading the policies names the missing folder
+                return (POLICIES_FOLDER,)
         if isinstance(value, Path):
             return (value,)
         if isinstance(value, str):
@@ -685,7 +689,7 @@ def _type_name(annotation: Any) -> str:
 
 def _default_text(env: str, field: FieldInfo) -> str:
     if env == f"{ENV_PREFIX}POLICIES":
-        return f"`{_DEMO_POLICIES}` (demo model), else `{_POLICIES}`"
+        return f"the bundled demo policies (demo model), else `{POLICIES_FOLDER}`"
     default = field.default
     if default is PydanticUndefined or default is None:
         return "unset"

@@ -34,6 +34,7 @@ from consumers.broker import DEFAULT_TOPICS
 from consumers.produce import segment_video
 from consumers.settings import TopicNames, describe
 from pipeline.metrics import Metrics, MetricsServer, start_http_server
+from pipeline.policies.bundled import DEMO_POLICIES
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -521,7 +522,7 @@ def test_compose_worker_environment_is_valid_settings(service: str) -> None:
     assert settings["metrics_port"] == 9400
     assert settings["bootstrap_servers"] == "kafka:9092"
     assert settings["device"] == ("cuda" if service == "worker" else "cpu")
-    assert settings["policies"] == ["policies/demo"]  # resolved under the image's /app
+    assert settings["policies"] == [str(DEMO_POLICIES)]  # the package's own, from any folder
     broker = config["services"]["kafka"]["environment"]
     limit = int(broker["KAFKA_MESSAGE_MAX_BYTES"])
     assert int(broker["KAFKA_REPLICA_FETCH_MAX_BYTES"]) >= limit

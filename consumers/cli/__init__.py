@@ -47,7 +47,7 @@ examples:
   clipguard models download ViT-B/32    fetch OpenAI's ViT-B/32 weights into the cache
   clipguard --log-level DEBUG models list
   clipguard policy lint policies/       validate policy files (line and column on errors)
-  clipguard policy test policies/demo   score every policy's regression examples
+  clipguard policy test                 score the demo policies' regression examples
   clipguard broker                      an embedded Kafka-compatible broker on 127.0.0.1:9092
   clipguard produce clip.mp4 --stream-id cam1   send a video file as segments
 

@@ -89,8 +89,13 @@ def test_demo_description_says_how_to_switch() -> None:
     assert "clipguard models download" in description and "CLIPGUARD_MODEL" in description
 
 
-def test_policies_default_follows_the_model() -> None:
-    assert load_settings(overrides={"model": "ViT-B/32"}).policies == (Path("policies"),)
+def test_policies_default_follows_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().policies == (DEMO_POLICIES,)  # from any folder
+    (tmp_path / "policies").mkdir()  # another model: policies/ of the current folder
+    assert load_settings(overrides={"model": "ViT-B/32"}).policies == (tmp_path / "policies",)
     given = load_settings(overrides={"model": "ViT-B/32", "policies": ["a", "b"]})
     assert given.policies == (Path("a"), Path("b"))
     assert load_settings(overrides={"policies": "x.yaml"}).policies == (Path("x.yaml"),)

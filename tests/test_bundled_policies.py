@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -103,15 +104,12 @@ def test_an_installed_wheel_carries_and_finds_the_demo_policies(tmp_path: Path) 
     """A wheel built from the sources holds every bundled file; installed in a folder of its own
     and run from another, its policy tools default to the policies inside it."""
     src = tmp_path / "src"
-    files = ["pyproject.toml", "README.md", "LICENSE", "pipeline", "consumers"]
-    for name in files:
-        if (ROOT / name).is_dir():
-            for p in (ROOT / name).rglob("*"):
-                if p.is_file() and "__pycache__" not in p.parts:
-                    (src / p.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
-                    (src / p.relative_to(ROOT)).write_bytes(p.read_bytes())
-        else:
-            (src / name).write_bytes((ROOT / name).read_bytes())
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    for package in ("pipeline", "consumers"):
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(ROOT / package, src / package, ignore=ignore)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist")]
     subprocess.run([*build, str(src)], check=True, timeout=300, capture_output=True)

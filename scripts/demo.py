@@ -97,7 +97,7 @@ def _backtest(where: Path, frames: int, flags: list[dict[str, object]]) -> bool:
     published = {f["event_id"] for f in flags if f["state"] == "closed"}
     found = {i.event_id for i in same.incidents}
     print(
-        f"   backtest of pipeline/policies/data/demo: {len(found)} incidents in {same.seconds:.2f} s, "
+        f"   backtest of the demo policies: {len(found)} incidents in {same.seconds:.2f} s, "
         f"{'the same as the worker published' if found == published else 'NOT the same'}"
     )
     edited = where.parent / "edited-policies"

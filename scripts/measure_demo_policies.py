@@ -1,6 +1,6 @@
 """Measure the demo policies' score distributions with clipguard-demo and suggest thresholds.
 
-For each label of the policies in pipeline/policies/data/demo: generated scenes that contain its concept
+For each label of the policies bundled for the demo: generated scenes that contain its concept
 (single objects and busy multi-object scenes, both splits) against scenes that do not (random
 scenes and near misses: the same shape in another colour, another shape in the same colour,
 other words). Prints score quantiles and the lowest threshold whose precision on these scenes

@@ -200,8 +200,8 @@ def test_edge_cases() -> None:
 
 @pytest.fixture(scope="module")
 def demo_scores(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray, list]:
-    """The demo video scored every 0.1 s by the demo model against pipeline/policies/data/demo: times and
-    per-label scores and passes (the labels of pipeline/policies/data/demo)."""
+    """The demo video scored every 0.1 s by the demo model against the demo policies: times
+    and per-label scores and passes (the demo policies' labels)."""
     from pipeline.decode import DecodeOptions, Sampling, decode_uri
     from pipeline.demo.video import demo_shots, write_video
     from pipeline.models import load_model

@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import queue
-import socket
 import threading
 import time
 from collections import deque
@@ -56,8 +55,10 @@ from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
 from consumers.worker.batching import BatchEncoder, EncodeWork
 from consumers.worker.checkpoints import Checkpoint, read_checkpoints
+from consumers.worker.connect import check_topics, reach
 from consumers.worker.decoding import SegmentDecoder
 from consumers.worker.embeddings import EmbeddingsOut
+from consumers.worker.errors import WorkerError
 from consumers.worker.events import Acked, DecodeFailed, Encoded, EncodeFailed, Event
 from consumers.worker.offsets import OffsetLedger
 from consumers.worker.outbox import Outbox, Output
@@ -65,7 +66,6 @@ from consumers.worker.segments import HeaderError, Segment, check_media, parse_h
 from consumers.worker.streams import Stream, Streams, Verdict
 from pipeline.decode import DecodeOptions, DecodePool
 from pipeline.errors import (
-    ClipguardError,
     DecodeCrash,
     DecodeTimeout,
     InvalidMedia,
@@ -90,10 +90,6 @@ _LAG_INTERVAL_S: Final = 1.0
 _COMMIT_INTERVAL_S: Final = 0.05
 _BUSY_POLL_S: Final = 0.05  # with work in flight, poll Kafka this often...
 _EVENT_WAIT_S: Final = 0.01  # ...and wait this long for the other threads between polls
-
-
-class WorkerError(ClipguardError, RuntimeError):
-    """The worker cannot start or keep running (broker unreachable, topics missing...)."""
 
 
 class Worker:
@@ -310,7 +306,7 @@ class Worker:
     def _connect(self) -> None:
         s = self.settings
         _log.info("kafka: %s", json.dumps(s.consumer_config(redact=True), default=str))
-        _reach(s.bootstrap_servers, s.connect_timeout_s)
+        reach(s.bootstrap_servers, s.connect_timeout_s)
         try:
             self._producer = KafkaProducer(
                 **s.producer_config(),
@@ -322,7 +318,7 @@ class Worker:
             topics = self._consumer.topics()
         except KafkaError as e:
             raise WorkerError(f"cannot connect to Kafka at {s.bootstrap_servers}: {e}") from e
-        _check_topics(s, self._consumer, topics)
+        check_topics(s, self._consumer, topics)
         self.outbox = Outbox(
             self._producer,
             post=self._events.put,
@@ -752,52 +748,6 @@ def encoder_threads(settings: WorkerSettings) -> int:
     if settings.encoder_threads:
         return settings.encoder_threads
     return max(1, (os.cpu_count() or 1) - settings.decode.processes)
-
-
-def _reach(servers: str, timeout: float) -> None:
-    """Wait until one of the bootstrap servers accepts a TCP connection, or raise
-    :class:`WorkerError` after ``timeout`` seconds (before any Kafka client exists: a client
-    that cannot bootstrap leaves its sockets behind)."""
-    deadline = time.monotonic() + timeout
-    last: OSError | None = None
-    while True:
-        for server in servers.split(","):
-            host, _, port = server.rpartition(":")
-            left = deadline - time.monotonic()
-            try:
-                with socket.create_connection(
-                    (host.strip("[]"), int(port)), max(0.1, min(2, left))
-                ):
-                    return
-            except OSError as e:
-                last = e
-        if time.monotonic() >= deadline:
-            raise WorkerError(f"cannot connect to Kafka at {servers}: {last} (for {timeout:g} s)")
-        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-
-
-def _check_topics(s: WorkerSettings, consumer: KafkaConsumer, topics: set[str]) -> None:
-    """:class:`WorkerError` when a topic the worker needs is missing, or the state topic has
-    fewer partitions than the segments topic."""
-    needed = [s.topics.segments, s.topics.scores, s.topics.flags, s.topics.dlq]
-    if s.store_embeddings:
-        needed.append(s.topics.embeddings)
-    if s.checkpoint_state:
-        needed.append(s.topics.state)
-    missing = [t for t in needed if t not in topics]
-    if missing:
-        raise WorkerError(
-            f"topics missing on {s.bootstrap_servers}: {', '.join(missing)} (create them, "
-            "or run `clipguard broker` for a local broker with every topic)"
-        )
-    if s.checkpoint_state:
-        have = len(consumer.partitions_for_topic(s.topics.state) or ())
-        need = len(consumer.partitions_for_topic(s.topics.segments) or ())
-        if have < need:
-            raise WorkerError(
-                f"topic {s.topics.state} has {have} partitions; it needs at least as many "
-                f"as {s.topics.segments} ({need})"
-            )
 
 
 def _tp(tp: TopicPartition) -> str:

@@ -3,7 +3,6 @@ threshold slider, and the hand-off export of incidents and labels."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict
 from typing import Annotated
@@ -124,7 +123,7 @@ async def tune(
         labels=names,
         data=data,
         now=at_threshold(data, data.cutoff),
-        payload=json.dumps(payload),
+        payload=payload,
         low=-1.0 if data.rule == "threshold" else 0.0,
     )
 

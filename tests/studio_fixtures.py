@@ -1,5 +1,6 @@
 """Shared set-up for the studio tests: a copy of the demo policies (one switched to shadow
-mode), a short real video, and flag events pointing into it."""
+mode), a short demo video (empty, red triangle, blue circle, SPAM: a second each), and flag
+events pointing into it."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.media import encode
+from pipeline.demo.video import demo_shots, write_video
 
 ROOT = Path(__file__).resolve().parent.parent
-# Three incidents of red-triangle on one real video; peak scores chosen for the Tune check.
+# Three incidents of red-triangle on the video: two on the triangle, one on the SPAM sign; peak
+# scores chosen for the Tune check.
 PEAKS = (0.62, 0.58, 0.47)
+_PEAK_TS = (1.5, 1.25, 3.5)
+VIDEO_SECONDS = 4
 
 
 def make_policies(folder: Path) -> Path:
@@ -24,12 +28,11 @@ def make_policies(folder: Path) -> Path:
 
 
 def make_incidents(folder: Path) -> Path:
-    """``folder/flags.jsonl``: three closed red-triangle incidents on a 3 s MP4."""
-    video = folder / "clip.mp4"
-    video.write_bytes(encode(75, fmt="mp4"))
+    """``folder/flags.jsonl``: three closed red-triangle incidents on a 4 s MP4."""
+    video = write_video(folder / "clip.mp4", demo_shots(shot_seconds=1.0)[:VIDEO_SECONDS])
     lines = []
-    for n, peak in enumerate(PEAKS):
-        start = 0.5 * n
+    for n, (peak, peak_ts) in enumerate(zip(PEAKS, _PEAK_TS, strict=True)):
+        start = peak_ts - 0.5
         lines.append(
             {
                 "schema": "clipguard.flag/1",
@@ -44,7 +47,7 @@ def make_incidents(folder: Path) -> Path:
                 "start_ts": start,
                 "end_ts": start + 1.0,
                 "peak_score": peak,
-                "peak_ts": start + 0.5,
+                "peak_ts": peak_ts,
                 "threshold": 0.55,
                 "margin": None,
                 "top_prompt": "a red triangle",

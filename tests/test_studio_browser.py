@@ -17,9 +17,10 @@ import pytest
 import yaml
 
 from consumers.studio import StudioConfig, create_app
-from tests.studio_fixtures import PEAKS, make_incidents, make_policies
+from tests.studio_fixtures import PEAKS, VIDEO_SECONDS, make_incidents, make_policies
 
 playwright_api = pytest.importorskip("playwright.sync_api")
+playwright_api.expect.set_options(timeout=60_000)  # the first scoring loads the model
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None and not os.environ.get("CI"),
@@ -146,7 +147,11 @@ def test_try_scores_an_uploaded_image_and_video(served: Served, page: Any, tmp_p
     page.click("#try-form button")
     playwright_api.expect(page.locator("#try-result figure.timeline svg polyline")).to_have_count(1)
     rows = page.locator("#try-result table.frames tbody tr").count()
-    assert rows == 6  # 3 s of video at 2 frames a second
+    assert rows == 2 * VIDEO_SECONDS  # 2 frames a second
+    # the red triangle is on screen from 1 s to 2 s: the temporal rule opens one incident there
+    incident = page.locator("#try-result ul.incidents li")
+    playwright_api.expect(incident).to_have_count(1)
+    playwright_api.expect(incident).to_contain_text("red-triangle from 1.")
     shot(page, tmp_path, "try")
     uploads = list((served.data / "uploads").iterdir())
     assert len(uploads) == 2 and all(p.parent == served.data / "uploads" for p in uploads)

@@ -118,6 +118,16 @@ function setupTune() {
   const all = data.positives.concat(data.negatives).map((p) => p.score).concat([data.cutoff]);
   const lo = Math.min(...all) - 0.02, hi = Math.max(...all) + 0.02;
   const W = 640, H = 140, BINS = 40;
+  // a score axis under the bars: five ticks with their values
+  for (let i = 0; i <= 4; i++) {
+    const v = lo + ((hi - lo) * i) / 4;
+    const tick = document.createElementNS(NS, "text");
+    tick.setAttribute("x", String(Math.min(W - 30, Math.max(2, (i * W) / 4 - 14))));
+    tick.setAttribute("y", String(H + 16));
+    tick.setAttribute("class", "tick");
+    tick.textContent = v.toFixed(2);
+    svg.appendChild(tick);
+  }
   const x = (v) => ((v - lo) / (hi - lo)) * W;
 
   function bars(points, cls, offset) {
@@ -138,8 +148,13 @@ function setupTune() {
   }
   bars(data.positives, "pos", W / BINS / 2);
   bars(data.negatives, "neg", 0);
+  const now = document.createElementNS(NS, "line");  // the threshold in the file now
+  now.setAttribute("x1", String(x(data.cutoff))); now.setAttribute("x2", String(x(data.cutoff)));
+  now.setAttribute("y1", "0"); now.setAttribute("y2", String(H));
+  now.setAttribute("class", "current");
+  svg.appendChild(now);
   const line = document.createElementNS(NS, "line");
-  line.setAttribute("y1", "0"); line.setAttribute("y2", String(H + 20));
+  line.setAttribute("y1", "0"); line.setAttribute("y2", String(H));
   line.setAttribute("class", "threshold");
   svg.appendChild(line);
 

@@ -60,6 +60,16 @@ def test_lint_text_reports_line_and_column_of_unsaved_text(tmp_path: Path) -> No
     assert wrong.errors[0].startswith(f"{tmp_path / 'other.yaml'}:1:5")
 
 
+def test_prompts_longer_than_the_text_context_are_flagged(tmp_path: Path) -> None:
+    from consumers.studio.library import lint_problems
+
+    long = " ".join(["a red triangle"] * 30)  # under 500 characters, over 77 tokens
+    text = PLAIN.replace("[a thing]", f"[{long}]") + "model: clipguard-demo\n"
+    problems = lint_problems(text, tmp_path / "plain.yaml")
+    assert len(problems) == 1 and problems[0].line == 9  # the label
+    assert "labels.thing" in problems[0].message and "token" in problems[0].message
+
+
 def test_config_refuses_an_open_address_without_a_token(folder: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--token"):
         StudioConfig(policies_dir=folder, data_dir=tmp_path / "d", host="0.0.0.0")
@@ -209,10 +219,60 @@ def test_review_labels_are_stored_and_exported(tmp_path: Path) -> None:
         page = c.get("/review").text
         assert "a &lt;b&gt;red square&lt;/b&gt;" in page
         doc = c.get("/export/handoff.json").json()
+        # one click: the peak frame becomes a regression example expecting no flag
+        two = incidents[1].id
+        unlabelled = c.post(f"/review/{two}/example", headers=SAME)
+        assert unlabelled.status_code == 400 and "mark the incident" in unlabelled.text
+        added = c.post(f"/review/{one}/example", headers=SAME, follow_redirects=False)
+        assert added.status_code == 303
+        again = c.post(f"/review/{one}/example", headers=SAME)
+        assert again.status_code == 400 and "already" in again.text
+    policy = yaml.safe_load((policies / "red-triangle.yaml").read_text())
+    assert policy["version"] == 2
+    assert policy["examples"][-1] == {
+        "path": f"examples/red-triangle-{one}.jpg",
+        "expect": "no_flag",
+        "label": "red-triangle",
+    }
+    assert (policies / "examples" / f"red-triangle-{one}.jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert "# Regression examples" in (policies / "red-triangle.yaml").read_text()  # comments kept
     assert doc["schema"] == "clipguard.studio.handoff/1"
     reviewed = [i for i in doc["incidents"] if i["review"]]
     assert [(i["id"], i["review"]["verdict"]) for i in reviewed] == [(one, "incorrect")]
     assert reviewed[0]["review"]["note"] == "a <b>red square</b>"
+
+
+def test_saving_a_threshold_writes_a_new_version(folder: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with client(folder, data) as c:
+        base = _base(c, "plain")
+        form = {"label": "thing", "threshold": "0.3125", "base": base}
+        done = c.post("/policies/plain/tune", data=form, headers=SAME, follow_redirects=False)
+        assert done.status_code == 303
+        nan = {**form, "threshold": "nan"}
+        assert c.post("/policies/plain/tune", data=nan, headers=SAME).status_code == 422
+    now = yaml.safe_load((folder / "plain.yaml").read_text())
+    assert now["version"] == 2 and now["labels"][0]["threshold"] == 0.3125
+    [entry] = [json.loads(x) for x in (data / "audit.jsonl").read_text().splitlines()]
+    assert entry["action"] == "threshold" and entry["note"] == "thing: threshold 0.3 -> 0.3125"
+
+
+def test_add_example_keeps_the_list_style() -> None:
+    from consumers.studio.versions import add_example
+
+    block = "id: x\nexamples:\n  - {path: a.png, expect: flag}\n# end\n"
+    assert add_example(block, "{path: b.png, expect: no_flag}") == (
+        "id: x\nexamples:\n  - {path: a.png, expect: flag}\n"
+        "  - {path: b.png, expect: no_flag}\n# end\n"
+    )
+    flow = "id: x\nexamples: []\n"
+    assert yaml.safe_load(add_example(flow, "{path: b.png, expect: flag}"))["examples"] == [
+        {"path": "b.png", "expect": "flag"}
+    ]
+    none = "id: x\n"
+    assert yaml.safe_load(add_example(none, "{path: b.png, expect: flag}"))["examples"] == [
+        {"path": "b.png", "expect": "flag"}
+    ]
 
 
 def test_incident_files_are_checked_line_by_line(tmp_path: Path) -> None:

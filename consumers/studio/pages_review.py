@@ -4,6 +4,7 @@ threshold slider, and the hand-off export of incidents and labels."""
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import asdict
 from typing import Annotated
 
@@ -18,7 +19,8 @@ from consumers.studio.handoff import handoff
 from consumers.studio.labels import MAX_NOTE
 from consumers.studio.pages_policies import policy_file
 from consumers.studio.tune import at_threshold, tune_data
-from pipeline.errors import PolicyError
+from consumers.studio.versions import add_example
+from pipeline.errors import ConfigError, PolicyError
 from pipeline.policies.tools.nodes import child, label_node
 
 __all__ = ["router"]
@@ -75,6 +77,47 @@ def label(
         note=note.strip(),
         reviewer=studio.who(request),
     )
+    return RedirectResponse(f"/review#incident-{found.id}", status_code=303)
+
+
+@router.post("/review/{incident}/example")
+def add_to_examples(request: Request, incident: str, studio: StudioDep) -> Response:
+    """Add the incident's peak frame to its policy's regression examples: the picture written
+    beside the policy (``examples/``), the example appended to the file as a new version. The
+    reviewer's verdict decides what it expects (correct: flag, incorrect: no flag)."""
+    found = next((i for i in studio.incidents() if i.id == incident), None)
+    if found is None:
+        raise HTTPException(404, "no such incident")
+    verdict = studio.labels.by_incident().get(found.id)
+    if verdict is None or verdict.verdict == "unsure":
+        raise ConfigError("mark the incident correct or incorrect first")
+    peak = studio.config.data_dir / "thumbs" / found.id / "1.jpg"
+    if not peak.is_file():
+        raise ConfigError("this incident has no frame to add")
+    pf = policy_file(studio, found.policy)
+    if pf.loaded is None:
+        raise HTTPException(409, "the policy does not load; fix it first")
+    relative = f"examples/{found.policy}-{found.id}.jpg"
+    target = pf.path.parent / relative
+    target.parent.mkdir(exist_ok=True)
+    expect = "flag" if verdict.verdict == "correct" else "no_flag"
+    entry = f"{{path: {relative}, expect: {expect}, label: {found.label}}}"
+    if relative in pf.text:
+        raise ConfigError(f"{relative} is already one of the policy's examples")
+    shutil.copyfile(peak, target)
+    try:
+        studio.writer.write(
+            pf.loaded,
+            add_example(pf.text, entry),
+            base_sha256=pf.sha256,
+            who=studio.who(request),
+            action="example",
+            note=f"peak frame of incident {found.id} ({verdict.verdict}): {verdict.note}".strip(),
+            model=studio.config.model,
+        )
+    except PolicyError:
+        target.unlink(missing_ok=True)
+        raise
     return RedirectResponse(f"/review#incident-{found.id}", status_code=303)
 
 

@@ -21,7 +21,7 @@ from pipeline.policies.schema import LoadedPolicy, load_policy, parse_policy
 from pipeline.policies.tools.lint import lint_text
 from pipeline.policies.tools.nodes import child
 
-__all__ = ["PolicyWriter", "Written", "set_mode", "set_version", "yaml_diff"]
+__all__ = ["PolicyWriter", "Written", "add_example", "set_mode", "set_version", "yaml_diff"]
 
 
 @dataclass(frozen=True)
@@ -142,3 +142,24 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise PolicyError(f"{path}: cannot write: {e.strerror or e}") from e
+
+
+def add_example(text: str, entry: str) -> str:
+    """``text`` with ``entry`` (a one-line flow mapping such as ``{path: x.png, expect: flag}``)
+    appended to its ``examples:`` list, in the list's own style (comments and layout kept)."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    node = child(root, "examples")
+    if node is None:
+        return text.rstrip("\n") + f"\nexamples:\n  - {entry}\n"
+    if not isinstance(node, yaml.SequenceNode):
+        raise PolicyError("the policy's examples are not a list")
+    if node.flow_style:  # [a, b]: insert before the closing bracket
+        close = node.end_mark.index - 1
+        sep = ", " if node.value else ""
+        return text[:close] + sep + entry + text[close:]
+    last = node.value[-1]
+    indent = " " * max(last.start_mark.column - 2, 0)
+    end = text.find("\n", last.end_mark.index)
+    end = len(text) if end < 0 else end + 1
+    prefix = "" if text[:end].endswith("\n") else "\n"
+    return text[:end] + f"{prefix}{indent}- {entry}\n" + text[end:]

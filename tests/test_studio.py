@@ -12,6 +12,7 @@ import yaml
 from starlette.testclient import TestClient
 
 from consumers.studio import StudioConfig, create_app
+from consumers.studio.handoff import HandoffDocument
 from consumers.studio.incidents import read_incidents
 from pipeline.errors import ConfigError
 from pipeline.policies.tools import lint_text
@@ -237,6 +238,7 @@ def test_review_labels_are_stored_and_exported(tmp_path: Path) -> None:
     assert (policies / "examples" / f"red-triangle-{one}.jpg").read_bytes()[:2] == b"\xff\xd8"
     assert "# Regression examples" in (policies / "red-triangle.yaml").read_text()  # comments kept
     assert doc["schema"] == "clipguard.studio.handoff/1"
+    HandoffDocument.model_validate(doc)  # the documented shape, extra keys refused
     reviewed = [i for i in doc["incidents"] if i["review"]]
     assert [(i["id"], i["review"]["verdict"]) for i in reviewed] == [(one, "incorrect")]
     assert reviewed[0]["review"]["note"] == "a <b>red square</b>"
@@ -283,6 +285,14 @@ def test_incident_files_are_checked_line_by_line(tmp_path: Path) -> None:
     flags.write_text("x" * 70_000 + "\n")
     with pytest.raises(ConfigError, match="longer than"):
         read_incidents(flags)
+
+
+def test_the_handoff_schema_file_is_current() -> None:
+    path = Path(__file__).resolve().parent.parent / "schemas" / "studio-handoff.schema.json"
+    schema = HandoffDocument.model_json_schema(by_alias=True)
+    assert json.loads(path.read_text()) == schema, (
+        "schemas/studio-handoff.schema.json is stale: run `python -m consumers.studio.handoff`"
+    )
 
 
 def test_the_studio_command_is_registered() -> None:

@@ -22,6 +22,7 @@ from consumers.studio.incidents import StudioIncident, read_incidents
 from consumers.studio.labels import LabelStore
 from consumers.studio.library import PolicyLibrary
 from consumers.studio.scoring import Scorer
+from consumers.studio.store_link import StoreLink
 from consumers.studio.versions import PolicyWriter
 from pipeline.errors import ClipguardError
 
@@ -48,6 +49,7 @@ class Studio:
             max_upload_bytes=config.max_upload_bytes,
             sample_fps=config.sample_fps,
         )
+        self.store = StoreLink(config.store)
         self.templates = Jinja2Templates(directory=str(_HERE / "templates"))
         self._incidents: tuple[float, list[StudioIncident]] | None = None
         self._lock = threading.Lock()
@@ -88,7 +90,7 @@ def studio_of(request: Request) -> Studio:
 
 def create_app(config: StudioConfig) -> FastAPI:
     """The studio as an ASGI app (serve it with uvicorn)."""
-    from consumers.studio import pages_policies, pages_review, pages_try
+    from consumers.studio import pages_policies, pages_review, pages_store, pages_try
 
     studio = Studio(config)
 
@@ -102,7 +104,7 @@ def create_app(config: StudioConfig) -> FastAPI:
     )
     app.state.studio = studio
     app.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
-    for module in (pages_policies, pages_try, pages_review):
+    for module in (pages_policies, pages_try, pages_review, pages_store):
         app.include_router(module.router)
 
     @app.exception_handler(ClipguardError)

@@ -41,7 +41,13 @@ def policies(request: Request, studio: StudioDep) -> HTMLResponse:
             except ClipguardError as e:
                 error = str(e)
         rows.append({"file": pf, "examples": examples, "examples_error": error})
-    return studio.page(request, "policies.html", rows=rows, folder=studio.library.folder)
+    return studio.page(
+        request,
+        "policies.html",
+        rows=rows,
+        folder=studio.library.folder,
+        backtests=studio.store.last,
+    )
 
 
 @router.get("/policies/{name}/edit", response_class=HTMLResponse)

@@ -100,8 +100,3 @@ def _timelines(result: TryResult, width: int = 640, height: int = 120) -> list[d
             {"label": label, "points": points, "cutoff_y": y(cutoff), "spans": spans, "end": end}
         )
     return out
-
-
-@router.get("/backtest", response_class=HTMLResponse)
-def backtest(request: Request, studio: StudioDep) -> HTMLResponse:
-    return studio.page(request, "backtest.html")

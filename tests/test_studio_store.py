@@ -97,3 +97,20 @@ def test_search_finds_the_triangle_frames_first(
         assert frame is not None
         assert c.get(frame.group(1)).content[:2] == b"\xff\xd8"
         assert c.get("/store/frame/..%2Fx.jpg").status_code == 404
+
+
+def test_tune_shows_unlabelled_stored_traffic(
+    scanned: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    policies, store, out = scanned
+    scores = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
+    config = StudioConfig(policies_dir=policies, data_dir=tmp_path / "data", store=store)
+    with TestClient(create_app(config), base_url=BASE) as c:
+        page = c.get("/policies/red-triangle/tune").text
+    data = json.loads(page.split('id="tune-data">', 1)[1].split("</script>", 1)[0])
+    assert data["stored"] == len(scores) == 16  # 4 s at 4 frames a second
+    assert len(data["unlabelled"]) == 16
+    # the scan's own scores of the label, from its scores.jsonl: the same, within fp16 storage
+    live = sorted(rec["scores"]["red-triangle/red-triangle"] for rec in scores)
+    assert max(abs(a - b) for a, b in zip(live, data["unlabelled"], strict=True)) < 5e-3
+    assert f"of {len(scores)} stored frames reach it" in page

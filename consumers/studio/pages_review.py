@@ -20,7 +20,7 @@ from consumers.studio.labels import MAX_NOTE
 from consumers.studio.pages_policies import policy_file
 from consumers.studio.tune import at_threshold, tune_data
 from consumers.studio.versions import add_example
-from pipeline.errors import ConfigError, PolicyError
+from pipeline.errors import ClipguardError, ConfigError, PolicyError
 from pipeline.policies.tools.nodes import child, label_node
 
 __all__ = ["router"]
@@ -152,7 +152,17 @@ async def tune(
         labels=studio.labels.all(policy=lp.policy.id, label=chosen),
         queue=studio.incidents(),
     )
+    stored, unlabelled, store_note = 0, list[float](), None
+    if studio.config.store is not None:
+        try:
+            stored, unlabelled = await run_in_threadpool(
+                studio.store.label_scores, lp, chosen, studio.scorer, studio.scorer.model_name(lp)
+            )
+        except ClipguardError as e:
+            store_note = str(e)
     payload = {
+        "stored": stored,
+        "unlabelled": unlabelled,
         "cutoff": data.cutoff,
         "rule": data.rule,
         "positives": [asdict(p) for p in data.positives],
@@ -168,6 +178,8 @@ async def tune(
         now=at_threshold(data, data.cutoff),
         payload=payload,
         low=-1.0 if data.rule == "threshold" else 0.0,
+        stored=stored,
+        store_note=store_note,
     )
 
 

@@ -16,17 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from pipeline.errors import ClipguardError, ConfigError
-from pipeline.policies.schema import LoadedPolicies
+from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
 from pipeline.policies.tools.judging import compile_policies
 
 if TYPE_CHECKING:
     from consumers.studio.scoring import Scorer
 
-__all__ = ["StoreLink", "StoreStatus"]
+__all__ = ["SAMPLE", "StoreLink", "StoreStatus"]
 
 _MAX_QUERY = 300
 _MAX_HITS = 48
+#: Stored frames scored for Tune's unlabelled histogram (an even sample of the store).
+SAMPLE = 20_000
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,25 @@ class StoreLink:
                 sums[what] += len(diff[what])
         self.last.update(per_policy)
         return data
+
+    def label_scores(
+        self, lp: LoadedPolicy, label: str, scorer: Scorer, model_name: str
+    ) -> tuple[int, list[float]]:
+        """Unlabelled stored traffic for Tune: how many stored frames of ``model_name`` there
+        are, and ``label``'s score (in its rule's unit) on an even sample of at most
+        :data:`SAMPLE` of them, sorted."""
+        store = self._open()
+        model = scorer.model(model_name)
+        policies = compile_policies(LoadedPolicies([lp]), model, scorer.cache_dir)
+        column = [lab.label for lab in policies.compiled.labels].index(label)
+        _, embeddings = store.embeddings(self._module.FrameFilter(model=model_name))
+        total = len(embeddings)
+        if total == 0:
+            return 0, []
+        step = max(1, total // SAMPLE)
+        sample = np.asarray(embeddings[::step], dtype=np.float32)  # (n, E)
+        scores = policies.compiled.evaluate(sample).score[:, column]
+        return total, sorted(float(v) for v in scores)
 
     def thumbnail(self, stream_id: str, seq: int, frame_index: int, tile: int) -> bytes | None:
         found = self._open().thumbnails_at([(stream_id, seq, frame_index, tile)])

@@ -115,7 +115,8 @@ function setupTune() {
   const number = document.getElementById("threshold");
   const svg = document.getElementById("histogram");
   const NS = "http://www.w3.org/2000/svg";
-  const all = data.positives.concat(data.negatives).map((p) => p.score).concat([data.cutoff]);
+  const unlabelled = (data.unlabelled || []).map((score) => ({ score }));
+  const all = data.positives.concat(data.negatives, unlabelled).map((p) => p.score).concat([data.cutoff]);
   const lo = Math.min(...all) - 0.02, hi = Math.max(...all) + 0.02;
   const W = 640, H = 140, BINS = 40;
   // a score axis under the bars: five ticks with their values
@@ -146,6 +147,7 @@ function setupTune() {
       svg.appendChild(r);
     });
   }
+  if (unlabelled.length) bars(unlabelled, "unl", W / BINS / 4);
   bars(data.positives, "pos", W / BINS / 2);
   bars(data.negatives, "neg", 0);
   const now = document.createElementNS(NS, "line");  // the threshold in the file now
@@ -169,6 +171,11 @@ function setupTune() {
     document.getElementById("tp").textContent = String(m.tp);
     document.getElementById("fp").textContent = String(m.fp);
     document.getElementById("queue").textContent = String(m.queue);
+    const stored = document.getElementById("stored-passing");
+    if (stored && unlabelled.length) {
+      const share = unlabelled.filter((p) => p.score >= t).length / unlabelled.length;
+      stored.textContent = String(Math.round(share * data.stored));
+    }
   }
   slider.addEventListener("input", () => { number.value = slider.value; update(slider.value); });
   number.addEventListener("input", () => { slider.value = number.value; update(number.value); });

@@ -82,6 +82,8 @@ def test_backtest_page_shows_what_an_edit_removes(
         assert picture.status_code == 200 and picture.content[:2] == b"\xff\xd8"
         listed = c.get("/").text
         assert "+0 \u22121" in listed  # red-triangle's last backtest, on the Policies page
+        promote = c.get("/policies/red-triangle/promote").text
+        assert "0 incidents, 0 added, 1 removed, 0 changed" in promote
 
 
 def test_search_finds_the_triangle_frames_first(

@@ -111,6 +111,7 @@ def promote_page(request: Request, name: str, studio: StudioDep) -> HTMLResponse
         target=target,
         diff=yaml_diff(pf.text, new, pf.path.name),
         error=None,
+        backtest=studio.store.last.get(name),
     )
 
 
@@ -146,7 +147,14 @@ def promote(
     if error is not None:
         diff = yaml_diff(pf.text, new, pf.path.name)
         return studio.page(
-            request, "promote.html", status=400, pf=pf, target=target, diff=diff, error=error
+            request,
+            "promote.html",
+            status=400,
+            pf=pf,
+            target=target,
+            diff=diff,
+            error=error,
+            backtest=studio.store.last.get(name),
         )
     return RedirectResponse(f"/audit?policy={name}", status_code=303)
 

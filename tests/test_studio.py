@@ -295,6 +295,21 @@ def test_the_handoff_schema_file_is_current() -> None:
     )
 
 
+def test_every_studio_module_exports_what_it_lists() -> None:
+    import importlib
+    import pkgutil
+
+    import consumers.studio as package
+
+    names = [m.name for m in pkgutil.iter_modules(package.__path__)]
+    assert {"access", "app", "library", "versions", "store_link", "pages_store"} <= set(names)
+    for name in names:
+        module = importlib.import_module(f"consumers.studio.{name}")
+        assert module.__all__, name
+        for exported in module.__all__:
+            assert hasattr(module, exported), f"{name}.{exported}"
+
+
 def test_the_studio_command_is_registered() -> None:
     from consumers.cli import build_parser
 

@@ -17,8 +17,9 @@ module                                      what it holds
 :mod:`~consumers.studio.labels`             review verdicts (SQLite)
 :mod:`~consumers.studio.tune`               labelled scores, precision and recall
 :mod:`~consumers.studio.handoff`            the JSON export for review tools
+:mod:`~consumers.studio.store_link`         the frame store, when there is one (lazy)
 ``pages_policies``, ``pages_try``,          the routers: one per page group
-``pages_review``
+``pages_review``, ``pages_store``
 ==========================================  ================================================
 
 The policy files stay the source of truth: the studio writes new versions of them and an

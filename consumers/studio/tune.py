@@ -12,7 +12,7 @@ from consumers.studio.incidents import StudioIncident
 from consumers.studio.labels import Label
 from consumers.studio.scoring import LabeledScore
 
-__all__ = ["Point", "TuneData", "at_threshold", "tune_data"]
+__all__ = ["Measured", "Point", "TuneData", "at_threshold", "tune_data"]
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,13 @@ def test_search_finds_the_triangle_frames_first(
         assert frame is not None
         assert c.get(frame.group(1)).content[:2] == b"\xff\xd8"
         assert c.get("/store/frame/..%2Fx.jpg").status_code == 404
+        # an uploaded picture of a red triangle finds the stored triangle frames first
+        picture = (policies / "examples" / "red-triangle-1.png").read_bytes()
+        headers = {"Origin": BASE, "X-Filename": "triangle.png"}
+        page = c.post("/policies/red-triangle/try", content=picture, headers=headers).text
+        nearest = page.split('id="nearest"', 1)[1]
+        times = [float(t) for t in re.findall(r"at (\d+\.\d) s</figcaption>", nearest)]
+        assert times and 1.0 <= times[0] < 2.0
 
 
 def test_tune_shows_unlabelled_stored_traffic(

@@ -16,7 +16,7 @@ from consumers.studio.app import Studio, studio_of
 from consumers.studio.pages_policies import policy_file
 from consumers.studio.scoring import TryResult
 from pipeline.decode import content_type_for
-from pipeline.errors import DecodeError
+from pipeline.errors import ClipguardError, DecodeError
 
 __all__ = ["router"]
 
@@ -62,6 +62,15 @@ async def try_upload(request: Request, name: str, studio: StudioDep) -> HTMLResp
         result = await run_in_threadpool(studio.scorer.try_file, pf.loaded, target, content_type)
     except DecodeError as e:
         return studio.page(request, "try_result.html", status=422, result=None, error=str(e))
+    nearest: list[dict[str, Any]] = []
+    if studio.config.store is not None and len(result.frames):
+        best = max(range(len(result.frames)), key=lambda i: _best_score(result, i))
+        try:
+            nearest = await run_in_threadpool(
+                studio.store.search_embedding, result.embeddings[best], result.model
+            )
+        except ClipguardError:
+            nearest = []  # no store, or none of this model: the scores stand alone
     return studio.page(
         request,
         "try_result.html",
@@ -69,7 +78,12 @@ async def try_upload(request: Request, name: str, studio: StudioDep) -> HTMLResp
         error=None,
         filename=filename,
         timelines=_timelines(result),
+        nearest=nearest[:24],
     )
+
+
+def _best_score(result: TryResult, frame: int) -> float:
+    return max(d.score for d in result.frames[frame].decisions)
 
 
 def _timelines(result: TryResult, width: int = 640, height: int = 120) -> list[dict[str, Any]]:

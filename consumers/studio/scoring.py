@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +51,7 @@ class TryResult:
     cutoffs: tuple[float, ...]  # each label's rule value
     frames: tuple[FrameResult, ...]
     incidents: tuple[Incident, ...]
+    embeddings: Any = None  # (frames, E) unit image embeddings, for searching the store
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ class Scorer:
                 for t, d in zip(times, judged.decisions, strict=True)
             ),
             incidents=incidents(judged),
+            embeddings=embeddings,
         )
 
     def _decode_file(self, path: Path, model: ImageTextModel) -> tuple[list[Image], list[float]]:

@@ -125,15 +125,20 @@ class StoreLink:
         picture = self._open().thumbnails([frame_id]).get(frame_id)
         return bytes(picture) if picture is not None else None
 
+    def search_embedding(self, query: Any, model_name: str) -> list[dict[str, Any]]:
+        """The stored frames nearest to an image embedding (E,), best first."""
+        store = self._open()
+        hits = self._module.search(store, query, model=model_name, top=_MAX_HITS)
+        return [h.to_json() for h in hits]
+
     def search_text(self, text: str, scorer: Scorer, model_name: str) -> list[dict[str, Any]]:
         """The stored frames nearest to a text query, best first."""
         text = text.strip()
         if not text or len(text) > _MAX_QUERY:
             raise ConfigError(f"a query is 1 to {_MAX_QUERY} characters")
-        store = self._open()
+        self._open()  # ConfigError first when there is no store
         model = scorer.model(model_name)
         from pipeline.policies.compile import PolicyCompiler
 
         query = PolicyCompiler(model, cache_dir=scorer.cache_dir).encode_text([text])[0]
-        hits = self._module.search(store, query, model=model_name, top=_MAX_HITS)
-        return [h.to_json() for h in hits]
+        return self.search_embedding(query, model_name)

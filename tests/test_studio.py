@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 from consumers.studio import StudioConfig, create_app
 from consumers.studio.handoff import HandoffDocument
 from consumers.studio.incidents import read_incidents
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PolicyError
 from pipeline.policies.tools import lint_text
 from tests.studio_fixtures import make_incidents, make_policies
 
@@ -275,6 +275,27 @@ def test_add_example_keeps_the_list_style() -> None:
     assert yaml.safe_load(add_example(none, "{path: b.png, expect: flag}"))["examples"] == [
         {"path": "b.png", "expect": "flag"}
     ]
+
+
+def test_set_lists_rewrites_only_the_lists() -> None:
+    from consumers.studio.versions import set_lists
+
+    text = (
+        "id: x\nlabels:\n  - name: a\n    prompts:\n      - one\n      - two  # c\n"
+        "    threshold: 0.3\n# tail\n"
+    )
+    new = set_lists(text, "a", {"prompts": ["p: 1", 'say "hi"', "  "], "negatives": ["n"]})
+    label = yaml.safe_load(new)["labels"][0]
+    assert label == {
+        "name": "a",
+        "prompts": ["p: 1", 'say "hi"'],
+        "negatives": ["n"],
+        "threshold": 0.3,
+    }
+    assert new.endswith("    threshold: 0.3\n# tail\n")
+    assert set_lists(text, "a", {"negatives": []}) == text  # nothing to add
+    with pytest.raises(PolicyError, match="no label"):
+        set_lists(text, "b", {"prompts": ["x"]})
 
 
 def test_incident_files_are_checked_line_by_line(tmp_path: Path) -> None:

@@ -135,6 +135,21 @@ def test_editor_shows_a_yaml_error_at_its_line(served: Served, page: Any, tmp_pa
     playwright_api.expect(page.locator("#problems li")).to_have_count(0)
     assert (served.policies / "red-triangle.yaml").read_text() == original  # nothing saved
 
+    # the same label's negatives, edited as a list and put into the YAML
+    page.click("#lists summary")
+    lists = page.locator("fieldset.label-lists[data-label=red-triangle]")
+    negatives = lists.locator("textarea.negatives")
+    negatives.fill(negatives.input_value() + "\na red kite: drawn")
+    lists.locator("button.apply-lists").click()
+    playwright_api.expect(lists.locator(".lists-status")).to_have_text("applied to the text above")
+    playwright_api.expect(page.locator("#lint-status")).to_have_text("No problems")
+    label = yaml.safe_load(area.input_value())["labels"][0]
+    assert label["negatives"][-1] == "a red kite: drawn"
+    assert label["negatives"][:-1] == yaml.safe_load(original)["labels"][0]["negatives"]
+    assert label["threshold"] == 0.55
+    shot(page, tmp_path, "edit-lists")
+    assert (served.policies / "red-triangle.yaml").read_text() == original  # still not saved
+
 
 def test_try_scores_an_uploaded_image_and_video(served: Served, page: Any, tmp_path: Path) -> None:
     page.goto(served.url + "/policies/red-triangle/try")

@@ -7,12 +7,14 @@ import json
 from dataclasses import asdict
 from typing import Annotated, Final
 
+import yaml
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from consumers.studio.app import Studio, studio_of
 from consumers.studio.library import MAX_POLICY_BYTES, PolicyFile, lint_problems
-from consumers.studio.versions import set_mode, set_version, yaml_diff
+from consumers.studio.versions import set_lists, set_mode, set_version, yaml_diff
 from pipeline.errors import ClipguardError, PolicyError
 
 __all__ = ["router"]
@@ -64,6 +66,29 @@ async def lint(request: Request, name: str, studio: StudioDep) -> JSONResponse:
     text = body.decode("utf-8", errors="replace")
     problems = lint_problems(text, pf.path, model=studio.config.model)
     return JSONResponse({"problems": [asdict(p) for p in problems]})
+
+
+class ListEdit(BaseModel):
+    """The editor's text and one label's prompts and negatives, one item a line."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(max_length=MAX_POLICY_BYTES)
+    label: str = Field(max_length=64)
+    prompts: list[Annotated[str, Field(max_length=500)]] = Field(max_length=200)
+    negatives: list[Annotated[str, Field(max_length=500)]] = Field(max_length=200)
+
+
+@router.post("/policies/{name}/lists")
+def lists(name: str, edit: ListEdit, studio: StudioDep) -> JSONResponse:
+    """The editor's text with one label's prompts and negatives replaced by the lists."""
+    policy_file(studio, name)
+    try:
+        text = set_lists(
+            edit.text, edit.label, {"prompts": edit.prompts, "negatives": edit.negatives}
+        )
+    except (PolicyError, yaml.YAMLError) as e:
+        return JSONResponse({"error": f"fix the YAML first: {e}"}, status_code=400)
+    return JSONResponse({"text": text})
 
 
 @router.post("/policies/{name}/save", response_class=HTMLResponse)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -19,9 +20,17 @@ from consumers.studio.audit import AuditEntry, AuditLog
 from pipeline.errors import PolicyError
 from pipeline.policies.schema import LoadedPolicy, load_policy, parse_policy
 from pipeline.policies.tools.lint import lint_text
-from pipeline.policies.tools.nodes import child
+from pipeline.policies.tools.nodes import child, label_node
 
-__all__ = ["PolicyWriter", "Written", "add_example", "set_mode", "set_version", "yaml_diff"]
+__all__ = [
+    "PolicyWriter",
+    "Written",
+    "add_example",
+    "set_lists",
+    "set_mode",
+    "set_version",
+    "yaml_diff",
+]
 
 
 @dataclass(frozen=True)
@@ -163,3 +172,50 @@ def add_example(text: str, entry: str) -> str:
     end = len(text) if end < 0 else end + 1
     prefix = "" if text[:end].endswith("\n") else "\n"
     return text[:end] + f"{prefix}{indent}- {entry}\n" + text[end:]
+
+
+def set_lists(text: str, label: str, lists: dict[str, list[str]]) -> str:
+    """``text`` with the ``prompts`` and/or ``negatives`` of ``label`` replaced by the lists
+    given, written as one-line flow lists (each item JSON-quoted, which YAML reads back
+    as the same string); a list absent from the file is added after the label's ``prompts``.
+    The rest of the file is kept as it is."""
+    for key, items in lists.items():
+        if key not in ("prompts", "negatives"):
+            raise PolicyError(f"only prompts and negatives can be edited as lists, not {key!r}")
+        text = _set_list(text, label, key, [i.strip() for i in items if i.strip()])
+    return text
+
+
+def _set_list(text: str, label: str, key: str, items: list[str]) -> str:
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    lnode = label_node(root, label)
+    if not isinstance(lnode, yaml.MappingNode):
+        raise PolicyError(f"no label {label!r} in the policy")
+    literal = "[" + ", ".join(json.dumps(i, ensure_ascii=False) for i in items) + "]"
+    pair = next(
+        ((k, v) for k, v in lnode.value if isinstance(k, yaml.ScalarNode) and k.value == key),
+        None,
+    )
+    if pair is None:
+        if not items:
+            return text
+        anchor = next(k for k, _ in lnode.value if isinstance(k, yaml.ScalarNode))
+        indent = " " * anchor.start_mark.column
+        prompts = child(lnode, "prompts") or anchor
+        end = text.find("\n", prompts.end_mark.index)
+        end = len(text) if end < 0 else end + 1
+        if isinstance(prompts, yaml.SequenceNode) and not prompts.flow_style:
+            end = _line_end(text, prompts.value[-1].end_mark.index)
+        return text[:end] + f"{indent}{key}: {literal}\n" + text[end:]
+    key_node, value = pair
+    if isinstance(value, yaml.SequenceNode) and not value.flow_style and value.value:
+        colon = text.index(":", key_node.end_mark.index)
+        end = _line_end(text, value.value[-1].end_mark.index)
+        return text[: colon + 1] + f" {literal}\n" + text[end:]
+    return text[: value.start_mark.index] + literal + text[value.end_mark.index :]
+
+
+def _line_end(text: str, index: int) -> int:
+    """The index just past the end of the line holding ``index``."""
+    end = text.find("\n", max(index - 1, 0))
+    return len(text) if end < 0 else end + 1

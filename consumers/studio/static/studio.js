@@ -64,6 +64,25 @@ function setupEditor() {
   }, 250);
 
   area.addEventListener("input", () => { drawGutter(); lint(); });
+  for (const set of document.querySelectorAll("fieldset.label-lists")) {
+    const lines = (cls) => set.querySelector(cls).value.split("\n").map((s) => s.trim()).filter(Boolean);
+    set.querySelector(".apply-lists").addEventListener("click", async () => {
+      const note = set.querySelector(".lists-status");
+      const response = await fetch(set.dataset.url, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({
+          text: area.value, label: set.dataset.label,
+          prompts: lines(".prompts"), negatives: lines(".negatives"),
+        }),
+      });
+      const answer = await response.json();
+      if (!response.ok) { note.textContent = answer.error || `not applied (${response.status})`; return; }
+      area.value = answer.text;
+      note.textContent = "applied to the text above";
+      area.dispatchEvent(new Event("input"));
+    });
+  }
   area.addEventListener("scroll", () => { gutter.scrollTop = area.scrollTop; });
   drawGutter();
 }

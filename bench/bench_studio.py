@@ -100,7 +100,9 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = StudioConfig(policies_dir=policies, data_dir=tmp / "data", incidents=flags, port=port)
+    config = StudioConfig(
+        policies_dir=policies, data_dir=tmp / "data", incidents=flags, port=port, store=store
+    )
     server = uvicorn.Server(
         uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="error")
     )
@@ -114,8 +116,8 @@ def main() -> None:
     image = (policies / "examples" / "red-triangle-1.png").read_bytes()
     clip = (tmp / "demo.mp4").read_bytes()
 
-    def get(path: str) -> Callable[[], int]:
-        return lambda: _request(base + path)
+    def get(path: str, expect: str = "") -> Callable[[], int]:
+        return lambda: _request(base + path, expect=expect)
 
     def post(path: str, body: bytes, **headers: str) -> Callable[[], int]:
         return lambda: _request(base + path, body, {**origin, **headers})
@@ -140,8 +142,9 @@ def main() -> None:
     ]
     if store is not None:
         cases += [
-            ("backtest: run over the store", get("/backtest?run=1")),
-            ("search the store by text", get("/search?q=a+red+triangle")),
+            ("backtest: run over the store", get("/backtest?run=1", "frames judged in")),
+            ("search the store by text", get("/search?q=a+red+triangle", "nearest frames")),
+            ("tune page with stored traffic", get("/policies/red-triangle/tune", "stored-passing")),
         ]
     print(f"studio on {base}: demo policies, {args.incidents} incidents, demo model")
     if store is not None:
@@ -154,6 +157,10 @@ def main() -> None:
         worst = max(worst, statistics.median(warm))
         print(f"{name:38} {cold:9.1f} {statistics.median(warm):12.1f} {max(warm):9.1f}")
     print(f"slowest warm median: {worst:.1f} ms (goal: under 300 ms on the demo data)")
+    if store is not None:
+        page = urllib.request.urlopen(base + "/backtest?run=1", timeout=600).read().decode()
+        summary = page.split('id="backtest-summary">', 1)[1].split("</p>", 1)[0]
+        print("backtest:", " ".join(summary.replace("<b>", "").replace("</b>", "").split())[:200])
     server.should_exit = True
     thread.join(timeout=30)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -195,10 +202,18 @@ def _synthetic_store(root: Path, policies: Path, frames: int) -> None:
         recorder.flush(stream)
 
 
-def _request(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> int:
+def _request(
+    url: str, body: bytes | None = None, headers: dict[str, str] | None = None, expect: str = ""
+) -> int:
+    """The status of a request; exits when the page lacks ``expect`` (it showed an error)."""
     req = urllib.request.Request(url, data=body, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=120) as response:
-        response.read()
+    with urllib.request.urlopen(req, timeout=600) as response:
+        page = response.read().decode("utf-8", "replace")
+        if expect and expect not in page:
+            start = page.find("<main>")
+            raise SystemExit(
+                f"{url}: the page did not show {expect!r}:\n{page[start : start + 1500]}"
+            )
         return int(response.status)
 
 

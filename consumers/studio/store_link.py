@@ -48,6 +48,7 @@ class StoreLink:
         self._module: Any = None
         self._store: Any = None
         self._lock = threading.Lock()
+        self._samples: dict[tuple[str, tuple[str, ...]], tuple[int, Any]] = {}
         self.last: dict[str, dict[str, int]] = {}  # policy id -> its last backtest's counts
 
     def _open(self) -> Any:
@@ -107,14 +108,26 @@ class StoreLink:
         model = scorer.model(model_name)
         policies = compile_policies(LoadedPolicies([lp]), model, scorer.cache_dir)
         column = [lab.label for lab in policies.compiled.labels].index(label)
-        _, embeddings = store.embeddings(self._module.FrameFilter(model=model_name))
-        total = len(embeddings)
+        total, sample = self._sample(store, model_name)
         if total == 0:
             return 0, []
-        step = max(1, total // SAMPLE)
-        sample = np.asarray(embeddings[::step], dtype=np.float32)  # (n, E)
         scores = policies.compiled.evaluate(sample).score[:, column]
         return total, sorted(float(v) for v in scores)
+
+    def _sample(self, store: Any, model_name: str) -> tuple[int, Any]:
+        """The frame count and an even sample of embeddings (n, E) of one model, kept until
+        the store's files change (reading every embedding is what costs)."""
+        key = (model_name, tuple(repr(f) for f in store.files()))
+        with self._lock:
+            if key in self._samples:
+                return self._samples[key]
+        _, embeddings = store.embeddings(self._module.FrameFilter(model=model_name))
+        total = len(embeddings)
+        step = max(1, total // SAMPLE)
+        sample = np.asarray(embeddings[::step], dtype=np.float32)  # (n, E)
+        with self._lock:
+            self._samples = {key: (total, sample)}  # one model's sample at a time
+        return total, sample
 
     def thumbnail(self, stream_id: str, seq: int, frame_index: int, tile: int) -> bytes | None:
         found = self._open().thumbnails_at([(stream_id, seq, frame_index, tile)])

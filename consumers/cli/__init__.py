@@ -2,7 +2,8 @@
 
 Each group module (:mod:`~consumers.cli.models`, :mod:`~consumers.cli.policy`,
 :mod:`~consumers.cli.broker`, :mod:`~consumers.cli.produce`, :mod:`~consumers.cli.scan`,
-:mod:`~consumers.cli.worker`, :mod:`~consumers.cli.consume`, :mod:`~consumers.cli.store`) has
+:mod:`~consumers.cli.worker`, :mod:`~consumers.cli.consume`, :mod:`~consumers.cli.store`,
+:mod:`~consumers.cli.studio`) has
 ``add_parser(subparsers)``, which adds its parsers and sets ``func`` on the leaf ones:
 :func:`main` parses, sets up logging and calls ``args.func(args)``, which returns the exit
 status. What several groups declare (the Kafka address, the model, policies and sampling
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
-from consumers.cli import broker, consume, models, policy, produce, scan, store, worker
+from consumers.cli import broker, consume, models, policy, produce, scan, store, studio, worker
 from consumers.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.set_defaults(func=help_of(parser))
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for group in (models, policy, broker, produce, scan, store, worker, consume):
+    for group in (models, policy, broker, produce, scan, store, worker, consume, studio):
         group.add_parser(subparsers)
     return parser
 

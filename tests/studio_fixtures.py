@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.demo.video import demo_shots, write_video
+from pipeline.policies.bundled import DEMO_POLICIES
 
 ROOT = Path(__file__).resolve().parent.parent
 # Three incidents of red-triangle on the video: two on the triangle, one on the SPAM sign; peak
@@ -21,7 +22,7 @@ VIDEO_SECONDS = 4
 def make_policies(folder: Path) -> Path:
     """``folder/policies``: the demo policies, spam-text in shadow mode."""
     target = folder / "policies"
-    shutil.copytree(ROOT / "policies" / "demo", target)
+    shutil.copytree(DEMO_POLICIES, target)
     spam = target / "spam-text.yaml"
     spam.write_text(spam.read_text().replace("mode: enforce", "mode: shadow"))
     return target

@@ -337,3 +337,30 @@ def test_the_studio_command_is_registered() -> None:
 
     args = build_parser().parse_args(["studio", "--policies", str(DEMO_POLICIES)])
     assert args.host == "127.0.0.1" and args.port == 8600
+
+
+def test_uploads_score_in_the_precision_asked_for(folder: Path, tmp_path: Path) -> None:
+    from consumers.studio.scoring import Scorer
+    from pipeline.policies import load_policies
+
+    with pytest.raises(ConfigError, match="precision"):
+        StudioConfig(policies_dir=folder, data_dir=tmp_path / "d", precision="fp64")
+    lp = next(p for p in load_policies([DEMO_POLICIES]) if p.policy.id == "red-triangle")
+    image = lp.resolve(lp.policy.examples[0].path)
+    scores = {}
+    for precision in ("fp32", "int8"):
+        scorer = Scorer(
+            model=None,
+            data_dir=tmp_path / precision,
+            max_upload_bytes=1 << 20,
+            sample_fps=2.0,
+            precision=precision,
+        )
+        try:
+            result = scorer.try_file(lp, image, "image/png")
+        finally:
+            scorer.close()
+        scores[precision] = [d.score for f in result.frames for d in f.decisions]
+    # int8 runs through the converted encoder, fp32 through the reference: close, not equal
+    assert scores["int8"] != scores["fp32"]
+    assert scores["int8"] == pytest.approx(scores["fp32"], abs=0.02)

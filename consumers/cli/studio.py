@@ -41,6 +41,13 @@ def add_parser(subparsers: Any) -> None:
         metavar="NAME",
         help="score with this model (default: the model each policy names, else the demo model)",
     )
+    studio.add_argument(
+        "--precision",
+        choices=("fp32", "auto", "int8", "bf16", "fp16"),
+        default="fp32",
+        help="image encoder precision for uploads: fp32 (default) scores exactly as `clipguard "
+        "policy test`; auto or int8 score as a worker at that precision would",
+    )
     studio.add_argument("--data", metavar="DIR", help="the studio's own files")
     studio.add_argument("--incidents", metavar="FILE", help="flag events (JSON lines) to review")
     studio.add_argument("--store", metavar="DIR", help="stored frame embeddings (optional)")
@@ -80,6 +87,7 @@ def _studio(args: argparse.Namespace) -> int:
         incidents=Path(args.incidents) if args.incidents else None,
         store=Path(args.store) if args.store else None,
         max_upload_bytes=args.max_upload_mb * 1024**2,
+        precision=args.precision,
     )
     app = create_app(config)
     where = f"http://{args.host}:{args.port}/"

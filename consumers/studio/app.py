@@ -48,6 +48,7 @@ class Studio:
             data_dir=data,
             max_upload_bytes=config.max_upload_bytes,
             sample_fps=config.sample_fps,
+            precision=config.precision,
         )
         self.store = StoreLink(config.store)
         self.templates = Jinja2Templates(directory=str(_HERE / "templates"))

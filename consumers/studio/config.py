@@ -50,10 +50,17 @@ class StudioConfig:
     store: Path | None = None  # stored frame embeddings (`clipguard store`), when there are
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     sample_fps: float = 2.0  # frames a second scored in uploaded videos
+    precision: str = (
+        "fp32"  # image encoder precision for uploads: fp32 (reference) or as load_encoder
+    )
 
     def __post_init__(self) -> None:
         if not self.policies_dir.is_dir():
             raise ConfigError(f"policies folder {self.policies_dir} is not a folder")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16", "int8"):
+            raise ConfigError(
+                f"precision must be auto, fp32, bf16, fp16 or int8, not {self.precision!r}"
+            )
         if not 0 < self.port < 65536:
             raise ConfigError(f"port must be in 1-65535, not {self.port}")
         if self.token is not None and len(self.token) < _MIN_TOKEN_LENGTH:

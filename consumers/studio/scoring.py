@@ -28,6 +28,7 @@ from pipeline.policies.tools.judging import (
 if TYPE_CHECKING:
     from pipeline.decode import DecodePool
     from pipeline.models.base import ImageTextModel
+    from pipeline.models.encoders import ImageEncoder
 
 __all__ = ["DEMO_MODEL", "FrameResult", "LabeledScore", "Scorer", "TryResult"]
 
@@ -69,13 +70,21 @@ class Scorer:
     """Loads models lazily and keeps one small decode pool for untrusted uploads."""
 
     def __init__(
-        self, *, model: str | None, data_dir: Path, max_upload_bytes: int, sample_fps: float
+        self,
+        *,
+        model: str | None,
+        data_dir: Path,
+        max_upload_bytes: int,
+        sample_fps: float,
+        precision: str = "fp32",
     ) -> None:
         self.model_override = model
+        self.precision = precision  # of uploads' image embeddings (fp32: the reference)
         self.cache_dir = data_dir / "compiled"
         self.sample_fps = sample_fps
         self._limits = Limits(max_input_bytes=max_upload_bytes, max_duration=600.0, timeout=120.0)
         self._models: dict[str, ImageTextModel] = {}
+        self._encoders: dict[str, ImageEncoder] = {}
         self._pool: DecodePool | None = None
         self._lock = threading.Lock()
         self._examples: dict[tuple[str, str], list[ExampleResult]] = {}
@@ -91,6 +100,20 @@ class Scorer:
 
                 self._models[name] = load_model(name)
             return self._models[name]
+
+    def encode(self, model: ImageTextModel, frames: Any) -> npt.NDArray[np.float32]:
+        """Unit image embeddings of ``frames`` in the studio's precision: ``fp32`` is the
+        reference that ``clipguard policy test`` uses; another precision (``auto`` included)
+        scores as a worker at that precision would, through :func:`load_encoder`."""
+        if self.precision == "fp32":
+            return encode_images(model, frames)  # type: ignore[no-any-return]
+        with self._lock:
+            if model.name not in self._encoders:
+                from pipeline.models.encoders import load_encoder
+
+                self._encoders[model.name] = load_encoder(model, precision=self.precision)
+            encoder = self._encoders[model.name]
+        return encoder.encode(frames)
 
     def pool(self) -> DecodePool:
         with self._lock:
@@ -134,7 +157,7 @@ class Scorer:
                 frames, times = self._decode_file(lp.resolve(example.path), model)
             except DecodeError:
                 continue  # the Policies page shows it as a failing example
-            embeddings = encode_images(model, frames)
+            embeddings = self.encode(model, frames)
             judged = judge_frames(policies, model, example.path, times, embeddings)
             for j, name_ in enumerate(labels):
                 if example.expect == "flag" and example.label not in (None, name_):
@@ -159,7 +182,7 @@ class Scorer:
         result = self.pool().decode_uri(path, options, content_type=content_type)
         frames = [f.image for f in result.frames]
         times = [f.t for f in result.frames]
-        embeddings = encode_images(model, frames)
+        embeddings = self.encode(model, frames)
         judged = judge_frames(policies, model, path.name, times, embeddings)
         compiled = policies.compiled.labels
         kind: Literal["image", "video"] = (

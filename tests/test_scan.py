@@ -138,7 +138,7 @@ def test_folder_scan_flags_the_concepts_at_the_right_times(first_scan) -> None:
     assert tri["flags"][0]["severity"] == "medium" and spam["flags"][0]["severity"] == "low"
     # the defaults were used and said so
     assert "clipguard-demo" in err and "demo model" in err
-    assert f"policies from {ROOT / 'policies' / 'demo'}" in err
+    assert f"policies from {DEMO_POLICIES}" in err
 
 
 def test_bad_files_are_reported_with_typed_errors_and_a_partial_exit_status(first_scan) -> None:

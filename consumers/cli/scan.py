@@ -309,6 +309,7 @@ def _scan_here(args: argparse.Namespace, inputs: Sequence[ScanInput], options: S
 def _model_and_policies(args: argparse.Namespace) -> tuple[ImageTextModel, bool, LoadedPolicies]:
     """The model (and whether it is a demo model) and policies to scan with, with notes on
     stderr about the defaults taken and policies written for another model."""
+    from pipeline.models.loading import model_identity
     from pipeline.policies import load_policies
     from pipeline.policies.bundled import default_policies
 
@@ -328,7 +329,8 @@ def _model_and_policies(args: argparse.Namespace) -> tuple[ImageTextModel, bool,
         print(f"note: policies from {policy_paths[0]} (pass --policies to change)", file=sys.stderr)
     policies = load_policies(policy_paths)
     for lp in policies:
-        if lp.policy.model is not None and lp.policy.model != model.name:
+        named = lp.policy.model
+        if named is not None and named != model.name and model_identity(named) != model.name:
             print(
                 f"note: policy {lp.policy.id} was written for {lp.policy.model}; its "
                 f"thresholds may mean nothing with {model.name}",

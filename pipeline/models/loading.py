@@ -29,7 +29,7 @@ from pipeline.models.registry import (
 from pipeline.models.siglip import SigLIP
 from pipeline.models.siglip_formats import build_siglip, is_siglip_state_dict, siglip_weights
 
-__all__ = ["WEIGHTS_FILE_NAMES", "load_clip", "load_model", "save_clip"]
+__all__ = ["WEIGHTS_FILE_NAMES", "load_clip", "load_model", "model_identity", "save_clip"]
 
 _log = logging.getLogger(__name__)
 
@@ -64,6 +64,19 @@ def _locate(name_or_path: str | Path) -> tuple[Path, ModelInfo | None]:
     raise WeightsNotFound(
         f"{name_or_path!s} is neither a registered model ({names}) nor an existing weights file"
     )
+
+
+def model_identity(name_or_path: str | Path) -> str:
+    """The name :func:`load_model` gives the model ``name_or_path`` names (its registry name, or
+    the path of its weights file when given a file or a model folder), without loading it; the
+    text itself when it names nothing here. Score records and stored frames carry this name."""
+    if isinstance(name_or_path, str) and name_or_path in {m.name for m in list_models()}:
+        return name_or_path
+    try:
+        path, info = _locate(name_or_path)
+    except (WeightsNotFound, ConfigError):
+        return str(name_or_path)
+    return info.name if info is not None else str(path)
 
 
 def load_model(

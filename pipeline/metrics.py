@@ -128,6 +128,11 @@ class Metrics:
             "Policy reloads that failed (the previous policies stay in force).",
             registry=r,
         )
+        self.job_runner_failures = Counter(
+            "clipguard_job_runner_failures",
+            "Times the scan job runner stopped on an unexpected error (readiness goes false).",
+            registry=r,
+        )
         # --- histograms ---
         self.decode_seconds = Histogram(
             "clipguard_decode_seconds",

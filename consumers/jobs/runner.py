@@ -47,6 +47,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -59,6 +60,7 @@ from pydantic import ValidationError
 
 from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
+from consumers.unreadable import Skipped, poll_past_unreadable
 from consumers.worker.outbox import Acked, Outbox, Output
 from pipeline.decode import DecodePool, DecodeResult, Limits, Sampling
 from pipeline.errors import ClipguardError, DecodeCrash, DecodeError, DecodeTimeout
@@ -113,12 +115,20 @@ def start_jobs(
     store: PolicyStore,
     pool: DecodePool | None,
     stopping: threading.Event | None = None,
+    on_failure: Callable[[], object] | None = None,
 ) -> JobRunner | None:
     """Start a :class:`JobRunner` in its thread; None (logged) when the jobs or job status
     topic does not exist or the broker cannot be reached: the worker goes on without jobs."""
     if pool is None:
         raise ClipguardError("the job runner needs the worker's decode pool")
-    runner = JobRunner(settings, encoder=encoder, store=store, pool=pool, stopping=stopping)
+    runner = JobRunner(
+        settings,
+        encoder=encoder,
+        store=store,
+        pool=pool,
+        stopping=stopping,
+        on_failure=on_failure,
+    )
     try:
         connected = runner.connect()
     except KafkaError as e:
@@ -196,8 +206,11 @@ class JobRunner:
         store: PolicyStore,
         pool: DecodePool,
         stopping: threading.Event | None = None,
+        on_failure: Callable[[], object] | None = None,
     ) -> None:
         self.settings = settings
+        self._on_failure = on_failure
+        self.failed = False  # the runner's thread died: no more jobs here
         self.encoder = encoder
         self.store = store
         self.pool = pool
@@ -278,15 +291,30 @@ class JobRunner:
         try:
             self._weights = self.encoder.model.fingerprint()
             while not self._stopped():
-                records = self._consumer.poll(timeout_ms=200, max_records=1)
+                records, skipped = poll_past_unreadable(
+                    self._consumer, timeout_ms=200, max_records=1
+                )
                 self._apply_rebalances(None)
+                for record in skipped:
+                    self._unreadable(record)
                 for tp, batch in records.items():
                     for record in batch:
                         self._run_job(tp, record)
         except Exception:  # the worker's streams must outlive a broken job runner
             _log.exception("the job runner failed: no more scan jobs here (streams go on)")
+            if self._on_failure is not None:
+                self._on_failure()
+            self.failed = True
         finally:
             self.close()
+
+    def _unreadable(self, skipped: Skipped) -> None:
+        """A job record the client could not read: failed (its id is its place) and
+        committed, like any job that is no job request."""
+        job = _Job(skipped.tp, skipped.offset, skipped.where)
+        self._fail(job, skipped.error)
+        self._settle(job, wait=True)
+        self._commit(job)
 
     def _stopped(self) -> bool:
         return self._stop.is_set() or self._stopping.is_set()
@@ -475,10 +503,12 @@ class JobRunner:
             )
         if self._deadline is not None and now > self._deadline:
             raise _Abandoned("the shutdown deadline passed")
-        records = self._consumer.poll(timeout_ms=0, max_records=1)
+        records, skipped = poll_past_unreadable(self._consumer, timeout_ms=0, max_records=1)
         for tp, batch in records.items():  # fetched after a rebalance reset the pause
             if batch:
                 self._consumer.seek(tp, batch[0].offset)
+        for record in skipped:  # taken up in its turn, after this job
+            self._consumer.seek(record.tp, record.offset)
         self._consumer.pause(*self._consumer.assignment())
         self._apply_rebalances(job)
 

@@ -241,20 +241,24 @@ class Streams:
             self._end(stream, policies)
         return verdict
 
+    def unreadable(self, seg: Segment) -> Verdict:
+        """The dead letter of a record the client could not read (no stream: nothing of it
+        but its partition and offset is known)."""
+        assert seg.error is not None
+        reason = type(seg.error).__name__
+        _log.warning(
+            "unreadable record sent to the dead-letter topic: %s", seg.error, extra=seg.log()
+        )
+        letter = Output(self.topics.dlq, None, b"", self._letter_headers(seg, seg.error))
+        verdict = Verdict(segment=seg, outputs=[letter], dead=reason)
+        return verdict
+
     def _dead_letter(self, stream: Stream, seg: Segment, policies: PolicySet) -> Verdict:
         """The segment as a dead letter; its stream's last still ends the stream."""
         error = seg.error
         assert error is not None
         reason = type(error).__name__
-        headers = [
-            *seg.headers,
-            (DLQ_ERROR_CLASS, reason.encode()),
-            (DLQ_ERROR_MESSAGE, str(error)[:1000].encode(errors="replace")),
-            (DLQ_ORIGINAL_TOPIC, seg.tp.topic.encode()),
-            (DLQ_ORIGINAL_PARTITION, str(seg.tp.partition).encode()),
-            (DLQ_ORIGINAL_OFFSET, str(seg.offset).encode()),
-            (DLQ_ATTEMPTS, str(max(1, seg.attempts)).encode()),
-        ]
+        headers = [*seg.headers, *self._letter_headers(seg, error)]
         value: bytes | None = seg.value
         if len(seg.value) + _REQUEST_OVERHEAD > self.max_request_size:
             headers.append((DLQ_VALUE_DROPPED, str(len(seg.value)).encode()))
@@ -274,6 +278,17 @@ class Streams:
         if seg.end:
             self._end(stream, policies)
         return verdict
+
+    @staticmethod
+    def _letter_headers(seg: Segment, error: BaseException) -> list[tuple[str, bytes]]:
+        return [
+            (DLQ_ERROR_CLASS, type(error).__name__.encode()),
+            (DLQ_ERROR_MESSAGE, str(error)[:1000].encode(errors="replace")),
+            (DLQ_ORIGINAL_TOPIC, seg.tp.topic.encode()),
+            (DLQ_ORIGINAL_PARTITION, str(seg.tp.partition).encode()),
+            (DLQ_ORIGINAL_OFFSET, str(seg.offset).encode()),
+            (DLQ_ATTEMPTS, str(max(1, seg.attempts)).encode()),
+        ]
 
     def _verdict(
         self,

@@ -54,6 +54,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
+from consumers.unreadable import Skipped, poll_past_unreadable
 from consumers.worker.batching import BatchEncoder, EncodeWork
 from consumers.worker.checkpoints import Checkpoint, read_checkpoints
 from consumers.worker.decoding import SegmentDecoder
@@ -155,8 +156,10 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        """Model and policies loaded and the consumer has joined its group."""
-        return self._loaded and self._joined and not self._stop.is_set()
+        """Model and policies loaded, the consumer has joined its group, and the job runner
+        (when there is one) is alive."""
+        jobs_ok = self._jobs is None or not self._jobs.failed
+        return self._loaded and self._joined and jobs_ok and not self._stop.is_set()
 
     @property
     def in_flight(self) -> int:
@@ -190,7 +193,12 @@ class Worker:
             from consumers.jobs import start_jobs
 
             self._jobs = start_jobs(
-                s, encoder=self.encoder, store=self.store, pool=self._pool, stopping=self._stop
+                s,
+                encoder=self.encoder,
+                store=self.store,
+                pool=self._pool,
+                stopping=self._stop,
+                on_failure=self.metrics.job_runner_failures.inc,
             )
 
     def _serve_metrics(self) -> None:
@@ -422,12 +430,14 @@ class Worker:
         now = time.monotonic()
         self._rewound.clear()  # a position sought back before this poll is right for it
         records: dict[TopicPartition, list[ConsumerRecord]] = {}
-        if not inflight:
-            records = self._consumer.poll(timeout_ms=100, max_records=room)
+        skipped: list[Skipped] = []
+        if not inflight or now - self._last_poll >= _BUSY_POLL_S:
+            records, skipped = poll_past_unreadable(
+                self._consumer, timeout_ms=0 if inflight else 100, max_records=room
+            )
             self._last_poll = now
-        elif now - self._last_poll >= _BUSY_POLL_S:
-            records = self._consumer.poll(timeout_ms=0, max_records=room)
-            self._last_poll = now
+        for record in skipped:
+            self._unreadable(record)
         if not records and inflight:
             with contextlib.suppress(queue.Empty):
                 self._early.append(self._events.get(timeout=_EVENT_WAIT_S))
@@ -540,6 +550,20 @@ class Worker:
             self._advance(stream)
             return
         self._decoder.decode(seg)
+
+    def _unreadable(self, skipped: Skipped) -> None:
+        """A record the client could not read: a dead letter of its partition and offset,
+        committed once published (the consumer is already past it)."""
+        part = self._ledger.get(skipped.tp)
+        if part is None:
+            return
+        seg = Segment(
+            tp=skipped.tp, offset=skipped.offset, key=None, value=b"", headers=[], stream_id=""
+        )
+        seg.error, seg.ready = skipped.error, True
+        part.add(seg.offset, seg)
+        self.metrics.segments_received.inc()
+        self._publish(self.streams.unreadable(seg))
 
     def _open_stream(self, tp: TopicPartition, stream_id: str) -> Stream:
         """The stream, restored from its checkpoint when the partition came with one."""

@@ -1,0 +1,187 @@
+"""Hostile records on the real embedded broker (Tansu): records the Kafka client cannot read,
+dead letters too large to publish, headers that lie. Every test runs a real worker with the
+demo model on its own set of topics of one module-wide broker, and reads the topics back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import streaming
+from streaming import Record, read_topic, wait_for
+
+from consumers.broker import EmbeddedBroker
+from consumers.produce import Segment, segment_video
+from consumers.worker import Worker
+from pipeline.demo.video import write_video
+from pipeline.events import (
+    DLQ_ERROR_CLASS,
+    DLQ_ORIGINAL_OFFSET,
+    DLQ_ORIGINAL_PARTITION,
+)
+
+pytestmark = [
+    pytest.mark.filterwarnings(r"ignore:(read_text|open_text) is deprecated:DeprecationWarning"),
+    pytest.mark.timeout(300),
+]
+
+_names = itertools.count()
+
+
+class RawHeaderKey(str):
+    """A header key that kafka-python writes as bytes that are not UTF-8 (what a producer in
+    another language can send): the record is real, on a real broker, and unreadable."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return b"\xff\xfe" + str(self).encode()
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def segments(tmp_path_factory: pytest.TempPathFactory) -> list[Segment]:
+    video = write_video(
+        tmp_path_factory.mktemp("video") / "red.mp4", streaming.red_triangle_shots()
+    )
+    return list(segment_video(video, segment_seconds=2.0))
+
+
+class Topics:
+    """A fresh set of the worker's topics (one partition of segments) on the shared broker."""
+
+    def __init__(self, broker: EmbeddedBroker, partitions: int = 1) -> None:
+        n = next(_names)
+        self.bootstrap = broker.bootstrap
+        self.names = {
+            key: f"t{n}.{key}"
+            for key in ("segments", "scores", "flags", "dlq", "state", "jobs", "job_status")
+        }
+        broker.create_topics(
+            {
+                name: partitions if key in ("segments", "state") else 1
+                for key, name in self.names.items()
+            }
+        )
+        self.group = f"group-{n}"
+
+    def settings(self, **overrides: Any) -> Any:
+        topics = {f"topics.{key}": name for key, name in self.names.items()}
+        base: dict[str, Any] = {"group_id": self.group, "jobs_enabled": False, **topics}
+        return streaming.settings(self.bootstrap, **{**base, **overrides})
+
+    def send(
+        self, records: list[tuple[bytes | None, bytes, Any]], topic: str = "segments"
+    ) -> list[int]:
+        """Each record in its own request (so one unreadable record spoils no other); their
+        offsets."""
+        from kafka import KafkaProducer
+
+        producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", max_request_size=8 << 20
+        )
+        try:
+            offsets = []
+            for key, value, headers in records:
+                future = producer.send(self.names[topic], key=key, value=value, headers=headers)
+                producer.flush()
+                offsets.append(future.get(timeout=30).offset)
+            return offsets
+        finally:
+            producer.close()
+
+    def read(self, key: str, **kw: Any) -> list[Record]:
+        return read_topic(self.bootstrap, self.names[key], **kw)
+
+    def committed(self, key: str = "segments", group: str | None = None) -> int | None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=group or self.group,
+            enable_auto_commit=False,
+        )
+        try:
+            offset: int | None = consumer.committed(TopicPartition(self.names[key], 0))
+            return offset
+        finally:
+            consumer.close(autocommit=False)
+
+
+def headers(stream: str, seq: int, start: float, ctype: str = "video/mp2t") -> Any:
+    return [
+        ("stream-id", stream.encode()),
+        ("seq", str(seq).encode()),
+        ("content-type", ctype.encode()),
+        ("start-ts", repr(start).encode()),
+    ]
+
+
+def good(stream: str, seg: Segment) -> tuple[bytes, bytes, Any]:
+    return stream.encode(), seg.data, headers(stream, seg.seq, seg.start_ts)
+
+
+def run_worker(topics: Topics, count: int, **overrides: Any) -> Worker:
+    worker = Worker(topics.settings(**overrides))
+    assert worker.run(count=count, timeout=120) == 0
+    assert worker.segments_done >= count, "the worker stopped before every record was handled"
+    return worker
+
+
+# ------------------------------------------------------------------------------ unreadable
+
+
+def test_an_unreadable_record_is_dead_lettered_and_committed_past(
+    broker: EmbeddedBroker, segments: list[Segment]
+) -> None:
+    topics = Topics(broker)
+    poison = (b"cam-p", segments[1].data, [(RawHeaderKey("x"), b"1"), *headers("cam-p", 1, 2.0)])
+    offsets = topics.send([good("cam-p", segments[0]), poison, poison, good("cam-p", segments[1])])
+    worker = run_worker(topics, count=4)
+    metrics = worker.metrics.exposition().decode()
+    dlq = topics.read("dlq")
+    assert sorted(int(r.headers[DLQ_ORIGINAL_OFFSET]) for r in dlq) == offsets[1:3]
+    for letter in dlq:
+        assert letter.headers[DLQ_ERROR_CLASS] == b"UnreadableRecord"
+        assert letter.headers[DLQ_ORIGINAL_PARTITION] == b"0" and letter.value == b""
+    # the stream's good segments on both sides were scored, and the partition moved on
+    assert {r.json()["seq"] for r in topics.read("scores")} == {0, 1}
+    assert topics.committed() == offsets[-1] + 1
+    assert 'clipguard_dlq_total{reason="UnreadableRecord"} 2.0' in metrics
+
+
+def test_an_unreadable_job_fails_and_a_dead_job_runner_makes_the_worker_unready(
+    broker: EmbeddedBroker,
+) -> None:
+    topics = Topics(broker)
+    topics.send([(b"job-x", b"{}", [(RawHeaderKey("x"), b"1")])], topic="jobs")
+    s = topics.settings(jobs_enabled=True, metrics_port=streaming.free_port())
+    with streaming.worker_thread(s) as worker:
+        statuses = topics.read("job_status", until=lambda recs: len(recs) >= 1)
+        wait_for(lambda: topics.committed("jobs", topics.group + "-jobs") == 1, 30, "commit")
+        assert statuses[0].json()["error_class"] == "UnreadableRecord"
+        wait_for(lambda: worker.ready, 30, "ready")
+        url = f"http://127.0.0.1:{s.metrics_port}"
+        assert _status(f"{url}/readyz") == 200
+        jobs = worker._jobs
+        assert jobs is not None and not jobs.failed
+        jobs._consumer.close(autocommit=False)  # the runner's next poll fails: it dies
+        wait_for(lambda: jobs.failed, 30, "the job runner to die")
+        assert _status(f"{url}/readyz") == 503
+        assert "clipguard_job_runner_failures_total 1.0" in worker.metrics.exposition().decode()
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)

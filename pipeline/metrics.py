@@ -128,6 +128,13 @@ class Metrics:
             "Policy reloads that failed (the previous policies stay in force).",
             registry=r,
         )
+        self.outputs_refused = Counter(
+            "clipguard_outputs_refused",
+            "Output records the broker refused for good (too large, invalid), by topic: a stub "
+            "dead letter went in their place.",
+            ["topic"],
+            registry=r,
+        )
         self.job_runner_failures = Counter(
             "clipguard_job_runner_failures",
             "Times the scan job runner stopped on an unexpected error (readiness goes false).",

@@ -18,6 +18,7 @@ from streaming import Record, read_topic, wait_for
 from consumers.broker import EmbeddedBroker
 from consumers.produce import Segment, segment_video
 from consumers.worker import Worker
+from consumers.worker.letters import DLQ_HEADERS_DROPPED, DLQ_VALUE_DROPPED
 from pipeline.demo.video import write_video
 from pipeline.events import (
     DLQ_ERROR_CLASS,
@@ -185,3 +186,30 @@ def _status(url: str) -> int:
             return int(r.status)
     except urllib.error.HTTPError as e:
         return int(e.code)
+
+
+# ------------------------------------------------------------------------------ dead letters
+
+
+def test_dead_letters_too_large_with_their_headers_are_trimmed_and_committed(
+    broker: EmbeddedBroker,
+) -> None:
+    topics = Topics(broker)
+    garbage = bytes(range(256)) * 800  # 200 KiB that is no MPEG-TS
+    big = ("x-big", b"h" * 900_000)
+    huge = ("x-big", b"h" * 1_500_000)
+    offsets = topics.send(
+        [
+            (b"cam-l", garbage, [big, *headers("cam-l", 0, 0.0)]),
+            (b"cam-l", garbage, [huge, *headers("cam-l", 1, 2.0)]),
+        ]
+    )
+    run_worker(topics, count=2, max_request_size=1 << 20)
+    letters = {int(r.headers[DLQ_ORIGINAL_OFFSET]): r for r in topics.read("dlq")}
+    assert sorted(letters) == offsets
+    first, second = letters[offsets[0]], letters[offsets[1]]
+    assert first.value == b"" and first.headers[DLQ_VALUE_DROPPED] == str(len(garbage)).encode()
+    assert first.headers["x-big"] == big[1]  # what fits is kept
+    assert "x-big" not in second.headers and second.headers[DLQ_HEADERS_DROPPED].startswith(b"5/")
+    assert second.headers[DLQ_ERROR_CLASS] == b"InvalidMedia" and second.key == b"cam-l"
+    assert topics.committed() == offsets[-1] + 1

@@ -61,6 +61,7 @@ from pydantic import ValidationError
 from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
 from consumers.unreadable import Skipped, poll_past_unreadable
+from consumers.worker.letters import stub_letter
 from consumers.worker.outbox import Acked, Outbox, Output
 from pipeline.decode import DecodePool, DecodeResult, Limits, Sampling
 from pipeline.errors import ClipguardError, DecodeCrash, DecodeError, DecodeTimeout
@@ -242,6 +243,9 @@ class JobRunner:
             post=self._acks.put,
             backoff_ms=s.retry_backoff_ms,
             on_retry=self._publish_failed,
+            permanent=lambda _owner, output, error: stub_letter(
+                s.topics.dlq, output, error, limit=s.max_request_size // 2
+            ),
         )
         self._consumer = KafkaConsumer(
             **{**s.consumer_config(), "group_id": self.group_id}, client_id="clipguard-jobs"

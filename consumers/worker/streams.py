@@ -31,6 +31,7 @@ from kafka.structs import TopicPartition
 from consumers.settings import TopicNames
 from consumers.worker.checkpoints import Checkpoint, encode_checkpoint, restore_checkpoint
 from consumers.worker.embeddings import EmbeddingsOut
+from consumers.worker.letters import DLQ_VALUE_DROPPED, fit_letter
 from consumers.worker.outbox import Output
 from consumers.worker.segments import Segment
 from pipeline.errors import ConfigError
@@ -51,9 +52,7 @@ __all__ = ["DLQ_VALUE_DROPPED", "Stream", "Streams", "Verdict"]
 
 _log = logging.getLogger(__name__)
 
-#: A dead letter whose original value was too large to republish says how large it was here.
-DLQ_VALUE_DROPPED: Final = "clipguard.value.dropped"
-_REQUEST_OVERHEAD: Final = 64 * 1024
+_REQUEST_OVERHEAD: Final = 1024  # the produce request around one record
 #: What a verdict publishes to the state topic: the state, a tombstone (the stream ended), none.
 _State = Literal["state", "tombstone", "none"]
 
@@ -259,14 +258,13 @@ class Streams:
         assert error is not None
         reason = type(error).__name__
         headers = [*seg.headers, *self._letter_headers(seg, error)]
-        value: bytes | None = seg.value
-        if len(seg.value) + _REQUEST_OVERHEAD > self.max_request_size:
-            headers.append((DLQ_VALUE_DROPPED, str(len(seg.value)).encode()))
-            value = b""
+        key, value, headers = fit_letter(
+            seg.key, seg.value, headers, limit=self.max_request_size - _REQUEST_OVERHEAD
+        )
         _log.warning(
             "segment sent to the dead-letter topic: %s: %s", reason, error, extra=seg.log()
         )
-        letter = Output(self.topics.dlq, seg.key, value, headers)
+        letter = Output(self.topics.dlq, key, value, headers)
         seg.release()
         ended = Judgement()
         if seg.end:

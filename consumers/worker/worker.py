@@ -60,6 +60,7 @@ from consumers.worker.checkpoints import Checkpoint, read_checkpoints
 from consumers.worker.decoding import SegmentDecoder
 from consumers.worker.embeddings import EmbeddingsOut
 from consumers.worker.events import Acked, DecodeFailed, Encoded, EncodeFailed, Event
+from consumers.worker.letters import stub_letter
 from consumers.worker.offsets import OffsetLedger
 from consumers.worker.outbox import Outbox, Output
 from consumers.worker.segments import HeaderError, Segment, check_media, parse_headers
@@ -336,6 +337,7 @@ class Worker:
             post=self._events.put,
             backoff_ms=s.retry_backoff_ms,
             on_retry=self._publish_failed,
+            permanent=self._refused,
         )
         self._consumer.subscribe([s.topics.segments], listener=reporting_listener(self._rebalances))
 
@@ -673,6 +675,13 @@ class Worker:
         self.segments_done += 1
         self.last_done = time.monotonic()
         self.metrics.segments.labels(outcome="dlq" if seg.error is not None else "ok").inc()
+
+    def _refused(self, owner: object, output: Output, error: BaseException) -> Output | None:
+        """An output the broker refused for good: a stub dead letter goes in its place."""
+        self.metrics.outputs_refused.labels(topic=output.topic).inc()
+        return stub_letter(
+            self.settings.topics.dlq, output, error, limit=self.settings.max_request_size // 2
+        )
 
     def _publish_failed(
         self, owner: object, output: Output, error: BaseException, backoff: float

@@ -6,6 +6,7 @@ demo model on its own set of topics of one module-wide broker, and reads the top
 from __future__ import annotations
 
 import itertools
+import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -164,7 +165,9 @@ def test_an_unreadable_job_fails_and_a_dead_job_runner_makes_the_worker_unready(
 ) -> None:
     topics = Topics(broker)
     topics.send([(b"job-x", b"{}", [(RawHeaderKey("x"), b"1")])], topic="jobs")
-    s = topics.settings(jobs_enabled=True, metrics_port=streaming.free_port())
+    s = topics.settings(
+        jobs_enabled=True, metrics_port=streaming.free_port(), **{"jobs.allowed_roots": ["/srv"]}
+    )
     with streaming.worker_thread(s) as worker:
         statuses = topics.read("job_status", until=lambda recs: len(recs) >= 1)
         wait_for(lambda: topics.committed("jobs", topics.group + "-jobs") == 1, 30, "commit")
@@ -213,3 +216,73 @@ def test_dead_letters_too_large_with_their_headers_are_trimmed_and_committed(
     assert "x-big" not in second.headers and second.headers[DLQ_HEADERS_DROPPED].startswith(b"5/")
     assert second.headers[DLQ_ERROR_CLASS] == b"InvalidMedia" and second.key == b"cam-l"
     assert topics.committed() == offsets[-1] + 1
+
+
+# ------------------------------------------------------------------------------ job references
+
+
+def test_jobs_are_off_unless_something_is_allowed(broker: EmbeddedBroker) -> None:
+    topics = Topics(broker)
+    with streaming.worker_thread(topics.settings(jobs_enabled=True)) as worker:
+        wait_for(lambda: worker.ready, 60, "ready")
+        assert worker._jobs is None  # no allowed roots or URL hosts: no job runner
+
+
+def test_job_references_reach_only_allowed_files_and_public_addresses(
+    broker: EmbeddedBroker, tmp_path: Any, segments: list[Segment]
+) -> None:
+    from pipeline.events import JobStatus
+
+    root, secret = tmp_path / "library", tmp_path / "secret"
+    root.mkdir()
+    secret.mkdir()
+    (root / "clip.ts").write_bytes(segments[0].data)
+    (secret / "weights.ts").write_bytes(segments[0].data)
+    (root / "out.ts").symlink_to(secret / "weights.ts")
+    topics = Topics(broker)
+    port = streaming.free_port()
+    jobs = {
+        # a raw bitstream declared by the job: any bytes would be read as video
+        "passwd-h264": ({"uri": "/etc/passwd", "content_type": "video/h264"}, "InvalidJob"),
+        "passwd": ({"uri": "/etc/passwd", "content_type": "video/mp4"}, "InputRefused"),
+        "outside": ({"uri": str(secret / "weights.ts")}, "InputRefused"),
+        "climb": ({"uri": f"{root}/../secret/weights.ts"}, "InputRefused"),
+        "symlink": ({"uri": str(root / "out.ts")}, "InputRefused"),
+        "missing": ({"uri": str(root / "missing.ts")}, "MediaUnavailable"),
+        # the worker's own metrics server, and a closed port: the same answer
+        "metrics": ({"uri": f"http://127.0.0.1:{port}/metrics.mp4"}, "InputRefused"),
+        "closed": ({"uri": "http://127.0.0.1:1/clip.mp4"}, "InputRefused"),
+        "good": ({"uri": str(root / "clip.ts")}, None),
+    }
+    topics.send(
+        [(k.encode(), json.dumps(v).encode(), []) for k, (v, _) in jobs.items()], topic="jobs"
+    )
+    s = topics.settings(
+        jobs_enabled=True,
+        metrics_port=port,
+        **{"jobs.allowed_roots": [str(root)], "jobs.allowed_url_hosts": ["127.0.0.1"]},
+    )
+
+    def finals(recs: list[Record]) -> dict[str, JobStatus]:
+        out = {}
+        for r in recs:
+            status = JobStatus.model_validate_json(r.value or b"")
+            if status.state in ("done", "failed"):
+                out[status.job_id] = status
+        return out
+
+    with streaming.worker_thread(s):
+        recs = topics.read("job_status", until=lambda r: len(finals(r)) == len(jobs))
+    got = finals(recs)
+    assert got["good"].state == "done" and got["good"].frames_scored
+    for job_id, (_, error_class) in jobs.items():
+        if error_class is None:
+            continue
+        status = got[job_id]
+        assert (status.state, status.error_class) == ("failed", error_class), status
+        reason = status.reason or ""
+        if error_class != "InvalidJob":  # nothing of what the worker found: path, size, port
+            assert "/" not in reason and str(port) not in reason and ":" not in reason, reason
+    assert got["metrics"].reason == got["closed"].reason == got["passwd"].reason
+    # nothing was scored but the allowed clip
+    assert {r.json()["job_id"] for r in topics.read("scores")} == {"good"}

@@ -19,13 +19,21 @@ fetches nothing), which keeps the runner in its group however long a job takes:
 ``max_poll_interval_ms`` never expires. A record fetched anyway (after a rebalance reassigned a
 partition) is sought back to and waits.
 
+What a job may read: jobs run only when ``jobs.allowed_roots`` or ``jobs.allowed_url_hosts``
+allows something (:func:`start_jobs`); every input is decoded with those settings'
+:class:`~pipeline.decode.InputAccess`, enforced in the decode process (files under the roots,
+regular, opened non-blocking; URLs on allowed hosts at public addresses, each redirect checked),
+and a job's ``content_type`` may not name a raw bitstream (a raw decoder reads any bytes as
+video: only a file's own extension may say it is one).
+
 Failures: a job whose value is not a valid :class:`~pipeline.events.JobRequest` fails with
-:class:`InvalidJob`; an input that cannot be decoded (missing, corrupt, unsupported, over a
-limit) fails with its :class:`~pipeline.errors.DecodeError` (a decode crash or timeout is tried
-once more first); either way the ``failed`` status carries the error class and reason and the
-job is committed: the same request would fail again. Any other error fails the job the same
-way (and is logged with its traceback). A record or status the broker does not acknowledge is
-sent again with backoff until it is, or the runner stops.
+:class:`InvalidJob`; an input that cannot be decoded (refused, missing, corrupt, unsupported,
+over a limit) fails with its :class:`~pipeline.errors.DecodeError` (a decode crash or timeout is
+tried once more first); either way the ``failed`` status carries the error class and a generic
+reason (:mod:`consumers.jobs.reasons`: never a path, a size or a network detail; the log has
+them) and the job is committed: the same request would fail again. Any other error fails the
+job the same way (and is logged with its traceback). A record or status the broker does not
+acknowledge is sent again with backoff until it is, or the runner stops.
 
 Stopping: when the worker is asked to stop, the runner finishes its current job if it can
 within ``shutdown_deadline_s``; otherwise it abandons it, uncommitted, and the group's next
@@ -58,12 +66,14 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
+from consumers.jobs.reasons import public_reason
 from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
 from consumers.unreadable import Skipped, poll_past_unreadable
 from consumers.worker.letters import stub_letter
 from consumers.worker.outbox import Acked, Outbox, Output
-from pipeline.decode import DecodePool, DecodeResult, Limits, Sampling
+from pipeline.decode import DecodePool, DecodeResult, InputAccess, Limits, Sampling
+from pipeline.decode.media import media_kind
 from pipeline.errors import ClipguardError, DecodeCrash, DecodeError, DecodeTimeout
 from pipeline.events import FlagEvent, JobRequest, JobState, JobStatus, ScoreRecord
 from pipeline.models.encoders import ImageEncoder
@@ -95,9 +105,11 @@ class _Abandoned(Exception):
     """The current job stops unfinished and uncommitted: its partition's owner runs it again."""
 
 
-def job_options(request: JobRequest, *, limits: Limits | None = None) -> ScanOptions:
+def job_options(
+    request: JobRequest, *, limits: Limits | None = None, access: InputAccess | None = None
+) -> ScanOptions:
     """How a job's input is decoded and sampled: its request's options, else one frame a
-    second and ``pad`` (``clipguard scan``'s defaults)."""
+    second and ``pad`` (``clipguard scan``'s defaults); ``access``: what it may read."""
     if request.keyframes:
         sampling = Sampling(mode="keyframes")
     elif request.scene_change is not None:
@@ -105,7 +117,11 @@ def job_options(request: JobRequest, *, limits: Limits | None = None) -> ScanOpt
     else:
         sampling = Sampling(mode="fps", fps=request.sample_fps or 1.0)
     return ScanOptions(
-        sampling=sampling, fit=request.fit, limits=limits, content_type=request.content_type
+        sampling=sampling,
+        fit=request.fit,
+        limits=limits,
+        content_type=request.content_type,
+        access=access,
     )
 
 
@@ -122,6 +138,12 @@ def start_jobs(
     topic does not exist or the broker cannot be reached: the worker goes on without jobs."""
     if pool is None:
         raise ClipguardError("the job runner needs the worker's decode pool")
+    if not settings.jobs.access().configured:
+        _log.info(
+            "scan jobs off: set jobs.allowed_roots or jobs.allowed_url_hosts "
+            "(CLIPGUARD_JOBS__ALLOWED_ROOTS, CLIPGUARD_JOBS__ALLOWED_URL_HOSTS) to run them"
+        )
+        return None
     runner = JobRunner(
         settings,
         encoder=encoder,
@@ -180,13 +202,24 @@ def _parse(value: bytes | None) -> JobRequest:
     if not value:
         raise InvalidJob("the job record has no value")
     try:
-        return JobRequest.model_validate_json(value)
+        request = JobRequest.model_validate_json(value)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}"
             for err in e.errors(include_url=False, include_input=False)
         )
         raise InvalidJob(f"not a valid job request: {problems}") from None
+    if request.content_type is not None:
+        try:
+            kind, _name = media_kind(request.content_type)
+        except DecodeError:
+            raise InvalidJob("content_type: not a media type this worker decodes") from None
+        if kind == "raw":
+            raise InvalidJob(
+                "content_type: a job may not declare a raw bitstream (only the file's own "
+                "extension may say it is one)"
+            )
+    return request
 
 
 # ------------------------------------------------------------------------------- the runner
@@ -228,6 +261,7 @@ class JobRunner:
         self._producer: Any = None
         self._thread: threading.Thread | None = None
         self._weights: str | None = None
+        self._access = settings.jobs.access()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -367,7 +401,7 @@ class JobRunner:
             self.encoder,
             policies,
             pool=self.pool,
-            options=job_options(request, limits=limits),
+            options=job_options(request, limits=limits, access=self._access),
         )
         self._status(job, "accepted")
         _log.info("job %s (%s): %s", job.job_id, job.where, job.source)
@@ -429,10 +463,15 @@ class JobRunner:
             self._status(job, "progress")
 
     def _fail(self, job: _Job, error: BaseException) -> None:
-        reason = str(error)[:_REASON_CHARS]
+        """The detail to the log, the error class and a generic reason to the status."""
         _log.warning(
-            "job %s (%s) failed: %s: %s", job.job_id, job.where, type(error).__name__, reason
+            "job %s (%s) failed: %s: %s",
+            job.job_id,
+            job.where,
+            type(error).__name__,
+            str(error)[:_REASON_CHARS],
         )
+        reason = public_reason(error, own_reason=InvalidJob)[:_REASON_CHARS]
         self._status(job, "failed", error_class=type(error).__name__, reason=reason)
 
     def _status(self, job: _Job, state: JobState, **facts: Any) -> None:

@@ -95,8 +95,10 @@ def _child_task(
         if kind == "bytes":
             result = decode_bytes(payload, message[2], message[3])
         else:
-            uri, options, content_type, ca_file = message[2:]
-            result = decode_uri(uri, options, content_type=content_type, ca_file=ca_file)
+            uri, options, content_type, ca_file, access = message[2:]
+            result = decode_uri(
+                uri, options, content_type=content_type, ca_file=ca_file, access=access
+            )
         metas, side = frame_metas(result.frames)
         return ("ok", task_id, (result_meta(result), metas, side)), result.frames
     stream_id: str = message[2]

@@ -391,6 +391,14 @@ class WorkerSettings(BaseSettings):
         default_factory=JobsSettings,
         description="What scan jobs may read (allowed roots, URL hosts, networks).",
     )
+    max_ts_jump_s: float = Field(
+        default=3600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Largest start-ts jump (forward or back) a stream may make; a larger one "
+        "restarts the stream's temporal state (its incidents close; counted in "
+        "clipguard_stream_timeline_resets_total) so one bad timestamp cannot silence it.",
+    )
     stream_idle_close_s: float = Field(
         default=300.0,
         ge=0,

@@ -135,6 +135,12 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.timeline_resets = Counter(
+            "clipguard_stream_timeline_resets",
+            "Streams whose start-ts jumped more than max_ts_jump_s from their last frame: their "
+            "temporal state restarted (incidents closed) instead of dropping later frames.",
+            registry=r,
+        )
         self.job_runner_failures = Counter(
             "clipguard_job_runner_failures",
             "Times the scan job runner stopped on an unexpected error (readiness goes false).",

@@ -286,3 +286,38 @@ def test_job_references_reach_only_allowed_files_and_public_addresses(
     assert got["metrics"].reason == got["closed"].reason == got["passwd"].reason
     # nothing was scored but the allowed clip
     assert {r.json()["job_id"] for r in topics.read("scores")} == {"good"}
+
+
+# ------------------------------------------------------------------------------ timestamps, headers
+
+
+def test_a_far_future_start_ts_does_not_silence_a_stream(
+    broker: EmbeddedBroker, segments: list[Segment]
+) -> None:
+    topics = Topics(broker)
+    offsets = topics.send(
+        [
+            good("cam-t", segments[0]),
+            (b"cam-t", segments[1].data, headers("cam-t", 1, 1e12)),  # far in the future
+            good("cam-t", segments[2]),
+            # lying headers: dead letters, each with its reason
+            (b"cam-x", segments[0].data, headers("cam-y", 0, 0.0)),  # stream-id is not the key
+            (b"cam-x", segments[0].data, headers("cam-x", -1, 0.0)),
+            (
+                b"cam-x",
+                segments[0].data,
+                [*(h for h in headers("cam-x", 0, 0.0) if h[0] != "seq"), ("seq", b"9" * 4000)],
+            ),
+        ]
+    )
+    worker = run_worker(topics, count=len(offsets))
+    scores = [r.json() for r in topics.read("scores")]
+    # segment 2's frames were scored in the stream's own time, after the reset
+    assert {s["seq"] for s in scores if s["stream_id"] == "cam-t"} == {0, 1, 2}
+    assert any(s["seq"] == 2 and s["ts"] < 100 for s in scores)
+    metrics = worker.metrics.exposition().decode()
+    assert "clipguard_stream_timeline_resets_total 2.0" in metrics
+    letters = topics.read("dlq")
+    assert sorted(int(r.headers[DLQ_ORIGINAL_OFFSET]) for r in letters) == offsets[3:]
+    assert {r.headers[DLQ_ERROR_CLASS] for r in letters} == {b"HeaderError"}
+    assert topics.committed() == offsets[-1] + 1

@@ -258,6 +258,8 @@ class Worker:
             checkpoints=s.checkpoint_state,
             max_request_size=s.max_request_size,
             embeddings=self._embeddings_out(),
+            max_ts_jump_s=s.max_ts_jump_s,
+            on_timeline_reset=self.metrics.timeline_resets.inc,
         )
         self._pool = DecodePool(s.decode.processes, limits=s.decode.limits())
         options = DecodeOptions(

@@ -218,6 +218,12 @@ class JobsSettings(_Section):
     max_redirects: int = Field(
         default=5, ge=0, le=20, description="Most HTTP redirects a job URL may take."
     )
+    processes: int = Field(
+        default=1,
+        gt=0,
+        description="Decode processes of the job runner's own (jobs never wait in, or hold, the "
+        "live segments' decode processes).",
+    )
 
     @field_validator("allowed_roots")
     @classmethod

@@ -177,6 +177,9 @@ def test_an_unreadable_job_fails_and_a_dead_job_runner_makes_the_worker_unready(
         assert _status(f"{url}/readyz") == 200
         jobs = worker._jobs
         assert jobs is not None and not jobs.failed
+        # jobs decode in processes of their own: live segments never wait behind a job
+        assert worker._pool is not None and jobs.pool is not worker._pool
+        assert jobs.pool.processes == 1 and not set(jobs.pool.pids()) & set(worker._pool.pids())
         jobs._consumer.close(autocommit=False)  # the runner's next poll fails: it dies
         wait_for(lambda: jobs.failed, 30, "the job runner to die")
         assert _status(f"{url}/readyz") == 503

@@ -2,8 +2,9 @@
 
 A :class:`JobRunner` lives inside a stream worker (:class:`consumers.worker.Worker` starts it
 when ``jobs_enabled`` is set and the jobs topic exists): a thread of its own with its own
-consumer, in the consumer group ``group_id + "-jobs"``, sharing the worker's model (encoder),
-live policy store and decode pool. It scans each job with
+consumer, in the consumer group ``group_id + "-jobs"``, sharing the worker's model (encoder)
+and live policy store, with decode processes of its own (``jobs.processes``: a job never
+holds a process that live segments wait for). It scans each job with
 :meth:`pipeline.scan.Scanner.records`, the code path of ``clipguard scan``, so a job gives the
 records a local scan of the same input gives, plus ``job_id`` (``source`` and stream id: the
 video's path or URL). One job at a time::
@@ -130,20 +131,20 @@ def start_jobs(
     *,
     encoder: ImageEncoder,
     store: PolicyStore,
-    pool: DecodePool | None,
     stopping: threading.Event | None = None,
     on_failure: Callable[[], object] | None = None,
 ) -> JobRunner | None:
-    """Start a :class:`JobRunner` in its thread; None (logged) when the jobs or job status
-    topic does not exist or the broker cannot be reached: the worker goes on without jobs."""
-    if pool is None:
-        raise ClipguardError("the job runner needs the worker's decode pool")
+    """Start a :class:`JobRunner` in its thread, with decode processes of its own
+    (``jobs.processes``: a long job never holds a process live segments wait for); None
+    (logged) when nothing is allowed to jobs, the jobs or job status topic does not exist or
+    the broker cannot be reached: the worker goes on without jobs."""
     if not settings.jobs.access().configured:
         _log.info(
             "scan jobs off: set jobs.allowed_roots or jobs.allowed_url_hosts "
             "(CLIPGUARD_JOBS__ALLOWED_ROOTS, CLIPGUARD_JOBS__ALLOWED_URL_HOSTS) to run them"
         )
         return None
+    pool = DecodePool(settings.jobs.processes, limits=settings.decode.limits())
     runner = JobRunner(
         settings,
         encoder=encoder,
@@ -151,14 +152,16 @@ def start_jobs(
         pool=pool,
         stopping=stopping,
         on_failure=on_failure,
+        owns_pool=True,
     )
     try:
         connected = runner.connect()
     except KafkaError as e:
         _log.warning("scan jobs disabled: cannot connect to Kafka (%s)", e)
         runner.close()
-        return None
+        connected = False
     if not connected:
+        pool.close()
         return None
     runner.start()
     return runner
@@ -241,8 +244,10 @@ class JobRunner:
         pool: DecodePool,
         stopping: threading.Event | None = None,
         on_failure: Callable[[], object] | None = None,
+        owns_pool: bool = False,
     ) -> None:
         self.settings = settings
+        self._owns_pool = owns_pool  # closed when the runner ends
         self._on_failure = on_failure
         self.failed = False  # the runner's thread died: no more jobs here
         self.encoder = encoder
@@ -345,6 +350,8 @@ class JobRunner:
             self.failed = True
         finally:
             self.close()
+            if self._owns_pool:
+                self.pool.close()
 
     def _unreadable(self, skipped: Skipped) -> None:
         """A job record the client could not read: failed (its id is its place) and

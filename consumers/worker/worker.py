@@ -197,7 +197,6 @@ class Worker:
                 s,
                 encoder=self.encoder,
                 store=self.store,
-                pool=self._pool,
                 stopping=self._stop,
                 on_failure=self.metrics.job_runner_failures.inc,
             )

@@ -144,7 +144,10 @@ def start_jobs(
             "(CLIPGUARD_JOBS__ALLOWED_ROOTS, CLIPGUARD_JOBS__ALLOWED_URL_HOSTS) to run them"
         )
         return None
-    pool = DecodePool(settings.jobs.processes, limits=settings.decode.limits())
+    # the limits of `clipguard scan` (an input of up to 2 GiB), the worker's memory cap
+    pool = DecodePool(
+        settings.jobs.processes, limits=Limits(max_memory=settings.decode.max_memory_bytes)
+    )
     runner = JobRunner(
         settings,
         encoder=encoder,

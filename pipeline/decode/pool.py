@@ -407,7 +407,7 @@ class DecodePool:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=child_main,
-            args=(child_end, self._limits.max_memory),
+            args=(child_end, self._limits.max_memory, self._limits.max_input_bytes),
             name=f"clipguard-decode-{slot.number}",
             daemon=True,
         )

@@ -38,6 +38,7 @@ from pipeline import __version__
 __all__ = [
     "BATCH_SIZE_BUCKETS",
     "END_TO_END_BUCKETS",
+    "REQUEST_TIMEOUT_S",
     "Metrics",
     "MetricsServer",
     "start_http_server",
@@ -247,6 +248,10 @@ class MetricsServer:
         self.close()
 
 
+#: Seconds a metrics connection may take to send its request (each socket read).
+REQUEST_TIMEOUT_S: Final = 5.0
+
+
 def start_http_server(
     metrics: Metrics,
     port: int,
@@ -259,6 +264,9 @@ def start_http_server(
     registry = metrics.registry
 
     class _Handler(BaseHTTPRequestHandler):
+        # a connection that sends nothing (or slowly) is closed: no thread held for good
+        timeout = REQUEST_TIMEOUT_S
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":

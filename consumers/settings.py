@@ -155,6 +155,13 @@ class DecodeSettings(_Section):
     max_memory_bytes: int = Field(
         default=4 * 1024 * _MIB, gt=0, description="Address-space cap of a decode process, bytes."
     )
+    max_raw_streams: int = Field(
+        default=64,
+        gt=0,
+        description="Raw H.264/HEVC streams a worker keeps decoders open for (each holds tens "
+        "of MB in a decode process); a chunk of one more is dead-lettered (LimitExceeded). "
+        "Idle raw streams close after stream_idle_close_s.",
+    )
 
     def limits(self) -> Limits:
         """These settings as decode :class:`~pipeline.decode.Limits` (other limits: defaults)."""

@@ -324,3 +324,42 @@ def test_a_far_future_start_ts_does_not_silence_a_stream(
     assert sorted(int(r.headers[DLQ_ORIGINAL_OFFSET]) for r in letters) == offsets[3:]
     assert {r.headers[DLQ_ERROR_CLASS] for r in letters} == {b"HeaderError"}
     assert topics.committed() == offsets[-1] + 1
+
+
+# ------------------------------------------------------------------------------ raw streams
+
+
+def test_idle_raw_streams_close_and_raw_streams_are_capped(
+    broker: EmbeddedBroker, tmp_path: Any
+) -> None:
+    from consumers.produce import raw_chunks
+
+    video = write_video(tmp_path / "red.mp4", streaming.red_triangle_shots())
+    chunks = list(raw_chunks(video, chunk_bytes=4096))[:3]
+
+    def raw(stream: str, seq: int) -> tuple[bytes, bytes, Any]:
+        hdrs = [
+            ("stream-id", stream.encode()),
+            ("seq", str(seq).encode()),
+            ("content-type", b"video/h264"),
+            ("fps", b"25.0"),
+            ("start-ts", b"0.0"),
+        ]
+        return stream.encode(), chunks[seq].data, hdrs
+
+    topics = Topics(broker)
+    offsets = topics.send([raw("cam-r1", 0), raw("cam-r2", 0), raw("cam-r1", 1)])
+    s = topics.settings(stream_idle_close_s=1.0, **{"decode.max_raw_streams": 1})
+    with streaming.worker_thread(s) as worker:
+        wait_for(lambda: topics.committed() == offsets[-1] + 1, 60, "the chunks committed")
+        decoder, pool = worker._decoder, worker._pool
+        assert pool is not None
+        # the stream over the cap was dead-lettered, the first one kept its decoder
+        (letter,) = topics.read("dlq", until=lambda r: len(r) >= 1)
+        assert letter.headers[DLQ_ERROR_CLASS] == b"LimitExceeded" and letter.key == b"cam-r2"
+        # idle: the raw decoder closes with the stream, in the worker and in its process
+        wait_for(lambda: not decoder.is_raw_open("cam-r1"), 30, "the idle raw stream to close")
+        wait_for(lambda: pool.stream_pid("cam-r1") is None, 30, "the decoder to go")
+        wait_for(
+            lambda: all(st.stream_id != "cam-r1" for st in worker.streams), 30, "stream forgotten"
+        )

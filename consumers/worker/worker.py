@@ -268,7 +268,11 @@ class Worker:
             limits=s.decode.limits(),
         )
         self._decoder = SegmentDecoder(
-            self._pool, options, decoded=self._decoded, post=self._events.put
+            self._pool,
+            options,
+            decoded=self._decoded,
+            post=self._events.put,
+            max_raw_streams=s.decode.max_raw_streams,
         )
         self._batcher = BatchEncoder(
             self.encoder,
@@ -763,10 +767,15 @@ class Worker:
 
     def _may_close(self, stream: Stream) -> bool:
         """An idle stream closes only while its partition is caught up (its next segment is
-        not in the backlog) and it has no raw decoder open."""
+        not in the backlog); an idle raw stream's decoder (tens of MB in a decode process) is
+        closed with it."""
         part = self._ledger.get(stream.tp)
-        caught_up = part is not None and part.lag == 0
-        return caught_up and not self._decoder.is_raw_open(stream.stream_id)
+        if part is None or part.lag != 0:
+            return False
+        if self._decoder.is_raw_open(stream.stream_id):
+            _log.info("idle raw stream: closing its decoder", extra={"stream": stream.stream_id})
+            self._decoder.close_raw(stream.stream_id)
+        return True
 
     def _watch_policies(self) -> None:
         interval = self.settings.policy_reload_interval_s

@@ -363,3 +363,52 @@ def test_idle_raw_streams_close_and_raw_streams_are_capped(
         wait_for(
             lambda: all(st.stream_id != "cam-r1" for st in worker.streams), 30, "stream forgotten"
         )
+
+
+# ------------------------------------------------------------------------------ infrastructure
+
+
+def test_a_job_meeting_an_infrastructure_error_is_retried_not_failed(
+    broker: EmbeddedBroker, tmp_path: Any, segments: list[Segment]
+) -> None:
+    from consumers.jobs import JobRunner
+    from pipeline.decode import DecodePool
+    from pipeline.models import load_clip
+    from pipeline.models.encoders import TorchImageEncoder
+    from pipeline.policies.compile import PolicyCompiler
+    from pipeline.policies.store import PolicyStore
+
+    class FlakyEncoder(TorchImageEncoder):
+        """The real demo encoder, out of memory on its first two batches (as a GPU can be)."""
+
+        failures = 2
+
+        def _encode(self, batch: Any) -> Any:
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return super()._encode(batch)
+
+    (tmp_path / "clip.ts").write_bytes(segments[0].data)
+    topics = Topics(broker)
+    topics.send([(b"job-oom", json.dumps({"uri": str(tmp_path / "clip.ts")}).encode(), [])], "jobs")
+    s = topics.settings(**{"jobs.allowed_roots": [str(tmp_path)]})
+    model = load_clip("clipguard-demo")
+    encoder = FlakyEncoder(model, "fp32", batch_size=16)
+    store = PolicyStore(list(s.policies), PolicyCompiler(model, cache_dir=tmp_path / "pc"))
+    with DecodePool(1) as pool:
+        runner = JobRunner(s, encoder=encoder, store=store, pool=pool)
+        assert runner.connect()
+        runner.start()
+        troubled: list[bool] = []
+        try:
+            wait_for(
+                lambda: troubled.append(runner.healthy) or runner.jobs_committed == 1, 90, "job"
+            )
+        finally:
+            runner.stop()
+    states = [r.json()["state"] for r in topics.read("job_status")]
+    # never failed nor committed while the encoder failed; done once it worked again
+    assert "failed" not in states and states[-1] == "done" and states.count("accepted") >= 2
+    assert False in troubled and runner.healthy and encoder.failures == 0
+    assert topics.committed("jobs", topics.group + "-jobs") == 1

@@ -32,9 +32,11 @@ Failures: a job whose value is not a valid :class:`~pipeline.events.JobRequest` 
 over a limit) fails with its :class:`~pipeline.errors.DecodeError` (a decode crash or timeout is
 tried once more first); either way the ``failed`` status carries the error class and a generic
 reason (:mod:`consumers.jobs.reasons`: never a path, a size or a network detail; the log has
-them) and the job is committed: the same request would fail again. Any other error fails the
-job the same way (and is logged with its traceback). A record or status the broker does not
-acknowledge is sent again with backoff until it is, or the runner stops.
+them) and the job is committed: the same request would fail again. Any other error is the
+worker's, not the input's (a model failure, memory): the job is logged with its traceback,
+abandoned uncommitted and run again after a backoff (1 s, doubling to 60 s), and the worker
+reports not ready (:attr:`JobRunner.healthy`) until a job finishes again. A record or status the
+broker does not acknowledge is sent again with backoff until it is, or the runner stops.
 
 Stopping: when the worker is asked to stop, the runner finishes its current job if it can
 within ``shutdown_deadline_s``; otherwise it abandons it, uncommitted, and the group's next
@@ -94,6 +96,8 @@ _PROGRESS_INTERVAL_S: Final = 1.0  # most time between progress events of a runn
 _TICK_S: Final = 0.2  # most time between consumer polls while a job runs
 _DECODE_ATTEMPTS: Final = 2  # a decode crash or timeout is tried once more
 _REASON_CHARS: Final = 1000
+_BACKOFF_S: Final = 1.0  # first wait before a job that met an infrastructure error runs again
+_MAX_BACKOFF_S: Final = 60.0
 _runner_numbers = itertools.count(1)
 
 
@@ -253,6 +257,8 @@ class JobRunner:
         self._owns_pool = owns_pool  # closed when the runner ends
         self._on_failure = on_failure
         self.failed = False  # the runner's thread died: no more jobs here
+        self.troubled = False  # the last job met an infrastructure error: backing off
+        self._backoff = _BACKOFF_S
         self.encoder = encoder
         self.store = store
         self.pool = pool
@@ -364,6 +370,11 @@ class JobRunner:
         self._settle(job, wait=True)
         self._commit(job)
 
+    @property
+    def healthy(self) -> bool:
+        """Alive, and its last job did not meet an infrastructure error."""
+        return not self.failed and not self.troubled
+
     def _stopped(self) -> bool:
         return self._stop.is_set() or self._stopping.is_set()
 
@@ -382,11 +393,16 @@ class JobRunner:
                 raise
             except KafkaError as e:  # the broker, not the job: try the job again later
                 raise _Abandoned(f"Kafka: {e}") from e
-            except Exception as e:  # a bug or a model failure: this job fails, not the runner
+            except Exception as e:  # the worker, not the input (a model failure, out of memory)
                 _log.exception("job %s (%s) failed unexpectedly", job.job_id, job.where)
-                self._fail(job, e)
+                self.troubled = True
+                raise _Abandoned(
+                    f"{type(e).__name__}: an infrastructure error, not the input's; it is tried "
+                    f"again in {self._backoff:.0f} s"
+                ) from e
             self._settle(job, wait=True)  # every record and the final status acknowledged
             self._commit(job)
+            self.troubled, self._backoff = False, _BACKOFF_S
         except _Abandoned as e:
             _log.warning(
                 "job %s (%s) abandoned, not committed (%s): the partition's owner runs it again",
@@ -397,6 +413,10 @@ class JobRunner:
             self._outbox.forget(job)
             if self._consumer is not None and job.tp in self._consumer.assignment():
                 self._consumer.seek(job.tp, job.offset)  # still ours: it comes back next
+            if self.troubled and not self._stopped():  # back off before trying it again
+                with contextlib.suppress(_Abandoned):
+                    self._sleep(job, self._backoff)
+                self._backoff = min(self._backoff * 2, _MAX_BACKOFF_S)
         finally:
             if self._consumer is not None and not self._stopped():
                 self._consumer.resume(*self._consumer.assignment())

@@ -159,7 +159,7 @@ class Worker:
     def ready(self) -> bool:
         """Model and policies loaded, the consumer has joined its group, and the job runner
         (when there is one) is alive."""
-        jobs_ok = self._jobs is None or not self._jobs.failed
+        jobs_ok = self._jobs is None or self._jobs.healthy
         return self._loaded and self._joined and jobs_ok and not self._stop.is_set()
 
     @property

@@ -412,3 +412,37 @@ def test_a_job_meeting_an_infrastructure_error_is_retried_not_failed(
     assert "failed" not in states and states[-1] == "done" and states.count("accepted") >= 2
     assert False in troubled and runner.healthy and encoder.failures == 0
     assert topics.committed("jobs", topics.group + "-jobs") == 1
+
+
+def test_segments_whose_encoding_fails_wait_and_are_never_dead_lettered(
+    broker: EmbeddedBroker, segments: list[Segment]
+) -> None:
+    from pipeline.models.encoders import TorchImageEncoder
+
+    class FlakyEncoder(TorchImageEncoder):
+        """The real demo encoder, out of memory on its first four batches."""
+
+        failures = 4
+
+        def _encode(self, batch: Any) -> Any:
+            if self.failures:
+                self.failures -= 1
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return super()._encode(batch)
+
+    topics = Topics(broker)
+    offsets = topics.send([good("cam-e", segments[0]), good("cam-e", segments[1])])
+    made: list[FlakyEncoder] = []
+
+    def make(model: Any, batch_size: int) -> FlakyEncoder:
+        made.append(FlakyEncoder(model, "fp32", batch_size=batch_size))
+        return made[-1]
+
+    worker = Worker(topics.settings(retry_backoff_ms=100), encoder=make)
+    assert worker.run(count=2, timeout=120) == 0
+    metrics = worker.metrics.exposition().decode()
+    assert topics.read("dlq") == []  # nothing lost to the fault
+    assert {r.json()["seq"] for r in topics.read("scores")} == {0, 1}
+    assert topics.committed() == offsets[-1] + 1 and made[0].failures == 0
+    assert 'clipguard_retries_total{stage="encode"}' in metrics
+    assert not worker._encode_retries.troubled  # encoding again: ready once more

@@ -63,6 +63,7 @@ from consumers.worker.events import Acked, DecodeFailed, Encoded, EncodeFailed, 
 from consumers.worker.letters import stub_letter
 from consumers.worker.offsets import OffsetLedger
 from consumers.worker.outbox import Outbox, Output
+from consumers.worker.recovery import EncodeRetries
 from consumers.worker.segments import HeaderError, Segment, check_media, parse_headers
 from consumers.worker.streams import Stream, Streams, Verdict
 from pipeline.decode import DecodeOptions, DecodePool
@@ -129,6 +130,7 @@ class Worker:
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._pool: DecodePool | None = None
+        self._encode_retries = EncodeRetries(settings.retry_backoff_ms / 1000)
         self._batcher: BatchEncoder | None = None
         self._watcher: threading.Thread | None = None
         self._threads_stop = threading.Event()
@@ -160,7 +162,8 @@ class Worker:
         """Model and policies loaded, the consumer has joined its group, and the job runner
         (when there is one) is alive."""
         jobs_ok = self._jobs is None or self._jobs.healthy
-        return self._loaded and self._joined and jobs_ok and not self._stop.is_set()
+        encoding = not self._encode_retries.troubled
+        return self._loaded and self._joined and jobs_ok and encoding and not self._stop.is_set()
 
     @property
     def in_flight(self) -> int:
@@ -394,6 +397,8 @@ class Worker:
                     for record in batch:
                         self._accept(tp, record)
             self._handle_events()
+            for seg in self._encode_retries.due():
+                self._submit_encode(seg)
             self.outbox.retry_due()
             self._commit()
             if deadline is None:
@@ -584,6 +589,9 @@ class Worker:
         if not seg.frames or seg.cancelled:
             self._events.put(Encoded(seg))
             return
+        self._submit_encode(seg)
+
+    def _submit_encode(self, seg: Segment) -> None:
         assert self._batcher is not None
         work = EncodeWork(seg, [f.image for f in seg.frames], self.model.embed_dim)
         seg.embeddings = work.embeddings  # filled in as its batches finish
@@ -615,7 +623,13 @@ class Worker:
                 continue
             if isinstance(event, DecodeFailed) and self._retry_decode(seg, event.error):
                 continue
-            if isinstance(event, DecodeFailed | EncodeFailed):
+            if isinstance(event, EncodeFailed):  # the encoder's fault, not the segment's
+                self.metrics.retries.labels(stage="encode").inc()
+                self._encode_retries.failed(seg, event.error)
+                continue
+            if isinstance(event, Encoded) and seg.frames:
+                self._encode_retries.succeeded()
+            if isinstance(event, DecodeFailed):
                 seg.error = event.error
             seg.ready = True
             touched[id(stream)] = stream

@@ -176,6 +176,8 @@ def open_input_file(
         if access is not None:
             _check_opened(fd, access, label)
         info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise MediaUnavailable(f"{label}: a folder, not a file")
         if not stat.S_ISREG(info.st_mode):
             raise UnsupportedMedia(f"{label}: not a regular file")
         if info.st_size > limit:

@@ -1,6 +1,7 @@
 """Hostile records on the real embedded broker (Tansu): records the Kafka client cannot read,
 dead letters too large to publish, headers that lie. Every test runs a real worker with the
-demo model on its own set of topics of one module-wide broker, and reads the topics back.
+demo model on its own set of topics of the session's broker (tests/conftest.py), and reads the
+topics back.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import itertools
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -41,12 +41,6 @@ class RawHeaderKey(str):
 
     def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
         return b"\xff\xfe" + str(self).encode()
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

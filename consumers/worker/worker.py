@@ -19,11 +19,13 @@ done. A partition's offset is committed up to its first segment that is not done
 is committed only after every output it caused is acknowledged (at-least-once). Flag events
 carry deterministic ids, so a replay after a crash publishes the same ids again.
 
-Failures: a segment that cannot be decoded (invalid, unsupported, over a limit), whose frames
-could not be encoded, or that lacks its headers goes to the dead-letter topic once, with the
-error in its headers, and is committed. A decode crash or timeout is retried once first, and
-so is a failed encoder batch. A failed publish is retried with backoff until it succeeds or the
-worker stops (its input is then not committed, and the next owner replays it).
+Failures: a segment that cannot be decoded (invalid, unsupported, over a limit) or whose
+headers are missing or malformed goes to the dead-letter topic once, with the error in its
+headers, and is committed. A decode crash or timeout is retried once first. A failed encoder
+batch is the worker's fault, not the segment's: its segments wait and are encoded again, never
+dead-lettered nor committed meanwhile, and the worker is not ready (:mod:`recovery`). A
+failed publish is retried with backoff until it succeeds or the worker stops (its input is then
+not committed, and the next owner replays it).
 
 Rebalances: kafka-python runs the rebalance listener on its IO thread, so the listener only
 queues what happened; the main loop drops the in-flight work of revoked or lost partitions
@@ -39,7 +41,6 @@ import json
 import logging
 import os
 import queue
-import socket
 import threading
 import time
 from collections import deque
@@ -65,10 +66,10 @@ from consumers.worker.offsets import OffsetLedger
 from consumers.worker.outbox import Outbox, Output
 from consumers.worker.recovery import EncodeRetries
 from consumers.worker.segments import HeaderError, Segment, check_media, parse_headers
+from consumers.worker.startup import WorkerError, check_topics, reach
 from consumers.worker.streams import Stream, Streams, Verdict
 from pipeline.decode import DecodeOptions, DecodePool
 from pipeline.errors import (
-    ClipguardError,
     DecodeCrash,
     DecodeTimeout,
     InvalidMedia,
@@ -93,10 +94,6 @@ _LAG_INTERVAL_S: Final = 1.0
 _COMMIT_INTERVAL_S: Final = 0.05
 _BUSY_POLL_S: Final = 0.05  # with work in flight, poll Kafka this often...
 _EVENT_WAIT_S: Final = 0.01  # ...and wait this long for the other threads between polls
-
-
-class WorkerError(ClipguardError, RuntimeError):
-    """The worker cannot start or keep running (broker unreachable, topics missing...)."""
 
 
 class Worker:
@@ -327,7 +324,7 @@ class Worker:
     def _connect(self) -> None:
         s = self.settings
         _log.info("kafka: %s", json.dumps(s.consumer_config(redact=True), default=str))
-        _reach(s.bootstrap_servers, s.connect_timeout_s)
+        reach(s.bootstrap_servers, s.connect_timeout_s)
         try:
             self._producer = KafkaProducer(
                 **s.producer_config(),
@@ -339,7 +336,7 @@ class Worker:
             topics = self._consumer.topics()
         except KafkaError as e:
             raise WorkerError(f"cannot connect to Kafka at {s.bootstrap_servers}: {e}") from e
-        _check_topics(s, self._consumer, topics)
+        check_topics(s, self._consumer, topics)
         self.outbox = Outbox(
             self._producer,
             post=self._events.put,
@@ -809,52 +806,6 @@ def encoder_threads(settings: WorkerSettings) -> int:
     if settings.encoder_threads:
         return settings.encoder_threads
     return max(1, (os.cpu_count() or 1) - settings.decode.processes)
-
-
-def _reach(servers: str, timeout: float) -> None:
-    """Wait until one of the bootstrap servers accepts a TCP connection, or raise
-    :class:`WorkerError` after ``timeout`` seconds (before any Kafka client exists: a client
-    that cannot bootstrap leaves its sockets behind)."""
-    deadline = time.monotonic() + timeout
-    last: OSError | None = None
-    while True:
-        for server in servers.split(","):
-            host, _, port = server.rpartition(":")
-            left = deadline - time.monotonic()
-            try:
-                with socket.create_connection(
-                    (host.strip("[]"), int(port)), max(0.1, min(2, left))
-                ):
-                    return
-            except OSError as e:
-                last = e
-        if time.monotonic() >= deadline:
-            raise WorkerError(f"cannot connect to Kafka at {servers}: {last} (for {timeout:g} s)")
-        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-
-
-def _check_topics(s: WorkerSettings, consumer: KafkaConsumer, topics: set[str]) -> None:
-    """:class:`WorkerError` when a topic the worker needs is missing, or the state topic has
-    fewer partitions than the segments topic."""
-    needed = [s.topics.segments, s.topics.scores, s.topics.flags, s.topics.dlq]
-    if s.store_embeddings:
-        needed.append(s.topics.embeddings)
-    if s.checkpoint_state:
-        needed.append(s.topics.state)
-    missing = [t for t in needed if t not in topics]
-    if missing:
-        raise WorkerError(
-            f"topics missing on {s.bootstrap_servers}: {', '.join(missing)} (create them, "
-            "or run `clipguard broker` for a local broker with every topic)"
-        )
-    if s.checkpoint_state:
-        have = len(consumer.partitions_for_topic(s.topics.state) or ())
-        need = len(consumer.partitions_for_topic(s.topics.segments) or ())
-        if have < need:
-            raise WorkerError(
-                f"topic {s.topics.state} has {have} partitions; it needs at least as many "
-                f"as {s.topics.segments} ({need})"
-            )
 
 
 def _tp(tp: TopicPartition) -> str:

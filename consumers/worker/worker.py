@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -66,7 +65,13 @@ from consumers.worker.offsets import OffsetLedger
 from consumers.worker.outbox import Outbox, Output
 from consumers.worker.recovery import EncodeRetries
 from consumers.worker.segments import HeaderError, Segment, check_media, parse_headers
-from consumers.worker.startup import WorkerError, check_topics, reach
+from consumers.worker.startup import (
+    WorkerError,
+    check_topics,
+    default_encoder,
+    encoder_threads,
+    reach,
+)
 from consumers.worker.streams import Stream, Streams, Verdict
 from pipeline.decode import DecodeOptions, DecodePool
 from pipeline.errors import (
@@ -301,25 +306,8 @@ class Worker:
         self._watcher.start()
 
     def _default_encoder(self, model: ImageTextModel, batch_size: int) -> ImageEncoder:
-        """The image encoder the settings ask for: ``precision`` (auto: the fastest that
-        passes the accuracy guard, with the policies' image examples as regressions)."""
-        from pipeline.models.encoders import load_encoder
-        from pipeline.models.guard import GuardSettings
-        from pipeline.policies.guard import regression_set
-
-        s = self.settings
-        examples = regression_set(self.store.current, model.input_resolution)
-        return load_encoder(
-            model,
-            device=s.resolved_device(),
-            precision=s.precision,
-            threads=encoder_threads(s),
-            batch_size=batch_size,
-            guard=GuardSettings(
-                min_mean_cosine=s.guard_min_mean_cosine, extra_images=s.guard_images
-            ),
-            regressions=[examples] if examples is not None else [],
-        )
+        """The image encoder the settings ask for (:func:`startup.default_encoder`)."""
+        return default_encoder(self.settings, self.store.current, model, batch_size)
 
     def _connect(self) -> None:
         s = self.settings
@@ -798,14 +786,6 @@ class Worker:
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def encoder_threads(settings: WorkerSettings) -> int:
-    """CPU threads for the encoder: ``encoder_threads``, or (0) the cores the decode
-    processes leave, at least one. ``clipguard worker`` applies it to its process."""
-    if settings.encoder_threads:
-        return settings.encoder_threads
-    return max(1, (os.cpu_count() or 1) - settings.decode.processes)
 
 
 def _tp(tp: TopicPartition) -> str:

@@ -8,8 +8,8 @@ the text format appends them as ``stream=... at=...``, the JSON format as fields
      "at": "clipguard.segments[2]@118"}
 
 Stream ids, job ids and URIs come from Kafka records: a newline in one would forge a log line
-in the text format. Both formats cap every text argument of a message and every context field
-at 200 characters, and the text format writes control characters (and the Unicode line and
+in the text format. Both formats cap every text argument of a message at 2000 characters and
+every context field at 256, and the text format writes control characters (and the Unicode line and
 paragraph separators) as escapes, so one record is one line.
 """
 
@@ -25,7 +25,8 @@ __all__ = ["JsonFormatter", "TextFormatter", "escape_controls", "formatter"]
 
 _CONTEXT: Final = ("stream", "where")
 _TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_MAX_FIELD: Final = 200  # characters of one argument or context field in a log line
+_MAX_ARG: Final = 2000  # characters of one message argument in a log line
+_MAX_FIELD: Final = 256  # characters of one context field (stream id, where)
 
 
 def escape_controls(text: str) -> str:
@@ -44,11 +45,11 @@ def escape_controls(text: str) -> str:
     )
 
 
-def _cap(value: object) -> object:
+def _cap(value: object, limit: int = _MAX_ARG) -> object:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
-    if isinstance(value, str) and len(value) > _MAX_FIELD:
-        return f"{value[:_MAX_FIELD]}...(+{len(value) - _MAX_FIELD} chars)"
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}...(+{len(value) - limit} chars)"
     return value
 
 
@@ -70,7 +71,7 @@ def _message(record: logging.LogRecord) -> str:
 
 def _context(record: logging.LogRecord) -> list[tuple[str, str]]:
     return [
-        ("at" if key == "where" else key, str(_cap(str(getattr(record, key)))))
+        ("at" if key == "where" else key, str(_cap(str(getattr(record, key)), _MAX_FIELD)))
         for key in _CONTEXT
         if getattr(record, key, None) is not None
     ]

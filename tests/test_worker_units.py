@@ -505,6 +505,6 @@ def test_log_lines_cannot_be_forged_by_ids() -> None:
     line = TextFormatter().format(record)
     assert "\n" not in line and "\r" not in line and "\u2028" not in line
     assert "cam-1\\n2026" in line and "stream=cam-1\\n" in line
-    assert "(+4800 chars)" in line and len(line) < 1000
+    assert "(+3000 chars)" in line and len(line) < 2500
     out = json.loads(JsonFormatter().format(record))
-    assert out["stream"].startswith("cam-1\n") and "(+4800 chars)" in out["message"]
+    assert out["stream"].startswith("cam-1\n") and "(+3000 chars)" in out["message"]

@@ -920,3 +920,18 @@ def test_dashboard_metrics_exist_in_a_running_workers_scrape(live_worker: LiveWo
 @pytest.mark.filterwarnings(r"ignore:(read_text|open_text) is deprecated:DeprecationWarning")
 def test_promtool_check_metrics_on_a_running_workers_scrape(live_worker: LiveWorker) -> None:
     _run("promtool", "check", "metrics", input=live_worker.scrape)
+
+
+@needs_compose
+def test_workers_run_locked_down_and_grafana_has_no_default_password() -> None:
+    services = _compose_config()["services"]
+    for name in WORKERS:
+        worker = services[name]
+        assert worker["read_only"] is True and worker["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in worker["security_opt"], name
+        assert any(str(t).startswith("/tmp") for t in worker["tmpfs"]), name
+    grafana = services["grafana"]
+    env = grafana["environment"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env  # no admin/admin fallback
+    assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert [s["source"] for s in grafana["secrets"]] == ["grafana_admin_password"]

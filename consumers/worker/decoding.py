@@ -23,6 +23,7 @@ from typing import Any
 from consumers.worker.events import DecodeFailed, Event
 from consumers.worker.segments import Segment
 from pipeline.decode import RAW_TYPES, DecodeOptions, DecodePool, DecodeResult, Frame
+from pipeline.errors import LimitExceeded
 from pipeline.policies.judge import FrameRef
 
 __all__ = ["SegmentDecoder"]
@@ -38,8 +39,10 @@ class SegmentDecoder:
         *,
         decoded: Callable[[Segment], object],
         post: Callable[[Event], object],
+        max_raw_streams: int = 64,
     ) -> None:
         self.pool = pool
+        self.max_raw_streams = max_raw_streams  # raw decoders open at once in this worker
         self.options = options
         self._decoded = decoded
         self._post = post
@@ -61,6 +64,17 @@ class SegmentDecoder:
             future.add_done_callback(lambda f: self._container_done(seg, f, start))
             return
         stream_id = seg.stream_id
+        if stream_id not in self._raw and len(self._raw) >= self.max_raw_streams:
+            self._post(
+                DecodeFailed(
+                    seg,
+                    LimitExceeded(
+                        f"{self.max_raw_streams} raw streams are open in this worker "
+                        "(decode.max_raw_streams): a new one waits until one ends or goes idle"
+                    ),
+                )
+            )
+            return
         if stream_id not in self._raw:
             codec = RAW_TYPES[info.content_type]
             opened = self.pool.open_stream(stream_id, codec, self.options, fps=info.fps)

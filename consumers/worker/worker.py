@@ -19,11 +19,13 @@ done. A partition's offset is committed up to its first segment that is not done
 is committed only after every output it caused is acknowledged (at-least-once). Flag events
 carry deterministic ids, so a replay after a crash publishes the same ids again.
 
-Failures: a segment that cannot be decoded (invalid, unsupported, over a limit), whose frames
-could not be encoded, or that lacks its headers goes to the dead-letter topic once, with the
-error in its headers, and is committed. A decode crash or timeout is retried once first, and
-so is a failed encoder batch. A failed publish is retried with backoff until it succeeds or the
-worker stops (its input is then not committed, and the next owner replays it).
+Failures: a segment that cannot be decoded (invalid, unsupported, over a limit) or whose
+headers are missing or malformed goes to the dead-letter topic once, with the error in its
+headers, and is committed. A decode crash or timeout is retried once first. A failed encoder
+batch is the worker's fault, not the segment's: its segments wait and are encoded again, never
+dead-lettered nor committed meanwhile, and the worker is not ready (:mod:`recovery`). A
+failed publish is retried with backoff until it succeeds or the worker stops (its input is then
+not committed, and the next owner replays it).
 
 Rebalances: kafka-python runs the rebalance listener on its IO thread, so the listener only
 queues what happened; the main loop drops the in-flight work of revoked or lost partitions
@@ -37,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -53,16 +54,24 @@ from prometheus_client import CollectorRegistry
 
 from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
+from consumers.unreadable import Skipped, poll_past_unreadable
 from consumers.worker.batching import BatchEncoder, EncodeWork
 from consumers.worker.checkpoints import Checkpoint, read_checkpoints
-from consumers.worker.connect import check_topics, reach
 from consumers.worker.decoding import SegmentDecoder
 from consumers.worker.embeddings import EmbeddingsOut
-from consumers.worker.errors import WorkerError
 from consumers.worker.events import Acked, DecodeFailed, Encoded, EncodeFailed, Event
+from consumers.worker.letters import stub_letter
 from consumers.worker.offsets import OffsetLedger
 from consumers.worker.outbox import Outbox, Output
+from consumers.worker.recovery import EncodeRetries
 from consumers.worker.segments import HeaderError, Segment, check_media, parse_headers
+from consumers.worker.startup import (
+    WorkerError,
+    check_topics,
+    default_encoder,
+    encoder_threads,
+    reach,
+)
 from consumers.worker.streams import Stream, Streams, Verdict
 from pipeline.decode import DecodeOptions, DecodePool
 from pipeline.errors import (
@@ -123,6 +132,7 @@ class Worker:
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._pool: DecodePool | None = None
+        self._encode_retries = EncodeRetries(settings.retry_backoff_ms / 1000)
         self._batcher: BatchEncoder | None = None
         self._watcher: threading.Thread | None = None
         self._threads_stop = threading.Event()
@@ -151,8 +161,11 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        """Model and policies loaded and the consumer has joined its group."""
-        return self._loaded and self._joined and not self._stop.is_set()
+        """Model and policies loaded, the consumer has joined its group, and the job runner
+        (when there is one) is alive."""
+        jobs_ok = self._jobs is None or self._jobs.healthy
+        encoding = not self._encode_retries.troubled
+        return self._loaded and self._joined and jobs_ok and encoding and not self._stop.is_set()
 
     @property
     def in_flight(self) -> int:
@@ -186,7 +199,11 @@ class Worker:
             from consumers.jobs import start_jobs
 
             self._jobs = start_jobs(
-                s, encoder=self.encoder, store=self.store, pool=self._pool, stopping=self._stop
+                s,
+                encoder=self.encoder,
+                store=self.store,
+                stopping=self._stop,
+                on_failure=self.metrics.job_runner_failures.inc,
             )
 
     def _serve_metrics(self) -> None:
@@ -245,6 +262,8 @@ class Worker:
             checkpoints=s.checkpoint_state,
             max_request_size=s.max_request_size,
             embeddings=self._embeddings_out(),
+            max_ts_jump_s=s.max_ts_jump_s,
+            on_timeline_reset=self.metrics.timeline_resets.inc,
         )
         self._pool = DecodePool(s.decode.processes, limits=s.decode.limits())
         options = DecodeOptions(
@@ -254,7 +273,11 @@ class Worker:
             limits=s.decode.limits(),
         )
         self._decoder = SegmentDecoder(
-            self._pool, options, decoded=self._decoded, post=self._events.put
+            self._pool,
+            options,
+            decoded=self._decoded,
+            post=self._events.put,
+            max_raw_streams=s.decode.max_raw_streams,
         )
         self._batcher = BatchEncoder(
             self.encoder,
@@ -283,25 +306,8 @@ class Worker:
         self._watcher.start()
 
     def _default_encoder(self, model: ImageTextModel, batch_size: int) -> ImageEncoder:
-        """The image encoder the settings ask for: ``precision`` (auto: the fastest that
-        passes the accuracy guard, with the policies' image examples as regressions)."""
-        from pipeline.models.encoders import load_encoder
-        from pipeline.models.guard import GuardSettings
-        from pipeline.policies.guard import regression_set
-
-        s = self.settings
-        examples = regression_set(self.store.current, model.input_resolution)
-        return load_encoder(
-            model,
-            device=s.resolved_device(),
-            precision=s.precision,
-            threads=encoder_threads(s),
-            batch_size=batch_size,
-            guard=GuardSettings(
-                min_mean_cosine=s.guard_min_mean_cosine, extra_images=s.guard_images
-            ),
-            regressions=[examples] if examples is not None else [],
-        )
+        """The image encoder the settings ask for (:func:`startup.default_encoder`)."""
+        return default_encoder(self.settings, self.store.current, model, batch_size)
 
     def _connect(self) -> None:
         s = self.settings
@@ -324,6 +330,7 @@ class Worker:
             post=self._events.put,
             backoff_ms=s.retry_backoff_ms,
             on_retry=self._publish_failed,
+            permanent=self._refused,
         )
         self._consumer.subscribe([s.topics.segments], listener=reporting_listener(self._rebalances))
 
@@ -375,6 +382,8 @@ class Worker:
                     for record in batch:
                         self._accept(tp, record)
             self._handle_events()
+            for seg in self._encode_retries.due():
+                self._submit_encode(seg)
             self.outbox.retry_due()
             self._commit()
             if deadline is None:
@@ -418,12 +427,14 @@ class Worker:
         now = time.monotonic()
         self._rewound.clear()  # a position sought back before this poll is right for it
         records: dict[TopicPartition, list[ConsumerRecord]] = {}
-        if not inflight:
-            records = self._consumer.poll(timeout_ms=100, max_records=room)
+        skipped: list[Skipped] = []
+        if not inflight or now - self._last_poll >= _BUSY_POLL_S:
+            records, skipped = poll_past_unreadable(
+                self._consumer, timeout_ms=0 if inflight else 100, max_records=room
+            )
             self._last_poll = now
-        elif now - self._last_poll >= _BUSY_POLL_S:
-            records = self._consumer.poll(timeout_ms=0, max_records=room)
-            self._last_poll = now
+        for record in skipped:
+            self._unreadable(record)
         if not records and inflight:
             with contextlib.suppress(queue.Empty):
                 self._early.append(self._events.get(timeout=_EVENT_WAIT_S))
@@ -537,6 +548,20 @@ class Worker:
             return
         self._decoder.decode(seg)
 
+    def _unreadable(self, skipped: Skipped) -> None:
+        """A record the client could not read: a dead letter of its partition and offset,
+        committed once published (the consumer is already past it)."""
+        part = self._ledger.get(skipped.tp)
+        if part is None:
+            return
+        seg = Segment(
+            tp=skipped.tp, offset=skipped.offset, key=None, value=b"", headers=[], stream_id=""
+        )
+        seg.error, seg.ready = skipped.error, True
+        part.add(seg.offset, seg)
+        self.metrics.segments_received.inc()
+        self._publish(self.streams.unreadable(seg))
+
     def _open_stream(self, tp: TopicPartition, stream_id: str) -> Stream:
         """The stream, restored from its checkpoint when the partition came with one."""
         checkpoint = self._checkpoints.get(tp, {}).pop(stream_id, None)
@@ -549,6 +574,9 @@ class Worker:
         if not seg.frames or seg.cancelled:
             self._events.put(Encoded(seg))
             return
+        self._submit_encode(seg)
+
+    def _submit_encode(self, seg: Segment) -> None:
         assert self._batcher is not None
         work = EncodeWork(seg, [f.image for f in seg.frames], self.model.embed_dim)
         seg.embeddings = work.embeddings  # filled in as its batches finish
@@ -580,7 +608,13 @@ class Worker:
                 continue
             if isinstance(event, DecodeFailed) and self._retry_decode(seg, event.error):
                 continue
-            if isinstance(event, DecodeFailed | EncodeFailed):
+            if isinstance(event, EncodeFailed):  # the encoder's fault, not the segment's
+                self.metrics.retries.labels(stage="encode").inc()
+                self._encode_retries.failed(seg, event.error)
+                continue
+            if isinstance(event, Encoded) and seg.frames:
+                self._encode_retries.succeeded()
+            if isinstance(event, DecodeFailed):
                 seg.error = event.error
             seg.ready = True
             touched[id(stream)] = stream
@@ -645,6 +679,13 @@ class Worker:
         self.segments_done += 1
         self.last_done = time.monotonic()
         self.metrics.segments.labels(outcome="dlq" if seg.error is not None else "ok").inc()
+
+    def _refused(self, owner: object, output: Output, error: BaseException) -> Output | None:
+        """An output the broker refused for good: a stub dead letter goes in its place."""
+        self.metrics.outputs_refused.labels(topic=output.topic).inc()
+        return stub_letter(
+            self.settings.topics.dlq, output, error, limit=self.settings.max_request_size // 2
+        )
 
     def _publish_failed(
         self, owner: object, output: Output, error: BaseException, backoff: float
@@ -725,10 +766,15 @@ class Worker:
 
     def _may_close(self, stream: Stream) -> bool:
         """An idle stream closes only while its partition is caught up (its next segment is
-        not in the backlog) and it has no raw decoder open."""
+        not in the backlog); an idle raw stream's decoder (tens of MB in a decode process) is
+        closed with it."""
         part = self._ledger.get(stream.tp)
-        caught_up = part is not None and part.lag == 0
-        return caught_up and not self._decoder.is_raw_open(stream.stream_id)
+        if part is None or part.lag != 0:
+            return False
+        if self._decoder.is_raw_open(stream.stream_id):
+            _log.info("idle raw stream: closing its decoder", extra={"stream": stream.stream_id})
+            self._decoder.close_raw(stream.stream_id)
+        return True
 
     def _watch_policies(self) -> None:
         interval = self.settings.policy_reload_interval_s
@@ -740,14 +786,6 @@ class Worker:
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def encoder_threads(settings: WorkerSettings) -> int:
-    """CPU threads for the encoder: ``encoder_threads``, or (0) the cores the decode
-    processes leave, at least one. ``clipguard worker`` applies it to its process."""
-    if settings.encoder_threads:
-        return settings.encoder_threads
-    return max(1, (os.cpu_count() or 1) - settings.decode.processes)
 
 
 def _tp(tp: TopicPartition) -> str:

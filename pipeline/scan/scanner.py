@@ -37,7 +37,16 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.decode import DecodeOptions, DecodePool, DecodeResult, Fit, Frame, Limits, Sampling
+from pipeline.decode import (
+    DecodeOptions,
+    DecodePool,
+    DecodeResult,
+    Fit,
+    Frame,
+    InputAccess,
+    Limits,
+    Sampling,
+)
 from pipeline.errors import (
     ConfigError,
     DecodeError,
@@ -79,6 +88,7 @@ class ScanOptions:
     fit: Fit = "pad"
     limits: Limits | None = None  # None: the pool's
     content_type: str | None = None  # None: from each input's extension
+    access: InputAccess | None = None  # None: any file or URL (a person's own scan)
 
     def describe(self) -> dict[str, object]:
         """The settings that change a scan's records, as JSON-ready values."""
@@ -318,7 +328,9 @@ class Scanner:
         options = DecodeOptions(
             self.encoder.input_resolution, fit=opts.fit, sampling=opts.sampling, limits=opts.limits
         )
-        future = self.pool.submit_uri(source, options, content_type=opts.content_type)
+        future = self.pool.submit_uri(
+            source, options, content_type=opts.content_type, access=opts.access
+        )
         return _FileJob(source, future, time.monotonic())
 
     def _judge(

@@ -113,8 +113,12 @@ def _missing_files(lp: LoadedPolicy, text: str) -> list[str]:
     def check(node: yaml.Node, where: str, *, media: bool) -> None:
         if not isinstance(node, yaml.ScalarNode):
             return
-        file = lp.resolve(str(node.value))
         at = f"{lp.path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}: {where}"
+        try:
+            file = lp.resolve(str(node.value))
+        except PolicyError as e:  # leads out of the policy's folder
+            problems.append(f"{at}: {e}")
+            return
         if not file.is_file():
             problems.append(f"{at}: no such file: {file}")
             return

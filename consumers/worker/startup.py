@@ -1,16 +1,28 @@
-"""Before the worker joins its group: the broker reachable, the topics it needs present."""
+"""Start-up of the stream worker: the brokers answer, the topics it needs exist, the image
+encoder the settings ask for and its threads."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
+from typing import TYPE_CHECKING
 
 from kafka import KafkaConsumer
 
 from consumers.settings import WorkerSettings
-from consumers.worker.errors import WorkerError
+from pipeline.errors import ClipguardError
 
-__all__ = ["check_topics", "reach"]
+if TYPE_CHECKING:
+    from pipeline.models.base import ImageTextModel
+    from pipeline.models.encoders import ImageEncoder
+    from pipeline.policies.snapshot import PolicySet
+
+__all__ = ["WorkerError", "check_topics", "default_encoder", "encoder_threads", "reach"]
+
+
+class WorkerError(ClipguardError, RuntimeError):
+    """The worker cannot start or keep running (broker unreachable, topics missing...)."""
 
 
 def reach(servers: str, timeout: float) -> None:
@@ -57,3 +69,32 @@ def check_topics(s: WorkerSettings, consumer: KafkaConsumer, topics: set[str]) -
                 f"topic {s.topics.state} has {have} partitions; it needs at least as many "
                 f"as {s.topics.segments} ({need})"
             )
+
+
+def encoder_threads(settings: WorkerSettings) -> int:
+    """CPU threads for the encoder: ``encoder_threads``, or (0) the cores the decode
+    processes leave, at least one. ``clipguard worker`` applies it to its process."""
+    if settings.encoder_threads:
+        return settings.encoder_threads
+    return max(1, (os.cpu_count() or 1) - settings.decode.processes)
+
+
+def default_encoder(
+    s: WorkerSettings, policies: PolicySet, model: ImageTextModel, batch_size: int
+) -> ImageEncoder:
+    """The image encoder the settings ask for: ``precision`` (auto: the fastest that passes
+    the accuracy guard, with the policies' image examples as regressions)."""
+    from pipeline.models.encoders import load_encoder
+    from pipeline.models.guard import GuardSettings
+    from pipeline.policies.guard import regression_set
+
+    examples = regression_set(policies, model.input_resolution)
+    return load_encoder(
+        model,
+        device=s.resolved_device(),
+        precision=s.precision,
+        threads=encoder_threads(s),
+        batch_size=batch_size,
+        guard=GuardSettings(min_mean_cosine=s.guard_min_mean_cosine, extra_images=s.guard_images),
+        regressions=[examples] if examples is not None else [],
+    )

@@ -480,6 +480,7 @@ def test_exported_names():
         "calibrate",
         "explain",
         "lint",
+        "lint_text",
         "run_examples",
         "write_pr_plot",
         "write_threshold",

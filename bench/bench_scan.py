@@ -53,6 +53,7 @@ from pipeline.demo import scenes as synth  # noqa: E402
 from pipeline.models import DEMO_MODEL, load_clip  # noqa: E402
 from pipeline.models.encoders import load_encoder  # noqa: E402
 from pipeline.policies import load_policies  # noqa: E402
+from pipeline.policies.bundled import DEMO_POLICIES  # noqa: E402
 from pipeline.policies.compile import PolicyCompiler  # noqa: E402
 from pipeline.scan import Scanner, ScanOptions  # noqa: E402
 
@@ -149,7 +150,7 @@ def _worker_run(sources: list[str], args: argparse.Namespace) -> tuple[float, fl
             overrides={
                 "bootstrap_servers": broker.bootstrap,
                 "metrics_port": 0,
-                "policies": [str(ROOT / "policies" / "demo")],
+                "policies": [str(DEMO_POLICIES)],
                 "decode.processes": args.decoders,
                 "max_batch_size": args.batch_size,
                 "sampling.fps": args.sample_fps,
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as cache:
         os.environ["CLIPGUARD_POLICY_CACHE"] = cache
         model = load_clip(DEMO_MODEL)
-        policies = load_policies([ROOT / "policies" / "demo"])
+        policies = load_policies([DEMO_POLICIES])
         policy_set = PolicyCompiler(model).compile(policies)
         options = ScanOptions(sampling=Sampling(mode="fps", fps=args.sample_fps))
         encoder = load_encoder(model, batch_size=args.batch_size)

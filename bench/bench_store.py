@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.models import DEMO_MODEL, load_clip  # noqa: E402
 from pipeline.policies import load_policies  # noqa: E402
+from pipeline.policies.bundled import DEMO_POLICIES  # noqa: E402
 from pipeline.policies.compile import PolicyCompiler  # noqa: E402
 from pipeline.policies.judge import FrameRef  # noqa: E402
 from pipeline.policies.score import unit_rows  # noqa: E402
@@ -65,7 +66,7 @@ DAY0 = dt.datetime(2026, 11, 2, tzinfo=dt.UTC).timestamp()
 
 def policy_set(threshold: float | None = None) -> PolicySet:
     """The demo policies' layout with random 512-d rows (optionally another threshold)."""
-    policies = load_policies([ROOT / "policies" / "demo"])
+    policies = load_policies([DEMO_POLICIES])
     if threshold is not None:
         policies = type(policies)(
             [

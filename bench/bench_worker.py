@@ -48,6 +48,7 @@ from consumers.worker import Worker, encoder_threads  # noqa: E402
 from pipeline.decode import DecodeOptions, DecodePool  # noqa: E402
 from pipeline.models import load_clip  # noqa: E402
 from pipeline.models.encoders import load_encoder  # noqa: E402
+from pipeline.policies.bundled import DEMO_POLICIES  # noqa: E402
 
 FPS = 25
 
@@ -57,7 +58,7 @@ def _settings(bootstrap: str, mode: str, *, embeddings: bool = False) -> WorkerS
         overrides={
             "bootstrap_servers": bootstrap,
             "metrics_port": 0,
-            "policies": [str(ROOT / "policies" / "demo")],
+            "policies": [str(DEMO_POLICIES)],
             "sampling.mode": mode,
             "max_inflight_segments": 16,
             "store_embeddings": embeddings,

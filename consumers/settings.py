@@ -50,9 +50,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from pipeline.decode import Fit, Limits, Sampling, SamplingMode
+from pipeline.decode import Fit, InputAccess, Limits, Sampling, SamplingMode
 from pipeline.decode.options import DEFAULT_HASH_SIDE
 from pipeline.errors import ConfigError
+from pipeline.policies.bundled import POLICIES_FOLDER, default_policies
 
 __all__ = [
     "DecodeSettings",
@@ -74,8 +75,6 @@ _NESTED_DELIMITER: Final = "__"
 # The same name as pipeline.models.registry.DEMO_MODEL (a test pins it): importing the registry
 # here would import torch, and settings are read before anything heavy is loaded.
 _DEMO_MODEL: Final = "clipguard-demo"
-_DEMO_POLICIES: Final = Path("policies/demo")
-_POLICIES: Final = Path("policies")
 _MIB: Final = 1024 * 1024
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -156,6 +155,13 @@ class DecodeSettings(_Section):
     max_memory_bytes: int = Field(
         default=4 * 1024 * _MIB, gt=0, description="Address-space cap of a decode process, bytes."
     )
+    max_raw_streams: int = Field(
+        default=64,
+        gt=0,
+        description="Raw H.264/HEVC streams a worker keeps decoders open for (each holds tens "
+        "of MB in a decode process); a chunk of one more is dead-lettered (LimitExceeded). "
+        "Idle raw streams close after stream_idle_close_s.",
+    )
     hash_side: int = Field(
         default=DEFAULT_HASH_SIDE,
         ge=0,
@@ -203,6 +209,62 @@ class SamplingSettings(_Section):
             max_frames=self.max_frames,
             skip_b_frames=self.skip_b_frames,
         )
+
+
+class JobsSettings(_Section):
+    """What scan jobs may read. A job names its input in a Kafka record, so jobs run only when
+    something is allowed here: files under ``allowed_roots`` and URLs on ``allowed_url_hosts``
+    (see :mod:`pipeline.decode.access`)."""
+
+    allowed_roots: tuple[Path, ...] = Field(
+        default=(),
+        description="Folders whose files scan jobs may read (symlinks and .. resolved first; "
+        "regular files only); none: no file.",
+    )
+    allowed_url_hosts: tuple[str, ...] = Field(
+        default=(),
+        description="Host names scan jobs may fetch http(s) URLs from ('*.example.com' for its "
+        "subdomains); none: no URL.",
+    )
+    allowed_networks: tuple[str, ...] = Field(
+        default=(),
+        description="Address blocks (CIDR) job URLs may reach although not public: loopback, "
+        "private, link-local and metadata addresses are refused unless listed here.",
+    )
+    max_redirects: int = Field(
+        default=5, ge=0, le=20, description="Most HTTP redirects a job URL may take."
+    )
+    processes: int = Field(
+        default=1,
+        gt=0,
+        description="Decode processes of the job runner's own (jobs never wait in, or hold, the "
+        "live segments' decode processes).",
+    )
+
+    @field_validator("allowed_roots")
+    @classmethod
+    def _absolute_roots(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        for root in value:
+            if not root.is_absolute():
+                raise ValueError(f"allowed root {str(root)!r} is not an absolute path")
+        return value
+
+    def access(self) -> InputAccess:
+        """These settings as the decode stage's :class:`~pipeline.decode.InputAccess`."""
+        return InputAccess(
+            roots=tuple(str(r) for r in self.allowed_roots),
+            url_hosts=self.allowed_url_hosts,
+            networks=self.allowed_networks,
+            max_redirects=self.max_redirects,
+        )
+
+    @model_validator(mode="after")
+    def _valid_access(self) -> JobsSettings:
+        try:
+            self.access()
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return self
 
 
 # The config file's contents for the WorkerSettings being built by load_settings.
@@ -295,7 +357,8 @@ class WorkerSettings(BaseSettings):
     policies: Annotated[tuple[Path, ...], NoDecode] = Field(
         default=None,  # type: ignore[arg-type]  # resolved from the model by _default_policies
         description="Policy files or folders (in the environment: one path, comma-separated "
-        "paths or a JSON list); default: policies/demo for the demo model, else policies.",
+        "paths or a JSON list); default: the demo policies bundled with clipguard for the demo "
+        "model (found from any directory), else policies.",
     )
     banks: Annotated[tuple[Path, ...], NoDecode] = Field(
         default=(),
@@ -353,7 +416,20 @@ class WorkerSettings(BaseSettings):
     jobs_enabled: bool = Field(
         default=True,
         description="Also run scan jobs from the jobs topic (one at a time, in their own thread "
-        "and consumer group: group_id + '-jobs'), when the topic exists.",
+        "and consumer group: group_id + '-jobs'), when the topic exists and jobs.allowed_roots "
+        "or jobs.allowed_url_hosts allows something.",
+    )
+    jobs: JobsSettings = Field(
+        default_factory=JobsSettings,
+        description="What scan jobs may read (allowed roots, URL hosts, networks).",
+    )
+    max_ts_jump_s: float = Field(
+        default=3600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Largest start-ts jump (forward or back) a stream may make; a larger one "
+        "restarts the stream's temporal state (its incidents close; counted in "
+        "clipguard_stream_timeline_resets_total) so one bad timestamp cannot silence it.",
     )
     stream_idle_close_s: float = Field(
         default=300.0,
@@ -415,11 +491,15 @@ class WorkerSettings(BaseSettings):
     @field_validator("policies", "banks", mode="before")
     @classmethod
     def _default_policies(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None and info.field_name == "policies":
-            model = info.data.get("model", _DEMO_MODEL)
-            return (_DEMO_POLICIES if model == _DEMO_MODEL else _POLICIES,)
-        if value is None:
+        if value is None and info.field_name == "banks":
             return ()
+        if value is None:
+            if info.data.get("model", _DEMO_MODEL) == _DEMO_MODEL:
+                return (default_policies(demo=True),)
+            try:
+                return (default_policies(demo=False),)
+            except ConfigError:  # loading the policies names the missing folder
+                return (POLICIES_FOLDER,)
         if isinstance(value, Path):
             return (value,)
         if isinstance(value, str):
@@ -706,7 +786,7 @@ def _type_name(annotation: Any) -> str:
 
 def _default_text(env: str, field: FieldInfo) -> str:
     if env == f"{ENV_PREFIX}POLICIES":
-        return f"`{_DEMO_POLICIES}` (demo model), else `{_POLICIES}`"
+        return f"the bundled demo policies (demo model), else `{POLICIES_FOLDER}`"
     default = field.default
     if default is PydanticUndefined or default is None:
         return "unset"

@@ -15,7 +15,8 @@ builtin fits, from that builtin too, so callers can catch either::
     │   ├── LimitExceeded(DecodeError)                over a configured decode limit
     │   ├── DecodeTimeout(DecodeError)                over the wall-clock limit (or a network stall)
     │   ├── DecodeCrash(DecodeError)                  the decode process died
-    │   └── MediaUnavailable(DecodeError)             the input could not be read (missing, HTTP)
+    │   ├── MediaUnavailable(DecodeError)             the input could not be read (missing, HTTP)
+    │   └── InputRefused(DecodeError)                 the input is outside what may be read
     └── ModelError(ClipguardError)                    anything about CLIP weights
         ├── WeightsNotFound(ModelError, FileNotFoundError)
         ├── WeightsFormatError(ModelError, ValueError)
@@ -40,6 +41,7 @@ __all__ = [
     "DecodeTimeout",
     "DownloadError",
     "HashError",
+    "InputRefused",
     "InvalidMedia",
     "LicenseNotAccepted",
     "LimitExceeded",
@@ -109,6 +111,12 @@ class DecodeCrash(DecodeError):
 
 class MediaUnavailable(DecodeError):
     """The input could not be read at all: a missing file, an HTTP error, a refused connection."""
+
+
+class InputRefused(DecodeError):
+    """The input reference names something it may not reach: a file outside the allowed roots,
+    a URL host not allowed, an address that is not public (loopback, private, link-local,
+    metadata), too many redirects (:mod:`pipeline.decode.access`)."""
 
 
 class ModelError(ClipguardError):

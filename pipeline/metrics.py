@@ -38,6 +38,7 @@ from pipeline import __version__
 __all__ = [
     "BATCH_SIZE_BUCKETS",
     "END_TO_END_BUCKETS",
+    "REQUEST_TIMEOUT_S",
     "Metrics",
     "MetricsServer",
     "start_http_server",
@@ -126,6 +127,24 @@ class Metrics:
         self.policy_reload_errors = Counter(
             "clipguard_policy_reload_errors",
             "Policy reloads that failed (the previous policies stay in force).",
+            registry=r,
+        )
+        self.outputs_refused = Counter(
+            "clipguard_outputs_refused",
+            "Output records the broker refused for good (too large, invalid), by topic: a stub "
+            "dead letter went in their place.",
+            ["topic"],
+            registry=r,
+        )
+        self.timeline_resets = Counter(
+            "clipguard_stream_timeline_resets",
+            "Streams whose start-ts jumped more than max_ts_jump_s from their last frame: their "
+            "temporal state restarted (incidents closed) instead of dropping later frames.",
+            registry=r,
+        )
+        self.job_runner_failures = Counter(
+            "clipguard_job_runner_failures",
+            "Times the scan job runner stopped on an unexpected error (readiness goes false).",
             registry=r,
         )
         self.bank_reload_errors = Counter(
@@ -234,6 +253,10 @@ class MetricsServer:
         self.close()
 
 
+#: Seconds a metrics connection may take to send its request (each socket read).
+REQUEST_TIMEOUT_S: Final = 5.0
+
+
 def start_http_server(
     metrics: Metrics,
     port: int,
@@ -246,6 +269,9 @@ def start_http_server(
     registry = metrics.registry
 
     class _Handler(BaseHTTPRequestHandler):
+        # a connection that sends nothing (or slowly) is closed: no thread held for good
+        timeout = REQUEST_TIMEOUT_S
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":

@@ -5,7 +5,7 @@
    known times (a red triangle from 4 s to 8 s, a yellow SPAM word from 12 s to 16 s, and near
    misses around them);
 3. produces it to clipguard.segments as MPEG-TS segments, as a live ingest edge would;
-4. runs a stream worker (the bundled demo model, policies/demo) until the stream is drained;
+4. runs a stream worker (the bundled demo model and demo policies) until the stream is drained;
 5. prints the flag events beside the ground truth, writes every output record to
    demo-output/, and stops everything it started;
 6. keeps every scored frame (embedding and thumbnail) in a frame store under
@@ -36,6 +36,7 @@ from consumers.settings import load_settings  # noqa: E402
 from consumers.worker import Worker  # noqa: E402
 from pipeline.demo.video import demo_shots, write_video  # noqa: E402
 from pipeline.models.registry import DEMO_MODEL  # noqa: E402
+from pipeline.policies.bundled import DEMO_POLICIES  # noqa: E402
 
 STREAM = "demo-cam-1"
 TOPICS = ("clipguard.scores", "clipguard.flags", "clipguard.dlq")
@@ -88,7 +89,7 @@ def _backtest(where: Path, frames: int, flags: list[dict[str, object]]) -> bool:
     store = open_store(where)
     print(f"\n6. frame store: {frames} frames with thumbnails in {where}/ (Parquet)")
     same = backtest(
-        compiler.compile(load_policies([ROOT / "policies" / "demo"])),
+        compiler.compile(load_policies([DEMO_POLICIES])),
         store,
         model=model.name,
         weights_sha256=model.fingerprint(),
@@ -96,11 +97,11 @@ def _backtest(where: Path, frames: int, flags: list[dict[str, object]]) -> bool:
     published = {f["event_id"] for f in flags if f["state"] == "closed"}
     found = {i.event_id for i in same.incidents}
     print(
-        f"   backtest of policies/demo: {len(found)} incidents in {same.seconds:.2f} s, "
+        f"   backtest of the demo policies: {len(found)} incidents in {same.seconds:.2f} s, "
         f"{'the same as the worker published' if found == published else 'NOT the same'}"
     )
     edited = where.parent / "edited-policies"
-    shutil.copytree(ROOT / "policies" / "demo", edited, dirs_exist_ok=True)
+    shutil.copytree(DEMO_POLICIES, edited, dirs_exist_ok=True)
     path = edited / "red-triangle.yaml"
     doc = yaml.safe_load(path.read_text())
     doc["labels"][0]["threshold"], doc["version"] = 0.3, 2
@@ -158,7 +159,7 @@ def main() -> int:
             overrides={
                 "bootstrap_servers": broker.bootstrap,
                 "model": DEMO_MODEL,
-                "policies": [str(ROOT / "policies" / "demo")],
+                "policies": [str(DEMO_POLICIES)],
                 "metrics_port": 0,
                 "store_embeddings": True,
             }
@@ -174,7 +175,7 @@ def main() -> int:
 
         thread = threading.Thread(target=run, name="demo-worker", daemon=True)
         print(f"4. worker: model {DEMO_MODEL} (a demo model: synthetic shapes and words only),")
-        print("   policies/demo (red-triangle, spam-text), sampling 2 frames/s")
+        print("   demo policies (red-triangle, spam-text), sampling 2 frames/s")
         t0 = time.monotonic()
         thread.start()
         while worker.segments_done < sent and thread.is_alive():
@@ -245,7 +246,7 @@ def main() -> int:
     print(
         "\nto run it yourself, each in its own terminal (all in .venv/bin):\n"
         "   clipguard broker                                   # Tansu on 127.0.0.1:9092\n"
-        "   clipguard worker                                   # demo model, policies/demo\n"
+        "   clipguard worker                                   # demo model and policies\n"
         f"   clipguard produce {video} --stream-id cam-1 --realtime\n"
         "   clipguard consume clipguard.flags --follow         # flag events as they happen\n"
         "   clipguard consume clipguard.scores --limit 5       # per-frame scores\n"

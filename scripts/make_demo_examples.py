@@ -1,8 +1,8 @@
-"""Regenerate the demo policies' regression examples (policies/demo/examples/*.png).
+"""Regenerate the demo policies' regression examples (pipeline/policies/data/demo/examples/*.png).
 
 Each example is a synthetic scene drawn from a fixed seed with a fixed recipe, never picked by
 how the model scores it: positives show the policy's concept (alone, or among other objects),
-negatives show near misses. `clipguard policy test policies/demo` checks them.
+negatives show near misses. `clipguard policy test pipeline/policies/data/demo` checks them.
 
     python scripts/make_demo_examples.py
 """
@@ -10,14 +10,14 @@ negatives show near misses. `clipguard policy test policies/demo` checks them.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from pipeline.demo import scenes as synth
+from pipeline.policies.bundled import DEMO_POLICIES
 
-OUT = Path(__file__).resolve().parent.parent / "policies" / "demo" / "examples"
+OUT = DEMO_POLICIES / "examples"
 SIZE = 128
 
 # file name -> (concept, colour) of a single large object, or None for an empty background

@@ -1,6 +1,6 @@
 """Measure the demo policies' score distributions with clipguard-demo and suggest thresholds.
 
-For each label of the policies in policies/demo: generated scenes that contain its concept
+For each label of the policies bundled for the demo: generated scenes that contain its concept
 (single objects and busy multi-object scenes, both splits) against scenes that do not (random
 scenes and near misses: the same shape in another colour, another shape in the same colour,
 other words). Prints score quantiles and the lowest threshold whose precision on these scenes
@@ -21,6 +21,7 @@ from pipeline.demo import scenes
 from pipeline.models import DEMO_MODEL, load_clip
 from pipeline.models.encoders import reference_encoder
 from pipeline.policies import load_policies
+from pipeline.policies.bundled import DEMO_POLICIES
 from pipeline.policies.compile import PolicyCompiler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--policies", type=Path, default=ROOT / "policies" / "demo")
+    ap.add_argument("--policies", type=Path, default=DEMO_POLICIES)
     ap.add_argument("--per-class", type=int, default=400)
     ap.add_argument("--precision", type=float, default=0.98)
     ap.add_argument("--seed", type=int, default=99)

@@ -22,9 +22,9 @@ from consumers.settings import WorkerSettings, load_settings
 from consumers.worker import Worker
 from pipeline.demo import scenes
 from pipeline.demo.video import Shot, demo_shots
+from pipeline.policies.bundled import DEMO_POLICIES
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_POLICIES = REPO / "policies" / "demo"
 CLIPGUARD = Path(sys.executable).parent / "clipguard"
 
 

@@ -22,7 +22,18 @@ from consumers.cli.common import DEFAULT_BOOTSTRAP, EXIT_USAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 
-GROUPS = ("models", "policy", "banks", "broker", "produce", "worker", "consume", "scan", "store")
+GROUPS = (
+    "models",
+    "policy",
+    "banks",
+    "broker",
+    "produce",
+    "worker",
+    "consume",
+    "scan",
+    "store",
+    "studio",
+)
 
 # command line before the Kafka address, and the former spelling of the option
 KAFKA_COMMANDS = {
@@ -109,7 +120,8 @@ def test_help_loads_neither_torch_nor_kafka() -> None:
         "import sys, contextlib, io\n"
         "from consumers.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
-        "    for argv in ([], ['scan'], ['worker'], ['consume'], ['produce'], ['models']):\n"
+        "    for argv in ([], ['scan'], ['worker'], ['consume'], ['produce'], ['models'],\n"
+        "                 ['studio']):\n"
         "        assert main([*argv, '--help']) == 0\n"
         "loaded = sorted(m for m in ('torch', 'kafka', 'av', 'cv2') if m in sys.modules)\n"
         "assert not loaded, loaded\n"

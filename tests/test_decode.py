@@ -93,6 +93,7 @@ def test_exported_names() -> None:
         "Fit",
         "Frame",
         "IMAGE_TYPES",
+        "InputAccess",
         "Interpolation",
         "Limits",
         "RAW_TYPES",

@@ -34,6 +34,7 @@ from consumers.broker import DEFAULT_TOPICS
 from consumers.produce import segment_video
 from consumers.settings import TopicNames, describe
 from pipeline.metrics import Metrics, MetricsServer, start_http_server
+from pipeline.policies.bundled import DEMO_POLICIES
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -521,7 +522,7 @@ def test_compose_worker_environment_is_valid_settings(service: str) -> None:
     assert settings["metrics_port"] == 9400
     assert settings["bootstrap_servers"] == "kafka:9092"
     assert settings["device"] == ("cuda" if service == "worker" else "cpu")
-    assert settings["policies"] == ["policies/demo"]  # resolved under the image's /app
+    assert settings["policies"] == [str(DEMO_POLICIES)]  # the package's own, from any folder
     broker = config["services"]["kafka"]["environment"]
     limit = int(broker["KAFKA_MESSAGE_MAX_BYTES"])
     assert int(broker["KAFKA_REPLICA_FETCH_MAX_BYTES"]) >= limit
@@ -919,3 +920,18 @@ def test_dashboard_metrics_exist_in_a_running_workers_scrape(live_worker: LiveWo
 @pytest.mark.filterwarnings(r"ignore:(read_text|open_text) is deprecated:DeprecationWarning")
 def test_promtool_check_metrics_on_a_running_workers_scrape(live_worker: LiveWorker) -> None:
     _run("promtool", "check", "metrics", input=live_worker.scrape)
+
+
+@needs_compose
+def test_workers_run_locked_down_and_grafana_has_no_default_password() -> None:
+    services = _compose_config()["services"]
+    for name in WORKERS:
+        worker = services[name]
+        assert worker["read_only"] is True and worker["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in worker["security_opt"], name
+        assert any(str(t).startswith("/tmp") for t in worker["tmpfs"]), name
+    grafana = services["grafana"]
+    env = grafana["environment"]
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env  # no admin/admin fallback
+    assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert [s["source"] for s in grafana["secrets"]] == ["grafana_admin_password"]

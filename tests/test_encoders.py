@@ -40,11 +40,11 @@ from pipeline.models import (
 from pipeline.models.guard import generated_frames
 from pipeline.models.openvino_backend import cpu_precisions
 from pipeline.policies import load_policies
+from pipeline.policies.bundled import DEMO_POLICIES
 from pipeline.policies.compile import PolicyCompiler
 from pipeline.policies.guard import regression_set
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_POLICIES = REPO / "policies" / "demo"
 
 
 @pytest.fixture(scope="module")

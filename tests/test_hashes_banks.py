@@ -113,6 +113,14 @@ def test_bank_file_bounds(tmp_path: Path) -> None:
         read_bank(tmp_path / "bank.txt")
     with pytest.raises(BankError, match="cannot read"):
         read_bank(tmp_path / "missing.bank.tsv")
+    fifo = tmp_path / "fifo.bank.tsv"
+    os.mkfifo(fifo)  # nobody writes it: a blocking open would hang
+    with pytest.raises(BankError, match="not a regular file"):
+        read_bank(fifo)
+    folder = tmp_path / "folder.bank.tsv"
+    folder.mkdir()
+    with pytest.raises(BankError, match="a folder"):
+        read_bank(folder)
 
 
 def test_builder_checks_names_and_sources() -> None:

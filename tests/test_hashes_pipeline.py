@@ -29,6 +29,7 @@ from pipeline.hashes.match import Matcher
 from pipeline.hashes.pdq import DihedralHashes, PdqHash, pdq_dihedral, pdq_hash
 from pipeline.hashes.signals import VpdqFrame, format_vpdq, hamming
 from pipeline.hashes.store import BankSnapshot, BankStore
+from pipeline.policies.bundled import DEMO_POLICIES
 from pipeline.policies.hashing import check_banks, decode_hashes, file_matches
 from pipeline.policies.judge import FrameRef, Judge
 from pipeline.policies.schema import (
@@ -192,7 +193,7 @@ def test_a_policy_file_is_either_kind(tmp_path: Path) -> None:
     folder = tmp_path / "policies"
     folder.mkdir()
     (folder / "known.yaml").write_text(_HASH_DOC)
-    demo = Path(__file__).resolve().parent.parent / "policies" / "demo" / "red-triangle.yaml"
+    demo = DEMO_POLICIES / "red-triangle.yaml"
     (folder / "red-triangle.yaml").write_text(
         demo.read_text().replace("version:", "kind: clip\nversion:", 1)
     )
@@ -459,7 +460,7 @@ def test_lint_checks_hash_policies_beside_clip_policies(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text(
         _HASH_DOC.replace("id: known", "id: bad").replace("banks: [known]", "max_distance: 300")
     )
-    demo = Path(__file__).resolve().parent.parent / "policies" / "demo"
+    demo = DEMO_POLICIES
     report = lint([tmp_path, demo])
     assert report.policies == 3  # known and the two demo policies
     assert report.errors == (

@@ -17,6 +17,7 @@ import knownclips
 import pytest
 
 from consumers.cli import main
+from pipeline.policies.bundled import DEMO_POLICIES
 
 _POLICY = """\
 id: known-files
@@ -28,7 +29,7 @@ severity: critical
 action: block
 banks: [known]
 """
-DEMO = Path(__file__).resolve().parent.parent / "policies" / "demo"
+DEMO = DEMO_POLICIES
 
 
 @pytest.fixture(autouse=True)

@@ -17,9 +17,9 @@ from pathlib import Path
 import knownclips
 import pytest
 import streaming
+from kafkaspace import KafkaSpace
 from streaming import read_topic, wait_for, worker_thread
 
-from consumers.broker import EmbeddedBroker, default_topics
 from consumers.cli import main
 from consumers.produce import produce_file
 from pipeline.events import FlagEvent, ScoreRecord
@@ -44,11 +44,14 @@ banks: [known]
 """
 
 
-def _flags(bootstrap: str) -> list[FlagEvent]:
-    return [FlagEvent.model_validate(r.json()) for r in read_topic(bootstrap, "clipguard.flags")]
+def _flags(kafka: KafkaSpace) -> list[FlagEvent]:
+    records = read_topic(kafka.bootstrap, kafka.names.flags)
+    return [FlagEvent.model_validate(r.json()) for r in records]
 
 
-def test_a_spliced_known_clip_is_flagged_once_its_bank_has_it(tmp_path: Path) -> None:
+def test_a_spliced_known_clip_is_flagged_once_its_bank_has_it(
+    kafka: KafkaSpace, tmp_path: Path
+) -> None:
     clip = knownclips.frames(2, CLIP_END - CLIP_START)
     banked = knownclips.write(tmp_path / "banked.mp4", clip, crf=18)
     live = [*knownclips.frames(1, CLIP_START), *clip, *knownclips.frames(3, 4.0)]
@@ -61,45 +64,45 @@ def test_a_spliced_known_clip_is_flagged_once_its_bank_has_it(tmp_path: Path) ->
     policy = tmp_path / "known-clips.yaml"
     policy.write_text(_POLICY)
 
-    with EmbeddedBroker() as broker:
-        broker.create_topics(default_topics())
-        s = streaming.settings(
-            broker.bootstrap,
-            policies=[str(streaming.DEMO_POLICIES), str(policy)],
-            banks=[str(banks)],
-            policy_reload_interval_s=0.2,
-            jobs_enabled=False,
+    kafka.create()
+    s = streaming.settings(
+        kafka,
+        policies=[str(streaming.DEMO_POLICIES), str(policy)],
+        banks=[str(banks)],
+        policy_reload_interval_s=0.2,
+        jobs_enabled=False,
+    )
+    segments = kafka.names.segments
+    with worker_thread(s) as worker:
+        first = produce_file(kafka.bootstrap, video, stream_id="live-1", topic=segments)
+        wait_for(lambda: worker.segments_done >= first, 120, "the first stream")
+
+        # the clip joins the bank while the worker runs; a broken bank file is ignored
+        added = main(
+            ["banks", "add", "known", "--video", str(banked), "--id", "clip-7",
+             "--tags", "spam", "--dir", str(banks)]
+        )  # fmt: skip
+        assert added == 0
+        (banks / "broken.bank.tsv").write_text("# not a bank\n")
+        store = worker.banks.store
+        assert store is not None
+        wait_for(lambda: len(store.snapshot.banks["known"].vpdq) == 1, 30, "the bank reload")
+        wait_for(lambda: store.reload_errors >= 1, 30, "the broken file's error")
+
+        second = produce_file(kafka.bootstrap, video, stream_id="live-2", topic=segments)
+        wait_for(lambda: worker.segments_done >= first + second, 120, "the second stream")
+        wait_for(
+            lambda: (
+                "clipguard_bank_reload_errors_total 1.0" in worker.metrics.exposition().decode()
+            ),
+            10,
+            "the reload error metric",
         )
-        with worker_thread(s) as worker:
-            first = produce_file(broker.bootstrap, video, stream_id="live-1")
-            wait_for(lambda: worker.segments_done >= first, 120, "the first stream")
-
-            # the clip joins the bank while the worker runs; a broken bank file is ignored
-            added = main(
-                ["banks", "add", "known", "--video", str(banked), "--id", "clip-7",
-                 "--tags", "spam", "--dir", str(banks)]
-            )  # fmt: skip
-            assert added == 0
-            (banks / "broken.bank.tsv").write_text("# not a bank\n")
-            assert worker.banks is not None
-            store = worker.banks
-            wait_for(lambda: len(store.snapshot.banks["known"].vpdq) == 1, 30, "the bank reload")
-            wait_for(lambda: store.reload_errors >= 1, 30, "the broken file's error")
-
-            second = produce_file(broker.bootstrap, video, stream_id="live-2")
-            wait_for(lambda: worker.segments_done >= first + second, 120, "the second stream")
-            wait_for(
-                lambda: (
-                    "clipguard_bank_reload_errors_total 1.0" in worker.metrics.exposition().decode()
-                ),
-                10,
-                "the reload error metric",
-            )
-        flags = _flags(broker.bootstrap)
-        scores = [
-            ScoreRecord.model_validate(r.json())
-            for r in read_topic(broker.bootstrap, "clipguard.scores")
-        ]
+    flags = _flags(kafka)
+    scores = [
+        ScoreRecord.model_validate(r.json())
+        for r in read_topic(kafka.bootstrap, kafka.names.scores)
+    ]
 
     hashed = [f for f in flags if f.policy == "known-clips"]
     assert not [f for f in hashed if f.stream_id == "live-1"]  # not banked yet

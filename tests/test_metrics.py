@@ -73,6 +73,7 @@ def test_exported_names() -> None:
         "END_TO_END_BUCKETS",
         "Metrics",
         "MetricsServer",
+        "REQUEST_TIMEOUT_S",
         "start_http_server",
     ]
 
@@ -165,3 +166,18 @@ def test_close_releases_the_port(metrics: Metrics) -> None:
     server.close()  # twice is fine
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{url}/healthz", timeout=2)
+
+
+def test_a_silent_connection_to_the_metrics_server_is_closed() -> None:
+    import socket
+    import time
+
+    server = start_http_server(Metrics(CollectorRegistry()), port=0)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(b"GET /metr")  # never finished
+            started = time.monotonic()
+            assert sock.recv(100) == b""  # the server closed it
+            assert time.monotonic() - started < metrics_module.REQUEST_TIMEOUT_S + 3
+    finally:
+        server.close()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pipeline.errors import PolicyError
 from pipeline.models import CLIP, CLIPConfig, TextConfig, VisionConfig, load_clip, tokenize
 from pipeline.policies import load_policies, load_policy, parse_policy
+from pipeline.policies.bundled import DEMO_POLICIES
 from pipeline.policies.compile import PolicyCompiler
 from pipeline.policies.score import CompiledLabel, CompiledPolicies
 
@@ -143,7 +144,7 @@ def test_all_errors_of_a_folder_are_reported_together(tmp_path):
 
 
 def test_shipped_policies_validate():
-    ps = load_policies([ROOT / "policies" / "demo"])
+    ps = load_policies([DEMO_POLICIES])
     assert {lp.policy.id for lp in ps} >= {"red-triangle", "spam-text"}
     for lp in ps:
         assert lp.policy.model == "clipguard-demo"
@@ -343,9 +344,7 @@ def test_threshold_margin_and_probability_decisions():
 def test_demo_policies_compile_with_the_demo_model(tmp_path):
     demo = load_clip("clipguard-demo")
     compiled = (
-        PolicyCompiler(demo, cache_dir=tmp_path)
-        .compile(load_policies([ROOT / "policies" / "demo"]))
-        .compiled
+        PolicyCompiler(demo, cache_dir=tmp_path).compile(load_policies([DEMO_POLICIES])).compiled
     )
     assert {lab.key for lab in compiled.labels} >= {
         "red-triangle/red-triangle",

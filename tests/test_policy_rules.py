@@ -201,3 +201,36 @@ def test_the_siglip2_starter_policies_use_sigmoid_rules_in_shadow_mode() -> None
         assert lp.policy.mode == "shadow" and not lp.policy.calibrated
         assert lp.policy.model == "siglip2-base-patch16-224"
         assert {label.rule for label in lp.policy.labels} == {"sigmoid"}
+
+
+def test_a_store_backtest_with_a_siglip_model_rescores_in_sigmoid(siglip_dir, tmp_path):
+    from pipeline.demo.video import demo_shots, write_video
+
+    policies = tmp_path / "policies"
+    _write(policies, rule="sigmoid: 0.000001", model=str(siglip_dir))  # every frame passes
+    clip = tmp_path / "in" / "clip.mp4"
+    clip.parent.mkdir()
+    write_video(clip, demo_shots(shot_seconds=1.0)[:3])
+    out, store = tmp_path / "out", tmp_path / "store"
+    args = ["scan", str(clip), "--model", str(siglip_dir), "--policies", str(policies)]
+    assert main([*args, "--sample-fps", "5", "--out", str(out), "--store", str(store)]) == 0
+    scanned = {
+        (f["event_id"], f["start_ts"], f["end_ts"])
+        for f in (json.loads(x) for x in (out / "flags.jsonl").read_text().splitlines())
+        if f["state"] == "closed"
+    }
+    assert scanned  # the whole clip is one incident
+
+    def backtest(folder: Path, name: str) -> dict:
+        report = tmp_path / name
+        bt = ["policy", "backtest", str(folder), "--store", str(store), "--out", str(report)]
+        assert main(bt) == 0
+        return json.loads((report / "backtest.json").read_text())
+
+    same = backtest(policies, "same")
+    assert {(i["event_id"], i["start_ts"], i["end_ts"]) for i in same["incidents"]} == scanned
+    raised = tmp_path / "raised"
+    _write(raised, rule="sigmoid: 0.9999", model=str(siglip_dir))  # no frame passes
+    doc = backtest(raised, "raised")
+    assert doc["incidents"] == []
+    assert doc["summary"]["removed"] == len(scanned)

@@ -23,9 +23,10 @@ from pipeline.demo import scenes
 from pipeline.models import DEMO_MODEL, DEMO_NOTICE
 from pipeline.policies import load_policy
 from pipeline.policies import tools as policy_tools
+from pipeline.policies.bundled import DEMO_POLICIES
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "policies" / "demo"
+DEMO = DEMO_POLICIES
 RED_TRIANGLE = DEMO / "red-triangle.yaml"
 # the shipped threshold line of the red-triangle label, whatever its calibrated value
 THRESHOLD_LINE = re.search(r"^    threshold: .*\n", RED_TRIANGLE.read_text(), re.M).group(0)
@@ -439,7 +440,7 @@ def test_help_names_the_demo_model_and_needs_no_torch():
         "buf = io.StringIO()\n"
         "with contextlib.redirect_stdout(buf):\n"
         "    assert main(['policy', 'test', '--help']) == 0\n"
-        "    assert main(['policy', 'lint', 'policies/demo']) == 0\n"
+        "    assert main(['policy', 'lint']) == 0\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "print(buf.getvalue())\n"
     )
@@ -479,6 +480,7 @@ def test_exported_names():
         "calibrate",
         "explain",
         "lint",
+        "lint_text",
         "run_examples",
         "write_pr_plot",
         "write_threshold",

@@ -40,6 +40,7 @@ from pipeline.events import FlagEvent, ScoreRecord
 from pipeline.models import DEMO_MODEL, load_clip
 from pipeline.models.encoders import load_encoder
 from pipeline.policies import load_policies
+from pipeline.policies.bundled import DEMO_POLICIES
 from pipeline.policies.compile import PolicyCompiler
 from pipeline.scan import Scanner, discover
 
@@ -137,7 +138,7 @@ def test_folder_scan_flags_the_concepts_at_the_right_times(first_scan) -> None:
     assert tri["flags"][0]["severity"] == "medium" and spam["flags"][0]["severity"] == "low"
     # the defaults were used and said so
     assert "clipguard-demo" in err and "demo model" in err
-    assert f"policies from {ROOT / 'policies' / 'demo'}" in err
+    assert f"policies from {DEMO_POLICIES}" in err
 
 
 def test_bad_files_are_reported_with_typed_errors_and_a_partial_exit_status(first_scan) -> None:
@@ -218,7 +219,7 @@ def test_the_per_input_api_gives_the_records_the_scan_wrote(first_scan, library:
     """What a job runner calls: one input in, its records out, as the folder scan wrote them."""
     _, _, _, outdir = first_scan
     model = load_clip(DEMO_MODEL)
-    policies = load_policies([ROOT / "policies" / "demo"])
+    policies = load_policies([DEMO_POLICIES])
     policy_set = PolicyCompiler(model).compile(policies)
     source = str(library / "triangle.mp4")
     with DecodePool(1) as pool:
@@ -317,7 +318,7 @@ def test_a_changed_file_or_policy_set_is_rescanned(tmp_path: Path, capsys) -> No
 
     # another policy set (a threshold edited): every file is scanned again
     policies = tmp_path / "policies"
-    shutil.copytree(ROOT / "policies" / "demo", policies)
+    shutil.copytree(DEMO_POLICIES, policies)
     path = policies / "spam-text.yaml"
     path.write_text(path.read_text().replace("threshold: 0.50", "threshold: 0.52"))
     code, out, _ = _scan(capsys, str(folder), "--out", str(outdir), "--policies", str(policies))

@@ -13,6 +13,7 @@ from consumers.broker import DEFAULT_TOPICS
 from consumers.settings import WorkerSettings, describe, load_settings, topic_names_from_env
 from pipeline.decode import Limits, Sampling
 from pipeline.errors import ConfigError
+from pipeline.policies.bundled import DEMO_POLICIES
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +54,7 @@ def test_defaults() -> None:
         "clipguard.dlq",
     )
     assert s.model == "clipguard-demo" and s.is_demo_model
-    assert s.policies == (Path("policies/demo"),)
+    assert s.policies == (DEMO_POLICIES,)
     assert (s.device, s.precision) == ("auto", "auto")
     assert (s.max_batch_size, s.max_batch_wait_ms, s.max_inflight_segments) == (64, 20, 32)
     assert s.decode.processes == 2 and s.decode.fit == "pad"
@@ -88,8 +89,13 @@ def test_demo_description_says_how_to_switch() -> None:
     assert "clipguard models download" in description and "CLIPGUARD_MODEL" in description
 
 
-def test_policies_default_follows_the_model() -> None:
-    assert load_settings(overrides={"model": "ViT-B/32"}).policies == (Path("policies"),)
+def test_policies_default_follows_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().policies == (DEMO_POLICIES,)  # from any folder
+    (tmp_path / "policies").mkdir()  # another model: policies/ of the current folder
+    assert load_settings(overrides={"model": "ViT-B/32"}).policies == (tmp_path / "policies",)
     given = load_settings(overrides={"model": "ViT-B/32", "policies": ["a", "b"]})
     assert given.policies == (Path("a"), Path("b"))
     assert load_settings(overrides={"policies": "x.yaml"}).policies == (Path("x.yaml"),)
@@ -366,7 +372,7 @@ def test_describe_lists_every_setting() -> None:
     assert len(rows) > 35
     assert "`64`" in rows["CLIPGUARD_MAX_BATCH_SIZE"]
     assert "demo model" in rows["CLIPGUARD_MODEL"]
-    assert "`policies/demo`" in rows["CLIPGUARD_POLICIES"]
+    assert "bundled demo policies" in rows["CLIPGUARD_POLICIES"]
     assert '"auto" or "cpu" or "cuda"' in rows["CLIPGUARD_DEVICE"]
     assert "| unset |" in rows["CLIPGUARD_SASL_PASSWORD"]
     assert all(line.count(" | ") == 3 for line in lines)  # no stray pipes in a cell

@@ -47,7 +47,7 @@ from pipeline.store import (
 from pipeline.store.schema import embeddings_of
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_POLICIES = ROOT / "policies" / "demo"
+from pipeline.policies.bundled import DEMO_POLICIES  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,7 @@ from consumers.produce import produce_file
 from pipeline.demo.video import write_video
 from pipeline.models import DEMO_MODEL, load_clip
 from pipeline.policies import load_policies
+from pipeline.policies.bundled import DEMO_POLICIES
 from pipeline.policies.compile import PolicyCompiler
 from pipeline.store import FrameFilter, backtest, open_store
 from pipeline.store.records import KIND_HEADER, read_frames_value
@@ -145,7 +146,7 @@ def test_after_a_kill_9_every_frame_is_stored_exactly_once_after_dedup(run: Run)
 
 def test_a_backtest_with_the_workers_policies_finds_exactly_its_incidents(run: Run) -> None:
     model = load_clip(DEMO_MODEL)
-    policies = PolicyCompiler(model).compile(load_policies([ROOT / "policies" / "demo"]))
+    policies = PolicyCompiler(model).compile(load_policies([DEMO_POLICIES]))
     result = backtest(
         policies,
         open_store(run.store),
@@ -174,7 +175,7 @@ def test_publish_sends_the_incidents_as_retro_flags_with_the_live_event_ids(
         "ERROR",
         "policy",
         "backtest",
-        str(ROOT / "policies" / "demo"),
+        str(DEMO_POLICIES),
         "--store",
         str(run.store),
         "--out",

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.policies.bundled import DEMO_POLICIES
 from pipeline.policies.schema import Temporal
 from pipeline.policies.temporal import IncidentEvent, IncidentTracker
 from pipeline.store.temporal import IncidentArrays, StreamLayout, find_incidents
@@ -200,8 +200,8 @@ def test_edge_cases() -> None:
 
 @pytest.fixture(scope="module")
 def demo_scores(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray, list]:
-    """The demo video scored every 0.1 s by the demo model against policies/demo: times and
-    per-label scores and passes (the labels of policies/demo)."""
+    """The demo video scored every 0.1 s by the demo model against the demo policies: times
+    and per-label scores and passes (the demo policies' labels)."""
     from pipeline.decode import DecodeOptions, Sampling, decode_uri
     from pipeline.demo.video import demo_shots, write_video
     from pipeline.models import load_model
@@ -209,10 +209,9 @@ def demo_scores(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, n
     from pipeline.policies import load_policies
     from pipeline.policies.compile import PolicyCompiler
 
-    root = Path(__file__).resolve().parent.parent
     model = load_model("clipguard-demo")
     policies = PolicyCompiler(model, cache_dir=tmp_path_factory.mktemp("pc")).compile(
-        load_policies([root / "policies" / "demo"])
+        load_policies([DEMO_POLICIES])
     )
     video = write_video(tmp_path_factory.mktemp("v") / "demo.mp4", demo_shots())
     result = decode_uri(

@@ -70,14 +70,24 @@ def test_headers_parse_into_a_typed_value() -> None:
     ("headers", "key", "message"),
     [
         (_h(content_type="video/mp2t", start_ts="0"), None, "no stream id"),
-        (_h(stream_id="s", start_ts="0"), None, "no content-type"),
-        (_h(stream_id="s", content_type="video/mp2t"), None, "no start-ts"),
-        (_h(stream_id="s", content_type="video/mp2t", start_ts="0", seq="x"), None, "seq"),
-        (_h(stream_id="s", content_type="video/mp2t", start_ts="-1"), None, "start-ts must"),
-        (_h(stream_id="s", content_type="video/mp2t", start_ts="nan"), None, "start-ts must"),
-        (_h(stream_id="s", content_type="video/h264", fps="0"), None, "fps must"),
-        (_h(stream_id="s", content_type="video/h264", fps="many"), None, "fps is not"),
+        (_h(stream_id="s", start_ts="0"), b"s", "no content-type"),
+        (_h(stream_id="s", content_type="video/mp2t"), b"s", "no start-ts"),
+        (_h(stream_id="s", content_type="video/mp2t", start_ts="0", seq="x"), b"s", "seq"),
+        (_h(stream_id="s", content_type="video/mp2t", start_ts="-1"), b"s", "start-ts must"),
+        (_h(stream_id="s", content_type="video/mp2t", start_ts="nan"), b"s", "start-ts must"),
+        (_h(stream_id="s", content_type="video/h264", fps="0"), b"s", "fps must"),
+        (_h(stream_id="s", content_type="video/h264", fps="many"), b"s", "fps is not"),
         ([("stream-id", b"\xff\xfe")], b"k", "not UTF-8"),
+        # a stream-id header that differs from the key would split the stream across partitions
+        (_h(stream_id="cam-2", content_type="video/mp2t", start_ts="0"), b"cam-1", "differs"),
+        (_h(stream_id="cam-2", content_type="video/mp2t", start_ts="0"), None, "differs"),
+        (_h(content_type="video/mp2t", start_ts="0"), b"c" * 257, "over 256 characters"),
+        (_h(content_type="video/mp2t", start_ts="0"), b"cam\nforged line", "control char"),
+        (_h(content_type="video/mp2t", start_ts="0"), b"\xff", "key is not UTF-8"),
+        (_h(content_type="video/mp2t", start_ts="0", seq="-1"), b"s", "seq must"),
+        (_h(content_type="video/mp2t", start_ts="0", seq="9" * 5000), b"s", "seq must"),
+        (_h(content_type="video/mp2t", start_ts="0", seq=str(1 << 63)), b"s", "seq must"),
+        (_h(content_type="video/mp2t", start_ts="0", seq="\u0661"), b"s", "seq must"),
     ],
 )
 def test_bad_headers_are_refused_with_a_reason(
@@ -463,3 +473,38 @@ def test_frames_are_never_judged_against_a_half_swapped_set(tmp_path: Path) -> N
         stop.set()
         watcher.join()
     assert swaps[0] >= 20 and judged >= 200, (swaps[0], judged)
+
+
+def test_a_far_timestamp_restarts_the_stream_instead_of_silencing_it() -> None:
+    policies = _policy_set("tri")
+    resets: list[int] = []
+    streams = _streams(max_ts_jump_s=3600.0, on_timeline_reset=lambda: resets.append(1))
+    stream = streams.open(TP, "cam", policies)
+    stream.queue.append(_segment(0, 0, "PP", start=0.0))
+    stream.queue.append(_segment(1, 1, "P", start=1e12))  # a far-future start-ts
+    stream.queue.append(_segment(2, 2, "PP.", start=4.0))  # the stream's own time again
+    verdicts = streams.advance(stream, policies)
+    scores = [json.loads(o.value) for o in verdicts[2].outputs if o.topic == "clipguard.scores"]
+    # the later frames are judged (not dropped as out of order), on a fresh state
+    assert [s["ts"] for s in scores] == [4.0, 5.0, 6.0]
+    assert ("open", 4.0, None) in _flags(verdicts[2:]) and len(resets) == 2
+    checkpoint = json.loads(verdicts[2].checkpoint.value)  # type: ignore[union-attr]
+    assert "1000000000000" not in json.dumps(checkpoint)  # the bad time is not kept
+
+
+def test_log_lines_cannot_be_forged_by_ids() -> None:
+    import logging
+
+    from consumers.logs import JsonFormatter, TextFormatter
+
+    forged = "cam-1\n2026-01-01 00:00:00,000 ERROR consumers.worker: forged\u2028x\r"
+    record = logging.LogRecord(
+        "consumers.worker", logging.INFO, __file__, 1, "job %s: %s", (forged, "u" * 5000), None
+    )
+    record.stream = forged
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\r" not in line and "\u2028" not in line
+    assert "cam-1\\n2026" in line and "stream=cam-1\\n" in line
+    assert "(+3000 chars)" in line and len(line) < 2500
+    out = json.loads(JsonFormatter().format(record))
+    assert out["stream"].startswith("cam-1\n") and "(+3000 chars)" in out["message"]

@@ -3,10 +3,10 @@
 Each group module (:mod:`~consumers.cli.models`, :mod:`~consumers.cli.policy`,
 :mod:`~consumers.cli.banks`, :mod:`~consumers.cli.broker`, :mod:`~consumers.cli.produce`,
 :mod:`~consumers.cli.scan`, :mod:`~consumers.cli.worker`, :mod:`~consumers.cli.consume`,
-:mod:`~consumers.cli.store`) has ``add_parser(subparsers)``, which adds its parsers and sets
-``func`` on the leaf ones: :func:`main` parses, sets up logging and calls ``args.func(args)``,
-which returns the exit status. What several groups declare (the Kafka address, the model,
-policies and sampling options, help screens, tables, exit statuses) is in
+:mod:`~consumers.cli.store`, :mod:`~consumers.cli.studio`) has ``add_parser(subparsers)``, which
+adds its parsers and sets ``func`` on the leaf ones: :func:`main` parses, sets up logging and
+calls ``args.func(args)``, which returns the exit status. What several groups declare (the Kafka
+address, the model, policies and sampling options, help screens, tables, exit statuses) is in
 :mod:`~consumers.cli.common`. To add a group, write such a module and add it to
 :func:`build_parser`. Heavy imports (torch, Kafka) happen inside the command functions, so
 ``clipguard --help`` stays fast.
@@ -21,7 +21,18 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
-from consumers.cli import banks, broker, consume, models, policy, produce, scan, store, worker
+from consumers.cli import (
+    banks,
+    broker,
+    consume,
+    models,
+    policy,
+    produce,
+    scan,
+    store,
+    studio,
+    worker,
+)
 from consumers.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -49,7 +60,7 @@ examples:
   clipguard --log-level DEBUG models list
   clipguard policy lint policies/       validate policy files (line and column on errors)
   clipguard banks list --dir banks/     hash banks of known content (PDQ, vPDQ, MD5)
-  clipguard policy test policies/demo   score every policy's regression examples
+  clipguard policy test                 score the demo policies' regression examples
   clipguard broker                      an embedded Kafka-compatible broker on 127.0.0.1:9092
   clipguard produce clip.mp4 --stream-id cam1   send a video file as segments
 
@@ -86,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.set_defaults(func=help_of(parser))
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for group in (models, policy, banks, broker, produce, scan, store, worker, consume):
+    for group in (models, policy, banks, broker, produce, scan, store, worker, consume, studio):
         group.add_parser(subparsers)
     return parser
 

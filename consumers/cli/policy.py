@@ -38,9 +38,9 @@ _MODEL_HELP = (
 _EPILOG = """\
 examples:
   clipguard policy lint policies/
-  clipguard policy compile policies/demo
-  clipguard policy test policies/demo
-  clipguard policy explain policies/demo/red-triangle.yaml policies/demo/examples/red-square.png
+  clipguard policy compile                 the bundled demo policies, for the demo model
+  clipguard policy test                    run the demo policies' regression examples
+  clipguard policy explain red-triangle.yaml red-square.png
   clipguard policy calibrate policies/weapons.yaml --model ViT-B/32 \\
       --positives data/weapons/yes --negatives data/weapons/no --plot pr.png --write
 
@@ -164,8 +164,21 @@ def _add_calibrate_parser(commands: Any) -> None:
 
 def _add_paths(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "paths", nargs="+", metavar="PATH", help="policy files, or folders of them (*.yaml)"
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="policy files, or folders of them (*.yaml); default: the bundled demo policies "
+        f"for {DEMO_MODEL}, else policies/",
     )
+
+
+def _paths(args: argparse.Namespace) -> list[str]:
+    """The paths named, else the default policies of the model asked for (as scan and worker)."""
+    from pipeline.policies.bundled import default_policies
+
+    if args.paths:
+        return list(args.paths)
+    return [str(default_policies(demo=(args.model or DEMO_MODEL) == DEMO_MODEL))]
 
 
 def _add_model(parser: argparse.ArgumentParser) -> None:
@@ -206,7 +219,7 @@ def _model_notes(policies: Iterable[LoadedPolicy], model: ImageTextModel, demo: 
 def _lint(args: argparse.Namespace) -> int:
     from pipeline.policies.tools import lint
 
-    report = lint(args.paths, model=args.model)
+    report = lint(_paths(args), model=args.model)
     for error in report.errors:
         print(error)
     for note in report.notes:
@@ -222,7 +235,7 @@ def _compile(args: argparse.Namespace) -> int:
     from pipeline.policies import load_policies
     from pipeline.policies.compile import PolicyCompiler
 
-    policies = load_policies(args.paths)
+    policies = load_policies(_paths(args))
     model, demo = load_model(args.model)
     compiler = PolicyCompiler(model)
     compiled = compiler.compile(policies).compiled
@@ -250,7 +263,7 @@ def _test(args: argparse.Namespace) -> int:
     from pipeline.policies import load_policies
     from pipeline.policies.tools import run_examples
 
-    policies = load_policies(args.paths)
+    policies = load_policies(_paths(args))
     model, demo = load_model(args.model)
     results = run_examples(policies, model, sample_fps=args.sample_fps)
     if not results:

@@ -86,7 +86,7 @@ inputs:
   listing any of these, one a line, # for comments, relative paths from the list's folder.
 
 examples:
-  clipguard scan uploads/                          demo model, policies/demo, 1 frame a second
+  clipguard scan uploads/                          demo model and policies, 1 frame a second
   clipguard scan uploads/ --model ViT-B/32 --policies policies/ --out scan-2026-11
   clipguard scan urls.txt --keyframes --fit tiles
   clipguard scan uploads/ --out scan-2026-11       again: scans only new or changed files
@@ -125,8 +125,8 @@ def add_parser(subparsers: Any) -> None:
     add_policies_option(
         scan,
         repeatable=True,
-        help="policy file or folder; repeatable (default: policies/demo for the demo model, "
-        "policies/ for any other)",
+        help="policy file or folder; repeatable (default: the bundled demo policies for the "
+        "demo model, policies/ for any other)",
     )
     add_banks_option(
         scan,
@@ -335,7 +335,9 @@ def _scan_here(
 def _model_and_policies(args: argparse.Namespace) -> tuple[ImageTextModel, bool, LoadedPolicies]:
     """The model (and whether it is a demo model) and policies to scan with, with notes on
     stderr about the defaults taken and policies written for another model."""
+    from pipeline.models.loading import model_identity
     from pipeline.policies import load_policies
+    from pipeline.policies.bundled import default_policies
 
     model, demo = load_model(args.model or DEMO_MODEL)
     if demo:  # load_clip has logged the demo notice; this says why it is in use
@@ -349,11 +351,12 @@ def _model_and_policies(args: argparse.Namespace) -> tuple[ImageTextModel, bool,
     if args.policies:
         policy_paths = [Path(p) for p in args.policies]
     else:
-        policy_paths = [_default_policies(demo)]
+        policy_paths = [default_policies(demo)]
         print(f"note: policies from {policy_paths[0]} (pass --policies to change)", file=sys.stderr)
     policies = load_policies(policy_paths)
     for lp in policies:
-        if lp.policy.model is not None and lp.policy.model != model.name:
+        named = lp.policy.model
+        if named is not None and named != model.name and model_identity(named) != model.name:
             print(
                 f"note: policy {lp.policy.id} was written for {lp.policy.model}; its "
                 f"thresholds may mean nothing with {model.name}",
@@ -471,19 +474,6 @@ def _sampling(args: argparse.Namespace) -> Sampling:
         threshold = DEFAULT_SCENE_THRESHOLD if args.scene_change < 0 else args.scene_change
         return Sampling(mode="scene", scene_threshold=threshold)
     return Sampling(mode="fps", fps=args.sample_fps or 1.0, skip_b_frames=args.skip_b_frames)
-
-
-def _default_policies(demo: bool) -> Path:
-    """``policies/demo`` for the demo model, ``policies/`` otherwise: in the current folder,
-    else in the clipguard checkout the package runs from."""
-    import pipeline
-    from pipeline.errors import ConfigError
-
-    name = Path("policies", "demo") if demo else Path("policies")
-    for base in (Path.cwd(), Path(pipeline.__file__).resolve().parent.parent):
-        if (base / name).is_dir():
-            return base / name
-    raise ConfigError(f"no {name}/ folder here or beside clipguard: pass --policies")
 
 
 # --------------------------------------------------------------------------- Kafka mode
@@ -635,10 +625,11 @@ def _describe_workers_policies(
     folder), when those files are that set."""
     from pipeline.errors import ClipguardError
     from pipeline.policies import load_policies
+    from pipeline.policies.bundled import default_policies
     from pipeline.scan.outputs import describe_policies
 
     try:
-        paths = [Path(p) for p in args.policies or [_default_policies(demo)]]
+        paths = [Path(p) for p in args.policies or [default_policies(demo)]]
         policies = load_policies(paths)
     except ClipguardError as e:
         print(f"note: cannot describe the workers' policies: {e}", file=sys.stderr)

@@ -40,7 +40,7 @@ examples:
   clipguard store search query.png --store frames/  nearest frames to a picture
   clipguard store prune --store frames/ --before 2026-10-01
   clipguard store delete --store frames/ --stream cam-7
-  clipguard policy backtest policies/demo/red-triangle.yaml --store frames/
+  clipguard policy backtest pipeline/policies/data/demo/red-triangle.yaml --store frames/
 
 Stored thumbnails show the frames policies flag, harmful content included: keep a store
 where only the people allowed to see that content can read it.

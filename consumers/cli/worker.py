@@ -27,7 +27,7 @@ __all__ = ["add_parser"]
 
 _EPILOG = """\
 examples:
-  clipguard worker                                   demo model, policies/demo, 127.0.0.1:9092
+  clipguard worker                                   demo model and policies, 127.0.0.1:9092
   clipguard worker --bootstrap-servers kafka:9092 --model ViT-B/32 --policies policies/
   clipguard worker --config worker.yaml --log-format json
   clipguard worker --set decode.timeout_s=10 --set sampling.mode=keyframes

@@ -2,8 +2,9 @@
 
 A :class:`JobRunner` lives inside a stream worker (:class:`consumers.worker.Worker` starts it
 when ``jobs_enabled`` is set and the jobs topic exists): a thread of its own with its own
-consumer, in the consumer group ``group_id + "-jobs"``, sharing the worker's model (encoder),
-live policy store and decode pool. It scans each job with
+consumer, in the consumer group ``group_id + "-jobs"``, sharing the worker's model (encoder)
+and live policy store, with decode processes of its own (``jobs.processes``: a job never
+holds a process that live segments wait for). It scans each job with
 :meth:`pipeline.scan.Scanner.records`, the code path of ``clipguard scan``, so a job gives the
 records a local scan of the same input gives, plus ``job_id`` (``source`` and stream id: the
 video's path or URL). One job at a time::
@@ -19,13 +20,23 @@ fetches nothing), which keeps the runner in its group however long a job takes:
 ``max_poll_interval_ms`` never expires. A record fetched anyway (after a rebalance reassigned a
 partition) is sought back to and waits.
 
+What a job may read: jobs run only when ``jobs.allowed_roots`` or ``jobs.allowed_url_hosts``
+allows something (:func:`start_jobs`); every input is decoded with those settings'
+:class:`~pipeline.decode.InputAccess`, enforced in the decode process (files under the roots,
+regular, opened non-blocking; URLs on allowed hosts at public addresses, each redirect checked),
+and a job's ``content_type`` may not name a raw bitstream (a raw decoder reads any bytes as
+video: only a file's own extension may say it is one).
+
 Failures: a job whose value is not a valid :class:`~pipeline.events.JobRequest` fails with
-:class:`InvalidJob`; an input that cannot be decoded (missing, corrupt, unsupported, over a
-limit) fails with its :class:`~pipeline.errors.DecodeError` (a decode crash or timeout is tried
-once more first); either way the ``failed`` status carries the error class and reason and the
-job is committed: the same request would fail again. Any other error fails the job the same
-way (and is logged with its traceback). A record or status the broker does not acknowledge is
-sent again with backoff until it is, or the runner stops.
+:class:`InvalidJob`; an input that cannot be decoded (refused, missing, corrupt, unsupported,
+over a limit) fails with its :class:`~pipeline.errors.DecodeError` (a decode crash or timeout is
+tried once more first); either way the ``failed`` status carries the error class and a generic
+reason (:mod:`consumers.jobs.reasons`: never a path, a size or a network detail; the log has
+them) and the job is committed: the same request would fail again. Any other error is the
+worker's, not the input's (a model failure, memory): the job is logged with its traceback,
+abandoned uncommitted and run again after a backoff (1 s, doubling to 60 s), and the worker
+reports not ready (:attr:`JobRunner.healthy`) until a job finishes again. A record or status the
+broker does not acknowledge is sent again with backoff until it is, or the runner stops.
 
 Stopping: when the worker is asked to stop, the runner finishes its current job if it can
 within ``shutdown_deadline_s``; otherwise it abandons it, uncommitted, and the group's next
@@ -58,10 +69,14 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
+from consumers.jobs.reasons import public_reason
 from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
+from consumers.unreadable import Skipped, poll_past_unreadable
+from consumers.worker.letters import stub_letter
 from consumers.worker.outbox import Acked, Outbox, Output
-from pipeline.decode import DecodePool, DecodeResult, Limits, Sampling
+from pipeline.decode import DecodePool, DecodeResult, InputAccess, Limits, Sampling
+from pipeline.decode.media import media_kind
 from pipeline.decode.options import DEFAULT_HASH_SIDE
 from pipeline.errors import ClipguardError, DecodeCrash, DecodeError, DecodeTimeout
 from pipeline.events import FlagEvent, JobRequest, JobState, JobStatus, ScoreRecord
@@ -85,6 +100,8 @@ _PROGRESS_INTERVAL_S: Final = 1.0  # most time between progress events of a runn
 _TICK_S: Final = 0.2  # most time between consumer polls while a job runs
 _DECODE_ATTEMPTS: Final = 2  # a decode crash or timeout is tried once more
 _REASON_CHARS: Final = 1000
+_BACKOFF_S: Final = 1.0  # first wait before a job that met an infrastructure error runs again
+_MAX_BACKOFF_S: Final = 60.0
 _runner_numbers = itertools.count(1)
 
 
@@ -98,11 +115,15 @@ class _Abandoned(Exception):
 
 
 def job_options(
-    request: JobRequest, *, limits: Limits | None = None, hash_side: int = DEFAULT_HASH_SIDE
+    request: JobRequest,
+    *,
+    limits: Limits | None = None,
+    access: InputAccess | None = None,
+    hash_side: int = DEFAULT_HASH_SIDE,
 ) -> ScanOptions:
     """How a job's input is decoded and sampled: its request's options, else one frame a
-    second and ``pad`` (``clipguard scan``'s defaults); frames hashed for hash policies as the
-    worker's streams are (``hash_side``)."""
+    second and ``pad`` (``clipguard scan``'s defaults); ``access``: what it may read; frames
+    hashed for hash policies as the worker's streams are (``hash_side``)."""
     if request.keyframes:
         sampling = Sampling(mode="keyframes")
     elif request.scene_change is not None:
@@ -114,6 +135,7 @@ def job_options(
         fit=request.fit,
         limits=limits,
         content_type=request.content_type,
+        access=access,
         hash_side=hash_side,
     )
 
@@ -123,24 +145,42 @@ def start_jobs(
     *,
     encoder: ImageEncoder,
     store: PolicyStore,
-    pool: DecodePool | None,
     stopping: threading.Event | None = None,
+    on_failure: Callable[[], object] | None = None,
     banks: Callable[[], BankSnapshot | None] = lambda: None,
 ) -> JobRunner | None:
-    """Start a :class:`JobRunner` in its thread; None (logged) when the jobs or job status
-    topic does not exist or the broker cannot be reached: the worker goes on without jobs."""
-    if pool is None:
-        raise ClipguardError("the job runner needs the worker's decode pool")
+    """Start a :class:`JobRunner` in its thread, with decode processes of its own
+    (``jobs.processes``: a long job never holds a process live segments wait for); None
+    (logged) when nothing is allowed to jobs, the jobs or job status topic does not exist or
+    the broker cannot be reached: the worker goes on without jobs."""
+    if not settings.jobs.access().configured:
+        _log.info(
+            "scan jobs off: set jobs.allowed_roots or jobs.allowed_url_hosts "
+            "(CLIPGUARD_JOBS__ALLOWED_ROOTS, CLIPGUARD_JOBS__ALLOWED_URL_HOSTS) to run them"
+        )
+        return None
+    # the limits of `clipguard scan` (an input of up to 2 GiB), the worker's memory cap
+    pool = DecodePool(
+        settings.jobs.processes, limits=Limits(max_memory=settings.decode.max_memory_bytes)
+    )
     runner = JobRunner(
-        settings, encoder=encoder, store=store, pool=pool, stopping=stopping, banks=banks
+        settings,
+        encoder=encoder,
+        store=store,
+        pool=pool,
+        stopping=stopping,
+        on_failure=on_failure,
+        owns_pool=True,
+        banks=banks,
     )
     try:
         connected = runner.connect()
     except KafkaError as e:
         _log.warning("scan jobs disabled: cannot connect to Kafka (%s)", e)
         runner.close()
-        return None
+        connected = False
     if not connected:
+        pool.close()
         return None
     runner.start()
     return runner
@@ -184,13 +224,24 @@ def _parse(value: bytes | None) -> JobRequest:
     if not value:
         raise InvalidJob("the job record has no value")
     try:
-        return JobRequest.model_validate_json(value)
+        request = JobRequest.model_validate_json(value)
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'job'}: {err['msg']}"
             for err in e.errors(include_url=False, include_input=False)
         )
         raise InvalidJob(f"not a valid job request: {problems}") from None
+    if request.content_type is not None:
+        try:
+            kind, _name = media_kind(request.content_type)
+        except DecodeError:
+            raise InvalidJob("content_type: not a media type this worker decodes") from None
+        if kind == "raw":
+            raise InvalidJob(
+                "content_type: a job may not declare a raw bitstream (only the file's own "
+                "extension may say it is one)"
+            )
+    return request
 
 
 # ------------------------------------------------------------------------------- the runner
@@ -211,9 +262,16 @@ class JobRunner:
         store: PolicyStore,
         pool: DecodePool,
         stopping: threading.Event | None = None,
+        on_failure: Callable[[], object] | None = None,
+        owns_pool: bool = False,
         banks: Callable[[], BankSnapshot | None] = lambda: None,
     ) -> None:
         self.settings = settings
+        self._owns_pool = owns_pool  # closed when the runner ends
+        self._on_failure = on_failure
+        self.failed = False  # the runner's thread died: no more jobs here
+        self.troubled = False  # the last job met an infrastructure error: backing off
+        self._backoff = _BACKOFF_S
         self.encoder = encoder
         self.store = store
         self.banks = banks  # the worker's bank store's snapshot, for hash policies
@@ -231,6 +289,7 @@ class JobRunner:
         self._producer: Any = None
         self._thread: threading.Thread | None = None
         self._weights: str | None = None
+        self._access = settings.jobs.access()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -246,6 +305,9 @@ class JobRunner:
             post=self._acks.put,
             backoff_ms=s.retry_backoff_ms,
             on_retry=self._publish_failed,
+            permanent=lambda _owner, output, error: stub_letter(
+                s.topics.dlq, output, error, limit=s.max_request_size // 2
+            ),
         )
         self._consumer = KafkaConsumer(
             **{**s.consumer_config(), "group_id": self.group_id}, client_id="clipguard-jobs"
@@ -295,15 +357,37 @@ class JobRunner:
         try:
             self._weights = self.encoder.model.fingerprint()
             while not self._stopped():
-                records = self._consumer.poll(timeout_ms=200, max_records=1)
+                records, skipped = poll_past_unreadable(
+                    self._consumer, timeout_ms=200, max_records=1
+                )
                 self._apply_rebalances(None)
+                for record in skipped:
+                    self._unreadable(record)
                 for tp, batch in records.items():
                     for record in batch:
                         self._run_job(tp, record)
         except Exception:  # the worker's streams must outlive a broken job runner
             _log.exception("the job runner failed: no more scan jobs here (streams go on)")
+            if self._on_failure is not None:
+                self._on_failure()
+            self.failed = True
         finally:
             self.close()
+            if self._owns_pool:
+                self.pool.close()
+
+    def _unreadable(self, skipped: Skipped) -> None:
+        """A job record the client could not read: failed (its id is its place) and
+        committed, like any job that is no job request."""
+        job = _Job(skipped.tp, skipped.offset, skipped.where)
+        self._fail(job, skipped.error)
+        self._settle(job, wait=True)
+        self._commit(job)
+
+    @property
+    def healthy(self) -> bool:
+        """Alive, and its last job did not meet an infrastructure error."""
+        return not self.failed and not self.troubled
 
     def _stopped(self) -> bool:
         return self._stop.is_set() or self._stopping.is_set()
@@ -323,11 +407,16 @@ class JobRunner:
                 raise
             except KafkaError as e:  # the broker, not the job: try the job again later
                 raise _Abandoned(f"Kafka: {e}") from e
-            except Exception as e:  # a bug or a model failure: this job fails, not the runner
+            except Exception as e:  # the worker, not the input (a model failure, out of memory)
                 _log.exception("job %s (%s) failed unexpectedly", job.job_id, job.where)
-                self._fail(job, e)
+                self.troubled = True
+                raise _Abandoned(
+                    f"{type(e).__name__}: an infrastructure error, not the input's; it is tried "
+                    f"again in {self._backoff:.0f} s"
+                ) from e
             self._settle(job, wait=True)  # every record and the final status acknowledged
             self._commit(job)
+            self.troubled, self._backoff = False, _BACKOFF_S
         except _Abandoned as e:
             _log.warning(
                 "job %s (%s) abandoned, not committed (%s): the partition's owner runs it again",
@@ -338,6 +427,10 @@ class JobRunner:
             self._outbox.forget(job)
             if self._consumer is not None and job.tp in self._consumer.assignment():
                 self._consumer.seek(job.tp, job.offset)  # still ours: it comes back next
+            if self.troubled and not self._stopped():  # back off before trying it again
+                with contextlib.suppress(_Abandoned):
+                    self._sleep(job, self._backoff)
+                self._backoff = min(self._backoff * 2, _MAX_BACKOFF_S)
         finally:
             if self._consumer is not None and not self._stopped():
                 self._consumer.resume(*self._consumer.assignment())
@@ -352,7 +445,12 @@ class JobRunner:
             self.encoder,
             policies,
             pool=self.pool,
-            options=job_options(request, limits=limits, hash_side=self.settings.decode.hash_side),
+            options=job_options(
+                request,
+                limits=limits,
+                access=self._access,
+                hash_side=self.settings.decode.hash_side,
+            ),
             banks=self.banks(),  # one snapshot for the whole job, as the policies
         )
         self._status(job, "accepted")
@@ -415,10 +513,15 @@ class JobRunner:
             self._status(job, "progress")
 
     def _fail(self, job: _Job, error: BaseException) -> None:
-        reason = str(error)[:_REASON_CHARS]
+        """The detail to the log, the error class and a generic reason to the status."""
         _log.warning(
-            "job %s (%s) failed: %s: %s", job.job_id, job.where, type(error).__name__, reason
+            "job %s (%s) failed: %s: %s",
+            job.job_id,
+            job.where,
+            type(error).__name__,
+            str(error)[:_REASON_CHARS],
         )
+        reason = public_reason(error, own_reason=InvalidJob)[:_REASON_CHARS]
         self._status(job, "failed", error_class=type(error).__name__, reason=reason)
 
     def _status(self, job: _Job, state: JobState, **facts: Any) -> None:
@@ -493,10 +596,12 @@ class JobRunner:
             )
         if self._deadline is not None and now > self._deadline:
             raise _Abandoned("the shutdown deadline passed")
-        records = self._consumer.poll(timeout_ms=0, max_records=1)
+        records, skipped = poll_past_unreadable(self._consumer, timeout_ms=0, max_records=1)
         for tp, batch in records.items():  # fetched after a rebalance reset the pause
             if batch:
                 self._consumer.seek(tp, batch[0].offset)
+        for record in skipped:  # taken up in its turn, after this job
+            self._consumer.seek(record.tp, record.offset)
         self._consumer.pause(*self._consumer.assignment())
         self._apply_rebalances(job)
 

@@ -29,6 +29,7 @@ from consumers.worker.events import DecodeFailed, Event
 from consumers.worker.segments import Segment
 from pipeline.decode import RAW_TYPES, DecodeOptions, DecodePool, DecodeResult, Frame
 from pipeline.decode.options import HashMode
+from pipeline.errors import LimitExceeded
 from pipeline.policies.judge import FrameRef
 
 __all__ = ["SegmentDecoder"]
@@ -45,8 +46,10 @@ class SegmentDecoder:
         decoded: Callable[[Segment], object],
         post: Callable[[Event], object],
         hash_mode: Callable[[], HashMode] = lambda: "none",
+        max_raw_streams: int = 64,
     ) -> None:
         self.pool = pool
+        self.max_raw_streams = max_raw_streams  # raw decoders open at once in this worker
         self.options = options
         self._hash_mode = hash_mode
         self._options: dict[HashMode, DecodeOptions] = {options.hashes: options}
@@ -71,6 +74,17 @@ class SegmentDecoder:
             future.add_done_callback(lambda f: self._container_done(seg, f, start))
             return
         stream_id = seg.stream_id
+        if stream_id not in self._raw and len(self._raw) >= self.max_raw_streams:
+            self._post(
+                DecodeFailed(
+                    seg,
+                    LimitExceeded(
+                        f"{self.max_raw_streams} raw streams are open in this worker "
+                        "(decode.max_raw_streams): a new one waits until one ends or goes idle"
+                    ),
+                )
+            )
+            return
         if stream_id not in self._raw:
             codec = RAW_TYPES[info.content_type]
             opened = self.pool.open_stream(stream_id, codec, options, fps=info.fps)

@@ -7,7 +7,10 @@ acknowledges on its IO thread, so the outbox never acts there: each acknowledgem
 failure) is handed to ``post`` as an :class:`Acked` event, and the owner's thread passes it
 back to :meth:`Outbox.acked`, which
 says when the owner is complete or schedules the failed output again (exponential backoff,
-capped). :meth:`Outbox.retry_due` sends what is due. An owner whose work was dropped (its
+capped). :meth:`Outbox.retry_due` sends what is due. A refusal that sending again cannot cure
+(:data:`PERMANENT_ERRORS`: the record is too large, or invalid) is never retried: the owner's
+``permanent`` policy gives the output to send in its place (a stub dead letter) or None to
+drop it; either way the owner completes. An owner whose work was dropped (its
 partition went away) is :meth:`forgotten <Outbox.forget>`: its acknowledgements and retries
 are ignored from then on.
 """
@@ -21,8 +24,22 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from kafka import KafkaProducer
+from kafka.errors import (
+    CorruptRecordError,
+    InvalidRecordError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 
-__all__ = ["Acked", "Outbox", "Output"]
+__all__ = ["PERMANENT_ERRORS", "Acked", "Outbox", "Output"]
+
+#: Producer errors that sending the same record again cannot cure.
+PERMANENT_ERRORS: Final = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    InvalidRecordError,
+    CorruptRecordError,
+)
 
 _log = logging.getLogger(__name__)
 _MAX_BACKOFF_S: Final = 5.0
@@ -38,6 +55,7 @@ class Output:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     partition: int | None = None
     attempts: int = 0
+    stub: bool = False  # sent in place of an output the broker refused for good
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,8 +70,10 @@ class Acked:
 class Outbox:
     """Publishes outputs through ``producer`` on behalf of owners; see the module docstring.
 
-    ``on_retry(output, error, backoff_s)`` is told of every failed send before it is retried
-    (for metrics and logs with the owner's context)."""
+    ``on_retry(owner, output, error, backoff_s)`` is told of every failed send before it is
+    retried (for metrics and logs with the owner's context); ``permanent(owner, output,
+    error)`` decides what replaces an output refused for good (None: nothing; without it such
+    an output is dropped)."""
 
     def __init__(
         self,
@@ -62,7 +82,9 @@ class Outbox:
         post: Callable[[Acked], object],
         backoff_ms: float,
         on_retry: Callable[[object, Output, BaseException, float], object] | None = None,
+        permanent: Callable[[object, Output, BaseException], Output | None] | None = None,
     ) -> None:
+        self._permanent = permanent
         self._producer = producer
         self._post = post
         self._backoff_s = backoff_ms / 1000
@@ -93,7 +115,21 @@ class Outbox:
         key = ack.owner
         if key not in self._pending:
             return False  # forgotten
-        if ack.error is not None:
+        if ack.error is not None and isinstance(ack.error, PERMANENT_ERRORS):
+            output = ack.output
+            instead = None
+            if self._permanent is not None and not output.stub:
+                instead = self._permanent(ack.owner, output, ack.error)
+            _log.error(
+                "%s record refused for good (%s): %s",
+                output.topic,
+                ack.error,
+                f"sending {instead.topic} stub instead" if instead is not None else "dropped",
+            )
+            if instead is not None:
+                self._send(ack.owner, instead)
+                return False
+        elif ack.error is not None:
             output = ack.output
             backoff = min(_MAX_BACKOFF_S, self._backoff_s * 2 ** (output.attempts - 1))
             if self._on_retry is not None:

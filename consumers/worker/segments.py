@@ -6,8 +6,9 @@ Header names are the contract with every producer (``clipguard produce`` uses th
 header              meaning
 ==================  =========================================================================
 ``content-type``    the media type (MPEG-TS, MP4, WebM, raw H.264/HEVC, a still image)
-``stream-id``       the stream (default: the record key)
-``seq``             the stream's segment number (default: the record offset)
+``stream-id``       the stream; equal to the record key when given (the key picks the
+                    partition: a header that differs would split a stream across partitions)
+``seq``             the stream's segment number, 0 to 2**63-1 (default: the record offset)
 ``start-ts``        stream-timeline seconds of the segment's first frame (raw streams: optional)
 ``fps``             frame rate of a raw stream, whose chunks carry no timestamps (optional)
 ``stream-end``      ``1`` on a stream's last segment: its open incidents close
@@ -35,6 +36,7 @@ __all__ = [
     "CONTENT_TYPE_HEADER",
     "END_HEADER",
     "FPS_HEADER",
+    "MAX_STREAM_ID_CHARS",
     "SEQ_HEADER",
     "START_TS_HEADER",
     "STREAM_ID_HEADER",
@@ -56,6 +58,10 @@ FPS_HEADER: Final = "fps"
 END_HEADER: Final = "stream-end"
 
 _TS_PACKET: Final = 188
+#: Longest stream id, in characters (ids name streams in logs, metrics and checkpoints).
+MAX_STREAM_ID_CHARS: Final = 256
+_MAX_SEQ: Final = (1 << 63) - 1
+_SEQ_DIGITS: Final = 19
 
 Phase = Literal["pending", "outputs", "checkpoint", "done"]
 
@@ -91,24 +97,49 @@ def _number(text: str, name: str) -> float:
         raise HeaderError(f"header {name} is not a number: {text!r}") from None
 
 
+def _stream_id(header: str | None, key: bytes | None) -> str:
+    """The stream id: the record key, which a ``stream-id`` header must repeat."""
+    try:
+        keyed = key.decode("utf-8") if key else ""
+    except UnicodeDecodeError:
+        raise HeaderError("the record key is not UTF-8") from None
+    if header and header != keyed:
+        raise HeaderError(
+            "the stream-id header differs from the record key (the key picks the partition: "
+            "set both to the stream id)"
+        )
+    stream = keyed
+    if not stream:
+        raise HeaderError("no stream id: set the record key to the stream id")
+    if len(stream) > MAX_STREAM_ID_CHARS:
+        raise HeaderError(f"the stream id is over {MAX_STREAM_ID_CHARS} characters")
+    if not stream.isprintable():
+        raise HeaderError("the stream id has control characters")
+    return stream
+
+
+def _seq(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= _SEQ_DIGITS):
+        raise HeaderError(f"header seq must be a whole number from 0 to 2**63-1: {text[:40]!r}")
+    seq = int(text)
+    if seq > _MAX_SEQ:
+        raise HeaderError(f"header seq must be a whole number from 0 to 2**63-1: {text!r}")
+    return seq
+
+
 def parse_headers(
     headers: list[tuple[str, bytes]], *, key: bytes | None, offset: int
 ) -> SegmentHeaders:
     """The segment's headers, validated; :class:`HeaderError` names the first problem."""
     values = {name.lower(): _text(value, name) for name, value in headers}
-    stream = values.get(STREAM_ID_HEADER) or (key or b"").decode(errors="replace")
-    if not stream:
-        raise HeaderError("no stream id: set the record key or the stream-id header")
+    stream = _stream_id(values.get(STREAM_ID_HEADER), key)
     content_type = values.get(CONTENT_TYPE_HEADER)
     if not content_type:
         raise HeaderError("no content-type header")
     content_type = normalize_content_type(content_type)
     raw = content_type in RAW_TYPES
     seq_text = values.get(SEQ_HEADER)
-    try:
-        seq = int(seq_text) if seq_text is not None else offset
-    except ValueError:
-        raise HeaderError(f"header seq is not a whole number: {seq_text!r}") from None
+    seq = _seq(seq_text) if seq_text is not None else offset
     start: float | None = None
     start_text = values.get(START_TS_HEADER)
     if start_text is not None:

@@ -1,24 +1,43 @@
-"""What the worker checks before it consumes: the broker answers, and the topics it needs exist
-with enough partitions. Failures are :class:`WorkerError`."""
+"""Start-up of the stream worker: the brokers answer, the topics it needs exist, the image
+encoder the settings ask for and its threads, and the hash banks the settings name
+(:class:`WorkerBanks`, which the policy watcher keeps fresh)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kafka import KafkaConsumer
 
 from consumers.settings import WorkerSettings
 from pipeline.errors import ClipguardError
 
-__all__ = ["WorkerError", "check_topics", "reach_kafka"]
+if TYPE_CHECKING:
+    from pipeline.decode.options import HashMode
+    from pipeline.hashes.store import BankSnapshot, BankStore
+    from pipeline.models.base import ImageTextModel
+    from pipeline.models.encoders import ImageEncoder
+    from pipeline.policies.snapshot import PolicySet
+
+__all__ = [
+    "WorkerBanks",
+    "WorkerError",
+    "check_topics",
+    "default_encoder",
+    "encoder_threads",
+    "reach",
+]
 
 
 class WorkerError(ClipguardError, RuntimeError):
     """The worker cannot start or keep running (broker unreachable, topics missing...)."""
 
 
-def reach_kafka(servers: str, timeout: float) -> None:
+def reach(servers: str, timeout: float) -> None:
     """Wait until one of the bootstrap servers accepts a TCP connection, or raise
     :class:`WorkerError` after ``timeout`` seconds (before any Kafka client exists: a client
     that cannot bootstrap leaves its sockets behind)."""
@@ -62,3 +81,76 @@ def check_topics(s: WorkerSettings, consumer: KafkaConsumer, topics: set[str]) -
                 f"topic {s.topics.state} has {have} partitions; it needs at least as many "
                 f"as {s.topics.segments} ({need})"
             )
+
+
+def encoder_threads(settings: WorkerSettings) -> int:
+    """CPU threads for the encoder: ``encoder_threads``, or (0) the cores the decode
+    processes leave, at least one. ``clipguard worker`` applies it to its process."""
+    if settings.encoder_threads:
+        return settings.encoder_threads
+    return max(1, (os.cpu_count() or 1) - settings.decode.processes)
+
+
+def default_encoder(
+    s: WorkerSettings, policies: PolicySet, model: ImageTextModel, batch_size: int
+) -> ImageEncoder:
+    """The image encoder the settings ask for: ``precision`` (auto: the fastest that passes
+    the accuracy guard, with the policies' image examples as regressions)."""
+    from pipeline.models.encoders import load_encoder
+    from pipeline.models.guard import GuardSettings
+    from pipeline.policies.guard import regression_set
+
+    examples = regression_set(policies, model.input_resolution)
+    return load_encoder(
+        model,
+        device=s.resolved_device(),
+        precision=s.precision,
+        threads=encoder_threads(s),
+        batch_size=batch_size,
+        guard=GuardSettings(min_mean_cosine=s.guard_min_mean_cosine, extra_images=s.guard_images),
+        regressions=[examples] if examples is not None else [],
+    )
+
+
+class WorkerBanks:
+    """The worker's hash banks: a :class:`~pipeline.hashes.store.BankStore` over ``paths``
+    (None when the settings name none: hash policies are then an error at load), read by the
+    decode, judge and job stages through :meth:`snapshot` and :meth:`names`; failed reloads
+    are counted with ``on_errors(n)``."""
+
+    def __init__(
+        self, paths: Sequence[Path], *, on_errors: Callable[[int], object] = lambda n: None
+    ) -> None:
+        self.store: BankStore | None = None
+        if paths:
+            from pipeline.hashes.store import BankStore
+
+            self.store = BankStore(list(paths))
+        self._on_errors = on_errors
+        self._errors_seen = 0
+
+    def snapshot(self) -> BankSnapshot | None:
+        """The banks in force (one consistent snapshot), or None without banks."""
+        return self.store.snapshot if self.store is not None else None
+
+    def names(self) -> frozenset[str]:
+        """The names of the banks in force (what hash policies may name)."""
+        return frozenset(self.store.snapshot.banks) if self.store is not None else frozenset()
+
+    def refresh(self) -> None:
+        """Re-read the bank files that changed (the policy watcher calls it before the
+        policies: a new policy may name a new bank)."""
+        if self.store is None:
+            return
+        self.store.refresh()
+        errors = self.store.reload_errors
+        if errors > self._errors_seen:
+            self._on_errors(errors - self._errors_seen)
+            self._errors_seen = errors
+
+    @staticmethod
+    def hash_mode(policies: PolicySet) -> HashMode:
+        """The frame hashes the decode stage takes under ``policies``."""
+        from pipeline.policies.hashing import decode_hashes
+
+        return decode_hashes(policies.hashes)

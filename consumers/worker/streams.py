@@ -11,7 +11,10 @@ tests read directly).
 A stream ends on a segment with ``stream-end: 1`` (its open incidents close, its state goes; a
 stream id reused right after starts afresh), when it starts over at ``seq`` 0 with time going
 back, or after ``stream_idle_close_s`` of silence while its partition is caught up
-(:meth:`Streams.close_idle`). Each verdict carries the stream's checkpoint after that segment
+(:meth:`Streams.close_idle`). A segment whose time is more than ``max_ts_jump_s`` from the
+stream's last frame (a far-future ``start-ts``, or back from one) restarts the stream's temporal
+state the same way: one bad timestamp cannot make every later frame "out of order". Each
+verdict carries the stream's checkpoint after that segment
 (published once the outputs are acknowledged), and :meth:`Streams.open` restores a stream from
 its checkpoint when a partition moves here.
 
@@ -24,6 +27,7 @@ a restart or a partition move it fills again from the next frames.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -36,6 +40,7 @@ from kafka.structs import TopicPartition
 from consumers.settings import TopicNames
 from consumers.worker.checkpoints import Checkpoint, encode_checkpoint, restore_checkpoint
 from consumers.worker.embeddings import EmbeddingsOut
+from consumers.worker.letters import DLQ_VALUE_DROPPED, fit_letter
 from consumers.worker.outbox import Output
 from consumers.worker.segments import Segment
 from pipeline.errors import ConfigError
@@ -59,9 +64,7 @@ __all__ = ["DLQ_VALUE_DROPPED", "Stream", "Streams", "Verdict"]
 
 _log = logging.getLogger(__name__)
 
-#: A dead letter whose original value was too large to republish says how large it was here.
-DLQ_VALUE_DROPPED: Final = "clipguard.value.dropped"
-_REQUEST_OVERHEAD: Final = 64 * 1024
+_REQUEST_OVERHEAD: Final = 1024  # the produce request around one record
 #: What a verdict publishes to the state topic: the state, a tombstone (the stream ended), none.
 _State = Literal["state", "tombstone", "none"]
 
@@ -112,6 +115,8 @@ class Streams:
         max_request_size: int,
         embeddings: EmbeddingsOut | None = None,
         banks: Callable[[], BankSnapshot | None] = lambda: None,
+        max_ts_jump_s: float = math.inf,
+        on_timeline_reset: Callable[[], object] | None = None,
     ) -> None:
         self.judge = judge
         self.embeddings = embeddings
@@ -119,6 +124,8 @@ class Streams:
         self.topics = topics
         self.checkpoints = checkpoints
         self.max_request_size = max_request_size
+        self.max_ts_jump_s = max_ts_jump_s
+        self._on_timeline_reset = on_timeline_reset
         self._streams: dict[tuple[TopicPartition, str], Stream] = {}
 
     def __iter__(self) -> Iterator[Stream]:
@@ -222,9 +229,24 @@ class Streams:
             and refs[0].ts <= stream.state.last_ts
         ):  # the stream started over (its timeline went back to its beginning)
             _log.info("stream restarted at seq 0: closing its incidents", extra=seg.log())
-            closing = self.judge.finish(stream.state, policies, facts=stream.facts)
-            stream.state = self.judge.new_state(stream.stream_id, policies)
-            stream.facts, stream.windows = {}, {}
+            closing = self._restart(stream, policies)
+        elif (
+            seg.offset > stream.restored_offset
+            and refs
+            and stream.state.last_ts is not None
+            and abs(refs[0].ts - stream.state.last_ts) > self.max_ts_jump_s
+        ):  # a timestamp far from the stream's: a new timeline, not frames to drop
+            _log.warning(
+                "stream time jumped from %.3f s to %.3f s (over max_ts_jump_s %.0f s): "
+                "restarting its temporal state",
+                stream.state.last_ts,
+                refs[0].ts,
+                self.max_ts_jump_s,
+                extra=seg.log(),
+            )
+            closing = self._restart(stream, policies)
+            if self._on_timeline_reset is not None:
+                self._on_timeline_reset()
         embeddings = seg.embeddings if refs else np.zeros((0, 1), dtype=np.float32)
         out = self.judge.judge(
             stream.state,
@@ -261,28 +283,38 @@ class Streams:
             self._end(stream, policies)
         return verdict
 
+    def _restart(self, stream: Stream, policies: PolicySet) -> Judgement:
+        """Close the stream's incidents and give it a fresh temporal state."""
+        closing = self.judge.finish(stream.state, policies, facts=stream.facts)
+        stream.state = self.judge.new_state(stream.stream_id, policies)
+        stream.facts, stream.windows = {}, {}
+        return closing
+
+    def unreadable(self, seg: Segment) -> Verdict:
+        """The dead letter of a record the client could not read (no stream: nothing of it
+        but its partition and offset is known)."""
+        assert seg.error is not None
+        reason = type(seg.error).__name__
+        _log.warning(
+            "unreadable record sent to the dead-letter topic: %s", seg.error, extra=seg.log()
+        )
+        letter = Output(self.topics.dlq, None, b"", self._letter_headers(seg, seg.error))
+        verdict = Verdict(segment=seg, outputs=[letter], dead=reason)
+        return verdict
+
     def _dead_letter(self, stream: Stream, seg: Segment, policies: PolicySet) -> Verdict:
         """The segment as a dead letter; its stream's last still ends the stream."""
         error = seg.error
         assert error is not None
         reason = type(error).__name__
-        headers = [
-            *seg.headers,
-            (DLQ_ERROR_CLASS, reason.encode()),
-            (DLQ_ERROR_MESSAGE, str(error)[:1000].encode(errors="replace")),
-            (DLQ_ORIGINAL_TOPIC, seg.tp.topic.encode()),
-            (DLQ_ORIGINAL_PARTITION, str(seg.tp.partition).encode()),
-            (DLQ_ORIGINAL_OFFSET, str(seg.offset).encode()),
-            (DLQ_ATTEMPTS, str(max(1, seg.attempts)).encode()),
-        ]
-        value: bytes | None = seg.value
-        if len(seg.value) + _REQUEST_OVERHEAD > self.max_request_size:
-            headers.append((DLQ_VALUE_DROPPED, str(len(seg.value)).encode()))
-            value = b""
+        headers = [*seg.headers, *self._letter_headers(seg, error)]
+        key, value, headers = fit_letter(
+            seg.key, seg.value, headers, limit=self.max_request_size - _REQUEST_OVERHEAD
+        )
         _log.warning(
             "segment sent to the dead-letter topic: %s: %s", reason, error, extra=seg.log()
         )
-        letter = Output(self.topics.dlq, seg.key, value, headers)
+        letter = Output(self.topics.dlq, key, value, headers)
         seg.release()
         ended = Judgement()
         if seg.end:
@@ -294,6 +326,17 @@ class Streams:
         if seg.end:
             self._end(stream, policies)
         return verdict
+
+    @staticmethod
+    def _letter_headers(seg: Segment, error: BaseException) -> list[tuple[str, bytes]]:
+        return [
+            (DLQ_ERROR_CLASS, type(error).__name__.encode()),
+            (DLQ_ERROR_MESSAGE, str(error)[:1000].encode(errors="replace")),
+            (DLQ_ORIGINAL_TOPIC, seg.tp.topic.encode()),
+            (DLQ_ORIGINAL_PARTITION, str(seg.tp.partition).encode()),
+            (DLQ_ORIGINAL_OFFSET, str(seg.offset).encode()),
+            (DLQ_ATTEMPTS, str(max(1, seg.attempts)).encode()),
+        ]
 
     def _verdict(
         self,

@@ -9,9 +9,8 @@ One :class:`Worker` is one member of the consumer group. Its threads::
     decode pool     sandboxed child processes decode segments (decoding); a finished decode
                     hands its frames straight to the encoder
     encoder         frames of every stream share batches (batching)
-    policy watcher  re-reads the policy files (and the hash banks, ``banks``) every
-                    ``policy_reload_interval_s`` and swaps in a new policy set or bank
-                    snapshot in one assignment (a broken edit keeps the last good one)
+    policy watcher  re-reads the policy files and hash banks every ``policy_reload_interval_s``
+                    and swaps in new ones in one assignment (a broken edit keeps the last good)
     producer IO     kafka-python's sender; acknowledgements come back as events
 
 A segment's life: accepted -> decoding -> encoding -> judged in stream order -> outputs
@@ -20,11 +19,13 @@ done. A partition's offset is committed up to its first segment that is not done
 is committed only after every output it caused is acknowledged (at-least-once). Flag events
 carry deterministic ids, so a replay after a crash publishes the same ids again.
 
-Failures: a segment that cannot be decoded (invalid, unsupported, over a limit), whose frames
-could not be encoded, or that lacks its headers goes to the dead-letter topic once, with the
-error in its headers, and is committed. A decode crash or timeout is retried once first, and
-so is a failed encoder batch. A failed publish is retried with backoff until it succeeds or the
-worker stops (its input is then not committed, and the next owner replays it).
+Failures: a segment that cannot be decoded (invalid, unsupported, over a limit) or whose
+headers are missing or malformed goes to the dead-letter topic once, with the error in its
+headers, and is committed. A decode crash or timeout is retried once first. A failed encoder
+batch is the worker's fault, not the segment's: its segments wait and are encoded again, never
+dead-lettered nor committed meanwhile, and the worker is not ready (:mod:`recovery`). A
+failed publish is retried with backoff until it succeeds or the worker stops (its input is then
+not committed, and the next owner replays it).
 
 Rebalances: kafka-python runs the rebalance listener on its IO thread, so the listener only
 queues what happened; the main loop drops the in-flight work of revoked or lost partitions
@@ -38,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -54,15 +54,25 @@ from prometheus_client import CollectorRegistry
 
 from consumers.rebalance import reporting_listener
 from consumers.settings import WorkerSettings
+from consumers.unreadable import Skipped, poll_past_unreadable
 from consumers.worker.batching import BatchEncoder, EncodeWork
 from consumers.worker.checkpoints import Checkpoint, read_checkpoints
 from consumers.worker.decoding import SegmentDecoder
 from consumers.worker.embeddings import EmbeddingsOut
 from consumers.worker.events import Acked, DecodeFailed, Encoded, EncodeFailed, Event
+from consumers.worker.letters import stub_letter
 from consumers.worker.offsets import OffsetLedger
 from consumers.worker.outbox import Outbox, Output
+from consumers.worker.recovery import EncodeRetries
 from consumers.worker.segments import HeaderError, Segment, check_media, parse_headers
-from consumers.worker.startup import WorkerError, check_topics, reach_kafka
+from consumers.worker.startup import (
+    WorkerBanks,
+    WorkerError,
+    check_topics,
+    default_encoder,
+    encoder_threads,
+    reach,
+)
 from consumers.worker.streams import Stream, Streams, Verdict
 from pipeline.decode import DecodeOptions, DecodePool
 from pipeline.errors import (
@@ -75,13 +85,11 @@ from pipeline.metrics import Metrics, MetricsServer, start_http_server
 from pipeline.models.base import ImageTextModel
 from pipeline.models.encoders import ImageEncoder
 from pipeline.policies.compile import PolicyCompiler
-from pipeline.policies.hashing import decode_hashes
 from pipeline.policies.judge import Judge
 from pipeline.policies.store import PolicyStore
 
 if TYPE_CHECKING:
     from consumers.jobs import JobRunner
-    from pipeline.hashes.store import BankSnapshot, BankStore
 
 __all__ = ["Worker", "WorkerError", "encoder_threads"]
 
@@ -125,6 +133,7 @@ class Worker:
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._pool: DecodePool | None = None
+        self._encode_retries = EncodeRetries(settings.retry_backoff_ms / 1000)
         self._batcher: BatchEncoder | None = None
         self._watcher: threading.Thread | None = None
         self._threads_stop = threading.Event()
@@ -134,8 +143,7 @@ class Worker:
         self._rewound: set[TopicPartition] = set()  # sought back in this loop iteration
         self._last_lag = self._last_commit = self._last_poll = 0.0
         self._reload_errors_seen = 0
-        self._bank_errors_seen = 0
-        self.banks: BankStore | None = None  # hash banks, when settings.banks names some
+        self.banks = WorkerBanks(())  # hash banks, when settings.banks names some (_load)
         self.segments_done = 0  # for tests, the demo and benches: segments fully handled
         self.pauses = 0  # times consumption paused for backpressure
         self.first_arrival: float | None = None  # time.monotonic() of the first segment
@@ -155,8 +163,11 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        """Model and policies loaded and the consumer has joined its group."""
-        return self._loaded and self._joined and not self._stop.is_set()
+        """Model and policies loaded, the consumer has joined its group, and the job runner
+        (when there is one) is alive."""
+        jobs_ok = self._jobs is None or self._jobs.healthy
+        encoding = not self._encode_retries.troubled
+        return self._loaded and self._joined and jobs_ok and encoding and not self._stop.is_set()
 
     @property
     def in_flight(self) -> int:
@@ -193,9 +204,9 @@ class Worker:
                 s,
                 encoder=self.encoder,
                 store=self.store,
-                pool=self._pool,
                 stopping=self._stop,
-                banks=self._bank_snapshot,
+                on_failure=self.metrics.job_runner_failures.inc,
+                banks=self.banks.snapshot,
             )
 
     def _serve_metrics(self) -> None:
@@ -240,13 +251,8 @@ class Worker:
         s = self.settings
         device = s.resolved_device()
         self.model = load_model(s.model, device=device)  # fp32: the text tower, the reference
-        if s.banks:
-            from pipeline.hashes.store import BankStore
-
-            self.banks = BankStore(list(s.banks))
-        self.store = PolicyStore(
-            list(s.policies), PolicyCompiler(self.model), banks=self._bank_names
-        )
+        banks = self.banks = WorkerBanks(s.banks, on_errors=self.metrics.bank_reload_errors.inc)
+        self.store = PolicyStore(list(s.policies), PolicyCompiler(self.model), banks=banks.names)
         self.encoder = self._make_encoder(self.model, s.max_batch_size)
         enc = self.encoder
         self.metrics.set_model(
@@ -260,7 +266,9 @@ class Worker:
             checkpoints=s.checkpoint_state,
             max_request_size=s.max_request_size,
             embeddings=self._embeddings_out(),
-            banks=self._bank_snapshot,
+            banks=self.banks.snapshot,
+            max_ts_jump_s=s.max_ts_jump_s,
+            on_timeline_reset=self.metrics.timeline_resets.inc,
         )
         self._pool = DecodePool(s.decode.processes, limits=s.decode.limits())
         options = DecodeOptions(
@@ -275,7 +283,8 @@ class Worker:
             options,
             decoded=self._decoded,
             post=self._events.put,
-            hash_mode=lambda: decode_hashes(self.store.current.hashes),
+            hash_mode=lambda: banks.hash_mode(self.store.current),
+            max_raw_streams=s.decode.max_raw_streams,
         )
         self._batcher = BatchEncoder(
             self.encoder,
@@ -304,30 +313,13 @@ class Worker:
         self._watcher.start()
 
     def _default_encoder(self, model: ImageTextModel, batch_size: int) -> ImageEncoder:
-        """The image encoder the settings ask for: ``precision`` (auto: the fastest that
-        passes the accuracy guard, with the policies' image examples as regressions)."""
-        from pipeline.models.encoders import load_encoder
-        from pipeline.models.guard import GuardSettings
-        from pipeline.policies.guard import regression_set
-
-        s = self.settings
-        examples = regression_set(self.store.current, model.input_resolution)
-        return load_encoder(
-            model,
-            device=s.resolved_device(),
-            precision=s.precision,
-            threads=encoder_threads(s),
-            batch_size=batch_size,
-            guard=GuardSettings(
-                min_mean_cosine=s.guard_min_mean_cosine, extra_images=s.guard_images
-            ),
-            regressions=[examples] if examples is not None else [],
-        )
+        """The image encoder the settings ask for (:func:`startup.default_encoder`)."""
+        return default_encoder(self.settings, self.store.current, model, batch_size)
 
     def _connect(self) -> None:
         s = self.settings
         _log.info("kafka: %s", json.dumps(s.consumer_config(redact=True), default=str))
-        reach_kafka(s.bootstrap_servers, s.connect_timeout_s)
+        reach(s.bootstrap_servers, s.connect_timeout_s)
         try:
             self._producer = KafkaProducer(
                 **s.producer_config(),
@@ -345,6 +337,7 @@ class Worker:
             post=self._events.put,
             backoff_ms=s.retry_backoff_ms,
             on_retry=self._publish_failed,
+            permanent=self._refused,
         )
         self._consumer.subscribe([s.topics.segments], listener=reporting_listener(self._rebalances))
 
@@ -396,6 +389,8 @@ class Worker:
                     for record in batch:
                         self._accept(tp, record)
             self._handle_events()
+            for seg in self._encode_retries.due():
+                self._submit_encode(seg)
             self.outbox.retry_due()
             self._commit()
             if deadline is None:
@@ -439,12 +434,14 @@ class Worker:
         now = time.monotonic()
         self._rewound.clear()  # a position sought back before this poll is right for it
         records: dict[TopicPartition, list[ConsumerRecord]] = {}
-        if not inflight:
-            records = self._consumer.poll(timeout_ms=100, max_records=room)
+        skipped: list[Skipped] = []
+        if not inflight or now - self._last_poll >= _BUSY_POLL_S:
+            records, skipped = poll_past_unreadable(
+                self._consumer, timeout_ms=0 if inflight else 100, max_records=room
+            )
             self._last_poll = now
-        elif now - self._last_poll >= _BUSY_POLL_S:
-            records = self._consumer.poll(timeout_ms=0, max_records=room)
-            self._last_poll = now
+        for record in skipped:
+            self._unreadable(record)
         if not records and inflight:
             with contextlib.suppress(queue.Empty):
                 self._early.append(self._events.get(timeout=_EVENT_WAIT_S))
@@ -558,6 +555,20 @@ class Worker:
             return
         self._decoder.decode(seg)
 
+    def _unreadable(self, skipped: Skipped) -> None:
+        """A record the client could not read: a dead letter of its partition and offset,
+        committed once published (the consumer is already past it)."""
+        part = self._ledger.get(skipped.tp)
+        if part is None:
+            return
+        seg = Segment(
+            tp=skipped.tp, offset=skipped.offset, key=None, value=b"", headers=[], stream_id=""
+        )
+        seg.error, seg.ready = skipped.error, True
+        part.add(seg.offset, seg)
+        self.metrics.segments_received.inc()
+        self._publish(self.streams.unreadable(seg))
+
     def _open_stream(self, tp: TopicPartition, stream_id: str) -> Stream:
         """The stream, restored from its checkpoint when the partition came with one."""
         checkpoint = self._checkpoints.get(tp, {}).pop(stream_id, None)
@@ -570,6 +581,9 @@ class Worker:
         if not seg.frames or seg.cancelled:
             self._events.put(Encoded(seg))
             return
+        self._submit_encode(seg)
+
+    def _submit_encode(self, seg: Segment) -> None:
         assert self._batcher is not None
         work = EncodeWork(seg, [f.image for f in seg.frames], self.model.embed_dim)
         seg.embeddings = work.embeddings  # filled in as its batches finish
@@ -601,7 +615,13 @@ class Worker:
                 continue
             if isinstance(event, DecodeFailed) and self._retry_decode(seg, event.error):
                 continue
-            if isinstance(event, DecodeFailed | EncodeFailed):
+            if isinstance(event, EncodeFailed):  # the encoder's fault, not the segment's
+                self.metrics.retries.labels(stage="encode").inc()
+                self._encode_retries.failed(seg, event.error)
+                continue
+            if isinstance(event, Encoded) and seg.frames:
+                self._encode_retries.succeeded()
+            if isinstance(event, DecodeFailed):
                 seg.error = event.error
             seg.ready = True
             touched[id(stream)] = stream
@@ -667,6 +687,13 @@ class Worker:
         self.last_done = time.monotonic()
         self.metrics.segments.labels(outcome="dlq" if seg.error is not None else "ok").inc()
 
+    def _refused(self, owner: object, output: Output, error: BaseException) -> Output | None:
+        """An output the broker refused for good: a stub dead letter goes in its place."""
+        self.metrics.outputs_refused.labels(topic=output.topic).inc()
+        return stub_letter(
+            self.settings.topics.dlq, output, error, limit=self.settings.max_request_size // 2
+        )
+
     def _publish_failed(
         self, owner: object, output: Output, error: BaseException, backoff: float
     ) -> None:
@@ -726,10 +753,6 @@ class Worker:
         if errors > self._reload_errors_seen:
             self.metrics.policy_reload_errors.inc(errors - self._reload_errors_seen)
             self._reload_errors_seen = errors
-        bank_errors = self.banks.reload_errors if self.banks is not None else 0
-        if bank_errors > self._bank_errors_seen:
-            self.metrics.bank_reload_errors.inc(bank_errors - self._bank_errors_seen)
-            self._bank_errors_seen = bank_errors
         now = time.monotonic()
         if now - self._last_lag < _LAG_INTERVAL_S:
             return
@@ -750,37 +773,27 @@ class Worker:
 
     def _may_close(self, stream: Stream) -> bool:
         """An idle stream closes only while its partition is caught up (its next segment is
-        not in the backlog) and it has no raw decoder open."""
+        not in the backlog); an idle raw stream's decoder (tens of MB in a decode process) is
+        closed with it."""
         part = self._ledger.get(stream.tp)
-        caught_up = part is not None and part.lag == 0
-        return caught_up and not self._decoder.is_raw_open(stream.stream_id)
+        if part is None or part.lag != 0:
+            return False
+        if self._decoder.is_raw_open(stream.stream_id):
+            _log.info("idle raw stream: closing its decoder", extra={"stream": stream.stream_id})
+            self._decoder.close_raw(stream.stream_id)
+        return True
 
     def _watch_policies(self) -> None:
         interval = self.settings.policy_reload_interval_s
         while not self._threads_stop.wait(interval):
             try:
-                if self.banks is not None:  # banks first: a new policy may name a new bank
-                    self.banks.refresh()
+                self.banks.refresh()  # banks first: a new policy may name a new bank
                 self.store.refresh()
             except Exception:  # the watcher must outlive any surprise in a reload
                 _log.exception("policy or bank reload failed unexpectedly")
 
-    def _bank_snapshot(self) -> BankSnapshot | None:
-        return self.banks.snapshot if self.banks is not None else None
-
-    def _bank_names(self) -> frozenset[str]:
-        return frozenset(self.banks.snapshot.banks) if self.banks is not None else frozenset()
-
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def encoder_threads(settings: WorkerSettings) -> int:
-    """CPU threads for the encoder: ``encoder_threads``, or (0) the cores the decode
-    processes leave, at least one. ``clipguard worker`` applies it to its process."""
-    if settings.encoder_threads:
-        return settings.encoder_threads
-    return max(1, (os.cpu_count() or 1) - settings.decode.processes)
 
 
 def _tp(tp: TopicPartition) -> str:

@@ -37,6 +37,9 @@ module                                  what it holds
 :mod:`~pipeline.decode.options`         :class:`DecodeOptions`, :class:`Limits`, ``Fit``
 :mod:`~pipeline.decode.sources`         :func:`decode_bytes`, :func:`decode_uri`: bytes,
                                         local files, http(s) through FFmpeg; URL redaction
+:mod:`~pipeline.decode.access`          :class:`InputAccess`: the files and URLs an
+                                        untrusted reference may reach (roots, hosts,
+                                        public addresses, redirects checked)
 :mod:`~pipeline.decode.container`       MPEG-TS, MP4, WebM / Matroska: open, header checks,
                                         the packet loop, the timeline
 :mod:`~pipeline.decode.raw`             :class:`RawStreamDecoder`: raw H.264 / HEVC chunks
@@ -65,6 +68,7 @@ untrusted input belongs in :class:`DecodePool`, which runs them in sandboxed pro
 hard wall-clock limit and a memory limit.
 """
 
+from pipeline.decode.access import InputAccess
 from pipeline.decode.frames import DecodeResult, Frame
 from pipeline.decode.media import (
     CONTAINER_TYPES,
@@ -97,6 +101,7 @@ __all__ = [
     "DecodeResult",
     "Fit",
     "Frame",
+    "InputAccess",
     "Interpolation",
     "Limits",
     "RawCodec",

@@ -53,6 +53,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any, Final, Literal
 
+from pipeline.decode.access import InputAccess
 from pipeline.decode.frames import DecodeResult, Frame
 from pipeline.decode.media import RawCodec, media_kind
 from pipeline.decode.options import DecodeOptions, Limits, check_threads
@@ -215,8 +216,10 @@ class DecodePool:
         *,
         content_type: str | None = None,
         ca_file: str | None = None,
+        access: InputAccess | None = None,
     ) -> Future[DecodeResult]:
-        """Decode a file or http(s) URL in a child; see :func:`pipeline.decode.decode_uri`.
+        """Decode a file or http(s) URL in a child; see :func:`pipeline.decode.decode_uri`
+        (``access``: what an untrusted reference may reach, enforced in the child).
 
         ``options.limits`` None: the pool's; ``options.threads`` None: the pool's ``threads``."""
         options, limits = self._call_options(options, threads=self._threads)
@@ -224,7 +227,7 @@ class DecodePool:
         where = os.fspath(uri)
         if isinstance(uri, str) and "://" in uri:
             where = redact(uri)
-        header = (os.fspath(uri), options, content_type, ca_file)
+        header = (os.fspath(uri), options, content_type, ca_file, access)
         return self._submit("uri", header, None, future, limits.timeout, f"input {where:.200}")
 
     def decode_bytes(
@@ -240,9 +243,13 @@ class DecodePool:
         *,
         content_type: str | None = None,
         ca_file: str | None = None,
+        access: InputAccess | None = None,
     ) -> DecodeResult:
         """:meth:`submit_uri`, waiting for the result (raises its typed error)."""
-        return self.submit_uri(uri, options, content_type=content_type, ca_file=ca_file).result()
+        future = self.submit_uri(
+            uri, options, content_type=content_type, ca_file=ca_file, access=access
+        )
+        return future.result()
 
     def open_stream(
         self, stream_id: str, codec: RawCodec, options: DecodeOptions, *, fps: float | None = None
@@ -400,7 +407,7 @@ class DecodePool:
         parent_end, child_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=child_main,
-            args=(child_end, self._limits.max_memory),
+            args=(child_end, self._limits.max_memory, self._limits.max_input_bytes),
             name=f"clipguard-decode-{slot.number}",
             daemon=True,
         )

@@ -2,7 +2,12 @@
 
 Started with ``spawn`` by :class:`~pipeline.decode.DecodePool`; :func:`child_main` is the process
 target. Before its first task the process ignores Ctrl-C (the parent handles it), caps its
-address space at ``max_memory`` (``RLIMIT_AS``) and watches FFmpeg's log for failed allocations
+address space at ``max_memory`` (``RLIMIT_AS``), writes no core files (``RLIMIT_CORE`` 0), opens
+at most 256 files (``RLIMIT_NOFILE``), writes no file larger than ``max_file`` bytes
+(``RLIMIT_FSIZE``: only a fetched job URL is spooled to disk), drops every environment variable
+but a few harmless ones from ``os.environ`` (a decoder cannot ``getenv`` the worker's secrets;
+the launch environment in ``/proc/<pid>/environ`` is the parent's) and watches FFmpeg's log for
+failed allocations
 (:mod:`pipeline.decode.ffmpeg_log`). Each task runs the in-process decoder
 (:func:`~pipeline.decode.decode_bytes`, :func:`~pipeline.decode.decode_uri`, or a
 :class:`~pipeline.decode.RawStreamDecoder` kept per stream id) and replies in the format of
@@ -15,7 +20,7 @@ from __future__ import annotations
 import os
 import signal
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Final
 
 from pipeline.decode.ffmpeg_log import watch_allocations
 from pipeline.decode.frames import Frame
@@ -38,9 +43,41 @@ def _limit_memory(max_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (max_bytes, hard))
 
 
-def child_main(conn: Connection, max_memory: int) -> None:
+_KEPT_ENV: Final = frozenset(
+    {"PATH", "LANG", "LC_ALL", "TMPDIR", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR", "HOME"}
+)
+_MAX_FILES: Final = 256
+
+
+def _limit_resources(max_file: int) -> None:
+    try:
+        import resource
+    except ImportError:  # not on POSIX: no limits
+        return
+    for limit, value in (
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_NOFILE, _MAX_FILES),
+        (resource.RLIMIT_FSIZE, max_file),
+    ):
+        _soft, hard = resource.getrlimit(limit)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(limit, (value, hard))
+
+
+def _minimal_environment() -> None:
+    for name in list(os.environ):
+        if name not in _KEPT_ENV:
+            del os.environ[name]
+
+
+def child_main(conn: Connection, max_memory: int, max_file: int = 1 << 31) -> None:
     """A decode process: one task at a time, from the pool's pipe, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    if hasattr(signal, "SIGXFSZ"):  # over RLIMIT_FSIZE: a failed write, not a killed process
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    _minimal_environment()
+    _limit_resources(max_file)
     _limit_memory(max_memory)
     watch_allocations()
     streams: dict[str, RawStreamDecoder] = {}
@@ -95,8 +132,10 @@ def _child_task(
         if kind == "bytes":
             result = decode_bytes(payload, message[2], message[3])
         else:
-            uri, options, content_type, ca_file = message[2:]
-            result = decode_uri(uri, options, content_type=content_type, ca_file=ca_file)
+            uri, options, content_type, ca_file, access = message[2:]
+            result = decode_uri(
+                uri, options, content_type=content_type, ca_file=ca_file, access=access
+            )
         metas, side = frame_metas(result.frames)
         return ("ok", task_id, (result_meta(result), metas, side)), result.frames
     stream_id: str = message[2]

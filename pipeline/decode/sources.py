@@ -5,8 +5,14 @@
 read timeouts, restricted to the http, https, tcp and tls protocols, server certificates
 verified). Local files are opened by Python and handed to FFmpeg as a file object, so FFmpeg
 never parses a path (no ``concat:``, ``subfile,`` or other protocol prefixes); only regular
-files are read. Every other URL scheme is refused with :class:`UnsupportedMedia`. URLs in
-messages are :func:`redact`-ed (no credentials, no query).
+files are read, opened non-blocking (a FIFO cannot hang the open). Every other URL scheme is
+refused with :class:`UnsupportedMedia`. URLs in messages are :func:`redact`-ed (no credentials,
+no query).
+
+With an :class:`~pipeline.decode.access.InputAccess` (scan jobs: the reference comes from a
+Kafka record), files must lie under its roots and URLs are fetched by
+:func:`~pipeline.decode.access.fetch_url` instead of FFmpeg: allowed hosts only, every address
+and every redirect checked, the body bounded in a temporary file the decoder then reads.
 
 The content type (given, or from the file extension) picks how the input is decoded
 (:func:`~pipeline.decode.media.media_kind`): containers stream from the file or URL through
@@ -19,7 +25,6 @@ from __future__ import annotations
 import io
 import os
 import ssl
-import stat
 import time
 from pathlib import Path
 from typing import IO, cast
@@ -28,6 +33,7 @@ from urllib.request import url2pathname
 
 import av
 
+from pipeline.decode.access import InputAccess, fetch_url, open_input_file
 from pipeline.decode.container import decode_container
 from pipeline.decode.failures import map_error
 from pipeline.decode.frames import DecodeResult
@@ -44,9 +50,9 @@ from pipeline.decode.raw import decode_raw_whole
 from pipeline.errors import (
     DecodeError,
     DecodeTimeout,
+    InputRefused,
     InvalidMedia,
     LimitExceeded,
-    MediaUnavailable,
     UnsupportedMedia,
 )
 
@@ -106,25 +112,6 @@ def _local_path(uri: str | os.PathLike[str]) -> Path | None:
     if scheme == "" or (len(scheme) == 1 and os.name == "nt"):
         return Path(uri)
     raise UnsupportedMedia(f"{redact(uri)!r}: URL scheme {scheme!r} is not supported")
-
-
-def _read_file(path: Path, limit: int, label: str) -> tuple[IO[bytes], int]:
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError as e:
-        raise MediaUnavailable(f"{label}: no such file") from e
-    except OSError as e:
-        raise MediaUnavailable(f"{label}: cannot open ({e.strerror or e})") from e
-    try:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsupportedMedia(f"{label}: not a regular file")
-        if info.st_size > limit:
-            raise LimitExceeded(f"{label}: {info.st_size} bytes, over the limit of {limit}")
-    except BaseException:
-        handle.close()
-        raise
-    return handle, info.st_size
 
 
 def _fetch(url: str, limits: Limits, label: str, ca_file: str | None) -> bytes:
@@ -194,6 +181,7 @@ def decode_uri(
     *,
     content_type: str | None = None,
     ca_file: str | None = None,
+    access: InputAccess | None = None,
 ) -> DecodeResult:
     """Decode a stored file (a path or ``file://`` URL) or an ``http(s)://`` URL.
 
@@ -208,12 +196,27 @@ def decode_uri(
     opts = DecodeOptions.check(options).resolve(limits=Limits(), threads=0)
     path = _local_path(uri)
     where = str(path) if path is not None else redact(str(uri))
+    if access is not None:  # before anything else is read off the reference
+        _check_reference(access, path, where)
     if content_type is None:
         content_type = content_type_for(path if path is not None else urlsplit(str(uri)).path)
     kind, name = media_kind(content_type)
     ct = normalize_content_type(content_type)
     label = f"{ct} {where!r}"
     deadline = time.monotonic() + opts.limits.timeout
+    if path is None and access is not None:
+        limits = opts.limits
+        body = fetch_url(
+            str(uri),
+            access,
+            limit=limits.max_input_bytes,
+            timeout=limits.timeout,
+            network_timeout=limits.network_timeout,
+            label=label,
+            ca_file=ca_file,
+        )
+        with body:
+            return _decode_handle(body, kind, name, opts, label=label, ct=ct, deadline=deadline)
     if path is None:
         url = str(uri)
         if kind != "container":
@@ -229,13 +232,36 @@ def decode_uri(
             open_options=_network_options(url, opts.limits, ca_file),
             network=True,
         )
-    handle, length = _read_file(path, opts.limits.max_input_bytes, label)
+    handle, length = open_input_file(path, access, limit=opts.limits.max_input_bytes, label=label)
     with handle:
         if length == 0:
             raise InvalidMedia(f"{label}: the file is empty (0 bytes)")
-        if kind != "container":
-            return _decode_fetched(handle.read(), kind, name, opts, label=label, ct=ct)
-        return decode_container(handle, name, opts, label=label, content_type=ct, deadline=deadline)
+        return _decode_handle(handle, kind, name, opts, label=label, ct=ct, deadline=deadline)
+
+
+def _check_reference(access: InputAccess, path: Path | None, where: str) -> None:
+    if path is not None:
+        if not access.path_allowed(os.path.realpath(path)):
+            raise InputRefused(f"{where!r} is not under an allowed root")
+        return
+    host = urlsplit(where).hostname or ""
+    if not access.host_allowed(host):
+        raise InputRefused(f"{where!r}: host {host!r} is not an allowed URL host")
+
+
+def _decode_handle(
+    handle: IO[bytes],
+    kind: MediaKind,
+    name: str,
+    opts: ResolvedOptions,
+    *,
+    label: str,
+    ct: str,
+    deadline: float,
+) -> DecodeResult:
+    if kind != "container":
+        return _decode_fetched(handle.read(), kind, name, opts, label=label, ct=ct)
+    return decode_container(handle, name, opts, label=label, content_type=ct, deadline=deadline)
 
 
 def _decode_fetched(

@@ -9,7 +9,7 @@ Parent to child: ``(kind, task_id, *header)``, then for ``bytes`` and ``feed`` t
 kind        header
 ==========  ===========================================================
 ``bytes``   ``(content_type, options)``
-``uri``     ``(uri, options, content_type, ca_file)``
+``uri``     ``(uri, options, content_type, ca_file, access)``
 ``open``    ``(stream_id, codec, options, fps)``
 ``feed``    ``(stream_id,)``
 ``close``   ``(stream_id,)``
@@ -61,6 +61,7 @@ _ERRORS: Final[dict[str, type[ClipguardError]]] = {
         "DecodeCrash",
         "DecodeError",
         "DecodeTimeout",
+        "InputRefused",
         "InvalidMedia",
         "LimitExceeded",
         "MediaUnavailable",

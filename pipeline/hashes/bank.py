@@ -46,7 +46,7 @@ from typing import IO, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.errors import BankError, HashError
+from pipeline.errors import BankError, DecodeError, HashError, LimitExceeded
 from pipeline.hashes.signals import (
     BANK_NAME_PATTERN,
     PDQ_BYTES,
@@ -357,13 +357,19 @@ def read_bank(
     path: str | Path, *, max_bytes: int = MAX_BANK_BYTES, max_entries: int = MAX_ENTRIES
 ) -> Bank:
     """Read a bank file of ours (format in the module docstring)."""
+    from pipeline.decode.access import open_input_file
+
     p = Path(path)
     name = bank_name_from_path(p)
     try:
-        size = p.stat().st_size
-        if size > max_bytes:
-            raise BankError(f"{p}: {size} bytes is over the {max_bytes}-byte limit for a bank")
-        with p.open("rb") as f:
+        # a regular file within the limit, opened non-blocking (a FIFO cannot hang a reload)
+        f, _size = open_input_file(p, None, limit=max_bytes, label=str(p))
+    except LimitExceeded as e:
+        raise BankError(f"{p}: over the {max_bytes}-byte limit for a bank") from e
+    except DecodeError as e:
+        raise BankError(f"cannot read the bank: {e}") from e
+    try:
+        with f:
             return _parse(f, str(p), name, max_entries)
     except OSError as e:
         raise BankError(f"{p}: cannot read: {e.strerror or e}") from e

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from pipeline.errors import HashError
 
@@ -19,7 +19,9 @@ __all__ = ["CHUNK_SIZE", "md5_chunks", "md5_file", "md5_stream"]
 CHUNK_SIZE = 1 << 20  # 1 MiB a read
 
 
-def md5_stream(f: BinaryIO, *, max_bytes: int | None = None, chunk_size: int = CHUNK_SIZE) -> bytes:
+def md5_stream(
+    f: IO[bytes], *, max_bytes: int | None = None, chunk_size: int = CHUNK_SIZE
+) -> bytes:
     """The MD5 digest (16 bytes) of everything left in ``f``; over ``max_bytes`` raises
     :class:`~pipeline.errors.HashError` (the file is not read further)."""
     if chunk_size < 1:

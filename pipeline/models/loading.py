@@ -9,7 +9,6 @@ always called.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from pipeline.errors import ConfigError, WeightsFormatError, WeightsNotFound
 from pipeline.models.formats import RawWeights, read_state_dict, weights_from_raw
+from pipeline.models.integrity import verified_sha256
 from pipeline.models.licenses import check_license
 from pipeline.models.model import CLIP, CLIPConfig, build_model, config_from_state_dict
 from pipeline.models.registry import (
@@ -29,7 +29,7 @@ from pipeline.models.registry import (
 from pipeline.models.siglip import SigLIP
 from pipeline.models.siglip_formats import build_siglip, is_siglip_state_dict, siglip_weights
 
-__all__ = ["WEIGHTS_FILE_NAMES", "load_clip", "load_model", "save_clip"]
+__all__ = ["WEIGHTS_FILE_NAMES", "load_clip", "load_model", "model_identity", "save_clip"]
 
 _log = logging.getLogger(__name__)
 
@@ -66,6 +66,19 @@ def _locate(name_or_path: str | Path) -> tuple[Path, ModelInfo | None]:
     )
 
 
+def model_identity(name_or_path: str | Path) -> str:
+    """The name :func:`load_model` gives the model ``name_or_path`` names (its registry name, or
+    the path of its weights file when given a file or a model folder), without loading it; the
+    text itself when it names nothing here. Score records and stored frames carry this name."""
+    if isinstance(name_or_path, str) and name_or_path in {m.name for m in list_models()}:
+        return name_or_path
+    try:
+        path, info = _locate(name_or_path)
+    except (WeightsNotFound, ConfigError):
+        return str(name_or_path)
+    return info.name if info is not None else str(path)
+
+
 def load_model(
     name_or_path: str | Path,
     *,
@@ -90,6 +103,10 @@ def load_model(
         if name_or_path in known:  # refuse before looking for (or at) the weights
             check_license(name_or_path, known[name_or_path].license, accept=accept_licenses)
     path, info = _locate(name_or_path)
+    # a registry file is checked before anything parses it (pickles and archives run code)
+    cached = info is not None and not info.bundled and info.hf is None and bool(info.sha256)
+    expected = info.sha256 if cached and info is not None else None
+    weights_sha256 = verified_sha256(path, expected, remember=cached)
     raw = read_state_dict(path)
     model: CLIP | SigLIP
     if is_siglip_state_dict(raw.state_dict):
@@ -114,7 +131,7 @@ def load_model(
     model.name = info.name if info is not None else str(path)
     if info is not None and info.demo:
         _log.warning(DEMO_NOTICE)
-    model.weights_sha256 = _sha256(path)
+    model.weights_sha256 = weights_sha256
     _log.info(
         "loaded %s %s (%s, input %dpx, embed %d, text context %d) on %s as %s",
         model.family,
@@ -182,14 +199,6 @@ def load_clip(
             f"{name_or_path!s} is a {model.family} model, not CLIP; load it with load_model()"
         )
     return model
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_clip(model: CLIP, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:

@@ -27,15 +27,34 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from pipeline.decode import DecodeOptions, decode_uri
+from pipeline.decode import DecodeOptions, DecodePool, InputAccess, Limits
+from pipeline.decode.access import open_input_file
 from pipeline.errors import DecodeError, PolicyError
 from pipeline.models.base import ImageTextModel
 from pipeline.models.registry import cache_dir as _model_cache_dir
-from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
+from pipeline.policies.schema import MAX_MEDIA_BYTES, LoadedPolicies, LoadedPolicy
 from pipeline.policies.score import CompiledLabel, CompiledPolicies, unit_rows
 from pipeline.policies.snapshot import PolicySet
 
 __all__ = ["LabelRows", "PolicyBlock", "PolicyCompiler", "default_cache_dir"]
+
+
+def _media_sha256(lp: LoadedPolicy, relative: str) -> str:
+    """SHA-256 of a policy's media file, read in chunks: inside the policy's folder, a regular
+    file, within :data:`~pipeline.policies.schema.MAX_MEDIA_BYTES`."""
+    path = lp.resolve(relative)
+    try:
+        handle, _size = open_input_file(
+            path, lp.media_access(), limit=MAX_MEDIA_BYTES, label=f"exemplar {relative}"
+        )
+    except DecodeError as e:
+        raise PolicyError(f"{lp.path}: {e}") from e
+    digest = hashlib.sha256()
+    with handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
 
 _log = logging.getLogger(__name__)
 _FORMAT: Final = 1  # bump when the block layout changes: old cache entries are then ignored
@@ -89,16 +108,22 @@ class PolicyCompiler:
             emb = self.model.encode_text(tokens.to(self.model.device)).float().cpu()
         return unit_rows(emb)
 
-    def encode_images(self, paths: Sequence[str | Path]) -> _F32:
+    def encode_images(
+        self, paths: Sequence[str | Path], *, access: InputAccess | None = None
+    ) -> _F32:
         """Unit embeddings of exemplar images, decoded and fitted to the model input exactly
-        as frames are."""
+        as frames are, in a sandboxed decode process (a policy author's file is untrusted
+        input); ``access``: where they may be (the policy's folder), each at most
+        :data:`~pipeline.policies.schema.MAX_MEDIA_BYTES`."""
         frames = []
-        for p in paths:
-            try:
-                result = decode_uri(p, DecodeOptions(size=self.model.input_resolution))
-            except DecodeError as e:
-                raise PolicyError(f"{p}: exemplar image cannot be read: {e}") from e
-            frames.append(result.frames[0].image)
+        options = DecodeOptions(size=self.model.input_resolution)
+        with DecodePool(1, limits=Limits(max_input_bytes=MAX_MEDIA_BYTES)) as pool:
+            for p in paths:
+                try:
+                    result = pool.decode_uri(p, options, access=access)
+                except DecodeError as e:
+                    raise PolicyError(f"{p}: exemplar image cannot be read: {e}") from e
+                frames.append(result.frames[0].image)
         from pipeline.models.encoders import reference_encoder
 
         return unit_rows(reference_encoder(self.model).encode(frames))
@@ -116,7 +141,8 @@ class PolicyCompiler:
             prompts = self.encode_text(texts)  # (P, E)
             members = [prompts]
             if label.exemplars:
-                members.append(self.encode_images([lp.resolve(e) for e in label.exemplars]))
+                paths = [lp.resolve(e) for e in label.exemplars]
+                members.append(self.encode_images(paths, access=lp.media_access()))
             ensemble = unit_rows(np.concatenate(members).mean(axis=0, keepdims=True))  # (1, E)
             negatives = (
                 self.encode_text(label.negative_texts())
@@ -224,11 +250,7 @@ class PolicyCompiler:
         for label in lp.policy.labels:
             exemplars = []
             for e in label.exemplars:
-                path = lp.resolve(e)
-                try:
-                    exemplars.append(hashlib.sha256(path.read_bytes()).hexdigest())
-                except OSError as err:
-                    raise PolicyError(f"{lp.path}: exemplar {e}: {err.strerror or err}") from err
+                exemplars.append(_media_sha256(lp, e))
             labels.append(
                 {
                     "name": label.name,

@@ -17,9 +17,10 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.decode import IMAGE_TYPES, DecodeOptions, content_type_for, decode_uri
-from pipeline.errors import DecodeError, UnsupportedMedia
+from pipeline.decode import IMAGE_TYPES, DecodeOptions, Limits, content_type_for, decode_uri
+from pipeline.errors import DecodeError, PolicyError, UnsupportedMedia
 from pipeline.models.guard import RegressionSet
+from pipeline.policies.schema import MAX_MEDIA_BYTES
 from pipeline.policies.snapshot import PolicySet
 
 __all__ = ["regression_set"]
@@ -34,11 +35,18 @@ def regression_set(policies: PolicySet, resolution: int) -> RegressionSet | None
     keys: list[frozenset[str]] = []  # per frame: the label keys its decision is made of
     for lp in policies:
         for example in lp.policy.examples:
-            path = lp.resolve(example.path)
             try:
+                path = lp.resolve(example.path)
                 if content_type_for(path) not in IMAGE_TYPES:
                     continue
-                result = decode_uri(path, DecodeOptions(resolution, fit="pad"))
+                # inside the policy's folder, a regular file within the size cap
+                options = DecodeOptions(
+                    resolution, fit="pad", limits=Limits(max_input_bytes=MAX_MEDIA_BYTES)
+                )
+                result = decode_uri(path, options, access=lp.media_access())
+            except PolicyError as e:
+                _log.warning("regression example left out of the accuracy guard: %s", e)
+                continue
             except UnsupportedMedia:
                 continue
             except DecodeError as e:  # `clipguard policy test` reports it; the guard skips it

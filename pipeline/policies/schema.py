@@ -53,16 +53,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from pipeline.errors import PolicyError
+from pipeline.decode.access import InputAccess, open_input_file
+from pipeline.errors import DecodeError, PolicyError
 from pipeline.hashes.signals import (
     BANK_NAME_PATTERN,
     COMPARED_MATCH_PERCENT,
@@ -75,6 +85,8 @@ from pipeline.hashes.signals import (
 
 __all__ = [
     "HASH_LABEL",
+    "MAX_MEDIA_BYTES",
+    "MAX_POLICY_BYTES",
     "RULES",
     "Example",
     "HashPolicy",
@@ -116,7 +128,7 @@ class Label(_Strict):
     prompts: Annotated[list[_Text], Field(min_length=1)]
     templates: list[_Text] = ["{}"]
     negatives: list[_Text] = []
-    exemplars: list[_Text] = []
+    exemplars: list[_MediaPath] = []  # relative to the policy file, inside its folder
     threshold: Annotated[float, Field(gt=-1.0, le=1.0)] | None = None
     probability: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     sigmoid: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
@@ -189,8 +201,28 @@ class Temporal(_Strict):
         return self
 
 
+#: Largest policy file read, bytes.
+MAX_POLICY_BYTES: Final = 256 * 1024
+#: Largest exemplar or example file read, bytes.
+MAX_MEDIA_BYTES: Final = 64 * 1024 * 1024
+_MAX_DEPTH: Final = 32  # nesting of mappings and sequences in a policy file
+
+
+def _inside_folder(value: str) -> str:
+    """A media path of a policy: relative to its file, never climbing out of its folder."""
+    p = Path(value)
+    if p.is_absolute() or value.startswith(("~", "\\")) or re.match(r"^[A-Za-z]:", value):
+        raise ValueError(f"{value!r}: must be relative to the policy file, not absolute")
+    if ".." in p.parts:
+        raise ValueError(f"{value!r}: must stay inside the policy's folder (no '..')")
+    return value
+
+
+_MediaPath = Annotated[_Text, AfterValidator(_inside_folder)]
+
+
 class Example(_Strict):
-    path: _Text  # image or video, relative to the policy file
+    path: _MediaPath  # image or video, relative to the policy file, inside its folder
     expect: Literal["flag", "no_flag"]
     label: Annotated[str, Field(pattern=_ID)] | None = None  # default: any label of the policy
     start_s: Annotated[float, Field(ge=0.0)] | None = None  # for videos: where the flag should
@@ -304,9 +336,26 @@ class LoadedPolicy:
     sha256: str  # of the file's bytes
 
     def resolve(self, relative: str) -> Path:
-        """A path from the policy (exemplar, example) relative to the policy file."""
-        p = Path(relative)
-        return p if p.is_absolute() else self.path.parent / p
+        """A path from the policy (exemplar, example) relative to the policy file; it must
+        stay inside the policy's folder once symlinks are resolved (:class:`PolicyError`)."""
+        folder = os.path.realpath(self.path.parent)
+        target = os.path.realpath(self.path.parent / _inside_or_error(relative, self.path))
+        if not (target == folder or target.startswith(folder.rstrip(os.sep) + os.sep)):
+            raise PolicyError(
+                f"{self.path}: {relative!r} leads outside the policy's folder ({target})"
+            )
+        return self.path.parent / relative
+
+    def media_access(self) -> InputAccess:
+        """What reading this policy's exemplars and examples may reach: its folder."""
+        return InputAccess(roots=(str(self.path.parent),))
+
+
+def _inside_or_error(relative: str, file: Path) -> str:
+    try:
+        return _inside_folder(relative)
+    except ValueError as e:
+        raise PolicyError(f"{file}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -405,12 +454,34 @@ def _describe(err: Any) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def _plain_events(text: str, file: Path) -> None:
+    """Refuse anchors, aliases and deep nesting before a node is built: aliases expand
+    without limit (each level can multiply the document) and a self-referencing one recurses;
+    the parser's events are read in one linear pass."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        mark = event.start_mark
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(file)
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise PolicyError(f"{where}: YAML anchors and aliases are not allowed")
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            depth += 1
+            if depth > _MAX_DEPTH:
+                raise PolicyError(f"{where}: nested deeper than {_MAX_DEPTH} levels")
+        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            depth -= 1
+
+
 def parse_document(text: str, *, path: Path | str = "<string>") -> Policy | HashPolicy:
     """Validate one policy document of either kind (``kind: hash`` gives a
     :class:`HashPolicy`, ``kind: clip`` or none a :class:`Policy`); :class:`PolicyError` with
-    file:line:col on any problem."""
+    file:line:col on any problem. Plain YAML only: no tags, anchors or aliases, at most 32
+    levels deep."""
     file = Path(path)
+    if len(text) > MAX_POLICY_BYTES:
+        raise PolicyError(f"{file}: over {MAX_POLICY_BYTES} characters; a policy is smaller")
     try:
+        _plain_events(text, file)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
@@ -461,9 +532,13 @@ def load_document(path: str | Path) -> LoadedPolicy | LoadedHashPolicy:
     """One policy file of either kind, whose id must be its file name."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise PolicyError(f"{path}: cannot read policy file: {e.strerror or e}") from e
+        handle, _size = open_input_file(path, None, limit=MAX_POLICY_BYTES, label=str(path))
+        with handle:
+            raw = handle.read(MAX_POLICY_BYTES + 1)
+    except DecodeError as e:
+        raise PolicyError(f"cannot read policy file: {e}") from e
+    if len(raw) > MAX_POLICY_BYTES:
+        raise PolicyError(f"{path}: over the limit of {MAX_POLICY_BYTES} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -46,7 +46,16 @@ from urllib.parse import urlsplit
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.decode import DecodeOptions, DecodePool, DecodeResult, Fit, Frame, Limits, Sampling
+from pipeline.decode import (
+    DecodeOptions,
+    DecodePool,
+    DecodeResult,
+    Fit,
+    Frame,
+    InputAccess,
+    Limits,
+    Sampling,
+)
 from pipeline.decode.options import DEFAULT_HASH_SIDE
 from pipeline.errors import (
     ConfigError,
@@ -99,6 +108,7 @@ class ScanOptions:
     content_type: str | None = None  # None: from each input's extension
     hash_side: int = DEFAULT_HASH_SIDE  # frames' PDQ hashes: downscale (0: full size)
     banks: str | None = None  # the digest of the banks hash policies match (None: no banks)
+    access: InputAccess | None = None  # None: any file or URL (a person's own scan)
 
     def describe(self) -> dict[str, object]:
         """The settings that change a scan's records, as JSON-ready values (the banks and
@@ -353,7 +363,9 @@ class Scanner:
             hashes=hashes,
             hash_side=opts.hash_side,
         )
-        future = self.pool.submit_uri(source, options, content_type=opts.content_type)
+        future = self.pool.submit_uri(
+            source, options, content_type=opts.content_type, access=opts.access
+        )
         return _FileJob(source, future, time.monotonic())
 
     def _judge(
@@ -404,7 +416,7 @@ class Scanner:
         if self.banks is None or not policies:
             return
         if any("md5" in p.signals for p in policies):
-            out.md5 = _file_md5(job.source, self.options.limits)
+            out.md5 = _file_md5(job.source, self.options.limits, self.options.access)
         matches = file_matches(
             policies,
             md5=None if out.md5 is None else bytes.fromhex(out.md5),
@@ -440,16 +452,21 @@ def _vpdq_of(frames: Sequence[Frame]) -> list[VpdqFrame]:
     return out
 
 
-def _file_md5(source: str, limits: Limits | None) -> str | None:
-    """The MD5 of a local file (None for a URL, or a file that cannot be read: logged)."""
+def _file_md5(source: str, limits: Limits | None, access: InputAccess | None) -> str | None:
+    """The MD5 of a local file (None for a URL, or a file that cannot be read: logged), opened
+    as the decode stage opens it: a regular file within the input limit, and with ``access``,
+    under its roots."""
     if urlsplit(source).scheme.lower() in ("http", "https"):
         return None
-    from pipeline.hashes.md5 import md5_file
+    from pipeline.decode.access import open_input_file
+    from pipeline.hashes.md5 import md5_stream
 
     bound = (limits or Limits()).max_input_bytes
     try:
-        return md5_file(source, max_bytes=bound).hex()
-    except (HashError, OSError) as e:
+        handle, _size = open_input_file(source, access, limit=bound, label=source)
+        with handle:
+            return md5_stream(handle, max_bytes=bound).hex()
+    except (HashError, DecodeError, OSError) as e:
         _log.warning("%s: no MD5 (%s)", source, e)
         return None
 

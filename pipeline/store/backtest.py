@@ -128,9 +128,11 @@ def backtest(
 
 
 def _check_model(policies: PolicySet, model: str, what: str) -> None:
+    from pipeline.models.loading import model_identity
+
     for lp in policies:
         named = lp.policy.model
-        if named is not None and named != model:
+        if named is not None and named != model and model_identity(named) != model:
             raise StoreError(
                 f"{what} {lp.policy.id} is written for model {named}, the stored frames are "
                 f"of {model}: one model's scores mean nothing for another"

@@ -38,7 +38,7 @@ from pipeline.policies.tools.explain import (
     explain,
 )
 from pipeline.policies.tools.judging import Incident
-from pipeline.policies.tools.lint import LintReport, lint
+from pipeline.policies.tools.lint import LintReport, lint, lint_text
 from pipeline.policies.tools.plot import write_pr_plot
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "calibrate",
     "explain",
     "lint",
+    "lint_text",
     "run_examples",
     "write_pr_plot",
     "write_threshold",

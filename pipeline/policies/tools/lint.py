@@ -11,16 +11,18 @@ import yaml
 
 from pipeline.errors import DecodeError, PolicyError
 from pipeline.policies.schema import (
+    HashPolicy,
     LoadedHashPolicy,
     LoadedPolicies,
     LoadedPolicy,
     load_document,
+    parse_document,
     policy_files,
 )
 from pipeline.policies.tools.model_checks import check_against_model
 from pipeline.policies.tools.nodes import child
 
-__all__ = ["LintReport", "lint"]
+__all__ = ["LintReport", "lint", "lint_text"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,9 @@ def lint(paths: Iterable[str | Path], *, model: str | None = None) -> LintReport
         if isinstance(lp, LoadedHashPolicy):
             hashes.append(lp)
             continue
-        errors += _missing_files(lp)
-        found = check_against_model(lp, model)
+        text = f.read_text(encoding="utf-8")
+        errors += _missing_files(lp, text)
+        found = check_against_model(lp, model, text=text)
         errors += found.errors
         notes += found.notes
         loaded.append(lp)
@@ -77,18 +80,55 @@ def lint(paths: Iterable[str | Path], *, model: str | None = None) -> LintReport
     return LintReport(policies=count, errors=tuple(errors), notes=tuple(notes))
 
 
-def _missing_files(lp: LoadedPolicy) -> list[str]:
+def lint_text(text: str, path: str | Path, *, model: str | None = None) -> LintReport:
+    """:func:`lint` for one policy document held in memory (an editor's unsaved text), as if it
+    were the file at ``path``: its examples and exemplars are looked for beside ``path``, its
+    id must match ``path``'s name, and problems are reported as ``path:line:col: ...``."""
+    import hashlib
+
+    path = Path(path)
+    try:
+        policy = parse_document(text, path=path)
+    except PolicyError as e:
+        return LintReport(policies=0, errors=tuple(str(e).splitlines()))
+    if path.stem != policy.id:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = child(root, "id")
+        at = (
+            f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}" if node else f"{path}"
+        )
+        return LintReport(
+            policies=0,
+            errors=(
+                f"{at}: id: policy id {policy.id!r} must match the file name ({path.stem!r}); "
+                "one policy a file, named after its id",
+            ),
+        )
+    if isinstance(policy, HashPolicy):  # its banks are checked where banks are loaded
+        return LintReport(policies=1, errors=())
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    lp = LoadedPolicy(policy=policy, path=path, sha256=digest)
+    found = check_against_model(lp, model, text=text)
+    errors = _missing_files(lp, text) + found.errors
+    return LintReport(policies=1, errors=tuple(errors), notes=tuple(found.notes))
+
+
+def _missing_files(lp: LoadedPolicy, text: str) -> list[str]:
     """Examples and exemplars that are not files, or not of a type clipguard decodes."""
     from pipeline.decode import content_type_for
 
-    root = yaml.compose(lp.path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
     problems: list[str] = []
 
     def check(node: yaml.Node, where: str, *, media: bool) -> None:
         if not isinstance(node, yaml.ScalarNode):
             return
-        file = lp.resolve(str(node.value))
         at = f"{lp.path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}: {where}"
+        try:
+            file = lp.resolve(str(node.value))
+        except PolicyError as e:  # leads out of the policy's folder
+            problems.append(f"{at}: {e}")
+            return
         if not file.is_file():
             problems.append(f"{at}: no such file: {file}")
             return

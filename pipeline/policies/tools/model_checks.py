@@ -35,8 +35,11 @@ class ModelFindings:
     notes: list[str] = field(default_factory=list)
 
 
-def check_against_model(lp: LoadedPolicy, model: str | None) -> ModelFindings:
-    """The problems of one policy with ``model`` (default: the policy's own ``model:``)."""
+def check_against_model(
+    lp: LoadedPolicy, model: str | None, *, text: str | None = None
+) -> ModelFindings:
+    """The problems of one policy with ``model`` (default: the policy's own ``model:``);
+    ``text`` is the policy's YAML where it is not (yet) the file's."""
     out = ModelFindings()
     name = model or lp.policy.model
     if name is None:
@@ -48,7 +51,9 @@ def check_against_model(lp: LoadedPolicy, model: str | None) -> ModelFindings:
             f"{lp.path}: model {name!r} is not in the registry: not checked against it"
         )
         return out
-    root = yaml.compose(lp.path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    if text is None:
+        text = lp.path.read_text(encoding="utf-8")
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
     tokenizer = _tokenizer(info.name)
     if tokenizer is None:
         out.notes.append(

@@ -1,0 +1,96 @@
+"""``clipguard studio``: serve the policy studio, a web app for policy authors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from consumers.cli.common import add_command
+
+__all__ = ["add_parser"]
+
+_EPILOG = """\
+examples:
+  clipguard studio --policies policies/demo
+      then open http://127.0.0.1:8600/ in a browser
+  clipguard studio --policies policies/ --model ViT-B/32 --incidents flags.jsonl
+  CLIPGUARD_STUDIO_TOKEN=... clipguard studio --policies policies/ --host 0.0.0.0
+      bound elsewhere than this machine, it asks for the token: open /?token=...
+
+The policy files stay the source of truth: every change is written to them as a new version
+and recorded in the audit log (DATA/audit.jsonl). Uploads, thumbnails, version history and
+review labels are kept in the data folder (default: .clipguard-studio beside the policies).
+"""
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``clipguard studio``."""
+    studio = add_command(
+        subparsers,
+        "studio",
+        help="serve the policy studio (a web app for policy authors)",
+        description="A web app to write, try, tune, review and promote policies. It listens "
+        "on 127.0.0.1 unless told otherwise; bound elsewhere it requires a token.",
+        epilog=_EPILOG,
+    )
+    studio.add_argument("--policies", required=True, metavar="DIR", help="policy folder")
+    studio.add_argument(
+        "--model",
+        metavar="NAME",
+        help="score with this model (default: the model each policy names, else the demo model)",
+    )
+    studio.add_argument(
+        "--precision",
+        choices=("fp32", "auto", "int8", "bf16", "fp16"),
+        default="fp32",
+        help="image encoder precision for uploads: fp32 (default) scores exactly as `clipguard "
+        "policy test`; auto or int8 score as a worker at that precision would",
+    )
+    studio.add_argument("--data", metavar="DIR", help="the studio's own files")
+    studio.add_argument("--incidents", metavar="FILE", help="flag events (JSON lines) to review")
+    studio.add_argument("--store", metavar="DIR", help="stored frame embeddings (optional)")
+    studio.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
+    studio.add_argument("--port", type=int, default=8600, help="port (default: %(default)s)")
+    studio.add_argument(
+        "--token",
+        default=os.environ.get("CLIPGUARD_STUDIO_TOKEN"),
+        help="access token (default: $CLIPGUARD_STUDIO_TOKEN); required off localhost",
+    )
+    studio.add_argument(
+        "--behind-proxy",
+        action="store_true",
+        help="an authenticating reverse proxy is the only way in (it names the user in "
+        "X-Forwarded-User); no token needed",
+    )
+    studio.add_argument(
+        "--max-upload-mb", type=int, default=50, help="largest upload (default: %(default)s)"
+    )
+    studio.set_defaults(func=_studio)
+
+
+def _studio(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from consumers.studio import StudioConfig, create_app
+
+    policies = Path(args.policies)
+    config = StudioConfig(
+        policies_dir=policies,
+        data_dir=Path(args.data) if args.data else policies / ".clipguard-studio",
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        behind_proxy=args.behind_proxy,
+        incidents=Path(args.incidents) if args.incidents else None,
+        store=Path(args.store) if args.store else None,
+        max_upload_bytes=args.max_upload_mb * 1024**2,
+        precision=args.precision,
+    )
+    app = create_app(config)
+    where = f"http://{args.host}:{args.port}/"
+    print(f"clipguard studio on {where}" + ("?token=..." if config.token else ""), flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,33 @@
+"""The policy studio: a web app where policy authors write, try, tune, label and promote
+policies (``clipguard studio``). Server-rendered pages (FastAPI, Jinja2 templates beside the
+code) with one small script (``static/studio.js``); no Node build, nothing from a CDN.
+
+==========================================  ================================================
+module                                      what it holds
+==========================================  ================================================
+:mod:`~consumers.studio.config`             :class:`StudioConfig`, checked once at start
+:mod:`~consumers.studio.access`             localhost-only, token, cross-site POST refusal
+:mod:`~consumers.studio.app`                :class:`Studio` (shared state), :func:`create_app`
+:mod:`~consumers.studio.library`            the policy files, the live linter
+:mod:`~consumers.studio.versions`           every write: a new version, history, audit entry
+:mod:`~consumers.studio.audit`              the audit log (JSON lines)
+:mod:`~consumers.studio.scoring`            model, sandboxed decode pool, examples, uploads
+:mod:`~consumers.studio.incidents`          the review queue from flag events
+:mod:`~consumers.studio.frames`             an incident's frames around its peak
+:mod:`~consumers.studio.labels`             review verdicts (SQLite)
+:mod:`~consumers.studio.tune`               labelled scores, precision and recall
+:mod:`~consumers.studio.handoff`            the JSON export for review tools
+:mod:`~consumers.studio.store_link`         the frame store, when there is one (lazy)
+``pages_policies``, ``pages_try``,          the routers: one per page group
+``pages_review``, ``pages_store``
+==========================================  ================================================
+
+The policy files stay the source of truth: the studio writes new versions of them and an
+audit log, never a hidden database of policies. Its own files (uploads, thumbnails, version
+history, audit log, labels, compiled policies) live in one data folder.
+"""
+
+from consumers.studio.app import Studio, create_app
+from consumers.studio.config import StudioConfig
+
+__all__ = ["Studio", "StudioConfig", "create_app"]

@@ -1,0 +1,227 @@
+"""Review and Tune: the incident queue with blurred frames and verdicts, a label's scores and
+threshold slider, and the hand-off export of incidents and labels."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import asdict
+from typing import Annotated
+
+import yaml
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from consumers.studio.app import Studio, studio_of
+from consumers.studio.frames import incident_frames
+from consumers.studio.handoff import handoff
+from consumers.studio.labels import MAX_NOTE
+from consumers.studio.pages_policies import policy_file
+from consumers.studio.tune import at_threshold, tune_data
+from consumers.studio.versions import add_example
+from pipeline.errors import ClipguardError, ConfigError, PolicyError
+from pipeline.policies.tools.nodes import child, label_node
+
+__all__ = ["router"]
+
+router = APIRouter()
+StudioDep = Annotated[Studio, Depends(studio_of)]
+_INCIDENT = re.compile(r"^[0-9a-f]{16}$")
+
+
+@router.get("/review", response_class=HTMLResponse)
+async def review(request: Request, studio: StudioDep, policy: str | None = None) -> HTMLResponse:
+    queue = [i for i in studio.incidents() if policy is None or i.policy == policy]
+    labels = studio.labels.by_incident()
+    frames = {}
+    for incident in queue[:50]:
+        found = await run_in_threadpool(
+            incident_frames, incident, studio.scorer, studio.config.data_dir / "thumbs"
+        )
+        frames[incident.id] = [(t, p.name) for t, p in found]
+    counts: dict[str, int] = {}
+    for i in queue:
+        if i.id in labels:
+            counts[labels[i.id].verdict] = counts.get(labels[i.id].verdict, 0) + 1
+    return studio.page(
+        request,
+        "review.html",
+        queue=queue[:50],
+        total=len(queue),
+        labels=labels,
+        frames=frames,
+        counts=counts,
+        policy=policy,
+        source=studio.config.incidents,
+    )
+
+
+@router.post("/review/{incident}")
+def label(
+    request: Request,
+    incident: str,
+    studio: StudioDep,
+    verdict: Annotated[str, Form(pattern="^(correct|incorrect|unsure)$")],
+    note: Annotated[str, Form(max_length=MAX_NOTE)] = "",
+) -> Response:
+    found = next((i for i in studio.incidents() if i.id == incident), None)
+    if found is None:
+        raise HTTPException(404, "no such incident")
+    studio.labels.put(
+        incident=found.id,
+        policy=found.policy,
+        label=found.label,
+        peak_score=found.peak_score,
+        verdict=verdict,
+        note=note.strip(),
+        reviewer=studio.who(request),
+    )
+    return RedirectResponse(f"/review#incident-{found.id}", status_code=303)
+
+
+@router.post("/review/{incident}/example")
+def add_to_examples(request: Request, incident: str, studio: StudioDep) -> Response:
+    """Add the incident's peak frame to its policy's regression examples: the picture written
+    beside the policy (``examples/``), the example appended to the file as a new version. The
+    reviewer's verdict decides what it expects (correct: flag, incorrect: no flag)."""
+    found = next((i for i in studio.incidents() if i.id == incident), None)
+    if found is None:
+        raise HTTPException(404, "no such incident")
+    verdict = studio.labels.by_incident().get(found.id)
+    if verdict is None or verdict.verdict == "unsure":
+        raise ConfigError("mark the incident correct or incorrect first")
+    peak = studio.config.data_dir / "thumbs" / found.id / "1.jpg"
+    if not peak.is_file():
+        raise ConfigError("this incident has no frame to add")
+    pf = policy_file(studio, found.policy)
+    if pf.loaded is None:
+        raise HTTPException(409, "the policy does not load; fix it first")
+    relative = f"examples/{found.policy}-{found.id}.jpg"
+    target = pf.path.parent / relative
+    target.parent.mkdir(exist_ok=True)
+    expect = "flag" if verdict.verdict == "correct" else "no_flag"
+    entry = f"{{path: {relative}, expect: {expect}, label: {found.label}}}"
+    if relative in pf.text:
+        raise ConfigError(f"{relative} is already one of the policy's examples")
+    shutil.copyfile(peak, target)
+    try:
+        studio.writer.write(
+            pf.loaded,
+            add_example(pf.text, entry),
+            base_sha256=pf.sha256,
+            who=studio.who(request),
+            action="example",
+            note=f"peak frame of incident {found.id} ({verdict.verdict}): {verdict.note}".strip(),
+            model=studio.config.model,
+        )
+    except PolicyError:
+        target.unlink(missing_ok=True)
+        raise
+    return RedirectResponse(f"/review#incident-{found.id}", status_code=303)
+
+
+@router.get("/thumbs/{incident}/{number}.jpg")
+def thumb(incident: str, number: int, studio: StudioDep) -> FileResponse:
+    if not _INCIDENT.match(incident) or not 0 <= number < 16:
+        raise HTTPException(404)
+    path = studio.config.data_dir / "thumbs" / incident / f"{number}.jpg"
+    if not path.is_file():
+        raise HTTPException(404)
+    return FileResponse(path, media_type="image/jpeg")
+
+
+@router.get("/policies/{name}/tune", response_class=HTMLResponse)
+async def tune(
+    request: Request, name: str, studio: StudioDep, label: str | None = None
+) -> HTMLResponse:
+    pf = policy_file(studio, name)
+    lp = pf.loaded
+    if lp is None:
+        raise HTTPException(409, "the policy does not load; fix it first")
+    names = [lab.name for lab in lp.policy.labels]
+    chosen = label if label in names else names[0]
+    rule = lp.policy.label(chosen)
+    examples = await run_in_threadpool(studio.scorer.example_scores, lp)
+    data = tune_data(
+        policy=lp.policy.id,
+        label=chosen,
+        rule=rule.rule,
+        cutoff=rule.cutoff,
+        examples=examples,
+        labels=studio.labels.all(policy=lp.policy.id, label=chosen),
+        queue=studio.incidents(),
+    )
+    stored, unlabelled, store_note = 0, list[float](), None
+    if studio.config.store is not None:
+        try:
+            stored, unlabelled = await run_in_threadpool(
+                studio.store.label_scores, lp, chosen, studio.scorer, studio.scorer.model_name(lp)
+            )
+        except ClipguardError as e:
+            store_note = str(e)
+    payload = {
+        "stored": stored,
+        "unlabelled": unlabelled,
+        "cutoff": data.cutoff,
+        "rule": data.rule,
+        "positives": [asdict(p) for p in data.positives],
+        "negatives": [asdict(p) for p in data.negatives],
+        "queue": data.queue_peaks,
+    }
+    return studio.page(
+        request,
+        "tune.html",
+        pf=pf,
+        labels=names,
+        data=data,
+        now=at_threshold(data, data.cutoff),
+        payload=payload,
+        low=-1.0 if data.rule == "threshold" else 0.0,
+        stored=stored,
+        store_note=store_note,
+    )
+
+
+@router.post("/policies/{name}/tune")
+def tune_save(
+    request: Request,
+    name: str,
+    studio: StudioDep,
+    label: Annotated[str, Form(max_length=64)],
+    threshold: Annotated[float, Form(ge=-1.0, le=1.0, allow_inf_nan=False)],
+    base: Annotated[str, Form(max_length=64)],
+    note: Annotated[str, Form(max_length=MAX_NOTE)] = "",
+) -> Response:
+    pf = policy_file(studio, name)
+    if pf.loaded is None:
+        raise HTTPException(409, "the policy does not load; fix it first")
+    try:
+        rule = pf.loaded.policy.label(label).rule
+    except KeyError:
+        raise HTTPException(404, "no such label") from None
+    node = child(label_node(yaml.compose(pf.text, Loader=yaml.SafeLoader), label), rule)
+    if not isinstance(node, yaml.ScalarNode):
+        raise PolicyError(f"cannot find the {rule} of label {label!r} to change")
+    value = f"{threshold:.4f}".rstrip("0").rstrip(".")
+    new = pf.text[: node.start_mark.index] + value + pf.text[node.end_mark.index :]
+    studio.writer.write(
+        pf.loaded,
+        new,
+        base_sha256=base,
+        who=studio.who(request),
+        action="threshold",
+        note=note.strip() or f"{label}: {rule} {pf.loaded.policy.label(label).cutoff} -> {value}",
+        model=studio.config.model,
+    )
+    return RedirectResponse(f"/policies/{name}/tune?label={label}", status_code=303)
+
+
+@router.get("/export/handoff.json")
+def export_handoff(studio: StudioDep) -> JSONResponse:
+    doc = handoff(
+        studio.incidents(), studio.labels.by_incident(), policy_dir=str(studio.library.folder)
+    )
+    return JSONResponse(
+        doc, headers={"content-disposition": 'attachment; filename="clipguard-handoff.json"'}
+    )

@@ -1,0 +1,89 @@
+"""Pages over the frame store: Backtest (the policy files as they are now against the sets in
+force when the frames were stored) and search by text, with the stored thumbnails. Without a
+store they say how to connect one."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, Response
+
+from consumers.studio.app import Studio, studio_of
+from consumers.studio.scoring import DEMO_MODEL
+from pipeline.errors import ClipguardError
+from pipeline.policies.schema import LoadedPolicies
+
+__all__ = ["router"]
+
+router = APIRouter()
+StudioDep = Annotated[Studio, Depends(studio_of)]
+_FRAME_ID = re.compile(r"^[0-9a-f-]{8,64}$")
+
+
+@router.get("/backtest", response_class=HTMLResponse)
+async def backtest(request: Request, studio: StudioDep, run: bool = False) -> HTMLResponse:
+    status = await run_in_threadpool(studio.store.status)
+    result: dict[str, Any] | None = None
+    error = None
+    loaded = [pf.loaded for pf in studio.library.files() if pf.loaded is not None]
+    models = sorted({studio.scorer.model_name(lp) for lp in loaded})
+    if run and status.ready:
+        try:
+            if len(models) != 1:
+                raise HTTPException(400, "the policies name several models: pass --model")
+            result = await run_in_threadpool(
+                studio.store.backtest, LoadedPolicies(loaded), studio.scorer, models[0]
+            )
+        except ClipguardError as e:
+            error = str(e)
+    return studio.page(
+        request, "backtest.html", status_=status, result=result, error=error, models=models
+    )
+
+
+@router.get("/store/peak.jpg")
+def peak(
+    studio: StudioDep,
+    stream: Annotated[str, Query(max_length=500)],
+    seq: int,
+    index: int,
+    tile: int = 0,
+) -> Response:
+    picture = studio.store.thumbnail(stream, seq, index, tile)
+    if picture is None:
+        raise HTTPException(404)
+    return Response(picture, media_type="image/jpeg")
+
+
+@router.get("/store/frame/{frame_id}.jpg")
+def frame(frame_id: str, studio: StudioDep) -> Response:
+    if not _FRAME_ID.match(frame_id):
+        raise HTTPException(404)
+    picture = studio.store.thumbnail_of(frame_id)
+    if picture is None:
+        raise HTTPException(404)
+    return Response(picture, media_type="image/jpeg")
+
+
+@router.get("/search", response_class=HTMLResponse)
+async def search(
+    request: Request,
+    studio: StudioDep,
+    q: Annotated[str, Query(max_length=300)] = "",
+    model: Annotated[str, Query(max_length=200)] = "",
+) -> HTMLResponse:
+    status = await run_in_threadpool(studio.store.status)
+    name = studio.config.model or model or (min(status.frames) if status.frames else DEMO_MODEL)
+    hits: list[dict[str, Any]] = []
+    error = None
+    if q.strip() and status.ready:
+        try:
+            hits = await run_in_threadpool(studio.store.search_text, q, studio.scorer, name)
+        except ClipguardError as e:
+            error = str(e)
+    return studio.page(
+        request, "search.html", status_=status, q=q, hits=hits, error=error, model=name
+    )

@@ -1,0 +1,157 @@
+"""The studio's way into the frame store (``--store``), kept behind one small class so that
+every page works without it: ``pipeline.store`` is imported only here, only when a store is
+configured, and by name (:func:`importlib.import_module`), so a build without the store
+package still serves every other page.
+
+With a store: the Backtest page re-scores the stored frames with the policy files as they are
+now and compares the incidents with those of the policy sets in force when the frames were
+stored; the Try page searches stored frames by text (nearest frames with thumbnails).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.errors import ClipguardError, ConfigError
+from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
+from pipeline.policies.tools.judging import compile_policies
+
+if TYPE_CHECKING:
+    from consumers.studio.scoring import Scorer
+
+__all__ = ["SAMPLE", "StoreLink", "StoreStatus"]
+
+_MAX_QUERY = 300
+_MAX_HITS = 48
+#: Stored frames scored for Tune's unlabelled histogram (an even sample of the store).
+SAMPLE = 20_000
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    ready: bool
+    message: str  # why not, or what is there
+    frames: dict[str, int] = field(default_factory=dict)  # model -> stored rows
+
+
+class StoreLink:
+    """Backtests and searches over one frame store (or none)."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+        self._module: Any = None
+        self._store: Any = None
+        self._lock = threading.Lock()
+        self._samples: dict[tuple[str, tuple[str, ...]], tuple[int, Any]] = {}
+        self.last: dict[str, dict[str, int]] = {}  # policy id -> its last backtest's counts
+
+    def _open(self) -> Any:
+        if self.root is None:
+            raise ConfigError("no store: start the studio with --store DIR")
+        with self._lock:
+            if self._store is None:
+                try:
+                    self._module = importlib.import_module("pipeline.store")
+                except ImportError as e:
+                    raise ConfigError(f"this build of clipguard has no frame store: {e}") from e
+                self._store = self._module.open_store(str(self.root))
+            return self._store
+
+    def status(self) -> StoreStatus:
+        if self.root is None:
+            return StoreStatus(False, "no store connected (start the studio with --store DIR)")
+        try:
+            store = self._open()
+            table = store.sql("SELECT model, count(*) AS n FROM frames GROUP BY model")
+        except ClipguardError as e:
+            return StoreStatus(False, str(e))
+        frames = dict(
+            zip(table.column("model").to_pylist(), table.column("n").to_pylist(), strict=True)
+        )
+        total = sum(frames.values())
+        return StoreStatus(True, f"{total} stored frames in {self.root}", frames)
+
+    def backtest(self, loaded: LoadedPolicies, scorer: Scorer, model_name: str) -> dict[str, Any]:
+        """Backtest the policy files as they are now against the sets stored with the frames:
+        the store's JSON result, with each listed incident's peak thumbnail place."""
+        store = self._open()
+        model = scorer.model(model_name)
+        policies = compile_policies(loaded, model, scorer.cache_dir)
+        result = self._module.backtest(
+            policies, store, model=model_name, weights_sha256=model.fingerprint()
+        )
+        data: dict[str, Any] = result.to_json()
+        per_policy: dict[str, dict[str, int]] = {}
+        for key, diff in data["labels"].items():
+            sums = per_policy.setdefault(
+                key.split("/", 1)[0], {"incidents": 0, "added": 0, "removed": 0, "changed": 0}
+            )
+            sums["incidents"] += diff["incidents"]
+            for what in ("added", "removed", "changed"):
+                sums[what] += len(diff[what])
+        self.last.update(per_policy)
+        return data
+
+    def label_scores(
+        self, lp: LoadedPolicy, label: str, scorer: Scorer, model_name: str
+    ) -> tuple[int, list[float]]:
+        """Unlabelled stored traffic for Tune: how many stored frames of ``model_name`` there
+        are, and ``label``'s score (in its rule's unit) on an even sample of at most
+        :data:`SAMPLE` of them, sorted."""
+        store = self._open()
+        model = scorer.model(model_name)
+        policies = compile_policies(LoadedPolicies([lp]), model, scorer.cache_dir)
+        column = [lab.label for lab in policies.compiled.labels].index(label)
+        total, sample = self._sample(store, model_name)
+        if total == 0:
+            return 0, []
+        scores = policies.compiled.evaluate(sample).score[:, column]
+        return total, sorted(float(v) for v in scores)
+
+    def _sample(self, store: Any, model_name: str) -> tuple[int, Any]:
+        """The frame count and an even sample of embeddings (n, E) of one model, kept until
+        the store's files change (reading every embedding is what costs)."""
+        key = (model_name, tuple(repr(f) for f in store.files()))
+        with self._lock:
+            if key in self._samples:
+                return self._samples[key]
+        _, embeddings = store.embeddings(self._module.FrameFilter(model=model_name))
+        total = len(embeddings)
+        step = max(1, total // SAMPLE)
+        sample = np.asarray(embeddings[::step], dtype=np.float32)  # (n, E)
+        with self._lock:
+            self._samples = {key: (total, sample)}  # one model's sample at a time
+        return total, sample
+
+    def thumbnail(self, stream_id: str, seq: int, frame_index: int, tile: int) -> bytes | None:
+        found = self._open().thumbnails_at([(stream_id, seq, frame_index, tile)])
+        picture = found.get((stream_id, seq, frame_index, tile))
+        return bytes(picture) if picture is not None else None
+
+    def thumbnail_of(self, frame_id: str) -> bytes | None:
+        picture = self._open().thumbnails([frame_id]).get(frame_id)
+        return bytes(picture) if picture is not None else None
+
+    def search_embedding(self, query: Any, model_name: str) -> list[dict[str, Any]]:
+        """The stored frames nearest to an image embedding (E,), best first."""
+        store = self._open()
+        hits = self._module.search(store, query, model=model_name, top=_MAX_HITS)
+        return [h.to_json() for h in hits]
+
+    def search_text(self, text: str, scorer: Scorer, model_name: str) -> list[dict[str, Any]]:
+        """The stored frames nearest to a text query, best first."""
+        text = text.strip()
+        if not text or len(text) > _MAX_QUERY:
+            raise ConfigError(f"a query is 1 to {_MAX_QUERY} characters")
+        self._open()  # ConfigError first when there is no store
+        model = scorer.model(model_name)
+        from pipeline.policies.compile import PolicyCompiler
+
+        query = PolicyCompiler(model, cache_dir=scorer.cache_dir).encode_text([text])[0]
+        return self.search_embedding(query, model_name)

@@ -124,6 +124,10 @@ def test_the_worker_publishes_one_arrow_record_per_segment_and_each_policy_set(r
     assert set(table.column("model").to_pylist()) == {DEMO_MODEL}
     assert table.column("thumbnail").null_count == 0
     assert min(table.column("segment_offset").to_pylist()) >= 0
+    # storing, the worker hashes every sampled frame (no hash policy in force): the score
+    # records carry no PDQ, the stored frames do
+    assert all(t.column("pdq").null_count == 0 for t in frames)
+    assert all(s.get("pdq") is None for s in run.scores)
 
 
 def test_after_a_kill_9_every_frame_is_stored_exactly_once_after_dedup(run: Run) -> None:
@@ -138,6 +142,8 @@ def test_after_a_kill_9_every_frame_is_stored_exactly_once_after_dedup(run: Run)
     }
     expected = {(s["stream_id"], s["seq"], s["frame_index"], s["tile"]) for s in run.scores}
     assert places == expected  # none missing, none invented
+    stored = open_store(run.store).frames(columns=("pdq", "pdq_quality"))
+    assert stored.column("pdq").null_count == 0 and stored.column("pdq_quality").null_count == 0
     assert len(set(ids)) == len(expected)  # one id per frame: duplicates share it
     names = [f.stem for f in _files(run.store)]
     assert all(n.startswith(("p0000-", "p0001-")) for n in names)

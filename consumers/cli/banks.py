@@ -1,4 +1,5 @@
-"""``clipguard banks``: import, export, add to, list and describe hash banks.
+"""``clipguard banks``: import, export, add to, list and describe hash banks, and backtest them
+on the frame store (which stored frames a bank would have matched).
 
 Banks live as files of ours (``<name>.bank.tsv``, format in :mod:`pipeline.hashes.bank`) in a
 folder (``--dir``, default ``banks/``), the folder a worker's bank store watches: every
@@ -12,12 +13,14 @@ at its next refresh and never reads half a file.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from consumers.cli.common import add_command, add_group
+from consumers.cli.common import add_command, add_group, plural, print_table
+from consumers.cli.store import when
 from pipeline.errors import BankError, ConfigError
 
 if TYPE_CHECKING:
@@ -40,13 +43,14 @@ examples:
   clipguard banks list
   clipguard banks stats gifct
   clipguard banks export known --format hma-json --out known.jsonl
+  clipguard banks backtest known --store frames/ --out matches.jsonl
 
 Banks are matched by kind: hash policies; workers and scans take --banks DIR.
 """
 
 
 def add_parser(subparsers: Any) -> None:
-    """Add ``clipguard banks {import,export,add,list,stats}`` to ``subparsers``."""
+    """Add ``clipguard banks {import,export,add,list,stats,backtest}`` to ``subparsers``."""
     _, commands = add_group(
         subparsers,
         "banks",
@@ -133,6 +137,39 @@ def add_parser(subparsers: Any) -> None:
     stats.add_argument("bank", metavar="NAME")
     _add_dir(stats)
     stats.set_defaults(func=_banks_stats)
+    _add_backtest(commands)
+
+
+def _add_backtest(commands: Any) -> None:
+    backtest = add_command(
+        commands,
+        "backtest",
+        help="which stored frames a bank would have matched",
+        description="Match the frames of the frame store that were stored with their PDQ hash "
+        "against banks NAME (their PDQ entries and the frames of their videos), as a worker "
+        "matches live frames: each matching frame with its stream, time and the entry. Frames "
+        "stored without a hash are counted, not matched.",
+    )
+    backtest.add_argument("banks", nargs="+", metavar="NAME")
+    _add_dir(backtest)
+    backtest.add_argument(
+        "--store", required=True, metavar="DIR", help="the store: a folder or a pyarrow URI"
+    )
+    backtest.add_argument("--model", metavar="NAME", help="only frames of this model")
+    backtest.add_argument("--since", type=when, metavar="TIME", help="frames scored from then")
+    backtest.add_argument("--until", type=when, metavar="TIME", help="frames scored before then")
+    backtest.add_argument(
+        "--stream", action="append", default=[], metavar="ID", help="only this stream (repeat)"
+    )
+    backtest.add_argument(
+        "--max-distance", type=int, default=31, metavar="BITS", help="default: %(default)s"
+    )
+    backtest.add_argument(
+        "--min-quality", type=int, default=50, metavar="Q", help="default: %(default)s"
+    )
+    backtest.add_argument("--out", type=Path, metavar="FILE", help="every match, JSON a line")
+    backtest.add_argument("--top", type=int, default=20, help="matches printed (default: 20)")
+    backtest.set_defaults(func=_banks_backtest)
 
 
 def _add_dir(p: argparse.ArgumentParser) -> None:
@@ -280,3 +317,47 @@ def _banks_stats(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 def _counts(bank: Bank) -> str:
     return ", ".join(f"{n} {t}" for t, n in bank.counts().items())
+
+
+def _banks_backtest(args: argparse.Namespace) -> int:
+    from pipeline.hashes.match import Matcher
+    from pipeline.hashes.signals import MAX_DISTANCE
+    from pipeline.store import FrameFilter, open_store
+    from pipeline.store.bankmatch import match_stored_frames
+
+    if not 0 <= args.max_distance <= MAX_DISTANCE:
+        raise ConfigError(f"--max-distance must be in 0..{MAX_DISTANCE}")
+    if not 0 <= args.min_quality <= 100:
+        raise ConfigError("--min-quality must be in 0..100")
+    matcher = Matcher({name: _load(args.dir, name) for name in dict.fromkeys(args.banks)})
+    flt = FrameFilter(
+        model=args.model, since=args.since, until=args.until, streams=tuple(args.stream)
+    )
+    found = match_stored_frames(
+        open_store(args.store),
+        matcher,
+        flt=flt,
+        max_distance=args.max_distance,
+        min_quality=args.min_quality,
+    )
+    matches = plural(len(found.matches), "match", "matches")
+    print(
+        f"{plural(found.frames, 'stored frame')} read, {found.hashed} with a PDQ hash "
+        f"({found.low_quality} under quality {args.min_quality}); "
+        f"{plural(found.matched_frames, 'frame')} matched ({matches})",
+    )
+    if args.out is not None:
+        with args.out.open("w", encoding="utf-8") as f:
+            for m in found.matches:
+                f.write(json.dumps(m.to_json(), separators=(",", ":")) + "\n")
+        print(f"matches written to {args.out}")
+    rows = [
+        [m.stream_id, f"{m.ts:.2f}", m.match.bank, m.match.entry_id, m.match.signal_type,
+         str(m.match.distance), str(m.match.quality), m.frame_id]
+        for m in found.matches[: max(0, args.top)]
+    ]  # fmt: skip
+    if rows:
+        print_table(
+            ["stream", "ts", "bank", "entry", "signal", "distance", "quality", "frame"], rows
+        )
+    return 0

@@ -248,6 +248,7 @@ def run_scan(args: argparse.Namespace) -> int:
         fit=args.fit,
         limits=Limits(timeout=args.timeout),
         banks=None if banks is None else banks.digest,
+        hash_frames=bool(args.store),  # stored frames keep their PDQ, for bank backtests
     )
     return _scan_here(args, inputs, options, banks)
 
@@ -437,8 +438,11 @@ def _recording(recorder: FrameRecorder) -> FramesHook:
     def on_frames(
         source: str, frames: Sequence[Frame], refs: Sequence[FrameRef], embeddings: Any
     ) -> None:
+        from pipeline.store.schema import frame_hashes
+
         images = [f.image for f in frames]
-        recorder.add(source, refs, embeddings, images, source=source)
+        hashes = frame_hashes(frames)
+        recorder.add(source, refs, embeddings, images, source=source, hashes=hashes)
 
     return on_frames
 

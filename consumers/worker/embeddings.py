@@ -2,9 +2,10 @@
 
 When ``store_embeddings`` is on, :class:`EmbeddingsOut` turns a segment that was just judged
 into one ``frames`` record (:mod:`pipeline.store.records`: Arrow, float16 embeddings, JPEG
-thumbnails) published with the segment's other outputs, so the segment's offset is committed
-only once the record is acknowledged. The first time a policy set is used it also publishes
-the set's snapshot to every partition of the topic, so every sink keeps it.
+thumbnails, each frame's PDQ hash: the worker hashes every sampled frame while it stores)
+published with the segment's other outputs, so the segment's offset is committed only once
+the record is acknowledged. The first time a policy set is used it also publishes the set's
+snapshot to every partition of the topic, so every sink keeps it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pipeline.events import EncoderInfo
 from pipeline.policies.snapshot import PolicySet
 from pipeline.store.policysets import policy_versions, snapshot_bytes
 from pipeline.store.records import KIND_FRAMES, KIND_HEADER, KIND_POLICY_SET, frames_value
-from pipeline.store.schema import FrameInfo, frame_table, preprocess_id
+from pipeline.store.schema import FrameInfo, frame_hashes, frame_table, preprocess_id
 from pipeline.store.thumbnails import thumbnails
 
 __all__ = ["EmbeddingsOut"]
@@ -68,10 +69,12 @@ class EmbeddingsOut:
             segment_partition=seg.tp.partition,
             segment_offset=seg.offset,
         )
-        pictures = None
-        if self.thumbnails and len(seg.frames) == len(seg.refs):
-            pictures = list(thumbnails([f.image for f in seg.frames]))
-        table = frame_table(info, seg.refs, seg.embeddings, pictures)
+        pictures = hashes = None
+        if len(seg.frames) == len(seg.refs):
+            hashes = frame_hashes(seg.frames)
+            if self.thumbnails:
+                pictures = list(thumbnails([f.image for f in seg.frames]))
+        table = frame_table(info, seg.refs, seg.embeddings, pictures, hashes)
         out.append(
             Output(
                 self.topic,

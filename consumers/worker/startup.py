@@ -116,10 +116,14 @@ class WorkerBanks:
     """The worker's hash banks: a :class:`~pipeline.hashes.store.BankStore` over ``paths``
     (None when the settings name none: hash policies are then an error at load), read by the
     decode, judge and job stages through :meth:`snapshot` and :meth:`names`; failed reloads
-    are counted with ``on_errors(n)``."""
+    are counted with ``on_errors(n)``. ``storing``: frames go to the frame store."""
 
     def __init__(
-        self, paths: Sequence[Path], *, on_errors: Callable[[int], object] = lambda n: None
+        self,
+        paths: Sequence[Path],
+        *,
+        on_errors: Callable[[int], object] = lambda n: None,
+        storing: bool = False,
     ) -> None:
         self.store: BankStore | None = None
         if paths:
@@ -128,6 +132,12 @@ class WorkerBanks:
             self.store = BankStore(list(paths))
         self._on_errors = on_errors
         self._errors_seen = 0
+        self._storing = storing
+
+    @classmethod
+    def of(cls, s: WorkerSettings, *, on_errors: Callable[[int], object]) -> WorkerBanks:
+        """The banks ``s`` names (``banks``), hashing while ``store_embeddings`` is on."""
+        return cls(s.banks, on_errors=on_errors, storing=s.store_embeddings)
 
     def snapshot(self) -> BankSnapshot | None:
         """The banks in force (one consistent snapshot), or None without banks."""
@@ -148,9 +158,11 @@ class WorkerBanks:
             self._on_errors(errors - self._errors_seen)
             self._errors_seen = errors
 
-    @staticmethod
-    def hash_mode(policies: PolicySet) -> HashMode:
-        """The frame hashes the decode stage takes under ``policies``."""
+    def hash_mode(self, policies: PolicySet) -> HashMode:
+        """The frame hashes the decode stage takes under ``policies``; at least the PDQ
+        hash while frames are stored (``storing``), so that a bank added later can be
+        matched against them (a few ms a frame, see ``decode.hash_side``)."""
         from pipeline.policies.hashing import decode_hashes
 
-        return decode_hashes(policies.hashes)
+        mode = decode_hashes(policies.hashes)
+        return "pdq" if mode == "none" and self._storing else mode

@@ -251,7 +251,7 @@ class Worker:
         s = self.settings
         device = s.resolved_device()
         self.model = load_model(s.model, device=device)  # fp32: the text tower, the reference
-        banks = self.banks = WorkerBanks(s.banks, on_errors=self.metrics.bank_reload_errors.inc)
+        banks = self.banks = WorkerBanks.of(s, on_errors=self.metrics.bank_reload_errors.inc)
         self.store = PolicyStore(list(s.policies), PolicyCompiler(self.model), banks=banks.names)
         self.encoder = self._make_encoder(self.model, s.max_batch_size)
         enc = self.encoder

@@ -79,6 +79,11 @@ class PdqHash:
     def hex(self) -> str:
         return self.hash.hex()
 
+    @property
+    def original(self) -> bytes:
+        """The hash itself (as :attr:`DihedralHashes.original`)."""
+        return self.hash
+
 
 @dataclass(frozen=True, slots=True)
 class DihedralHashes:
@@ -92,6 +97,11 @@ class DihedralHashes:
     def hex(self) -> str:
         """The picture's own hash (``original``) in hex, as :attr:`PdqHash.hex`."""
         return self.hashes[0].hex()
+
+    @property
+    def original(self) -> bytes:
+        """The picture's own hash (``original``), as :attr:`PdqHash.hash`."""
+        return self.hashes[0]
 
     def named(self) -> dict[str, bytes]:
         return dict(zip(DIHEDRAL_NAMES, self.hashes, strict=True))

@@ -109,6 +109,7 @@ class ScanOptions:
     hash_side: int = DEFAULT_HASH_SIDE  # frames' PDQ hashes: downscale (0: full size)
     banks: str | None = None  # the digest of the banks hash policies match (None: no banks)
     access: InputAccess | None = None  # None: any file or URL (a person's own scan)
+    hash_frames: bool = False  # PDQ of every sampled frame without hash policies (a store)
 
     def describe(self) -> dict[str, object]:
         """The settings that change a scan's records, as JSON-ready values (the banks and
@@ -355,6 +356,8 @@ class Scanner:
     def _submit(self, source: str) -> _FileJob:
         opts = self.options
         hashes = decode_hashes(self.policies.hashes) if self.banks is not None else "none"
+        if hashes == "none" and opts.hash_frames:
+            hashes = "pdq"
         options = DecodeOptions(
             self.encoder.input_resolution,
             fit=opts.fit,

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
 from pipeline.store.query import FrameStore
-from pipeline.store.schema import FILE_SCHEMA
+from pipeline.store.schema import as_file_schema
 from pipeline.store.writer import StoreWriter
 
 __all__ = ["StoreStats", "delete_streams", "prune", "stats"]
@@ -115,6 +115,5 @@ def delete_streams(
         if count == table.num_rows:
             writer.delete_file(f.path)
         else:
-            kept = table.filter(pc.invert(gone)).select(FILE_SCHEMA.names)
-            writer.write_file(f.path, kept.cast(FILE_SCHEMA))
+            writer.write_file(f.path, as_file_schema(table.filter(pc.invert(gone))))
     return removed

@@ -14,6 +14,8 @@
   frames of 512-d embeddings: about 0.4 s this way, 1.1 s through DuckDB for the embedding
   column alone (DuckDB copies each blob into its own vectors and back to Arrow).
 
+Files of format 1 (no ``pdq`` columns) read as if those columns were null, both ways.
+
 Filters (:class:`FrameFilter`): one model, a time range on ``scored_at`` (when frames were scored),
 some streams.
 """
@@ -216,10 +218,15 @@ class FrameStore:
         if not files:
             con.register("frames", TABLE_SCHEMA.empty_table())
         elif self.location.local:
+            # files of format 1 lack the pdq columns: matched by name, and the empty table
+            # of every column makes them null where no file has them
             listed = ", ".join(_literal(f.path) for f in files)
+            con.register("_frame_columns", TABLE_SCHEMA.empty_table())
             con.execute(
                 f"CREATE TEMP VIEW frames AS SELECT * FROM read_parquet([{listed}], "  # noqa: S608 - quoted literals
-                "hive_partitioning = true, hive_types = {'model': 'VARCHAR', 'date': 'DATE'})"
+                "hive_partitioning = true, union_by_name = true, "
+                "hive_types = {'model': 'VARCHAR', 'date': 'DATE'}) "
+                "UNION ALL BY NAME SELECT * FROM _frame_columns"
             )
         else:
             con.register("frames", self.dataset(files))

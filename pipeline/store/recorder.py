@@ -33,7 +33,7 @@ from pipeline.policies.judge import FrameRef
 from pipeline.policies.snapshot import PolicySet
 from pipeline.store.location import StoredFile, StoreLocation
 from pipeline.store.policysets import policy_versions, snapshot_bytes
-from pipeline.store.schema import FrameInfo, frame_table, preprocess_id
+from pipeline.store.schema import FrameHash, FrameInfo, frame_table, preprocess_id
 from pipeline.store.thumbnails import THUMBNAIL_SIZE, thumbnails
 from pipeline.store.writer import StoreWriter
 
@@ -90,9 +90,11 @@ class FrameRecorder:
         *,
         source: str | None = None,
         job_id: str | None = None,
+        hashes: Sequence[FrameHash] | None = None,
     ) -> None:
         """Frames ``refs`` of ``stream_id``, scored with ``embeddings`` (N, E); ``images`` are
-        the pictures the model saw, for thumbnails."""
+        the pictures the model saw, for thumbnails; ``hashes`` their PDQ hashes and qualities
+        (:func:`~pipeline.store.schema.frame_hashes`), where the frames were hashed."""
         if images is not None and len(images) != len(refs):
             raise StoreError(f"{len(refs)} frames with {len(images)} pictures")
         pending = self._pending.get(stream_id)
@@ -113,7 +115,7 @@ class FrameRecorder:
         pictures = None
         if images is not None and self.thumbnail_size > 0:
             pictures = list(thumbnails(images, size=self.thumbnail_size))
-        pending.tables.append(frame_table(pending.info, refs, embeddings, pictures))
+        pending.tables.append(frame_table(pending.info, refs, embeddings, pictures, hashes))
 
     def flush(self, stream_id: str) -> list[StoredFile]:
         """Write the frames of ``stream_id`` collected so far (nothing when there are none)."""

@@ -19,7 +19,7 @@ from typing import Final
 import pyarrow as pa
 
 from pipeline.errors import StoreError
-from pipeline.store.schema import RECORD_SCHEMA
+from pipeline.store.schema import HASH_COLUMNS, RECORD_SCHEMA
 
 __all__ = [
     "KIND_FRAMES",
@@ -33,6 +33,10 @@ __all__ = [
 KIND_HEADER: Final = "clipguard.kind"
 KIND_FRAMES: Final = b"frames"
 KIND_POLICY_SET: Final = b"policy-set"
+# A format 1 record (a worker from before the ``pdq`` columns): read with them null.
+_FORMAT_1: Final = pa.schema(
+    [f for f in RECORD_SCHEMA if f.name not in HASH_COLUMNS], metadata=RECORD_SCHEMA.metadata
+)
 #: The largest record a sink reads (a segment of a few hundred frames with thumbnails).
 MAX_RECORD_BYTES: Final = 32 * 1024 * 1024
 
@@ -49,12 +53,18 @@ def frames_value(table: pa.Table) -> bytes:
 
 def read_frames_value(data: bytes, *, where: str = "frames record") -> pa.Table:
     """The frames of a ``frames`` record; :class:`StoreError` naming ``where`` when it is over
-    :data:`MAX_RECORD_BYTES`, not an Arrow stream, of another schema, or inconsistent."""
+    :data:`MAX_RECORD_BYTES`, not an Arrow stream, of another schema, or inconsistent. A
+    record of format 1 (no ``pdq`` columns) is read with those columns null."""
     if len(data) > MAX_RECORD_BYTES:
         raise StoreError(f"{where}: {len(data)} bytes, over the limit of {MAX_RECORD_BYTES}")
     try:
         with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
             table = reader.read_all()
+        if table.schema.equals(_FORMAT_1, check_metadata=False):
+            for name in HASH_COLUMNS:
+                field = RECORD_SCHEMA.field(name)
+                table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+            table = table.select(RECORD_SCHEMA.names)
         if not table.schema.equals(RECORD_SCHEMA, check_metadata=False):
             raise StoreError(f"{where}: not the store's record schema")
         table.validate(full=True)

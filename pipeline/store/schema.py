@@ -29,9 +29,16 @@ policy_set          string                      the policy set in force (digest)
 policy_versions     map<string, int32>          policy id -> version in that set
 thumbnail           binary, nullable            JPEG of the model's input picture, at most
                                                 128 px on its long side
+pdq                 fixed_size_binary[32],      PDQ hash (256 bits) of the decoded frame, where
+                    nullable                    the worker or scan hashed it (tiles share it)
+pdq_quality         int16, nullable             that hash's PDQ quality, 0-100
 model               string (partition)          the model's name (registry name or path)
 date                date (partition)            UTC day of ``scored_at``
 ==================  ==========================  =================================================
+
+Files of format 1 (before the ``pdq`` columns) stay readable: every reader sees those
+columns as null there (:func:`as_file_schema` for a file read whole; the dataset scans of
+:mod:`pipeline.store.query` fill them).
 
 A frame is identified by :func:`frame_id`: the model, its weights, the stream, the input
 segment's partition and offset, the segment number, the frame index and the tile. A replayed
@@ -45,7 +52,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import quote, unquote
 
 import numpy as np
@@ -53,17 +60,25 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from pipeline.errors import StoreError
+from pipeline.hashes.signals import PDQ_BYTES
 from pipeline.policies.judge import FrameRef
+
+if TYPE_CHECKING:
+    from pipeline.decode.frames import Frame
 
 __all__ = [
     "EMBEDDING_DTYPE",
     "FILE_SCHEMA",
     "FRAME_NAMESPACE",
+    "HASH_COLUMNS",
     "PARTITION_KEYS",
     "RECORD_SCHEMA",
     "STORE_FORMAT",
+    "FrameHash",
     "FrameInfo",
+    "as_file_schema",
     "embeddings_of",
+    "frame_hashes",
     "frame_id",
     "frame_table",
     "model_from_partition",
@@ -72,8 +87,9 @@ __all__ = [
     "utc_day",
 ]
 
-#: The version of the record layout, in every file's metadata (``clipguard.store``).
-STORE_FORMAT: Final = 1
+#: The version of the record layout, in every file's metadata (``clipguard.store``); 2 added
+#: the nullable ``pdq`` and ``pdq_quality`` columns (format 1 files read with them null).
+STORE_FORMAT: Final = 2
 #: How an embedding is stored: float16, little-endian.
 EMBEDDING_DTYPE: Final = np.dtype("<f2")
 #: The uuid5 namespace of frame ids.
@@ -106,6 +122,8 @@ FILE_SCHEMA: Final = pa.schema(
         pa.field("policy_set", pa.string(), nullable=False),
         pa.field("policy_versions", pa.map_(pa.string(), pa.int32())),
         pa.field("thumbnail", pa.binary()),
+        pa.field("pdq", pa.binary(PDQ_BYTES)),
+        pa.field("pdq_quality", pa.int16()),
     ],
     metadata=_METADATA,
 )
@@ -113,6 +131,12 @@ FILE_SCHEMA: Final = pa.schema(
 
 RECORD_SCHEMA: Final = FILE_SCHEMA.append(pa.field("model", pa.string(), nullable=False))
 """A frame record with its model: what :func:`frame_table` builds and the Kafka value holds."""
+
+#: The columns format 2 added; a format 1 file or record has every other column.
+HASH_COLUMNS: Final = ("pdq", "pdq_quality")
+
+#: A frame's PDQ hash (32 bytes) and its quality (0-100), or None where it was not hashed.
+FrameHash = tuple[bytes, int] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,15 +196,18 @@ def frame_table(
     places: Sequence[FrameRef],
     embeddings: npt.ArrayLike,
     thumbnails: Sequence[bytes | None] | None = None,
+    hashes: Sequence[FrameHash] | None = None,
 ) -> pa.Table:
     """One row per frame (or tile) of ``places``, with its row of ``embeddings`` (N, E)
-    stored as float16 and its thumbnail (JPEG bytes or None), in :data:`RECORD_SCHEMA`."""
+    stored as float16, its thumbnail (JPEG bytes or None) and its PDQ hash and quality (or
+    None), in :data:`RECORD_SCHEMA`."""
     emb = np.asarray(embeddings, dtype=np.float32)
     count = len(places)
     if emb.ndim != 2 or emb.shape[0] != count:
         raise StoreError(f"{count} frames with embeddings of shape {emb.shape}")
     if thumbnails is not None and len(thumbnails) != count:
         raise StoreError(f"{count} frames with {len(thumbnails)} thumbnails")
+    pdq, quality = _hash_columns(hashes, count)
     seq = [p.seq for p in places]
     index = [p.frame_index for p in places]
     tile = [p.tile for p in places]
@@ -222,9 +249,43 @@ def frame_table(
         "thumbnail": pa.array(
             list(thumbnails) if thumbnails is not None else [None] * count, pa.binary()
         ),
+        "pdq": pdq,
+        "pdq_quality": quality,
         "model": pa.array([info.model] * count, pa.string()),
     }
     return pa.Table.from_pydict(columns, schema=RECORD_SCHEMA)
+
+
+def frame_hashes(frames: Sequence[Frame]) -> list[FrameHash] | None:
+    """The ``hashes`` of :func:`frame_table` for decoded ``frames``: each one's own PDQ hash
+    (not its mirrors) and quality; None when no frame was hashed."""
+    if all(f.pdq is None for f in frames):
+        return None
+    return [None if f.pdq is None else (f.pdq.original, f.pdq.quality) for f in frames]
+
+
+def _hash_columns(hashes: Sequence[FrameHash] | None, count: int) -> tuple[pa.Array, pa.Array]:
+    """The ``pdq`` and ``pdq_quality`` columns of ``count`` rows (all null without hashes)."""
+    if hashes is None:
+        return pa.nulls(count, pa.binary(PDQ_BYTES)), pa.nulls(count, pa.int16())
+    if len(hashes) != count:
+        raise StoreError(f"{count} frames with {len(hashes)} PDQ hashes")
+    for h in hashes:
+        if h is not None and (len(h[0]) != PDQ_BYTES or not 0 <= h[1] <= 100):
+            raise StoreError(f"not a PDQ hash and quality: {len(h[0])} bytes, quality {h[1]}")
+    pdq = pa.array([None if h is None else h[0] for h in hashes], pa.binary(PDQ_BYTES))
+    quality = pa.array([None if h is None else h[1] for h in hashes], pa.int16())
+    return pdq, quality
+
+
+def as_file_schema(table: pa.Table) -> pa.Table:
+    """A table read from a frame file of any format (:data:`STORE_FORMAT`) with the columns
+    of :data:`FILE_SCHEMA`: the ``pdq`` columns a format 1 file lacks are added, null."""
+    for name in HASH_COLUMNS:
+        if name not in table.column_names:
+            field = FILE_SCHEMA.field(name)
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(FILE_SCHEMA.names).cast(FILE_SCHEMA)
 
 
 def _embedding_array(emb: npt.NDArray[np.float32]) -> pa.Array:

@@ -40,8 +40,8 @@ __all__ = ["ROW_GROUP_SIZE", "StoreWriter"]
 #: Rows per Parquet row group: readers scan a file in parallel row group by row group.
 ROW_GROUP_SIZE: Final = 64 * 1024
 _DAY_MS: Final = 86_400_000
-_UNCOMPRESSED: Final = ("embedding", "thumbnail")
-_NO_DICTIONARY: Final = ("frame_id", "embedding", "thumbnail", "ts")
+_UNCOMPRESSED: Final = ("embedding", "thumbnail", "pdq")
+_NO_DICTIONARY: Final = ("frame_id", "embedding", "thumbnail", "ts", "pdq")
 
 
 class StoreWriter:

@@ -5,7 +5,8 @@ The store is Apache Parquet in Hive partitions, ``<root>/model=<name>/date=YYYY-
 (on a local folder or any filesystem pyarrow reaches: ``s3://``, ``gs://``...), one row per
 scored frame or tile (:mod:`pipeline.store.schema`: stream, source, job, times, segment
 partition and offset, model, weights SHA-256, precision, preprocessing, the L2-normalised
-embedding as float16, the policy set in force and its versions, a JPEG thumbnail). DuckDB
+embedding as float16, the policy set in force and its versions, a JPEG thumbnail, the frame's
+PDQ hash and quality where it was hashed). DuckDB
 queries it in process; Spark, Trino or Athena read the same files. Policy set snapshots sit
 beside the frames in ``_policy_sets/`` (:mod:`pipeline.store.policysets`).
 
@@ -32,6 +33,13 @@ Backtesting a policy edit (:mod:`pipeline.store.backtest`)::
     result.added, result.removed, result.changed     # incidents, per label in result.labels
     result.to_json()                                 # the report's data
     retro_events(result)                             # FlagEvents, retro: true, live ids
+
+Matching hash banks against stored frames (:mod:`pipeline.store.bankmatch`; imported by its
+own name: it loads the hashing libraries)::
+
+    from pipeline.store.bankmatch import match_stored_frames
+    found = match_stored_frames(store, bank_snapshot.matcher, banks=["known"], flt=flt)
+    found.frames, found.hashed, found.matches        # StoredMatch: frame, stream, ts, entry
 
 Searching (:mod:`pipeline.store.search`)::
 

@@ -4,8 +4,8 @@ training script that made it works and is deterministic."""
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path

@@ -283,7 +283,6 @@ def test_two_processes_starting_together_convert_once(tmp_path: Path) -> None:
     assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.slow
 # A full-size tower (random ViT-B/32) in every precision is a slow proof (about a minute):
 # bench/proof_precisions.py. The demo model's every-precision test above runs here.
 

@@ -26,8 +26,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check pipeline consumers tests bench scripts
 	$(VENV)/bin/mypy
 
+# two pytest processes, each test file whole in one of them (module fixtures built once):
+# most long tests wait on brokers and worker processes, so two share two cores well
+TEST_WORKERS ?= 2
 test: lint test-tools
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The system tools the tests use, Debian packages installed only when missing (one
 # `apt-get update` for all of them): docker-compose, promtool and shellcheck for

@@ -19,8 +19,30 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest processes side by side (pytest-xdist): each keeps its torch
+    # to one thread, or four threads spin on two cores. Subprocesses the tests start (workers,
+    # the training script) set their own thread counts.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 BROKER_START_S = 30.0  # the first test that asks waits this long at most, on a busy machine
+# The longest test files, started first so that two pytest processes finish together (files
+# are handed out whole, in collection order: ``--dist loadfile``). Order within a file is kept.
+LONGEST_FIRST = (
+    "test_worker.py",
+    "test_hostile_records.py",
+    "test_store_sink.py",
+    "test_jobs.py",
+    "test_encoders.py",
+    "test_demo_model.py",
+    "test_models.py",
+    "test_deploy.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,9 @@ def _train(
         str(eval_images),
         "--eval-per-pair",
         "2",
+        # one torch thread beside the other pytest process of `make test`, two when alone
+        "--threads",
+        "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -91,9 +95,9 @@ def _train(
 
 
 def test_training_script_rebuilds_a_model_well_above_chance(tmp_path):
-    metrics = _train(tmp_path, "quick", steps=300, eval_images=300, batch_size=64)
-    assert metrics["steps"] == 300
-    # 53 classes: chance is under 2%; a few hundred steps of 64 already get far past it
+    metrics = _train(tmp_path, "quick", steps=100, eval_images=300, batch_size=64)
+    assert metrics["steps"] == 100
+    # 53 classes: chance is under 2%; a hundred steps of 64 already get far past it (24% here)
     assert metrics["zero_shot_accuracy"] >= 8 * CHANCE, metrics
     reloaded = load_clip(tmp_path / "quick.safetensors")
     assert reloaded.config == get_model_info(DEMO_MODEL).config

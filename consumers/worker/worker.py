@@ -31,7 +31,8 @@ Rebalances: kafka-python runs the rebalance listener on its IO thread, so the li
 queues what happened; the main loop drops the in-flight work of revoked or lost partitions
 (their outputs so far are duplicates the next owner may publish again with the same ids) and
 commits only partitions it still owns. Every newly assigned partition starts from the group's
-committed offset.
+committed offset, paused or not as the worker is now (kafka-python 3 keeps the position and the
+paused flag of a partition a rebalance revoked and gave straight back: both are set again).
 """
 
 from __future__ import annotations
@@ -173,6 +174,11 @@ class Worker:
     def in_flight(self) -> int:
         """Segments consumed and not done yet."""
         return self._ledger.in_flight()
+
+    @property
+    def assigned(self) -> list[TopicPartition]:
+        """The partitions this worker owns now (as its last rebalance left them)."""
+        return sorted(self._ledger, key=_tp)
 
     def run(self, *, timeout: float | None = None, count: int | None = None) -> int:
         """Start, consume until stopped, drain, and return the exit status (0: clean).
@@ -484,8 +490,8 @@ class Worker:
                     self._checkpoints[tp] = found.get(tp.partition, {})
                     for stream_id in list(self._checkpoints[tp]):
                         self._open_stream(tp, stream_id)
-        if self._paused and new:
-            self._consumer.pause(*new)
+        if new:  # ours to decide: a partition given back keeps the paused flag it had
+            (self._consumer.pause if self._paused else self._consumer.resume)(*new)
         self._last_lag = 0.0  # report the new partitions' lag at once
 
     def _committed(self, tp: TopicPartition) -> int | None:

@@ -4,8 +4,10 @@ encoder the settings ask for and its threads, and the hash banks the settings na
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from pipeline.models.base import ImageTextModel
     from pipeline.models.encoders import ImageEncoder
     from pipeline.policies.snapshot import PolicySet
+    from pipeline.policies.store import PolicyStore
 
 __all__ = [
     "WorkerBanks",
@@ -31,6 +34,9 @@ __all__ = [
     "encoder_threads",
     "reach",
 ]
+
+
+_log = logging.getLogger(__name__)
 
 
 class WorkerError(ClipguardError, RuntimeError):
@@ -146,6 +152,16 @@ class WorkerBanks:
     def names(self) -> frozenset[str]:
         """The names of the banks in force (what hash policies may name)."""
         return frozenset(self.store.snapshot.banks) if self.store is not None else frozenset()
+
+    def watch(self, policies: PolicyStore, interval: float, stop: threading.Event) -> None:
+        """The policy watcher thread: every ``interval`` seconds until ``stop``, re-read the
+        banks, then the policies (a new policy may name a new bank)."""
+        while not stop.wait(interval):
+            try:
+                self.refresh()
+                policies.refresh()
+            except Exception:  # the watcher must outlive any surprise in a reload
+                _log.exception("policy or bank reload failed unexpectedly")
 
     def refresh(self) -> None:
         """Re-read the bank files that changed (the policy watcher calls it before the

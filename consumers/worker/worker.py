@@ -314,7 +314,10 @@ class Worker:
         self._loaded = True
         self._batcher.start()
         self._watcher = threading.Thread(
-            target=self._watch_policies, name="clipguard-policies", daemon=True
+            target=banks.watch,
+            args=(self.store, s.policy_reload_interval_s, self._threads_stop),
+            name="clipguard-policies",
+            daemon=True,
         )
         self._watcher.start()
 
@@ -788,15 +791,6 @@ class Worker:
             _log.info("idle raw stream: closing its decoder", extra={"stream": stream.stream_id})
             self._decoder.close_raw(stream.stream_id)
         return True
-
-    def _watch_policies(self) -> None:
-        interval = self.settings.policy_reload_interval_s
-        while not self._threads_stop.wait(interval):
-            try:
-                self.banks.refresh()  # banks first: a new policy may name a new bank
-                self.store.refresh()
-            except Exception:  # the watcher must outlive any surprise in a reload
-                _log.exception("policy or bank reload failed unexpectedly")
 
 
 # ------------------------------------------------------------------------------- helpers

@@ -14,7 +14,9 @@ It then measures, best of ``--repeats``:
 - backtest: the whole store re-scored with the edited set (thresholds lowered to 0.12) against the
   stored snapshot (the baseline): frames a second, end to end (read, decode float16, both
   matrix products, ordering, temporal rules for every label, diff); goal 1 million a second;
-- the same split into its parts: reading the columns alone;
+- the same split into its parts: reading the columns alone; the cosines of 512 000 stored
+  embeddings with the stacked matrices (both sets), by the plain NumPy path and by
+  :class:`~pipeline.store.cosines.CosineKernel` (same numbers, chunk by chunk), and their ratio;
 - search: one query over the frames of one day (about half: ``--frames 2000000`` gives
   1 million), brute force, goal under 1 s; the text tower's time (about 10 ms for a prompt on
   a real CLIP) is not included.
@@ -55,6 +57,7 @@ from pipeline.store import (  # noqa: E402
     search,
     snapshot_bytes,
 )
+from pipeline.store.cosines import CosineKernel, reference_unit_cosines  # noqa: E402
 from pipeline.store.schema import embeddings_of  # noqa: E402
 
 DIM = 512
@@ -154,6 +157,28 @@ def best_of(repeats: int, run) -> tuple[float, object]:  # type: ignore[no-untyp
     return best, result
 
 
+def cosines(store, baseline: PolicySet, edited: PolicySet, repeats: int) -> None:  # type: ignore[no-untyped-def]
+    """The cosine step alone: the plain NumPy path against the kernel, on the same batches."""
+    batches = []
+    for batch in store.batches(("embedding",), FrameFilter(model=MODEL)):
+        batches.append(embeddings_of(batch.column(0)))
+        if sum(len(b) for b in batches) >= 512_000:
+            break
+    rows = sum(len(b) for b in batches)
+    matrix = np.ascontiguousarray(
+        np.concatenate([edited.compiled.matrix, baseline.compiled.matrix]).T
+    )  # (E, rows of both sets)
+    plain, _ = best_of(repeats, lambda: [reference_unit_cosines(b, matrix) for b in batches])
+    with CosineKernel() as kernel:
+        fast, _ = best_of(repeats, lambda: [kernel.unit_cosines(b, matrix) for b in batches])
+        threads = kernel.threads
+    print(
+        f"cosines of {rows} stored embeddings x {matrix.shape[1]} rows: plain NumPy "
+        f"{rows / plain / 1e6:.2f} M/s, kernel ({threads} threads) {rows / fast / 1e6:.2f} M/s "
+        f"= {plain / fast:.1f}x"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--frames", type=int, default=2_000_000)
@@ -184,6 +209,8 @@ def main() -> None:
         f"read stream_id, ts, embedding: {rows} rows in {seconds:.2f} s "
         f"({rows / seconds / 1e6:.2f} M rows/s)"
     )
+
+    cosines(store, baseline, edited, args.repeats)
 
     def run() -> object:
         return backtest(edited, store, model=MODEL, weights_sha256=WEIGHTS)

@@ -184,9 +184,11 @@ class CompiledPolicies:
         """Every label's score, margin, probability, pass and top prompt on every frame."""
         return self.evaluate_cosines(self.cosines(embeddings))
 
-    def evaluate_cosines(self, c: _F32) -> FrameScores:
+    def evaluate_cosines(self, c: _F32, *, probability: bool = True) -> FrameScores:
         """:meth:`evaluate` from the (B, rows) cosines of the frames with the matrix's rows
-        (for callers that compute several sets' cosines in one product)."""
+        (for callers that compute several sets' cosines in one product). ``probability=False``
+        leaves the probability NaN where the score is not that probability (the softmax is
+        the costliest step; a backtest reads only scores, margins, passes and top prompts)."""
         frames, count = c.shape[0], len(self.labels)
         cosine = np.empty((frames, count), dtype=np.float32)
         score = np.empty((frames, count), dtype=np.float32)
@@ -200,13 +202,17 @@ class CompiledPolicies:
             if lab.negative_rows:
                 negs = c[:, list(lab.negative_rows)]  # (B, negatives)
                 margin[:, j] = s - negs.max(axis=1)
-                prob[:, j] = _softmax_first(self.logit_scale, s, negs)
+                if probability or lab.kind == "softmax":
+                    prob[:, j] = _softmax_first(self.logit_scale, s, negs)
             score[:, j] = self._score(lab, s, prob[:, j])
             ok = score[:, j] >= lab.cutoff
             if lab.margin is not None:
                 ok &= margin[:, j] >= lab.margin  # NaN (no negatives) compares False
             passed[:, j] = ok
-            top[:, j] = np.argmax(c[:, list(lab.prompt_rows)], axis=1)
+            if len(lab.prompt_rows) == 1:
+                top[:, j] = 0
+            else:
+                top[:, j] = np.argmax(c[:, list(lab.prompt_rows)], axis=1)
         return FrameScores(
             cosines=c,
             cosine=cosine,

@@ -34,12 +34,14 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.errors import StoreError
 from pipeline.policies.schema import Temporal
 from pipeline.policies.score import CompiledLabel
 from pipeline.policies.snapshot import PolicySet
 from pipeline.policies.temporal import IncidentEvent
+from pipeline.store.cosines import CosineKernel
 from pipeline.store.query import FrameFilter, FrameStore
 from pipeline.store.results import HISTOGRAM_BINS, BacktestResult, Incident, LabelDiff
 from pipeline.store.schema import embeddings_of
@@ -90,7 +92,8 @@ def backtest(
     _check_model(policies, model, "policy")
     if against is not None:
         _check_model(against, model, "--against policy")
-    read = _read(store, flt, weights_sha256, policies, against)
+    with CosineKernel() as kernel:
+        read = _read(store, flt, weights_sha256, policies, against, kernel)
     frames = _order(read)
     new = {
         lab.key: _LabelArrays.of(read.new[lab.key], frames, read.sizes)
@@ -183,6 +186,7 @@ def _read(
     weights: str,
     policies: PolicySet,
     against: PolicySet | None,
+    kernel: CosineKernel,
 ) -> _Read:
     out = _Read()
     out.new = {lab.key: _Parts() for lab in policies.compiled.labels}
@@ -214,9 +218,9 @@ def _read(
             codes = np.zeros(batch.num_rows, np.int64)
         else:
             codes = _set_codes(batch.column(6), set_index, out.sets, store, flt)
-        c = _cosines(emb, policies, out.sets, stacked)  # (B, rows of every set)
+        c = _cosines(emb, policies, out.sets, stacked, kernel)  # (B, rows of every set)
         width = policies.compiled.matrix.shape[0]
-        scores = policies.compiled.evaluate_cosines(c[:, :width])
+        scores = policies.compiled.evaluate_cosines(c[:, :width], probability=False)
         for j, lab in enumerate(policies.compiled.labels):
             p = out.new[lab.key]
             p.score.append(scores.score[:, j])
@@ -241,20 +245,21 @@ class _Stacked:
 
 
 def _cosines(
-    emb: npt.NDArray[np.float16], policies: PolicySet, sets: Sequence[PolicySet], st: _Stacked
+    emb: npt.NDArray[np.float16],
+    policies: PolicySet,
+    sets: Sequence[PolicySet],
+    st: _Stacked,
+    kernel: CosineKernel,
 ) -> _F32:
     """(B, E) stored embeddings -> (B, rows) cosines with the stacked rows of ``policies``
-    and ``sets`` (float32; the float16 vectors re-normalised)."""
+    and ``sets`` (float32; the float16 vectors re-normalised: see
+    :func:`~pipeline.store.cosines.reference_unit_cosines`, computed by the kernel)."""
     ids = (policies.id, *(s.id for s in sets))
     if ids != st.ids:
         blocks = [policies.compiled.matrix, *(s.compiled.matrix for s in sets)]
         st.ids, st.matrix = ids, np.ascontiguousarray(np.concatenate(blocks).T)  # (E, rows)
         st.offsets = list(np.cumsum([len(b) for b in blocks])[:-1])
-    x = emb.astype(np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x))  # cheaper than np.linalg.norm
-    x /= np.maximum(norms, np.float32(1e-12))[:, None]
-    out: _F32 = x @ st.matrix
-    return out
+    return kernel.unit_cosines(emb, st.matrix)
 
 
 def _score_baseline(out: _Read, c: _F32, codes: _I64, offsets: Sequence[int]) -> None:
@@ -267,7 +272,9 @@ def _score_baseline(out: _Read, c: _F32, codes: _I64, offsets: Sequence[int]) ->
         s = out.sets[int(code)]
         first = int(offsets[int(code)])
         block = c[:, first : first + s.compiled.matrix.shape[0]]
-        scores = s.compiled.evaluate_cosines(block if len(rows) == size else block[rows])
+        scores = s.compiled.evaluate_cosines(
+            block if len(rows) == size else block[rows], probability=False
+        )
         for j, lab in enumerate(s.compiled.labels):
             p = out.old.setdefault(lab.key, _Parts())
             p.pad(batch + 1)
@@ -304,13 +311,10 @@ def _nothing(store: FrameStore, flt: FrameFilter, weights: str, other: int) -> s
 
 
 def _equal(column: pa.Array, value: str) -> _Bool:
-    if isinstance(column, pa.DictionaryArray):
-        match = np.array([v == value for v in column.dictionary.to_pylist()], dtype=bool)
-        if not len(match):
-            return np.zeros(len(column), bool)
-        out: _Bool = match[column.indices.to_numpy(zero_copy_only=False)]
-        return out
-    return np.asarray(column.to_numpy(zero_copy_only=False) == value, dtype=bool)
+    """Per row, whether a string (or dictionary) column holds ``value`` (Arrow compares: no
+    Python string per row)."""
+    out: _Bool = pc.equal(column, pa.scalar(value, pa.string())).to_numpy(zero_copy_only=False)
+    return out
 
 
 def _codes(column: pa.Array, names: dict[str, int]) -> _I64:
@@ -367,6 +371,7 @@ class _Order:
     layout: StreamLayout  # streams of the F frames
     stream: _I64  # (F,) stream code of each frame
     tiled: bool  # some frame has several rows
+    identity: bool  # rows == 0..R-1: the rows as read are already in order
 
     @property
     def count(self) -> int:
@@ -378,17 +383,21 @@ def _order(read: _Read) -> _Order:
     ts = np.concatenate(read.ts)
     place = np.concatenate(read.place)
     order = np.argsort(stream, kind="stable")
-    s, t = stream[order], ts[order]
+    # stores written stream by stream are read in order: no copies then
+    identity = bool(np.array_equal(order, np.arange(len(order))))
+    s, t = (stream, ts) if identity else (stream[order], ts[order])
     same = s[1:] == s[:-1]
     if np.any(same & (t[1:] <= t[:-1])):  # not in time order, or replayed rows: sort fully
         order = np.lexsort((place[:, 2], place[:, 1], place[:, 0], ts, stream))
+        identity = False
         s, t = stream[order], ts[order]
         same = s[1:] == s[:-1]
-    p = place[order]
+    p = place if identity else place[order]
     # a replayed row: the same stream, segment, frame index and tile as the row before
     dup = np.concatenate([[False], same & np.all(p[1:] == p[:-1], axis=1)])
     if dup.any():
         order, s, t, p = order[~dup], s[~dup], t[~dup], p[~dup]
+        identity = False
     new_frame = np.ones(len(order), bool)
     new_frame[1:] = (s[1:] != s[:-1]) | np.any(p[1:, :2] != p[:-1, :2], axis=1)
     starts = np.flatnonzero(new_frame)
@@ -400,6 +409,7 @@ def _order(read: _Read) -> _Order:
         frame_of_row = np.cumsum(new_frame) - 1
         keep_rows = ~stale[frame_of_row]
         order, s, p = order[keep_rows], s[keep_rows], p[keep_rows]
+        identity = False
         new_frame = new_frame[keep_rows]
         starts = np.flatnonzero(new_frame)
         fs, ft = fs[~stale], ft[~stale]
@@ -414,6 +424,7 @@ def _order(read: _Read) -> _Order:
         layout=StreamLayout.of(stream_starts, len(fs)),
         stream=fs,
         tiled=len(starts) != len(order),
+        identity=identity,
     )
 
 
@@ -437,7 +448,8 @@ class _LabelArrays:
                 np.full(n, fill, dtype) if piece is None else piece
                 for piece, n in zip(column, sizes, strict=True)
             ]
-            return np.concatenate(pieces)[order.rows]
+            joined = np.concatenate(pieces)
+            return joined if order.identity else joined[order.rows]
 
         score = whole(parts.score, np.nan, np.float32)
         passed = whole(parts.passed, False, bool)

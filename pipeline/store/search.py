@@ -2,9 +2,11 @@
 
 A query is one embedding of the store's model (a text prompt through the text tower, or a
 picture through the image tower; :func:`search` takes the vector). Every stored embedding the
-filter keeps is scored with one matrix product per batch and the best ``top`` kept with a
-partial sort; only the winners' other columns are read out. No index: exact results, and a
-scan of 1 million 512-d float16 embeddings is about a gigabyte read from Parquet.
+filter keeps is scored with one matrix product per batch (by
+:class:`~pipeline.store.cosines.CosineKernel`: float16 converted chunk by chunk, on every
+core) and the best ``top`` kept with a partial sort; only the winners' other columns are
+kept. No index: exact results, and a scan of 1 million 512-d float16 embeddings is about a
+gigabyte read from Parquet.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from pipeline.errors import StoreError
+from pipeline.store.cosines import CosineKernel
 from pipeline.store.query import FrameFilter, FrameStore
 from pipeline.store.schema import embeddings_of
 
@@ -91,20 +94,21 @@ def search(
     want = top + 16  # slack for replayed duplicates
     best: list[pa.Table] = []
     scores: list[npt.NDArray[np.float32]] = []
-    for batch in store.batches(("embedding", *_META), flt):
-        if batch.num_rows == 0:
-            continue
-        emb = embeddings_of(batch.column(0))  # (B, E) float16
-        if emb.shape[1] != q.shape[0]:
-            raise StoreError(
-                f"the query has {q.shape[0]} values, the stored embeddings {emb.shape[1]}"
+    with CosineKernel() as kernel:
+        for batch in store.batches(("embedding", *_META), flt):
+            if batch.num_rows == 0:
+                continue
+            emb = embeddings_of(batch.column(0))  # (B, E) float16
+            if emb.shape[1] != q.shape[0]:
+                raise StoreError(
+                    f"the query has {q.shape[0]} values, the stored embeddings {emb.shape[1]}"
+                )
+            sim = kernel.dots(emb, q)  # (B,) as emb.astype(float32) @ q
+            keep = np.argpartition(-sim, want)[:want] if len(sim) > want else np.arange(len(sim))
+            best.append(
+                pa.Table.from_batches([batch.select(list(range(1, len(_META) + 1)))]).take(keep)
             )
-        sim = emb.astype(np.float32) @ q  # (B,)
-        keep = np.argpartition(-sim, want)[:want] if len(sim) > want else np.arange(len(sim))
-        best.append(
-            pa.Table.from_batches([batch.select(list(range(1, len(_META) + 1)))]).take(keep)
-        )
-        scores.append(sim[keep])
+            scores.append(sim[keep])
     if not best:
         return []
     table = pa.concat_tables(best)

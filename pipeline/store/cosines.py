@@ -1,0 +1,183 @@
+"""Cosines of stored float16 embeddings: the plain NumPy path's numbers, several times faster.
+
+A backtest or a search scores every stored embedding: (N, E) float16 vectors against a few
+float32 rows. The plain NumPy expression (:func:`reference_unit_cosines`,
+:func:`reference_dots`) is slow on a whole batch: ``astype(float32)`` converts float16 one
+value at a time (about 2 ns a value on this project's 2-core build machine) and every step
+writes a fresh (N, E) float32 array, twice the size of the input, that is page-faulted in and
+streamed through memory several times.
+
+:class:`CosineKernel` runs the same steps chunk by chunk:
+
+- the float16 -> float32 conversion by torch (``Tensor.copy_``, vectorised; the conversion is
+  exact either way) into a float32 buffer of a few thousand rows that each thread reuses, so
+  it stays in cache;
+- then the reference's own NumPy steps on that buffer (``einsum`` norms, ``sqrt``,
+  ``maximum``, the division, the ``matmul`` against the same float32 matrix);
+- chunks shared between threads (NumPy and torch release the GIL), each library call on one
+  thread: OpenBLAS limited to one thread (threadpoolctl) while the kernel is open, torch's
+  copies cut below its parallel grain size. Their own thread pools, woken on a busy 2-core
+  machine from threads of ours, were measured to stall each other for milliseconds a chunk.
+
+Nothing is approximated: each chunk's numbers are bit for bit the reference's on that chunk
+(``tests/test_store_cosines.py``). OpenBLAS's result for one row can change in the last bit
+with the size of the product it is part of and its thread count, so against the reference
+run on a whole batch the cosines agree to float32 rounding (a few 1e-8), as the plain path
+already did from one batch size to another. No library offers "float16 rows times a float32
+matrix in float32" on the CPU without either the slow conversion or a lower-precision
+product (torch's float16/bfloat16 products round the matrix), hence this small driver around
+NumPy and torch.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from threadpoolctl import threadpool_limits
+
+__all__ = ["CHUNK_ROWS", "CosineKernel", "reference_dots", "reference_unit_cosines"]
+
+#: Rows converted and scored at a time by one thread (2048 x 512 float32 = 4 MiB).
+CHUNK_ROWS: Final = 2048
+_F16 = npt.NDArray[np.float16]
+_F32 = npt.NDArray[np.float32]
+_TINY: Final = np.float32(1e-12)
+#: torch runs a copy of more values than this on its own threads (ATen's GRAIN_SIZE).
+_TORCH_GRAIN: Final = 32768
+
+
+def reference_unit_cosines(emb: _F16, matrix_t: _F32) -> _F32:
+    """(B, E) float16 embeddings, re-normalised in float32, times the (E, R) float32
+    ``matrix_t``: (B, R) cosines. The plain path :class:`CosineKernel` reproduces."""
+    x = emb.astype(np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    x /= np.maximum(norms, _TINY)[:, None]
+    out: _F32 = x @ matrix_t
+    return out
+
+
+def reference_dots(emb: _F16, query: _F32) -> _F32:
+    """(B, E) float16 embeddings as float32 times the (E,) float32 ``query``: (B,) dot
+    products. The plain path :meth:`CosineKernel.dots` reproduces."""
+    out: _F32 = emb.astype(np.float32) @ query
+    return out
+
+
+class CosineKernel:
+    """Scores float16 embedding batches chunk by chunk on ``threads`` threads (default: the
+    CPUs this process may use, at most 4); use as a context manager or :meth:`close` it.
+    While open, OpenBLAS (NumPy's matrix products) runs on one thread in the whole process."""
+
+    def __init__(self, *, threads: int | None = None, chunk_rows: int = CHUNK_ROWS) -> None:
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
+        count = threads if threads is not None else min(4, len(os.sched_getaffinity(0)))
+        self.threads = max(1, count)
+        self.chunk_rows = chunk_rows
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cosines")
+        self._limits = threadpool_limits(limits=1, user_api="blas")
+
+    def close(self) -> None:
+        """Stop the threads and give OpenBLAS its threads back."""
+        self._pool.shutdown()
+        self._limits.restore_original_limits()
+
+    def __enter__(self) -> CosineKernel:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def unit_cosines(self, emb: _F16, matrix_t: _F32) -> _F32:
+        """:func:`reference_unit_cosines`, chunk by chunk (see the module docstring)."""
+        rows, dim = emb.shape
+        if matrix_t.shape[0] != dim:
+            raise ValueError(f"embeddings of {dim} values for a matrix of {matrix_t.shape[0]}")
+        matrix = np.ascontiguousarray(matrix_t, dtype=np.float32)
+        out = np.empty((rows, matrix.shape[1]), dtype=np.float32)
+        source = _half_tensor(emb)
+
+        def chunk(lo: int, hi: int) -> None:
+            x = self._convert(source, lo, hi, dim)  # (C, E) float32 view of the thread's buffer
+            norms = self._norms(hi - lo)
+            np.einsum("ij,ij->i", x, x, out=norms)
+            np.sqrt(norms, out=norms)
+            np.maximum(norms, _TINY, out=norms)
+            np.divide(x, norms[:, None], out=x)
+            np.matmul(x, matrix, out=out[lo:hi])
+
+        self._run(rows, chunk)
+        return out
+
+    def dots(self, emb: _F16, query: _F32) -> _F32:
+        """:func:`reference_dots`, chunk by chunk (see the module docstring)."""
+        rows, dim = emb.shape
+        if query.shape != (dim,):
+            raise ValueError(f"embeddings of {dim} values for a query of shape {query.shape}")
+        q = np.ascontiguousarray(query, dtype=np.float32)
+        out = np.empty(rows, dtype=np.float32)
+        source = _half_tensor(emb)
+
+        def chunk(lo: int, hi: int) -> None:
+            np.matmul(self._convert(source, lo, hi, dim), q, out=out[lo:hi])
+
+        self._run(rows, chunk)
+        return out
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _run(self, rows: int, chunk: Callable[[int, int], None]) -> None:
+        bounds = [(lo, min(lo + self.chunk_rows, rows)) for lo in range(0, rows, self.chunk_rows)]
+        for done in [self._pool.submit(chunk, lo, hi) for lo, hi in bounds]:
+            done.result()  # re-raises a chunk's error
+
+    def _convert(self, source: torch.Tensor, lo: int, hi: int, dim: int) -> _F32:
+        """Rows ``lo:hi`` of ``source`` as float32, in this thread's reused buffer."""
+        local = self._local
+        buf: _F32 | None = getattr(local, "buf", None)
+        if buf is None or buf.shape[1] != dim or buf.shape[0] < self.chunk_rows:
+            buf = np.empty((self.chunk_rows, dim), dtype=np.float32)
+            local.buf, local.tensor = buf, torch.from_numpy(buf)
+        step = max(1, (_TORCH_GRAIN - 1) // dim)  # rows a copy converts on this thread
+        target: torch.Tensor = local.tensor
+        for first in range(0, hi - lo, step):
+            last = min(first + step, hi - lo)
+            target[first:last].copy_(source[lo + first : lo + last])
+        return buf[: hi - lo]
+
+    def _norms(self, count: int) -> _F32:
+        norms: _F32 | None = getattr(self._local, "norms", None)
+        if norms is None or norms.shape[0] < self.chunk_rows:
+            norms = np.empty(self.chunk_rows, dtype=np.float32)
+            self._local.norms = norms
+        return norms[:count]
+
+
+def _half_tensor(emb: _F16) -> torch.Tensor:
+    """``emb`` as a torch tensor sharing its memory. Stored embeddings are views of read-only
+    Arrow buffers, which torch accepts with a warning that writing is undefined: the kernel
+    only reads them."""
+    if emb.dtype != np.float16:
+        raise ValueError(f"expected float16 embeddings, not {emb.dtype}")
+    if emb.ndim != 2:
+        raise ValueError(f"expected (rows, values) embeddings, not shape {emb.shape}")
+    if emb.flags.writeable:
+        return torch.from_numpy(np.ascontiguousarray(emb))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(emb))

@@ -1,0 +1,87 @@
+"""The chunked, threaded cosine kernel: the plain NumPy path's numbers, chunk for chunk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from threadpoolctl import threadpool_limits
+
+from pipeline.policies.score import unit_rows
+from pipeline.store.cosines import CosineKernel, reference_dots, reference_unit_cosines
+from pipeline.store.schema import embeddings_of
+
+
+def _stored(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
+    """Unit float16 vectors as a store holds them: a read-only view of an Arrow buffer."""
+    emb = unit_rows(rng.normal(size=(rows, dim))).astype(np.float16)
+    offsets = np.arange(rows + 1, dtype=np.int32) * (dim * 2)
+    column = pa.Array.from_buffers(
+        pa.binary(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(emb.tobytes())]
+    )
+    out = embeddings_of(column)
+    assert not out.flags.writeable
+    return out
+
+
+@pytest.mark.parametrize(
+    ("rows", "dim", "chunk", "threads"),
+    [
+        (1, 512, 2048, 2),
+        (5000, 512, 2048, 2),  # a short last chunk
+        (4096, 512, 1024, 1),
+        (3001, 768, 700, 3),  # a chunk not a multiple of the torch copy step
+        (257, 64, 16, 2),
+        (0, 512, 2048, 2),
+    ],
+)
+def test_the_kernel_equals_the_plain_path_chunk_for_chunk(
+    rows: int, dim: int, chunk: int, threads: int
+) -> None:
+    rng = np.random.default_rng(rows + dim)
+    emb = _stored(rng, rows, dim) if rows else np.zeros((0, dim), np.float16)
+    # stored vectors are not exactly unit (float16), some are scaled: the norms matter
+    if rows > 3:
+        emb = emb.copy()
+        emb[::3] *= np.float16(0.5)
+    matrix_t = np.ascontiguousarray(unit_rows(rng.normal(size=(24, dim))).T)  # (E, R)
+    query = unit_rows(rng.normal(size=(1, dim)))[0]
+    with CosineKernel(threads=threads, chunk_rows=chunk) as kernel:
+        cos = kernel.unit_cosines(emb, matrix_t)
+        dots = kernel.dots(emb, query)
+    with threadpool_limits(limits=1, user_api="blas"):
+        want = [reference_unit_cosines(emb[i : i + chunk], matrix_t) for i in range(0, rows, chunk)]
+        want_dots = [reference_dots(emb[i : i + chunk], query) for i in range(0, rows, chunk)]
+    assert cos.shape == (rows, 24) and cos.dtype == np.float32
+    if rows:
+        # bit for bit the plain path on the same chunks (threads, reused buffers and torch's
+        # conversion change nothing)
+        assert np.array_equal(cos, np.concatenate(want))
+        assert np.array_equal(dots, np.concatenate(want_dots))
+        # and the plain path on the whole batch up to float32 rounding (OpenBLAS's own result
+        # for a row may change in the last bit with the batch's size and its thread count)
+        assert np.max(np.abs(cos - reference_unit_cosines(emb, matrix_t))) <= 4e-7
+        assert np.max(np.abs(dots - reference_dots(emb, query))) <= 4e-7
+    if rows:
+        # the reference is the true cosine to float32 accuracy (float64 check)
+        x = emb.astype(np.float64)
+        exact = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ matrix_t.astype(np.float64)
+        assert np.max(np.abs(cos - exact)) < 1e-5
+
+
+def test_a_zero_vector_scores_zero_and_bad_shapes_are_refused() -> None:
+    emb = np.zeros((3, 8), np.float16)
+    emb[1, 0] = 1
+    matrix_t = np.eye(8, 2, dtype=np.float32)
+    with CosineKernel(threads=2, chunk_rows=2) as kernel:
+        cos = kernel.unit_cosines(emb, matrix_t)
+        assert np.array_equal(cos, reference_unit_cosines(emb, matrix_t))
+        assert cos[0].tolist() == [0.0, 0.0] and cos[1].tolist() == [1.0, 0.0]
+        with pytest.raises(ValueError, match="8 values for a matrix of 4"):
+            kernel.unit_cosines(emb, np.zeros((4, 2), np.float32))
+        with pytest.raises(ValueError, match="float16"):
+            kernel.unit_cosines(emb.astype(np.float32), matrix_t)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="query of shape"):
+            kernel.dots(emb, np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="chunk_rows"):
+        CosineKernel(chunk_rows=0)

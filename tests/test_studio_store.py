@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from consumers.studio import StudioConfig, create_app
-from tests.studio_fixtures import make_incidents, make_policies
+from tests.studio_fixtures import scan_into_store
 
 pytest.importorskip("pipeline.store")
 
@@ -21,28 +21,7 @@ BASE = "http://127.0.0.1:8600"
 
 @pytest.fixture(scope="module")
 def scanned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    from consumers.cli import main
-
-    root = tmp_path_factory.mktemp("studio-store")
-    policies = make_policies(root)
-    make_incidents(root)  # writes clip.mp4: the red triangle from 1 s to 2 s
-    store, out = root / "store", root / "scan"
-    status = main(
-        [
-            "scan",
-            str(root / "clip.mp4"),
-            "--policies",
-            str(policies),
-            "--sample-fps",
-            "4",
-            "--store",
-            str(store),
-            "--out",
-            str(out),
-        ]
-    )
-    assert status == 0
-    return policies, store, out
+    return scan_into_store(tmp_path_factory.mktemp("studio-store"))
 
 
 def test_backtest_page_shows_what_an_edit_removes(

@@ -1,6 +1,7 @@
 """An incident's frames for review: the peak frame and the frames around it, decoded from the
-scanned source in the sandboxed decode pool and kept as JPEG files in the studio's data
-folder (``thumbs/INCIDENT/``)."""
+scanned source in the sandboxed decode pool, or (live streams, whose flag events name no
+file) the thumbnails the frame store keeps of the stream at those times; kept as JPEG files
+in the studio's data folder (``thumbs/INCIDENT/``)."""
 
 from __future__ import annotations
 
@@ -12,29 +13,31 @@ import cv2
 
 from consumers.studio.incidents import StudioIncident
 from pipeline.decode import DecodeOptions, Sampling
-from pipeline.errors import DecodeError
+from pipeline.errors import ClipguardError, DecodeError
 
 if TYPE_CHECKING:
     from consumers.studio.scoring import Scorer
+    from consumers.studio.store_link import StoreLink
 
 __all__ = ["AROUND_S", "incident_frames"]
 
 AROUND_S: Final = (-1.0, 0.0, 1.0)  # seconds from the peak
 _SIZE: Final = 224
+_STORE_ROWS: Final = 256  # stored rows read around a peak (tiles and replays included)
 
 
 def incident_frames(
-    incident: StudioIncident, scorer: Scorer, thumbs_dir: Path
+    incident: StudioIncident, scorer: Scorer, thumbs_dir: Path, store: StoreLink | None = None
 ) -> list[tuple[float, Path]]:
     """``(offset from the peak in seconds, JPEG file)`` for the frames around the peak; empty
-    when the source is not a local file that can be decoded."""
+    when neither the source file nor the store has them."""
     folder = thumbs_dir / incident.id
     index = folder / "frames.json"
     if index.exists():
         return [(float(t), folder / name) for t, name in json.loads(index.read_text())]
     source = incident.source
     if source is None or "://" in source or not Path(source).is_file():
-        return []
+        return [] if store is None else _from_store(incident, store, folder)
     options = DecodeOptions(_SIZE, fit="pad", sampling=Sampling(mode="fps", fps=4.0))
     try:
         result = scorer.pool().decode_uri(Path(source), options)
@@ -53,4 +56,35 @@ def incident_frames(
             (folder / name).write_bytes(jpeg.tobytes())
             out.append((offset, name))
     index.write_text(json.dumps(out))
+    return [(t, folder / name) for t, name in out]
+
+
+def _from_store(
+    incident: StudioIncident, store: StoreLink, folder: Path
+) -> list[tuple[float, Path]]:
+    if store.root is None:
+        return []
+    low, high = AROUND_S[0] - 0.5, AROUND_S[-1] + 0.5
+    try:
+        table = store.window(
+            incident.stream_id,
+            incident.model,
+            incident.peak_ts + low,
+            incident.peak_ts + high,
+            limit=_STORE_ROWS,
+        )
+    except ClipguardError:
+        return []
+    rows = [r for r in table.select(["ts", "thumbnail"]).to_pylist() if r["thumbnail"]]
+    if not rows:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    out: list[tuple[float, str]] = []
+    for offset in AROUND_S:
+        want = incident.peak_ts + offset
+        row = min(rows, key=lambda r: abs(r["ts"] - want))
+        name = f"{len(out)}.jpg"
+        (folder / name).write_bytes(row["thumbnail"])
+        out.append((offset, name))
+    (folder / "frames.json").write_text(json.dumps(out))
     return [(t, folder / name) for t, name in out]

@@ -154,3 +154,27 @@ def synthetic_store(root: Path, policies: Path, *, streams: int, frames: int) ->
         recorder.add(f"cam-{s}", refs, emb, images)
         recorder.flush(f"cam-{s}")
     return store
+
+
+def backtest_at(policies: Path, store: Path, threshold: float, folder: Path) -> tuple[int, int]:
+    """(frames passing, incidents) of red-triangle in the store backtest
+    (:func:`pipeline.store.backtest`) with the policy file edited to ``threshold``."""
+    from pipeline.models import load_model
+    from pipeline.policies import load_policies
+    from pipeline.policies.compile import PolicyCompiler
+    from pipeline.store import backtest, open_store
+
+    edited = folder / f"at-{threshold}"
+    if not edited.exists():
+        shutil.copytree(policies, edited)
+        red = edited / "red-triangle.yaml"
+        red.write_text(red.read_text().replace("threshold: 0.55", f"threshold: {threshold}"))
+    model = load_model("clipguard-demo")
+    compiled = PolicyCompiler(model, cache_dir=folder / "compiled").compile(
+        load_policies([edited])
+    )
+    result = backtest(
+        compiled, open_store(store), model=model.name, weights_sha256=model.fingerprint()
+    )
+    diff = result.labels["red-triangle/red-triangle"]
+    return diff.frames_passing, diff.incidents

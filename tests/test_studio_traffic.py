@@ -5,19 +5,17 @@ the count answers hostile parameters with clear refusals."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
 from consumers.studio import StudioConfig, create_app
-from tests.studio_fixtures import make_policies, synthetic_store
+from tests.studio_fixtures import backtest_at, make_policies, synthetic_store
 
 pytest.importorskip("pipeline.store")
 
 BASE = "http://127.0.0.1:8600"
-KEY = "red-triangle/red-triangle"
 COUNT = "/policies/red-triangle/tune/count"
 
 
@@ -32,26 +30,6 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return policies, synthetic_store(root, policies, streams=12, frames=240)
 
 
-def _backtest_at(policies: Path, store: Path, threshold: float, folder: Path) -> tuple[int, int]:
-    """(frames passing, incidents) of the store backtest with red-triangle at ``threshold``."""
-    from pipeline.models import load_model
-    from pipeline.policies import load_policies
-    from pipeline.policies.compile import PolicyCompiler
-    from pipeline.store import backtest, open_store
-
-    edited = folder / f"at-{threshold}"
-    shutil.copytree(policies, edited)
-    red = edited / "red-triangle.yaml"
-    red.write_text(red.read_text().replace("threshold: 0.55", f"threshold: {threshold}"))
-    model = load_model("clipguard-demo")
-    compiled = PolicyCompiler(model, cache_dir=folder / "compiled").compile(load_policies([edited]))
-    result = backtest(
-        compiled, open_store(store), model=model.name, weights_sha256=model.fingerprint()
-    )
-    diff = result.labels[KEY]
-    return diff.frames_passing, diff.incidents
-
-
 def test_live_count_is_the_backtest_at_that_threshold(
     stored: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -63,7 +41,7 @@ def test_live_count_is_the_backtest_at_that_threshold(
         assert "of 2880 stored frames reach it" in page  # 12 streams of 240 frames
         for t in (0.15, 0.3, 0.45, 0.55, 0.7):
             got = c.get(COUNT, params={"label": "red-triangle", "threshold": t}).json()
-            want = _backtest_at(policies, store, t, tmp_path)
+            want = backtest_at(policies, store, t, tmp_path)
             assert (got["frames"], got["incidents"]) == want, t
             assert got["total"] == 2880
             seen[t] = want

@@ -170,9 +170,7 @@ def backtest_at(policies: Path, store: Path, threshold: float, folder: Path) -> 
         red = edited / "red-triangle.yaml"
         red.write_text(red.read_text().replace("threshold: 0.55", f"threshold: {threshold}"))
     model = load_model("clipguard-demo")
-    compiled = PolicyCompiler(model, cache_dir=folder / "compiled").compile(
-        load_policies([edited])
-    )
+    compiled = PolicyCompiler(model, cache_dir=folder / "compiled").compile(load_policies([edited]))
     result = backtest(
         compiled, open_store(store), model=model.name, weights_sha256=model.fingerprint()
     )

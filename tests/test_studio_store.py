@@ -124,7 +124,9 @@ def test_queue_from_the_store_and_an_incident_timeline(
         again = c.post("/store/queue", headers={"Origin": BASE}).text
         assert 'id="queue-total">2<' in again  # queued twice, kept once
         red = next(f for f in closed if f["label"] == "red-triangle")
-        found = re.search(r'href="/review/([0-9a-f]{16})" class="open-incident"><b>red-triangle', page)
+        found = re.search(
+            r'href="/review/([0-9a-f]{16})" class="open-incident"><b>red-triangle', page
+        )
         assert found is not None
         incident = found.group(1)
         page = c.get(f"/review/{incident}").text

@@ -5,7 +5,11 @@ package still serves every other page.
 
 With a store: the Backtest page re-scores the stored frames with the policy files as they are
 now and compares the incidents with those of the policy sets in force when the frames were
-stored; the Try page searches stored frames by text (nearest frames with thumbnails).
+stored (the result kept until the policies or the store's files change), and the Review page
+queues those incidents; the Try page searches stored frames by text (nearest frames with
+thumbnails); Tune counts, as the slider moves, the stored frames and backtest incidents a
+threshold gives (:mod:`consumers.studio.traffic`); an incident's timeline reads the stored
+frames around it.
 """
 
 from __future__ import annotations

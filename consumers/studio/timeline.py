@@ -106,8 +106,9 @@ def incident_timeline(
     folder.mkdir(parents=True, exist_ok=True)
     thumbs = []
     for n, i in enumerate(_thumb_rows(times, incident.peak_ts)):
-        if pictures[i] is not None:
-            (folder / f"{n}.jpg").write_bytes(pictures[i])
+        picture = pictures[i]
+        if picture is not None:
+            (folder / f"{n}.jpg").write_bytes(picture)
             thumbs.append((times[i], n))
     timeline = Timeline(
         incident=incident.id,

@@ -6,6 +6,7 @@ in the studio's data folder (``thumbs/INCIDENT/``)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -19,11 +20,10 @@ if TYPE_CHECKING:
     from consumers.studio.scoring import Scorer
     from consumers.studio.store_link import StoreLink
 
-__all__ = ["AROUND_S", "incident_frames"]
+__all__ = ["AROUND_S", "incident_frames", "page_frames"]
 
 AROUND_S: Final = (-1.0, 0.0, 1.0)  # seconds from the peak
 _SIZE: Final = 224
-_STORE_ROWS: Final = 256  # stored rows read around a peak (tiles and replays included)
 
 
 def incident_frames(
@@ -59,32 +59,68 @@ def incident_frames(
     return [(t, folder / name) for t, name in out]
 
 
+def page_frames(
+    incidents: Sequence[StudioIncident], scorer: Scorer, thumbs_dir: Path, store: StoreLink
+) -> dict[str, list[tuple[float, Path]]]:
+    """:func:`incident_frames` for a page of incidents: those the store holds read in one
+    query (one scan of the store, not one per incident)."""
+    out: dict[str, list[tuple[float, Path]]] = {}
+    from_store: list[StudioIncident] = []
+    for incident in incidents:
+        index = thumbs_dir / incident.id / "frames.json"
+        source = incident.source
+        local = source is not None and "://" not in source and Path(source).is_file()
+        if index.exists() or local or store.root is None:
+            out[incident.id] = incident_frames(incident, scorer, thumbs_dir)
+        else:
+            from_store.append(incident)
+    if not from_store:
+        return out
+    low, high = AROUND_S[0] - 0.5, AROUND_S[-1] + 0.5
+    wanted = [(i.id, i.stream_id, i.model, i.peak_ts + low, i.peak_ts + high) for i in from_store]
+    try:
+        found = store.windows(wanted)
+    except ClipguardError:
+        found = {}
+    for incident in from_store:
+        rows = found.get(incident.id, [])
+        out[incident.id] = _write(incident, rows, thumbs_dir / incident.id) if rows else []
+    return out
+
+
 def _from_store(
     incident: StudioIncident, store: StoreLink, folder: Path
 ) -> list[tuple[float, Path]]:
     if store.root is None:
         return []
     low, high = AROUND_S[0] - 0.5, AROUND_S[-1] + 0.5
-    try:
-        table = store.window(
+    wanted = [
+        (
+            incident.id,
             incident.stream_id,
             incident.model,
             incident.peak_ts + low,
             incident.peak_ts + high,
-            limit=_STORE_ROWS,
         )
+    ]
+    try:
+        rows = store.windows(wanted).get(incident.id, [])
     except ClipguardError:
         return []
-    rows = [r for r in table.select(["ts", "thumbnail"]).to_pylist() if r["thumbnail"]]
-    if not rows:
-        return []
+    return _write(incident, rows, folder) if rows else []
+
+
+def _write(
+    incident: StudioIncident, rows: list[tuple[float, bytes]], folder: Path
+) -> list[tuple[float, Path]]:
+    """The stored frames nearest each offset from the peak, written as the incident's frames."""
     folder.mkdir(parents=True, exist_ok=True)
     out: list[tuple[float, str]] = []
     for offset in AROUND_S:
         want = incident.peak_ts + offset
-        row = min(rows, key=lambda r: abs(r["ts"] - want))
+        _, picture = min(rows, key=lambda r: abs(r[0] - want))
         name = f"{len(out)}.jpg"
-        (folder / name).write_bytes(row["thumbnail"])
+        (folder / name).write_bytes(picture)
         out.append((offset, name))
     (folder / "frames.json").write_text(json.dumps(out))
     return [(t, folder / name) for t, name in out]

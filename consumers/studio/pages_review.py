@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from consumers.studio.app import Studio, studio_of
-from consumers.studio.frames import incident_frames
+from consumers.studio.frames import page_frames
 from consumers.studio.handoff import handoff
 from consumers.studio.labels import MAX_NOTE
 from consumers.studio.pages_policies import policy_file
@@ -41,16 +41,10 @@ async def review(
     await run_in_threadpool(studio.sync_file)
     total, queue = studio.queue.page(policy=policy, limit=_PAGE, offset=start)
     labels = studio.labels.by_incident()
-    frames = {}
-    for incident in queue:
-        found = await run_in_threadpool(
-            incident_frames,
-            incident,
-            studio.scorer,
-            studio.config.data_dir / "thumbs",
-            studio.store,
-        )
-        frames[incident.id] = [(t, p.name) for t, p in found]
+    found = await run_in_threadpool(
+        page_frames, queue, studio.scorer, studio.config.data_dir / "thumbs", studio.store
+    )
+    frames = {key: [(t, p.name) for t, p in pictures] for key, pictures in found.items()}
     return studio.page(
         request,
         "review.html",

@@ -21,9 +21,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Final
 
+import pyarrow as pa
+
 from consumers.studio.incidents import StudioIncident, incident_id
 from consumers.studio.traffic import Count, TrafficCache, TrafficScores
-from pipeline.errors import ClipguardError, ConfigError
+from pipeline.errors import ClipguardError, ConfigError, StoreError
 from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
 from pipeline.policies.tools.judging import compile_policies
 
@@ -205,6 +207,46 @@ class StoreLink:
             [since, until, limit],
             flt,
         )
+
+    def windows(
+        self, wanted: list[tuple[str, str, str, float, float]]
+    ) -> dict[str, list[tuple[float, bytes]]]:
+        """The stored thumbnails in several windows at once, one query per model (a join, so
+        the store is scanned once however many windows are asked for): ``wanted`` holds
+        ``(key, stream id, model, since, until)``; the answer maps each key to its
+        ``(ts, JPEG)`` in time order (keys with none are absent)."""
+        import duckdb
+
+        store = self._open()
+        out: dict[str, list[tuple[float, bytes]]] = {}
+        for model_name in sorted({w[2] for w in wanted}):
+            mine = [w for w in wanted if w[2] == model_name]
+            table = pa.table(
+                {
+                    "w_key": pa.array([w[0] for w in mine], pa.string()),
+                    "w_stream": pa.array([w[1] for w in mine], pa.string()),
+                    "w_since": pa.array([w[3] for w in mine], pa.float64()),
+                    "w_until": pa.array([w[4] for w in mine], pa.float64()),
+                }
+            )
+            flt = self._module.FrameFilter(model=model_name)
+            condition, params = flt.where()
+            con = store.connect(flt)
+            try:
+                con.register("wanted", table)
+                rows = con.sql(
+                    "SELECT w_key, ts, thumbnail FROM frames JOIN wanted ON stream_id = w_stream "  # noqa: S608 - the condition is fixed text
+                    f"AND ts >= w_since AND ts <= w_until WHERE ({condition}) AND thumbnail IS "
+                    "NOT NULL ORDER BY w_key, ts",
+                    params=params,
+                ).fetchall()
+            except duckdb.Error as e:
+                raise StoreError(f"{self.root}: query failed: {e}") from e
+            finally:
+                con.close()
+            for key, ts, picture in rows:
+                out.setdefault(key, []).append((float(ts), bytes(picture)))
+        return out
 
     def thumbnail(self, stream_id: str, seq: int, frame_index: int, tile: int) -> bytes | None:
         found = self._open().thumbnails_at([(stream_id, seq, frame_index, tile)])

@@ -62,3 +62,25 @@ def test_count_refuses_what_it_cannot_count(stored: tuple[Path, Path], tmp_path:
     with TestClient(create_app(bare), base_url=BASE) as c:
         answer = c.get(COUNT, params={"label": "red-triangle", "threshold": 0.5})
         assert answer.status_code == 404 and answer.json() == {"error": "no store connected"}
+
+
+def test_the_store_answers_are_ready_before_the_first_page(
+    stored: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import time
+
+    policies, store = stored
+    config = StudioConfig(policies_dir=policies, data_dir=tmp_path / "data", store=store)
+    app = create_app(config)
+    with TestClient(app, base_url=BASE) as c:
+        studio = app.state.studio
+        deadline = time.monotonic() + 30
+        while studio.warmer.warmed is None:
+            assert time.monotonic() < deadline, "the store's answers were never prepared"
+            time.sleep(0.05)
+        assert studio.store.traffic_cache.made == 2  # one pass for each policy
+        assert "of 2880 stored frames reach it" in c.get("/policies/red-triangle/tune").text
+        assert c.get(COUNT, params={"label": "red-triangle", "threshold": 0.4}).status_code == 200
+        assert "frames judged in" in c.get("/backtest?run=1").text
+        assert studio.store.traffic_cache.made == 2  # nothing computed again
+        assert not studio.warmer.warm_once()  # nothing changed since

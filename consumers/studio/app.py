@@ -26,6 +26,7 @@ from consumers.studio.queue import ReviewQueue
 from consumers.studio.scoring import Scorer
 from consumers.studio.store_link import StoreLink
 from consumers.studio.versions import PolicyWriter
+from consumers.studio.warm import Warmer
 from pipeline.errors import ClipguardError
 
 __all__ = ["Studio", "create_app", "studio_of"]
@@ -61,6 +62,7 @@ class Studio:
             precision=config.precision,
         )
         self.store = StoreLink(config.store)
+        self.warmer = Warmer(self) if config.store is not None and config.warm else None
         self.templates = Jinja2Templates(directory=str(_HERE / "templates"))
         self._file_stamp: tuple[int, int] | None = None
         self._lock = threading.Lock()
@@ -106,10 +108,14 @@ class Studio:
         """Start what runs beside the pages (the flags topic reader)."""
         if self.feed is not None:
             self.feed.start()
+        if self.warmer is not None:
+            self.warmer.start()
 
     def close(self) -> None:
         if self.feed is not None:
             self.feed.stop()
+        if self.warmer is not None:
+            self.warmer.stop()
         self.scorer.close()
         self.queue.close()
         self.labels.close()

@@ -57,7 +57,7 @@ class StoreLink:
         self._module: Any = None
         self._store: Any = None
         self._lock = threading.Lock()
-        self._traffic = TrafficCache()
+        self.traffic_cache = TrafficCache()
         self._kernels: Any = None
         self._backtests: dict[tuple[str, str, str, tuple[str, ...]], Any] = {}
         self.last: dict[str, dict[str, int]] = {}  # policy id -> its last backtest's counts
@@ -157,6 +157,10 @@ class StoreLink:
             self._backtests = {key: result}  # the last one: the policies as they are now
         return result
 
+    def stamp(self) -> tuple[str, ...]:
+        """Changes when the store's files change (empty without a store)."""
+        return () if self.root is None else self._stamp(self._open())
+
     def _stamp(self, store: Any) -> tuple[str, ...]:
         """Changes when the store's files change (a sink wrote more, a prune removed some)."""
         return tuple(repr(f) for f in store.files())
@@ -186,7 +190,7 @@ class StoreLink:
         policies = compile_policies(LoadedPolicies([lp]), model, scorer.cache_dir)
         weights = model.fingerprint()
         key = (policies.id, model_name, weights, self._stamp(store))
-        return self._traffic.get(
+        return self.traffic_cache.get(
             key,
             lambda: TrafficScores.compute(
                 store, self._kernels, policies, model=model_name, weights_sha256=weights

@@ -192,6 +192,7 @@ class TrafficCache:
         self._kept: OrderedDict[tuple[Any, ...], TrafficScores] = OrderedDict()
         self._lock = threading.Lock()
         self._computing: dict[tuple[Any, ...], threading.Lock] = {}
+        self.made = 0  # passes over the store so far
 
     def get(self, key: tuple[Any, ...], make: Any) -> TrafficScores:
         """The scores under ``key`` (policy set id, model, weights, store stamp), made with
@@ -207,6 +208,7 @@ class TrafficCache:
                     return self._kept[key]
             made: TrafficScores = make()
             with self._lock:
+                self.made += 1
                 self._kept[key] = made
                 self._computing.pop(key, None)
                 while len(self._kept) > CACHED_POLICIES:

@@ -36,6 +36,7 @@ __all__ = ["MAX_QUEUED", "SAMPLE", "StoreLink", "StoreStatus"]
 
 _MAX_QUERY = 300
 _MAX_HITS = 48
+_SEARCHES_KEPT = 32  # text searches remembered until the store changes
 #: Stored frames scored for Tune's unlabelled histogram (an even sample of the store).
 SAMPLE = 20_000
 #: The most incidents one click queues from the store.
@@ -58,6 +59,8 @@ class StoreLink:
         self._store: Any = None
         self._lock = threading.Lock()
         self.traffic_cache = TrafficCache()
+        self._status: tuple[tuple[str, ...], StoreStatus] | None = None
+        self._searches: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         self._kernels: Any = None
         self._backtests: dict[tuple[str, str, str, tuple[str, ...]], Any] = {}
         self.last: dict[str, dict[str, int]] = {}  # policy id -> its last backtest's counts
@@ -87,6 +90,10 @@ class StoreLink:
             return StoreStatus(False, "no store connected (start the studio with --store DIR)")
         try:
             store = self._open()
+            stamp = self._stamp(store)
+            with self._lock:
+                if self._status is not None and self._status[0] == stamp:
+                    return self._status[1]
             table = store.sql("SELECT model, count(*) AS n FROM frames GROUP BY model")
         except ClipguardError as e:
             return StoreStatus(False, str(e))
@@ -94,7 +101,10 @@ class StoreLink:
             zip(table.column("model").to_pylist(), table.column("n").to_pylist(), strict=True)
         )
         total = sum(frames.values())
-        return StoreStatus(True, f"{total} stored frames in {self.root}", frames)
+        status = StoreStatus(True, f"{total} stored frames in {self.root}", frames)
+        with self._lock:
+            self._status = (stamp, status)  # counted again when the files change
+        return status
 
     def backtest(self, loaded: LoadedPolicies, scorer: Scorer, model_name: str) -> dict[str, Any]:
         """Backtest the policy files as they are now against the sets stored with the frames:
@@ -267,6 +277,10 @@ class StoreLink:
         hits = self._module.search(store, query, model=model_name, top=_MAX_HITS)
         return [h.to_json() for h in hits]
 
+    def _searched(self, key: tuple[Any, ...]) -> list[dict[str, Any]] | None:
+        with self._lock:
+            return self._searches.get(key)
+
     def search_text(self, text: str, scorer: Scorer, model_name: str) -> list[dict[str, Any]]:
         """The stored frames nearest to a text query, best first."""
         text = text.strip()
@@ -276,5 +290,14 @@ class StoreLink:
         model = scorer.model(model_name)
         from pipeline.policies.compile import PolicyCompiler
 
+        key = (text, model_name, model.fingerprint(), self.stamp())
+        kept = self._searched(key)
+        if kept is not None:
+            return kept  # the same words asked again (paging back, a reload)
         query = PolicyCompiler(model, cache_dir=scorer.cache_dir).encode_text([text])[0]
-        return self.search_embedding(query, model_name)
+        hits = self.search_embedding(query, model_name)
+        with self._lock:
+            self._searches[key] = hits
+            while len(self._searches) > _SEARCHES_KEPT:
+                self._searches.pop(next(iter(self._searches)))
+        return hits

@@ -5,6 +5,7 @@ in tests/test_studio_browser.py."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -364,3 +365,26 @@ def test_uploads_score_in_the_precision_asked_for(folder: Path, tmp_path: Path) 
     # int8 runs through the converted encoder, fp32 through the reference: close, not equal
     assert scores["int8"] != scores["fp32"]
     assert scores["int8"] == pytest.approx(scores["fp32"], abs=0.02)
+
+
+def test_queue_pages_and_a_timeline_from_the_source(tmp_path: Path) -> None:
+    policies = make_policies(tmp_path)
+    flags = make_incidents(tmp_path)
+    first = read_incidents(flags)[0]
+    with client(policies, tmp_path / "data", incidents=flags) as c:
+        assert c.get("/review?start=-1").status_code == 422
+        assert c.get("/review", params={"policy": "x" * 201}).status_code == 422
+        page = c.get("/review?start=2").text
+        assert page.count('class="incident"') == 1 and "3\u20133 of 3" in page
+        assert 'id="origin-file">3<' in page
+        page = c.get(f"/review/{first.id}").text
+        # no store: the scanned file decoded around the incident (4 s, 4 frames a second)
+        assert 'data-origin="source"' in page and 'data-points="16"' in page
+        assert 'data-value="0.55"' in page  # the threshold line: the file's threshold
+        thumbs = re.findall(r'src="(/timeline/[^"]+\.jpg)"', page)
+        assert thumbs and all(c.get(t).content[:2] == b"\xff\xd8" for t in thumbs)
+        form = {"verdict": "unsure", "back": "incident"}
+        back = c.post(f"/review/{first.id}", data=form, headers=SAME, follow_redirects=False)
+        assert back.headers["location"] == f"/review/{first.id}"
+        form["back"] = "elsewhere"
+        assert c.post(f"/review/{first.id}", data=form, headers=SAME).status_code == 422

@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from consumers.studio import StudioConfig, create_app
-from tests.studio_fixtures import make_incidents, make_policies
+from tests.studio_fixtures import scan_into_store
 
 pytest.importorskip("pipeline.store")
 
@@ -21,28 +21,7 @@ BASE = "http://127.0.0.1:8600"
 
 @pytest.fixture(scope="module")
 def scanned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    from consumers.cli import main
-
-    root = tmp_path_factory.mktemp("studio-store")
-    policies = make_policies(root)
-    make_incidents(root)  # writes clip.mp4: the red triangle from 1 s to 2 s
-    store, out = root / "store", root / "scan"
-    status = main(
-        [
-            "scan",
-            str(root / "clip.mp4"),
-            "--policies",
-            str(policies),
-            "--sample-fps",
-            "4",
-            "--store",
-            str(store),
-            "--out",
-            str(out),
-        ]
-    )
-    assert status == 0
-    return policies, store, out
+    return scan_into_store(tmp_path_factory.mktemp("studio-store"))
 
 
 def test_backtest_page_shows_what_an_edit_removes(
@@ -123,3 +102,45 @@ def test_tune_shows_unlabelled_stored_traffic(
     live = sorted(rec["scores"]["red-triangle/red-triangle"] for rec in scores)
     assert max(abs(a - b) for a, b in zip(live, data["unlabelled"], strict=True)) < 5e-3
     assert f"of {len(scores)} stored frames reach it" in page
+
+
+def test_queue_from_the_store_and_an_incident_timeline(
+    scanned: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    policies, store, out = scanned
+    flags = [json.loads(x) for x in (out / "flags.jsonl").read_text().splitlines()]
+    closed = [f for f in flags if f["state"] == "closed"]
+    config = StudioConfig(policies_dir=policies, data_dir=tmp_path / "data", store=store)
+    with TestClient(create_app(config), base_url=BASE) as c:
+        queued = c.post("/store/queue", headers={"Origin": BASE})
+        assert queued.status_code == 200  # followed the redirect to the Review page
+        page = queued.text
+        # the policy files are the ones the scan ran: the store finds what the scan flagged,
+        # and what the shadow policy (spam-text) would have flagged, which no flag event says
+        assert [f["policy"] for f in closed] == ["red-triangle"]
+        assert 'id="imported">2 incidents queued' in page
+        assert 'id="origin-store">2<' in page
+        assert re.search(r'class="open-incident"><b>spam-text</b> v1', page)
+        again = c.post("/store/queue", headers={"Origin": BASE}).text
+        assert 'id="queue-total">2<' in again  # queued twice, kept once
+        red = next(f for f in closed if f["label"] == "red-triangle")
+        found = re.search(
+            r'href="/review/([0-9a-f]{16})" class="open-incident"><b>red-triangle', page
+        )
+        assert found is not None
+        incident = found.group(1)
+        page = c.get(f"/review/{incident}").text
+        assert 'data-origin="store"' in page and 'data-points="16"' in page  # 4 s at 4 fps
+        assert f"peak {red['peak_score']:.3f}" in page
+        thumbs = re.findall(r'src="(/timeline/[0-9a-f]{16}/timeline-[0-9a-f]{16}/\d+\.jpg)"', page)
+        assert len(thumbs) >= 5
+        assert all(c.get(t).content[:2] == b"\xff\xd8" for t in thumbs)
+        assert c.get(f"/timeline/{incident}/timeline-..%2F/0.jpg").status_code == 404
+        assert c.get("/review/0123456789abcdef").status_code == 404
+    # the line: the label's score on each stored frame, as the scan scored it live
+    saved = next((tmp_path / "data" / "thumbs" / incident).glob("timeline-*/timeline.json"))
+    points = json.loads(saved.read_text())["points"]
+    scores = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
+    live = sorted((rec["ts"], rec["scores"]["red-triangle/red-triangle"]) for rec in scores)
+    assert [t for t, _ in points] == pytest.approx([t for t, _ in live])
+    assert max(abs(a[1] - b[1]) for a, b in zip(points, live, strict=True)) < 5e-3

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from consumers.cli.common import add_command
+from consumers.cli.common import DEFAULT_BOOTSTRAP, add_bootstrap_servers, add_command
 
 __all__ = ["add_parser"]
 
@@ -16,6 +16,9 @@ examples:
   clipguard studio --policies policies/demo
       then open http://127.0.0.1:8600/ in a browser
   clipguard studio --policies policies/ --model ViT-B/32 --incidents flags.jsonl
+  clipguard studio --policies policies/ --flags-topic clipguard.flags --store store/
+      the review queue fed by the workers' flag events as they come, and by what the
+      policies find in stored traffic
   CLIPGUARD_STUDIO_TOKEN=... clipguard studio --policies policies/ --host 0.0.0.0
       bound elsewhere than this machine, it asks for the token: open /?token=...
 
@@ -50,6 +53,17 @@ def add_parser(subparsers: Any) -> None:
     )
     studio.add_argument("--data", metavar="DIR", help="the studio's own files")
     studio.add_argument("--incidents", metavar="FILE", help="flag events (JSON lines) to review")
+    studio.add_argument(
+        "--flags-topic",
+        metavar="TOPIC",
+        help="read this flags topic (e.g. clipguard.flags) into the review queue as it grows",
+    )
+    add_bootstrap_servers(
+        studio,
+        default=DEFAULT_BOOTSTRAP,
+        metavar="HOST:PORT",
+        help="Kafka, for --flags-topic (default: %(default)s)",
+    )
     studio.add_argument("--store", metavar="DIR", help="stored frame embeddings (optional)")
     studio.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
     studio.add_argument("--port", type=int, default=8600, help="port (default: %(default)s)")
@@ -85,6 +99,8 @@ def _studio(args: argparse.Namespace) -> int:
         token=args.token,
         behind_proxy=args.behind_proxy,
         incidents=Path(args.incidents) if args.incidents else None,
+        flags_topic=args.flags_topic,
+        bootstrap_servers=args.bootstrap_servers,
         store=Path(args.store) if args.store else None,
         max_upload_bytes=args.max_upload_mb * 1024**2,
         precision=args.precision,

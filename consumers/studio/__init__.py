@@ -12,19 +12,24 @@ module                                      what it holds
 :mod:`~consumers.studio.versions`           every write: a new version, history, audit entry
 :mod:`~consumers.studio.audit`              the audit log (JSON lines)
 :mod:`~consumers.studio.scoring`            model, sandboxed decode pool, examples, uploads
-:mod:`~consumers.studio.incidents`          the review queue from flag events
+:mod:`~consumers.studio.incidents`          incidents from flag events
+:mod:`~consumers.studio.queue`              the review queue (SQLite): file, topic, store
+:mod:`~consumers.studio.flagfeed`           the flags topic read into the queue
 :mod:`~consumers.studio.frames`             an incident's frames around its peak
+:mod:`~consumers.studio.timeline`           an incident's score over time, with thumbnails
 :mod:`~consumers.studio.labels`             review verdicts (SQLite)
 :mod:`~consumers.studio.tune`               labelled scores, precision and recall
+:mod:`~consumers.studio.traffic`            stored traffic's scores: Tune's live count
 :mod:`~consumers.studio.handoff`            the JSON export for review tools
 :mod:`~consumers.studio.store_link`         the frame store, when there is one (lazy)
 ``pages_policies``, ``pages_try``,          the routers: one per page group
-``pages_review``, ``pages_store``
+``pages_review``, ``pages_incident``,
+``pages_store``
 ==========================================  ================================================
 
 The policy files stay the source of truth: the studio writes new versions of them and an
 audit log, never a hidden database of policies. Its own files (uploads, thumbnails, version
-history, audit log, labels, compiled policies) live in one data folder.
+history, audit log, review queue and labels, compiled policies) live in one data folder.
 """
 
 from consumers.studio.app import Studio, create_app

@@ -18,12 +18,15 @@ from fastapi.templating import Jinja2Templates
 from consumers.studio.access import AccessMiddleware
 from consumers.studio.audit import AuditLog
 from consumers.studio.config import StudioConfig
+from consumers.studio.flagfeed import FlagFeed
 from consumers.studio.incidents import StudioIncident, read_incidents
 from consumers.studio.labels import LabelStore
 from consumers.studio.library import PolicyLibrary
+from consumers.studio.queue import ReviewQueue
 from consumers.studio.scoring import Scorer
 from consumers.studio.store_link import StoreLink
 from consumers.studio.versions import PolicyWriter
+from consumers.studio.warm import Warmer
 from pipeline.errors import ClipguardError
 
 __all__ = ["Studio", "create_app", "studio_of"]
@@ -43,6 +46,14 @@ class Studio:
         self.audit = AuditLog(data / "audit.jsonl")
         self.writer = PolicyWriter(data / "history", self.audit)
         self.labels = LabelStore(data / "labels.sqlite3")
+        self.queue = ReviewQueue(data / "labels.sqlite3")
+        self.feed = (
+            None
+            if config.flags_topic is None
+            else FlagFeed(
+                self.queue, bootstrap_servers=config.bootstrap_servers, topic=config.flags_topic
+            )
+        )
         self.scorer = Scorer(
             model=config.model,
             data_dir=data,
@@ -51,8 +62,9 @@ class Studio:
             precision=config.precision,
         )
         self.store = StoreLink(config.store)
+        self.warmer = Warmer(self) if config.store is not None and config.warm else None
         self.templates = Jinja2Templates(directory=str(_HERE / "templates"))
-        self._incidents: tuple[float, list[StudioIncident]] | None = None
+        self._file_stamp: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
     def who(self, request: Request) -> str:
@@ -63,23 +75,49 @@ class Studio:
                 return name[:200]
         return self.config.user
 
-    def incidents(self) -> list[StudioIncident]:
-        """The review queue (re-read when the incidents file changes)."""
+    def sync_file(self) -> None:
+        """Put the incidents file's incidents into the queue (again when the file changes)."""
         path = self.config.incidents
-        if path is None or not path.exists():
-            return []
-        stamp = path.stat().st_mtime
+        if path is None:
+            return
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        stamp = (st.st_size, st.st_mtime_ns)
         with self._lock:
-            if self._incidents is None or self._incidents[0] != stamp:
-                self._incidents = (stamp, read_incidents(path))
-            return self._incidents[1]
+            if self._file_stamp != stamp:
+                self.queue.add(read_incidents(path))
+                self._file_stamp = stamp
+
+    def incidents(self) -> list[StudioIncident]:
+        """The whole review queue, in the order incidents arrived."""
+        self.sync_file()
+        return self.queue.all()
+
+    def incident(self, incident: str) -> StudioIncident | None:
+        """One queued incident by id."""
+        self.sync_file()
+        return self.queue.get(incident)
 
     def page(self, request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         ctx.setdefault("store", self.config.store)
         return self.templates.TemplateResponse(request, template, ctx, status_code=status)
 
+    def start(self) -> None:
+        """Start what runs beside the pages (the flags topic reader)."""
+        if self.feed is not None:
+            self.feed.start()
+        if self.warmer is not None:
+            self.warmer.start()
+
     def close(self) -> None:
+        if self.feed is not None:
+            self.feed.stop()
+        if self.warmer is not None:
+            self.warmer.stop()
         self.scorer.close()
+        self.queue.close()
         self.labels.close()
 
 
@@ -91,12 +129,19 @@ def studio_of(request: Request) -> Studio:
 
 def create_app(config: StudioConfig) -> FastAPI:
     """The studio as an ASGI app (serve it with uvicorn)."""
-    from consumers.studio import pages_policies, pages_review, pages_store, pages_try
+    from consumers.studio import (
+        pages_incident,
+        pages_policies,
+        pages_review,
+        pages_store,
+        pages_try,
+    )
 
     studio = Studio(config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        studio.start()
         yield
         studio.close()
 
@@ -105,7 +150,7 @@ def create_app(config: StudioConfig) -> FastAPI:
     )
     app.state.studio = studio
     app.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
-    for module in (pages_policies, pages_try, pages_review, pages_store):
+    for module in (pages_policies, pages_try, pages_review, pages_incident, pages_store):
         app.include_router(module.router)
 
     @app.exception_handler(ClipguardError)

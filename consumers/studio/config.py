@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -15,6 +16,7 @@ __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "StudioConfig", "is_loopback"]
 #: Uploads to the Try page are refused above this many bytes (a short clip or a photo).
 DEFAULT_MAX_UPLOAD_BYTES: Final = 50 * 1024**2
 _MIN_TOKEN_LENGTH: Final = 16
+_TOPIC: Final = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 def is_loopback(host: str) -> bool:
@@ -47,7 +49,10 @@ class StudioConfig:
     user_header: str = "X-Forwarded-User"  # who is acting, as the proxy says (behind_proxy)
     user: str = ""  # who is acting otherwise (default: the account running the studio)
     incidents: Path | None = None  # flag events (JSON lines) for the review queue
+    flags_topic: str | None = None  # the flags topic, read into the review queue as it grows
+    bootstrap_servers: str = "127.0.0.1:9092"  # Kafka, for flags_topic
     store: Path | None = None  # stored frame embeddings (`clipguard store`), when there are
+    warm: bool = True  # compute the store's answers in the background (consumers.studio.warm)
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     sample_fps: float = 2.0  # frames a second scored in uploaded videos
     precision: str = (
@@ -71,6 +76,8 @@ class StudioConfig:
                 "--token (or CLIPGUARD_STUDIO_TOKEN), or --behind-proxy when an authenticating "
                 "reverse proxy is the only way in"
             )
+        if self.flags_topic is not None and not _TOPIC.match(self.flags_topic):
+            raise ConfigError(f"not a Kafka topic name: {self.flags_topic!r}")
         if not 1024 <= self.max_upload_bytes <= 2 * 1024**3:
             raise ConfigError("max_upload_bytes must be between 1 KiB and 2 GiB")
         if not 0 < self.sample_fps <= 30:

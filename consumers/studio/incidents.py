@@ -7,14 +7,25 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from pydantic import ValidationError
 
 from pipeline.errors import ConfigError
 from pipeline.events import FlagEvent
 
-__all__ = ["MAX_INCIDENTS", "StudioIncident", "read_incidents"]
+__all__ = [
+    "MAX_INCIDENTS",
+    "Origin",
+    "StudioIncident",
+    "incident_id",
+    "incident_of",
+    "read_incidents",
+]
+
+#: Where an incident came from: a file of flag events (``--incidents``), the flags topic
+#: (``--flags-topic``), or the policy files run over the frame store (``--store``).
+Origin = Literal["file", "flags", "store"]
 
 MAX_INCIDENTS: Final = 100_000
 _MAX_FILE_BYTES: Final = 512 * 1024**2
@@ -40,6 +51,7 @@ class StudioIncident:
     threshold: float | None
     top_prompt: str | None
     model: str
+    origin: Origin = "file"
 
 
 def read_incidents(path: Path) -> list[StudioIncident]:
@@ -66,7 +78,7 @@ def read_incidents(path: Path) -> list[StudioIncident]:
                 raise ConfigError(
                     f"{path}:{number}: not a flag event: {where}: {first['msg']}"
                 ) from None
-            incident = _incident(event)
+            incident = incident_of(event)
             if incident.id not in found or event.state == "closed":
                 found[incident.id] = incident
             if len(found) > MAX_INCIDENTS:
@@ -74,10 +86,19 @@ def read_incidents(path: Path) -> list[StudioIncident]:
     return list(found.values())
 
 
-def _incident(e: FlagEvent) -> StudioIncident:
-    key = f"{e.stream_id}\0{e.source or ''}\0{e.policy}\0{e.label}\0{e.start_ts:.6f}"
+def incident_id(
+    stream_id: str, policy: str, label: str, start_ts: float, source: str | None = None
+) -> str:
+    """The stable id of an incident (16 hex digits): the same for its opening and closing flag
+    events, and for the incident a backtest of stored frames finds on a live stream."""
+    key = f"{stream_id}\0{source or ''}\0{policy}\0{label}\0{start_ts:.6f}"
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def incident_of(e: FlagEvent, origin: Origin = "file") -> StudioIncident:
+    """The incident a flag event opens or closes (its id is the same for both events)."""
     return StudioIncident(
-        id=hashlib.sha256(key.encode("utf-8")).hexdigest()[:16],
+        id=incident_id(e.stream_id, e.policy, e.label, e.start_ts, e.source),
         stream_id=e.stream_id,
         source=e.source,
         policy=e.policy,
@@ -92,4 +113,5 @@ def _incident(e: FlagEvent) -> StudioIncident:
         threshold=e.threshold,
         top_prompt=e.top_prompt,
         model=e.model,
+        origin=origin,
     )

@@ -12,12 +12,13 @@ from typing import Final, Literal, get_args
 
 from pipeline.errors import ConfigError
 
-__all__ = ["MAX_NOTE", "Label", "LabelStore", "Verdict"]
+__all__ = ["LABELS_SCHEMA", "MAX_NOTE", "Label", "LabelStore", "Verdict"]
 
 Verdict = Literal["correct", "incorrect", "unsure"]
 MAX_NOTE: Final = 2000
 
-_SCHEMA = """
+#: The labels table (the review queue joins it to count verdicts).
+LABELS_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS labels (
     incident TEXT PRIMARY KEY,
     policy TEXT NOT NULL,
@@ -51,7 +52,7 @@ class LabelStore:
         self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self._db.execute(LABELS_SCHEMA)
         self._lock = threading.Lock()
 
     def close(self) -> None:

@@ -9,12 +9,12 @@ from dataclasses import asdict
 from typing import Annotated
 
 import yaml
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from consumers.studio.app import Studio, studio_of
-from consumers.studio.frames import incident_frames
+from consumers.studio.frames import page_frames
 from consumers.studio.handoff import handoff
 from consumers.studio.labels import MAX_NOTE
 from consumers.studio.pages_policies import policy_file
@@ -28,32 +28,38 @@ __all__ = ["router"]
 router = APIRouter()
 StudioDep = Annotated[Studio, Depends(studio_of)]
 _INCIDENT = re.compile(r"^[0-9a-f]{16}$")
+_PAGE = 50  # incidents a Review page shows
 
 
 @router.get("/review", response_class=HTMLResponse)
-async def review(request: Request, studio: StudioDep, policy: str | None = None) -> HTMLResponse:
-    queue = [i for i in studio.incidents() if policy is None or i.policy == policy]
+async def review(
+    request: Request,
+    studio: StudioDep,
+    policy: Annotated[str | None, Query(max_length=200)] = None,
+    start: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> HTMLResponse:
+    await run_in_threadpool(studio.sync_file)
+    total, queue = studio.queue.page(policy=policy, limit=_PAGE, offset=start)
     labels = studio.labels.by_incident()
-    frames = {}
-    for incident in queue[:50]:
-        found = await run_in_threadpool(
-            incident_frames, incident, studio.scorer, studio.config.data_dir / "thumbs"
-        )
-        frames[incident.id] = [(t, p.name) for t, p in found]
-    counts: dict[str, int] = {}
-    for i in queue:
-        if i.id in labels:
-            counts[labels[i.id].verdict] = counts.get(labels[i.id].verdict, 0) + 1
+    found = await run_in_threadpool(
+        page_frames, queue, studio.scorer, studio.config.data_dir / "thumbs", studio.store
+    )
+    frames = {key: [(t, p.name) for t, p in pictures] for key, pictures in found.items()}
     return studio.page(
         request,
         "review.html",
-        queue=queue[:50],
-        total=len(queue),
+        queue=queue,
+        total=total,
+        start=start,
+        page_size=_PAGE,
         labels=labels,
         frames=frames,
-        counts=counts,
+        counts=studio.queue.verdicts(policy=policy),
+        origins=studio.queue.origins(),
         policy=policy,
         source=studio.config.incidents,
+        feed=studio.feed,
+        imported=request.query_params.get("imported"),
     )
 
 
@@ -64,8 +70,9 @@ def label(
     studio: StudioDep,
     verdict: Annotated[str, Form(pattern="^(correct|incorrect|unsure)$")],
     note: Annotated[str, Form(max_length=MAX_NOTE)] = "",
+    back: Annotated[str, Form(pattern="^(list|incident)$")] = "list",
 ) -> Response:
-    found = next((i for i in studio.incidents() if i.id == incident), None)
+    found = studio.incident(incident) if _INCIDENT.match(incident) else None
     if found is None:
         raise HTTPException(404, "no such incident")
     studio.labels.put(
@@ -77,6 +84,8 @@ def label(
         note=note.strip(),
         reviewer=studio.who(request),
     )
+    if back == "incident":
+        return RedirectResponse(f"/review/{found.id}", status_code=303)
     return RedirectResponse(f"/review#incident-{found.id}", status_code=303)
 
 
@@ -85,7 +94,7 @@ def add_to_examples(request: Request, incident: str, studio: StudioDep) -> Respo
     """Add the incident's peak frame to its policy's regression examples: the picture written
     beside the policy (``examples/``), the example appended to the file as a new version. The
     reviewer's verdict decides what it expects (correct: flag, incorrect: no flag)."""
-    found = next((i for i in studio.incidents() if i.id == incident), None)
+    found = studio.incident(incident) if _INCIDENT.match(incident) else None
     if found is None:
         raise HTTPException(404, "no such incident")
     verdict = studio.labels.by_incident().get(found.id)
@@ -142,6 +151,7 @@ async def tune(
     names = [lab.name for lab in lp.policy.labels]
     chosen = label if label in names else names[0]
     rule = lp.policy.label(chosen)
+    await run_in_threadpool(studio.sync_file)
     examples = await run_in_threadpool(studio.scorer.example_scores, lp)
     data = tune_data(
         policy=lp.policy.id,
@@ -150,13 +160,17 @@ async def tune(
         cutoff=rule.cutoff,
         examples=examples,
         labels=studio.labels.all(policy=lp.policy.id, label=chosen),
-        queue=studio.incidents(),
+        queue_peaks=studio.queue.peaks(lp.policy.id, chosen),
     )
-    stored, unlabelled, store_note = 0, list[float](), None
+    stored, unlabelled, store_note, live = 0, list[float](), None, None
     if studio.config.store is not None:
+        model_name = studio.scorer.model_name(lp)
         try:
             stored, unlabelled = await run_in_threadpool(
-                studio.store.label_scores, lp, chosen, studio.scorer, studio.scorer.model_name(lp)
+                studio.store.label_scores, lp, chosen, studio.scorer, model_name
+            )
+            live = await run_in_threadpool(
+                studio.store.count, lp, chosen, data.cutoff, studio.scorer, model_name
             )
         except ClipguardError as e:
             store_note = str(e)
@@ -180,6 +194,41 @@ async def tune(
         low=-1.0 if data.rule == "threshold" else 0.0,
         stored=stored,
         store_note=store_note,
+        live=live,
+    )
+
+
+@router.get("/policies/{name}/tune/count")
+async def tune_count(
+    name: str,
+    studio: StudioDep,
+    label: Annotated[str, Query(max_length=64)],
+    threshold: Annotated[float, Query(ge=-1.0, le=1.0, allow_inf_nan=False)],
+) -> JSONResponse:
+    """What ``threshold`` would do on the stored traffic: frames reaching it and the incidents
+    the store backtest would raise (the Tune page asks as the slider moves)."""
+    pf = policy_file(studio, name)
+    lp = pf.loaded
+    if lp is None:
+        raise HTTPException(409, "the policy does not load; fix it first")
+    if label not in {lab.name for lab in lp.policy.labels}:
+        raise HTTPException(404, "no such label")
+    if studio.config.store is None:
+        return JSONResponse({"error": "no store connected"}, status_code=404)
+    try:
+        count = await run_in_threadpool(
+            studio.store.count, lp, label, threshold, studio.scorer, studio.scorer.model_name(lp)
+        )
+    except ClipguardError as e:
+        return JSONResponse({"error": str(e)}, status_code=400)
+    return JSONResponse(
+        {
+            "threshold": threshold,
+            "frames": count.frames,
+            "total": count.total,
+            "incidents": count.incidents,
+            "ms": round(count.seconds * 1000, 1),
+        }
     )
 
 

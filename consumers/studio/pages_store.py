@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from consumers.studio.app import Studio, studio_of
 from consumers.studio.scoring import DEMO_MODEL
@@ -42,6 +42,21 @@ async def backtest(request: Request, studio: StudioDep, run: bool = False) -> HT
     return studio.page(
         request, "backtest.html", status_=status, result=result, error=error, models=models
     )
+
+
+@router.post("/store/queue")
+async def queue_from_store(studio: StudioDep) -> Response:
+    """Queue for review what the policy files as they are now find in the stored frames
+    (shadow policies included: the only way to review what a shadow policy would flag)."""
+    loaded = [pf.loaded for pf in studio.library.files() if pf.loaded is not None]
+    models = sorted({studio.scorer.model_name(lp) for lp in loaded})
+    if len(models) != 1:
+        raise HTTPException(400, "the policies name several models: pass --model")
+    found = await run_in_threadpool(
+        studio.store.incidents, LoadedPolicies(loaded), studio.scorer, models[0]
+    )
+    await run_in_threadpool(studio.queue.add, found)
+    return RedirectResponse(f"/review?imported={len(found)}", status_code=303)
 
 
 @router.get("/store/peak.jpg")

@@ -5,7 +5,11 @@ package still serves every other page.
 
 With a store: the Backtest page re-scores the stored frames with the policy files as they are
 now and compares the incidents with those of the policy sets in force when the frames were
-stored; the Try page searches stored frames by text (nearest frames with thumbnails).
+stored (the result kept until the policies or the store's files change), and the Review page
+queues those incidents; the Try page searches stored frames by text (nearest frames with
+thumbnails); Tune counts, as the slider moves, the stored frames and backtest incidents a
+threshold gives (:mod:`consumers.studio.traffic`); an incident's timeline reads the stored
+frames around it.
 """
 
 from __future__ import annotations
@@ -14,23 +18,29 @@ import importlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Final
 
-import numpy as np
+import pyarrow as pa
 
-from pipeline.errors import ClipguardError, ConfigError
+from consumers.studio.incidents import StudioIncident, incident_id
+from consumers.studio.traffic import Count, TrafficCache, TrafficScores
+from pipeline.errors import ClipguardError, ConfigError, StoreError
 from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
 from pipeline.policies.tools.judging import compile_policies
 
 if TYPE_CHECKING:
     from consumers.studio.scoring import Scorer
 
-__all__ = ["SAMPLE", "StoreLink", "StoreStatus"]
+__all__ = ["MAX_QUEUED", "SAMPLE", "StoreLink", "StoreStatus"]
 
 _MAX_QUERY = 300
 _MAX_HITS = 48
+_SEARCHES_KEPT = 32  # text searches remembered until the store changes
 #: Stored frames scored for Tune's unlabelled histogram (an even sample of the store).
 SAMPLE = 20_000
+#: The most incidents one click queues from the store.
+MAX_QUEUED: Final = 5_000
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,11 @@ class StoreLink:
         self._module: Any = None
         self._store: Any = None
         self._lock = threading.Lock()
-        self._samples: dict[tuple[str, tuple[str, ...]], tuple[int, Any]] = {}
+        self.traffic_cache = TrafficCache()
+        self._status: tuple[tuple[str, ...], StoreStatus] | None = None
+        self._searches: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        self._kernels: Any = None
+        self._backtests: dict[tuple[str, str, str, tuple[str, ...]], Any] = {}
         self.last: dict[str, dict[str, int]] = {}  # policy id -> its last backtest's counts
 
     def _open(self) -> Any:
@@ -61,6 +75,14 @@ class StoreLink:
                 except ImportError as e:
                     raise ConfigError(f"this build of clipguard has no frame store: {e}") from e
                 self._store = self._module.open_store(str(self.root))
+                self._kernels = SimpleNamespace(
+                    FrameFilter=self._module.FrameFilter,
+                    embeddings_of=importlib.import_module("pipeline.store.schema").embeddings_of,
+                    **{
+                        name: getattr(importlib.import_module("pipeline.store.temporal"), name)
+                        for name in ("StreamLayout", "find_incidents")
+                    },
+                )
             return self._store
 
     def status(self) -> StoreStatus:
@@ -68,6 +90,10 @@ class StoreLink:
             return StoreStatus(False, "no store connected (start the studio with --store DIR)")
         try:
             store = self._open()
+            stamp = self._stamp(store)
+            with self._lock:
+                if self._status is not None and self._status[0] == stamp:
+                    return self._status[1]
             table = store.sql("SELECT model, count(*) AS n FROM frames GROUP BY model")
         except ClipguardError as e:
             return StoreStatus(False, str(e))
@@ -75,17 +101,15 @@ class StoreLink:
             zip(table.column("model").to_pylist(), table.column("n").to_pylist(), strict=True)
         )
         total = sum(frames.values())
-        return StoreStatus(True, f"{total} stored frames in {self.root}", frames)
+        status = StoreStatus(True, f"{total} stored frames in {self.root}", frames)
+        with self._lock:
+            self._status = (stamp, status)  # counted again when the files change
+        return status
 
     def backtest(self, loaded: LoadedPolicies, scorer: Scorer, model_name: str) -> dict[str, Any]:
         """Backtest the policy files as they are now against the sets stored with the frames:
         the store's JSON result, with each listed incident's peak thumbnail place."""
-        store = self._open()
-        model = scorer.model(model_name)
-        policies = compile_policies(loaded, model, scorer.cache_dir)
-        result = self._module.backtest(
-            policies, store, model=model_name, weights_sha256=model.fingerprint()
-        )
+        result = self._backtest(loaded, scorer, model_name)
         data: dict[str, Any] = result.to_json()
         per_policy: dict[str, dict[str, int]] = {}
         for key, diff in data["labels"].items():
@@ -98,36 +122,145 @@ class StoreLink:
         self.last.update(per_policy)
         return data
 
+    def incidents(
+        self, loaded: LoadedPolicies, scorer: Scorer, model_name: str
+    ) -> list[StudioIncident]:
+        """What the policy files as they are now find in the stored frames (shadow labels
+        included), as review-queue incidents, at most :data:`MAX_QUEUED` of them."""
+        result = self._backtest(loaded, scorer, model_name)
+        return [
+            StudioIncident(
+                id=incident_id(i.stream_id, i.policy, i.label, i.start_ts),
+                stream_id=i.stream_id,
+                source=None,
+                policy=i.policy,
+                policy_version=i.policy_version,
+                label=i.label,
+                severity=i.severity,
+                action=i.action,
+                start_ts=i.start_ts,
+                end_ts=i.end_ts,
+                peak_ts=i.peak_ts,
+                peak_score=i.peak_score,
+                threshold=i.threshold,
+                top_prompt=i.top_prompt,
+                model=model_name,
+                origin="store",
+            )
+            for i in result.incidents[:MAX_QUEUED]
+        ]
+
+    def _backtest(self, loaded: LoadedPolicies, scorer: Scorer, model_name: str) -> Any:
+        """The store's backtest of ``loaded``, kept until the policies or the store's files
+        change (a page shown again, or queued from, costs nothing)."""
+        store = self._open()
+        model = scorer.model(model_name)
+        policies = compile_policies(loaded, model, scorer.cache_dir)
+        key = (policies.id, model_name, model.fingerprint(), self._stamp(store))
+        with self._lock:
+            if key in self._backtests:
+                return self._backtests[key]
+        result = self._module.backtest(
+            policies, store, model=model_name, weights_sha256=model.fingerprint()
+        )
+        with self._lock:
+            self._backtests = {key: result}  # the last one: the policies as they are now
+        return result
+
+    def stamp(self) -> tuple[str, ...]:
+        """Changes when the store's files change (empty without a store)."""
+        return () if self.root is None else self._stamp(self._open())
+
+    def _stamp(self, store: Any) -> tuple[str, ...]:
+        """Changes when the store's files change (a sink wrote more, a prune removed some)."""
+        return tuple(repr(f) for f in store.files())
+
     def label_scores(
         self, lp: LoadedPolicy, label: str, scorer: Scorer, model_name: str
     ) -> tuple[int, list[float]]:
         """Unlabelled stored traffic for Tune: how many stored frames of ``model_name`` there
-        are, and ``label``'s score (in its rule's unit) on an even sample of at most
-        :data:`SAMPLE` of them, sorted."""
+        are (replays dropped, tiles merged), and ``label``'s score (in its rule's unit) on an
+        even sample of at most :data:`SAMPLE` of them, sorted."""
+        traffic = self.traffic(lp, scorer, model_name).labels[f"{lp.policy.id}/{label}"]
+        return traffic.frames, traffic.sample(SAMPLE)
+
+    def count(
+        self, lp: LoadedPolicy, label: str, threshold: float, scorer: Scorer, model_name: str
+    ) -> Count:
+        """How many stored frames ``label`` would pass at ``threshold``, and how many incidents
+        the backtest would raise."""
+        traffic = self.traffic(lp, scorer, model_name).labels[f"{lp.policy.id}/{label}"]
+        return traffic.count(threshold)
+
+    def traffic(self, lp: LoadedPolicy, scorer: Scorer, model_name: str) -> TrafficScores:
+        """Every label of ``lp`` on every stored frame of ``model_name`` (one pass over the
+        store per policy version, model and store contents; kept)."""
         store = self._open()
         model = scorer.model(model_name)
         policies = compile_policies(LoadedPolicies([lp]), model, scorer.cache_dir)
-        column = [lab.label for lab in policies.compiled.labels].index(label)
-        total, sample = self._sample(store, model_name)
-        if total == 0:
-            return 0, []
-        scores = policies.compiled.evaluate(sample).score[:, column]
-        return total, sorted(float(v) for v in scores)
+        weights = model.fingerprint()
+        key = (policies.id, model_name, weights, self._stamp(store))
+        return self.traffic_cache.get(
+            key,
+            lambda: TrafficScores.compute(
+                store, self._kernels, policies, model=model_name, weights_sha256=weights
+            ),
+        )
 
-    def _sample(self, store: Any, model_name: str) -> tuple[int, Any]:
-        """The frame count and an even sample of embeddings (n, E) of one model, kept until
-        the store's files change (reading every embedding is what costs)."""
-        key = (model_name, tuple(repr(f) for f in store.files()))
-        with self._lock:
-            if key in self._samples:
-                return self._samples[key]
-        _, embeddings = store.embeddings(self._module.FrameFilter(model=model_name))
-        total = len(embeddings)
-        step = max(1, total // SAMPLE)
-        sample = np.asarray(embeddings[::step], dtype=np.float32)  # (n, E)
-        with self._lock:
-            self._samples = {key: (total, sample)}  # one model's sample at a time
-        return total, sample
+    def window(
+        self, stream_id: str, model_name: str, since: float, until: float, *, limit: int
+    ) -> Any:
+        """The stored frames of one stream of ``model_name`` from ``since`` to ``until``
+        (stream-time seconds), in time order, at most ``limit`` rows: an Arrow table of
+        ``ts, seq, frame_index, tile, weights_sha256, embedding, thumbnail``."""
+        store = self._open()
+        flt = self._module.FrameFilter(model=model_name, streams=(stream_id,))
+        return store.sql(
+            "SELECT ts, seq, frame_index, tile, weights_sha256, embedding, thumbnail FROM frames "
+            "WHERE {where} AND ts >= ? AND ts <= ? ORDER BY ts, seq, frame_index, tile LIMIT ?",
+            [since, until, limit],
+            flt,
+        )
+
+    def windows(
+        self, wanted: list[tuple[str, str, str, float, float]]
+    ) -> dict[str, list[tuple[float, bytes]]]:
+        """The stored thumbnails in several windows at once, one query per model (a join, so
+        the store is scanned once however many windows are asked for): ``wanted`` holds
+        ``(key, stream id, model, since, until)``; the answer maps each key to its
+        ``(ts, JPEG)`` in time order (keys with none are absent)."""
+        import duckdb
+
+        store = self._open()
+        out: dict[str, list[tuple[float, bytes]]] = {}
+        for model_name in sorted({w[2] for w in wanted}):
+            mine = [w for w in wanted if w[2] == model_name]
+            table = pa.table(
+                {
+                    "w_key": pa.array([w[0] for w in mine], pa.string()),
+                    "w_stream": pa.array([w[1] for w in mine], pa.string()),
+                    "w_since": pa.array([w[3] for w in mine], pa.float64()),
+                    "w_until": pa.array([w[4] for w in mine], pa.float64()),
+                }
+            )
+            flt = self._module.FrameFilter(model=model_name)
+            condition, params = flt.where()
+            con = store.connect(flt)
+            try:
+                con.register("wanted", table)
+                rows = con.sql(
+                    "SELECT w_key, ts, thumbnail FROM frames JOIN wanted ON stream_id = w_stream "  # noqa: S608 - the condition is fixed text
+                    f"AND ts >= w_since AND ts <= w_until WHERE ({condition}) AND thumbnail IS "
+                    "NOT NULL ORDER BY w_key, ts",
+                    params=params,
+                ).fetchall()
+            except duckdb.Error as e:
+                raise StoreError(f"{self.root}: query failed: {e}") from e
+            finally:
+                con.close()
+            for key, ts, picture in rows:
+                out.setdefault(key, []).append((float(ts), bytes(picture)))
+        return out
 
     def thumbnail(self, stream_id: str, seq: int, frame_index: int, tile: int) -> bytes | None:
         found = self._open().thumbnails_at([(stream_id, seq, frame_index, tile)])
@@ -144,6 +277,10 @@ class StoreLink:
         hits = self._module.search(store, query, model=model_name, top=_MAX_HITS)
         return [h.to_json() for h in hits]
 
+    def _searched(self, key: tuple[Any, ...]) -> list[dict[str, Any]] | None:
+        with self._lock:
+            return self._searches.get(key)
+
     def search_text(self, text: str, scorer: Scorer, model_name: str) -> list[dict[str, Any]]:
         """The stored frames nearest to a text query, best first."""
         text = text.strip()
@@ -153,5 +290,14 @@ class StoreLink:
         model = scorer.model(model_name)
         from pipeline.policies.compile import PolicyCompiler
 
+        key = (text, model_name, model.fingerprint(), self.stamp())
+        kept = self._searched(key)
+        if kept is not None:
+            return kept  # the same words asked again (paging back, a reload)
         query = PolicyCompiler(model, cache_dir=scorer.cache_dir).encode_text([text])[0]
-        return self.search_embedding(query, model_name)
+        hits = self.search_embedding(query, model_name)
+        with self._lock:
+            self._searches[key] = hits
+            while len(self._searches) > _SEARCHES_KEPT:
+                self._searches.pop(next(iter(self._searches)))
+        return hits

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from consumers.studio.incidents import StudioIncident
 from consumers.studio.labels import Label
 from consumers.studio.scoring import LabeledScore
 
@@ -67,10 +66,11 @@ def tune_data(
     cutoff: float,
     examples: Sequence[LabeledScore],
     labels: Sequence[Label],
-    queue: Sequence[StudioIncident],
+    queue_peaks: Sequence[float],
 ) -> TuneData:
     """The points of one label: its regression examples' scores, and the peak scores of the
-    incidents reviewers marked correct (positives) or incorrect (negatives)."""
+    incidents reviewers marked correct (positives) or incorrect (negatives); ``queue_peaks``
+    are the peak scores of the label's queued incidents."""
     data = TuneData(policy=policy, label=label, rule=rule, cutoff=cutoff)
     for ex in examples:
         if ex.label != label:
@@ -86,5 +86,5 @@ def tune_data(
             data.positives.append(point)
         elif lab.verdict == "incorrect":
             data.negatives.append(point)
-    data.queue_peaks.extend(i.peak_score for i in queue if i.policy == policy and i.label == label)
+    data.queue_peaks.extend(queue_peaks)
     return data

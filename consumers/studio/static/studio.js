@@ -190,12 +190,29 @@ function setupTune() {
     document.getElementById("tp").textContent = String(m.tp);
     document.getElementById("fp").textContent = String(m.fp);
     document.getElementById("queue").textContent = String(m.queue);
-    const stored = document.getElementById("stored-passing");
-    if (stored && unlabelled.length) {
-      const share = unlabelled.filter((p) => p.score >= t).length / unlabelled.length;
-      stored.textContent = String(Math.round(share * data.stored));
-    }
+    countStored(t);
   }
+
+  // the stored traffic: asked of the server (a count over every stored frame and the
+  // backtest's temporal rule), once the slider has rested for a moment
+  const live = document.getElementById("live");
+  let asked = 0;
+  const countStored = debounce(async (t) => {
+    if (!live) return;
+    const mine = ++asked;
+    const figures = live.querySelectorAll(".live");
+    const status = document.getElementById("live-status");
+    figures.forEach((f) => f.classList.add("stale"));
+    const response = await fetch(`${live.dataset.url}&threshold=${encodeURIComponent(t)}`);
+    if (mine !== asked) return; // the slider has moved since: a newer answer is coming
+    if (!response.ok) { status.textContent = `could not count (${response.status})`; return; }
+    const answer = await response.json();
+    document.getElementById("stored-passing").textContent = String(answer.frames);
+    document.getElementById("live-incidents").textContent = String(answer.incidents);
+    live.dataset.threshold = String(answer.threshold);
+    status.textContent = `at ${answer.threshold}`;
+    figures.forEach((f) => f.classList.remove("stale"));
+  }, 200);
   slider.addEventListener("input", () => { number.value = slider.value; update(slider.value); });
   number.addEventListener("input", () => { slider.value = number.value; update(number.value); });
   update(number.value);

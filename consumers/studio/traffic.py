@@ -1,0 +1,268 @@
+"""Stored traffic under one policy version, kept in memory for Tune: every label's score on
+every stored frame, so that moving a threshold tells at once how many stored frames it would
+pass and how many incidents the store backtest would raise on past traffic.
+
+One pass over the store reads the few columns needed (stream, time, place, weights and the
+float16 embedding; never the thumbnails), scores each batch with one matrix product and keeps
+only the scores: a few bytes a frame and label instead of the embedding's 1 KB. Frames are put
+in stream and time order as the backtest orders them (replays dropped, a stream's frames whose
+time does not advance dropped, the tiles of a frame merged: the best tile's score, passing when
+any tile passes), so :meth:`LabelTraffic.count` runs the policy's temporal rule over every
+stream with the store's own kernel (:func:`pipeline.store.temporal.find_incidents`) and gives
+the backtest's incident count at any threshold (``tests/test_studio_traffic.py`` holds it equal
+to :func:`pipeline.store.backtest` run on the policy edited to that threshold).
+
+A :class:`TrafficScores` is made per policy version, model, weights and store contents
+(:class:`TrafficCache` keeps the last few); ``pipeline.store`` is used through the studio's
+:class:`~consumers.studio.store_link.StoreLink`, imported by name.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from pipeline.errors import ConfigError
+from pipeline.policies.schema import Temporal
+from pipeline.policies.snapshot import PolicySet
+
+__all__ = ["CACHED_POLICIES", "Count", "LabelTraffic", "TrafficCache", "TrafficScores"]
+
+#: Policy versions whose stored-traffic scores are kept (about 50 MB each at 1 M frames).
+CACHED_POLICIES: Final = 4
+_COLUMNS: Final = ("stream_id", "ts", "seq", "frame_index", "tile", "weights_sha256", "embedding")
+_COUNTS_KEPT: Final = 512  # thresholds remembered per label
+
+_F32 = npt.NDArray[np.float32]
+_I64 = npt.NDArray[np.int64]
+_Bool = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class Count:
+    """What a threshold would do on the stored traffic."""
+
+    threshold: float
+    frames: int  # stored frames that reach it (and pass the margin rule)
+    total: int  # stored frames judged (replays dropped, tiles merged)
+    incidents: int  # incidents the temporal rule opens over every stored stream
+    seconds: float  # how long counting took
+
+
+@dataclass(frozen=True, eq=False)
+class _Order:
+    rows: _I64  # (R,) rows as read, in stream, time and place order, replays dropped
+    frame_start: _I64 | None  # (F,) first row of each frame; None when no frame is tiled
+    ts: npt.NDArray[np.float64]  # (F,)
+    layout: Any  # pipeline.store.temporal.StreamLayout of the F frames
+
+
+class LabelTraffic:
+    """One label's scores on the stored frames (built by :class:`TrafficScores`)."""
+
+    def __init__(
+        self, key: str, rule: Temporal, score: _F32, margin_ok: _Bool, order: _Order, kernel: Any
+    ) -> None:
+        self.key = key
+        self.rule = rule
+        self._order = order
+        self._score = score  # (R,) per ordered row
+        self._margin_ok = margin_ok  # (R,)
+        self._find = kernel
+        if order.frame_start is None:
+            self.frame_score = score
+        else:
+            self.frame_score = np.maximum.reduceat(score, order.frame_start)  # (F,)
+        self._counts: OrderedDict[float, Count] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def frames(self) -> int:
+        return int(self.frame_score.shape[0])
+
+    def sample(self, most: int) -> list[float]:
+        """An even sample of at most ``most`` frame scores, sorted (Tune's histogram)."""
+        step = max(1, -(-self.frames // most))
+        return sorted(float(v) for v in self.frame_score[::step])
+
+    def count(self, threshold: float) -> Count:
+        """Frames reaching ``threshold`` and the incidents the rule opens with it."""
+        if not np.isfinite(threshold):
+            raise ConfigError("the threshold must be a finite number")
+        with self._lock:
+            if threshold in self._counts:
+                self._counts.move_to_end(threshold)
+                return self._counts[threshold]
+        started = time.perf_counter()
+        passed = (self._score >= np.float32(threshold)) & self._margin_ok  # (R,)
+        if self._order.frame_start is not None:
+            passed = np.logical_or.reduceat(passed, self._order.frame_start)  # (F,)
+        found = self._find(self._order.ts, passed, self.frame_score, self.rule, self._order.layout)
+        count = Count(
+            threshold=threshold,
+            frames=int(np.count_nonzero(passed)),
+            total=self.frames,
+            incidents=len(found),
+            seconds=time.perf_counter() - started,
+        )
+        with self._lock:
+            self._counts[threshold] = count
+            while len(self._counts) > _COUNTS_KEPT:
+                self._counts.popitem(last=False)
+        return count
+
+
+class TrafficScores:
+    """Every label of one policy set on the stored frames of one model and weights."""
+
+    def __init__(self, labels: dict[str, LabelTraffic], frames: int, seconds: float) -> None:
+        self.labels = labels
+        self.frames = frames
+        self.seconds = seconds  # how long the pass over the store took
+
+    @classmethod
+    def compute(
+        cls, store: Any, module: Any, policies: PolicySet, *, model: str, weights_sha256: str
+    ) -> TrafficScores:
+        """One pass over the stored frames of ``model`` scored with ``weights_sha256``."""
+        started = time.perf_counter()
+        compiled = policies.compiled
+        labels = compiled.labels
+        names: dict[str, int] = {}
+        streams, times, places, scores, margins = [], [], [], [], []
+        for batch in store.batches(_COLUMNS, module.FrameFilter(model=model)):
+            batch = _same_weights(batch, weights_sha256)
+            if batch.num_rows == 0:
+                continue
+            emb = module.embeddings_of(batch.column(6))  # (B, E) float16
+            if emb.shape[1] != compiled.matrix.shape[1]:
+                raise ConfigError(
+                    f"stored embeddings have {emb.shape[1]} values, the policy was compiled for "
+                    f"{compiled.matrix.shape[1]} (another model?)"
+                )
+            judged = compiled.evaluate(emb)
+            streams.append(_codes(batch.column(0), names))
+            times.append(batch.column(1).to_numpy().astype(np.float64))
+            places.append(
+                np.stack([batch.column(i).to_numpy().astype(np.int64) for i in (2, 3, 4)], axis=1)
+            )  # 3 x (B,) -> (B, 3)
+            scores.append(judged.score)  # (B, L)
+            ok = np.ones(judged.margin.shape, dtype=bool)  # (B, L)
+            for j, lab in enumerate(labels):
+                if lab.margin is not None:
+                    ok[:, j] = judged.margin[:, j] >= lab.margin
+            margins.append(ok)
+        if not streams:
+            empty = np.zeros(0, np.int64)
+            order = _Order(empty, None, np.zeros(0), module.StreamLayout.of([], 0))
+            score = np.zeros((0, len(labels)), np.float32)
+            margin = np.zeros((0, len(labels)), bool)
+        else:
+            order = _order(
+                np.concatenate(streams), np.concatenate(times), np.concatenate(places), module
+            )
+            score = np.concatenate(scores)[order.rows]  # (R, L)
+            margin = np.concatenate(margins)[order.rows]  # (R, L)
+        out = {
+            lab.key: LabelTraffic(
+                lab.key,
+                policies.rules[lab.policy][0],
+                np.ascontiguousarray(score[:, j]),
+                np.ascontiguousarray(margin[:, j]),
+                order,
+                module.find_incidents,
+            )
+            for j, lab in enumerate(labels)
+        }
+        return cls(out, len(order.ts), time.perf_counter() - started)
+
+
+class TrafficCache:
+    """The last :data:`CACHED_POLICIES` policy versions' :class:`TrafficScores`; a policy
+    version asked for by two requests at once is computed once."""
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[tuple[Any, ...], TrafficScores] = OrderedDict()
+        self._lock = threading.Lock()
+        self._computing: dict[tuple[Any, ...], threading.Lock] = {}
+        self.made = 0  # passes over the store so far
+
+    def get(self, key: tuple[Any, ...], make: Any) -> TrafficScores:
+        """The scores under ``key`` (policy set id, model, weights, store stamp), made with
+        ``make()`` the first time."""
+        with self._lock:
+            if key in self._kept:
+                self._kept.move_to_end(key)
+                return self._kept[key]
+            lock = self._computing.setdefault(key, threading.Lock())
+        with lock:
+            with self._lock:
+                if key in self._kept:
+                    return self._kept[key]
+            made: TrafficScores = make()
+            with self._lock:
+                self.made += 1
+                self._kept[key] = made
+                self._computing.pop(key, None)
+                while len(self._kept) > CACHED_POLICIES:
+                    self._kept.popitem(last=False)
+            return made
+
+
+def _same_weights(batch: pa.RecordBatch, weights: str) -> pa.RecordBatch:
+    column = batch.column(5)
+    if isinstance(column, pa.DictionaryArray):
+        match = np.array([v == weights for v in column.dictionary.to_pylist()], dtype=bool)
+        keep = match[column.indices.to_numpy(zero_copy_only=False)] if len(match) else None
+    else:
+        keep = np.asarray(column.to_numpy(zero_copy_only=False) == weights, dtype=bool)
+    if keep is None:
+        return batch.slice(0, 0)
+    return batch if keep.all() else batch.filter(pa.array(keep))
+
+
+def _codes(column: pa.Array, names: dict[str, int]) -> _I64:
+    """Stream codes (in ``names``, extended on sight) of a string or dictionary column."""
+    if not isinstance(column, pa.DictionaryArray):
+        column = column.dictionary_encode()
+    lookup = np.asarray(
+        [names.setdefault(v, len(names)) for v in column.dictionary.to_pylist()], dtype=np.int64
+    )
+    codes: _I64 = lookup[column.indices.to_numpy(zero_copy_only=False)]
+    return codes
+
+
+def _order(stream: _I64, ts: npt.NDArray[np.float64], place: _I64, module: Any) -> _Order:
+    """Rows in stream, time and place order; replays dropped (the same stream, segment, frame
+    index and tile as the row before); frames grouped; a stream's frames whose time does not
+    pass the frame before dropped, as the live tracker ignores them."""
+    order = np.lexsort((place[:, 2], place[:, 1], place[:, 0], ts, stream))
+    s, t, p = stream[order], ts[order], place[order]
+    same = s[1:] == s[:-1]
+    dup = np.concatenate([[False], same & np.all(p[1:] == p[:-1], axis=1)])
+    order, s, t, p = order[~dup], s[~dup], t[~dup], p[~dup]
+    new_frame = np.ones(len(order), bool)
+    new_frame[1:] = (s[1:] != s[:-1]) | np.any(p[1:, :2] != p[:-1, :2], axis=1)
+    starts = np.flatnonzero(new_frame)
+    fs, ft = s[starts], t[starts]
+    stale = np.zeros(len(starts), bool)
+    stale[1:] = (fs[1:] == fs[:-1]) & (ft[1:] <= ft[:-1])
+    if stale.any():
+        keep_rows = ~stale[np.cumsum(new_frame) - 1]
+        order, new_frame = order[keep_rows], new_frame[keep_rows]
+        starts = np.flatnonzero(new_frame)
+        fs, ft = fs[~stale], ft[~stale]
+    stream_starts = np.flatnonzero(np.concatenate([[True], fs[1:] != fs[:-1]]))
+    return _Order(
+        rows=order,
+        frame_start=None if len(starts) == len(order) else starts,
+        ts=ft,
+        layout=module.StreamLayout.of(stream_starts, len(fs)),
+    )

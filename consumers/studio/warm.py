@@ -1,0 +1,89 @@
+"""Keeping the store's answers ready: a thread that, whenever the policy files or the store's
+files change (and once at start), computes in the background what the store pages would
+otherwise compute on the first request: each policy's scores on the stored traffic (Tune and
+its live count) and the backtest of the policy files as they are now (Backtest, Review's
+queue from the store). On a store of a million frames these are seconds of work each; with
+them ready every page answers from memory. A request that comes while one is being computed
+waits for that computation instead of starting another
+(:class:`~consumers.studio.traffic.TrafficCache`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from pipeline.errors import ClipguardError
+from pipeline.policies import policy_files
+from pipeline.policies.schema import LoadedPolicies
+
+if TYPE_CHECKING:
+    from consumers.studio.app import Studio
+
+__all__ = ["CHECK_S", "Warmer"]
+
+_log = logging.getLogger(__name__)
+
+#: How often the policy files and the store's file list are looked at.
+CHECK_S: Final = 5.0
+
+
+class Warmer:
+    """Warms ``studio``'s store link (see the module docstring); :meth:`start`, :meth:`stop`."""
+
+    def __init__(self, studio: Studio) -> None:
+        self.studio = studio
+        self.warmed: tuple[object, ...] | None = None  # what the caches were last made for
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="studio-warm", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def warm_once(self) -> bool:
+        """Warm the caches if the policies or the store changed since last time; whether it
+        did."""
+        studio = self.studio
+        key = (_stat(studio.library.folder), studio.store.stamp())
+        if key == self.warmed:
+            return False
+        loaded = [pf.loaded for pf in studio.library.files() if pf.loaded is not None]
+        models = sorted({studio.scorer.model_name(lp) for lp in loaded})
+        for lp in loaded:
+            if self._stop.is_set():
+                return False
+            studio.store.traffic(lp, studio.scorer, studio.scorer.model_name(lp))
+        if len(models) == 1 and not self._stop.is_set():
+            studio.store.incidents(LoadedPolicies(loaded), studio.scorer, models[0])
+        self.warmed = key
+        return bool(loaded)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.warm_once()
+            except (ClipguardError, OSError) as e:
+                _log.warning("studio: could not prepare the store's answers: %s", e)
+            self._stop.wait(CHECK_S)
+
+
+def _stat(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """The policy files' names, sizes and modification times (a cheap change check)."""
+    out = []
+    for path in policy_files([folder]):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out.append((path.name, st.st_size, st.st_mtime_ns))
+    return tuple(out)

@@ -13,7 +13,7 @@ __all__ = ["add_parser"]
 
 _EPILOG = """\
 examples:
-  clipguard studio --policies policies/demo
+  clipguard studio --policies pipeline/policies/data/demo
       then open http://127.0.0.1:8600/ in a browser
   clipguard studio --policies policies/ --model ViT-B/32 --incidents flags.jsonl
   clipguard studio --policies policies/ --flags-topic clipguard.flags --store store/

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import knownclips
 import pytest
+from knownclips import HASH_POLICY, SCAN_FPS, ScannedStore, hash_policy
 from streaming import read_topic
 
 from consumers.cli import main
@@ -27,20 +27,6 @@ from pipeline.hashes.bank import read_bank
 from pipeline.hashes.signals import hamming
 from pipeline.policies.bundled import DEMO_POLICIES
 from pipeline.store import open_store
-
-_POLICY = """\
-id: known-clips
-version: {version}
-kind: hash
-description: Clips we have taken down before.
-owner: trust-and-safety@example.com
-severity: high
-action: block
-banks: [known]
-signals: [pdq]
-max_distance: {distance}
-"""
-_FPS = 2.0  # frames sampled a second
 
 
 @pytest.fixture(autouse=True)
@@ -58,46 +44,16 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def _policy(folder: Path, version: int, distance: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "known-clips.yaml"
-    path.write_text(_POLICY.format(version=version, distance=distance))
-    return path
-
-
-class Scanned:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.store = root / "store"
-        self.banks = root / "banks"
-        self.deployed = root / "deployed"
-        self.stream = root / "streams" / "live.mp4"
-        self.flags: list[dict[str, Any]] = []
-
-
 @pytest.fixture(scope="module")
-def scanned(tmp_path_factory: pytest.TempPathFactory) -> Scanned:
-    s = Scanned(tmp_path_factory.mktemp("hashbacktest"))
-    clip = knownclips.frames(2, 6.0)
-    pictures = knownclips.frames(5, 3.0) + clip + knownclips.frames(7, 3.0)
-    knownclips.write(s.stream, pictures)
-    knownclips.write(s.root / "streams" / "other.mp4", knownclips.frames(9, 3.0))
-    still = s.root / "reported.png"
-    cv2.imwrite(str(still), cv2.cvtColor(clip[30], cv2.COLOR_RGB2BGR))  # 3 s into the clip
-    argv = ["banks", "add", "known", "--image", str(still), "--id", "case-12", "--tags", "spam"]
-    assert main([*argv, "--dir", str(s.banks)]) == 0
-    _policy(s.deployed, 1, 31)
-    out = s.root / "scan-out"
-    argv = [
-        "scan", str(s.root / "streams"), "--policies", str(s.deployed), "--banks", str(s.banks),
-        "--store", str(s.store), "--out", str(out), "--sample-fps", str(_FPS),
-    ]  # fmt: skip
-    assert main(argv) == 0
-    s.flags = [json.loads(line) for line in (out / "flags.jsonl").read_text().splitlines()]
-    return s
+def scanned(tmp_path_factory: pytest.TempPathFactory) -> ScannedStore:
+    return ScannedStore(tmp_path_factory.mktemp("hashbacktest"))
 
 
-def _expected(s: Scanned, distance: int) -> list[tuple[str, float, float, str]]:
+def _flags(s: ScannedStore) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (s.out / "flags.jsonl").read_text().splitlines()]
+
+
+def _expected(s: ScannedStore, distance: int) -> list[tuple[str, float, float, str]]:
     """The incidents at ``distance`` bits worked out from the stored hashes: the bank's one
     PDQ hash against every stored frame by brute force; with the default temporal rule (one
     frame opens, one failing frame closes) an incident is a run of consecutive matching
@@ -119,7 +75,7 @@ def _expected(s: Scanned, distance: int) -> list[tuple[str, float, float, str]]:
     return out
 
 
-def _backtest(s: Scanned, policy: Path, out: Path, *more: str) -> dict[str, Any]:
+def _backtest(s: ScannedStore, policy: Path, out: Path, *more: str) -> dict[str, Any]:
     argv = [
         "policy", "backtest", str(policy), "--store", str(s.store), "--banks", str(s.banks),
         "--out", str(out), *more,
@@ -133,10 +89,10 @@ def _spans(incidents: list[dict[str, Any]]) -> list[tuple[str, float, float, str
 
 
 def test_the_deployed_policy_finds_the_scans_own_incident(
-    scanned: Scanned, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    scanned: ScannedStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     result = _backtest(scanned, scanned.deployed, tmp_path)
-    live = [f for f in scanned.flags if f["policy"] == "known-clips" and f["state"] == "closed"]
+    live = [f for f in _flags(scanned) if f["policy"] == "known-clips" and f["state"] == "closed"]
     assert len(live) == 1 and live[0]["match"]["entry_id"] == "case-12"
     (found,) = result["incidents"]
     assert found["event_id"] == live[0]["event_id"]  # the live incident's id
@@ -158,12 +114,12 @@ def test_the_deployed_policy_finds_the_scans_own_incident(
 
 @pytest.mark.parametrize("distance", [10, 60])
 def test_a_lowered_or_raised_threshold_gives_the_incidents_worked_out_by_hand(
-    scanned: Scanned, tmp_path: Path, distance: int
+    scanned: ScannedStore, tmp_path: Path, distance: int
 ) -> None:
     expected = _expected(scanned, distance)
     deployed = _expected(scanned, 31)
     assert expected and expected != deployed  # the threshold matters on this stream
-    edited = _policy(tmp_path / "edited", 2, distance)
+    edited = hash_policy(tmp_path / "edited", 2, distance)
     result = _backtest(scanned, edited, tmp_path / "out")
     assert _spans(result["incidents"]) == expected
     assert all(i["policy_version"] == 2 for i in result["incidents"])
@@ -175,13 +131,13 @@ def test_a_lowered_or_raised_threshold_gives_the_incidents_worked_out_by_hand(
     assert [(o["start_ts"], o["end_ts"]) for o in change["old"]] == [deployed[0][1:3]]
     assert change["old"][0]["policy_version"] == 1  # the deployed version, from the store
     assert label["added"] == [] and label["removed"] == []
-    new_passing = sum(b - a for _, a, b, _ in expected) * _FPS + len(expected)
+    new_passing = sum(b - a for _, a, b, _ in expected) * SCAN_FPS + len(expected)
     assert label["frames_passing"] == round(new_passing)
 
 
-def test_against_and_errors(scanned: Scanned, tmp_path: Path) -> None:
-    edited = _policy(tmp_path / "edited", 2, 10)
-    against = _policy(tmp_path / "against", 1, 60)
+def test_against_and_errors(scanned: ScannedStore, tmp_path: Path) -> None:
+    edited = hash_policy(tmp_path / "edited", 2, 10)
+    against = hash_policy(tmp_path / "against", 1, 60)
     result = _backtest(scanned, edited, tmp_path / "out", "--against", str(against))
     label = result["labels"]["known-clips/match"]
     assert [(o["start_ts"], o["end_ts"]) for o in label["changed"][0]["old"]] == [
@@ -206,8 +162,8 @@ def test_a_store_of_clip_and_hash_policies_backtests_both(tmp_path: Path) -> Non
         == 0
     )
     policies = tmp_path / "policies"
-    _policy(policies, 1, 31).write_text(
-        _POLICY.format(version=1, distance=31).replace("[pdq]", "[pdq, vpdq]")
+    hash_policy(policies, 1, 31).write_text(
+        HASH_POLICY.format(version=1, distance=31).replace("[pdq]", "[pdq, vpdq]")
     )
     store = tmp_path / "store"
     argv = [
@@ -231,7 +187,7 @@ def test_a_store_of_clip_and_hash_policies_backtests_both(tmp_path: Path) -> Non
 
 
 def test_publish_sends_hash_incidents_as_retro_flags_with_the_live_ids(
-    scanned: Scanned, kafka: Any, tmp_path: Path
+    scanned: ScannedStore, kafka: Any, tmp_path: Path
 ) -> None:
     kafka.create(only=["flags"])
     argv = [
@@ -242,7 +198,7 @@ def test_publish_sends_hash_incidents_as_retro_flags_with_the_live_ids(
     for _ in range(2):  # twice: the same ids again
         assert main(argv) == 0
     retro = [r.json() for r in read_topic(kafka.bootstrap, kafka.names.flags)]
-    live = {f["event_id"] for f in scanned.flags if f["policy"] == "known-clips"}
+    live = {f["event_id"] for f in _flags(scanned) if f["policy"] == "known-clips"}
     assert len(retro) == 2 and {f["event_id"] for f in retro} == live
     for f in retro:
         assert f["retro"] and f["state"] == "closed" and f["match"]["entry_id"] == "case-12"

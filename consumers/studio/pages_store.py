@@ -28,32 +28,44 @@ async def backtest(request: Request, studio: StudioDep, run: bool = False) -> HT
     status = await run_in_threadpool(studio.store.status)
     result: dict[str, Any] | None = None
     error = None
-    loaded = [pf.loaded for pf in studio.library.files() if pf.loaded is not None]
-    models = sorted({studio.scorer.model_name(lp) for lp in loaded})
+    policies, models = _policies(studio)
     if run and status.ready:
         try:
-            if len(models) != 1:
-                raise HTTPException(400, "the policies name several models: pass --model")
+            banks = await run_in_threadpool(studio.banks)
             result = await run_in_threadpool(
-                studio.store.backtest, LoadedPolicies(loaded), studio.scorer, models[0]
+                studio.store.backtest, policies, studio.scorer, _model(models), banks
             )
         except ClipguardError as e:
             error = str(e)
+    kinds = [*models, *(["hash policies"] if policies.hashes else [])]
     return studio.page(
-        request, "backtest.html", status_=status, result=result, error=error, models=models
+        request, "backtest.html", status_=status, result=result, error=error, models=kinds
     )
+
+
+def _policies(studio: Studio) -> tuple[LoadedPolicies, list[str]]:
+    """The policy files that load, of both kinds, and the models the CLIP ones score with."""
+    files = studio.library.files()
+    loaded = [pf.loaded for pf in files if pf.loaded is not None]
+    hashes = [pf.hashed for pf in files if pf.hashed is not None]
+    return LoadedPolicies(loaded, hashes), sorted({studio.scorer.model_name(lp) for lp in loaded})
+
+
+def _model(models: list[str]) -> str | None:
+    """The one model of the CLIP policies (None: there are none)."""
+    if len(models) > 1:
+        raise HTTPException(400, "the policies name several models: pass --model")
+    return models[0] if models else None
 
 
 @router.post("/store/queue")
 async def queue_from_store(studio: StudioDep) -> Response:
     """Queue for review what the policy files as they are now find in the stored frames
     (shadow policies included: the only way to review what a shadow policy would flag)."""
-    loaded = [pf.loaded for pf in studio.library.files() if pf.loaded is not None]
-    models = sorted({studio.scorer.model_name(lp) for lp in loaded})
-    if len(models) != 1:
-        raise HTTPException(400, "the policies name several models: pass --model")
+    policies, models = _policies(studio)
+    banks = await run_in_threadpool(studio.banks)
     found = await run_in_threadpool(
-        studio.store.incidents, LoadedPolicies(loaded), studio.scorer, models[0]
+        studio.store.incidents, policies, studio.scorer, _model(models), banks
     )
     await run_in_threadpool(studio.queue.add, found)
     return RedirectResponse(f"/review?imported={len(found)}", status_code=303)

@@ -26,11 +26,13 @@ import pyarrow as pa
 from consumers.studio.incidents import StudioIncident, incident_id
 from consumers.studio.traffic import Count, TrafficCache, TrafficScores
 from pipeline.errors import ClipguardError, ConfigError, StoreError
+from pipeline.policies.hashing import check_banks
 from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
 from pipeline.policies.tools.judging import compile_policies
 
 if TYPE_CHECKING:
     from consumers.studio.scoring import Scorer
+    from pipeline.hashes.store import BankSnapshot
 
 __all__ = ["MAX_QUEUED", "SAMPLE", "StoreLink", "StoreStatus"]
 
@@ -62,7 +64,7 @@ class StoreLink:
         self._status: tuple[tuple[str, ...], StoreStatus] | None = None
         self._searches: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         self._kernels: Any = None
-        self._backtests: dict[tuple[str, str, str, tuple[str, ...]], Any] = {}
+        self._backtests: dict[tuple[str, str, str, str, tuple[str, ...]], Any] = {}
         self.last: dict[str, dict[str, int]] = {}  # policy id -> its last backtest's counts
 
     def _open(self) -> Any:
@@ -106,10 +108,18 @@ class StoreLink:
             self._status = (stamp, status)  # counted again when the files change
         return status
 
-    def backtest(self, loaded: LoadedPolicies, scorer: Scorer, model_name: str) -> dict[str, Any]:
+    def backtest(
+        self,
+        loaded: LoadedPolicies,
+        scorer: Scorer,
+        model_name: str | None,
+        banks: BankSnapshot | None = None,
+    ) -> dict[str, Any]:
         """Backtest the policy files as they are now against the sets stored with the frames:
-        the store's JSON result, with each listed incident's peak thumbnail place."""
-        result = self._backtest(loaded, scorer, model_name)
+        the store's JSON result, with each listed incident's peak thumbnail place. Hash
+        policies are matched against ``banks``; ``model_name`` may be None when there are only
+        hash policies."""
+        result = self._backtest(loaded, scorer, model_name, banks)
         data: dict[str, Any] = result.to_json()
         per_policy: dict[str, dict[str, int]] = {}
         for key, diff in data["labels"].items():
@@ -123,11 +133,15 @@ class StoreLink:
         return data
 
     def incidents(
-        self, loaded: LoadedPolicies, scorer: Scorer, model_name: str
+        self,
+        loaded: LoadedPolicies,
+        scorer: Scorer,
+        model_name: str | None,
+        banks: BankSnapshot | None = None,
     ) -> list[StudioIncident]:
         """What the policy files as they are now find in the stored frames (shadow labels
         included), as review-queue incidents, at most :data:`MAX_QUEUED` of them."""
-        result = self._backtest(loaded, scorer, model_name)
+        result = self._backtest(loaded, scorer, model_name, banks)
         return [
             StudioIncident(
                 id=incident_id(i.stream_id, i.policy, i.label, i.start_ts),
@@ -144,25 +158,56 @@ class StoreLink:
                 peak_score=i.peak_score,
                 threshold=i.threshold,
                 top_prompt=i.top_prompt,
-                model=model_name,
+                model=result.model,
                 origin="store",
             )
             for i in result.incidents[:MAX_QUEUED]
         ]
 
-    def _backtest(self, loaded: LoadedPolicies, scorer: Scorer, model_name: str) -> Any:
-        """The store's backtest of ``loaded``, kept until the policies or the store's files
-        change (a page shown again, or queued from, costs nothing)."""
+    def _backtest(
+        self,
+        loaded: LoadedPolicies,
+        scorer: Scorer,
+        model_name: str | None,
+        banks: BankSnapshot | None,
+    ) -> Any:
+        """The store's backtest of ``loaded`` (CLIP policies with ``model_name``'s stored
+        frames, hash policies against ``banks``), kept until the policies, the banks or the
+        store's files change (a page shown again, or queued from, costs nothing)."""
         store = self._open()
-        model = scorer.model(model_name)
-        policies = compile_policies(loaded, model, scorer.cache_dir)
-        key = (policies.id, model_name, model.fingerprint(), self._stamp(store))
+        weights = ""
+        if len(loaded):
+            if model_name is None:
+                raise ConfigError("say which model scores the CLIP policies: pass --model")
+            model = scorer.model(model_name)
+            weights = model.fingerprint()
+        if loaded.hashes:
+            if banks is None:
+                raise ConfigError("hash policies need banks: start the studio with --banks DIR")
+            check_banks(loaded.hashes, frozenset(banks.banks))
+        key = (
+            loaded.digest,
+            model_name or "",
+            weights,
+            "" if not loaded.hashes or banks is None else banks.digest,
+            self._stamp(store),
+        )
         with self._lock:
             if key in self._backtests:
                 return self._backtests[key]
-        result = self._module.backtest(
-            policies, store, model=model_name, weights_sha256=model.fingerprint()
-        )
+        results = []
+        if len(loaded):
+            policies = compile_policies(loaded, model, scorer.cache_dir)
+            results.append(
+                self._module.backtest(policies, store, model=model_name, weights_sha256=weights)
+            )
+        if loaded.hashes:
+            hashbacktest = importlib.import_module("pipeline.store.hashbacktest")
+            flt = self._module.FrameFilter(model=model_name if len(loaded) else None)
+            results.append(hashbacktest.backtest_hashes(loaded, store, banks, flt=flt))
+            if len(results) == 2:
+                results = [hashbacktest.combine(*results)]
+        result = results[0]
         with self._lock:
             self._backtests = {key: result}  # the last one: the policies as they are now
         return result

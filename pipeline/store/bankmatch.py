@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 import pyarrow as pa
@@ -50,8 +50,8 @@ _FRAME_SIGNALS: Final[tuple[SignalType, ...]] = ("pdq", "vpdq")
 
 
 @dataclass(frozen=True, slots=True)
-class StoredMatch:
-    """A stored frame and one bank entry it matches."""
+class HashedFrame:
+    """A stored frame with its PDQ hash (tile 0, the frame's own hash)."""
 
     frame_id: str
     model: str
@@ -61,7 +61,21 @@ class StoredMatch:
     ts: float
     seq: int
     frame_index: int
+    policy_set: str  # the policy set in force when it was stored
+    pdq: bytes
+    quality: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMatch(HashedFrame):
+    """A stored frame and one bank entry it matches."""
+
     match: HashMatch
+
+    @classmethod
+    def of(cls, frame: HashedFrame, match: HashMatch) -> StoredMatch:
+        known: dict[str, Any] = {f.name: getattr(frame, f.name) for f in fields(HashedFrame)}
+        return cls(**known, match=match)
 
     def to_json(self) -> dict[str, Any]:
         """As a JSON-ready mapping (one line of ``clipguard banks backtest --out``)."""
@@ -126,31 +140,8 @@ def match_stored_frames(
         for r, result in zip(rows, results, strict=True):
             if result.skipped:
                 out.low_quality += 1
-            out.matches += [
-                StoredMatch(
-                    r.frame_id, r.model, r.stream_id, r.source, r.scored_at, r.ts, r.seq,
-                    r.frame_index, m,
-                )
-                for m in result.matches
-            ]  # fmt: skip
+            out.matches += [StoredMatch.of(r, m) for m in result.matches]
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class HashedFrame:
-    """A stored frame with its PDQ hash (tile 0, the frame's own hash)."""
-
-    frame_id: str
-    model: str
-    stream_id: str
-    source: str | None
-    scored_at: dt.datetime
-    ts: float
-    seq: int
-    frame_index: int
-    policy_set: str  # the policy set in force when it was stored
-    pdq: bytes
-    quality: int
 
 
 def hashed_frames(

@@ -59,7 +59,7 @@ def test_the_policies_page_lists_a_hash_policy(client: TestClient) -> None:
     row = page.split('id="policy-known-clips"', 1)[1].split("</tr>", 1)[0]
     text = _text(row)
     assert "hash" in text and "enforce" in text
-    assert "bank known : 1 entries (1 pdq, 0 vpdq, 0 md5)" in text
+    assert "bank known : 1 entry (1 pdq, 0 vpdq, 0 md5)" in text
     assert re.search(r'class="distance">10<', row) and re.search(r'class="quality">50<', row)
     assert "matches within 10 of 256 bits (score ≥ 0.961)" in text
     assert "/policies/known-clips/try" not in row  # Try scores with a CLIP model

@@ -202,3 +202,39 @@ def test_publish_sends_hash_incidents_as_retro_flags_with_the_live_ids(
     assert len(retro) == 2 and {f["event_id"] for f in retro} == live
     for f in retro:
         assert f["retro"] and f["state"] == "closed" and f["match"]["entry_id"] == "case-12"
+
+
+def test_snapshots_keep_hash_policies_and_inconsistent_ones_are_refused(tmp_path: Path) -> None:
+    from pipeline.errors import StoreError
+    from pipeline.models import DEMO_MODEL, load_clip
+    from pipeline.policies import load_policies
+    from pipeline.policies.compile import PolicyCompiler
+    from pipeline.store import read_snapshot, snapshot_bytes
+
+    model = load_clip(DEMO_MODEL)
+    compiler = PolicyCompiler(model, cache_dir=tmp_path / "pc")
+    folder = tmp_path / "hash"
+    hash_policy(folder, 3, 20)
+    docs = {}
+    for name, paths in (("hash", [folder]), ("both", [DEMO_POLICIES, folder])):
+        policies = compiler.compile(load_policies(paths))
+        data = snapshot_bytes(policies, model=model.name, weights_sha256=model.fingerprint())
+        back = read_snapshot(data)
+        assert back.id == policies.id and back.policies.hashes == policies.hashes
+        assert dict(back.policies.rules) == dict(policies.rules)
+        docs[name] = json.loads(data)
+    clip_only = compiler.compile(load_policies([DEMO_POLICIES]))
+    plain = json.loads(snapshot_bytes(clip_only, model=model.name, weights_sha256="w"))
+    assert "hash_policies" not in plain  # a CLIP-only set's snapshot is as it was
+    both, alone = docs["both"], docs["hash"]
+    bad_policy = [{"sha256": "0" * 64, "policy": {"id": "known-clips", "kind": "hash"}}]
+    for broken in (
+        {**both, "hash_policies": []},  # no longer hashes to its id
+        {**both, "hash_policies": bad_policy},  # not a valid hash policy
+        {**both, "labels": []},  # CLIP policies without their labels
+        {**alone, "labels": both["labels"]},  # labels without CLIP policies
+        {**alone, "hash_policies": []},  # no policy at all
+        {**alone, "hash_policies": alone["hash_policies"] * 10_001},
+    ):
+        with pytest.raises(StoreError):
+            read_snapshot(json.dumps(broken).encode())

@@ -32,7 +32,7 @@ def add_parser(subparsers: Any) -> None:
     _, commands = add_group(
         subparsers,
         "models",
-        help="list and download CLIP models",
+        help="list, download and convert CLIP models",
         description="List the CLIP models clipguard knows (OpenAI's releases and the bundled "
         "demo model) and download their weights into the local cache.",
         epilog=_EPILOG,

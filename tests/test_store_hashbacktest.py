@@ -151,6 +151,26 @@ def test_against_and_errors(scanned: ScannedStore, tmp_path: Path) -> None:
     assert main([*argv, "--banks", str(empty), "--out", str(tmp_path / "y")]) != 0
 
 
+def test_no_hashed_frame_is_refused_alone_and_empty_beside_clip_policies(
+    scanned: ScannedStore,
+) -> None:
+    from pipeline.errors import StoreError
+    from pipeline.hashes.store import BankStore
+    from pipeline.policies import load_policies
+    from pipeline.store import FrameFilter
+    from pipeline.store.hashbacktest import backtest_hashes
+
+    policies = load_policies([scanned.deployed])
+    banks = BankStore([scanned.banks]).snapshot
+    store = open_store(scanned.store)
+    nowhere = FrameFilter(streams=("no-such-stream",))
+    with pytest.raises(StoreError, match="has a PDQ hash"):
+        backtest_hashes(policies, store, banks, flt=nowhere)
+    empty = backtest_hashes(policies, store, banks, flt=nowhere, allow_empty=True)
+    assert empty.frames == 0 and empty.incidents == [] and empty.baseline_incidents == []
+    assert empty.labels["known-clips/match"].incidents == 0
+
+
 def test_a_store_of_clip_and_hash_policies_backtests_both(tmp_path: Path) -> None:
     """Snapshots keep the hash policies too: a CLIP backtest of a store written with a hash
     policy in force reads the stored set, and one run backtests both kinds."""

@@ -338,7 +338,21 @@ def _hash_backtest(
                 "frames keep their own hash only, so those matches are not found here",
                 file=sys.stderr,
             )
-    return backtest_hashes(policies, store, banks, flt=_filter(args, model), against=against)
+    result = backtest_hashes(
+        policies,
+        store,
+        banks,
+        flt=_filter(args, model),
+        against=against,
+        allow_empty=bool(len(policies)),  # beside CLIP policies: theirs is still worth having
+    )
+    if not result.frames:
+        print(
+            f"note: none of the {plural(result.rows, 'stored frame')} has a PDQ hash: the hash "
+            "policies found nothing",
+            file=sys.stderr,
+        )
+    return result
 
 
 def _publish(args: argparse.Namespace, result: Any) -> int:

@@ -204,7 +204,11 @@ class StoreLink:
         if loaded.hashes:
             hashbacktest = importlib.import_module("pipeline.store.hashbacktest")
             flt = self._module.FrameFilter(model=model_name if len(loaded) else None)
-            results.append(hashbacktest.backtest_hashes(loaded, store, banks, flt=flt))
+            results.append(
+                hashbacktest.backtest_hashes(
+                    loaded, store, banks, flt=flt, allow_empty=bool(len(loaded))
+                )
+            )
             if len(results) == 2:
                 results = [hashbacktest.combine(*results)]
         result = results[0]

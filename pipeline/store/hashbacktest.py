@@ -63,16 +63,18 @@ def backtest_hashes(
     *,
     flt: FrameFilter | None = None,
     against: LoadedPolicies | None = None,
+    allow_empty: bool = False,
 ) -> BacktestResult:
     """Judge with the hash policies of ``policies`` the hashed stored frames ``flt`` keeps,
     find their incidents, and compare with ``against``'s hash policies or, by default, those
     of the policy sets stored with the frames (see the module docstring). :class:`StoreError`
-    when no stored frame has a hash, or a stored set's snapshot is missing (then pass
-    ``against``)."""
+    when no stored frame has a hash (unless ``allow_empty``: a result of no frames, as beside
+    a CLIP backtest of a store kept before frames were hashed), or a stored set's snapshot is
+    missing (then pass ``against``)."""
     started = time.perf_counter()
     counts = BankBacktest()
     frames = _in_order([f for batch in hashed_frames(store, flt, counts) for f in batch])
-    if not frames:
+    if not frames and not allow_empty:
         raise StoreError(_nothing(counts, flt))
     sets = _Sets(store, against)
     codes = np.asarray([sets.code(f.policy_set) for f in frames], dtype=np.int64)

@@ -11,10 +11,10 @@ TORCH_SPEC ?= torch==2.13.0
 
 venv: $(STAMP)
 
-# FFmpeg's development libraries and pkg-config: pip builds vpdq (in the test extra, the vPDQ
-# reference hasher the hash tests compare with) against them. Debian packages, installed before
-# the venv only when pkg-config cannot find the libraries; without apt-get (or root) it says
-# what to install and stops, as pip would fail to build vpdq.
+# FFmpeg's development libraries and pkg-config: pip builds vpdq (the `vpdq` extra, vPDQ's
+# reference hasher the hash tests compare with; `make test` installs it) against them. Debian
+# packages, installed only when pkg-config cannot find the libraries; without apt-get (or root)
+# it says what to install and stops, as pip would fail to build vpdq.
 LIBAV_MODULES := libavcodec libavformat libavutil libswscale libavdevice libavfilter libswresample
 LIBAV_PACKAGES := pkg-config libavcodec-dev libavformat-dev libavutil-dev libswscale-dev \
 	libavdevice-dev libavfilter-dev libswresample-dev
@@ -32,7 +32,7 @@ build-headers:
 		exit 1; \
 	fi
 
-$(STAMP): pyproject.toml | build-headers
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
@@ -50,8 +50,14 @@ lint: $(STAMP)
 # two pytest processes, each test file whole in one of them (module fixtures built once):
 # most long tests wait on brokers and worker processes, so two share two cores well
 TEST_WORKERS ?= 2
-# test-tools first: on a new machine its one apt-get brings the build headers the venv needs too
-test: test-tools lint
+# the test venv adds vPDQ's reference hasher, built against FFmpeg's development libraries
+TEST_STAMP := $(VENV)/.installed-test
+$(TEST_STAMP): $(STAMP) | build-headers
+	$(PY) -m pip install --quiet -e '.[vpdq]'
+	touch $(TEST_STAMP)
+
+# test-tools first: on a new machine its one apt-get brings the build headers vpdq needs too
+test: test-tools lint $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The system tools the tests use, Debian packages installed only when missing (one

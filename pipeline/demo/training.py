@@ -31,6 +31,8 @@ __all__ = [
     "TrainResult",
     "ZeroShotReport",
     "class_prompts",
+    "encode_images",
+    "encode_prompts",
     "evaluate_multi_object",
     "evaluate_pair_retrieval",
     "evaluate_zero_shot",
@@ -223,12 +225,12 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = None) ->
 
 
 @torch.inference_mode()
-def _encode_prompts(model: CLIP, prompts: Sequence[str]) -> torch.Tensor:
+def encode_prompts(model: CLIP, prompts: Sequence[str]) -> torch.Tensor:
     tokens = tokenize(list(prompts), context_length=model.context_length, truncate=True)
     return F.normalize(model.encode_text(tokens).float(), dim=-1)
 
 
-def _encode_images(model: CLIP, images: np.ndarray) -> torch.Tensor:
+def encode_images(model: CLIP, images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(reference_encoder(model, batch_size=256).encode(images))
 
 
@@ -251,7 +253,7 @@ def evaluate_zero_shot(model: CLIP, *, n: int = 600, seed: int = 1234) -> ZeroSh
             spec = scenes.sample_single_object_spec(rng, split="heldout")
         images[i] = scenes.render(spec, size)
         truth.append(scenes.canonical_caption(spec.primary))
-    sims = _encode_images(model, images) @ _encode_prompts(model, prompts).t()
+    sims = encode_images(model, images) @ encode_prompts(model, prompts).t()
     pred = [prompts[j] for j in sims.argmax(dim=1).tolist()]
     per_class: dict[str, tuple[int, int]] = {}
     groups: dict[str, list[bool]] = {"shapes": [], "words": [], "empty": []}
@@ -287,7 +289,7 @@ def evaluate_pair_retrieval(
         for j in range(per_pair):
             spec = scenes.sample_single_object_spec(rng, split="heldout", concept=s, colour=c)
             images[i * per_pair + j] = scenes.render(spec, size)
-    best = (_encode_images(model, images) @ _encode_prompts(model, prompts).t()).argmax(dim=1)
+    best = (encode_images(model, images) @ encode_prompts(model, prompts).t()).argmax(dim=1)
     hits = (best.view(len(pairs), per_pair) == torch.arange(len(pairs))[:, None]).float()
     return {pair: float(h) for pair, h in zip(pairs, hits.mean(dim=1).tolist(), strict=True)}
 
@@ -306,7 +308,7 @@ def evaluate_multi_object(model: CLIP, *, n: int = 300, seed: int = 999) -> floa
         if len(spec.objects) >= 2 and len(present) == len(spec.objects):
             specs.append(spec)
     images = np.stack([scenes.render(s, size) for s in specs])
-    sims = _encode_images(model, images) @ _encode_prompts(model, prompts).t()
+    sims = encode_images(model, images) @ encode_prompts(model, prompts).t()
     hits = total = 0
     for spec, row in zip(specs, sims, strict=True):
         present = {scenes.canonical_caption(o) for o in spec.objects}

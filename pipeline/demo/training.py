@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.demo import scenes
+from pipeline.demo import scenes, variety
 from pipeline.models.encoders import reference_encoder
+from pipeline.models.loading import load_clip
 from pipeline.models.model import CLIP, CLIPConfig
 from pipeline.models.tokenizer import tokenize
 
@@ -56,6 +57,9 @@ class TrainConfig:
     p_letterbox: float = 0.15  # share of scenes shown letterboxed, as the decode stage pads
     partial_credit: float = 0.5  # target weight of a caption naming part of a scene's objects
     log_every: int = 50  # steps between progress lines
+    variety: float = 0.0  # share of scenes drawn by pipeline.demo.variety (wider rendering)
+    photo_negatives: float = 0.0  # share of scenes that are bare photographs ("empty")
+    init: str | None = None  # start from these weights (same architecture) instead of random
 
 
 @dataclass
@@ -141,15 +145,24 @@ def _letterbox(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _batch(
-    rng: np.random.Generator, n: int, size: int, p_letterbox: float
+    rng: np.random.Generator, n: int, size: int, cfg: TrainConfig
 ) -> tuple[np.ndarray, list[str], list[tuple[tuple[str, str, int], ...]]]:
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     captions: list[str] = []
     keys: list[tuple[tuple[str, str, int], ...]] = []
+    # the default recipe draws no extra random numbers, so its runs stay byte-identical
+    wide = cfg.variety > 0 or cfg.photo_negatives > 0
     for i in range(n):
-        spec = scenes.sample_spec(rng, split="train")
-        img = scenes.render(spec, size)
-        images[i] = _letterbox(img, rng) if rng.random() < p_letterbox else img
+        u = rng.random() if wide else 1.0
+        if u < cfg.photo_negatives:
+            img, spec = variety.photo_negative(rng, size)
+        else:
+            spec = scenes.sample_spec(rng, split="train")
+            if u < cfg.photo_negatives + cfg.variety:
+                img, spec = variety.render_varied(rng, spec, size)
+            else:
+                img = scenes.render(spec, size)
+        images[i] = _letterbox(img, rng) if rng.random() < cfg.p_letterbox else img
         captions.append(scenes.caption(spec, rng))
         keys.append(_content_key(spec))
     return images, captions, keys
@@ -178,6 +191,8 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = None) ->
     rng = np.random.default_rng(cfg.seed)
     model = CLIP(cfg.model)
     model.init_weights(torch.Generator().manual_seed(cfg.seed))
+    if cfg.init is not None:  # warm start: spend the budget on the new distribution
+        model.load_state_dict(load_clip(cfg.init).state_dict())
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
 
@@ -194,7 +209,7 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = None) ->
     window: list[float] = []
     step = 0
     while step < cfg.steps and time.perf_counter() - start < cfg.max_seconds:
-        images, captions, keys = _batch(rng, cfg.batch_size, size, cfg.p_letterbox)
+        images, captions, keys = _batch(rng, cfg.batch_size, size, cfg)
         tokens = tokenize(captions, context_length=ctx, truncate=True)
         match = _match_matrix(keys, cfg.partial_credit)  # (images, captions)
         targets = match / match.sum(dim=1, keepdim=True)

@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         "steps": result.steps,
         "batch_size": args.batch_size,
         "train_seconds": round(result.seconds, 1),
+        # on a shared machine wall time grows with the other load; CPU time hardly does (with
+        # one thread it is about the wall time the run takes on a quiet machine)
+        "train_cpu_seconds": round(result.cpu_seconds, 1),
         "threads": args.threads,
         "lr": args.lr,
         "warmup": cfg.warmup,

@@ -67,6 +67,7 @@ class TrainResult:
     model: CLIP
     steps: int  # steps actually taken
     seconds: float  # wall-clock training time
+    cpu_seconds: float = 0.0  # CPU time of the process while training (all threads)
     losses: list[float] = field(default_factory=list)  # mean loss per log interval
 
 
@@ -205,6 +206,7 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = None) ->
     size = cfg.model.vision.image_resolution
     ctx = cfg.model.text.context_length
     start = time.perf_counter()
+    cpu_start = time.process_time()
     losses: list[float] = []
     window: list[float] = []
     step = 0
@@ -236,7 +238,13 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = None) ->
                 f"{time.perf_counter() - start:.0f}s"
             )
     model.eval().requires_grad_(False)
-    return TrainResult(model=model, steps=step, seconds=time.perf_counter() - start, losses=losses)
+    return TrainResult(
+        model=model,
+        steps=step,
+        seconds=time.perf_counter() - start,
+        cpu_seconds=time.process_time() - cpu_start,
+        losses=losses,
+    )
 
 
 @torch.inference_mode()

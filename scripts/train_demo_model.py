@@ -55,6 +55,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
+        "--warmup", type=int, default=None, help="warm-up steps (default: min(150, steps/10))"
+    )
+    ap.add_argument(
+        "--init",
+        default=None,
+        help="start from these weights (a registry name such as clipguard-demo, or a file) "
+        "instead of a random initialisation",
+    )
+    ap.add_argument(
+        "--variety",
+        type=float,
+        default=0.0,
+        help="share of scenes drawn with varied geometry, backgrounds and artefacts "
+        "(pipeline/demo/variety.py; photo backgrounds need the train extra)",
+    )
+    ap.add_argument(
+        "--photo-negatives",
+        type=float,
+        default=0.0,
+        help="share of scenes that are bare photograph crops captioned as an empty background",
+    )
+    ap.add_argument(
+        "--eval-drawn-per-pair",
+        type=int,
+        default=10,
+        help="second-renderer scenes per shape+colour pair (pipeline/demo/pilscenes.py)",
+    )
+    ap.add_argument(
         "--max-minutes",
         type=float,
         default=20.0,
@@ -85,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         threads=args.threads,
         max_seconds=args.max_minutes * 60,
-        warmup=min(150, max(1, args.steps // 10)),
+        warmup=args.warmup if args.warmup is not None else min(150, max(1, args.steps // 10)),
+        variety=args.variety,
+        photo_negatives=args.photo_negatives,
+        init=args.init,
     )
     result = train(cfg, progress=print)
     save_clip(result.model, args.out, dtype=torch.float16)
@@ -99,7 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         "steps": result.steps,
         "batch_size": args.batch_size,
         "train_seconds": round(result.seconds, 1),
+        # on a shared machine wall time grows with the other load; CPU time hardly does (with
+        # one thread it is about the wall time the run takes on a quiet machine)
+        "train_cpu_seconds": round(result.cpu_seconds, 1),
         "threads": args.threads,
+        "lr": args.lr,
+        "warmup": cfg.warmup,
+        "init": args.init,
+        "variety": args.variety,
+        "photo_negatives": args.photo_negatives,
         "torch": torch.__version__,
         "machine": platform.machine(),
         "loss_curve": [round(x, 4) for x in result.losses],
@@ -118,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         mean_pair = sum(pairs.values()) / len(pairs)
         worst_names = [(f"{c} {s}", v) for (s, c), v in worst]
         print(f"pair retrieval: mean {mean_pair:.3f}, worst {worst_names}")
+        from pipeline.demo.crosscheck import evaluate_drawn
+
+        drawn = evaluate_drawn(model, per_pair=args.eval_drawn_per_pair)
+        print(drawn.table())
+        metrics["second_renderer"] = drawn.as_dict()
         metrics.update(
             zero_shot_accuracy=round(zs.accuracy, 4),
             zero_shot_images=zs.n,

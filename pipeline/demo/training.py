@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.demo import scenes
+from pipeline.demo import scenes, variety
 from pipeline.models.encoders import reference_encoder
+from pipeline.models.loading import load_clip
 from pipeline.models.model import CLIP, CLIPConfig
 from pipeline.models.tokenizer import tokenize
 
@@ -31,6 +32,8 @@ __all__ = [
     "TrainResult",
     "ZeroShotReport",
     "class_prompts",
+    "encode_images",
+    "encode_prompts",
     "evaluate_multi_object",
     "evaluate_pair_retrieval",
     "evaluate_zero_shot",
@@ -54,6 +57,9 @@ class TrainConfig:
     p_letterbox: float = 0.15  # share of scenes shown letterboxed, as the decode stage pads
     partial_credit: float = 0.5  # target weight of a caption naming part of a scene's objects
     log_every: int = 50  # steps between progress lines
+    variety: float = 0.0  # share of scenes drawn by pipeline.demo.variety (wider rendering)
+    photo_negatives: float = 0.0  # share of scenes that are bare photographs ("empty")
+    init: str | None = None  # start from these weights (same architecture) instead of random
 
 
 @dataclass
@@ -61,6 +67,7 @@ class TrainResult:
     model: CLIP
     steps: int  # steps actually taken
     seconds: float  # wall-clock training time
+    cpu_seconds: float = 0.0  # CPU time of the process while training (all threads)
     losses: list[float] = field(default_factory=list)  # mean loss per log interval
 
 
@@ -139,15 +146,24 @@ def _letterbox(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _batch(
-    rng: np.random.Generator, n: int, size: int, p_letterbox: float
+    rng: np.random.Generator, n: int, size: int, cfg: TrainConfig
 ) -> tuple[np.ndarray, list[str], list[tuple[tuple[str, str, int], ...]]]:
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     captions: list[str] = []
     keys: list[tuple[tuple[str, str, int], ...]] = []
+    # the default recipe draws no extra random numbers, so its runs stay byte-identical
+    wide = cfg.variety > 0 or cfg.photo_negatives > 0
     for i in range(n):
-        spec = scenes.sample_spec(rng, split="train")
-        img = scenes.render(spec, size)
-        images[i] = _letterbox(img, rng) if rng.random() < p_letterbox else img
+        u = rng.random() if wide else 1.0
+        if u < cfg.photo_negatives:
+            img, spec = variety.photo_negative(rng, size)
+        else:
+            spec = scenes.sample_spec(rng, split="train")
+            if u < cfg.photo_negatives + cfg.variety:
+                img, spec = variety.render_varied(rng, spec, size)
+            else:
+                img = scenes.render(spec, size)
+        images[i] = _letterbox(img, rng) if rng.random() < cfg.p_letterbox else img
         captions.append(scenes.caption(spec, rng))
         keys.append(_content_key(spec))
     return images, captions, keys
@@ -176,6 +192,8 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = None) ->
     rng = np.random.default_rng(cfg.seed)
     model = CLIP(cfg.model)
     model.init_weights(torch.Generator().manual_seed(cfg.seed))
+    if cfg.init is not None:  # warm start: spend the budget on the new distribution
+        model.load_state_dict(load_clip(cfg.init).state_dict())
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98))
 
@@ -188,11 +206,12 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = None) ->
     size = cfg.model.vision.image_resolution
     ctx = cfg.model.text.context_length
     start = time.perf_counter()
+    cpu_start = time.process_time()
     losses: list[float] = []
     window: list[float] = []
     step = 0
     while step < cfg.steps and time.perf_counter() - start < cfg.max_seconds:
-        images, captions, keys = _batch(rng, cfg.batch_size, size, cfg.p_letterbox)
+        images, captions, keys = _batch(rng, cfg.batch_size, size, cfg)
         tokens = tokenize(captions, context_length=ctx, truncate=True)
         match = _match_matrix(keys, cfg.partial_credit)  # (images, captions)
         targets = match / match.sum(dim=1, keepdim=True)
@@ -219,16 +238,22 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = None) ->
                 f"{time.perf_counter() - start:.0f}s"
             )
     model.eval().requires_grad_(False)
-    return TrainResult(model=model, steps=step, seconds=time.perf_counter() - start, losses=losses)
+    return TrainResult(
+        model=model,
+        steps=step,
+        seconds=time.perf_counter() - start,
+        cpu_seconds=time.process_time() - cpu_start,
+        losses=losses,
+    )
 
 
 @torch.inference_mode()
-def _encode_prompts(model: CLIP, prompts: Sequence[str]) -> torch.Tensor:
+def encode_prompts(model: CLIP, prompts: Sequence[str]) -> torch.Tensor:
     tokens = tokenize(list(prompts), context_length=model.context_length, truncate=True)
     return F.normalize(model.encode_text(tokens).float(), dim=-1)
 
 
-def _encode_images(model: CLIP, images: np.ndarray) -> torch.Tensor:
+def encode_images(model: CLIP, images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(reference_encoder(model, batch_size=256).encode(images))
 
 
@@ -251,7 +276,7 @@ def evaluate_zero_shot(model: CLIP, *, n: int = 600, seed: int = 1234) -> ZeroSh
             spec = scenes.sample_single_object_spec(rng, split="heldout")
         images[i] = scenes.render(spec, size)
         truth.append(scenes.canonical_caption(spec.primary))
-    sims = _encode_images(model, images) @ _encode_prompts(model, prompts).t()
+    sims = encode_images(model, images) @ encode_prompts(model, prompts).t()
     pred = [prompts[j] for j in sims.argmax(dim=1).tolist()]
     per_class: dict[str, tuple[int, int]] = {}
     groups: dict[str, list[bool]] = {"shapes": [], "words": [], "empty": []}
@@ -287,7 +312,7 @@ def evaluate_pair_retrieval(
         for j in range(per_pair):
             spec = scenes.sample_single_object_spec(rng, split="heldout", concept=s, colour=c)
             images[i * per_pair + j] = scenes.render(spec, size)
-    best = (_encode_images(model, images) @ _encode_prompts(model, prompts).t()).argmax(dim=1)
+    best = (encode_images(model, images) @ encode_prompts(model, prompts).t()).argmax(dim=1)
     hits = (best.view(len(pairs), per_pair) == torch.arange(len(pairs))[:, None]).float()
     return {pair: float(h) for pair, h in zip(pairs, hits.mean(dim=1).tolist(), strict=True)}
 
@@ -306,7 +331,7 @@ def evaluate_multi_object(model: CLIP, *, n: int = 300, seed: int = 999) -> floa
         if len(spec.objects) >= 2 and len(present) == len(spec.objects):
             specs.append(spec)
     images = np.stack([scenes.render(s, size) for s in specs])
-    sims = _encode_images(model, images) @ _encode_prompts(model, prompts).t()
+    sims = encode_images(model, images) @ encode_prompts(model, prompts).t()
     hits = total = 0
     for spec, row in zip(specs, sims, strict=True):
         present = {scenes.canonical_caption(o) for o in spec.objects}

@@ -2,8 +2,10 @@
 
 One :class:`multiprocessing.connection.Connection` per decode process; one task in flight on it.
 
-Parent to child: ``(kind, task_id, *header)``, then for ``bytes`` and ``feed`` the input as one
-``send_bytes`` message; ``("stop",)`` ends the process. Headers by kind:
+A new process first says ``("hello", filter_status)`` (:func:`pipeline.decode.sandbox.enter`).
+Parent to child: ``(kind, task_id, cpu_seconds, *header)``, then for ``bytes`` and ``feed`` the
+input as one ``send_bytes`` message; ``("stop",)`` ends the process. ``cpu_seconds`` is the
+call's CPU budget (``Limits.max_cpu``). Headers by kind:
 
 ==========  ===========================================================
 kind        header
@@ -13,6 +15,7 @@ kind        header
 ``open``    ``(stream_id, codec, options, fps)``
 ``feed``    ``(stream_id,)``
 ``close``   ``(stream_id,)``
+``call``    ``(function, args)``: tests only (``sandbox.allow_test_calls``)
 ==========  ===========================================================
 
 ``options`` is a :class:`~pipeline.decode.DecodeOptions` with ``limits`` (and, but for
@@ -143,9 +146,12 @@ def error_from(name: str, message: str) -> ClipguardError:
 
 
 def build_value(kind: str, meta: Any, buffer: bytearray) -> Any:
-    """What a call's future resolves to: None (open), frames (feed, close) or a result."""
+    """What a call's future resolves to: None (open), frames (feed, close), a result, or
+    (``call``) the function's return value."""
     if kind == "open":
         return None
+    if kind == "call":
+        return meta[0]
     info, metas, side = meta
     frames = unpack_frames(metas, side, buffer)
     if info is None:

@@ -159,9 +159,12 @@ def start_jobs(
             "(CLIPGUARD_JOBS__ALLOWED_ROOTS, CLIPGUARD_JOBS__ALLOWED_URL_HOSTS) to run them"
         )
         return None
-    # the limits of `clipguard scan` (an input of up to 2 GiB), the worker's memory cap
+    # the limits of `clipguard scan` (an input of up to 2 GiB), the worker's memory cap; sockets
+    # in the decode processes only when jobs may fetch URLs
     pool = DecodePool(
-        settings.jobs.processes, limits=Limits(max_memory=settings.decode.max_memory_bytes)
+        settings.jobs.processes,
+        limits=Limits(max_memory=settings.decode.max_memory_bytes),
+        network=bool(settings.jobs.access().url_hosts),
     )
     runner = JobRunner(
         settings,

@@ -145,7 +145,8 @@ class DecodePool:
     to it), as a guard against slow leaks. ``network`` False (the default): the children can
     open no socket, and :meth:`submit_uri` refuses http(s) URLs; True for a pool that fetches
     URLs (scan jobs). ``executable``: the Python interpreter to run (default
-    ``sys.executable``).
+    ``sys.executable``). The constructor returns once every child has started and confined
+    itself (or none can be started: see :attr:`available`).
     """
 
     def __init__(
@@ -186,6 +187,7 @@ class DecodePool:
         #: "unavailable: <why>" (logged once as a warning)
         self.seccomp: str | None = None
         self._lock = threading.Lock()
+        self._up = threading.Condition(self._lock)  # a child started, or starting failed
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._pending: collections.deque[_Task] = collections.deque()
@@ -199,12 +201,15 @@ class DecodePool:
         self._restart_at = 0.0  # no child is started before then (backing off)
         self._backoff = _BACKOFF[0]
         self._slots = [_Slot(number=i) for i in range(processes)]
-        for slot in self._slots:
-            self._start(slot)
+        with self._lock:
+            for slot in self._slots:
+                self._start(slot)
         self._manager = threading.Thread(
             target=self._run, name="clipguard-decode-pool", daemon=True
         )
         self._manager.start()
+        with self._up:  # every child sandboxed and ready, or none can be started
+            self._up.wait_for(self._all_up_or_unavailable, timeout=_START_TIMEOUT)
 
     # ------------------------------------------------------------------ public API
 
@@ -217,6 +222,11 @@ class DecodePool:
     @property
     def processes(self) -> int:
         return len(self._slots)
+
+    def _all_up_or_unavailable(self) -> bool:
+        return self._unavailable is not None or all(
+            s.process is not None and s.starting is None for s in self._slots
+        )
 
     @property
     def available(self) -> bool:
@@ -273,7 +283,7 @@ class DecodePool:
         where = os.fspath(uri)
         if isinstance(uri, str) and "://" in uri:
             where = redact(uri)
-            if not self.network:
+            if not self.network and uri.lower().startswith(("http://", "https://")):
                 future.set_exception(
                     InputRefused(f"input {where:.200}: this decode pool has no network")
                 )
@@ -502,6 +512,7 @@ class DecodePool:
         """One more child failed to start; after a few in a row, back off (and, with no child
         running, the pool is unavailable until one starts)."""
         self._start_failures += 1
+        self._up.notify_all()
         if self._start_failures < _START_FAILURES or self._closing:
             return
         self._restart_at = time.monotonic() + self._backoff
@@ -516,6 +527,7 @@ class DecodePool:
         slot.starting = None
         self._start_failures = 0
         self._backoff = _BACKOFF[0]
+        self._up.notify_all()
         if self._unavailable is not None:
             _log.warning("decode processes start again (after: %s)", self._unavailable)
             self._unavailable = None

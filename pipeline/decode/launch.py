@@ -16,10 +16,13 @@ explicit ``env``: the child gets one end of a socket pair as a
 :class:`multiprocessing.connection.Connection` (the same pipe API the pool used with
 ``spawn``), receives the parent's ``sys.path`` first (so it imports the same ``pipeline``),
 then its :class:`~pipeline.decode.sandbox.SandboxSettings`, and runs
-:func:`pipeline.decode.pool_child.child_main`. Like ``spawn``'s, the process's ``sentinel`` is
-the read end of a pipe whose write end only the child holds: it turns readable when the child
-is gone. The test of the environment reads ``/proc/<pid>/environ`` of a real decode process
-(``tests/test_decode_sandbox.py``).
+:func:`pipeline.decode.pool_child.child_main`. Before any of that the process drops every
+capability (``capset``), and the pool makes the worker non-dumpable
+(:func:`hide_from_decoders`): a decode process cannot read the worker's environment or memory
+through ``/proc/<worker pid>/`` either, even when both run as root. Like ``spawn``'s, the
+process's ``sentinel`` is the read end of a pipe whose write end only the child holds: it turns
+readable when the child is gone. The tests read ``/proc/<pid>/environ`` of a real decode
+process, and have one try to read the worker's (``tests/test_decode_sandbox.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
-__all__ = ["DecodeProcess", "minimal_environment"]
+__all__ = ["DecodeProcess", "hide_from_decoders", "minimal_environment"]
 
 _KEPT: Final = frozenset(
     {
@@ -47,14 +50,38 @@ _KEPT: Final = frozenset(
         "LD_LIBRARY_PATH",
     }
 )
-_BOOTSTRAP: Final = (
-    "import sys\n"
-    "from multiprocessing.connection import Connection\n"
-    "conn = Connection(int(sys.argv[1]))\n"
-    "sys.path[:] = conn.recv()\n"
-    "from pipeline.decode.pool_child import child_main\n"
-    "child_main(conn, conn.recv())\n"
-)
+# First (capabilities are per thread, so before any import starts one) the process gives up
+# every capability: root keeps CAP_SYS_PTRACE otherwise, and could read the worker's
+# /proc/<pid>/environ and memory whatever the worker's dumpable flag (hide_from_decoders).
+_BOOTSTRAP: Final = """\
+import ctypes, sys
+try:  # capset(_LINUX_CAPABILITY_VERSION_3 for this thread, nothing effective/permitted)
+    _dropped = ctypes.CDLL(None).capset((ctypes.c_uint32 * 2)(0x20080522, 0),
+                                        (ctypes.c_uint32 * 6)()) == 0
+except (AttributeError, OSError):
+    _dropped = False
+from multiprocessing.connection import Connection
+conn = Connection(int(sys.argv[1]))
+sys.path[:] = conn.recv()
+from pipeline.decode.pool_child import child_main
+child_main(conn, conn.recv(), capabilities_dropped=_dropped)
+"""
+_PR_SET_DUMPABLE: Final = 4
+
+
+def hide_from_decoders() -> bool:
+    """Make this process non-dumpable (``prctl(PR_SET_DUMPABLE, 0)``): a process of the same
+    user without ``CAP_SYS_PTRACE`` (a decode process: it drops every capability) can then
+    not read its ``/proc/<pid>/environ``, ``mem`` or ``maps``. It also writes no core file.
+    False where not possible (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return int(ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)) == 0
+    except (AttributeError, OSError):
+        return False
 
 
 def minimal_environment(environ: Mapping[str, str]) -> dict[str, str]:

@@ -66,7 +66,7 @@ from typing import Any, Final, Literal
 
 from pipeline.decode.access import InputAccess
 from pipeline.decode.frames import DecodeResult, Frame
-from pipeline.decode.launch import DecodeProcess
+from pipeline.decode.launch import DecodeProcess, hide_from_decoders
 from pipeline.decode.media import RawCodec, media_kind
 from pipeline.decode.options import DecodeOptions, Limits, check_threads
 from pipeline.decode.sandbox import SandboxSettings, test_calls_allowed
@@ -186,6 +186,8 @@ class DecodePool:
         #: the children's system-call filter: None until one has started, then "on" or
         #: "unavailable: <why>" (logged once as a warning)
         self.seccomp: str | None = None
+        self.capabilities_dropped: bool | None = None  # likewise: the children's capabilities
+        hide_from_decoders()
         self._lock = threading.Lock()
         self._up = threading.Condition(self._lock)  # a child started, or starting failed
         self._wake_r, self._wake_w = os.pipe()
@@ -522,7 +524,7 @@ class DecodePool:
             self._unavailable = f"no decode process can be started ({why})"
             _log.error("%s; trying again, backing off up to %g s", self._unavailable, _BACKOFF[1])
 
-    def _started(self, slot: _Slot, status: str) -> None:
+    def _started(self, slot: _Slot, status: str, capabilities_dropped: bool) -> None:
         """A child said hello: it is sandboxed and takes tasks."""
         slot.starting = None
         self._start_failures = 0
@@ -538,6 +540,7 @@ class DecodePool:
                 status,
             )
         self.seccomp = status
+        self.capabilities_dropped = capabilities_dropped
 
     def _fill(self) -> None:
         """Start a child in every empty slot, unless backing off."""
@@ -673,7 +676,7 @@ class DecodePool:
         try:
             message = slot.conn.recv()
             if message[0] == "hello" and slot.starting is not None:
-                self._started(slot, str(message[1])[:300])
+                self._started(slot, str(message[1])[:300], bool(message[2]))
                 return
             if message[0] == "ready" or task is None:
                 slot.cleanup_deadline = None

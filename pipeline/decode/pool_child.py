@@ -30,15 +30,18 @@ from pipeline.errors import ClipguardError, ConfigError, DecodeError
 __all__ = ["child_main"]
 
 
-def child_main(conn: Connection, settings: SandboxSettings) -> None:
-    """A decode process: one task at a time, from the pool's pipe, until told to stop."""
+def child_main(
+    conn: Connection, settings: SandboxSettings, *, capabilities_dropped: bool = False
+) -> None:
+    """A decode process: one task at a time, from the pool's pipe, until told to stop
+    (``capabilities_dropped``: the launch gave up every capability; it says so in its hello)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     if hasattr(signal, "SIGXFSZ"):  # over RLIMIT_FSIZE: a failed write, not a killed process
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     status = enter(settings)
     watch_allocations()
     try:
-        conn.send(("hello", status))
+        conn.send(("hello", status, capabilities_dropped))
     except (OSError, EOFError):
         return
     streams: dict[str, RawStreamDecoder] = {}

@@ -24,6 +24,7 @@ has confined itself and said hello, before it is given any input.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -118,8 +119,12 @@ class DecodeRecovery:
         self._waiting.succeeded()
 
     def due(self, decoder: SegmentDecoder) -> None:
-        """Decode again the segments whose wait is over."""
-        for seg in self._waiting.due():
+        """Decode again the segments whose wait is over (all of them once the pool has
+        decode processes again)."""
+        if not self._waiting:
+            return
+        now = math.inf if decoder.pool.available else None
+        for seg in self._waiting.due(now=now):
             decoder.decode(seg)
 
     def __len__(self) -> int:

@@ -549,6 +549,8 @@ class DecodePool:
         for slot in self._slots:
             if slot.process is None:
                 self._start(slot)
+                if slot.process is None:  # the others would fail the same way
+                    return
 
     def _stop(self, slot: _Slot) -> None:
         process, conn = slot.process, slot.conn

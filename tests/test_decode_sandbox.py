@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import pytest
 
 from pipeline.decode import DecodeOptions, DecodePool, Limits
 from pipeline.errors import (
-    ConfigError,
     DecodeCrash,
     DecodeTimeout,
     DecodeUnavailable,
@@ -230,11 +228,37 @@ def sandbox_filter(pid: int) -> int | None:
     return filter_mode(pid)
 
 
-def test_calls_are_refused_without_the_test_hook() -> None:
-    with DecodePool(1, limits=FAULT_LIMITS) as pool:
-        object.__setattr__(pool, "_sandbox", replace(pool._sandbox, test_calls=False))
-        with pytest.raises(ConfigError, match="test hook"):
-            pool.submit_call(decode_faults.segfault)
+_NO_HOOK = """
+import os
+from concurrent.futures import Future
+from pipeline.decode import DecodePool
+from pipeline.errors import ConfigError
+with DecodePool(1) as pool:
+    try:
+        pool.submit_call(os.getpid)
+        print("parent ran it")
+    except ConfigError as e:
+        print("parent refused:", e)
+    # past the parent's check, straight to a decode process
+    future = pool._submit("call", (os.getpid, ()), None, Future(), pool._limits, "a call")
+    try:
+        print("child ran it", future.result(timeout=30))
+    except ConfigError as e:
+        print("child refused:", e)
+"""
+
+
+def test_calls_are_refused_where_the_test_hook_is_off() -> None:
+    # a process that never imported decode_faults: no call runs, in the pool or its children
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run(
+        [sys.executable, "-c", _NO_HOOK], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "parent refused: this decode pool runs no calls (the test hook is off)",
+        "child refused: this decode process runs no calls (test hook off)",
+    ]
 
 
 # ---------------------------------------------------------------------- the machine's faults

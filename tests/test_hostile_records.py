@@ -486,3 +486,41 @@ def test_segments_that_find_no_decode_process_wait_and_are_never_dead_lettered(
         wait_for(lambda: worker.ready, 30, "ready again")
     assert topics.read("dlq") == []  # nothing lost to the fault
     assert {r.json()["seq"] for r in topics.read("scores")} == {0, 1, 2}
+
+
+def test_a_job_that_finds_no_decode_process_is_retried_not_failed(
+    broker: EmbeddedBroker, tmp_path: Path, segments: list[Segment]
+) -> None:
+    from consumers.jobs import JobRunner
+    from pipeline.decode import DecodePool
+    from pipeline.models import load_clip
+    from pipeline.models.encoders import TorchImageEncoder
+    from pipeline.policies.compile import PolicyCompiler
+    from pipeline.policies.store import PolicyStore
+
+    (tmp_path / "clip.ts").write_bytes(segments[0].data)
+    python = tmp_path / "python"
+    python.symlink_to(sys.executable)
+    topics = Topics(broker)
+    s = topics.settings(**{"jobs.allowed_roots": [str(tmp_path)]})
+    model = load_clip("clipguard-demo")
+    store = PolicyStore(list(s.policies), PolicyCompiler(model, cache_dir=tmp_path / "pc"))
+    with DecodePool(1, executable=str(python)) as pool:
+        python.unlink()  # the interpreter is gone and the decode process dies: none can start
+        for pid in pool.pids():
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pool.available, 30, "the pool to give up starting processes")
+        job = json.dumps({"uri": str(tmp_path / "clip.ts")}).encode()
+        topics.send([(b"job-nodecoder", job, [])], "jobs")
+        runner = JobRunner(s, encoder=TorchImageEncoder(model, "fp32"), store=store, pool=pool)
+        assert runner.connect()
+        runner.start()
+        try:
+            wait_for(lambda: not runner.healthy, 60, "the runner to report the fault")
+            assert runner.jobs_committed == 0
+            python.symlink_to(sys.executable)  # the machine recovers
+            wait_for(lambda: runner.jobs_committed == 1, 120, "the job")
+        finally:
+            runner.stop()
+    states = [r.json()["state"] for r in topics.read("job_status")]
+    assert "failed" not in states and states[-1] == "done" and runner.healthy

@@ -512,7 +512,9 @@ def test_a_job_that_finds_no_decode_process_is_retried_not_failed(
         wait_for(lambda: not pool.available, 30, "the pool to give up starting processes")
         job = json.dumps({"uri": str(tmp_path / "clip.ts")}).encode()
         topics.send([(b"job-nodecoder", job, [])], "jobs")
-        runner = JobRunner(s, encoder=TorchImageEncoder(model, "fp32"), store=store, pool=pool)
+        runner = JobRunner(
+            s, encoder=TorchImageEncoder(model, "fp32", batch_size=16), store=store, pool=pool
+        )
         assert runner.connect()
         runner.start()
         try:

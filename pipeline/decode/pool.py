@@ -55,7 +55,6 @@ import contextlib
 import logging
 import math
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -65,6 +64,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Final, Literal
 
 from pipeline.decode.access import InputAccess
+from pipeline.decode.endings import call_error, how_it_ended
 from pipeline.decode.frames import DecodeResult, Frame
 from pipeline.decode.launch import DecodeProcess, hide_from_decoders
 from pipeline.decode.media import RawCodec, media_kind
@@ -76,7 +76,6 @@ from pipeline.errors import (
     ConfigError,
     DecodeCrash,
     DecodeError,
-    DecodeTimeout,
     DecodeUnavailable,
     InputRefused,
     LimitExceeded,
@@ -722,11 +721,14 @@ class DecodePool:
             process.kill()
             process.join(timeout=5.0)
         pid, code = process.pid, process.exitcode
-        how = _how_it_ended(code, slot)
+        timed_out = slot.kill_reason == "timeout"
+        how = how_it_ended(code, retiring=slot.retiring, timed_out=timed_out)
         never_started = slot.starting is not None
         task = slot.current
         if task is not None:
-            resolved.append((task.future, False, _task_error(task, pid, code, how, slot)))
+            limits = (task.timeout - _GRACE, _GRACE, task.cpu)
+            error = call_error(task.label, pid, code, how, timed_out=timed_out, limits=limits)
+            resolved.append((task.future, False, error))
         if never_started and not self._closing:
             self._start_failed(f"decode process {pid} {how} before it was ready")
         lost_error: type[DecodeError] = DecodeUnavailable if never_started else DecodeCrash
@@ -752,40 +754,6 @@ class DecodePool:
             conn.close()
         process.close()
         # the manager's _fill starts the next child (after a backoff, when they keep failing)
-
-
-def _how_it_ended(code: int | None, slot: _Slot) -> str:
-    """How a child ended, in words."""
-    if slot.retiring:
-        return slot.retiring
-    if slot.kill_reason == "timeout":
-        return "was killed after running past its time limit"
-    if code is None:
-        return "stopped responding"
-    if code >= 0:
-        return f"exited with status {code}"
-    if -code == getattr(signal, "SIGXCPU", None):
-        return "was ended by the kernel after running past its CPU time limit (SIGXCPU)"
-    if -code == getattr(signal, "SIGSYS", None):
-        return "was killed by SIGSYS: it made a system call the decode sandbox forbids"
-    try:
-        return f"was killed by {signal.Signals(-code).name}"
-    except ValueError:
-        return f"was killed by signal {-code}"
-
-
-def _task_error(task: _Task, pid: int, code: int | None, how: str, slot: _Slot) -> DecodeError:
-    """The error of the call a child was running when it ended."""
-    if slot.kill_reason == "timeout":
-        return DecodeTimeout(
-            f"{task.label}: no result within {task.timeout - _GRACE:g} s "
-            f"(+{_GRACE:g} s grace); decode process {pid} killed"
-        )
-    if code is not None and -code == getattr(signal, "SIGXCPU", None):
-        return LimitExceeded(
-            f"{task.label}: over the CPU time limit of {task.cpu:g} s; decode process {pid} ended"
-        )
-    return DecodeCrash(f"{task.label}: decode process {pid} {how}")
 
 
 def _resolve(resolved: list[_Resolution]) -> None:

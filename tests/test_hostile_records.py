@@ -468,6 +468,10 @@ def test_segments_that_find_no_decode_process_wait_and_are_never_dead_lettered(
         assert worker.ready
         pool = worker._pool
         assert pool is not None and pool.seccomp == "on"
+        assert (
+            'clipguard_decode_sandbox_info{seccomp="on"} 1.0'
+            in worker.metrics.exposition().decode()
+        )
         python.unlink()
         for pid in pool.pids():
             os.kill(pid, signal.SIGKILL)

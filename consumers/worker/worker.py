@@ -275,6 +275,7 @@ class Worker:
             on_timeline_reset=self.metrics.timeline_resets.inc,
         )
         self._pool = DecodePool(s.decode.processes, limits=s.decode.limits())
+        self.metrics.decode_sandbox.info({"seccomp": self._pool.seccomp or "not started"})
         options = DecodeOptions(
             self.model.input_resolution,
             fit=s.decode.fit,

@@ -114,3 +114,20 @@ def test_no_decode_process_is_the_machines_fault(tmp_path: Path) -> None:
         assert outcomes.decoded == [seg] and len(seg.frames) == 4 and seg.attempts == 1
         recovery.succeeded()
         assert not recovery.troubled and len(recovery) == 0
+
+
+def test_the_trouble_ends_when_the_waiting_segment_leaves_with_its_partition() -> None:
+    outcomes, recovery = _Outcomes(), DecodeRecovery(0.05, _retries())
+    with DecodePool(1) as pool:
+        decoder = SegmentDecoder(
+            pool, DecodeOptions(32), decoded=outcomes.on_decoded, post=outcomes.post
+        )
+        seg = _segment(media.encode(4))
+        seg.attempts = 1
+        assert recovery.failed(seg, DecodeUnavailable("no decode process"), decoder)
+        assert recovery.troubled
+        seg.cancelled = True  # its partition was revoked while it waited
+        time.sleep(0.1)
+        recovery.due(decoder)  # dropped, not decoded
+        recovery.due(decoder)  # nothing waits and the pool has processes: not troubled
+        assert not recovery.troubled and not outcomes.decoded

@@ -122,6 +122,8 @@ class DecodeRecovery:
         """Decode again the segments whose wait is over (all of them once the pool has
         decode processes again)."""
         if not self._waiting:
+            if decoder.pool.available:  # nothing waits (dropped with its partition?): over
+                self._waiting.succeeded()
             return
         now = math.inf if decoder.pool.available else None
         for seg in self._waiting.due(now=now):

@@ -240,8 +240,11 @@ class _Stacked:
     batch for all of them."""
 
     ids: tuple[str, ...] = ()
-    matrix: _F32 = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    matrix: _F32 = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (E, unique)
     offsets: list[int] = field(default_factory=list)  # first row of each baseline set
+    # the stacked row each column of the product stands for: a row that several sets share
+    # (an edit that changes thresholds changes no prompt) is multiplied once; None: all unique
+    columns: npt.NDArray[np.intp] | None = None
 
 
 def _cosines(
@@ -257,9 +260,17 @@ def _cosines(
     ids = (policies.id, *(s.id for s in sets))
     if ids != st.ids:
         blocks = [policies.compiled.matrix, *(s.compiled.matrix for s in sets)]
-        st.ids, st.matrix = ids, np.ascontiguousarray(np.concatenate(blocks).T)  # (E, rows)
+        rows = np.concatenate(blocks)
+        _, first, columns = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        keep = np.sort(first)  # the unique rows in stacked order
+        st.ids = ids
+        st.matrix = np.ascontiguousarray(rows[keep].T)  # (E, unique rows)
+        place = np.empty(len(rows), np.intp)
+        place[keep] = np.arange(len(keep))
+        st.columns = None if len(keep) == len(rows) else place[first[columns.ravel()]]
         st.offsets = list(np.cumsum([len(b) for b in blocks])[:-1])
-    return kernel.unit_cosines(emb, st.matrix)
+    c = kernel.unit_cosines(emb, st.matrix)
+    return c if st.columns is None else c[:, st.columns]
 
 
 def _score_baseline(out: _Read, c: _F32, codes: _I64, offsets: Sequence[int]) -> None:

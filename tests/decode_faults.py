@@ -77,3 +77,23 @@ def read_environ(pid: int | str = "self") -> bytes:
 
 def parent_pid() -> int:
     return os.getppid()
+
+
+class Shell:
+    """Unpickled freely, runs a shell command that writes ``path`` (a forged reply's payload)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"echo ran > {self.path}",))
+
+
+def forge_reply(path: str) -> None:
+    """Send the pool, on this process's own pipe, a reply that runs :class:`Shell` if the pool
+    unpickles it freely."""
+    import gc
+    from multiprocessing.connection import Connection
+
+    conn = next(o for o in gc.get_objects() if isinstance(o, Connection))
+    conn.send(("ok", 0, Shell(path), False))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -179,6 +180,15 @@ def test_running_a_program_kills_the_process(pool: DecodePool, tmp_path: Path) -
 def test_starting_a_process_kills_the_process(pool: DecodePool) -> None:
     # RLIMIT_NPROC would not hold for root (as here): the filter does, for root too
     _fails_and_is_replaced(pool, DecodeCrash, "SIGSYS", decode_faults.start_process)
+
+
+def test_a_forged_reply_runs_nothing_in_the_worker(pool: DecodePool, tmp_path: Path) -> None:
+    # the control: unpickled freely, the payload runs
+    pickle.loads(pickle.dumps(decode_faults.Shell(str(tmp_path / "control"))))
+    assert (tmp_path / "control").exists()
+    marker = tmp_path / "ran"
+    _fails_and_is_replaced(pool, DecodeCrash, "refuses", decode_faults.forge_reply, str(marker))
+    assert not marker.exists()
 
 
 class _Listener:

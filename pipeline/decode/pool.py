@@ -71,7 +71,7 @@ from pipeline.decode.media import RawCodec, media_kind
 from pipeline.decode.options import DecodeOptions, Limits, check_threads
 from pipeline.decode.sandbox import SandboxSettings, test_calls_allowed
 from pipeline.decode.sources import redact
-from pipeline.decode.wire import build_value, error_from, receive_pictures
+from pipeline.decode.wire import build_value, error_from, receive_pictures, receive_reply
 from pipeline.errors import (
     ConfigError,
     DecodeCrash,
@@ -675,7 +675,7 @@ class DecodePool:
         task = slot.current
         assert slot.conn is not None
         try:
-            message = slot.conn.recv()
+            message = receive_reply(slot.conn)
             if message[0] == "hello" and slot.starting is not None:
                 self._started(slot, str(message[1])[:300], bool(message[2]))
                 return
@@ -692,8 +692,15 @@ class DecodePool:
                 _, task_id, name, text, retiring = message
                 value = error_from(name, text)
                 ok = False
-        except (EOFError, OSError, ValueError):
+        except (EOFError, OSError):
             return  # died mid-reply: the sentinel reports it
+        except Exception as e:  # a reply out of the protocol: the process is not trusted now
+            slot.retiring = f"sent a reply the pool refuses ({type(e).__name__}: {e})"[:300]
+            assert slot.process is not None
+            slot.process.kill()
+            slot.process.join(timeout=5.0)
+            self._on_death(slot, resolved)  # now: nothing more it sent is read
+            return
         if task_id != task.id:  # cannot happen with one task in flight per child
             value, ok = DecodeCrash(f"{task.label}: decode process sent a stray reply"), False
         slot.current = None

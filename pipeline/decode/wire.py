@@ -36,6 +36,8 @@ into one buffer (:func:`receive_pictures`) whose views become the frames' images
 
 from __future__ import annotations
 
+import io
+import pickle
 from multiprocessing.connection import Connection
 from typing import Any, Final, cast
 
@@ -51,6 +53,7 @@ __all__ = [
     "error_from",
     "frame_metas",
     "receive_pictures",
+    "receive_reply",
     "result_meta",
     "send_pictures",
     "unpack_frames",
@@ -72,6 +75,27 @@ _ERRORS: Final[dict[str, type[ClipguardError]]] = {
     )
     if isinstance(cls := getattr(errors, name), type)
 }
+#: The only classes a reply may name: a decode process is not trusted, and unpickling a global
+#: it chose could run code in the worker. Everything else in a reply is plain data.
+_REPLY_CLASSES: Final = frozenset(
+    {("pipeline.hashes.pdq", "PdqHash"), ("pipeline.hashes.pdq", "DihedralHashes")}
+)
+
+
+class _ReplyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _REPLY_CLASSES:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"a decode process's reply names {module}.{name}")
+
+
+def receive_reply(conn: Connection) -> Any:
+    """A message from a decode process, unpickled with only plain data and the hash values
+    allowed (:class:`pickle.UnpicklingError` otherwise), as the pickle documentation's
+    "Restricting Globals" does."""
+    return _ReplyUnpickler(io.BytesIO(conn.recv_bytes())).load()
+
+
 #: A frame but its picture: pts, t, index, keyframe, source width and height, reason, tile,
 #: PDQ hash (a small frozen value, pickled with the metas; None when not hashed).
 FrameMeta = tuple[float, float, int, bool, int, int, str, int, Any]

@@ -172,6 +172,7 @@ def start_jobs(
         settings.jobs.processes,
         limits=Limits(max_memory=settings.decode.max_memory_bytes),
         network=bool(settings.jobs.access().url_hosts),
+        wait=False,  # the processes start while the runner connects
     )
     runner = JobRunner(
         settings,

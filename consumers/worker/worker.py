@@ -274,8 +274,9 @@ class Worker:
             max_ts_jump_s=s.max_ts_jump_s,
             on_timeline_reset=self.metrics.timeline_resets.inc,
         )
-        self._pool = DecodePool(s.decode.processes, limits=s.decode.limits())
-        self.metrics.decode_sandbox.info({"seccomp": self._pool.seccomp or "not started"})
+        self._pool = DecodePool(s.decode.processes, limits=s.decode.limits(), wait=False)
+        sandbox = self.metrics.decode_sandbox  # the processes start while the worker goes on
+        self._pool.started.add_done_callback(lambda f: sandbox.info({"seccomp": f.result()}))
         options = DecodeOptions(
             self.model.input_resolution,
             fit=s.decode.fit,

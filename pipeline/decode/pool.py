@@ -145,7 +145,8 @@ class DecodePool:
     open no socket, and :meth:`submit_uri` refuses http(s) URLs; True for a pool that fetches
     URLs (scan jobs). ``executable``: the Python interpreter to run (default
     ``sys.executable``). The constructor returns once every child has started and confined
-    itself (or none can be started: see :attr:`available`).
+    itself (or none can be started: see :attr:`available`); ``wait`` False: at once (calls
+    wait for the children; :attr:`started` says when the first is up).
     """
 
     def __init__(
@@ -157,6 +158,7 @@ class DecodePool:
         threads: int | None = None,
         network: bool = False,
         executable: str | None = None,
+        wait: bool = True,
     ) -> None:
         if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
             raise ConfigError(f"processes must be a positive integer, not {processes!r}")
@@ -186,6 +188,8 @@ class DecodePool:
         #: "unavailable: <why>" (logged once as a warning)
         self.seccomp: str | None = None
         self.capabilities_dropped: bool | None = None  # likewise: the children's capabilities
+        #: resolves to ``seccomp`` once the first child has started
+        self.started: Future[str] = Future()
         hide_from_decoders()
         self._lock = threading.Lock()
         self._up = threading.Condition(self._lock)  # a child started, or starting failed
@@ -209,8 +213,9 @@ class DecodePool:
             target=self._run, name="clipguard-decode-pool", daemon=True
         )
         self._manager.start()
-        with self._up:  # every child sandboxed and ready, or none can be started
-            self._up.wait_for(self._all_up_or_unavailable, timeout=_START_TIMEOUT)
+        if wait:  # every child sandboxed and ready, or none can be started
+            with self._up:
+                self._up.wait_for(self._all_up_or_unavailable, timeout=_START_TIMEOUT)
 
     # ------------------------------------------------------------------ public API
 
@@ -540,6 +545,8 @@ class DecodePool:
             )
         self.seccomp = status
         self.capabilities_dropped = capabilities_dropped
+        if not self.started.done():
+            self.started.set_result(status)
 
     def _fill(self) -> None:
         """Start a child in every empty slot, unless backing off."""

@@ -85,6 +85,13 @@ class DecodeSettings(_Section):
     timeout_s: float = Field(
         default=30.0, gt=0, allow_inf_nan=False, description="Wall-clock limit per segment, s."
     )
+    max_cpu_s: float = Field(
+        default=60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="CPU time per segment, every decoder thread together, s (over it the "
+        "decode process is ended and the segment dead-lettered: LimitExceeded).",
+    )
     max_memory_bytes: int = Field(
         default=4 * 1024 * _MIB, gt=0, description="Address-space cap of a decode process, bytes."
     )
@@ -110,6 +117,7 @@ class DecodeSettings(_Section):
         return Limits(
             max_input_bytes=self.max_input_bytes,
             timeout=self.timeout_s,
+            max_cpu=self.max_cpu_s,
             max_memory=self.max_memory_bytes,
         )
 

@@ -15,6 +15,7 @@ builtin fits, from that builtin too, so callers can catch either::
     │   ├── LimitExceeded(DecodeError)                over a configured decode limit
     │   ├── DecodeTimeout(DecodeError)                over the wall-clock limit (or a network stall)
     │   ├── DecodeCrash(DecodeError)                  the decode process died
+    │   ├── DecodeUnavailable(DecodeError)            no decode process can be started now
     │   ├── MediaUnavailable(DecodeError)             the input could not be read (missing, HTTP)
     │   └── InputRefused(DecodeError)                 the input is outside what may be read
     └── ModelError(ClipguardError)                    anything about CLIP weights
@@ -40,6 +41,7 @@ __all__ = [
     "DecodeCrash",
     "DecodeError",
     "DecodeTimeout",
+    "DecodeUnavailable",
     "DownloadError",
     "HashError",
     "InputRefused",
@@ -109,6 +111,12 @@ class DecodeTimeout(DecodeError):
 class DecodeCrash(DecodeError):
     """The decode process died (a signal such as SIGSEGV, or an exit) or failed unexpectedly;
     a raw stream pinned to that process lost its decoder state and must be reopened."""
+
+
+class DecodeUnavailable(DecodeError):
+    """No decode process could be started (the interpreter cannot be run, the machine is out
+    of processes or memory): a fault of the machine, not of the input. The pool keeps trying
+    to start processes, backing off; the same input may decode once it has them again."""
 
 
 class MediaUnavailable(DecodeError):

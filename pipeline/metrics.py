@@ -208,6 +208,13 @@ class Metrics:
             registry=r,
         )
         self.set_model(model=model, device=device, precision=precision, backend=backend)
+        self.decode_sandbox = Info(
+            "clipguard_decode_sandbox",
+            "The decode processes' system-call filter: seccomp 'on', or 'unavailable: <why>' "
+            "(then they can open sockets and start programs).",
+            registry=r,
+        )
+        self.decode_sandbox.info({"seccomp": "not started"})
 
     def set_model(
         self, *, model: str, device: str = "", precision: str = "", backend: str = ""

@@ -55,7 +55,8 @@ TINY = DecodeOptions(32)  # the model input side most tests decode to
 
 @pytest.fixture(scope="module")
 def pool() -> Iterator[DecodePool]:
-    with DecodePool(2, limits=POOL_LIMITS, threads=1) as p:
+    # network: this module also decodes URLs (a segment pool without sockets: test_decode_sandbox)
+    with DecodePool(2, limits=POOL_LIMITS, threads=1, network=True) as p:
         yield p
 
 

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
+import sys
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -440,3 +445,88 @@ def test_segments_whose_encoding_fails_wait_and_are_never_dead_lettered(
     assert topics.committed() == offsets[-1] + 1 and made[0].failures == 0
     assert 'clipguard_retries_total{stage="encode"}' in metrics
     assert not worker._encode_retries.troubled  # encoding again: ready once more
+
+
+def test_segments_that_find_no_decode_process_wait_and_are_never_dead_lettered(
+    broker: EmbeddedBroker,
+    segments: list[Segment],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real fault of the machine: the interpreter decode processes start from disappears and
+    the running ones die. That is no fault of the segments: they wait, uncommitted and not
+    dead-lettered, the worker pauses and is not ready; once processes start again they are
+    scored and committed."""
+    python, real = tmp_path / "python", sys.executable
+    python.symlink_to(real)
+    monkeypatch.setattr(sys, "executable", str(python))  # what decode processes are started from
+    topics = Topics(broker)
+    first = topics.send([good("cam-u", segments[0])])
+    s = topics.settings(retry_backoff_ms=100, metrics_port=streaming.free_port())
+    with streaming.worker_thread(s) as worker:
+        wait_for(lambda: topics.committed() == first[-1] + 1, 60, "the first segment")
+        assert worker.ready
+        pool = worker._pool
+        assert pool is not None and pool.seccomp == "on"
+        assert (
+            'clipguard_decode_sandbox_info{seccomp="on"} 1.0'
+            in worker.metrics.exposition().decode()
+        )
+        python.unlink()
+        for pid in pool.pids():
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pool.available, 30, "the pool to give up starting processes")
+        later = topics.send([good("cam-u", segments[1]), good("cam-u", segments[2])])
+        url = f"http://127.0.0.1:{s.metrics_port}"
+        wait_for(lambda: not worker.ready, 30, "the worker to report not ready")
+        assert _status(f"{url}/readyz") == 503
+        time.sleep(3)  # a few retries, all failing
+        metrics = worker.metrics.exposition().decode()
+        assert 'clipguard_retries_total{stage="decode"}' in metrics
+        assert topics.committed() == first[-1] + 1  # nothing committed past the waiting ones
+        assert topics.read("dlq") == [] and worker.pauses >= 1
+        python.symlink_to(real)  # the machine recovers
+        wait_for(lambda: topics.committed() == later[-1] + 1, 90, "the waiting segments")
+        wait_for(lambda: worker.ready, 30, "ready again")
+    assert topics.read("dlq") == []  # nothing lost to the fault
+    assert {r.json()["seq"] for r in topics.read("scores")} == {0, 1, 2}
+
+
+def test_a_job_that_finds_no_decode_process_is_retried_not_failed(
+    broker: EmbeddedBroker, tmp_path: Path, segments: list[Segment]
+) -> None:
+    from consumers.jobs import JobRunner
+    from pipeline.decode import DecodePool
+    from pipeline.models import load_clip
+    from pipeline.models.encoders import TorchImageEncoder
+    from pipeline.policies.compile import PolicyCompiler
+    from pipeline.policies.store import PolicyStore
+
+    (tmp_path / "clip.ts").write_bytes(segments[0].data)
+    python = tmp_path / "python"
+    python.symlink_to(sys.executable)
+    topics = Topics(broker)
+    s = topics.settings(**{"jobs.allowed_roots": [str(tmp_path)]})
+    model = load_clip("clipguard-demo")
+    store = PolicyStore(list(s.policies), PolicyCompiler(model, cache_dir=tmp_path / "pc"))
+    with DecodePool(1, executable=str(python)) as pool:
+        python.unlink()  # the interpreter is gone and the decode process dies: none can start
+        for pid in pool.pids():
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pool.available, 30, "the pool to give up starting processes")
+        job = json.dumps({"uri": str(tmp_path / "clip.ts")}).encode()
+        topics.send([(b"job-nodecoder", job, [])], "jobs")
+        runner = JobRunner(
+            s, encoder=TorchImageEncoder(model, "fp32", batch_size=16), store=store, pool=pool
+        )
+        assert runner.connect()
+        runner.start()
+        try:
+            wait_for(lambda: not runner.healthy, 60, "the runner to report the fault")
+            assert runner.jobs_committed == 0
+            python.symlink_to(sys.executable)  # the machine recovers
+            wait_for(lambda: runner.jobs_committed == 1, 120, "the job")
+        finally:
+            runner.stop()
+    states = [r.json()["state"] for r in topics.read("job_status")]
+    assert "failed" not in states and states[-1] == "done" and runner.healthy

@@ -36,6 +36,7 @@ NAMES = {
     # info metrics are exposed as gauges with the value 1 in the text format
     "clipguard_build_info": "gauge",
     "clipguard_model_info": "gauge",
+    "clipguard_decode_sandbox_info": "gauge",
 }
 
 
@@ -129,6 +130,7 @@ def test_observed_values_appear_in_the_scrape(metrics: Metrics, server: MetricsS
     assert _value(samples, "clipguard_build_info", version=__version__) == 1
     model = {"model": "clipguard-demo", "device": "cpu", "precision": "fp32", "backend": ""}
     assert _value(samples, "clipguard_model_info", **model) == 1
+    assert _value(samples, "clipguard_decode_sandbox_info", seccomp="not started") == 1
 
     metrics.set_model(model="ViT-B/32", device="cuda", precision="fp16", backend="torch")
     samples = _scrape(server)

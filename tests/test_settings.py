@@ -424,8 +424,10 @@ def test_resolved_device() -> None:
 
 
 def test_decode_and_sampling_convert() -> None:
-    s = load_settings(overrides={"sampling.max_frames": 10, "decode.timeout_s": 5})
-    assert s.decode.limits() == Limits(max_input_bytes=16 * 1024 * 1024, timeout=5.0)
+    s = load_settings(
+        overrides={"sampling.max_frames": 10, "decode.timeout_s": 5, "decode.max_cpu_s": 7}
+    )
+    assert s.decode.limits() == Limits(max_input_bytes=16 * 1024 * 1024, timeout=5.0, max_cpu=7.0)
     assert s.sampling.rule() == Sampling(mode="fps", fps=2.0, max_frames=10)
 
 

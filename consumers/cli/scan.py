@@ -386,7 +386,10 @@ def _scan_todo(
 
     encoder = load_encoder(model, precision=args.precision, batch_size=args.batch_size)
     recorder = _recorder(args, encoder, model, policies, options)
-    with DecodePool(args.decoders) as pool, _Progress(len(plan.todo)) as progress:
+    # sockets in the decode processes only to fetch URLs
+    network = any(s.lower().startswith(("http://", "https://")) for s in plan.todo)
+    pool = DecodePool(args.decoders, network=network)
+    with pool, _Progress(len(plan.todo)) as progress:
         scanner = Scanner(
             encoder,
             policies,

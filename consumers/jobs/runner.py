@@ -33,7 +33,8 @@ over a limit) fails with its :class:`~pipeline.errors.DecodeError` (a decode cra
 tried once more first); either way the ``failed`` status carries the error class and a generic
 reason (:mod:`consumers.jobs.reasons`: never a path, a size or a network detail; the log has
 them) and the job is committed: the same request would fail again. Any other error is the
-worker's, not the input's (a model failure, memory): the job is logged with its traceback,
+worker's, not the input's (a model failure, memory, no decode process can be started:
+:class:`~pipeline.errors.DecodeUnavailable`): the job is logged,
 abandoned uncommitted and run again after a backoff (1 s, doubling to 60 s), and the worker
 reports not ready (:attr:`JobRunner.healthy`) until a job finishes again. A record or status the
 broker does not acknowledge is sent again with backoff until it is, or the runner stops.
@@ -78,7 +79,13 @@ from consumers.worker.outbox import Acked, Outbox, Output
 from pipeline.decode import DecodePool, DecodeResult, InputAccess, Limits, Sampling
 from pipeline.decode.media import media_kind
 from pipeline.decode.options import DEFAULT_HASH_SIDE
-from pipeline.errors import ClipguardError, DecodeCrash, DecodeError, DecodeTimeout
+from pipeline.errors import (
+    ClipguardError,
+    DecodeCrash,
+    DecodeError,
+    DecodeTimeout,
+    DecodeUnavailable,
+)
 from pipeline.events import FlagEvent, JobRequest, JobState, JobStatus, ScoreRecord
 from pipeline.models.encoders import ImageEncoder
 from pipeline.policies.store import PolicyStore
@@ -159,9 +166,13 @@ def start_jobs(
             "(CLIPGUARD_JOBS__ALLOWED_ROOTS, CLIPGUARD_JOBS__ALLOWED_URL_HOSTS) to run them"
         )
         return None
-    # the limits of `clipguard scan` (an input of up to 2 GiB), the worker's memory cap
+    # the limits of `clipguard scan` (an input of up to 2 GiB), the worker's memory cap; sockets
+    # in the decode processes only when jobs may fetch URLs
     pool = DecodePool(
-        settings.jobs.processes, limits=Limits(max_memory=settings.decode.max_memory_bytes)
+        settings.jobs.processes,
+        limits=Limits(max_memory=settings.decode.max_memory_bytes),
+        network=bool(settings.jobs.access().url_hosts),
+        wait=False,  # the processes start while the runner connects
     )
     runner = JobRunner(
         settings,
@@ -401,6 +412,9 @@ class JobRunner:
         try:
             try:
                 self._scan(job, _parse(record.value))
+            except DecodeUnavailable as e:  # no decode process could be started: the machine's
+                self.troubled = True
+                raise _Abandoned(f"{e}; it is tried again in {self._backoff:.0f} s") from e
             except (DecodeError, InvalidJob) as e:
                 self._fail(job, e)
             except _Abandoned:

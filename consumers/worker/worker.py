@@ -22,8 +22,9 @@ carry deterministic ids, so a replay after a crash publishes the same ids again.
 Failures: a segment that cannot be decoded (invalid, unsupported, over a limit) or whose
 headers are missing or malformed goes to the dead-letter topic once, with the error in its
 headers, and is committed. A decode crash or timeout is retried once first. A failed encoder
-batch is the worker's fault, not the segment's: its segments wait and are encoded again, never
-dead-lettered nor committed meanwhile, and the worker is not ready (:mod:`recovery`). A
+batch, or a decode that found no decode process, is the machine's fault, not the segment's:
+its segments wait and are encoded (decoded) again, never dead-lettered nor committed meanwhile,
+and the worker is not ready (:mod:`recovery`). A
 failed publish is retried with backoff until it succeeds or the worker stops (its input is then
 not committed, and the next owner replays it).
 
@@ -64,7 +65,7 @@ from consumers.worker.events import Acked, DecodeFailed, Encoded, EncodeFailed, 
 from consumers.worker.letters import stub_letter
 from consumers.worker.offsets import OffsetLedger
 from consumers.worker.outbox import Outbox, Output
-from consumers.worker.recovery import EncodeRetries
+from consumers.worker.recovery import DecodeRecovery, EncodeRetries
 from consumers.worker.segments import HeaderError, Segment, check_media, parse_headers
 from consumers.worker.startup import (
     WorkerBanks,
@@ -76,12 +77,7 @@ from consumers.worker.startup import (
 )
 from consumers.worker.streams import Stream, Streams, Verdict
 from pipeline.decode import DecodeOptions, DecodePool
-from pipeline.errors import (
-    DecodeCrash,
-    DecodeTimeout,
-    InvalidMedia,
-    LimitExceeded,
-)
+from pipeline.errors import InvalidMedia, LimitExceeded
 from pipeline.metrics import Metrics, MetricsServer, start_http_server
 from pipeline.models.base import ImageTextModel
 from pipeline.models.encoders import ImageEncoder
@@ -96,7 +92,6 @@ __all__ = ["Worker", "WorkerError", "encoder_threads"]
 
 _log = logging.getLogger(__name__)
 
-_DECODE_ATTEMPTS: Final = 2  # a crash or timeout is tried once more before the DLQ
 _LAG_INTERVAL_S: Final = 1.0
 _COMMIT_INTERVAL_S: Final = 0.05
 _BUSY_POLL_S: Final = 0.05  # with work in flight, poll Kafka this often...
@@ -135,6 +130,9 @@ class Worker:
         self._producer: KafkaProducer | None = None
         self._pool: DecodePool | None = None
         self._encode_retries = EncodeRetries(settings.retry_backoff_ms / 1000)
+        self._redecode = DecodeRecovery(
+            settings.retry_backoff_ms / 1000, self.metrics.retries.labels(stage="decode")
+        )
         self._batcher: BatchEncoder | None = None
         self._watcher: threading.Thread | None = None
         self._threads_stop = threading.Event()
@@ -167,7 +165,7 @@ class Worker:
         """Model and policies loaded, the consumer has joined its group, and the job runner
         (when there is one) is alive."""
         jobs_ok = self._jobs is None or self._jobs.healthy
-        encoding = not self._encode_retries.troubled
+        encoding = not (self._encode_retries.troubled or self._redecode.troubled)
         return self._loaded and self._joined and jobs_ok and encoding and not self._stop.is_set()
 
     @property
@@ -276,7 +274,9 @@ class Worker:
             max_ts_jump_s=s.max_ts_jump_s,
             on_timeline_reset=self.metrics.timeline_resets.inc,
         )
-        self._pool = DecodePool(s.decode.processes, limits=s.decode.limits())
+        self._pool = DecodePool(s.decode.processes, limits=s.decode.limits(), wait=False)
+        sandbox = self.metrics.decode_sandbox  # the processes start while the worker goes on
+        self._pool.started.add_done_callback(lambda f: sandbox.info({"seccomp": f.result()}))
         options = DecodeOptions(
             self.model.input_resolution,
             fit=s.decode.fit,
@@ -400,6 +400,7 @@ class Worker:
             self._handle_events()
             for seg in self._encode_retries.due():
                 self._submit_encode(seg)
+            self._redecode.due(self._decoder)
             self.outbox.retry_due()
             self._commit()
             if deadline is None:
@@ -622,12 +623,16 @@ class Worker:
             stream = None if seg.cancelled else self.streams.get(seg.tp, seg.stream_id)
             if stream is None:
                 continue
-            if isinstance(event, DecodeFailed) and self._retry_decode(seg, event.error):
+            if isinstance(event, DecodeFailed) and self._redecode.failed(
+                seg, event.error, self._decoder
+            ):
                 continue
             if isinstance(event, EncodeFailed):  # the encoder's fault, not the segment's
                 self.metrics.retries.labels(stage="encode").inc()
                 self._encode_retries.failed(seg, event.error)
                 continue
+            if isinstance(event, Encoded):
+                self._redecode.succeeded()
             if isinstance(event, Encoded) and seg.frames:
                 self._encode_retries.succeeded()
             if isinstance(event, DecodeFailed):
@@ -636,20 +641,6 @@ class Worker:
             touched[id(stream)] = stream
         for stream in touched.values():
             self._advance(stream)
-
-    def _retry_decode(self, seg: Segment, error: BaseException) -> bool:
-        """A crashed or timed-out decode is tried once more; a failed raw chunk closes its
-        stream's decoder (the next chunk starts afresh). True when it was retried."""
-        raw = seg.info is not None and seg.info.raw
-        crashed = isinstance(error, DecodeCrash | DecodeTimeout)
-        if crashed and seg.attempts < _DECODE_ATTEMPTS and not raw:
-            self.metrics.retries.labels(stage="decode").inc()
-            _log.warning("decode failed (%s), trying once more", error, extra=seg.log())
-            self._decoder.decode(seg)
-            return True
-        if raw:
-            self._decoder.close_raw(seg.stream_id)
-        return False
 
     def _advance(self, stream: Stream) -> None:
         for verdict in self.streams.advance(stream, self.store.current):
@@ -748,11 +739,11 @@ class Worker:
     def _backpressure(self) -> None:
         limit = self.settings.max_inflight_segments
         inflight = self._ledger.in_flight()
-        if not self._paused and inflight >= limit:
+        if not self._paused and (inflight >= limit or self._redecode.troubled):
             _log.info("%d segments in flight: pausing consumption", inflight)
             self.pauses += 1
             self._pause(True)
-        elif self._paused and inflight <= limit // 2:
+        elif self._paused and inflight <= limit // 2 and not self._redecode.troubled:
             _log.info("%d segments in flight: resuming consumption", inflight)
             self._pause(False)
 

@@ -65,7 +65,8 @@ corrupt packet is skipped and counted (``DecodeResult.decode_errors``): a trunca
 input yields the frames that could be decoded, and :class:`InvalidMedia` when there are none.
 The in-process functions cannot survive an FFmpeg crash or interrupt a hung decoder call;
 untrusted input belongs in :class:`DecodePool`, which runs them in sandboxed processes with a
-hard wall-clock limit and a memory limit.
+hard wall-clock limit, CPU, memory and file limits, and a system-call filter
+(:mod:`pipeline.decode.launch`, :mod:`pipeline.decode.sandbox`).
 """
 
 from pipeline.decode.access import InputAccess

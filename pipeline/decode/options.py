@@ -67,13 +67,15 @@ class Limits:
     timeout: float = 600.0  # wall-clock seconds per input (pool: hard kill; in-process: checked)
     network_timeout: float = 15.0  # seconds to connect, and for any one network read
     max_memory: int = 4 * 1024**3  # address space of a pool decode process; half: output cap
+    #: CPU seconds per input, every decoder thread together (pool only: the process is ended)
+    max_cpu: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("max_pixels", "max_frames", "max_input_bytes", "max_memory"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"Limits.{name} must be a positive integer, not {value!r}")
-        for name in ("max_duration", "timeout", "network_timeout"):
+        for name in ("max_duration", "timeout", "network_timeout", "max_cpu"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not (value > 0) or math.isnan(value):
                 raise ConfigError(f"Limits.{name} must be a positive number, not {value!r}")

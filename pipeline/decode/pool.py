@@ -2,14 +2,20 @@
 
 FFmpeg can crash (segfault) or hang on malformed input, and a decoder can be driven to allocate
 without bound. :class:`DecodePool` runs the decoders of :mod:`pipeline.decode` in child
-processes started with ``spawn`` (nothing inherited from the caller's threads or locks) and
-keeps the caller safe:
+processes started afresh (:mod:`pipeline.decode.launch`: a new interpreter with a minimal
+environment, nothing inherited from the caller's threads, locks or secrets) and confined
+(:mod:`pipeline.decode.sandbox`: resource limits and a system-call filter; no network in a
+pool made with ``network=False``), and keeps the caller safe:
 
 - a child that dies (any signal or exit) fails its current call with :class:`DecodeCrash`,
   naming the signal, and is replaced;
 - a call that runs past its wall-clock limit (``Limits.timeout`` from the moment it reached a
   child, plus one second of grace for the child's own check) gets :class:`DecodeTimeout`; the
   child is killed with SIGKILL and replaced;
+- a call that uses more than ``Limits.max_cpu`` seconds of CPU time (all threads together) ends
+  its child (SIGXCPU) and gets :class:`LimitExceeded`; the child is replaced;
+- a child that makes a system call the sandbox forbids (an exec, a fork, ``ptrace``...) is
+  killed by the kernel (SIGSYS): :class:`DecodeCrash`, and the child is replaced;
 - each child's address space is capped at ``Limits.max_memory`` (``RLIMIT_AS``), so a memory
   blow-up fails an allocation inside that child: the call gets :class:`LimitExceeded` ("out of
   memory") and the child exits and is replaced (or, if the failed allocation crashes it,
@@ -18,6 +24,11 @@ keeps the caller safe:
   been seen to deadlock there after a failed allocation) is killed after 10 s and replaced,
   before it is given another call;
 - every other outcome is the typed error :mod:`pipeline.decode` raised, carried across.
+
+When children cannot be started at all (the interpreter cannot be run, five children in a row
+die before saying hello), the fault is the machine's, not an input's: every waiting and new call
+fails with :class:`DecodeUnavailable` (``available`` is False) and the pool tries again after a
+backoff that doubles from 1 s to 30 s, until a child starts.
 
 Calls return :class:`concurrent.futures.Future` objects, so a stream worker keeps several inputs
 in flight (one per child decodes at a time, the rest queue) while it encodes earlier frames.
@@ -41,33 +52,44 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import math
-import multiprocessing
 import os
-import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
 from typing import Any, Final, Literal
 
 from pipeline.decode.access import InputAccess
+from pipeline.decode.endings import call_error, how_it_ended
 from pipeline.decode.frames import DecodeResult, Frame
+from pipeline.decode.launch import DecodeProcess, hide_from_decoders
 from pipeline.decode.media import RawCodec, media_kind
 from pipeline.decode.options import DecodeOptions, Limits, check_threads
-from pipeline.decode.pool_child import child_main
+from pipeline.decode.sandbox import SandboxSettings, test_calls_allowed
 from pipeline.decode.sources import redact
-from pipeline.decode.wire import build_value, error_from, receive_pictures
-from pipeline.errors import ConfigError, DecodeCrash, DecodeError, DecodeTimeout, LimitExceeded
+from pipeline.decode.wire import build_value, error_from, receive_pictures, receive_reply
+from pipeline.errors import (
+    ConfigError,
+    DecodeCrash,
+    DecodeError,
+    DecodeUnavailable,
+    InputRefused,
+    LimitExceeded,
+)
 
 __all__ = ["DecodePool"]
 
 _GRACE: Final = 1.0  # seconds past Limits.timeout before a child is killed
 _CLEANUP: Final = 10.0  # seconds a child may take to free a call's frames and decoders
-_SPAWN_FAILURES: Final = 5  # children dying before their first task, in a row: pool broken
-_TaskKind = Literal["bytes", "uri", "open", "feed", "close"]
+_START_FAILURES: Final = 5  # children failing to start, in a row: no decode process for now
+_START_TIMEOUT: Final = 60.0  # seconds a new child may take to say hello
+_BACKOFF: Final = (1.0, 30.0)  # first and longest wait before starting children again
+_log = logging.getLogger(__name__)
+_TaskKind = Literal["bytes", "uri", "open", "feed", "close", "call"]
 # --------------------------------------------------------------------------- parent side
 
 
@@ -79,6 +101,7 @@ class _Task:
     payload: bytes | None
     future: Future[Any]
     timeout: float
+    cpu: float  # CPU seconds the call may use
     label: str
     stream_id: str | None = None
     deadline: float = math.inf
@@ -87,8 +110,9 @@ class _Task:
 @dataclass(eq=False)
 class _Slot:
     number: int
-    process: BaseProcess | None = None
+    process: DecodeProcess | None = None
     conn: Connection | None = None
+    starting: float | None = None  # started, no hello yet: the deadline for it
     current: _Task | None = None
     queue: collections.deque[_Task] = field(default_factory=collections.deque)
     streams: set[str] = field(default_factory=set)
@@ -117,7 +141,12 @@ class DecodePool:
     least 1; raw streams: 1); ``limits`` are used where ``DecodeOptions.limits`` is None
     (``max_memory`` is per process and cannot be changed per call);
     ``max_tasks_per_child`` replaces a child after that many calls (once no stream is pinned
-    to it), as a guard against slow leaks.
+    to it), as a guard against slow leaks. ``network`` False (the default): the children can
+    open no socket, and :meth:`submit_uri` refuses http(s) URLs; True for a pool that fetches
+    URLs (scan jobs). ``executable``: the Python interpreter to run (default
+    ``sys.executable``). The constructor returns once every child has started and confined
+    itself (or none can be started: see :attr:`available`); ``wait`` False: at once (calls
+    wait for the children; :attr:`started` says when the first is up).
     """
 
     def __init__(
@@ -127,6 +156,9 @@ class DecodePool:
         limits: Limits | None = None,
         max_tasks_per_child: int | None = None,
         threads: int | None = None,
+        network: bool = False,
+        executable: str | None = None,
+        wait: bool = True,
     ) -> None:
         if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
             raise ConfigError(f"processes must be a positive integer, not {processes!r}")
@@ -144,8 +176,23 @@ class DecodePool:
             threads if threads is not None else max(1, (os.cpu_count() or 1) // processes)
         )
         self._max_tasks = max_tasks_per_child
-        self._context = multiprocessing.get_context("spawn")
+        self.network = bool(network)
+        self._executable = executable
+        self._sandbox = SandboxSettings(
+            max_memory=self._limits.max_memory,
+            max_file=self._limits.max_input_bytes,
+            network=self.network,
+            test_calls=test_calls_allowed(),
+        )
+        #: the children's system-call filter: None until one has started, then "on" or
+        #: "unavailable: <why>" (logged once as a warning)
+        self.seccomp: str | None = None
+        self.capabilities_dropped: bool | None = None  # likewise: the children's capabilities
+        #: resolves to ``seccomp`` once the first child has started
+        self.started: Future[str] = Future()
+        hide_from_decoders()
         self._lock = threading.Lock()
+        self._up = threading.Condition(self._lock)  # a child started, or starting failed
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._pending: collections.deque[_Task] = collections.deque()
@@ -154,15 +201,21 @@ class DecodePool:
         self._next_id = 0
         self._closing = False
         self._closed = False
-        self._broken: str | None = None
-        self._spawn_failures = 0
+        self._unavailable: str | None = None  # why no child can be started now
+        self._start_failures = 0
+        self._restart_at = 0.0  # no child is started before then (backing off)
+        self._backoff = _BACKOFF[0]
         self._slots = [_Slot(number=i) for i in range(processes)]
-        for slot in self._slots:
-            self._start(slot)
+        with self._lock:
+            for slot in self._slots:
+                self._start(slot)
         self._manager = threading.Thread(
             target=self._run, name="clipguard-decode-pool", daemon=True
         )
         self._manager.start()
+        if wait:  # every child sandboxed and ready, or none can be started
+            with self._up:
+                self._up.wait_for(self._all_up_or_unavailable, timeout=_START_TIMEOUT)
 
     # ------------------------------------------------------------------ public API
 
@@ -175,6 +228,17 @@ class DecodePool:
     @property
     def processes(self) -> int:
         return len(self._slots)
+
+    def _all_up_or_unavailable(self) -> bool:
+        return self._unavailable is not None or all(
+            s.process is not None and s.starting is None for s in self._slots
+        )
+
+    @property
+    def available(self) -> bool:
+        """False while no decode process can be started (calls fail with
+        :class:`DecodeUnavailable`; the pool keeps trying)."""
+        return self._unavailable is None
 
     def pids(self) -> list[int]:
         """Process ids of the current children (they change when a child is replaced)."""
@@ -205,9 +269,7 @@ class DecodePool:
         except DecodeError as e:
             future.set_exception(e)
             return future
-        return self._submit(
-            "bytes", (content_type, options), bytes(data), future, limits.timeout, label
-        )
+        return self._submit("bytes", (content_type, options), bytes(data), future, limits, label)
 
     def submit_uri(
         self,
@@ -227,8 +289,27 @@ class DecodePool:
         where = os.fspath(uri)
         if isinstance(uri, str) and "://" in uri:
             where = redact(uri)
+            if not self.network and uri.lower().startswith(("http://", "https://")):
+                future.set_exception(
+                    InputRefused(f"input {where:.200}: this decode pool has no network")
+                )
+                return future
         header = (os.fspath(uri), options, content_type, ca_file, access)
-        return self._submit("uri", header, None, future, limits.timeout, f"input {where:.200}")
+        return self._submit("uri", header, None, future, limits, f"input {where:.200}")
+
+    def submit_call(
+        self, function: Callable[..., Any], *args: Any, limits: Limits | None = None
+    ) -> Future[Any]:
+        """Tests only: run ``function(*args)`` (a module-level function, its result picklable)
+        in a decode process, under the sandbox and ``limits`` (None: the pool's) of a decode.
+        :class:`ConfigError` unless :func:`pipeline.decode.sandbox.allow_test_calls` was
+        called before the pool was made."""
+        if not self._sandbox.test_calls:
+            raise ConfigError("this decode pool runs no calls (the test hook is off)")
+        future: Future[Any] = Future()
+        label = f"call of {getattr(function, '__name__', 'a function')}"
+        limits = limits or self._limits
+        return self._submit("call", (function, args), None, future, limits, label)
 
     def decode_bytes(
         self, data: bytes | bytearray | memoryview, content_type: str, options: DecodeOptions
@@ -270,7 +351,13 @@ class DecodePool:
             if stream_id in self._streams:
                 raise ConfigError(f"stream {stream_id!r} is already open")
             self._lost.pop(stream_id, None)
-            slot = min(self._slots, key=lambda s: (len(s.streams), len(s.queue), s.number))
+            if self._unavailable is not None:
+                future.set_exception(DecodeUnavailable(self._unavailable))
+                return future
+            slot = min(
+                self._slots,
+                key=lambda s: (s.process is None, len(s.streams), len(s.queue), s.number),
+            )
             self._streams[stream_id] = _Stream(slot, slot.generation, limits)
             slot.streams.add(stream_id)
             task = self._task(
@@ -278,7 +365,7 @@ class DecodePool:
                 (stream_id, codec, options, fps),
                 None,
                 future,
-                limits.timeout,
+                limits,
                 f"stream {stream_id!r}",
                 stream_id,
             )
@@ -326,7 +413,7 @@ class DecodePool:
         header: tuple[Any, ...],
         payload: bytes | None,
         future: Future[Any],
-        timeout: float,
+        limits: Limits,
         label: str,
         stream_id: str | None = None,
     ) -> _Task:
@@ -337,7 +424,8 @@ class DecodePool:
             header=header,
             payload=payload,
             future=future,
-            timeout=timeout + _GRACE,
+            timeout=limits.timeout + _GRACE,
+            cpu=limits.max_cpu,
             label=label,
             stream_id=stream_id,
         )
@@ -348,12 +436,15 @@ class DecodePool:
         header: tuple[Any, ...],
         payload: bytes | None,
         future: Future[Any],
-        timeout: float,
+        limits: Limits,
         label: str,
     ) -> Future[Any]:
         with self._lock:
             self._check_open()
-            self._pending.append(self._task(kind, header, payload, future, timeout, label))
+            if self._unavailable is not None:
+                future.set_exception(DecodeUnavailable(f"{label}: {self._unavailable}"))
+                return future
+            self._pending.append(self._task(kind, header, payload, future, limits, label))
         self._wake()
         return future
 
@@ -370,6 +461,9 @@ class DecodePool:
                 future.set_exception(DecodeCrash(lost))
                 return future
             pinned = self._streams.get(stream_id)
+            if pinned is None and self._unavailable is not None:  # its open failed so
+                future.set_exception(DecodeUnavailable(self._unavailable))
+                return future
             if pinned is None:
                 raise ConfigError(f"stream {stream_id!r} is not open")
             slot = pinned.slot
@@ -378,7 +472,7 @@ class DecodePool:
                 (stream_id,),
                 payload,
                 future,
-                pinned.limits.timeout,
+                pinned.limits,
                 f"stream {stream_id!r}",
                 stream_id,
             )
@@ -392,8 +486,6 @@ class DecodePool:
     def _check_open(self) -> None:
         if self._closing or self._closed:
             raise ConfigError("the decode pool is closed")
-        if self._broken is not None:
-            raise DecodeCrash(self._broken)
 
     def _wake(self) -> None:
         if self._wake_w < 0:
@@ -404,26 +496,72 @@ class DecodePool:
     # ------------------------------------------------------------------ children
 
     def _start(self, slot: _Slot) -> None:
-        parent_end, child_end = self._context.Pipe(duplex=True)
-        process = self._context.Process(
-            target=child_main,
-            args=(child_end, self._limits.max_memory, self._limits.max_input_bytes),
-            name=f"clipguard-decode-{slot.number}",
-            daemon=True,
-        )
-        process.start()
-        child_end.close()
-        slot.process = process
-        slot.conn = parent_end
+        """Start a child in ``slot`` (it takes tasks once it says hello); a failure to start
+        leaves the slot empty, for :meth:`_fill` to try again."""
         slot.generation += 1
         slot.tasks_done = 0
         slot.kill_reason = None
         slot.retiring = None
         slot.cleanup_deadline = None
+        try:
+            process = DecodeProcess(
+                self._sandbox, executable=self._executable, name=f"clipguard-decode-{slot.number}"
+            )
+        except OSError as e:
+            self._start_failed(f"cannot start a decode process: {e}")
+            return
+        slot.process = process
+        slot.conn = process.conn
+        slot.starting = time.monotonic() + _START_TIMEOUT
+
+    def _start_failed(self, why: str) -> None:
+        """One more child failed to start; after a few in a row, back off (and, with no child
+        running, the pool is unavailable until one starts)."""
+        self._start_failures += 1
+        self._up.notify_all()
+        if self._start_failures < _START_FAILURES or self._closing:
+            return
+        self._restart_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, _BACKOFF[1])
+        running = any(s.process is not None and s.starting is None for s in self._slots)
+        if not running and self._unavailable is None:
+            self._unavailable = f"no decode process can be started ({why})"
+            _log.error("%s; trying again, backing off up to %g s", self._unavailable, _BACKOFF[1])
+
+    def _started(self, slot: _Slot, status: str, capabilities_dropped: bool) -> None:
+        """A child said hello: it is sandboxed and takes tasks."""
+        slot.starting = None
+        self._start_failures = 0
+        self._backoff = _BACKOFF[0]
+        self._up.notify_all()
+        if self._unavailable is not None:
+            _log.warning("decode processes start again (after: %s)", self._unavailable)
+            self._unavailable = None
+        if self.seccomp is None and status != "on":
+            _log.warning(
+                "decode processes run without a system-call filter (seccomp %s): they can "
+                "open sockets and start programs",
+                status,
+            )
+        self.seccomp = status
+        self.capabilities_dropped = capabilities_dropped
+        if not self.started.done():
+            self.started.set_result(status)
+
+    def _fill(self) -> None:
+        """Start a child in every empty slot, unless backing off."""
+        if self._closing or time.monotonic() < self._restart_at:
+            return
+        for slot in self._slots:
+            if slot.process is None:
+                self._start(slot)
+                if slot.process is None:  # the others would fail the same way
+                    return
 
     def _stop(self, slot: _Slot) -> None:
         process, conn = slot.process, slot.conn
         slot.process = slot.conn = None
+        slot.starting = None
         if conn is not None:
             with contextlib.suppress(OSError, EOFError):
                 conn.send(("stop",))
@@ -445,17 +583,7 @@ class DecodePool:
                 if self._closing and self._idle():
                     self._shut_down()
                     return
-                waitables: list[Any] = [self._wake_r]
-                deadline = math.inf
-                for slot in self._slots:
-                    if slot.process is not None:
-                        waitables.append(slot.process.sentinel)
-                    if slot.conn is not None and slot.current is not None:
-                        waitables.append(slot.conn)
-                        deadline = min(deadline, slot.current.deadline)
-                    elif slot.conn is not None and slot.cleanup_deadline is not None:
-                        waitables.append(slot.conn)
-                        deadline = min(deadline, slot.cleanup_deadline)
+                waitables, deadline = self._waitables()
             timeout = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
             ready = wait(waitables, timeout)
             with self._lock:
@@ -477,10 +605,35 @@ class DecodePool:
                         slot.retiring = "hung while freeing a decoder"
                         process.kill()
                         process.join(timeout=5.0)
+                    elif slot.starting is not None and now > slot.starting:
+                        slot.retiring = f"did not start within {_START_TIMEOUT:g} s"
+                        process.kill()
+                        process.join(timeout=5.0)
                     if process.sentinel in ready or not process.is_alive():
                         self._on_death(slot, resolved)
+                self._fill()
                 self._dispatch(resolved)
             _resolve(resolved)
+
+    def _waitables(self) -> tuple[list[Any], float]:
+        """What the manager waits on, and the earliest deadline."""
+        waitables: list[Any] = [self._wake_r]
+        deadline = math.inf
+        for slot in self._slots:
+            if slot.process is None:
+                if not self._closing:
+                    deadline = min(deadline, self._restart_at)
+                continue
+            waitables.append(slot.process.sentinel)
+            due = slot.starting
+            if slot.current is not None:
+                due = slot.current.deadline
+            elif slot.cleanup_deadline is not None:
+                due = slot.cleanup_deadline
+            if due is not None:
+                waitables.append(slot.conn)
+                deadline = min(deadline, due)
+        return waitables, deadline
 
     def _idle(self) -> bool:
         return not self._pending and all(s.current is None and not s.queue for s in self._slots)
@@ -493,14 +646,16 @@ class DecodePool:
             pass
 
     def _dispatch(self, resolved: list[_Resolution]) -> None:
-        if self._broken is not None:
+        if self._unavailable is not None:
             for task in self._pending:
-                resolved.append((task.future, False, DecodeCrash(self._broken)))
+                error = DecodeUnavailable(f"{task.label}: {self._unavailable}")
+                resolved.append((task.future, False, error))
             self._pending.clear()
         for slot in self._slots:
             while (
                 slot.current is None
                 and slot.cleanup_deadline is None
+                and slot.starting is None
                 and slot.process is not None
                 and slot.conn is not None
             ):
@@ -512,7 +667,7 @@ class DecodePool:
                     break
                 if not task.future.set_running_or_notify_cancel():
                     continue  # cancelled while queued
-                message = (task.kind, task.id, *task.header)
+                message = (task.kind, task.id, task.cpu, *task.header)
                 slot.current = task
                 task.deadline = time.monotonic() + task.timeout
                 try:
@@ -527,7 +682,10 @@ class DecodePool:
         task = slot.current
         assert slot.conn is not None
         try:
-            message = slot.conn.recv()
+            message = receive_reply(slot.conn)
+            if message[0] == "hello" and slot.starting is not None:
+                self._started(slot, str(message[1])[:300], bool(message[2]))
+                return
             if message[0] == "ready" or task is None:
                 slot.cleanup_deadline = None
                 return
@@ -541,14 +699,20 @@ class DecodePool:
                 _, task_id, name, text, retiring = message
                 value = error_from(name, text)
                 ok = False
-        except (EOFError, OSError, ValueError):
+        except (EOFError, OSError):
             return  # died mid-reply: the sentinel reports it
+        except Exception as e:  # a reply out of the protocol: the process is not trusted now
+            slot.retiring = f"sent a reply the pool refuses ({type(e).__name__}: {e})"[:300]
+            assert slot.process is not None
+            slot.process.kill()
+            slot.process.join(timeout=5.0)
+            self._on_death(slot, resolved)  # now: nothing more it sent is read
+            return
         if task_id != task.id:  # cannot happen with one task in flight per child
             value, ok = DecodeCrash(f"{task.label}: decode process sent a stray reply"), False
         slot.current = None
         slot.cleanup_deadline = time.monotonic() + _CLEANUP
         slot.tasks_done += 1
-        self._spawn_failures = 0
         resolved.append((task.future, ok, value))
         if retiring:  # the child ran out of memory and exits: its streams go with it
             slot.retiring = "ran out of memory"
@@ -571,32 +735,17 @@ class DecodePool:
             process.kill()
             process.join(timeout=5.0)
         pid, code = process.pid, process.exitcode
-        if code is None:
-            how = "stopped responding"
-        elif code < 0:
-            try:
-                how = f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"was killed by signal {-code}"
-        else:
-            how = f"exited with status {code}"
-        if slot.kill_reason == "timeout":
-            how = "was killed after running past its time limit"
-        if slot.retiring:
-            how = slot.retiring
+        timed_out = slot.kill_reason == "timeout"
+        how = how_it_ended(code, retiring=slot.retiring, timed_out=timed_out)
+        never_started = slot.starting is not None
         task = slot.current
         if task is not None:
-            error: DecodeError
-            if slot.kill_reason == "timeout":
-                error = DecodeTimeout(
-                    f"{task.label}: no result within {task.timeout - _GRACE:g} s "
-                    f"(+{_GRACE:g} s grace); decode process {pid} killed"
-                )
-            else:
-                error = DecodeCrash(f"{task.label}: decode process {pid} {how}")
+            limits = (task.timeout - _GRACE, _GRACE, task.cpu)
+            error = call_error(task.label, pid, code, how, timed_out=timed_out, limits=limits)
             resolved.append((task.future, False, error))
-        elif slot.tasks_done == 0 and not self._closing:
-            self._spawn_failures += 1
+        if never_started and not self._closing:
+            self._start_failed(f"decode process {pid} {how} before it was ready")
+        lost_error: type[DecodeError] = DecodeUnavailable if never_started else DecodeCrash
         for stream_id in sorted(slot.streams):
             why = (
                 f"stream {stream_id!r}: its decode process {pid} {how}; the decoder state is "
@@ -607,23 +756,18 @@ class DecodePool:
         for queued in slot.queue:
             sid = queued.stream_id or ""
             message = self._lost.get(sid, f"stream {sid!r}: decode process {pid} {how}")
-            resolved.append((queued.future, False, DecodeCrash(message)))
+            resolved.append((queued.future, False, lost_error(message)))
         slot.streams.clear()
         slot.queue.clear()
         slot.current = None
         slot.cleanup_deadline = None
+        slot.starting = None
         conn = slot.conn
         slot.process = slot.conn = None
         if conn is not None:
             conn.close()
         process.close()
-        if self._spawn_failures >= _SPAWN_FAILURES:
-            self._broken = (
-                f"decode processes keep dying before their first task ({how}); the pool is broken"
-            )
-            return
-        if not (self._closing and self._idle()):
-            self._start(slot)
+        # the manager's _fill starts the next child (after a backoff, when they keep failing)
 
 
 def _resolve(resolved: list[_Resolution]) -> None:

@@ -1,14 +1,11 @@
 """The decode process: one task at a time from the pool's pipe, until told to stop.
 
-Started with ``spawn`` by :class:`~pipeline.decode.DecodePool`; :func:`child_main` is the process
-target. Before its first task the process ignores Ctrl-C (the parent handles it), caps its
-address space at ``max_memory`` (``RLIMIT_AS``), writes no core files (``RLIMIT_CORE`` 0), opens
-at most 256 files (``RLIMIT_NOFILE``), writes no file larger than ``max_file`` bytes
-(``RLIMIT_FSIZE``: only a fetched job URL is spooled to disk), drops every environment variable
-but a few harmless ones from ``os.environ`` (a decoder cannot ``getenv`` the worker's secrets;
-the launch environment in ``/proc/<pid>/environ`` is the parent's) and watches FFmpeg's log for
-failed allocations
-(:mod:`pipeline.decode.ffmpeg_log`). Each task runs the in-process decoder
+Started by :class:`~pipeline.decode.DecodePool` through :mod:`pipeline.decode.launch` (with a
+minimal environment); :func:`child_main` is its entry. Before its first task the process
+ignores Ctrl-C (the parent handles it), confines itself (:func:`pipeline.decode.sandbox.enter`:
+resource limits and the system-call filter), watches FFmpeg's log for failed allocations
+(:mod:`pipeline.decode.ffmpeg_log`) and says ``("hello", filter status)``. Each task first gets
+its CPU budget (:func:`~pipeline.decode.sandbox.cpu_budget`), then runs the in-process decoder
 (:func:`~pipeline.decode.decode_bytes`, :func:`~pipeline.decode.decode_uri`, or a
 :class:`~pipeline.decode.RawStreamDecoder` kept per stream id) and replies in the format of
 :mod:`pipeline.decode.wire`; a typed error is reported by name. After running out of memory the
@@ -20,11 +17,12 @@ from __future__ import annotations
 import os
 import signal
 from multiprocessing.connection import Connection
-from typing import Any, Final
+from typing import Any
 
 from pipeline.decode.ffmpeg_log import watch_allocations
 from pipeline.decode.frames import Frame
 from pipeline.decode.raw import RawStreamDecoder
+from pipeline.decode.sandbox import SandboxSettings, cpu_budget, enter
 from pipeline.decode.sources import decode_bytes, decode_uri
 from pipeline.decode.wire import frame_metas, result_meta, send_pictures
 from pipeline.errors import ClipguardError, ConfigError, DecodeError
@@ -32,54 +30,20 @@ from pipeline.errors import ClipguardError, ConfigError, DecodeError
 __all__ = ["child_main"]
 
 
-def _limit_memory(max_bytes: int) -> None:
-    try:
-        import resource
-    except ImportError:  # not on POSIX: no cap
-        return
-    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        max_bytes = min(max_bytes, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (max_bytes, hard))
-
-
-_KEPT_ENV: Final = frozenset(
-    {"PATH", "LANG", "LC_ALL", "TMPDIR", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR", "HOME"}
-)
-_MAX_FILES: Final = 256
-
-
-def _limit_resources(max_file: int) -> None:
-    try:
-        import resource
-    except ImportError:  # not on POSIX: no limits
-        return
-    for limit, value in (
-        (resource.RLIMIT_CORE, 0),
-        (resource.RLIMIT_NOFILE, _MAX_FILES),
-        (resource.RLIMIT_FSIZE, max_file),
-    ):
-        _soft, hard = resource.getrlimit(limit)
-        if hard != resource.RLIM_INFINITY:
-            value = min(value, hard)
-        resource.setrlimit(limit, (value, hard))
-
-
-def _minimal_environment() -> None:
-    for name in list(os.environ):
-        if name not in _KEPT_ENV:
-            del os.environ[name]
-
-
-def child_main(conn: Connection, max_memory: int, max_file: int = 1 << 31) -> None:
-    """A decode process: one task at a time, from the pool's pipe, until told to stop."""
+def child_main(
+    conn: Connection, settings: SandboxSettings, *, capabilities_dropped: bool = False
+) -> None:
+    """A decode process: one task at a time, from the pool's pipe, until told to stop
+    (``capabilities_dropped``: the launch gave up every capability; it says so in its hello)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     if hasattr(signal, "SIGXFSZ"):  # over RLIMIT_FSIZE: a failed write, not a killed process
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    _minimal_environment()
-    _limit_resources(max_file)
-    _limit_memory(max_memory)
+    status = enter(settings)
     watch_allocations()
+    try:
+        conn.send(("hello", status, capabilities_dropped))
+    except (OSError, EOFError):
+        return
     streams: dict[str, RawStreamDecoder] = {}
     while True:
         try:
@@ -90,13 +54,14 @@ def child_main(conn: Connection, max_memory: int, max_file: int = 1 << 31) -> No
         if kind == "stop":
             return
         task_id: int = message[1]
+        cpu_budget(message[2])
         fatal = False
         # The error is kept until the reply is out: its traceback holds the decoder, and
         # freeing a decoder can block (FFmpeg's frame threads, after a failed allocation).
         error: BaseException | None = None
         try:
             payload = conn.recv_bytes() if kind in ("bytes", "feed") else b""
-            reply = _child_task(kind, message, payload, streams)
+            reply = _child_task(kind, message, payload, streams, settings)
         except DecodeError as e:
             error = e
             reply = ("error", task_id, type(e).__name__, str(e)), ()
@@ -125,22 +90,31 @@ def child_main(conn: Connection, max_memory: int, max_file: int = 1 << 31) -> No
 
 
 def _child_task(
-    kind: str, message: tuple[Any, ...], payload: bytes, streams: dict[str, RawStreamDecoder]
+    kind: str,
+    message: tuple[Any, ...],
+    payload: bytes,
+    streams: dict[str, RawStreamDecoder],
+    settings: SandboxSettings,
 ) -> tuple[tuple[Any, ...], list[Frame] | tuple[Frame, ...]]:
     task_id = message[1]
+    if kind == "call":  # tests only: see pipeline.decode.sandbox.allow_test_calls
+        if not settings.test_calls:
+            raise ConfigError("this decode process runs no calls (test hook off)")
+        function, args = message[3:]
+        return ("ok", task_id, (function(*args), [], 0)), ()
     if kind in ("bytes", "uri"):
         if kind == "bytes":
-            result = decode_bytes(payload, message[2], message[3])
+            result = decode_bytes(payload, message[3], message[4])
         else:
-            uri, options, content_type, ca_file, access = message[2:]
+            uri, options, content_type, ca_file, access = message[3:]
             result = decode_uri(
                 uri, options, content_type=content_type, ca_file=ca_file, access=access
             )
         metas, side = frame_metas(result.frames)
         return ("ok", task_id, (result_meta(result), metas, side)), result.frames
-    stream_id: str = message[2]
+    stream_id: str = message[3]
     if kind == "open":
-        streams[stream_id] = RawStreamDecoder(message[3], message[4], fps=message[5])
+        streams[stream_id] = RawStreamDecoder(message[4], message[5], fps=message[6])
         return ("ok", task_id, None), ()
     decoder = streams.get(stream_id)
     if decoder is None:

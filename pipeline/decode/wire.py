@@ -2,8 +2,10 @@
 
 One :class:`multiprocessing.connection.Connection` per decode process; one task in flight on it.
 
-Parent to child: ``(kind, task_id, *header)``, then for ``bytes`` and ``feed`` the input as one
-``send_bytes`` message; ``("stop",)`` ends the process. Headers by kind:
+A new process first says ``("hello", filter_status)`` (:func:`pipeline.decode.sandbox.enter`).
+Parent to child: ``(kind, task_id, cpu_seconds, *header)``, then for ``bytes`` and ``feed`` the
+input as one ``send_bytes`` message; ``("stop",)`` ends the process. ``cpu_seconds`` is the
+call's CPU budget (``Limits.max_cpu``). Headers by kind:
 
 ==========  ===========================================================
 kind        header
@@ -13,6 +15,7 @@ kind        header
 ``open``    ``(stream_id, codec, options, fps)``
 ``feed``    ``(stream_id,)``
 ``close``   ``(stream_id,)``
+``call``    ``(function, args)``: tests only (``sandbox.allow_test_calls``)
 ==========  ===========================================================
 
 ``options`` is a :class:`~pipeline.decode.DecodeOptions` with ``limits`` (and, but for
@@ -33,6 +36,8 @@ into one buffer (:func:`receive_pictures`) whose views become the frames' images
 
 from __future__ import annotations
 
+import io
+import pickle
 from multiprocessing.connection import Connection
 from typing import Any, Final, cast
 
@@ -48,6 +53,7 @@ __all__ = [
     "error_from",
     "frame_metas",
     "receive_pictures",
+    "receive_reply",
     "result_meta",
     "send_pictures",
     "unpack_frames",
@@ -69,6 +75,27 @@ _ERRORS: Final[dict[str, type[ClipguardError]]] = {
     )
     if isinstance(cls := getattr(errors, name), type)
 }
+#: The only classes a reply may name: a decode process is not trusted, and unpickling a global
+#: it chose could run code in the worker. Everything else in a reply is plain data.
+_REPLY_CLASSES: Final = frozenset(
+    {("pipeline.hashes.pdq", "PdqHash"), ("pipeline.hashes.pdq", "DihedralHashes")}
+)
+
+
+class _ReplyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _REPLY_CLASSES:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"a decode process's reply names {module}.{name}")
+
+
+def receive_reply(conn: Connection) -> Any:
+    """A message from a decode process, unpickled with only plain data and the hash values
+    allowed (:class:`pickle.UnpicklingError` otherwise), as the pickle documentation's
+    "Restricting Globals" does."""
+    return _ReplyUnpickler(io.BytesIO(conn.recv_bytes())).load()
+
+
 #: A frame but its picture: pts, t, index, keyframe, source width and height, reason, tile,
 #: PDQ hash (a small frozen value, pickled with the metas; None when not hashed).
 FrameMeta = tuple[float, float, int, bool, int, int, str, int, Any]
@@ -143,9 +170,12 @@ def error_from(name: str, message: str) -> ClipguardError:
 
 
 def build_value(kind: str, meta: Any, buffer: bytearray) -> Any:
-    """What a call's future resolves to: None (open), frames (feed, close) or a result."""
+    """What a call's future resolves to: None (open), frames (feed, close), a result, or
+    (``call``) the function's return value."""
     if kind == "open":
         return None
+    if kind == "call":
+        return meta[0]
     info, metas, side = meta
     frames = unpack_frames(metas, side, buffer)
     if info is None:

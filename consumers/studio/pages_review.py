@@ -75,14 +75,8 @@ def label(
     found = studio.incident(incident) if _INCIDENT.match(incident) else None
     if found is None:
         raise HTTPException(404, "no such incident")
-    studio.labels.put(
-        incident=found.id,
-        policy=found.policy,
-        label=found.label,
-        peak_score=found.peak_score,
-        verdict=verdict,
-        note=note.strip(),
-        reviewer=studio.who(request),
+    studio.labels.put_incident(
+        found, verdict=verdict, note=note.strip(), reviewer=studio.who(request)
     )
     if back == "incident":
         return RedirectResponse(f"/review/{found.id}", status_code=303)

@@ -146,6 +146,7 @@ class StoreLink:
                 top_prompt=i.top_prompt,
                 model=model_name,
                 origin="store",
+                event_id=i.event_id,
             )
             for i in result.incidents[:MAX_QUEUED]
         ]

@@ -127,6 +127,7 @@ def backtest(
         baseline_incidents=_in_order(old_found),
         labels=labels,
         seconds=time.perf_counter() - started,
+        stream_spans=_stream_spans(frames, names),
     )
 
 
@@ -140,6 +141,19 @@ def _check_model(policies: PolicySet, model: str, what: str) -> None:
                 f"{what} {lp.policy.id} is written for model {named}, the stored frames are "
                 f"of {model}: one model's scores mean nothing for another"
             )
+
+
+def _stream_spans(frames: _Order, names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Stream id -> the time of its first and last judged frame."""
+    if frames.count == 0:
+        return {}
+    change = np.flatnonzero(frames.stream[1:] != frames.stream[:-1]) + 1
+    first = np.concatenate([[0], change])
+    last = np.concatenate([change, [frames.count]]) - 1
+    return {
+        names[int(frames.stream[a])]: (float(frames.ts[a]), float(frames.ts[b]))
+        for a, b in zip(first.tolist(), last.tolist(), strict=True)
+    }
 
 
 def _in_order(found: list[Incident]) -> list[Incident]:

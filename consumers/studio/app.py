@@ -118,6 +118,7 @@ class Studio:
             self.feed.stop()
         if self.warmer is not None:
             self.warmer.stop()
+        self.store.preparation.close()
         self.scorer.close()
         self.queue.close()
         self.labels.close()

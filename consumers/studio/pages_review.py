@@ -18,6 +18,7 @@ from consumers.studio.frames import page_frames
 from consumers.studio.handoff import handoff
 from consumers.studio.labels import MAX_NOTE
 from consumers.studio.pages_policies import policy_file
+from consumers.studio.preparing import PAGE_WAIT_S, NotReady
 from consumers.studio.tune import at_threshold, tune_data
 from consumers.studio.versions import add_example
 from pipeline.errors import ClipguardError, ConfigError, PolicyError
@@ -60,6 +61,9 @@ async def review(
         source=studio.config.incidents,
         feed=studio.feed,
         imported=request.query_params.get("imported"),
+        preparing=studio.store.preparation.status()[1]
+        if request.query_params.get("queuing")
+        else None,
     )
 
 
@@ -156,16 +160,18 @@ async def tune(
         labels=studio.labels.all(policy=lp.policy.id, label=chosen),
         queue_peaks=studio.queue.peaks(lp.policy.id, chosen),
     )
-    stored, unlabelled, store_note, live = 0, list[float](), None, None
+    stored, unlabelled, store_note, live, preparing = 0, list[float](), None, None, None
     if studio.config.store is not None:
         model_name = studio.scorer.model_name(lp)
         try:
             stored, unlabelled = await run_in_threadpool(
-                studio.store.label_scores, lp, chosen, studio.scorer, model_name
+                studio.store.label_scores, lp, chosen, studio.scorer, model_name, PAGE_WAIT_S
             )
             live = await run_in_threadpool(
                 studio.store.count, lp, chosen, data.cutoff, studio.scorer, model_name
             )
+        except NotReady as e:  # the page now; the stored traffic's part once it is ready
+            preparing = e.status
         except ClipguardError as e:
             store_note = str(e)
     payload = {
@@ -189,6 +195,7 @@ async def tune(
         stored=stored,
         store_note=store_note,
         live=live,
+        preparing=preparing,
     )
 
 
@@ -211,8 +218,16 @@ async def tune_count(
         return JSONResponse({"error": "no store connected"}, status_code=404)
     try:
         count = await run_in_threadpool(
-            studio.store.count, lp, label, threshold, studio.scorer, studio.scorer.model_name(lp)
+            studio.store.count,
+            lp,
+            label,
+            threshold,
+            studio.scorer,
+            studio.scorer.model_name(lp),
+            PAGE_WAIT_S,
         )
+    except NotReady as e:  # asked again by the page a moment later
+        return JSONResponse({"preparing": e.status}, status_code=202)
     except ClipguardError as e:
         return JSONResponse({"error": str(e)}, status_code=400)
     return JSONResponse(

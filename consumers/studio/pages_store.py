@@ -4,20 +4,23 @@ store they say how to connect one."""
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from consumers.studio.app import Studio, studio_of
+from consumers.studio.preparing import PAGE_WAIT_S, NotReady
 from consumers.studio.scoring import DEMO_MODEL
 from pipeline.errors import ClipguardError
 from pipeline.policies.schema import LoadedPolicies
 
 __all__ = ["router"]
 
+_log = logging.getLogger(__name__)
 router = APIRouter()
 StudioDep = Annotated[Studio, Depends(studio_of)]
 _FRAME_ID = re.compile(r"^[0-9a-f-]{8,64}$")
@@ -27,7 +30,7 @@ _FRAME_ID = re.compile(r"^[0-9a-f-]{8,64}$")
 async def backtest(request: Request, studio: StudioDep, run: bool = False) -> HTMLResponse:
     status = await run_in_threadpool(studio.store.status)
     result: dict[str, Any] | None = None
-    error = None
+    error = preparing = None
     loaded = [pf.loaded for pf in studio.library.files() if pf.loaded is not None]
     models = sorted({studio.scorer.model_name(lp) for lp in loaded})
     if run and status.ready:
@@ -35,13 +38,33 @@ async def backtest(request: Request, studio: StudioDep, run: bool = False) -> HT
             if len(models) != 1:
                 raise HTTPException(400, "the policies name several models: pass --model")
             result = await run_in_threadpool(
-                studio.store.backtest, LoadedPolicies(loaded), studio.scorer, models[0]
+                studio.store.backtest,
+                LoadedPolicies(loaded),
+                studio.scorer,
+                models[0],
+                PAGE_WAIT_S,
             )
+        except NotReady as e:  # the page now, the result once it is ready
+            preparing = e.status
         except ClipguardError as e:
             error = str(e)
     return studio.page(
-        request, "backtest.html", status_=status, result=result, error=error, models=models
+        request,
+        "backtest.html",
+        status_=status,
+        result=result,
+        error=error,
+        models=models,
+        preparing=preparing,
     )
+
+
+@router.get("/store/preparing")
+def preparing(studio: StudioDep) -> JSONResponse:
+    """Whether the store's slow answers are still being prepared, and how far (a page waiting
+    for one asks, and reloads once nothing is)."""
+    busy, status = studio.store.preparation.status()
+    return JSONResponse({"busy": busy, "status": status})
 
 
 @router.post("/store/queue")
@@ -52,11 +75,26 @@ async def queue_from_store(studio: StudioDep) -> Response:
     models = sorted({studio.scorer.model_name(lp) for lp in loaded})
     if len(models) != 1:
         raise HTTPException(400, "the policies name several models: pass --model")
-    found = await run_in_threadpool(
-        studio.store.incidents, LoadedPolicies(loaded), studio.scorer, models[0]
-    )
+    policies = LoadedPolicies(loaded)
+    try:
+        found = await run_in_threadpool(
+            studio.store.incidents, policies, studio.scorer, models[0], PAGE_WAIT_S
+        )
+    except NotReady:  # queued once the backtest is ready; the Review page shows the progress
+        studio.store.preparation.later(
+            "queuing the store's incidents",
+            lambda: _queue_when_ready(studio, policies, models[0]),
+        )
+        return RedirectResponse("/review?queuing=1", status_code=303)
     await run_in_threadpool(studio.queue.add, found)
     return RedirectResponse(f"/review?imported={len(found)}", status_code=303)
+
+
+def _queue_when_ready(studio: Studio, policies: LoadedPolicies, model: str) -> None:
+    try:
+        studio.queue.add(studio.store.incidents(policies, studio.scorer, model))
+    except ClipguardError as e:
+        _log.warning("studio: could not queue the store's incidents: %s", e)
 
 
 @router.get("/store/peak.jpg")

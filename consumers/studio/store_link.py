@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 import pyarrow as pa
 
 from consumers.studio.incidents import StudioIncident, incident_id
+from consumers.studio.preparing import Preparation
 from consumers.studio.traffic import Count, TrafficCache, TrafficScores
 from pipeline.errors import ClipguardError, ConfigError, StoreError
 from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
@@ -64,6 +65,7 @@ class StoreLink:
         self._kernels: Any = None
         self._backtests: dict[tuple[str, str, str, tuple[str, ...]], Any] = {}
         self.last: dict[str, dict[str, int]] = {}  # policy id -> its last backtest's counts
+        self.preparation = Preparation()  # the slow answers, shared, waited for a while
 
     def _open(self) -> Any:
         if self.root is None:
@@ -106,10 +108,17 @@ class StoreLink:
             self._status = (stamp, status)  # counted again when the files change
         return status
 
-    def backtest(self, loaded: LoadedPolicies, scorer: Scorer, model_name: str) -> dict[str, Any]:
+    def backtest(
+        self,
+        loaded: LoadedPolicies,
+        scorer: Scorer,
+        model_name: str,
+        wait: float | None = None,
+    ) -> dict[str, Any]:
         """Backtest the policy files as they are now against the sets stored with the frames:
-        the store's JSON result, with each listed incident's peak thumbnail place."""
-        result = self._backtest(loaded, scorer, model_name)
+        the store's JSON result, with each listed incident's peak thumbnail place
+        (:class:`~consumers.studio.preparing.NotReady` when it takes over ``wait`` seconds)."""
+        result = self._backtest(loaded, scorer, model_name, wait)
         data: dict[str, Any] = result.to_json()
         per_policy: dict[str, dict[str, int]] = {}
         for key, diff in data["labels"].items():
@@ -123,11 +132,15 @@ class StoreLink:
         return data
 
     def incidents(
-        self, loaded: LoadedPolicies, scorer: Scorer, model_name: str
+        self,
+        loaded: LoadedPolicies,
+        scorer: Scorer,
+        model_name: str,
+        wait: float | None = None,
     ) -> list[StudioIncident]:
         """What the policy files as they are now find in the stored frames (shadow labels
         included), as review-queue incidents, at most :data:`MAX_QUEUED` of them."""
-        result = self._backtest(loaded, scorer, model_name)
+        result = self._backtest(loaded, scorer, model_name, wait)
         return [
             StudioIncident(
                 id=incident_id(i.stream_id, i.policy, i.label, i.start_ts),
@@ -151,7 +164,9 @@ class StoreLink:
             for i in result.incidents[:MAX_QUEUED]
         ]
 
-    def _backtest(self, loaded: LoadedPolicies, scorer: Scorer, model_name: str) -> Any:
+    def _backtest(
+        self, loaded: LoadedPolicies, scorer: Scorer, model_name: str, wait: float | None
+    ) -> Any:
         """The store's backtest of ``loaded``, kept until the policies or the store's files
         change (a page shown again, or queued from, costs nothing)."""
         store = self._open()
@@ -161,12 +176,25 @@ class StoreLink:
         with self._lock:
             if key in self._backtests:
                 return self._backtests[key]
-        result = self._module.backtest(
-            policies, store, model=model_name, weights_sha256=model.fingerprint()
-        )
-        with self._lock:
-            self._backtests = {key: result}  # the last one: the policies as they are now
-        return result
+
+        def make(progress: Any) -> Any:
+            with self._lock:
+                if key in self._backtests:
+                    return self._backtests[key]
+            result = self._module.backtest(
+                policies,
+                store,
+                model=model_name,
+                weights_sha256=model.fingerprint(),
+                progress=progress,
+            )
+            with self._lock:
+                self._backtests = {key: result}  # the last one: the policies as they are now
+            return result
+
+        total = self.status().frames.get(model_name, 0)
+        what = "the backtest of the policy files"
+        return self.preparation.get(("backtest", *key), what, total, make, wait)
 
     def stamp(self) -> tuple[str, ...]:
         """Changes when the store's files change (empty without a store)."""
@@ -177,36 +205,64 @@ class StoreLink:
         return tuple(repr(f) for f in store.files())
 
     def label_scores(
-        self, lp: LoadedPolicy, label: str, scorer: Scorer, model_name: str
+        self,
+        lp: LoadedPolicy,
+        label: str,
+        scorer: Scorer,
+        model_name: str,
+        wait: float | None = None,
     ) -> tuple[int, list[float]]:
         """Unlabelled stored traffic for Tune: how many stored frames of ``model_name`` there
         are (replays dropped, tiles merged), and ``label``'s score (in its rule's unit) on an
         even sample of at most :data:`SAMPLE` of them, sorted."""
-        traffic = self.traffic(lp, scorer, model_name).labels[f"{lp.policy.id}/{label}"]
+        traffic = self.traffic(lp, scorer, model_name, wait).labels[f"{lp.policy.id}/{label}"]
         return traffic.frames, traffic.sample(SAMPLE)
 
     def count(
-        self, lp: LoadedPolicy, label: str, threshold: float, scorer: Scorer, model_name: str
+        self,
+        lp: LoadedPolicy,
+        label: str,
+        threshold: float,
+        scorer: Scorer,
+        model_name: str,
+        wait: float | None = None,
     ) -> Count:
         """How many stored frames ``label`` would pass at ``threshold``, and how many incidents
         the backtest would raise."""
-        traffic = self.traffic(lp, scorer, model_name).labels[f"{lp.policy.id}/{label}"]
+        traffic = self.traffic(lp, scorer, model_name, wait).labels[f"{lp.policy.id}/{label}"]
         return traffic.count(threshold)
 
-    def traffic(self, lp: LoadedPolicy, scorer: Scorer, model_name: str) -> TrafficScores:
+    def traffic(
+        self, lp: LoadedPolicy, scorer: Scorer, model_name: str, wait: float | None = None
+    ) -> TrafficScores:
         """Every label of ``lp`` on every stored frame of ``model_name`` (one pass over the
-        store per policy version, model and store contents; kept)."""
+        store per policy version, model and store contents; kept;
+        :class:`~consumers.studio.preparing.NotReady` when it takes over ``wait`` seconds)."""
         store = self._open()
         model = scorer.model(model_name)
         policies = compile_policies(LoadedPolicies([lp]), model, scorer.cache_dir)
         weights = model.fingerprint()
         key = (policies.id, model_name, weights, self._stamp(store))
-        return self.traffic_cache.get(
-            key,
-            lambda: TrafficScores.compute(
-                store, self._kernels, policies, model=model_name, weights_sha256=weights
-            ),
-        )
+        kept = self.traffic_cache.peek(key)
+        if kept is not None:
+            return kept
+
+        def make(progress: Any) -> TrafficScores:
+            return self.traffic_cache.get(
+                key,
+                lambda: TrafficScores.compute(
+                    store,
+                    self._kernels,
+                    policies,
+                    model=model_name,
+                    weights_sha256=weights,
+                    progress=progress,
+                ),
+            )
+
+        total = self.status().frames.get(model_name, 0)
+        what = f"{lp.policy.id} v{lp.policy.version} on stored traffic"
+        return self.preparation.get(("traffic", *key), what, total, make, wait)
 
     def window(
         self, stream_id: str, model_name: str, since: float, until: float, *, limit: int

@@ -12,6 +12,8 @@ from pipeline.demo.video import demo_shots, write_video
 from pipeline.policies.bundled import DEMO_POLICIES
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Debian's Chromium, for the browser tests (the ``browser`` fixture in conftest.py drives it).
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Three incidents of red-triangle on the video: two on the triangle, one on the SPAM sign; peak
 # scores chosen for the Tune check.
 PEAKS = (0.62, 0.58, 0.47)

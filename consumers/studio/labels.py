@@ -85,10 +85,10 @@ class LabelStore:
             policy,
             label,
             float(peak_score),
-            verdict,
+            verdict,  # type: ignore[arg-type]  # checked above
             note,
             reviewer,
-            at,  # type: ignore[arg-type]
+            at,
             stream_id,
             source,
             start_ts,

@@ -58,15 +58,22 @@ class Preparation:
         with self._lock:
             known = self._futures.get(key)
             if known is None:
-                future = self._pool.submit(self._run, what, total, make)
+                future: Future[object] = self._pool.submit(self._run, what, total, make)
                 self._futures[key] = (future, what)
                 future.add_done_callback(lambda f: self._forget(key, f))
             else:
                 future = known[0]
         try:
-            return future.result(timeout=wait)  # type: ignore[return-value]
+            return future.result(timeout=wait)  # type: ignore[return-value]  # made by make
         except FutureTimeout:
-            raise NotReady(self.status()[1]) from None
+            busy, status = self.status()
+            if future.done():  # finished just now
+                return future.result()  # type: ignore[return-value]
+            if what not in status:  # between its last rows and its end
+                status = f"preparing {what}" + (
+                    ", " + status.removeprefix("preparing ") if busy else ""
+                )
+            raise NotReady(status) from None
 
     def later(self, what: str, job: Callable[[], object]) -> None:
         """Run ``job`` (which may wait for answers) on a thread of its own; counted as being

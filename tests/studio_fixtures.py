@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from pipeline.demo.video import demo_shots, write_video
 from pipeline.policies.bundled import DEMO_POLICIES
@@ -178,3 +179,18 @@ def backtest_at(policies: Path, store: Path, threshold: float, folder: Path) -> 
     )
     diff = result.labels["red-triangle/red-triangle"]
     return diff.frames_passing, diff.incidents
+
+
+def whole_page(client: Any, url: str, timeout: float = 60.0) -> str:
+    """``url`` once the studio has prepared what it needs: a page asked while the store's
+    answers (or the model) are still being prepared comes with a progress line and is asked
+    again, as its own script does in a browser."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        page = str(client.get(url).text)
+        if 'id="preparing"' not in page:
+            return page
+        assert time.monotonic() < deadline, f"{url} was never whole"
+        time.sleep(0.1)

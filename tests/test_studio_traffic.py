@@ -5,6 +5,7 @@ the count answers hostile parameters with clear refusals."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from consumers.studio import StudioConfig, create_app
-from tests.studio_fixtures import backtest_at, make_policies, synthetic_store
+from tests.studio_fixtures import backtest_at, make_policies, synthetic_store, whole_page
 
 pytest.importorskip("pipeline.store")
 
@@ -38,7 +39,7 @@ def test_live_count_is_the_backtest_at_that_threshold(
     config = StudioConfig(policies_dir=policies, data_dir=tmp_path / "data", store=store)
     seen: dict[float, tuple[int, int]] = {}
     with TestClient(create_app(config), base_url=BASE) as c:
-        page = c.get("/policies/red-triangle/tune").text
+        page = whole_page(c, "/policies/red-triangle/tune")
         assert "of 2880 stored frames reach it" in page  # 12 streams of 240 frames
         for t in (0.15, 0.3, 0.45, 0.55, 0.7):
             got = c.get(COUNT, params={"label": "red-triangle", "threshold": t}).json()
@@ -115,9 +116,12 @@ def test_pages_answer_at_once_while_the_store_answers_are_prepared(
         page = c.get("/policies/red-triangle/tune").text
         assert 'id="preparing"' in page and 'data-preparing="/store/preparing"' in page
         assert "stored-passing" not in page and 'id="threshold-slider"' in page
-        assert "preparing red-triangle v1 on stored traffic" in page  # what, and how far
-        until_ready(c)
-        page = c.get("/policies/red-triangle/tune").text
+        # what it waits for: the examples (the model loading) or the stored traffic
+        assert re.search(
+            r'data-waiting-for="red-triangle( v1 on stored traffic|&#39;s examples)"', page
+        )
+        assert "preparing red-triangle" in page  # and how far everything has got
+        page = whole_page(c, "/policies/red-triangle/tune")
         assert "of 2880 stored frames reach it" in page and 'id="preparing"' not in page
         # the live count is ready from the same preparation
         assert c.get(COUNT, params={"label": "red-triangle", "threshold": 0.4}).status_code == 200

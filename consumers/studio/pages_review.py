@@ -3,10 +3,11 @@ threshold slider, and the hand-off export of incidents and labels."""
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
@@ -19,9 +20,11 @@ from consumers.studio.handoff import handoff
 from consumers.studio.labels import MAX_NOTE
 from consumers.studio.pages_policies import policy_file
 from consumers.studio.preparing import PAGE_WAIT_S, NotReady
+from consumers.studio.scoring import LabeledScore
 from consumers.studio.tune import at_threshold, tune_data
 from consumers.studio.versions import add_example
 from pipeline.errors import ClipguardError, ConfigError, PolicyError
+from pipeline.policies.schema import LoadedPolicy
 from pipeline.policies.tools.nodes import child, label_node
 
 __all__ = ["router"]
@@ -61,10 +64,15 @@ async def review(
         source=studio.config.incidents,
         feed=studio.feed,
         imported=request.query_params.get("imported"),
-        preparing=studio.store.preparation.status()[1]
-        if request.query_params.get("queuing")
-        else None,
+        preparing=_queuing(studio) if request.query_params.get("queuing") else None,
     )
+
+
+def _queuing(studio: Studio) -> NotReady | None:
+    """The progress of queuing the store's incidents (None once done)."""
+    busy, status = studio.store.preparation.status()
+    what = "queuing the store's incidents"
+    return NotReady(what, status) if busy and what in status else None
 
 
 @router.post("/review/{incident}")
@@ -150,7 +158,7 @@ async def tune(
     chosen = label if label in names else names[0]
     rule = lp.policy.label(chosen)
     await run_in_threadpool(studio.sync_file)
-    examples = await run_in_threadpool(studio.scorer.example_scores, lp)
+    examples, preparing = await _examples(studio, lp)
     data = tune_data(
         policy=lp.policy.id,
         label=chosen,
@@ -160,8 +168,8 @@ async def tune(
         labels=studio.labels.all(policy=lp.policy.id, label=chosen),
         queue_peaks=studio.queue.peaks(lp.policy.id, chosen),
     )
-    stored, unlabelled, store_note, live, preparing = 0, list[float](), None, None, None
-    if studio.config.store is not None:
+    stored, unlabelled, store_note, live = 0, list[float](), None, None
+    if studio.config.store is not None and preparing is None:
         model_name = studio.scorer.model_name(lp)
         try:
             stored, unlabelled = await run_in_threadpool(
@@ -171,7 +179,7 @@ async def tune(
                 studio.store.count, lp, chosen, data.cutoff, studio.scorer, model_name
             )
         except NotReady as e:  # the page now; the stored traffic's part once it is ready
-            preparing = e.status
+            preparing = e
         except ClipguardError as e:
             store_note = str(e)
     payload = {
@@ -197,6 +205,43 @@ async def tune(
         live=live,
         preparing=preparing,
     )
+
+
+async def _examples(studio: Studio, lp: LoadedPolicy) -> tuple[list[LabeledScore], Any]:
+    """The policy's examples scored for Tune; with a store, while the store's answers are
+    being prepared (the model may still be loading), the page does not wait long for them:
+    (no examples, :class:`NotReady`) then."""
+    if studio.config.store is None:
+        return await run_in_threadpool(studio.scorer.example_scores, lp), None
+    question = ("examples", lp.sha256, _stamp(lp), studio.scorer.model_name(lp))
+    try:
+        examples = await run_in_threadpool(
+            functools.partial(
+                studio.store.preparation.get,
+                question,
+                f"{lp.policy.id}'s examples",
+                0,
+                lambda _: studio.scorer.example_scores(lp),
+                PAGE_WAIT_S,
+                keep=True,
+            )
+        )
+    except NotReady as e:
+        return [], e
+    return examples, None
+
+
+def _stamp(lp: LoadedPolicy) -> tuple[tuple[int, int], ...]:
+    """The example files' sizes and modification times (their scores change with them)."""
+    out = []
+    for example in lp.policy.examples:
+        try:
+            st = lp.resolve(example.path).stat()
+        except (OSError, ValueError, PolicyError):  # scoring says what is wrong with it
+            out.append((-1, -1))
+            continue
+        out.append((st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 @router.get("/policies/{name}/tune/count")

@@ -30,7 +30,8 @@ _FRAME_ID = re.compile(r"^[0-9a-f-]{8,64}$")
 async def backtest(request: Request, studio: StudioDep, run: bool = False) -> HTMLResponse:
     status = await run_in_threadpool(studio.store.status)
     result: dict[str, Any] | None = None
-    error = preparing = None
+    error = None
+    preparing: NotReady | None = None
     loaded = [pf.loaded for pf in studio.library.files() if pf.loaded is not None]
     models = sorted({studio.scorer.model_name(lp) for lp in loaded})
     if run and status.ready:
@@ -45,7 +46,7 @@ async def backtest(request: Request, studio: StudioDep, run: bool = False) -> HT
                 PAGE_WAIT_S,
             )
         except NotReady as e:  # the page now, the result once it is ready
-            preparing = e.status
+            preparing = e
         except ClipguardError as e:
             error = str(e)
     return studio.page(

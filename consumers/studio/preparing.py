@@ -4,7 +4,8 @@ computed once per question on a small pool of threads, so that a page never wait
 A page asks with a wait of about a second (:data:`PAGE_WAIT_S`): a question answered by then
 (or already answered) is shown at once; otherwise :class:`NotReady` says how far the work has
 got, the page shows that with a progress line that asks :meth:`Preparation.status` again
-(``/store/preparing``) and reloads once nothing is being prepared. The background warmer
+(``/store/preparing``) and reloads once what it waits for is no longer being prepared. The
+background warmer
 (:mod:`consumers.studio.warm`) and pages asking the same question share one computation, and a
 question a page asks starts at once on a free thread, beside what the warmer prepares.
 """
@@ -12,6 +13,7 @@ question a page asks starts at once on a free thread, beside what the warmer pre
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -22,15 +24,18 @@ __all__ = ["PAGE_WAIT_S", "NotReady", "Preparation"]
 #: How long a page waits for an answer before it shows the progress line instead.
 PAGE_WAIT_S: Final = 1.0
 _WORKERS: Final = 2  # the warmer's question and a page's, side by side
+_KEPT: Final = 64  # small answers remembered (get(keep=True))
 
 T = TypeVar("T")
 
 
 class NotReady(Exception):
-    """The answer is being prepared; ``status`` says how far (one line)."""
+    """The answer is being prepared: ``what`` (as the status line names it); ``status`` says
+    how far everything being prepared has got (one line)."""
 
-    def __init__(self, status: str) -> None:
+    def __init__(self, what: str, status: str) -> None:
         super().__init__(status)
+        self.what = what
         self.status = status
 
 
@@ -43,6 +48,7 @@ class Preparation:
         self._futures: dict[Hashable, tuple[Future[object], str]] = {}
         self._work: dict[int, list[object]] = {}  # token -> [what, rows read, rows in all]
         self._tokens = 0
+        self._kept: OrderedDict[Hashable, object] = OrderedDict()  # answers asked to be kept
 
     def get(
         self,
@@ -51,16 +57,21 @@ class Preparation:
         total: int,
         make: Callable[[Callable[[int], None]], T],
         wait: float | None,
+        *,
+        keep: bool = False,
     ) -> T:
         """The answer to ``key``, made by ``make(progress)`` (``progress(rows read)`` of
         ``total``) once however many ask; :class:`NotReady` when ``wait`` seconds pass first
-        (``None``: wait for it)."""
+        (``None``: wait for it). ``keep``: remember the answer (a small one, whose maker keeps
+        no cache of its own that answers at once) for the next ask."""
         with self._lock:
+            if key in self._kept:
+                return self._kept[key]  # type: ignore[return-value]
             known = self._futures.get(key)
             if known is None:
                 future: Future[object] = self._pool.submit(self._run, what, total, make)
                 self._futures[key] = (future, what)
-                future.add_done_callback(lambda f: self._forget(key, f))
+                future.add_done_callback(lambda f: self._forget(key, f, keep))
             else:
                 future = known[0]
         try:
@@ -73,7 +84,7 @@ class Preparation:
                 status = f"preparing {what}" + (
                     ", " + status.removeprefix("preparing ") if busy else ""
                 )
-            raise NotReady(status) from None
+            raise NotReady(what, status) from None
 
     def later(self, what: str, job: Callable[[], object]) -> None:
         """Run ``job`` (which may wait for answers) on a thread of its own; counted as being
@@ -128,8 +139,12 @@ class Preparation:
         with self._lock:
             self._work.pop(token, None)
 
-    def _forget(self, key: Hashable, future: Future[object]) -> None:
+    def _forget(self, key: Hashable, future: Future[object], keep: bool) -> None:
         with self._lock:
             known = self._futures.get(key)
             if known is not None and known[0] is future:
                 del self._futures[key]  # answered (and kept by its cache) or failed: ask again
+            if keep and not future.cancelled() and future.exception() is None:
+                self._kept[key] = future.result()
+                while len(self._kept) > _KEPT:
+                    self._kept.popitem(last=False)

@@ -38,6 +38,7 @@ __all__ = ["MAX_QUEUED", "SAMPLE", "StoreLink", "StoreStatus"]
 _MAX_QUERY = 300
 _MAX_HITS = 48
 _SEARCHES_KEPT = 32  # text searches remembered until the store changes
+_QUESTIONS_KEPT = 64  # which cached answer a policy file's question has
 #: Stored frames scored for Tune's unlabelled histogram (an even sample of the store).
 SAMPLE = 20_000
 #: The most incidents one click queues from the store.
@@ -66,6 +67,7 @@ class StoreLink:
         self._backtests: dict[tuple[str, str, str, tuple[str, ...]], Any] = {}
         self.last: dict[str, dict[str, int]] = {}  # policy id -> its last backtest's counts
         self.preparation = Preparation()  # the slow answers, shared, waited for a while
+        self._answers: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # question -> cache key
 
     def _open(self) -> Any:
         if self.root is None:
@@ -168,17 +170,26 @@ class StoreLink:
         self, loaded: LoadedPolicies, scorer: Scorer, model_name: str, wait: float | None
     ) -> Any:
         """The store's backtest of ``loaded``, kept until the policies or the store's files
-        change (a page shown again, or queued from, costs nothing)."""
+        change (a page shown again, or queued from, costs nothing). Loading the model and
+        compiling the policies are part of the question (a page does not wait for them)."""
         store = self._open()
-        model = scorer.model(model_name)
-        policies = compile_policies(loaded, model, scorer.cache_dir)
-        key = (policies.id, model_name, model.fingerprint(), self._stamp(store))
+        question = (
+            "backtest",
+            tuple(lp.sha256 for lp in loaded),
+            model_name,
+            self._stamp(store),
+        )
         with self._lock:
-            if key in self._backtests:
-                return self._backtests[key]
+            kept = self._answers.get(question)
+            if kept is not None and kept in self._backtests:
+                return self._backtests[kept]
 
         def make(progress: Any) -> Any:
+            model = scorer.model(model_name)
+            policies = compile_policies(loaded, model, scorer.cache_dir)
+            key = (policies.id, model_name, model.fingerprint(), question[-1])
             with self._lock:
+                self._remember(question, key)
                 if key in self._backtests:
                     return self._backtests[key]
             result = self._module.backtest(
@@ -194,7 +205,13 @@ class StoreLink:
 
         total = self.status().frames.get(model_name, 0)
         what = "the backtest of the policy files"
-        return self.preparation.get(("backtest", *key), what, total, make, wait)
+        return self.preparation.get(question, what, total, make, wait)
+
+    def _remember(self, question: tuple[Any, ...], key: tuple[Any, ...]) -> None:
+        """Which cache key answers ``question`` (the last few; under the lock)."""
+        self._answers[question] = key
+        while len(self._answers) > _QUESTIONS_KEPT:
+            self._answers.pop(next(iter(self._answers)))
 
     def stamp(self) -> tuple[str, ...]:
         """Changes when the store's files change (empty without a store)."""
@@ -237,17 +254,23 @@ class StoreLink:
     ) -> TrafficScores:
         """Every label of ``lp`` on every stored frame of ``model_name`` (one pass over the
         store per policy version, model and store contents; kept;
-        :class:`~consumers.studio.preparing.NotReady` when it takes over ``wait`` seconds)."""
+        :class:`~consumers.studio.preparing.NotReady` when it takes over ``wait`` seconds,
+        loading the model and compiling the policy included)."""
         store = self._open()
-        model = scorer.model(model_name)
-        policies = compile_policies(LoadedPolicies([lp]), model, scorer.cache_dir)
-        weights = model.fingerprint()
-        key = (policies.id, model_name, weights, self._stamp(store))
-        kept = self.traffic_cache.peek(key)
+        question = ("traffic", lp.sha256, model_name, self._stamp(store))
+        with self._lock:
+            key = self._answers.get(question)
+        kept = None if key is None else self.traffic_cache.peek(key)
         if kept is not None:
             return kept
 
         def make(progress: Any) -> TrafficScores:
+            model = scorer.model(model_name)
+            policies = compile_policies(LoadedPolicies([lp]), model, scorer.cache_dir)
+            weights = model.fingerprint()
+            key = (policies.id, model_name, weights, question[-1])
+            with self._lock:
+                self._remember(question, key)
             return self.traffic_cache.get(
                 key,
                 lambda: TrafficScores.compute(
@@ -261,8 +284,7 @@ class StoreLink:
             )
 
         total = self.status().frames.get(model_name, 0)
-        what = f"{lp.policy.id} v{lp.policy.version} on stored traffic"
-        return self.preparation.get(("traffic", *key), what, total, make, wait)
+        return self.preparation.get(question, _traffic_what(lp), total, make, wait)
 
     def window(
         self, stream_id: str, model_name: str, since: float, until: float, *, limit: int
@@ -358,3 +380,8 @@ class StoreLink:
             while len(self._searches) > _SEARCHES_KEPT:
                 self._searches.pop(next(iter(self._searches)))
         return hits
+
+
+def _traffic_what(lp: LoadedPolicy) -> str:
+    """How the progress line names the scoring of ``lp`` on the stored traffic."""
+    return f"{lp.policy.id} v{lp.policy.version} on stored traffic"

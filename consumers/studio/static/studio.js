@@ -235,7 +235,7 @@ function setupBlur() {
 
 // ---------------------------------------------------- store answers still being prepared
 // A page shown before its stored-traffic part was ready says how far the work has got and
-// reloads itself once nothing is being prepared any more.
+// reloads itself once what it waits for is no longer being prepared.
 function setupPreparing() {
   const line = document.getElementById("preparing");
   if (!line) return;
@@ -243,7 +243,7 @@ function setupPreparing() {
     try {
       const response = await fetch(line.dataset.preparing);
       const answer = await response.json();
-      if (!answer.busy) { window.location.replace(window.location.href.replace(/[?&]queuing=1/, "")); return; }
+      if (!answer.busy || !answer.status.includes(line.dataset.waitingFor)) { window.location.replace(window.location.href.replace(/[?&]queuing=1/, "")); return; }
       line.textContent = answer.status;
     } catch (e) { /* the server is busy or restarting: ask again */ }
     setTimeout(poll, 700);

@@ -1,7 +1,7 @@
 """The store's answers that take seconds (a policy's scores on every stored frame, a backtest),
 computed once per question on a small pool of threads, so that a page never waits long.
 
-A page asks with a wait of about a second (:data:`PAGE_WAIT_S`): a question answered by then
+A page asks with a wait of half a second (:data:`PAGE_WAIT_S`): a question answered by then
 (or already answered) is shown at once; otherwise :class:`NotReady` says how far the work has
 got, the page shows that with a progress line that asks :meth:`Preparation.status` again
 (``/store/preparing``) and reloads once what it waits for is no longer being prepared. The
@@ -22,7 +22,7 @@ from typing import Final, TypeVar
 __all__ = ["PAGE_WAIT_S", "NotReady", "Preparation"]
 
 #: How long a page waits for an answer before it shows the progress line instead.
-PAGE_WAIT_S: Final = 1.0
+PAGE_WAIT_S: Final = 0.5
 _WORKERS: Final = 2  # the warmer's question and a page's, side by side
 _KEPT: Final = 64  # small answers remembered (get(keep=True))
 

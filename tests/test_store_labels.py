@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import json
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -27,7 +28,7 @@ from starlette.testclient import TestClient
 from consumers.cli import main
 from consumers.studio import StudioConfig, create_app
 from consumers.studio.incidents import incident_id
-from tests.studio_fixtures import make_policies
+from tests.studio_fixtures import make_policies, whole_page
 
 pytest.importorskip("pipeline.store")
 
@@ -228,6 +229,20 @@ def test_backtest_scores_both_versions_against_studio_labels(
     assert "0 / 0 / 2" in row and "1 / 1 / 1" in row and "0.500" in row
     assert "is a true positive" in html
     assert f"{RED}: 3 reviewed incidents: precision -, recall 0.000 (before 0.500, 0.500)" in stdout
+
+    # the studio's Backtest page of the edited files scores against the same labels
+    again = StudioConfig(policies_dir=edited, data_dir=tmp_path / "d2", store=store, warm=False)
+    with TestClient(create_app(again), base_url=BASE) as c:
+        page = whole_page(c, "/backtest?run=1")
+    row = page.split(f'data-label="{RED}"', 1)[1].split("</tr>", 1)[0]
+    assert re.findall(r"<td>([^<]*)</td>", row) == [
+        RED,
+        "3 (2 correct, 1 incorrect, 0 unsure)",
+        "\u2014",  # no incident now: no precision
+        "0.000",
+        "0.500",
+        "0.500",
+    ]
 
     # --no-labels leaves them out; an explicit --labels that is not a labels database is refused
     code, _, _ = _run(

@@ -44,6 +44,7 @@ async def backtest(request: Request, studio: StudioDep, run: bool = False) -> HT
                 studio.scorer,
                 models[0],
                 PAGE_WAIT_S,
+                studio.labels.path,
             )
         except NotReady as e:  # the page now, the result once it is ready
             preparing = e

@@ -116,12 +116,19 @@ class StoreLink:
         scorer: Scorer,
         model_name: str,
         wait: float | None = None,
+        labels: Path | None = None,
     ) -> dict[str, Any]:
         """Backtest the policy files as they are now against the sets stored with the frames:
         the store's JSON result, with each listed incident's peak thumbnail place
-        (:class:`~consumers.studio.preparing.NotReady` when it takes over ``wait`` seconds)."""
+        (:class:`~consumers.studio.preparing.NotReady` when it takes over ``wait`` seconds),
+        scored against the review labels in ``labels`` (``review``: per label, precision and
+        recall of both versions) when given."""
         result = self._backtest(loaded, scorer, model_name, wait)
         data: dict[str, Any] = result.to_json()
+        if labels is not None and labels.is_file():
+            truth = importlib.import_module("pipeline.store.groundtruth")
+            reviews = truth.read_reviews(labels)
+            data["review"] = truth.review_scores(result, reviews, source=str(labels)).to_json()
         per_policy: dict[str, dict[str, int]] = {}
         for key, diff in data["labels"].items():
             sums = per_policy.setdefault(

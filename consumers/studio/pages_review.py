@@ -3,7 +3,6 @@ threshold slider, and the hand-off export of incidents and labels."""
 
 from __future__ import annotations
 
-import functools
 import re
 import shutil
 from dataclasses import asdict
@@ -23,6 +22,7 @@ from consumers.studio.preparing import PAGE_WAIT_S, NotReady
 from consumers.studio.scoring import LabeledScore
 from consumers.studio.tune import at_threshold, tune_data
 from consumers.studio.versions import add_example
+from consumers.studio.warm import prepared_examples
 from pipeline.errors import ClipguardError, ConfigError, PolicyError
 from pipeline.policies.schema import LoadedPolicy
 from pipeline.policies.tools.nodes import child, label_node
@@ -213,35 +213,11 @@ async def _examples(studio: Studio, lp: LoadedPolicy) -> tuple[list[LabeledScore
     (no examples, :class:`NotReady`) then."""
     if studio.config.store is None:
         return await run_in_threadpool(studio.scorer.example_scores, lp), None
-    question = ("examples", lp.sha256, _stamp(lp), studio.scorer.model_name(lp))
     try:
-        examples = await run_in_threadpool(
-            functools.partial(
-                studio.store.preparation.get,
-                question,
-                f"{lp.policy.id}'s examples",
-                0,
-                lambda _: studio.scorer.example_scores(lp),
-                PAGE_WAIT_S,
-                keep=True,
-            )
-        )
+        examples = await run_in_threadpool(prepared_examples, studio, lp, PAGE_WAIT_S)
     except NotReady as e:
         return [], e
     return examples, None
-
-
-def _stamp(lp: LoadedPolicy) -> tuple[tuple[int, int], ...]:
-    """The example files' sizes and modification times (their scores change with them)."""
-    out = []
-    for example in lp.policy.examples:
-        try:
-            st = lp.resolve(example.path).stat()
-        except (OSError, ValueError, PolicyError):  # scoring says what is wrong with it
-            out.append((-1, -1))
-            continue
-        out.append((st.st_size, st.st_mtime_ns))
-    return tuple(out)
 
 
 @router.get("/policies/{name}/tune/count")

@@ -7,9 +7,30 @@ STAMP := $(VENV)/.installed
 # torch is pinned first so a CPU build is used where one is available locally
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test lint demo bench fuzz clean test-tools deploy-tools browser
+.PHONY: venv test lint demo bench fuzz clean test-tools deploy-tools browser build-headers
 
 venv: $(STAMP)
+
+# FFmpeg's development libraries and pkg-config: pip builds vpdq (the `vpdq` extra, vPDQ's
+# reference hasher the hash tests compare with; `make test` installs it) against them. Debian
+# packages, installed only when pkg-config cannot find the libraries; without apt-get (or root)
+# it says what to install and stops, as pip would fail to build vpdq.
+LIBAV_MODULES := libavcodec libavformat libavutil libswscale libavdevice libavfilter libswresample
+LIBAV_PACKAGES := pkg-config libavcodec-dev libavformat-dev libavutil-dev libswscale-dev \
+	libavdevice-dev libavfilter-dev libswresample-dev
+HAVE_LIBAV := pkg-config --exists $(LIBAV_MODULES) 2>/dev/null
+build-headers:
+	@if $(HAVE_LIBAV); then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "build-headers: apt-get install $(LIBAV_PACKAGES)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $(LIBAV_PACKAGES) >/dev/null; \
+	else \
+		echo "build-headers: FFmpeg's development libraries are missing and apt-get is" \
+			"unavailable (or not root); install them for pip to build vpdq (Debian:" \
+			"$(LIBAV_PACKAGES))" >&2; \
+		exit 1; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,29 +50,38 @@ lint: $(STAMP)
 # two pytest processes, each test file whole in one of them (module fixtures built once):
 # most long tests wait on brokers and worker processes, so two share two cores well
 TEST_WORKERS ?= 2
-test: lint test-tools
+# the test venv adds vPDQ's reference hasher, built against FFmpeg's development libraries
+TEST_STAMP := $(VENV)/.installed-test
+$(TEST_STAMP): $(STAMP) | build-headers
+	$(PY) -m pip install --quiet -e '.[vpdq]'
+	touch $(TEST_STAMP)
+
+# test-tools first: on a new machine its one apt-get brings the build headers vpdq needs too
+test: test-tools lint $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The system tools the tests use, Debian packages installed only when missing (one
 # `apt-get update` for all of them): docker-compose, promtool and shellcheck for
-# tests/test_deploy.py, chromium for the scan report's browser test (tests/test_scan.py).
-# Without apt-get (or root) the tests that need them skip and say why; the browser test fails
-# under CI instead.
+# tests/test_deploy.py, chromium for the scan report's browser test (tests/test_scan.py), and
+# FFmpeg's development libraries for vpdq (build-headers above, which then has nothing to do).
+# Without apt-get (or root) the tests that need them skip and say why; the browser and vPDQ
+# reference tests fail under CI instead.
 DEPLOY_TOOLS := docker-compose promtool shellcheck
 DEPLOY_PACKAGES := docker-compose prometheus shellcheck
 test-tools:
 	@deploy=""; for tool in $(DEPLOY_TOOLS); do command -v $$tool >/dev/null || deploy="$(DEPLOY_PACKAGES)"; done; \
 	browser=""; command -v chromium >/dev/null || browser=chromium; \
-	if [ -z "$$deploy$$browser" ]; then :; \
+	headers=""; $(HAVE_LIBAV) || headers="$(LIBAV_PACKAGES)"; \
+	if [ -z "$$deploy$$browser$$headers" ]; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		echo "test-tools: apt-get install $$deploy $$browser"; \
+		echo "test-tools: apt-get install $$deploy $$headers $$browser"; \
 		apt-get update -qq && \
-		if [ -n "$$deploy" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends $$deploy >/dev/null; fi && \
+		if [ -n "$$deploy$$headers" ]; then DEBIAN_FRONTEND=noninteractive apt-get install \
+			-y -qq --no-install-recommends $$deploy $$headers >/dev/null; fi && \
 		if [ -n "$$browser" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			$$browser >/dev/null; fi; \
 	else \
-		echo "test-tools: $$deploy $$browser missing and apt-get unavailable (or not root):" \
+		echo "test-tools: $$deploy $$headers $$browser missing and apt-get unavailable (or not root):" \
 			"the tests that need them will skip"; \
 	fi
 

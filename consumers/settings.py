@@ -16,7 +16,9 @@ YAML through ``yaml.safe_load``, TOML through ``tomllib``; an unknown key in it 
 names the key. Every failure is a :class:`~pipeline.errors.ConfigError`.
 
 Secrets (``sasl_password``) are :class:`~pydantic.SecretStr`: hidden in ``repr``, ``str`` and
-:meth:`WorkerSettings.kafka_client_config` ``(redact=True)``, the form to log.
+:meth:`WorkerSettings.kafka_client_config` ``(redact=True)``, the form to log. In production
+give the password as a file (``sasl_password_file``, read by :mod:`consumers.secrets`), not in
+the environment, which child processes inherit.
 :func:`describe` renders every setting as a Markdown table for the docs.
 """
 
@@ -34,6 +36,7 @@ import yaml
 from pydantic import (
     BaseModel,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -49,6 +52,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from consumers.secrets import read_secret_file
 from consumers.sections import DecodeSettings, JobsSettings, SamplingSettings, TopicNames
 from pipeline.errors import ConfigError
 from pipeline.policies.bundled import POLICIES_FOLDER, default_policies
@@ -118,6 +122,8 @@ class WorkerSettings(BaseSettings):
         case_sensitive=False,
         validate_default=True,
     )
+    # the password read from sasl_password_file at validation (never a field: not dumped)
+    _file_password: SecretStr | None = PrivateAttr(default=None)
 
     # --- Kafka ---
     bootstrap_servers: str = Field(
@@ -167,7 +173,17 @@ class WorkerSettings(BaseSettings):
         description="SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512); SASL_* only.",
     )
     sasl_username: SecretStr | None = Field(default=None, description="SASL user name.")
-    sasl_password: SecretStr | None = Field(default=None, description="SASL password.")
+    sasl_password: SecretStr | None = Field(
+        default=None,
+        description="SASL password (prefer sasl_password_file: the environment is visible to "
+        "the worker's child processes).",
+    )
+    sasl_password_file: Path | None = Field(
+        default=None,
+        description="File holding the SASL password (e.g. /run/secrets/kafka_password), read "
+        "once at start: a regular file of one line, at most 4096 bytes. Not with "
+        "sasl_password.",
+    )
     ssl_cafile: Path | None = Field(
         default=None, description="CA certificates (PEM) to verify the brokers."
     )
@@ -350,16 +366,30 @@ class WorkerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _security_consistent(self) -> WorkerSettings:
+        if self.sasl_password is not None and self.sasl_password_file is not None:
+            raise ValueError(
+                "sasl_password and sasl_password_file are both set: give the password one way "
+                "(the file, preferably)"
+            )
+        if self.sasl_password_file is not None:
+            self._file_password = SecretStr(
+                read_secret_file(self.sasl_password_file, what="sasl_password_file")
+            )
         sasl = self.security_protocol.startswith("SASL_")
         if sasl:
             missing = [
                 name
                 for name in ("sasl_mechanism", "sasl_username", "sasl_password")
                 if getattr(self, name) is None
+                and not (name == "sasl_password" and self._file_password is not None)
             ]
             if missing:
+                named = [
+                    m + (" (or sasl_password_file)" if m == "sasl_password" else "")
+                    for m in missing
+                ]
                 raise ValueError(
-                    f"security_protocol {self.security_protocol} needs {', '.join(missing)}"
+                    f"security_protocol {self.security_protocol} needs {', '.join(named)}"
                 )
         elif self.sasl_mechanism is not None:
             raise ValueError(
@@ -396,7 +426,7 @@ class WorkerSettings(BaseSettings):
             config["sasl_mechanism"] = self.sasl_mechanism
         for key, secret in (
             ("sasl_plain_username", self.sasl_username),
-            ("sasl_plain_password", self.sasl_password),
+            ("sasl_plain_password", self.sasl_password or self._file_password),
         ):
             if secret is not None:
                 config[key] = str(secret) if redact else secret.get_secret_value()

@@ -20,6 +20,7 @@ builtin fits, from that builtin too, so callers can catch either::
     └── ModelError(ClipguardError)                    anything about CLIP weights
         ├── WeightsNotFound(ModelError, FileNotFoundError)
         ├── WeightsFormatError(ModelError, ValueError)
+        │   └── UntrustedWeights(WeightsFormatError)  an archive that would run unknown code
         ├── StateDictMismatch(ModelError, KeyError)
         ├── ChecksumMismatch(ModelError, ValueError)
         ├── DownloadError(ModelError, OSError)
@@ -52,6 +53,7 @@ __all__ = [
     "StoreError",
     "TokenizerError",
     "UnsupportedMedia",
+    "UntrustedWeights",
     "WeightsFormatError",
     "WeightsNotFound",
 ]
@@ -129,6 +131,11 @@ class WeightsNotFound(ModelError, FileNotFoundError):
 
 class WeightsFormatError(ModelError, ValueError):
     """A weights file is not in any format clipguard can read."""
+
+
+class UntrustedWeights(WeightsFormatError):
+    """A weights file that can only be read by running code it carries (a TorchScript
+    archive) and whose SHA-256 is not one the registry publishes."""
 
 
 class StateDictMismatch(ModelError, KeyError):

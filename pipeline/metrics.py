@@ -11,17 +11,23 @@ fresh one; the worker passes its own), so two workers in one process never colli
     server.close()
 
 The server also answers ``GET /healthz`` (200 while the process serves) and ``GET /readyz``
-(200 when the ``ready`` callable says so, else 503).
+(200 when the ``ready`` callable says so, else 503). Every connection has one deadline for its
+whole request (``REQUEST_TIMEOUT_S``), not a timeout per read, and at most ``MAX_CONNECTIONS``
+are served at once, so a client trickling bytes (slowloris) holds one thread for a few seconds
+and never keeps anyone else from ``/metrics`` or ``/readyz``.
 """
 
 from __future__ import annotations
 
 import functools
+import io
+import socket
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -38,6 +44,7 @@ from pipeline import __version__
 __all__ = [
     "BATCH_SIZE_BUCKETS",
     "END_TO_END_BUCKETS",
+    "MAX_CONNECTIONS",
     "REQUEST_TIMEOUT_S",
     "Metrics",
     "MetricsServer",
@@ -253,8 +260,60 @@ class MetricsServer:
         self.close()
 
 
-#: Seconds a metrics connection may take to send its request (each socket read).
+#: Seconds a metrics connection has for its whole request (however slowly it trickles bytes),
+#: and again for the reply to be taken.
 REQUEST_TIMEOUT_S: Final = 5.0
+#: Connections served at once; one more is closed on arrival (each holds a thread, for at most
+#: REQUEST_TIMEOUT_S while it sends its request).
+MAX_CONNECTIONS: Final = 64
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reads under one deadline for the whole request: each read may wait only for
+    what is left of it, so a client sending a byte now and then (slowloris) is cut off when
+    the deadline passes, not kept alive by each byte (http.server's own timeout is per read)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took longer than its deadline")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` at once."""
+
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], slots: int
+    ) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(slots)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: closed at once, never queued
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 def start_http_server(
@@ -263,16 +322,27 @@ def start_http_server(
     host: str = "127.0.0.1",
     *,
     ready: Callable[[], bool] = lambda: True,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> MetricsServer:
     """Serve ``metrics`` on ``http://host:port/metrics`` from a daemon thread, with
-    ``/healthz`` and ``/readyz``; port 0 picks a free port (see :attr:`MetricsServer.port`)."""
+    ``/healthz`` and ``/readyz``; port 0 picks a free port (see :attr:`MetricsServer.port`).
+
+    Each connection has ``request_timeout_s`` for its whole request and as long again for the
+    reply, one request per connection, at most ``max_connections`` at once: a client that holds
+    a connection open cannot keep others from ``/metrics`` and ``/readyz``."""
     registry = metrics.registry
 
     class _Handler(BaseHTTPRequestHandler):
-        # a connection that sends nothing (or slowly) is closed: no thread held for good
-        timeout = REQUEST_TIMEOUT_S
+        timeout = request_timeout_s  # the socket's timeout until setup() sets the deadline
+
+        def setup(self) -> None:
+            super().setup()
+            deadline = time.monotonic() + request_timeout_s
+            self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
 
         def do_GET(self) -> None:
+            self.connection.settimeout(request_timeout_s)  # for the reply
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
@@ -298,8 +368,7 @@ def start_http_server(
         def log_message(self, format: str, *args: object) -> None:
             pass  # scrapes every few seconds would flood the log
 
-    server = ThreadingHTTPServer((host, port), _Handler)
-    server.daemon_threads = True
+    server = _Server((host, port), _Handler, max_connections)
     thread = threading.Thread(
         target=functools.partial(server.serve_forever, poll_interval=0.05),
         name="clipguard-metrics",

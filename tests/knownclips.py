@@ -67,3 +67,59 @@ def resized(pictures: list[np.ndarray], scale: float) -> list[np.ndarray]:
     h, w = pictures[0].shape[:2]
     size = (round(w * scale) // 2 * 2, round(h * scale) // 2 * 2)
     return [cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in pictures]
+
+
+HASH_POLICY = """\
+id: known-clips
+version: {version}
+kind: hash
+description: Clips we have taken down before.
+owner: trust-and-safety@example.com
+severity: high
+action: block
+banks: [known]
+signals: [pdq]
+max_distance: {distance}
+"""
+SCAN_FPS = 2.0  # frames a stored-stream scan samples a second
+
+
+def hash_policy(folder: Path, version: int, distance: int) -> Path:
+    """``known-clips.yaml`` in ``folder``: a hash policy on bank ``known`` at ``distance``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "known-clips.yaml"
+    path.write_text(HASH_POLICY.format(version=version, distance=distance))
+    return path
+
+
+class ScannedStore:
+    """A folder of streams scanned into a frame store with a hash policy in force: ``live.mp4``
+    holds 6 s of a known clip (from 3 s on) between unrelated content, ``other.mp4`` is
+    unrelated; bank ``known`` holds the clip's frame at 3 s into it (6 s into the stream) as
+    PDQ entry ``case-12`` (tag ``spam``); the deployed policy (``deployed/``) matches within
+    31 bits. The clip drifts a pixel every few frames, so its frames' distance to the banked
+    one grows with their time from it."""
+
+    def __init__(self, root: Path) -> None:
+        from consumers.cli import main
+
+        self.root = root
+        self.store = root / "store"
+        self.banks = root / "banks"
+        self.deployed = root / "deployed"
+        self.stream = root / "streams" / "live.mp4"
+        clip = frames(2, 6.0)
+        write(self.stream, frames(5, 3.0) + clip + frames(7, 3.0))
+        write(root / "streams" / "other.mp4", frames(9, 3.0))
+        still = root / "reported.png"
+        cv2.imwrite(str(still), cv2.cvtColor(clip[30], cv2.COLOR_RGB2BGR))
+        argv = ["banks", "add", "known", "--image", str(still), "--id", "case-12", "--tags", "spam"]
+        assert main([*argv, "--dir", str(self.banks)]) == 0
+        hash_policy(self.deployed, 1, 31)
+        self.out = root / "scan-out"
+        argv = [
+            "scan", str(root / "streams"), "--policies", str(self.deployed),
+            "--banks", str(self.banks), "--store", str(self.store), "--out", str(self.out),
+            "--sample-fps", str(SCAN_FPS),
+        ]  # fmt: skip
+        assert main(argv) == 0

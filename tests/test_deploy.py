@@ -930,6 +930,9 @@ def test_workers_run_locked_down_and_grafana_has_no_default_password() -> None:
         assert worker["read_only"] is True and worker["cap_drop"] == ["ALL"], name
         assert "no-new-privileges:true" in worker["security_opt"], name
         assert any(str(t).startswith("/tmp") for t in worker["tmpfs"]), name
+        # the weights cache read-only: a worker cannot change the weights it loads
+        assert "clipguard-models:/var/lib/clipguard/models:ro" in worker["volumes"], name
+    assert "clipguard-models:/var/lib/clipguard/models:rw" in services["models"]["volumes"]
     grafana = services["grafana"]
     env = grafana["environment"]
     assert "GF_SECURITY_ADMIN_PASSWORD" not in env  # no admin/admin fallback

@@ -394,7 +394,9 @@ def test_models_list_json(cache: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert by_name["RN50"]["cached"] == "no"
     assert by_name["ViT-B/32"]["embed_dim"] == 512
     assert by_name["ViT-L/14@336px"]["image_resolution"] == 336
-    assert by_name["ViT-B/32"]["path"] == str(cache / "ViT-B-32.pt")
+    # what workers load: the archive converted to safetensors at download
+    assert by_name["ViT-B/32"]["path"] == str(cache / "ViT-B-32.safetensors")
+    assert by_name["ViT-B/32"]["archive"] == str(cache / "ViT-B-32.pt")
     demo = by_name["clipguard-demo"]
     assert demo["demo"] is True and demo["bundled"] is True
     assert demo["cached"].startswith("bundled")

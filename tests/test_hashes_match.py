@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pytest
+from vpdq_ref import need_vpdq
 
 from pipeline.demo import scenes as synthetic
 from pipeline.errors import HashError
@@ -248,7 +249,7 @@ def test_vpdq_compare_equals_the_reference_algorithm() -> None:
 
 
 def test_vpdq_compare_equals_threatexchange() -> None:
-    pytest.importorskip("vpdq", reason="vpdq not installed (pip install '.[vpdq]')")
+    need_vpdq()  # ThreatExchange's vPDQ extension imports it
     from threatexchange.extensions.vpdq.vpdq_brute_matcher import match_VPDQ_hash_brute
     from threatexchange.extensions.vpdq.vpdq_util import VpdqCompactFeature
 

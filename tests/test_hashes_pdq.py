@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 from pdq_numpy import pdq_numpy
+from vpdq_ref import need_vpdq
 
 from pipeline.demo import scenes as synthetic
 from pipeline.errors import HashError
@@ -91,7 +92,7 @@ def _same_size_frames(n: int, h: int, w: int) -> list[np.ndarray]:
 def test_pdq_equals_vpdq_reference_hasher_on_the_same_frames(tmp_path: Path) -> None:
     """vPDQ (Meta's C++ hasher, fed by FFmpeg) on a lossless RGB video, against our hash of
     the very same pixels: every frame's hash and quality identical."""
-    vpdq = pytest.importorskip("vpdq", reason="vpdq not installed (pip install '.[vpdq]')")
+    vpdq = need_vpdq()
     frames = _same_size_frames(30, 180, 320)
     video = tmp_path / "lossless.mkv"
     _write_lossless(video, frames)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -71,6 +75,7 @@ def test_exported_names() -> None:
     assert sorted(metrics_module.__all__) == [
         "BATCH_SIZE_BUCKETS",
         "END_TO_END_BUCKETS",
+        "MAX_CONNECTIONS",
         "Metrics",
         "MetricsServer",
         "REQUEST_TIMEOUT_S",
@@ -179,5 +184,75 @@ def test_a_silent_connection_to_the_metrics_server_is_closed() -> None:
             started = time.monotonic()
             assert sock.recv(100) == b""  # the server closed it
             assert time.monotonic() - started < metrics_module.REQUEST_TIMEOUT_S + 3
+    finally:
+        server.close()
+
+
+def _trickle(port: int, stop: threading.Event, closed_after: list[float]) -> None:
+    """A slowloris client: a request line sent one byte every 0.1 s, never finished; records
+    how long the server let it stay."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.settimeout(0.1)
+        for byte in itertools.cycle(b"GET /metrics HTTP/1.1\r\nX-Slow: "):
+            if stop.is_set():
+                return
+            try:
+                sock.sendall(bytes([byte]))
+                if sock.recv(100) == b"":
+                    break  # the server closed it
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        closed_after.append(time.monotonic() - started)
+
+
+def test_slowloris_clients_do_not_keep_others_from_metrics_or_readiness(metrics: Metrics) -> None:
+    """Clients that trickle bytes forever are cut off at the request deadline (a timeout per
+    read would keep them, each byte resetting it), and meanwhile /metrics and /readyz answer
+    others at once."""
+    deadline_s = 1.5
+    server = start_http_server(metrics, 0, request_timeout_s=deadline_s, max_connections=16)
+    stop = threading.Event()
+    closed_after: list[float] = []
+    slow = [
+        threading.Thread(target=_trickle, args=(server.port, stop, closed_after), daemon=True)
+        for _ in range(6)
+    ]
+    try:
+        for thread in slow:
+            thread.start()
+        time.sleep(0.3)  # all of them connected and trickling
+        for _ in range(5):
+            for path in ("/metrics", "/readyz"):
+                started = time.monotonic()
+                status, _, _ = _get(f"{server.url}{path}")
+                assert status == 200
+                assert time.monotonic() - started < 1.0, path
+        for thread in slow:
+            thread.join(deadline_s + 5)
+        assert len(closed_after) == len(slow)  # every one was closed by the server
+        assert max(closed_after) < deadline_s + 2
+    finally:
+        stop.set()
+        server.close()
+
+
+def test_connections_over_the_cap_are_closed_at_once(metrics: Metrics) -> None:
+    server = start_http_server(metrics, 0, request_timeout_s=1.0, max_connections=2)
+    try:
+        held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as extra:
+            started = time.monotonic()
+            assert extra.recv(100) == b""
+            assert time.monotonic() - started < 0.8  # closed on arrival, not at the deadline
+        for sock in held:  # the held ones are closed at their deadline, freeing the slots
+            sock.settimeout(5)
+            assert sock.recv(100) == b""
+            sock.close()
+        time.sleep(0.1)
+        assert _get(f"{server.url}/readyz")[0] == 200
     finally:
         server.close()

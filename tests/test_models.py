@@ -7,6 +7,8 @@ ResNet towers are checked by shape against every release and by bit-exact round 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import warnings
 import zipfile
@@ -22,7 +24,15 @@ from pipeline.errors import (
     WeightsFormatError,
     WeightsNotFound,
 )
-from pipeline.models import CLIP, build_model, get_model_info, list_models, load_clip, save_clip
+from pipeline.models import (
+    CLIP,
+    build_model,
+    get_model_info,
+    list_models,
+    load_clip,
+    registry,
+    save_clip,
+)
 from pipeline.models.formats import read_weights, to_hf_state_dict
 from pipeline.models.model import (
     AttentionPool2d,
@@ -264,7 +274,7 @@ def _torchscript_archive(model: CLIP, path: Path) -> None:
     traced.save(str(path))
 
 
-def test_rn50_round_trips_through_every_format(tmp_path, rn50):
+def test_rn50_round_trips_through_every_format(tmp_path, rn50, monkeypatch):
     sd = rn50.state_dict()
     files = {}
     files["state-dict"] = tmp_path / "RN50-state.pt"
@@ -283,6 +293,10 @@ def test_rn50_round_trips_through_every_format(tmp_path, rn50):
     _torchscript_archive(rn50, files["openai-torchscript"])
     with zipfile.ZipFile(files["openai-torchscript"]) as zf:  # a real TorchScript archive
         assert any(n.endswith("constants.pkl") for n in zf.namelist())
+    # an archive is read only when the registry lists its SHA-256, as it lists OpenAI's
+    digest = hashlib.sha256(files["openai-torchscript"].read_bytes()).hexdigest()
+    release = dataclasses.replace(get_model_info("RN50"), name="RN50-test", sha256=digest)
+    monkeypatch.setitem(registry._MODELS, release.name, release)
 
     formats = {}
     for label, path in files.items():
@@ -356,7 +370,7 @@ def test_unreadable_and_missing_files(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFound) as info:
         load_clip("ViT-B/32")
     message = str(info.value)
-    assert str(tmp_path / "cache" / "ViT-B-32.pt") in message
+    assert str(tmp_path / "cache" / "ViT-B-32.safetensors") in message
     assert "clipguard models download ViT-B/32" in message
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -307,6 +308,82 @@ def test_secrets_stay_secret(
     assert config["sasl_plain_password"] == "hunter2-secret"
     assert config["sasl_mechanism"] == "SCRAM-SHA-512"
     assert config["security_protocol"] == "SASL_SSL"
+
+
+_SASL = {
+    "security_protocol": "SASL_PLAINTEXT",
+    "sasl_mechanism": "SCRAM-SHA-512",
+    "sasl_username": "clipguard-worker",
+}
+
+
+def test_the_sasl_password_is_read_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "kafka_password"
+    secret.write_text("hunter2-from-a-file\n")  # as `echo` writes it
+    s = load_settings(overrides={**_SASL, "sasl_password_file": str(secret)})
+    assert s.kafka_client_config()["sasl_plain_password"] == "hunter2-from-a-file"
+    assert s.consumer_config()["sasl_plain_password"] == "hunter2-from-a-file"
+    assert s.kafka_client_config(redact=True)["sasl_plain_password"] == "**********"
+    for text in (repr(s), str(s), str(s.model_dump()), s.model_dump_json()):
+        assert "hunter2-from-a-file" not in text
+    assert s.sasl_password is None and s.sasl_password_file == secret
+
+
+@pytest.mark.parametrize(
+    ("contents", "error"),
+    [
+        (None, "no such file"),
+        (b"", "empty"),
+        (b"\n", "empty"),
+        (b"x" * 4097, "over the 4096"),
+        (b"hunter2\xff\xfe", "not UTF-8"),
+        (b"hunter2\nsecond line\n", "one line"),
+        ("dir", "not a regular file"),
+        ("fifo", "not a regular file"),
+    ],
+)
+def test_a_bad_sasl_password_file_is_a_clear_error(
+    tmp_path: Path, contents: bytes | str | None, error: str
+) -> None:
+    secret = tmp_path / "kafka_password"
+    if contents == "dir":
+        secret.mkdir()
+    elif contents == "fifo":
+        os.mkfifo(secret)  # nobody writes it: reading must not block
+    elif isinstance(contents, bytes):
+        secret.write_bytes(contents)
+    with pytest.raises(ConfigError, match=error) as info:
+        load_settings(overrides={**_SASL, "sasl_password_file": str(secret)})
+    message = str(info.value)
+    assert "sasl_password_file" in message and str(secret) in message
+    assert "hunter2" not in message and "second line" not in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_an_unreadable_sasl_password_file_is_a_clear_error(tmp_path: Path) -> None:
+    secret = tmp_path / "kafka_password"
+    secret.write_text("hunter2")
+    secret.chmod(0)
+    with pytest.raises(ConfigError, match="permission denied"):
+        load_settings(overrides={**_SASL, "sasl_password_file": str(secret)})
+
+
+def test_the_sasl_password_is_given_one_way_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "kafka_password"
+    secret.write_text("hunter2-file")
+    monkeypatch.setenv("CLIPGUARD_SASL_PASSWORD", "hunter2-env")
+    with pytest.raises(ConfigError, match="both set") as info:
+        load_settings(overrides={**_SASL, "sasl_password_file": str(secret)})
+    assert "hunter2" not in str(info.value)
+    monkeypatch.delenv("CLIPGUARD_SASL_PASSWORD")
+    with pytest.raises(ConfigError, match=r"sasl_password \(or sasl_password_file\)"):
+        load_settings(overrides=_SASL)
+    monkeypatch.setenv("CLIPGUARD_SASL_PASSWORD_FILE", str(secret))  # as compose sets it
+    assert load_settings(overrides=_SASL).kafka_client_config()["sasl_plain_password"] == (
+        "hunter2-file"
+    )
 
 
 def test_secret_in_config_file_is_hidden_in_errors(tmp_path: Path) -> None:

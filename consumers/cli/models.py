@@ -1,4 +1,5 @@
-"""``clipguard models {list,download}``: the CLIP models clipguard knows, and their weights."""
+"""``clipguard models {list,download,convert}``: the CLIP models clipguard knows, and their
+weights (OpenAI's TorchScript archives converted to safetensors, the only form workers load)."""
 
 from __future__ import annotations
 
@@ -21,15 +22,17 @@ examples:
   clipguard models list --json --converted
   clipguard models download ViT-B/32
   clipguard models download RN50 --force
+  clipguard models convert ~/.cache/clip/ViT-B-32.pt
+  clipguard models convert finetuned.pt --out finetuned.safetensors
 """
 
 
 def add_parser(subparsers: Any) -> None:
-    """Add ``clipguard models {list,download}``."""
+    """Add ``clipguard models {list,download,convert}``."""
     _, commands = add_group(
         subparsers,
         "models",
-        help="list and download CLIP models",
+        help="list, download and convert CLIP models",
         description="List the CLIP models clipguard knows (OpenAI's releases and the bundled "
         "demo model) and download their weights into the local cache.",
         epilog=_EPILOG,
@@ -56,15 +59,43 @@ def add_parser(subparsers: Any) -> None:
         "download",
         help="download a model's weights into the cache",
         description="Download the weights of a registry model into the cache and verify their "
-        "SHA-256. Nothing is downloaded if a verified copy is already cached. Set "
-        "CLIPGUARD_MODEL_MIRROR to download from a mirror.",
+        "SHA-256. OpenAI's TorchScript archives are then converted to safetensors (what "
+        "workers load; the archive is deleted unless --keep-archive). Nothing is downloaded if "
+        "a verified copy is already cached. Set CLIPGUARD_MODEL_MIRROR to download from a "
+        "mirror.",
         epilog="example:\n  clipguard models download ViT-B/32",
     )
     download.add_argument("name", metavar="NAME", help="model name, e.g. ViT-B/32 or RN50")
     download.add_argument(
         "--force", action="store_true", help="download again even if a verified copy is cached"
     )
+    download.add_argument(
+        "--keep-archive",
+        action="store_true",
+        help="keep an OpenAI .pt archive in the cache after converting it",
+    )
     download.set_defaults(func=_download)
+
+    convert = add_command(
+        commands,
+        "convert",
+        help="convert a .pt weights file to safetensors",
+        description="Convert a PyTorch .pt weights file you already have to safetensors, the "
+        "form workers load. A state dict is read with torch.load(weights_only=True), which "
+        "never runs code a pickle names. A TorchScript archive runs code when read, so only "
+        "one whose SHA-256 is a registry release (OpenAI's .pt files) is converted; it goes "
+        "into the cache as that model unless --out is given. Any other archive is refused.",
+        epilog="examples:\n  clipguard models convert ~/.cache/clip/ViT-B-32.pt\n"
+        "  clipguard models convert finetuned.pt --out finetuned.safetensors",
+    )
+    convert.add_argument("path", metavar="PATH", help="the .pt file to convert")
+    convert.add_argument(
+        "--out",
+        metavar="FILE",
+        help="where to write the safetensors file (default: the cache for a registry archive, "
+        "else PATH with the suffix .safetensors)",
+    )
+    convert.set_defaults(func=_convert)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -74,8 +105,11 @@ def _list(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for info in list_models():
         available = info.is_available()
+        archive = info.archive_path()
         if info.bundled:
             status = "bundled" if available else "bundled (missing)"
+        elif not available and archive is not None and archive.is_file():
+            status = "archive only"  # `clipguard models download` converts it
         else:
             status = "yes" if available else "no"
         rows.append(
@@ -93,6 +127,7 @@ def _list(args: argparse.Namespace) -> int:
                 "bundled": info.bundled,
                 "demo": info.demo,
                 "path": str(info.path()),
+                "archive": str(archive) if archive is not None else None,
                 "url": info.url or None,
                 "sha256": info.sha256 or None,
                 "notice": DEMO_NOTICE if info.demo else None,
@@ -125,6 +160,8 @@ def _list(args: argparse.Namespace) -> int:
     print()
     print(f"cache directory: {cache_dir()} (set CLIPGUARD_CACHE_DIR to change it)")
     print(f"licences marked * are restricted: accept one by id in {LICENSE_ENV} to use it")
+    if any(row["cached"] == "archive only" for row in rows):
+        print("archive only: run `clipguard models download NAME` to convert it for workers")
     if any(row["demo"] for row in rows):
         print(f"note: {DEMO_NOTICE}")
     _print_converted(converted)
@@ -209,10 +246,25 @@ def _download(args: argparse.Namespace) -> int:
         _log.info("%s is cached at %s; checking its SHA-256", info.name, info.path())
     progress = _ProgressLine(info.name, sys.stderr)
     try:
-        path = download_model(info.name, force=args.force, progress=progress)
+        path = download_model(
+            info.name, force=args.force, progress=progress, keep_archive=args.keep_archive
+        )
     finally:
         progress.finish()
     print(path)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.models.to_safetensors import convert_file
+
+    out = Path(args.out).expanduser() if args.out else None
+    done = convert_file(Path(args.path).expanduser(), out)
+    what = f"registry model {done.model}" if done.model else done.source_format
+    _log.info("converted %s (%s, SHA-256 %s)", done.source, what, done.source_sha256)
+    print(done.path)
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from consumers.argtypes import positive_float, positive_int
 from consumers.cli.common import (
     DEFAULT_BOOTSTRAP,
+    add_banks_option,
     add_bootstrap_servers,
     add_command,
     add_group,
@@ -28,7 +29,8 @@ from consumers.cli.common import (
 
 if TYPE_CHECKING:
     from pipeline.models.base import ImageTextModel
-    from pipeline.store import FrameFilter, FrameStore
+    from pipeline.policies import LoadedPolicies
+    from pipeline.store import BacktestResult, FrameFilter, FrameStore
 
 __all__ = ["add_backtest_parser", "add_parser", "when"]
 
@@ -192,11 +194,18 @@ def add_backtest_parser(commands: Any) -> None:
         "policy sets in force when the frames were stored (or --against): incidents added, "
         "removed and changed per label, score distributions, and precision and recall against "
         "the review labels of the policy studio (--labels). Writes backtest.json and "
-        "report.html into --out. Frames of another model or other weights are refused.",
+        "report.html into --out. Frames of another model or other weights are refused. Hash "
+        "policies (kind: hash) re-match the frames' stored PDQ hashes against --banks with "
+        "their distance and quality thresholds, frames of any model (or --model's).",
     )
     backtest.add_argument("paths", nargs="+", metavar="POLICY", help="policy files or folders")
     _add_store(backtest)
     backtest.add_argument("--model", metavar="NAME|PATH", help="default: the policies' model")
+    add_banks_option(
+        backtest,
+        help="hash bank files (*.bank.tsv) or folders, for hash policies (the same banks for "
+        "the edited policies and the deployed ones: banks have no history)",
+    )
     _add_range(backtest)
     backtest.add_argument(
         "--against", nargs="+", metavar="PATH", help="compare with these policies instead"
@@ -208,8 +217,7 @@ def add_backtest_parser(commands: Any) -> None:
         metavar="PATH",
         help="the policy studio's labels database, as ground truth (default: the store's "
         "_labels.sqlite, where the studio keeps them for a store on this machine, if present): "
-        "per label, precision and recall of the edited and the deployed policies at "
-        + _RULE,
+        "per label, precision and recall of the edited and the deployed policies at " + _RULE,
     )
     labels.add_argument(
         "--no-labels", action="store_true", help="do not read review labels, even the store's"
@@ -239,7 +247,7 @@ def _open(args: argparse.Namespace) -> FrameStore:
     return open_store(args.store)
 
 
-def _filter(args: argparse.Namespace, model: str) -> FrameFilter:
+def _filter(args: argparse.Namespace, model: str | None) -> FrameFilter:
     from pipeline.store import FrameFilter
 
     return FrameFilter(model=model, since=args.since, until=args.until, streams=tuple(args.stream))
@@ -278,25 +286,21 @@ def _labels_database(args: argparse.Namespace) -> Path | None:
 
 def _backtest(args: argparse.Namespace) -> int:
     from pipeline.policies import load_policies
-    from pipeline.policies.compile import PolicyCompiler
-    from pipeline.store import backtest
+    from pipeline.store.hashbacktest import combine
     from pipeline.store.report import render_backtest
 
     store = _open(args)
     policies = load_policies(args.paths)
-    named = {lp.policy.model for lp in policies if lp.policy.model is not None}
-    model = _pick_model(args, store, named)
-    compiler = PolicyCompiler(model)
-    against = None if not args.against else compiler.compile(load_policies(args.against))
-    flt = _filter(args, model.name)
-    result = backtest(
-        compiler.compile(policies),
-        store,
-        model=model.name,
-        weights_sha256=model.fingerprint(),
-        flt=flt,
-        against=against,
-    )
+    against = load_policies(args.against) if args.against else None
+    results = []
+    if len(policies):  # CLIP policies
+        results.append(_clip_backtest(args, store, policies, against))
+    # hash policies: beside CLIP ones, the frames of their model; alone, of any (or --model)
+    model = results[0].model if results else args.model
+    if policies.hashes:
+        results.append(_hash_backtest(args, store, policies, against, model))
+    result = results[0] if len(results) == 1 else combine(*results)
+    flt = _filter(args, model)
     reviewed = _labels_database(args)
     if reviewed is not None:
         from pipeline.store.groundtruth import read_reviews, review_scores
@@ -323,8 +327,8 @@ def _backtest(args: argparse.Namespace) -> int:
         print(f"published {plural(sent, 'retro flag event')} to {args.flags_topic}")
     if result.other_weights:
         print(
-            f"note: {plural(result.other_weights, 'stored frame')} of {model.name} scored with "
-            "other weights were left out",
+            f"note: {plural(result.other_weights, 'stored frame')} of {result.model} scored "
+            "with other weights were left out",
             file=sys.stderr,
         )
     return 0
@@ -341,6 +345,71 @@ def _print_review(review: Any) -> None:
             f"recall {ratio(e.recall)} (before {ratio(d.precision)}, {ratio(d.recall)})"
         )
     print(f"review labels from {review.source}, scored at {review.rule}")
+
+
+def _clip_backtest(
+    args: argparse.Namespace,
+    store: FrameStore,
+    policies: LoadedPolicies,
+    against: LoadedPolicies | None,
+) -> BacktestResult:
+    from pipeline.policies.compile import PolicyCompiler
+    from pipeline.store import backtest
+
+    named = {lp.policy.model for lp in policies if lp.policy.model is not None}
+    model = _pick_model(args, store, named)
+    compiler = PolicyCompiler(model)
+    return backtest(
+        compiler.compile(policies),
+        store,
+        model=model.name,
+        weights_sha256=model.fingerprint(),
+        flt=_filter(args, model.name),
+        against=None if against is None else compiler.compile(against),
+    )
+
+
+def _hash_backtest(
+    args: argparse.Namespace,
+    store: FrameStore,
+    policies: LoadedPolicies,
+    against: LoadedPolicies | None,
+    model: str | None,
+) -> BacktestResult:
+    """The hash policies' backtest: the stored frames' (of ``model``, None: any) PDQ hashes
+    against --banks."""
+    from pipeline.errors import ConfigError
+    from pipeline.hashes.store import BankStore
+    from pipeline.policies.hashing import check_banks
+    from pipeline.store.hashbacktest import backtest_hashes
+
+    if not args.banks:
+        ids = ", ".join(hp.policy.id for hp in policies.hashes)
+        raise ConfigError(f"hash policies ({ids}) need --banks: the bank files or folders")
+    banks = BankStore(args.banks).snapshot
+    check_banks(policies.hashes, frozenset(banks.banks))
+    for hp in policies.hashes:
+        if hp.policy.dihedral:
+            print(
+                f"note: {hp.policy.id} matches mirrors and rotations live (dihedral); stored "
+                "frames keep their own hash only, so those matches are not found here",
+                file=sys.stderr,
+            )
+    result = backtest_hashes(
+        policies,
+        store,
+        banks,
+        flt=_filter(args, model),
+        against=against,
+        allow_empty=bool(len(policies)),  # beside CLIP policies: theirs is still worth having
+    )
+    if not result.frames:
+        print(
+            f"note: none of the {plural(result.rows, 'stored frame')} has a PDQ hash: the hash "
+            "policies found nothing",
+            file=sys.stderr,
+        )
+    return result
 
 
 def _publish(args: argparse.Namespace, result: Any) -> int:

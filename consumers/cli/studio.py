@@ -7,7 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from consumers.cli.common import DEFAULT_BOOTSTRAP, add_bootstrap_servers, add_command
+from consumers.cli.common import (
+    DEFAULT_BOOTSTRAP,
+    add_banks_option,
+    add_bootstrap_servers,
+    add_command,
+)
 
 __all__ = ["add_parser"]
 
@@ -16,7 +21,8 @@ examples:
   clipguard studio --policies pipeline/policies/data/demo
       then open http://127.0.0.1:8600/ in a browser
   clipguard studio --policies policies/ --model ViT-B/32 --incidents flags.jsonl
-  clipguard studio --policies policies/ --flags-topic clipguard.flags --store store/
+  clipguard studio --policies policies/ --flags-topic clipguard.flags --store store/ \
+      --banks banks/
       the review queue fed by the workers' flag events as they come, and by what the
       policies find in stored traffic
   CLIPGUARD_STUDIO_TOKEN=... clipguard studio --policies policies/ --host 0.0.0.0
@@ -65,6 +71,11 @@ def add_parser(subparsers: Any) -> None:
         help="Kafka, for --flags-topic (default: %(default)s)",
     )
     studio.add_argument("--store", metavar="DIR", help="stored frame embeddings (optional)")
+    add_banks_option(
+        studio,
+        help="hash bank files (*.bank.tsv) or folders: what hash policies (kind: hash) match "
+        "(their entry counts on the Policies page, their backtest)",
+    )
     studio.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
     studio.add_argument("--port", type=int, default=8600, help="port (default: %(default)s)")
     studio.add_argument(
@@ -102,6 +113,7 @@ def _studio(args: argparse.Namespace) -> int:
         flags_topic=args.flags_topic,
         bootstrap_servers=args.bootstrap_servers,
         store=Path(args.store) if args.store else None,
+        banks=tuple(Path(p) for p in args.banks or ()),
         max_upload_bytes=args.max_upload_mb * 1024**2,
         precision=args.precision,
     )

@@ -8,7 +8,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
@@ -29,6 +29,9 @@ from consumers.studio.store_link import StoreLink
 from consumers.studio.versions import PolicyWriter
 from consumers.studio.warm import Warmer
 from pipeline.errors import ClipguardError
+
+if TYPE_CHECKING:
+    from pipeline.hashes.store import BankSnapshot, BankStore
 
 __all__ = ["Studio", "create_app", "studio_of"]
 
@@ -64,6 +67,11 @@ class Studio:
             precision=config.precision,
         )
         self.store = StoreLink(config.store)
+        self._banks: BankStore | None = None
+        if config.banks:  # read now: a broken bank file stops the start, as in a worker
+            from pipeline.hashes.store import BankStore
+
+            self._banks = BankStore(list(config.banks))
         self.warmer = Warmer(self) if config.store is not None and config.warm else None
         self.templates = Jinja2Templates(directory=str(_HERE / "templates"))
         self._file_stamp: tuple[int, int] | None = None
@@ -101,6 +109,15 @@ class Studio:
         """One queued incident by id."""
         self.sync_file()
         return self.queue.get(incident)
+
+    def banks(self) -> BankSnapshot | None:
+        """The banks in force for hash policies (re-read when their files change), or None
+        when the studio was started without ``--banks``."""
+        if self._banks is None:
+            return None
+        with self._lock:
+            self._banks.refresh()
+        return self._banks.snapshot
 
     def page(self, request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         ctx.setdefault("store", self.config.store)

@@ -52,6 +52,7 @@ class StudioConfig:
     flags_topic: str | None = None  # the flags topic, read into the review queue as it grows
     bootstrap_servers: str = "127.0.0.1:9092"  # Kafka, for flags_topic
     store: Path | None = None  # stored frame embeddings (`clipguard store`), when there are
+    banks: tuple[Path, ...] = ()  # hash bank files or folders, for hash policies (kind: hash)
     warm: bool = True  # compute the store's answers in the background (consumers.studio.warm)
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     sample_fps: float = 2.0  # frames a second scored in uploaded videos

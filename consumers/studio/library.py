@@ -1,5 +1,8 @@
 """The policy files the studio serves, read from disk on every request (the files are the
-source of truth), and the live linter the editor calls as the author types."""
+source of truth), and the live linter the editor calls as the author types. CLIP policies and
+hash policies (``kind: hash``) alike: a hash policy's file is kept as :attr:`PolicyFile.hashed`
+(every page that scores with a model reads :attr:`PolicyFile.loaded`, the CLIP policy, and so
+passes it by)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from pipeline.errors import PolicyError
-from pipeline.policies.schema import LoadedPolicy, load_policy, policy_files
+from pipeline.policies.schema import LoadedHashPolicy, LoadedPolicy, load_document, policy_files
 from pipeline.policies.tools.lint import lint_text
 
 __all__ = ["MAX_POLICY_BYTES", "LintProblem", "PolicyFile", "PolicyLibrary", "lint_problems"]
@@ -34,8 +37,14 @@ class PolicyFile:
     path: Path
     text: str
     sha256: str
-    loaded: LoadedPolicy | None
+    loaded: LoadedPolicy | None  # a CLIP policy that loads
     problems: tuple[LintProblem, ...]
+    hashed: LoadedHashPolicy | None = None  # a hash policy that loads
+
+    @property
+    def document(self) -> LoadedPolicy | LoadedHashPolicy | None:
+        """The policy of either kind, when the file loads."""
+        return self.loaded if self.loaded is not None else self.hashed
 
 
 def lint_problems(text: str, path: Path, *, model: str | None = None) -> list[LintProblem]:
@@ -86,13 +95,13 @@ class PolicyLibrary:
         raw = path.read_bytes()[: MAX_POLICY_BYTES + 1]
         text = raw.decode("utf-8", errors="replace")
         problems: list[LintProblem] = []
-        loaded = None
+        loaded: LoadedPolicy | LoadedHashPolicy | None = None
         if len(raw) > MAX_POLICY_BYTES:
             problems.append(LintProblem(0, 0, f"larger than {MAX_POLICY_BYTES} bytes"))
         else:
             problems = lint_problems(text, path, model=self.model)
             try:
-                loaded = load_policy(path)
+                loaded = load_document(path)
             except PolicyError:
                 loaded = None
         return PolicyFile(
@@ -100,6 +109,7 @@ class PolicyLibrary:
             path=path,
             text=text,
             sha256=hashlib.sha256(raw).hexdigest(),
-            loaded=loaded,
+            loaded=loaded if isinstance(loaded, LoadedPolicy) else None,
             problems=tuple(problems),
+            hashed=loaded if isinstance(loaded, LoadedHashPolicy) else None,
         )

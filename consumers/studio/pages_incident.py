@@ -32,7 +32,9 @@ async def incident_page(request: Request, incident: str, studio: StudioDep) -> H
         pf = studio.library.get(found.policy)
     except KeyError:
         pf, note = None, f"no policy file {found.policy} in {studio.library.folder}"
-    if pf is not None and pf.loaded is None:
+    if pf is not None and pf.hashed is not None:
+        note = "a hash policy's incident: no score timeline (its match is a bank entry)"
+    elif pf is not None and pf.loaded is None:
         note = f"{pf.path.name} does not load: fix it to see the timeline"
     elif pf is not None and pf.loaded is not None:
         try:

@@ -13,7 +13,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import BaseModel, ConfigDict, Field
 
 from consumers.studio.app import Studio, studio_of
-from consumers.studio.library import MAX_POLICY_BYTES, PolicyFile, lint_problems
+from consumers.studio.hashes import bank_problems, summary
+from consumers.studio.library import MAX_POLICY_BYTES, LintProblem, PolicyFile, lint_problems
 from consumers.studio.versions import set_lists, set_mode, set_version, yaml_diff
 from pipeline.errors import ClipguardError, PolicyError
 
@@ -34,6 +35,7 @@ def policy_file(studio: Studio, name: str) -> PolicyFile:
 @router.get("/", response_class=HTMLResponse)
 def policies(request: Request, studio: StudioDep) -> HTMLResponse:
     rows = []
+    banks = studio.banks()
     for pf in studio.library.files():
         examples = None
         error = None
@@ -42,20 +44,31 @@ def policies(request: Request, studio: StudioDep) -> HTMLResponse:
                 examples = studio.scorer.examples(pf.loaded)
             except ClipguardError as e:
                 error = str(e)
-        rows.append({"file": pf, "examples": examples, "examples_error": error})
+        hashed = None if pf.hashed is None else summary(pf.hashed.policy, banks)
+        rows.append({"file": pf, "examples": examples, "examples_error": error, "hash": hashed})
     return studio.page(
         request,
         "policies.html",
         rows=rows,
         folder=studio.library.folder,
         backtests=studio.store.last,
+        store_banks=banks is not None,
     )
 
 
 @router.get("/policies/{name}/edit", response_class=HTMLResponse)
 def edit(request: Request, name: str, studio: StudioDep) -> HTMLResponse:
     pf = policy_file(studio, name)
-    return studio.page(request, "edit.html", pf=pf, text=pf.text, problems=pf.problems, error=None)
+    problems = _problems(studio, pf.text, pf)
+    return studio.page(request, "edit.html", pf=pf, text=pf.text, problems=problems, error=None)
+
+
+def _problems(studio: Studio, text: str, pf: PolicyFile) -> list[LintProblem]:
+    """What the linter says of ``text`` as ``pf``'s file, and for a hash policy the banks it
+    names that are not in force."""
+    return lint_problems(text, pf.path, model=studio.config.model) + bank_problems(
+        text, pf.path, studio.banks()
+    )
 
 
 @router.post("/policies/{name}/lint")
@@ -64,7 +77,7 @@ async def lint(request: Request, name: str, studio: StudioDep) -> JSONResponse:
     pf = policy_file(studio, name)
     body = await _bounded_body(request, MAX_POLICY_BYTES)
     text = body.decode("utf-8", errors="replace")
-    problems = lint_problems(text, pf.path, model=studio.config.model)
+    problems = _problems(studio, text, pf)
     return JSONResponse({"problems": [asdict(p) for p in problems]})
 
 
@@ -101,12 +114,12 @@ def save(
     note: Annotated[str, Form(max_length=_MAX_NOTE)] = "",
 ) -> Response:
     pf = policy_file(studio, name)
-    if pf.loaded is None:
+    if pf.document is None:
         raise HTTPException(409, "the file on disk does not load; fix it in a text editor")
     text = text.replace("\r\n", "\n")
     try:
         studio.writer.write(
-            pf.loaded,
+            pf.document,
             text,
             base_sha256=base,
             who=studio.who(request),
@@ -115,7 +128,7 @@ def save(
             model=studio.config.model,
         )
     except PolicyError as e:
-        problems = lint_problems(text, pf.path, model=studio.config.model)
+        problems = _problems(studio, text, pf)
         return studio.page(
             request, "edit.html", status=400, pf=pf, text=text, problems=problems, error=str(e)
         )
@@ -125,10 +138,10 @@ def save(
 @router.get("/policies/{name}/promote", response_class=HTMLResponse)
 def promote_page(request: Request, name: str, studio: StudioDep) -> HTMLResponse:
     pf = policy_file(studio, name)
-    if pf.loaded is None:
+    if pf.document is None:
         raise HTTPException(409, "the policy does not load; fix it first")
-    target = "enforce" if pf.loaded.policy.mode == "shadow" else "shadow"
-    new = set_version(set_mode(pf.text, target), pf.loaded.policy.version + 1)
+    target = "enforce" if pf.document.policy.mode == "shadow" else "shadow"
+    new = set_version(set_mode(pf.text, target), pf.document.policy.version + 1)
     return studio.page(
         request,
         "promote.html",
@@ -150,16 +163,16 @@ def promote(
     note: Annotated[str, Form(max_length=_MAX_NOTE)] = "",
 ) -> Response:
     pf = policy_file(studio, name)
-    if pf.loaded is None:
+    if pf.document is None:
         raise HTTPException(409, "the policy does not load; fix it first")
-    new = set_version(set_mode(pf.text, target), pf.loaded.policy.version + 1)
+    new = set_version(set_mode(pf.text, target), pf.document.policy.version + 1)
     error = None
     if not note.strip():
         error = "write a note: why this change, and what you checked before making it"
     else:
         try:
             studio.writer.write(
-                pf.loaded,
+                pf.document,
                 new,
                 base_sha256=base,
                 who=studio.who(request),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -17,6 +17,9 @@ from consumers.studio.preparing import PAGE_WAIT_S, NotReady
 from consumers.studio.scoring import DEMO_MODEL
 from pipeline.errors import ClipguardError
 from pipeline.policies.schema import LoadedPolicies
+
+if TYPE_CHECKING:
+    from pipeline.hashes.store import BankSnapshot
 
 __all__ = ["router"]
 
@@ -32,17 +35,16 @@ async def backtest(request: Request, studio: StudioDep, run: bool = False) -> HT
     result: dict[str, Any] | None = None
     error = None
     preparing: NotReady | None = None
-    loaded = [pf.loaded for pf in studio.library.files() if pf.loaded is not None]
-    models = sorted({studio.scorer.model_name(lp) for lp in loaded})
+    policies, models = _policies(studio)
     if run and status.ready:
         try:
-            if len(models) != 1:
-                raise HTTPException(400, "the policies name several models: pass --model")
+            banks = await run_in_threadpool(studio.banks)
             result = await run_in_threadpool(
                 studio.store.backtest,
-                LoadedPolicies(loaded),
+                policies,
                 studio.scorer,
-                models[0],
+                _model(models),
+                banks,
                 PAGE_WAIT_S,
                 studio.labels.path,
             )
@@ -50,13 +52,14 @@ async def backtest(request: Request, studio: StudioDep, run: bool = False) -> HT
             preparing = e
         except ClipguardError as e:
             error = str(e)
+    kinds = [*models, *(["hash policies"] if policies.hashes else [])]
     return studio.page(
         request,
         "backtest.html",
         status_=status,
         result=result,
         error=error,
-        models=models,
+        models=kinds,
         preparing=preparing,
     )
 
@@ -64,37 +67,52 @@ async def backtest(request: Request, studio: StudioDep, run: bool = False) -> HT
 @router.get("/store/preparing")
 def preparing(studio: StudioDep) -> JSONResponse:
     """Whether the store's slow answers are still being prepared, and how far (a page waiting
-    for one asks, and reloads once nothing is)."""
+    for one asks, and reloads once it is no longer being prepared)."""
     busy, status = studio.store.preparation.status()
     return JSONResponse({"busy": busy, "status": status})
+
+
+def _policies(studio: Studio) -> tuple[LoadedPolicies, list[str]]:
+    """The policy files that load, of both kinds, and the models the CLIP ones score with."""
+    files = studio.library.files()
+    loaded = [pf.loaded for pf in files if pf.loaded is not None]
+    hashes = [pf.hashed for pf in files if pf.hashed is not None]
+    return LoadedPolicies(loaded, hashes), sorted({studio.scorer.model_name(lp) for lp in loaded})
+
+
+def _model(models: list[str]) -> str | None:
+    """The one model of the CLIP policies (None: there are none)."""
+    if len(models) > 1:
+        raise HTTPException(400, "the policies name several models: pass --model")
+    return models[0] if models else None
 
 
 @router.post("/store/queue")
 async def queue_from_store(studio: StudioDep) -> Response:
     """Queue for review what the policy files as they are now find in the stored frames
     (shadow policies included: the only way to review what a shadow policy would flag)."""
-    loaded = [pf.loaded for pf in studio.library.files() if pf.loaded is not None]
-    models = sorted({studio.scorer.model_name(lp) for lp in loaded})
-    if len(models) != 1:
-        raise HTTPException(400, "the policies name several models: pass --model")
-    policies = LoadedPolicies(loaded)
+    policies, models = _policies(studio)
+    banks = await run_in_threadpool(studio.banks)
+    model = _model(models)
     try:
         found = await run_in_threadpool(
-            studio.store.incidents, policies, studio.scorer, models[0], PAGE_WAIT_S
+            studio.store.incidents, policies, studio.scorer, model, banks, PAGE_WAIT_S
         )
     except NotReady:  # queued once the backtest is ready; the Review page shows the progress
         studio.store.preparation.later(
             "queuing the store's incidents",
-            lambda: _queue_when_ready(studio, policies, models[0]),
+            lambda: _queue_when_ready(studio, policies, model, banks),
         )
         return RedirectResponse("/review?queuing=1", status_code=303)
     await run_in_threadpool(studio.queue.add, found)
     return RedirectResponse(f"/review?imported={len(found)}", status_code=303)
 
 
-def _queue_when_ready(studio: Studio, policies: LoadedPolicies, model: str) -> None:
+def _queue_when_ready(
+    studio: Studio, policies: LoadedPolicies, model: str | None, banks: BankSnapshot | None
+) -> None:
     try:
-        studio.queue.add(studio.store.incidents(policies, studio.scorer, model))
+        studio.queue.add(studio.store.incidents(policies, studio.scorer, model, banks))
     except ClipguardError as e:
         _log.warning("studio: could not queue the store's incidents: %s", e)
 

@@ -27,11 +27,13 @@ from consumers.studio.incidents import StudioIncident, incident_id
 from consumers.studio.preparing import Preparation
 from consumers.studio.traffic import Count, TrafficCache, TrafficScores
 from pipeline.errors import ClipguardError, ConfigError, StoreError
+from pipeline.policies.hashing import check_banks
 from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
 from pipeline.policies.tools.judging import compile_policies
 
 if TYPE_CHECKING:
     from consumers.studio.scoring import Scorer
+    from pipeline.hashes.store import BankSnapshot
 
 __all__ = ["MAX_QUEUED", "SAMPLE", "StoreLink", "StoreStatus"]
 
@@ -114,16 +116,18 @@ class StoreLink:
         self,
         loaded: LoadedPolicies,
         scorer: Scorer,
-        model_name: str,
+        model_name: str | None,
+        banks: BankSnapshot | None = None,
         wait: float | None = None,
         labels: Path | None = None,
     ) -> dict[str, Any]:
         """Backtest the policy files as they are now against the sets stored with the frames:
-        the store's JSON result, with each listed incident's peak thumbnail place
-        (:class:`~consumers.studio.preparing.NotReady` when it takes over ``wait`` seconds),
-        scored against the review labels in ``labels`` (``review``: per label, precision and
-        recall of both versions) when given."""
-        result = self._backtest(loaded, scorer, model_name, wait)
+        the store's JSON result, with each listed incident's peak thumbnail place. Hash
+        policies are matched against ``banks``; ``model_name`` may be None when there are only
+        hash policies. :class:`~consumers.studio.preparing.NotReady` when it takes over
+        ``wait`` seconds; scored against the review labels in ``labels`` (``review``: per
+        label, precision and recall of both versions) when given."""
+        result = self._backtest(loaded, scorer, model_name, banks, wait)
         data: dict[str, Any] = result.to_json()
         if labels is not None and labels.is_file():
             truth = importlib.import_module("pipeline.store.groundtruth")
@@ -144,12 +148,13 @@ class StoreLink:
         self,
         loaded: LoadedPolicies,
         scorer: Scorer,
-        model_name: str,
+        model_name: str | None,
+        banks: BankSnapshot | None = None,
         wait: float | None = None,
     ) -> list[StudioIncident]:
         """What the policy files as they are now find in the stored frames (shadow labels
         included), as review-queue incidents, at most :data:`MAX_QUEUED` of them."""
-        result = self._backtest(loaded, scorer, model_name, wait)
+        result = self._backtest(loaded, scorer, model_name, banks, wait)
         return [
             StudioIncident(
                 id=incident_id(i.stream_id, i.policy, i.label, i.start_ts),
@@ -166,7 +171,7 @@ class StoreLink:
                 peak_score=i.peak_score,
                 threshold=i.threshold,
                 top_prompt=i.top_prompt,
-                model=model_name,
+                model=result.model,
                 origin="store",
                 event_id=i.event_id,
             )
@@ -174,45 +179,72 @@ class StoreLink:
         ]
 
     def _backtest(
-        self, loaded: LoadedPolicies, scorer: Scorer, model_name: str, wait: float | None
+        self,
+        loaded: LoadedPolicies,
+        scorer: Scorer,
+        model_name: str | None,
+        banks: BankSnapshot | None,
+        wait: float | None = None,
     ) -> Any:
-        """The store's backtest of ``loaded``, kept until the policies or the store's files
-        change (a page shown again, or queued from, costs nothing). Loading the model and
-        compiling the policies are part of the question (a page does not wait for them)."""
+        """The store's backtest of ``loaded`` (CLIP policies with ``model_name``'s stored
+        frames, hash policies against ``banks``), kept until the policies, the banks or the
+        store's files change (a page shown again, or queued from, costs nothing). Loading the
+        model and compiling the policies are part of the prepared question (a page does not
+        wait for them: :class:`~consumers.studio.preparing.NotReady` after ``wait`` s)."""
         store = self._open()
-        question = (
-            "backtest",
-            tuple(lp.sha256 for lp in loaded),
-            model_name,
+        if len(loaded) and model_name is None:
+            raise ConfigError("say which model scores the CLIP policies: pass --model")
+        if loaded.hashes:
+            if banks is None:
+                raise ConfigError("hash policies need banks: start the studio with --banks DIR")
+            check_banks(loaded.hashes, frozenset(banks.banks))
+        key = (
+            loaded.digest,
+            model_name or "",
+            "" if not loaded.hashes or banks is None else banks.digest,
             self._stamp(store),
         )
         with self._lock:
-            kept = self._answers.get(question)
-            if kept is not None and kept in self._backtests:
-                return self._backtests[kept]
+            if key in self._backtests:
+                return self._backtests[key]
 
         def make(progress: Any) -> Any:
-            model = scorer.model(model_name)
-            policies = compile_policies(loaded, model, scorer.cache_dir)
-            key = (policies.id, model_name, model.fingerprint(), question[-1])
             with self._lock:
-                self._remember(question, key)
                 if key in self._backtests:
                     return self._backtests[key]
-            result = self._module.backtest(
-                policies,
-                store,
-                model=model_name,
-                weights_sha256=model.fingerprint(),
-                progress=progress,
-            )
+            results = []
+            if len(loaded):
+                assert model_name is not None
+                model = scorer.model(model_name)
+                policies = compile_policies(loaded, model, scorer.cache_dir)
+                results.append(
+                    self._module.backtest(
+                        policies,
+                        store,
+                        model=model_name,
+                        weights_sha256=model.fingerprint(),
+                        progress=progress,
+                    )
+                )
+            if loaded.hashes:
+                hashbacktest = importlib.import_module("pipeline.store.hashbacktest")
+                flt = self._module.FrameFilter(model=model_name if len(loaded) else None)
+                results.append(
+                    hashbacktest.backtest_hashes(
+                        loaded, store, banks, flt=flt, allow_empty=bool(len(loaded))
+                    )
+                )
+                if len(results) == 2:
+                    results = [hashbacktest.combine(*results)]
+            result = results[0]
             with self._lock:
                 self._backtests = {key: result}  # the last one: the policies as they are now
             return result
 
-        total = self.status().frames.get(model_name, 0)
+        frames = self.status().frames
+        total = frames.get(model_name, 0) if model_name else sum(frames.values())
         what = "the backtest of the policy files"
-        return self.preparation.get(question, what, total, make, wait)
+        return self.preparation.get(("backtest", *key), what, total, make, wait)
 
     def _remember(self, question: tuple[Any, ...], key: tuple[Any, ...]) -> None:
         """Which cache key answers ``question`` (the last few; under the lock)."""

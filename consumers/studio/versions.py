@@ -18,7 +18,7 @@ import yaml
 
 from consumers.studio.audit import AuditEntry, AuditLog
 from pipeline.errors import PolicyError
-from pipeline.policies.schema import LoadedPolicy, load_policy, parse_policy
+from pipeline.policies.schema import LoadedHashPolicy, LoadedPolicy, load_document, parse_document
 from pipeline.policies.tools.lint import lint_text
 from pipeline.policies.tools.nodes import child, label_node
 
@@ -35,7 +35,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Written:
-    policy: LoadedPolicy
+    policy: LoadedPolicy | LoadedHashPolicy
     entry: AuditEntry
 
 
@@ -83,7 +83,7 @@ class PolicyWriter:
 
     def write(
         self,
-        lp: LoadedPolicy,
+        lp: LoadedPolicy | LoadedHashPolicy,
         new_text: str,
         *,
         base_sha256: str,
@@ -106,8 +106,8 @@ class PolicyWriter:
                 "reload the page and make your change again"
             )
         old = old_raw.decode("utf-8")
-        current = parse_policy(old, path=path).version
-        policy = parse_policy(new_text, path=path)
+        current = parse_document(old, path=path).version
+        policy = parse_document(new_text, path=path)
         if policy.version <= current:
             new_text = set_version(new_text, current + 1)
         if new_text == old:
@@ -116,7 +116,7 @@ class PolicyWriter:
         if not report.ok:
             raise PolicyError("\n".join(report.errors))
         diff = yaml_diff(old, new_text, path.name)
-        new_version = parse_policy(new_text, path=path).version
+        new_version = parse_document(new_text, path=path).version
         folder = self.history_dir / lp.policy.id
         folder.mkdir(parents=True, exist_ok=True)
         keep = folder / f"v{current}.yaml"
@@ -134,7 +134,7 @@ class PolicyWriter:
             note=note,
             diff=diff,
         )
-        return Written(policy=load_policy(path), entry=entry)
+        return Written(policy=load_document(path), entry=entry)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

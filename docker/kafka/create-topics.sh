@@ -10,6 +10,8 @@
 #   TOPIC_PARTITIONS     partitions of every other topic           (default 1)
 #   MAX_MESSAGE_BYTES    largest record on segments and dlq        (default 20971520, 20 MiB)
 #   SEGMENT_RETENTION_MS how long input segments are kept          (default 86400000, 1 day)
+#   COMMAND_CONFIG       client properties for a secured broker     (default none: PLAINTEXT;
+#                        (SASL), as sasl-setup.sh passes them        see compose.sasl.yaml)
 set -euo pipefail
 
 BOOTSTRAP="${BOOTSTRAP:-kafka:9092}"
@@ -18,6 +20,7 @@ TOPIC_PARTITIONS="${TOPIC_PARTITIONS:-1}"
 MAX_MESSAGE_BYTES="${MAX_MESSAGE_BYTES:-20971520}"
 SEGMENT_RETENTION_MS="${SEGMENT_RETENTION_MS:-86400000}"
 KAFKA_TOPICS="${KAFKA_TOPICS:-/opt/kafka/bin/kafka-topics.sh}"
+COMMAND_CONFIG="${COMMAND_CONFIG:-}"
 
 for count in "$SEGMENT_PARTITIONS" "$TOPIC_PARTITIONS"; do
     if ! [[ "$count" =~ ^[1-9][0-9]*$ ]]; then
@@ -27,7 +30,7 @@ for count in "$SEGMENT_PARTITIONS" "$TOPIC_PARTITIONS"; do
 done
 
 topics() {
-    "$KAFKA_TOPICS" --bootstrap-server "$BOOTSTRAP" "$@"
+    "$KAFKA_TOPICS" --bootstrap-server "$BOOTSTRAP" ${COMMAND_CONFIG:+--command-config "$COMMAND_CONFIG"} "$@"
 }
 
 partition_count() {

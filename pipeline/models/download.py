@@ -25,6 +25,12 @@ file in Hugging Face's own layout, from ``https://huggingface.co`` or from the m
 into ``{cache}/{model name}/{file}``. A file whose registry entry has no SHA-256 downloads
 unverified, with a warning (still through a ``.part`` file and an atomic rename).
 
+OpenAI's releases are TorchScript archives, which run code when read: once the archive's
+SHA-256 is confirmed it is converted to safetensors (``ViT-B-32.pt`` -> ``ViT-B-32.safetensors``
+and its record, :mod:`pipeline.models.to_safetensors`), the only form workers load, and the
+archive is deleted (kept with ``keep_archive``). A verified conversion already in the cache is
+not downloaded again.
+
 Weights under a restricted licence are refused unless it is accepted
 (:mod:`pipeline.models.licenses`).
 """
@@ -120,6 +126,7 @@ def download_model(
     force: bool = False,
     progress: _Progress | None = None,
     accept_licenses: Iterable[str] | None = None,
+    keep_archive: bool = False,
 ) -> Path:
     """Download the weights of registry model ``name`` into the cache and return their path.
 
@@ -128,7 +135,8 @@ def download_model(
     ``CLIPGUARD_CACHE_DIR`` to use another cache directory.
 
     Hugging Face models fetch every file the entry lists (weights, config, tokenizer) into
-    one folder; the weights file's path is returned.
+    one folder; the weights file's path is returned. OpenAI archives are converted to
+    safetensors (the path returned) and deleted, unless ``keep_archive``.
 
     Raises:
         ConfigError: ``name`` is not a registry model, or it is bundled with clipguard (its
@@ -146,6 +154,8 @@ def download_model(
     check_license(info.name, info.license, accept=accept_licenses)
     if info.hf is not None:
         return _download_hf(info, force=force, progress=progress)
+    if info.is_archive:
+        return _download_archive(info, force=force, progress=progress, keep=keep_archive)
     url = _model_url(info)
     dest = info.path()
     _log.info("fetching %s from %s to %s", name, url, dest)
@@ -153,6 +163,33 @@ def download_model(
         _check_url(url)
         return _fetch(url, dest, expected=_normalize_sha256(info.sha256), progress=progress)
     return download_file(url, dest, sha256=info.sha256, progress=progress)
+
+
+def _download_archive(
+    info: ModelInfo, *, force: bool, progress: _Progress | None, keep: bool
+) -> Path:
+    """An OpenAI archive fetched (unless its verified conversion is cached), converted to
+    safetensors and, unless ``keep``, deleted; the converted file's path."""
+    from pipeline.models.to_safetensors import convert_registry_archive, registry_conversion_ok
+
+    if not force and registry_conversion_ok(info):
+        _log.info("%s is converted and verified at %s; not downloading", info.name, info.path())
+        return info.path()
+    archive = info.archive_path()
+    assert archive is not None
+    url = _model_url(info)
+    _log.info("fetching %s from %s to %s", info.name, url, archive)
+    if force:
+        _check_url(url)
+        _fetch(url, archive, expected=_normalize_sha256(info.sha256), progress=progress)
+    else:
+        download_file(url, archive, sha256=info.sha256, progress=progress)
+    converted = convert_registry_archive(info, archive)
+    if not keep:
+        for leftover in (archive, archive.with_name(f".{archive.name}.sha256.json")):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
+    return converted.path
 
 
 def _download_hf(info: ModelInfo, *, force: bool, progress: _Progress | None) -> Path:

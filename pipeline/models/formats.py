@@ -3,11 +3,12 @@
 Formats understood, told apart by content, never by trusting the file name alone:
 
 - OpenAI's TorchScript archives (the released ``.pt`` files): a zip holding ``code/`` and
-  ``constants.pkl``. TorchScript cannot be loaded with ``weights_only``; only load archives
-  from a source you trust (the registry checks their SHA-256 on download).
+  ``constants.pkl``. Reading one runs the code inside it, so only an archive whose SHA-256 the
+  registry publishes is read; any other is refused (:mod:`pipeline.models.torchfiles`).
+  Downloads convert them to safetensors, which is what workers load.
 - Plain PyTorch state dicts (``torch.save(model.state_dict())``), loaded with
-  ``weights_only=True``; a ``{"state_dict": ...}`` wrapper and a ``module.`` prefix (open_clip
-  training checkpoints) are unwrapped.
+  ``weights_only=True`` only; a ``{"state_dict": ...}`` wrapper and a ``module.`` prefix
+  (open_clip training checkpoints) are unwrapped.
 - safetensors: OpenAI-layout keys (open_clip's ``open_clip_model.safetensors``, our demo model),
   or Hugging Face ``CLIPModel`` keys (``model.safetensors``), mapped onto ours. A
   ``config.json`` beside a Hugging Face file supplies head counts and the activation; an
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ import torch
 from pipeline.errors import WeightsFormatError, WeightsNotFound
 from pipeline.models.configs import Activation
 from pipeline.models.openclip import CONFIG_NAME, read_open_clip_config, vision_heads_for_width
+from pipeline.models.torchfiles import is_torchscript, read_archive, read_pickled
 
 __all__ = [
     "RawWeights",
@@ -51,14 +52,6 @@ class WeightsFile:
     activation: Activation = "quick_gelu"
     image_mean: tuple[float, float, float] | None = None  # from an open_clip config, if any
     image_std: tuple[float, float, float] | None = None
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -195,29 +188,32 @@ class RawWeights:
     state_dict: dict[str, torch.Tensor]  # the file's own keys (wrappers and prefixes removed)
     format: str  # "safetensors", "openai-torchscript" or "state-dict"
     metadata: dict[str, str]  # safetensors string metadata ({} for other formats)
+    archive_sha256: str | None = None  # a TorchScript archive's SHA-256 (a registry digest)
 
 
 def read_state_dict(path: str | Path) -> RawWeights:
     """Read any supported weights file into tensors on the CPU, keys as the file has them.
 
     Model-family code maps the keys (CLIP: :func:`read_weights`; SigLIP:
-    :mod:`pipeline.models.siglip_formats`)."""
+    :mod:`pipeline.models.siglip_formats`). A TorchScript archive is read only when its SHA-256
+    is a registry digest (else :class:`~pipeline.errors.UntrustedWeights`), a pickle only with
+    ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFound(f"no weights file at {path}")
+    digest: str | None = None
+    meta: dict[str, str] = {}
     try:
         if _is_safetensors(path):
             sd, meta = _read_safetensors(path)
             fmt = "safetensors"
-        elif _is_torchscript(path):
-            archive = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+        elif is_torchscript(path):
+            archive, digest = read_archive(path)
             sd = {k: v.detach().clone() for k, v in archive.state_dict().items()}
             fmt = "openai-torchscript"
-            meta = {}
         else:
-            sd = _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
+            sd = _unwrap(read_pickled(path), path)
             fmt = "state-dict"
-            meta = {}
     except (WeightsFormatError, WeightsNotFound):
         raise
     except Exception as e:  # torch and safetensors raise many types for a bad file
@@ -225,7 +221,9 @@ def read_state_dict(path: str | Path) -> RawWeights:
             f"{path}: not a readable weights file (TorchScript archive, PyTorch state "
             f"dict or safetensors): {type(e).__name__}: {e}"
         ) from e
-    return RawWeights(state_dict=_unwrap(sd, path), format=fmt, metadata=meta)
+    return RawWeights(
+        state_dict=_unwrap(sd, path), format=fmt, metadata=meta, archive_sha256=digest
+    )
 
 
 def read_weights(path: str | Path) -> WeightsFile:

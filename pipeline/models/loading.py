@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import ConfigError, WeightsFormatError, WeightsNotFound
+from pipeline.errors import ChecksumMismatch, ConfigError, WeightsFormatError, WeightsNotFound
 from pipeline.models.formats import RawWeights, read_state_dict, weights_from_raw
 from pipeline.models.integrity import verified_sha256
 from pipeline.models.licenses import check_license
@@ -28,6 +28,7 @@ from pipeline.models.registry import (
 )
 from pipeline.models.siglip import SigLIP
 from pipeline.models.siglip_formats import build_siglip, is_siglip_state_dict, siglip_weights
+from pipeline.models.to_safetensors import SOURCE_KEY, converted_sha256
 
 __all__ = ["WEIGHTS_FILE_NAMES", "load_clip", "load_model", "model_identity", "save_clip"]
 
@@ -103,11 +104,14 @@ def load_model(
         if name_or_path in known:  # refuse before looking for (or at) the weights
             check_license(name_or_path, known[name_or_path].license, accept=accept_licenses)
     path, info = _locate(name_or_path)
-    # a registry file is checked before anything parses it (pickles and archives run code)
-    cached = info is not None and not info.bundled and info.hf is None and bool(info.sha256)
-    expected = info.sha256 if cached and info is not None else None
-    weights_sha256 = verified_sha256(path, expected, remember=cached)
+    weights_sha256 = _verify(path, info)
     raw = read_state_dict(path)
+    if info is not None and info.is_archive and raw.metadata.get(SOURCE_KEY) != info.sha256:
+        raise ChecksumMismatch(
+            f"{path}: its metadata names source SHA-256 {raw.metadata.get(SOURCE_KEY)!r}, not "
+            f"the registry's {info.sha256} for {info.name}; convert it again with `clipguard "
+            f"models download {info.name} --force`"
+        )
     model: CLIP | SigLIP
     if is_siglip_state_dict(raw.state_dict):
         weights = siglip_weights(raw.state_dict, path, image_size=image_size)
@@ -144,6 +148,20 @@ def load_model(
         dtype,
     )
     return model
+
+
+def _verify(path: Path, info: ModelInfo | None) -> str:
+    """Check a registry file before anything parses it; the SHA-256 that names its weights.
+
+    An OpenAI entry is its converted safetensors file, which must be the one its conversion
+    record names (and is named by the archive's registry digest, as before conversion); other
+    cached entries are compared with their registry digest; anything else is only hashed."""
+    if info is not None and info.is_archive:
+        verified_sha256(path, converted_sha256(info))
+        return info.sha256.lower()
+    cached = info is not None and not info.bundled and info.hf is None and bool(info.sha256)
+    expected = info.sha256 if cached and info is not None else None
+    return verified_sha256(path, expected, remember=cached)
 
 
 def _build_clip(
@@ -186,7 +204,8 @@ def load_clip(
     dtype: torch.dtype = torch.float32,
 ) -> CLIP:
     """Load CLIP from a registry name (``"ViT-B/32"``, ``"clipguard-demo"``) or a weights file
-    (OpenAI TorchScript ``.pt``, a state dict, open_clip or Hugging Face safetensors).
+    (a state dict, open_clip or Hugging Face safetensors, or an OpenAI TorchScript ``.pt``
+    whose SHA-256 is a registry release; any other archive is refused).
 
     The model comes back on ``device`` in ``dtype``, in eval mode with gradients off. A
     registry model whose weights are not cached raises :class:`WeightsNotFound` naming the

@@ -7,6 +7,11 @@ inside the package. SigLIP, SigLIP 2 and open_clip checkpoints hosted on Hugging
 listed in :mod:`pipeline.models.zoo` (repository, revision and files). Each entry names its
 family and licence. Weights are cached under ``$CLIPGUARD_CACHE_DIR`` if set, else
 ``$XDG_CACHE_HOME/clipguard/models``, else ``~/.cache/clipguard/models``.
+
+OpenAI publishes TorchScript archives (``ViT-B-32.pt``), which only code can read. They are
+converted to safetensors when downloaded (:mod:`pipeline.models.to_safetensors`): an OpenAI
+entry's :meth:`ModelInfo.path` is the converted file (``ViT-B-32.safetensors``), what workers
+load; :meth:`ModelInfo.archive_path` is where the archive is downloaded to.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ __all__ = [
     "cache_dir",
     "get_model_info",
     "list_models",
+    "registry_archive_digests",
     "resolve_weights",
 ]
 
@@ -113,11 +119,23 @@ class ModelInfo:
         depths = vis.layers if isinstance(vis.layers, tuple) else (vis.layers,)
         return f"ResNet {'-'.join(str(n) for n in depths)} w{vis.width}"
 
+    @property
+    def is_archive(self) -> bool:
+        """Downloaded as an OpenAI TorchScript archive and converted to safetensors."""
+        return not self.bundled and self.hf is None and self.filename.endswith(".pt")
+
     def path(self) -> Path:
-        """Where this model's weights are expected on disk (they may not be there)."""
+        """Where this model's weights are expected on disk (they may not be there): for an
+        OpenAI archive, the safetensors file it is converted to."""
         if self.bundled:
             return Path(str(resources.files("pipeline.models") / "data" / self.filename))
+        if self.is_archive:
+            return cache_dir() / f"{self.filename.removesuffix('.pt')}.safetensors"
         return cache_dir() / self.filename
+
+    def archive_path(self) -> Path | None:
+        """Where an OpenAI archive is downloaded to (None for other entries)."""
+        return cache_dir() / self.filename if self.is_archive else None
 
     def is_available(self) -> bool:
         return self.path().is_file()
@@ -283,6 +301,12 @@ def get_model_info(name: str) -> ModelInfo:
         raise ConfigError(f"unknown model {name!r}; known models: {known}") from None
 
 
+def registry_archive_digests() -> frozenset[str]:
+    """The SHA-256 of every TorchScript archive the registry lists: the only archives clipguard
+    ever lets TorchScript read (an archive runs the code it carries)."""
+    return frozenset(m.sha256.lower() for m in _all_models().values() if m.is_archive and m.sha256)
+
+
 def resolve_weights(name: str) -> Path:
     """The local weights file of registry model ``name``, or a WeightsNotFound that says where
     they were expected and which command fetches them."""
@@ -290,6 +314,13 @@ def resolve_weights(name: str) -> Path:
     path = info.path()
     if path.is_file():
         return path
+    archive = info.archive_path()
+    if archive is not None and archive.is_file():
+        raise WeightsNotFound(
+            f"{name} is cached only as the TorchScript archive {archive}, which workers do not "
+            f"load; convert it to {path} with `clipguard models download {name}` (nothing is "
+            "downloaded when the archive verifies)"
+        )
     if info.bundled:
         raise WeightsNotFound(
             f"the bundled weights of {name} are missing from the installed package "

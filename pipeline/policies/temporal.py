@@ -62,6 +62,7 @@ __all__ = [
     "Mode",
     "Rules",
     "StreamTemporalState",
+    "incident_event_id",
     "temporal_rules",
 ]
 
@@ -105,13 +106,20 @@ class IncidentEvent:
 
     def event_id(self, stream_id: str, policy_version: int) -> str:
         """A UUID naming the incident: the same for its open and closed events, and for the
-        same incident found again when a stream is replayed. ``start_ts`` counts to the
-        millisecond."""
-        name = json.dumps(
-            [stream_id, self.policy, policy_version, self.label, round(self.start_ts * 1000)],
-            separators=(",", ":"),
-        )
-        return str(uuid.uuid5(EVENT_NAMESPACE, name))
+        same incident found again when a stream is replayed (:func:`incident_event_id`)."""
+        return incident_event_id(stream_id, self.policy, policy_version, self.label, self.start_ts)
+
+
+def incident_event_id(
+    stream_id: str, policy: str, policy_version: int, label: str, start_ts: float
+) -> str:
+    """The event id of the incident of ``policy/label`` (that version) in a stream starting at
+    ``start_ts``: a uuid5 of them, ``start_ts`` counted to the millisecond."""
+    name = json.dumps(
+        [stream_id, policy, policy_version, label, round(start_ts * 1000)],
+        separators=(",", ":"),
+    )
+    return str(uuid.uuid5(EVENT_NAMESPACE, name))
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,6 +41,12 @@ own name: it loads the hashing libraries)::
     found = match_stored_frames(store, bank_snapshot.matcher, banks=["known"], flt=flt)
     found.frames, found.hashed, found.matches        # StoredMatch: frame, stream, ts, entry
 
+Backtesting hash policies (:mod:`pipeline.store.hashbacktest`, imported by its own name too):
+the same :class:`BacktestResult`, each incident with the bank entry matched at its peak::
+
+    from pipeline.store.hashbacktest import backtest_hashes
+    result = backtest_hashes(load_policies(["edited/"]), store, bank_snapshot, flt=flt)
+
 Searching (:mod:`pipeline.store.search`)::
 
     from pipeline.store import search

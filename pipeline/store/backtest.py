@@ -40,10 +40,16 @@ from pipeline.errors import StoreError
 from pipeline.policies.schema import Temporal
 from pipeline.policies.score import CompiledLabel
 from pipeline.policies.snapshot import PolicySet
-from pipeline.policies.temporal import IncidentEvent
+from pipeline.policies.temporal import incident_event_id
 from pipeline.store.cosines import CosineKernel
 from pipeline.store.query import FrameFilter, FrameStore
-from pipeline.store.results import HISTOGRAM_BINS, BacktestResult, Incident, LabelDiff
+from pipeline.store.results import (
+    HISTOGRAM_BINS,
+    BacktestResult,
+    Incident,
+    LabelDiff,
+    fill_diffs,
+)
 from pipeline.store.schema import embeddings_of
 from pipeline.store.temporal import StreamLayout, find_incidents
 
@@ -259,8 +265,11 @@ class _Stacked:
     batch for all of them."""
 
     ids: tuple[str, ...] = ()
-    matrix: _F32 = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    matrix: _F32 = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (E, unique)
     offsets: list[int] = field(default_factory=list)  # first row of each baseline set
+    # the stacked row each column of the product stands for: a row that several sets share
+    # (an edit that changes thresholds changes no prompt) is multiplied once; None: all unique
+    columns: npt.NDArray[np.intp] | None = None
 
 
 def _cosines(
@@ -276,9 +285,17 @@ def _cosines(
     ids = (policies.id, *(s.id for s in sets))
     if ids != st.ids:
         blocks = [policies.compiled.matrix, *(s.compiled.matrix for s in sets)]
-        st.ids, st.matrix = ids, np.ascontiguousarray(np.concatenate(blocks).T)  # (E, rows)
+        rows = np.concatenate(blocks)
+        _, first, columns = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        keep = np.sort(first)  # the unique rows in stacked order
+        st.ids = ids
+        st.matrix = np.ascontiguousarray(rows[keep].T)  # (E, unique rows)
+        place = np.empty(len(rows), np.intp)
+        place[keep] = np.arange(len(keep))
+        st.columns = None if len(keep) == len(rows) else place[first[columns.ravel()]]
         st.offsets = list(np.cumsum([len(b) for b in blocks])[:-1])
-    return kernel.unit_cosines(emb, st.matrix)
+    c = kernel.unit_cosines(emb, st.matrix)
+    return c if st.columns is None else c[:, st.columns]
 
 
 def _score_baseline(out: _Read, c: _F32, codes: _I64, offsets: Sequence[int]) -> None:
@@ -519,23 +536,13 @@ def _incidents(
             known = facts.get(origin, lab)
         stream_id = names[int(order.stream[start])]
         start_ts = float(order.ts[start])
-        event = IncidentEvent(
-            state="closed",
-            policy=known.policy,
-            label=known.label,
-            start_ts=start_ts,
-            end_ts=float(order.ts[end]),
-            peak_score=0.0,
-            peak_ts=0.0,
-            threshold=None,
-            margin=None,
-            top_prompt=None,
-        )
         margin = float(arrays.margin[row])
         seq, frame_index, tile = (int(v) for v in order.place[row])
         out.append(
             Incident(
-                event_id=event.event_id(stream_id, known.version),
+                event_id=incident_event_id(
+                    stream_id, known.policy, known.version, known.label, start_ts
+                ),
                 stream_id=stream_id,
                 policy=known.policy,
                 label=known.label,
@@ -599,57 +606,5 @@ def _diff(
         for lab in s.compiled.labels:
             if lab.key not in out:
                 out[lab.key] = LabelDiff(key=lab.key, mode="", kind=lab.kind, cutoff=lab.cutoff)
-    for key, d in out.items():
-        mine = [i for i in new_found if i.key == key]
-        theirs = [i for i in old_found if i.key == key]
-        d.incidents, d.baseline_incidents = len(mine), len(theirs)
-        _match(d, mine, theirs)
-        a, b = new.get(key), old.get(key)
-        d.frames_passing = 0 if a is None else int(a.passed.sum())
-        d.baseline_frames_passing = 0 if b is None else int(b.passed.sum())
-        _histograms(d, None if a is None else a.score, None if b is None else b.score)
+    fill_diffs(out, new, old, new_found, old_found)
     return out
-
-
-def _match(d: LabelDiff, mine: Sequence[Incident], theirs: Sequence[Incident]) -> None:
-    """Fill ``d``'s added, removed, changed and unchanged from one label's incidents."""
-    by_stream: dict[str, list[Incident]] = {}
-    for i in theirs:
-        by_stream.setdefault(i.stream_id, []).append(i)
-    matched: set[int] = set()
-    for i in mine:
-        overlapping = [o for o in by_stream.get(i.stream_id, []) if i.overlaps(o)]
-        matched.update(id(o) for o in overlapping)
-        if not overlapping:
-            d.added.append(i)
-        elif len(overlapping) == 1 and (overlapping[0].start_ts, overlapping[0].end_ts) == (
-            i.start_ts,
-            i.end_ts,
-        ):
-            d.unchanged += 1
-        else:
-            d.changed.append((i, overlapping))
-    d.removed = [o for o in theirs if id(o) not in matched]
-
-
-def _histograms(d: LabelDiff, new: _F32 | None, old: _F32 | None) -> None:
-    finite = [x[np.isfinite(x)] for x in (new, old) if x is not None]
-    values = [x for x in finite if len(x)]
-    if not values:
-        return
-    lo = min(float(x.min()) for x in values)
-    hi = max(float(x.max()) for x in values)
-    if d.cutoff is not None:
-        lo, hi = min(lo, d.cutoff), max(hi, d.cutoff)
-    if hi <= lo:
-        hi = lo + 1e-6
-    edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
-    d.bins = [round(float(e), 6) for e in edges]
-
-    def counts(x: _F32 | None) -> list[int]:
-        if x is None:
-            return [0] * HISTOGRAM_BINS
-        h, _ = np.histogram(x[np.isfinite(x)], bins=edges)
-        return [int(c) for c in h]
-
-    d.histogram, d.baseline_histogram = counts(new), counts(old)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 import pyarrow as pa
@@ -30,7 +30,7 @@ from pipeline.hashes.pdq import PdqHash
 from pipeline.hashes.signals import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_QUALITY, SignalType
 from pipeline.store.query import FrameFilter, FrameStore
 
-__all__ = ["BankBacktest", "StoredMatch", "match_stored_frames"]
+__all__ = ["BankBacktest", "HashedFrame", "StoredMatch", "hashed_frames", "match_stored_frames"]
 
 _COLUMNS: Final = (
     "frame_id",
@@ -42,6 +42,7 @@ _COLUMNS: Final = (
     "seq",
     "frame_index",
     "tile",
+    "policy_set",
     "pdq",
     "pdq_quality",
 )
@@ -49,8 +50,8 @@ _FRAME_SIGNALS: Final[tuple[SignalType, ...]] = ("pdq", "vpdq")
 
 
 @dataclass(frozen=True, slots=True)
-class StoredMatch:
-    """A stored frame and one bank entry it matches."""
+class HashedFrame:
+    """A stored frame with its PDQ hash (tile 0, the frame's own hash)."""
 
     frame_id: str
     model: str
@@ -60,7 +61,21 @@ class StoredMatch:
     ts: float
     seq: int
     frame_index: int
+    policy_set: str  # the policy set in force when it was stored
+    pdq: bytes
+    quality: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMatch(HashedFrame):
+    """A stored frame and one bank entry it matches."""
+
     match: HashMatch
+
+    @classmethod
+    def of(cls, frame: HashedFrame, match: HashMatch) -> StoredMatch:
+        known: dict[str, Any] = {f.name: getattr(frame, f.name) for f in fields(HashedFrame)}
+        return cls(**known, match=match)
 
     def to_json(self) -> dict[str, Any]:
         """As a JSON-ready mapping (one line of ``clipguard banks backtest --out``)."""
@@ -113,9 +128,8 @@ def match_stored_frames(
     ``banks`` of ``matcher`` (default: all); see the module docstring. :class:`StoreError`
     when a stored hash or quality is malformed."""
     out = BankBacktest()
-    seen: set[str] = set()
-    for rows in _hashed_rows(store, flt, batch_size, seen, out):
-        hashes = [PdqHash(pdq, quality) for *_, pdq, quality in rows]
+    for rows in hashed_frames(store, flt, out, batch_size=batch_size):
+        hashes = [PdqHash(r.pdq, r.quality) for r in rows]
         results = matcher.match_frames(
             hashes,
             banks=banks,
@@ -123,31 +137,31 @@ def match_stored_frames(
             min_quality=min_quality,
             signals=[s for s in signals if s in _FRAME_SIGNALS],
         )
-        for row, result in zip(rows, results, strict=True):
+        for r, result in zip(rows, results, strict=True):
             if result.skipped:
                 out.low_quality += 1
-            frame_id, model, stream, source, at, ts, seq, index, *_ = row
-            out.matches += [
-                StoredMatch(frame_id, model, stream, source, at, ts, seq, index, m)
-                for m in result.matches
-            ]
+            out.matches += [StoredMatch.of(r, m) for m in result.matches]
     return out
 
 
-_Row = tuple[str, str, str, "str | None", dt.datetime, float, int, int, bytes, int]
-
-
-def _hashed_rows(
-    store: FrameStore, flt: FrameFilter | None, batch_size: int, seen: set[str], out: BankBacktest
-) -> Iterator[list[_Row]]:
-    """The stored frames with a hash, batch by batch (tile 0, each frame id once), counting
-    every frame read in ``out``."""
+def hashed_frames(
+    store: FrameStore,
+    flt: FrameFilter | None,
+    out: BankBacktest,
+    *,
+    batch_size: int = 64 * 1024,
+    seen: set[str] | None = None,
+) -> Iterator[list[HashedFrame]]:
+    """The stored frames ``flt`` keeps that have a hash, batch by batch (tile 0, each frame id
+    once), counting in ``out`` every frame read and every one with a hash. :class:`StoreError`
+    when a stored quality is malformed."""
+    seen = set() if seen is None else seen
     for batch in store.batches(_COLUMNS, flt, batch_size=batch_size):
         batch = batch.filter(pc.equal(batch.column("tile"), 0))
         if not batch.num_rows:
             continue
         data = {name: _values(batch.column(name)) for name in _COLUMNS}
-        rows: list[_Row] = []
+        rows: list[HashedFrame] = []
         for i, frame_id in enumerate(data["frame_id"]):
             if frame_id in seen:
                 continue
@@ -160,7 +174,7 @@ def _hashed_rows(
                 raise StoreError(f"frame {frame_id}: a stored PDQ hash with quality {quality}")
             out.hashed += 1
             rows.append(
-                (
+                HashedFrame(
                     frame_id,
                     data["model"][i],
                     data["stream_id"][i],
@@ -169,6 +183,7 @@ def _hashed_rows(
                     data["ts"][i],
                     data["seq"][i],
                     data["frame_index"][i],
+                    data["policy_set"][i],
                     pdq,
                     quality,
                 )

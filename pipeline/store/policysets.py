@@ -2,10 +2,11 @@
 
 Every stored frame names the policy set in force when it was scored (``policy_set``, the
 set's digest). A backtest compares an edited policy with *that* set, so the writers keep a
-snapshot of each set they see: the policies as validated data, the compiled matrix and label
-layout they scored with, and the model they were compiled for. Re-scoring stored frames with a
-snapshot needs no text encoder and gives the scores the worker computed (up to the float16
-rounding of the stored embeddings).
+snapshot of each set they see: the policies as validated data (hash policies too, under
+``hash_policies``, absent when there are none), the compiled matrix and label layout they scored
+with (no rows when the set has only hash policies), and the model they were compiled for.
+Re-scoring stored frames with a snapshot needs no text encoder and gives the scores the worker
+computed (up to the float16 rounding of the stored embeddings).
 
 A snapshot is one JSON document (:func:`snapshot_bytes`, :func:`read_snapshot`), at most
 :data:`MAX_SNAPSHOT_BYTES`; the matrix is float32 little-endian, base64-encoded. The store keeps
@@ -25,7 +26,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import StoreError
-from pipeline.policies.schema import LoadedPolicies, LoadedPolicy, Policy
+from pipeline.policies.schema import (
+    HashPolicy,
+    LoadedHashPolicy,
+    LoadedPolicies,
+    LoadedPolicy,
+    Policy,
+)
 from pipeline.policies.score import CompiledLabel, CompiledPolicies
 from pipeline.policies.snapshot import PolicySet
 
@@ -59,7 +66,7 @@ class StoredPolicySet:
 
 
 def policy_versions(policies: PolicySet) -> dict[str, int]:
-    """Policy id -> version, of every policy in the set."""
+    """Policy id -> version, of every CLIP policy in the set."""
     return {lp.policy.id: lp.policy.version for lp in policies}
 
 
@@ -67,7 +74,7 @@ def snapshot_bytes(policies: PolicySet, *, model: str, weights_sha256: str) -> b
     """The snapshot document of ``policies`` compiled for ``model`` with these weights."""
     compiled = policies.compiled
     matrix = np.ascontiguousarray(compiled.matrix, dtype="<f4")
-    doc = {
+    doc: dict[str, Any] = {
         "format": SNAPSHOT_FORMAT,
         "id": policies.id,
         "model": model,
@@ -102,6 +109,11 @@ def snapshot_bytes(policies: PolicySet, *, model: str, weights_sha256: str) -> b
             "float32_le_base64": base64.b64encode(matrix.tobytes()).decode("ascii"),
         },
     }
+    hashes = policies.policies.hashes
+    if hashes:  # absent otherwise: a CLIP-only set's snapshot is as it always was
+        doc["hash_policies"] = [
+            {"sha256": hp.sha256, "policy": hp.policy.model_dump(mode="json")} for hp in hashes
+        ]
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
@@ -149,7 +161,7 @@ class _Label(_Strict):
 
 
 class _Matrix(_Strict):
-    rows: Annotated[int, Field(ge=1, le=_MAX_ROWS)]
+    rows: Annotated[int, Field(ge=0, le=_MAX_ROWS)]  # 0: only hash policies
     dim: Annotated[int, Field(ge=1, le=_MAX_DIM)]
     float32_le_base64: str
 
@@ -166,9 +178,10 @@ class _Snapshot(_Strict):
     weights_sha256: Annotated[str, Field(max_length=128)]
     logit_scale: Annotated[float, Field(allow_inf_nan=False)]
     logit_bias: Annotated[float, Field(allow_inf_nan=False)] | None
-    policies: Annotated[list[_PolicyEntry], Field(min_length=1, max_length=10_000)]
-    labels: Annotated[list[_Label], Field(min_length=1)]
+    policies: Annotated[list[_PolicyEntry], Field(max_length=10_000)]
+    labels: list[_Label]
     matrix: _Matrix
+    hash_policies: Annotated[list[_PolicyEntry], Field(max_length=10_000)] = []
 
 
 def _restore(doc: _Snapshot) -> StoredPolicySet:
@@ -178,7 +191,15 @@ def _restore(doc: _Snapshot) -> StoredPolicySet:
         loaded.append(
             LoadedPolicy(policy=policy, path=Path(f"{policy.id}.yaml"), sha256=entry.sha256)
         )
-    policies = LoadedPolicies(loaded)
+    hashes = []
+    for entry in doc.hash_policies:
+        hp = HashPolicy.model_validate_json(json.dumps(entry.policy))
+        hashes.append(LoadedHashPolicy(policy=hp, path=Path(f"{hp.id}.yaml"), sha256=entry.sha256))
+    if not loaded and not hashes:
+        raise ValueError("it holds no policy")
+    if bool(loaded) != bool(doc.labels) or bool(doc.labels) != bool(doc.matrix.rows):
+        raise ValueError("its policies, labels and matrix rows do not go together")
+    policies = LoadedPolicies(loaded, hashes)
     if policies.digest != doc.id:
         raise ValueError(f"its policies hash to {policies.digest}, not its id {doc.id}")
     raw = base64.b64decode(doc.matrix.float32_le_base64, validate=True)

@@ -79,7 +79,7 @@ def render_backtest(result: BacktestResult, *, thumbnails: Thumbnails | None = N
     body = [
         "<h1>clipguard backtest</h1>",
         f'<p class="meta">model <code>{_e(result.model)}</code>, weights '
-        f"<code>{_e(result.weights_sha256[:16])}</code>; policy set "
+        f"<code>{_e(result.weights_sha256[:16] or 'none (hash policies)')}</code>; policy set "
         f"<code>{_e(result.policy_set)}</code> against "
         f"{', '.join(f'<code>{_e(b)}</code>' for b in result.baseline) or 'nothing'}</p>",
         f'<p class="meta">{result.frames} frames ({result.rows} stored rows) of '
@@ -205,6 +205,13 @@ def _figure(i: Incident, data: bytes | None) -> str:
         f'{i.peak_score:.3f} at {i.peak_ts:.2f} s <span class="badge" '
         f'style="background:{_COLOURS[severity]}">{_e(severity)}</span>'
     )
+    if i.match is not None:  # a hash policy's: the bank entry matched at the peak
+        m = i.match
+        distance = "" if m.get("distance") is None else f", distance {_e(m['distance'])}"
+        caption += (
+            f"<br>bank <code>{_e(m.get('bank'))}</code> entry <code>{_e(m.get('entry_id'))}"
+            f"</code> ({_e(m.get('signal_type'))}{distance})"
+        )
     picture = _picture(data, f"peak frame of {i.key} at {i.peak_ts:.2f} s")
     return f'<figure class="peak">{picture}<figcaption>{caption}</figcaption></figure>'
 

@@ -7,16 +7,21 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 if TYPE_CHECKING:
     from pipeline.store.groundtruth import ReviewSummary
 
-__all__ = ["HISTOGRAM_BINS", "BacktestResult", "Incident", "LabelDiff"]
+__all__ = ["HISTOGRAM_BINS", "BacktestResult", "Incident", "LabelDiff", "Scores", "fill_diffs"]
 
 #: Bins of a label's score histograms.
 HISTOGRAM_BINS: Final = 40
+_F32 = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +46,7 @@ class Incident:
     peak_seq: int  # where the peak frame is stored (its thumbnail, its frame id)
     peak_frame_index: int
     peak_tile: int
+    match: dict[str, Any] | None = None  # hash policies: the bank entry matched at the peak
 
     @property
     def key(self) -> str:
@@ -57,7 +63,7 @@ class Incident:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "event_id": self.event_id,
             "stream_id": self.stream_id,
             "policy": self.policy,
@@ -79,6 +85,9 @@ class Incident:
                 "tile": self.peak_tile,
             },
         }
+        if self.match is not None:
+            out["match"] = self.match
+        return out
 
 
 @dataclass
@@ -100,6 +109,52 @@ class LabelDiff:
     bins: list[float] = field(default_factory=list)  # HISTOGRAM_BINS + 1 edges
     histogram: list[int] = field(default_factory=list)
     baseline_histogram: list[int] = field(default_factory=list)
+
+    def compare(self, mine: Sequence[Incident], theirs: Sequence[Incident]) -> None:
+        """Fill the counts, added, removed, changed and unchanged from this label's incidents
+        under the edited set (``mine``) and the baseline (``theirs``)."""
+        self.incidents, self.baseline_incidents = len(mine), len(theirs)
+        by_stream: dict[str, list[Incident]] = {}
+        for i in theirs:
+            by_stream.setdefault(i.stream_id, []).append(i)
+        matched: set[int] = set()
+        for i in mine:
+            overlapping = [o for o in by_stream.get(i.stream_id, []) if i.overlaps(o)]
+            matched.update(id(o) for o in overlapping)
+            if not overlapping:
+                self.added.append(i)
+            elif len(overlapping) == 1 and (overlapping[0].start_ts, overlapping[0].end_ts) == (
+                i.start_ts,
+                i.end_ts,
+            ):
+                self.unchanged += 1
+            else:
+                self.changed.append((i, overlapping))
+        self.removed = [o for o in theirs if id(o) not in matched]
+
+    def fill_histograms(self, new: _F32 | None, old: _F32 | None) -> None:
+        """The score histograms of the edited set (``new``) and the baseline (``old``), on
+        shared bins that take in the cutoff."""
+        finite = [x[np.isfinite(x)] for x in (new, old) if x is not None]
+        values = [x for x in finite if len(x)]
+        if not values:
+            return
+        lo = min(float(x.min()) for x in values)
+        hi = max(float(x.max()) for x in values)
+        if self.cutoff is not None:
+            lo, hi = min(lo, self.cutoff), max(hi, self.cutoff)
+        if hi <= lo:
+            hi = lo + 1e-6
+        edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
+        self.bins = [round(float(e), 6) for e in edges]
+
+        def counts(x: _F32 | None) -> list[int]:
+            if x is None:
+                return [0] * HISTOGRAM_BINS
+            h, _ = np.histogram(x[np.isfinite(x)], bins=edges)
+            return [int(c) for c in h]
+
+        self.histogram, self.baseline_histogram = counts(new), counts(old)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -190,3 +245,29 @@ class BacktestResult:
             "incidents": [i.to_json() for i in self.incidents],
             **({} if self.review is None else {"review": self.review.to_json()}),
         }
+
+
+class Scores(Protocol):
+    """One label's per-frame scores and pass/fail under one side of a backtest."""
+
+    @property
+    def score(self) -> _F32: ...
+
+    @property
+    def passed(self) -> npt.NDArray[np.bool_]: ...
+
+
+def fill_diffs(
+    labels: Mapping[str, LabelDiff],
+    new: Mapping[str, Scores],
+    old: Mapping[str, Scores],
+    new_found: Sequence[Incident],
+    old_found: Sequence[Incident],
+) -> None:
+    """Fill every label's diff: its incidents compared, passing frames, histograms."""
+    for key, d in labels.items():
+        d.compare([i for i in new_found if i.key == key], [i for i in old_found if i.key == key])
+        a, b = new.get(key), old.get(key)
+        d.frames_passing = 0 if a is None else int(a.passed.sum())
+        d.baseline_frames_passing = 0 if b is None else int(b.passed.sum())
+        d.fill_histograms(None if a is None else a.score, None if b is None else b.score)

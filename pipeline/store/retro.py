@@ -5,12 +5,13 @@ An incident found in stored frames becomes one ``closed`` :class:`~pipeline.even
 the event id the live judge gives the same incident (stream, policy, version, label, start):
 a consumer that drops duplicate event ids sees an incident once, whether it was flagged live,
 retroactively, or both, and publishing the same backtest again duplicates nothing downstream.
-Shadow-mode policies are never published.
+Shadow-mode policies are never published. A hash policy's incident carries the bank entry
+matched at its peak (``match``), as its live flag does.
 """
 
 from __future__ import annotations
 
-from pipeline.events import FlagEvent
+from pipeline.events import FlagEvent, HashMatchInfo
 from pipeline.store.backtest import BacktestResult, Incident
 
 __all__ = ["retro_events"]
@@ -40,4 +41,5 @@ def _event(i: Incident, model: str) -> FlagEvent:
         top_prompt=i.top_prompt,
         model=model,
         retro=True,
+        match=None if i.match is None else HashMatchInfo.model_validate(i.match),
     )

@@ -8,7 +8,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -83,3 +83,17 @@ def red_triangle_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = tmp_path_factory.mktemp("red-triangle")
     return write_video(folder / "red.mp4", streaming.red_triangle_shots())
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """A headless Chromium (Debian's, driven by Playwright) for one test module's pages; the
+    studio browser tests skip themselves where there is none."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.studio_fixtures import CHROMIUM
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()

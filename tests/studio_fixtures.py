@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from pipeline.demo.video import demo_shots, write_video
 from pipeline.policies.bundled import DEMO_POLICIES
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Debian's Chromium, for the browser tests (the ``browser`` fixture in conftest.py drives it).
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Three incidents of red-triangle on the video: two on the triangle, one on the SPAM sign; peak
 # scores chosen for the Tune check.
 PEAKS = (0.62, 0.58, 0.47)
@@ -176,3 +179,18 @@ def backtest_at(policies: Path, store: Path, threshold: float, folder: Path) -> 
     )
     diff = result.labels["red-triangle/red-triangle"]
     return diff.frames_passing, diff.incidents
+
+
+def whole_page(client: Any, url: str, timeout: float = 60.0) -> str:
+    """``url`` once the studio has prepared what it needs: a page asked while the store's
+    answers (or the model) are still being prepared comes with a progress line and is asked
+    again, as its own script does in a browser."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        page = str(client.get(url).text)
+        if 'id="preparing"' not in page:
+            return page
+        assert time.monotonic() < deadline, f"{url} was never whole"
+        time.sleep(0.1)

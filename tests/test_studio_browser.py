@@ -18,11 +18,10 @@ import yaml
 
 from consumers.studio import StudioConfig, create_app
 from pipeline.policies.bundled import DEMO_POLICIES
-from tests.studio_fixtures import PEAKS, VIDEO_SECONDS, make_incidents, make_policies
+from tests.studio_fixtures import CHROMIUM, PEAKS, VIDEO_SECONDS, make_incidents, make_policies
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 playwright_api.expect.set_options(timeout=60_000)  # the first scoring loads the model
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None and not os.environ.get("CI"),
     reason="needs Debian's chromium (make test installs it where it can)",
@@ -61,14 +60,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     yield s
     server.should_exit = True
     thread.join(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 @pytest.fixture

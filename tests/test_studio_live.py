@@ -16,11 +16,17 @@ from typing import Any
 import pytest
 
 from consumers.studio import StudioConfig, create_app
-from tests.studio_fixtures import backtest_at, free_port, make_policies, serve, synthetic_store
+from tests.studio_fixtures import (
+    CHROMIUM,
+    backtest_at,
+    free_port,
+    make_policies,
+    serve,
+    synthetic_store,
+)
 
 pytest.importorskip("pipeline.store")
 playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None and not os.environ.get("CI"),
     reason="needs Debian's chromium (make test installs it where it can)",
@@ -46,14 +52,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     yield s
     server.should_exit = True  # type: ignore[attr-defined]
     thread.join(timeout=30)  # type: ignore[attr-defined]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 @pytest.fixture

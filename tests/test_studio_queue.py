@@ -17,7 +17,7 @@ from kafkaspace import KafkaSpace
 from consumers.studio import StudioConfig, create_app
 from consumers.studio.incidents import incident_id
 from consumers.studio.queue import ReviewQueue
-from tests.studio_fixtures import free_port, make_policies, serve
+from tests.studio_fixtures import free_port, make_policies, scan_into_store, serve
 
 
 def _event(n: int, state: str, *, stream: str, start: float, peak: float) -> dict[str, Any]:
@@ -146,3 +146,53 @@ def test_flags_topic_feeds_the_queue_across_restarts(kafka: KafkaSpace, tmp_path
 def _get_request(request: urllib.request.Request) -> str:
     with urllib.request.urlopen(request, timeout=30) as response:
         return str(response.read().decode())
+
+
+def test_a_scan_incident_on_the_flags_topic_and_in_the_store_is_one_item(
+    kafka: KafkaSpace, tmp_path: Path
+) -> None:
+    """A scan with --store publishes its flag events (here: its flags.jsonl, produced to the
+    topic) and keeps its frames; the studio reads the topic and queues what the policy files
+    find in the store: the scan's incident is one review item, the flags topic's."""
+    kafka.create(only=["flags"])
+    policies, store, out = scan_into_store(tmp_path)
+    lines = [x for x in (out / "flags.jsonl").read_text().splitlines() if x.strip()]
+    closed = [json.loads(x) for x in lines if json.loads(x)["state"] == "closed"]
+    assert [f["policy"] for f in closed] == ["red-triangle"]  # spam-text is in shadow mode
+    _produce(kafka, [x.encode() for x in lines])
+    config = StudioConfig(
+        policies_dir=policies,
+        data_dir=tmp_path / "data",
+        port=free_port(),
+        store=store,
+        warm=False,
+        flags_topic=kafka.names.flags,
+        bootstrap_servers=kafka.bootstrap,
+    )
+    studio = _Studio(config)
+    try:
+        _wait_for(studio.url + "/review", r'id="origin-flags">1<')
+        request = urllib.request.Request(
+            f"{studio.url}/store/queue", data=b"", headers={"Origin": studio.url}
+        )
+        _get_request(request)  # queued now, or once the store's backtest is ready
+        page = _wait_for(studio.url + "/review", r'id="origin-store">1<')
+        # the store found the red triangle again (merged) and the shadow policy's incident
+        assert 'id="queue-total">2<' in page and 'id="origin-flags">1<' in page
+    finally:
+        studio.stop()
+    red = closed[0]
+    queue = ReviewQueue(store / "_labels.sqlite")
+    try:
+        item = queue.get(
+            incident_id(red["stream_id"], red["policy"], red["label"], red["start_ts"])
+        )
+        assert item is not None and item.origin == "flags"
+        assert (item.event_id, item.source, item.end_ts) == (
+            red["event_id"],
+            red["source"],
+            red["end_ts"],
+        )
+        assert {i.policy for i in queue.all()} == {"red-triangle", "spam-text"}
+    finally:
+        queue.close()

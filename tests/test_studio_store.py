@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from consumers.studio import StudioConfig, create_app
-from tests.studio_fixtures import scan_into_store
+from tests.studio_fixtures import scan_into_store, whole_page
 
 pytest.importorskip("pipeline.store")
 
@@ -47,7 +47,7 @@ def test_backtest_page_shows_what_an_edit_removes(
     with TestClient(create_app(config), base_url=BASE) as c:
         page = c.get("/backtest").text
         assert "stored frames in" in page
-        page = c.get("/backtest?run=1").text
+        page = whole_page(c, "/backtest?run=1")
         summary = re.search(r'id="backtest-summary">(.*?)</p>', page, re.S)
         assert summary is not None
         text = re.sub(r"<[^>]+>", "", summary.group(1))
@@ -94,7 +94,7 @@ def test_tune_shows_unlabelled_stored_traffic(
     scores = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
     config = StudioConfig(policies_dir=policies, data_dir=tmp_path / "data", store=store)
     with TestClient(create_app(config), base_url=BASE) as c:
-        page = c.get("/policies/red-triangle/tune").text
+        page = whole_page(c, "/policies/red-triangle/tune")
     data = json.loads(page.split('id="tune-data">', 1)[1].split("</script>", 1)[0])
     assert data["stored"] == len(scores) == 16  # 4 s at 4 frames a second
     assert len(data["unlabelled"]) == 16

@@ -5,13 +5,15 @@ the count answers hostile parameters with clear refusals."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
 from consumers.studio import StudioConfig, create_app
-from tests.studio_fixtures import backtest_at, make_policies, synthetic_store
+from tests.studio_fixtures import backtest_at, make_policies, synthetic_store, whole_page
 
 pytest.importorskip("pipeline.store")
 
@@ -37,7 +39,7 @@ def test_live_count_is_the_backtest_at_that_threshold(
     config = StudioConfig(policies_dir=policies, data_dir=tmp_path / "data", store=store)
     seen: dict[float, tuple[int, int]] = {}
     with TestClient(create_app(config), base_url=BASE) as c:
-        page = c.get("/policies/red-triangle/tune").text
+        page = whole_page(c, "/policies/red-triangle/tune")
         assert "of 2880 stored frames reach it" in page  # 12 streams of 240 frames
         for t in (0.15, 0.3, 0.45, 0.55, 0.7):
             got = c.get(COUNT, params={"label": "red-triangle", "threshold": t}).json()
@@ -84,3 +86,57 @@ def test_the_store_answers_are_ready_before_the_first_page(
         assert "frames judged in" in c.get("/backtest?run=1").text
         assert studio.store.traffic_cache.made == 2  # nothing computed again
         assert not studio.warmer.warm_once()  # nothing changed since
+
+
+def test_pages_answer_at_once_while_the_store_answers_are_prepared(
+    stored: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page whose stored-traffic part is not ready within its wait shows the rest at once
+    with a progress line (here the wait is nil: every first ask finds the work running), and
+    the whole answer once it is ready; the queue from the store fills in when the backtest
+    is done."""
+    import time
+
+    from consumers.studio import pages_review, pages_store
+
+    monkeypatch.setattr(pages_review, "PAGE_WAIT_S", 0.0)
+    monkeypatch.setattr(pages_store, "PAGE_WAIT_S", 0.0)
+    policies, store = stored
+    config = StudioConfig(
+        policies_dir=policies, data_dir=tmp_path / "data", store=store, warm=False
+    )
+
+    def until_ready(c: TestClient) -> None:
+        deadline = time.monotonic() + 60
+        while c.get("/store/preparing").json()["busy"]:
+            assert time.monotonic() < deadline, "the store's answers were never prepared"
+            time.sleep(0.05)
+
+    with TestClient(create_app(config), base_url=BASE) as c:
+        page = c.get("/policies/red-triangle/tune").text
+        assert 'id="preparing"' in page and 'data-preparing="/store/preparing"' in page
+        assert "stored-passing" not in page and 'id="threshold-slider"' in page
+        # what it waits for: the examples (the model loading) or the stored traffic
+        assert re.search(
+            r'data-waiting-for="red-triangle( v1 on stored traffic|&#39;s examples)"', page
+        )
+        assert "preparing red-triangle" in page  # and how far everything has got
+        page = whole_page(c, "/policies/red-triangle/tune")
+        assert "of 2880 stored frames reach it" in page and 'id="preparing"' not in page
+        # the live count is ready from the same preparation
+        assert c.get(COUNT, params={"label": "red-triangle", "threshold": 0.4}).status_code == 200
+
+        page = c.get("/backtest?run=1").text
+        assert 'id="preparing"' in page and "frames judged in" not in page
+        until_ready(c)
+        assert "frames judged in" in c.get("/backtest?run=1").text
+
+    with TestClient(create_app(replace(config, data_dir=tmp_path / "d2")), base_url=BASE) as c:
+        queued = c.post("/store/queue", headers={"Origin": BASE})
+        assert queued.url.path == "/review" and "queuing=1" in str(queued.url)
+        assert 'id="preparing"' in queued.text
+        until_ready(c)
+        page = c.get("/review").text
+        found = int(page.split('id="origin-store">', 1)[1].split("<", 1)[0])
+        _, incidents = backtest_at(policies, store, 0.55, tmp_path)
+        assert found >= incidents > 0  # every red-triangle incident queued, and spam-text's

@@ -49,6 +49,17 @@ where only the people allowed to see that content can read it.
 """
 
 
+#: pipeline.store.groundtruth.RULE (the same words; not imported: the store package loads
+#: slowly, and the help is read without it).
+_RULE = (
+    "incident level, per label: an incident that overlaps a span reviewers marked correct "
+    "(same stream, the spans meet) is a true positive; one that overlaps only spans marked "
+    "incorrect is a false positive; a span marked correct that no incident overlaps is a false "
+    "negative. Precision = TP / (TP + FP); recall = correct spans overlapped / correct spans. "
+    "Incidents that overlap no reviewed span, and spans marked unsure, are not scored."
+)
+
+
 def when(text: str) -> dt.datetime:
     """An ISO date or date and time (UTC unless it says otherwise), for ``--since``."""
     try:
@@ -181,7 +192,8 @@ def add_backtest_parser(commands: Any) -> None:
         description="Re-score the stored frames of the policies' model with POLICY (files or "
         "folders: the edited set), run its temporal rules per stream, and compare with the "
         "policy sets in force when the frames were stored (or --against): incidents added, "
-        "removed and changed per label, and score distributions. Writes backtest.json and "
+        "removed and changed per label, score distributions, and precision and recall against "
+        "the review labels of the policy studio (--labels). Writes backtest.json and "
         "report.html into --out. Frames of another model or other weights are refused. Hash "
         "policies (kind: hash) re-match the frames' stored PDQ hashes against --banks with "
         "their distance and quality thresholds, frames of any model (or --model's).",
@@ -199,6 +211,17 @@ def add_backtest_parser(commands: Any) -> None:
         "--against", nargs="+", metavar="PATH", help="compare with these policies instead"
     )
     backtest.add_argument("--out", default="clipguard-backtest", metavar="DIR")
+    labels = backtest.add_mutually_exclusive_group()
+    labels.add_argument(
+        "--labels",
+        metavar="PATH",
+        help="the policy studio's labels database, as ground truth (default: the store's "
+        "_labels.sqlite, where the studio keeps them for a store on this machine, if present): "
+        "per label, precision and recall of the edited and the deployed policies at " + _RULE,
+    )
+    labels.add_argument(
+        "--no-labels", action="store_true", help="do not read review labels, even the store's"
+    )
     backtest.add_argument(
         "--publish",
         action="store_true",
@@ -247,6 +270,20 @@ def _pick_model(args: argparse.Namespace, store: FrameStore, named: set[str]) ->
     return model
 
 
+def _labels_database(args: argparse.Namespace) -> Path | None:
+    """The labels database to score the backtest against: --labels, else the store's own."""
+    from pipeline.store.location import LABELS_FILE
+
+    if args.no_labels:
+        return None
+    if args.labels:
+        return Path(args.labels)
+    if "://" in args.store:
+        return None
+    beside = Path(args.store) / LABELS_FILE
+    return beside if beside.is_file() else None
+
+
 def _backtest(args: argparse.Namespace) -> int:
     from pipeline.policies import load_policies
     from pipeline.store.hashbacktest import combine
@@ -264,6 +301,11 @@ def _backtest(args: argparse.Namespace) -> int:
         results.append(_hash_backtest(args, store, policies, against, model))
     result = results[0] if len(results) == 1 else combine(*results)
     flt = _filter(args, model)
+    reviewed = _labels_database(args)
+    if reviewed is not None:
+        from pipeline.store.groundtruth import read_reviews, review_scores
+
+        result.review = review_scores(result, read_reviews(reviewed), source=str(reviewed))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "backtest.json").write_text(json.dumps(result.to_json(), indent=1) + "\n")
@@ -274,6 +316,8 @@ def _backtest(args: argparse.Namespace) -> int:
             f"{key}: {d.incidents} incidents (before {d.baseline_incidents}): "
             f"+{len(d.added)} added, -{len(d.removed)} removed, {len(d.changed)} changed"
         )
+    if result.review is not None:
+        _print_review(result.review)
     print(
         f"backtest: {plural(result.frames, 'frame')} of {plural(len(result.streams), 'stream')}"
         f" in {result.seconds:.2f} s; {out / 'backtest.json'}, {out / 'report.html'}"
@@ -288,6 +332,19 @@ def _backtest(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _print_review(review: Any) -> None:
+    def ratio(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    for key, r in sorted(review.labels.items()):
+        e, d = r.edited, r.deployed
+        print(
+            f"{key}: {plural(r.labelled, 'reviewed incident')}: precision {ratio(e.precision)}, "
+            f"recall {ratio(e.recall)} (before {ratio(d.precision)}, {ratio(d.recall)})"
+        )
+    print(f"review labels from {review.source}, scored at {review.rule}")
 
 
 def _clip_backtest(

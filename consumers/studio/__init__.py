@@ -17,11 +17,14 @@ module                                      what it holds
 :mod:`~consumers.studio.flagfeed`           the flags topic read into the queue
 :mod:`~consumers.studio.frames`             an incident's frames around its peak
 :mod:`~consumers.studio.timeline`           an incident's score over time, with thumbnails
-:mod:`~consumers.studio.labels`             review verdicts (SQLite)
+:mod:`~consumers.studio.labels`             review verdicts and the spans they cover
+:mod:`~consumers.studio.database`           their SQLite file (beside a local store), versions
 :mod:`~consumers.studio.tune`               labelled scores, precision and recall
 :mod:`~consumers.studio.traffic`            stored traffic's scores: Tune's live count
 :mod:`~consumers.studio.handoff`            the JSON export for review tools
 :mod:`~consumers.studio.store_link`         the frame store, when there is one (lazy)
+:mod:`~consumers.studio.preparing`          slow store answers, shared; pages wait briefly
+:mod:`~consumers.studio.warm`               those answers prepared in the background
 ``pages_policies``, ``pages_try``,          the routers: one per page group
 ``pages_review``, ``pages_incident``,
 ``pages_store``
@@ -29,7 +32,9 @@ module                                      what it holds
 
 The policy files stay the source of truth: the studio writes new versions of them and an
 audit log, never a hidden database of policies. Its own files (uploads, thumbnails, version
-history, audit log, review queue and labels, compiled policies) live in one data folder.
+history, audit log, compiled policies) live in one data folder; the review queue and labels
+too, unless a store on this machine is connected: then beside its frames, where
+``clipguard policy backtest`` reads the labels as ground truth.
 """
 
 from consumers.studio.app import Studio, create_app

@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 from consumers.studio.access import AccessMiddleware
 from consumers.studio.audit import AuditLog
 from consumers.studio.config import StudioConfig
+from consumers.studio.database import database_path
 from consumers.studio.flagfeed import FlagFeed
 from consumers.studio.incidents import StudioIncident, read_incidents
 from consumers.studio.labels import LabelStore
@@ -48,8 +49,9 @@ class Studio:
         self.library = PolicyLibrary(config.policies_dir, model=config.model)
         self.audit = AuditLog(data / "audit.jsonl")
         self.writer = PolicyWriter(data / "history", self.audit)
-        self.labels = LabelStore(data / "labels.sqlite3")
-        self.queue = ReviewQueue(data / "labels.sqlite3")
+        database = database_path(data, config.store)  # beside a local store, else in data
+        self.labels = LabelStore(database)
+        self.queue = ReviewQueue(database)
         self.feed = (
             None
             if config.flags_topic is None
@@ -133,6 +135,7 @@ class Studio:
             self.feed.stop()
         if self.warmer is not None:
             self.warmer.stop()
+        self.store.preparation.close()
         self.scorer.close()
         self.queue.close()
         self.labels.close()

@@ -52,6 +52,7 @@ class StudioIncident:
     top_prompt: str | None
     model: str
     origin: Origin = "file"
+    event_id: str | None = None  # the flag event's or the backtest's deterministic event id
 
 
 def read_incidents(path: Path) -> list[StudioIncident]:
@@ -86,19 +87,19 @@ def read_incidents(path: Path) -> list[StudioIncident]:
     return list(found.values())
 
 
-def incident_id(
-    stream_id: str, policy: str, label: str, start_ts: float, source: str | None = None
-) -> str:
+def incident_id(stream_id: str, policy: str, label: str, start_ts: float) -> str:
     """The stable id of an incident (16 hex digits): the same for its opening and closing flag
-    events, and for the incident a backtest of stored frames finds on a live stream."""
-    key = f"{stream_id}\0{source or ''}\0{policy}\0{label}\0{start_ts:.6f}"
+    events, and for the incident a backtest of stored frames finds on the same stream (a live
+    stream, or a scanned file: its stream id is the file), whichever policy version found it.
+    The start counts to the millisecond, as the flag event's ``event_id`` does."""
+    key = f"{stream_id}\0{policy}\0{label}\0{round(start_ts * 1000)}"
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
 def incident_of(e: FlagEvent, origin: Origin = "file") -> StudioIncident:
     """The incident a flag event opens or closes (its id is the same for both events)."""
     return StudioIncident(
-        id=incident_id(e.stream_id, e.policy, e.label, e.start_ts, e.source),
+        id=incident_id(e.stream_id, e.policy, e.label, e.start_ts),
         stream_id=e.stream_id,
         source=e.source,
         policy=e.policy,
@@ -114,4 +115,5 @@ def incident_of(e: FlagEvent, origin: Origin = "file") -> StudioIncident:
         top_prompt=e.top_prompt,
         model=e.model,
         origin=origin,
+        event_id=e.event_id,
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
@@ -19,9 +19,13 @@ from consumers.studio.handoff import handoff
 from consumers.studio.hashes import summary
 from consumers.studio.labels import MAX_NOTE
 from consumers.studio.pages_policies import policy_file
+from consumers.studio.preparing import PAGE_WAIT_S, NotReady
+from consumers.studio.scoring import LabeledScore
 from consumers.studio.tune import at_threshold, tune_data
 from consumers.studio.versions import add_example
+from consumers.studio.warm import prepared_examples
 from pipeline.errors import ClipguardError, ConfigError, PolicyError
+from pipeline.policies.schema import LoadedPolicy
 from pipeline.policies.tools.nodes import child, label_node
 
 __all__ = ["router"]
@@ -61,7 +65,15 @@ async def review(
         source=studio.config.incidents,
         feed=studio.feed,
         imported=request.query_params.get("imported"),
+        preparing=_queuing(studio) if request.query_params.get("queuing") else None,
     )
+
+
+def _queuing(studio: Studio) -> NotReady | None:
+    """The progress of queuing the store's incidents (None once done)."""
+    busy, status = studio.store.preparation.status()
+    what = "queuing the store's incidents"
+    return NotReady(what, status) if busy and what in status else None
 
 
 @router.post("/review/{incident}")
@@ -76,14 +88,8 @@ def label(
     found = studio.incident(incident) if _INCIDENT.match(incident) else None
     if found is None:
         raise HTTPException(404, "no such incident")
-    studio.labels.put(
-        incident=found.id,
-        policy=found.policy,
-        label=found.label,
-        peak_score=found.peak_score,
-        verdict=verdict,
-        note=note.strip(),
-        reviewer=studio.who(request),
+    studio.labels.put_incident(
+        found, verdict=verdict, note=note.strip(), reviewer=studio.who(request)
     )
     if back == "incident":
         return RedirectResponse(f"/review/{found.id}", status_code=303)
@@ -156,7 +162,7 @@ async def tune(
     chosen = label if label in names else names[0]
     rule = lp.policy.label(chosen)
     await run_in_threadpool(studio.sync_file)
-    examples = await run_in_threadpool(studio.scorer.example_scores, lp)
+    examples, preparing = await _examples(studio, lp)
     data = tune_data(
         policy=lp.policy.id,
         label=chosen,
@@ -167,15 +173,17 @@ async def tune(
         queue_peaks=studio.queue.peaks(lp.policy.id, chosen),
     )
     stored, unlabelled, store_note, live = 0, list[float](), None, None
-    if studio.config.store is not None:
+    if studio.config.store is not None and preparing is None:
         model_name = studio.scorer.model_name(lp)
         try:
             stored, unlabelled = await run_in_threadpool(
-                studio.store.label_scores, lp, chosen, studio.scorer, model_name
+                studio.store.label_scores, lp, chosen, studio.scorer, model_name, PAGE_WAIT_S
             )
             live = await run_in_threadpool(
                 studio.store.count, lp, chosen, data.cutoff, studio.scorer, model_name
             )
+        except NotReady as e:  # the page now; the stored traffic's part once it is ready
+            preparing = e
         except ClipguardError as e:
             store_note = str(e)
     payload = {
@@ -199,7 +207,21 @@ async def tune(
         stored=stored,
         store_note=store_note,
         live=live,
+        preparing=preparing,
     )
+
+
+async def _examples(studio: Studio, lp: LoadedPolicy) -> tuple[list[LabeledScore], Any]:
+    """The policy's examples scored for Tune; with a store, while the store's answers are
+    being prepared (the model may still be loading), the page does not wait long for them:
+    (no examples, :class:`NotReady`) then."""
+    if studio.config.store is None:
+        return await run_in_threadpool(studio.scorer.example_scores, lp), None
+    try:
+        examples = await run_in_threadpool(prepared_examples, studio, lp, PAGE_WAIT_S)
+    except NotReady as e:
+        return [], e
+    return examples, None
 
 
 @router.get("/policies/{name}/tune/count")
@@ -221,8 +243,16 @@ async def tune_count(
         return JSONResponse({"error": "no store connected"}, status_code=404)
     try:
         count = await run_in_threadpool(
-            studio.store.count, lp, label, threshold, studio.scorer, studio.scorer.model_name(lp)
+            studio.store.count,
+            lp,
+            label,
+            threshold,
+            studio.scorer,
+            studio.scorer.model_name(lp),
+            PAGE_WAIT_S,
         )
+    except NotReady as e:  # asked again by the page a moment later
+        return JSONResponse({"preparing": e.status}, status_code=202)
     except ClipguardError as e:
         return JSONResponse({"error": str(e)}, status_code=400)
     return JSONResponse(

@@ -4,20 +4,26 @@ store they say how to connect one."""
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from consumers.studio.app import Studio, studio_of
+from consumers.studio.preparing import PAGE_WAIT_S, NotReady
 from consumers.studio.scoring import DEMO_MODEL
 from pipeline.errors import ClipguardError
 from pipeline.policies.schema import LoadedPolicies
 
+if TYPE_CHECKING:
+    from pipeline.hashes.store import BankSnapshot
+
 __all__ = ["router"]
 
+_log = logging.getLogger(__name__)
 router = APIRouter()
 StudioDep = Annotated[Studio, Depends(studio_of)]
 _FRAME_ID = re.compile(r"^[0-9a-f-]{8,64}$")
@@ -28,19 +34,42 @@ async def backtest(request: Request, studio: StudioDep, run: bool = False) -> HT
     status = await run_in_threadpool(studio.store.status)
     result: dict[str, Any] | None = None
     error = None
+    preparing: NotReady | None = None
     policies, models = _policies(studio)
     if run and status.ready:
         try:
             banks = await run_in_threadpool(studio.banks)
             result = await run_in_threadpool(
-                studio.store.backtest, policies, studio.scorer, _model(models), banks
+                studio.store.backtest,
+                policies,
+                studio.scorer,
+                _model(models),
+                banks,
+                PAGE_WAIT_S,
+                studio.labels.path,
             )
+        except NotReady as e:  # the page now, the result once it is ready
+            preparing = e
         except ClipguardError as e:
             error = str(e)
     kinds = [*models, *(["hash policies"] if policies.hashes else [])]
     return studio.page(
-        request, "backtest.html", status_=status, result=result, error=error, models=kinds
+        request,
+        "backtest.html",
+        status_=status,
+        result=result,
+        error=error,
+        models=kinds,
+        preparing=preparing,
     )
+
+
+@router.get("/store/preparing")
+def preparing(studio: StudioDep) -> JSONResponse:
+    """Whether the store's slow answers are still being prepared, and how far (a page waiting
+    for one asks, and reloads once it is no longer being prepared)."""
+    busy, status = studio.store.preparation.status()
+    return JSONResponse({"busy": busy, "status": status})
 
 
 def _policies(studio: Studio) -> tuple[LoadedPolicies, list[str]]:
@@ -64,11 +93,28 @@ async def queue_from_store(studio: StudioDep) -> Response:
     (shadow policies included: the only way to review what a shadow policy would flag)."""
     policies, models = _policies(studio)
     banks = await run_in_threadpool(studio.banks)
-    found = await run_in_threadpool(
-        studio.store.incidents, policies, studio.scorer, _model(models), banks
-    )
+    model = _model(models)
+    try:
+        found = await run_in_threadpool(
+            studio.store.incidents, policies, studio.scorer, model, banks, PAGE_WAIT_S
+        )
+    except NotReady:  # queued once the backtest is ready; the Review page shows the progress
+        studio.store.preparation.later(
+            "queuing the store's incidents",
+            lambda: _queue_when_ready(studio, policies, model, banks),
+        )
+        return RedirectResponse("/review?queuing=1", status_code=303)
     await run_in_threadpool(studio.queue.add, found)
     return RedirectResponse(f"/review?imported={len(found)}", status_code=303)
+
+
+def _queue_when_ready(
+    studio: Studio, policies: LoadedPolicies, model: str | None, banks: BankSnapshot | None
+) -> None:
+    try:
+        studio.queue.add(studio.store.incidents(policies, studio.scorer, model, banks))
+    except ClipguardError as e:
+        _log.warning("studio: could not queue the store's incidents: %s", e)
 
 
 @router.get("/store/peak.jpg")

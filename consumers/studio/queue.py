@@ -1,27 +1,31 @@
-"""The review queue in the studio's embedded database (SQLite, ``labels.sqlite3`` beside the
-review labels): incidents from a file of flag events (``--incidents``), from the flags topic
-(:mod:`consumers.studio.flagfeed`) and from the policy files run over the frame store
-(``--store``), one row per incident id, with the topic offsets the feed has read up to.
+"""The review queue in the studio's embedded database (:mod:`consumers.studio.database`,
+beside the review labels): incidents from a file of flag events (``--incidents``), from the
+flags topic (:mod:`consumers.studio.flagfeed`) and from the policy files run over the frame
+store (``--store``), one row per incident id, with the topic offsets the feed has read up to.
 
-An incident's opening and closing events share its id: a closing event replaces the row, an
-opening event never replaces a closed one (events may arrive twice, or out of order across
-sources). The feed writes a poll's incidents and its offsets in one transaction, so a studio
-restarted at any point reads on from where its queue stops, neither losing nor doubling an
-incident.
+An incident's id is the same whichever source reports it (stream, policy, label and start:
+:func:`~consumers.studio.incidents.incident_id`), so a scan incident on the flags topic and the
+same incident found in the store are one item. An incident's opening and closing events share
+its id: a closing event replaces the row, an opening event never replaces a closed one (events
+may arrive twice, or out of order across sources), and a closed incident is replaced only by
+one from the same source (the store's finding never overwrites what a worker published). A
+replacing row keeps the first source's origin, and the source file and event id it knew when
+the new one lacks them. The feed writes a poll's incidents and its offsets in one transaction,
+so a studio restarted at any point reads on from where its queue stops, neither losing nor
+doubling an incident.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Final
 
+from consumers.studio.database import connect
 from consumers.studio.incidents import MAX_INCIDENTS, StudioIncident
-from consumers.studio.labels import LABELS_SCHEMA
 from pipeline.errors import ConfigError
 
 __all__ = ["QUEUE_LIMIT", "ReviewQueue"]
@@ -50,8 +54,13 @@ _SCHEMA: Final = (
 _UPSERT: Final = (
     "INSERT INTO incidents (id, origin, policy, label, peak_score, closed, data) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-    "peak_score = excluded.peak_score, closed = excluded.closed, data = excluded.data "
-    "WHERE excluded.closed = 1"
+    "peak_score = excluded.peak_score, closed = excluded.closed, data = json_set(excluded.data, "
+    "'$.origin', incidents.origin, "
+    "'$.source', coalesce(json_extract(excluded.data, '$.source'), "
+    "json_extract(incidents.data, '$.source')), "
+    "'$.event_id', coalesce(json_extract(excluded.data, '$.event_id'), "
+    "json_extract(incidents.data, '$.event_id'))) "
+    "WHERE excluded.closed = 1 AND (incidents.closed = 0 OR incidents.origin = excluded.origin)"
 )
 
 
@@ -61,10 +70,7 @@ class ReviewQueue:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute(LABELS_SCHEMA)  # the verdicts are counted with a join
+        self._db = connect(path)  # with the labels table: the verdicts are counted with a join
         for statement in _SCHEMA:
             self._db.execute(statement)
         self._lock = threading.Lock()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 import pyarrow as pa
 
 from consumers.studio.incidents import StudioIncident, incident_id
+from consumers.studio.preparing import Preparation
 from consumers.studio.traffic import Count, TrafficCache, TrafficScores
 from pipeline.errors import ClipguardError, ConfigError, StoreError
 from pipeline.policies.hashing import check_banks
@@ -39,6 +40,7 @@ __all__ = ["MAX_QUEUED", "SAMPLE", "StoreLink", "StoreStatus"]
 _MAX_QUERY = 300
 _MAX_HITS = 48
 _SEARCHES_KEPT = 32  # text searches remembered until the store changes
+_QUESTIONS_KEPT = 64  # which cached answer a policy file's question has
 #: Stored frames scored for Tune's unlabelled histogram (an even sample of the store).
 SAMPLE = 20_000
 #: The most incidents one click queues from the store.
@@ -64,8 +66,10 @@ class StoreLink:
         self._status: tuple[tuple[str, ...], StoreStatus] | None = None
         self._searches: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         self._kernels: Any = None
-        self._backtests: dict[tuple[str, str, str, str, tuple[str, ...]], Any] = {}
+        self._backtests: dict[tuple[str, str, str, tuple[str, ...]], Any] = {}
         self.last: dict[str, dict[str, int]] = {}  # policy id -> its last backtest's counts
+        self.preparation = Preparation()  # the slow answers, shared, waited for a while
+        self._answers: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # question -> cache key
 
     def _open(self) -> Any:
         if self.root is None:
@@ -114,13 +118,21 @@ class StoreLink:
         scorer: Scorer,
         model_name: str | None,
         banks: BankSnapshot | None = None,
+        wait: float | None = None,
+        labels: Path | None = None,
     ) -> dict[str, Any]:
         """Backtest the policy files as they are now against the sets stored with the frames:
         the store's JSON result, with each listed incident's peak thumbnail place. Hash
         policies are matched against ``banks``; ``model_name`` may be None when there are only
-        hash policies."""
-        result = self._backtest(loaded, scorer, model_name, banks)
+        hash policies. :class:`~consumers.studio.preparing.NotReady` when it takes over
+        ``wait`` seconds; scored against the review labels in ``labels`` (``review``: per
+        label, precision and recall of both versions) when given."""
+        result = self._backtest(loaded, scorer, model_name, banks, wait)
         data: dict[str, Any] = result.to_json()
+        if labels is not None and labels.is_file():
+            truth = importlib.import_module("pipeline.store.groundtruth")
+            reviews = truth.read_reviews(labels)
+            data["review"] = truth.review_scores(result, reviews, source=str(labels)).to_json()
         per_policy: dict[str, dict[str, int]] = {}
         for key, diff in data["labels"].items():
             sums = per_policy.setdefault(
@@ -138,10 +150,11 @@ class StoreLink:
         scorer: Scorer,
         model_name: str | None,
         banks: BankSnapshot | None = None,
+        wait: float | None = None,
     ) -> list[StudioIncident]:
         """What the policy files as they are now find in the stored frames (shadow labels
         included), as review-queue incidents, at most :data:`MAX_QUEUED` of them."""
-        result = self._backtest(loaded, scorer, model_name, banks)
+        result = self._backtest(loaded, scorer, model_name, banks, wait)
         return [
             StudioIncident(
                 id=incident_id(i.stream_id, i.policy, i.label, i.start_ts),
@@ -160,6 +173,7 @@ class StoreLink:
                 top_prompt=i.top_prompt,
                 model=result.model,
                 origin="store",
+                event_id=i.event_id,
             )
             for i in result.incidents[:MAX_QUEUED]
         ]
@@ -170,17 +184,16 @@ class StoreLink:
         scorer: Scorer,
         model_name: str | None,
         banks: BankSnapshot | None,
+        wait: float | None = None,
     ) -> Any:
         """The store's backtest of ``loaded`` (CLIP policies with ``model_name``'s stored
         frames, hash policies against ``banks``), kept until the policies, the banks or the
-        store's files change (a page shown again, or queued from, costs nothing)."""
+        store's files change (a page shown again, or queued from, costs nothing). Loading the
+        model and compiling the policies are part of the prepared question (a page does not
+        wait for them: :class:`~consumers.studio.preparing.NotReady` after ``wait`` s)."""
         store = self._open()
-        weights = ""
-        if len(loaded):
-            if model_name is None:
-                raise ConfigError("say which model scores the CLIP policies: pass --model")
-            model = scorer.model(model_name)
-            weights = model.fingerprint()
+        if len(loaded) and model_name is None:
+            raise ConfigError("say which model scores the CLIP policies: pass --model")
         if loaded.hashes:
             if banks is None:
                 raise ConfigError("hash policies need banks: start the studio with --banks DIR")
@@ -188,33 +201,56 @@ class StoreLink:
         key = (
             loaded.digest,
             model_name or "",
-            weights,
             "" if not loaded.hashes or banks is None else banks.digest,
             self._stamp(store),
         )
         with self._lock:
             if key in self._backtests:
                 return self._backtests[key]
-        results = []
-        if len(loaded):
-            policies = compile_policies(loaded, model, scorer.cache_dir)
-            results.append(
-                self._module.backtest(policies, store, model=model_name, weights_sha256=weights)
-            )
-        if loaded.hashes:
-            hashbacktest = importlib.import_module("pipeline.store.hashbacktest")
-            flt = self._module.FrameFilter(model=model_name if len(loaded) else None)
-            results.append(
-                hashbacktest.backtest_hashes(
-                    loaded, store, banks, flt=flt, allow_empty=bool(len(loaded))
+
+        def make(progress: Any) -> Any:
+            with self._lock:
+                if key in self._backtests:
+                    return self._backtests[key]
+            results = []
+            if len(loaded):
+                assert model_name is not None
+                model = scorer.model(model_name)
+                policies = compile_policies(loaded, model, scorer.cache_dir)
+                results.append(
+                    self._module.backtest(
+                        policies,
+                        store,
+                        model=model_name,
+                        weights_sha256=model.fingerprint(),
+                        progress=progress,
+                    )
                 )
-            )
-            if len(results) == 2:
-                results = [hashbacktest.combine(*results)]
-        result = results[0]
-        with self._lock:
-            self._backtests = {key: result}  # the last one: the policies as they are now
-        return result
+            if loaded.hashes:
+                hashbacktest = importlib.import_module("pipeline.store.hashbacktest")
+                flt = self._module.FrameFilter(model=model_name if len(loaded) else None)
+                results.append(
+                    hashbacktest.backtest_hashes(
+                        loaded, store, banks, flt=flt, allow_empty=bool(len(loaded))
+                    )
+                )
+                if len(results) == 2:
+                    results = [hashbacktest.combine(*results)]
+            result = results[0]
+            with self._lock:
+                self._backtests = {key: result}  # the last one: the policies as they are now
+            return result
+
+        frames = self.status().frames
+        total = frames.get(model_name, 0) if model_name else sum(frames.values())
+        what = "the backtest of the policy files"
+        return self.preparation.get(("backtest", *key), what, total, make, wait)
+
+    def _remember(self, question: tuple[Any, ...], key: tuple[Any, ...]) -> None:
+        """Which cache key answers ``question`` (the last few; under the lock)."""
+        self._answers[question] = key
+        while len(self._answers) > _QUESTIONS_KEPT:
+            self._answers.pop(next(iter(self._answers)))
 
     def stamp(self) -> tuple[str, ...]:
         """Changes when the store's files change (empty without a store)."""
@@ -225,36 +261,69 @@ class StoreLink:
         return tuple(repr(f) for f in store.files())
 
     def label_scores(
-        self, lp: LoadedPolicy, label: str, scorer: Scorer, model_name: str
+        self,
+        lp: LoadedPolicy,
+        label: str,
+        scorer: Scorer,
+        model_name: str,
+        wait: float | None = None,
     ) -> tuple[int, list[float]]:
         """Unlabelled stored traffic for Tune: how many stored frames of ``model_name`` there
         are (replays dropped, tiles merged), and ``label``'s score (in its rule's unit) on an
         even sample of at most :data:`SAMPLE` of them, sorted."""
-        traffic = self.traffic(lp, scorer, model_name).labels[f"{lp.policy.id}/{label}"]
+        traffic = self.traffic(lp, scorer, model_name, wait).labels[f"{lp.policy.id}/{label}"]
         return traffic.frames, traffic.sample(SAMPLE)
 
     def count(
-        self, lp: LoadedPolicy, label: str, threshold: float, scorer: Scorer, model_name: str
+        self,
+        lp: LoadedPolicy,
+        label: str,
+        threshold: float,
+        scorer: Scorer,
+        model_name: str,
+        wait: float | None = None,
     ) -> Count:
         """How many stored frames ``label`` would pass at ``threshold``, and how many incidents
         the backtest would raise."""
-        traffic = self.traffic(lp, scorer, model_name).labels[f"{lp.policy.id}/{label}"]
+        traffic = self.traffic(lp, scorer, model_name, wait).labels[f"{lp.policy.id}/{label}"]
         return traffic.count(threshold)
 
-    def traffic(self, lp: LoadedPolicy, scorer: Scorer, model_name: str) -> TrafficScores:
+    def traffic(
+        self, lp: LoadedPolicy, scorer: Scorer, model_name: str, wait: float | None = None
+    ) -> TrafficScores:
         """Every label of ``lp`` on every stored frame of ``model_name`` (one pass over the
-        store per policy version, model and store contents; kept)."""
+        store per policy version, model and store contents; kept;
+        :class:`~consumers.studio.preparing.NotReady` when it takes over ``wait`` seconds,
+        loading the model and compiling the policy included)."""
         store = self._open()
-        model = scorer.model(model_name)
-        policies = compile_policies(LoadedPolicies([lp]), model, scorer.cache_dir)
-        weights = model.fingerprint()
-        key = (policies.id, model_name, weights, self._stamp(store))
-        return self.traffic_cache.get(
-            key,
-            lambda: TrafficScores.compute(
-                store, self._kernels, policies, model=model_name, weights_sha256=weights
-            ),
-        )
+        question = ("traffic", lp.sha256, model_name, self._stamp(store))
+        with self._lock:
+            key = self._answers.get(question)
+        kept = None if key is None else self.traffic_cache.peek(key)
+        if kept is not None:
+            return kept
+
+        def make(progress: Any) -> TrafficScores:
+            model = scorer.model(model_name)
+            policies = compile_policies(LoadedPolicies([lp]), model, scorer.cache_dir)
+            weights = model.fingerprint()
+            key = (policies.id, model_name, weights, question[-1])
+            with self._lock:
+                self._remember(question, key)
+            return self.traffic_cache.get(
+                key,
+                lambda: TrafficScores.compute(
+                    store,
+                    self._kernels,
+                    policies,
+                    model=model_name,
+                    weights_sha256=weights,
+                    progress=progress,
+                ),
+            )
+
+        total = self.status().frames.get(model_name, 0)
+        return self.preparation.get(question, _traffic_what(lp), total, make, wait)
 
     def window(
         self, stream_id: str, model_name: str, since: float, until: float, *, limit: int
@@ -350,3 +419,8 @@ class StoreLink:
             while len(self._searches) > _SEARCHES_KEPT:
                 self._searches.pop(next(iter(self._searches)))
         return hits
+
+
+def _traffic_what(lp: LoadedPolicy) -> str:
+    """How the progress line names the scoring of ``lp`` on the stored traffic."""
+    return f"{lp.policy.id} v{lp.policy.version} on stored traffic"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -129,15 +130,27 @@ class TrafficScores:
 
     @classmethod
     def compute(
-        cls, store: Any, module: Any, policies: PolicySet, *, model: str, weights_sha256: str
+        cls,
+        store: Any,
+        module: Any,
+        policies: PolicySet,
+        *,
+        model: str,
+        weights_sha256: str,
+        progress: Callable[[int], None] | None = None,
     ) -> TrafficScores:
-        """One pass over the stored frames of ``model`` scored with ``weights_sha256``."""
+        """One pass over the stored frames of ``model`` scored with ``weights_sha256``
+        (``progress`` is told the rows read so far, batch by batch)."""
         started = time.perf_counter()
         compiled = policies.compiled
         labels = compiled.labels
         names: dict[str, int] = {}
         streams, times, places, scores, margins = [], [], [], [], []
+        read = 0
         for batch in store.batches(_COLUMNS, module.FrameFilter(model=model)):
+            read += batch.num_rows
+            if progress is not None:
+                progress(read)
             batch = _same_weights(batch, weights_sha256)
             if batch.num_rows == 0:
                 continue
@@ -193,6 +206,11 @@ class TrafficCache:
         self._lock = threading.Lock()
         self._computing: dict[tuple[Any, ...], threading.Lock] = {}
         self.made = 0  # passes over the store so far
+
+    def peek(self, key: tuple[Any, ...]) -> TrafficScores | None:
+        """The scores under ``key`` when they are made, else None (nothing is computed)."""
+        with self._lock:
+            return self._kept.get(key)
 
     def get(self, key: tuple[Any, ...], make: Any) -> TrafficScores:
         """The scores under ``key`` (policy set id, model, weights, store stamp), made with

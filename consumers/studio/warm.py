@@ -1,11 +1,12 @@
 """Keeping the store's answers ready: a thread that, whenever the policy files or the store's
 files change (and once at start), computes in the background what the store pages would
-otherwise compute on the first request: each policy's scores on the stored traffic (Tune and
-its live count) and the backtest of the policy files as they are now (Backtest, Review's
-queue from the store). On a store of a million frames these are seconds of work each; with
-them ready every page answers from memory. A request that comes while one is being computed
-waits for that computation instead of starting another
-(:class:`~consumers.studio.traffic.TrafficCache`).
+otherwise compute on the first request: each policy's regression examples scored (Tune's
+labelled data; the model loaded), its scores on the stored traffic (Tune and its live count)
+and the backtest of the policy files as they are now (Backtest, Review's queue from the
+store). On a store of a million frames these are seconds of work each; with them ready every
+page answers from memory. They are questions of the store link's
+:class:`~consumers.studio.preparing.Preparation`: a page asking one that is being computed
+shares that computation, waiting for it half a second at most.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from pipeline.errors import ClipguardError
+from pipeline.errors import ClipguardError, PolicyError
 from pipeline.policies import policy_files
-from pipeline.policies.schema import LoadedPolicies
+from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
 
 if TYPE_CHECKING:
     from consumers.studio.app import Studio
+    from consumers.studio.scoring import LabeledScore
 
-__all__ = ["CHECK_S", "Warmer"]
+__all__ = ["CHECK_S", "Warmer", "prepared_examples"]
 
 _log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class Warmer:
         for lp in loaded:
             if self._stop.is_set():
                 return False
+            prepared_examples(studio, lp, None)
             studio.store.traffic(lp, studio.scorer, studio.scorer.model_name(lp))
         if len(models) == 1 and not self._stop.is_set():
             studio.store.incidents(LoadedPolicies(loaded), studio.scorer, models[0])
@@ -75,6 +78,33 @@ class Warmer:
             except (ClipguardError, OSError) as e:
                 _log.warning("studio: could not prepare the store's answers: %s", e)
             self._stop.wait(CHECK_S)
+
+
+def prepared_examples(studio: Studio, lp: LoadedPolicy, wait: float | None) -> list[LabeledScore]:
+    """Tune's scores of ``lp``'s regression examples, as a prepared question (the model may
+    still be loading; :class:`~consumers.studio.preparing.NotReady` after ``wait`` seconds)."""
+    question = ("examples", lp.sha256, _examples_stamp(lp), studio.scorer.model_name(lp))
+    return studio.store.preparation.get(
+        question,
+        f"{lp.policy.id}'s examples",
+        0,
+        lambda _: studio.scorer.example_scores(lp),
+        wait,
+        keep=True,
+    )
+
+
+def _examples_stamp(lp: LoadedPolicy) -> tuple[tuple[int, int], ...]:
+    """The example files' sizes and modification times (their scores change with them)."""
+    out = []
+    for example in lp.policy.examples:
+        try:
+            st = lp.resolve(example.path).stat()
+        except (OSError, ValueError, PolicyError):  # scoring says what is wrong with it
+            out.append((-1, -1))
+            continue
+        out.append((st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 def _stat(folder: Path) -> tuple[tuple[str, int, int], ...]:

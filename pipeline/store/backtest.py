@@ -27,7 +27,7 @@ may fall the other way than it did live.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -82,12 +82,14 @@ def backtest(
     weights_sha256: str,
     flt: FrameFilter | None = None,
     against: PolicySet | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> BacktestResult:
     """Re-score with ``policies`` the frames of ``model`` under weights ``weights_sha256``
     that ``flt`` keeps, find their incidents, and compare with ``against`` or, by default,
     the policy sets stored with the frames. :class:`StoreError` when the store holds no such
     frames, a policy names another model, the embeddings do not fit the compiled matrix, or a
-    stored set's snapshot is missing (then pass ``against``)."""
+    stored set's snapshot is missing (then pass ``against``). ``progress`` is told the number
+    of stored rows read so far, batch by batch."""
     started = time.perf_counter()
     flt = FrameFilter(
         model=model,
@@ -99,7 +101,7 @@ def backtest(
     if against is not None:
         _check_model(against, model, "--against policy")
     with CosineKernel() as kernel:
-        read = _read(store, flt, weights_sha256, policies, against, kernel)
+        read = _read(store, flt, weights_sha256, policies, against, kernel, progress)
     frames = _order(read)
     new = {
         lab.key: _LabelArrays.of(read.new[lab.key], frames, read.sizes)
@@ -133,6 +135,7 @@ def backtest(
         baseline_incidents=_in_order(old_found),
         labels=labels,
         seconds=time.perf_counter() - started,
+        stream_spans=_stream_spans(frames, names),
     )
 
 
@@ -146,6 +149,19 @@ def _check_model(policies: PolicySet, model: str, what: str) -> None:
                 f"{what} {lp.policy.id} is written for model {named}, the stored frames are "
                 f"of {model}: one model's scores mean nothing for another"
             )
+
+
+def _stream_spans(frames: _Order, names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Stream id -> the time of its first and last judged frame."""
+    if frames.count == 0:
+        return {}
+    change = np.flatnonzero(frames.stream[1:] != frames.stream[:-1]) + 1
+    first = np.concatenate([[0], change])
+    last = np.concatenate([change, [frames.count]]) - 1
+    return {
+        names[int(frames.stream[a])]: (float(frames.ts[a]), float(frames.ts[b]))
+        for a, b in zip(first.tolist(), last.tolist(), strict=True)
+    }
 
 
 def _in_order(found: list[Incident]) -> list[Incident]:
@@ -193,6 +209,7 @@ def _read(
     policies: PolicySet,
     against: PolicySet | None,
     kernel: CosineKernel,
+    progress: Callable[[int], None] | None = None,
 ) -> _Read:
     out = _Read()
     out.new = {lab.key: _Parts() for lab in policies.compiled.labels}
@@ -203,6 +220,8 @@ def _read(
     dim = policies.compiled.matrix.shape[1]
     for batch in store.batches(_COLUMNS, flt):
         out.rows += batch.num_rows
+        if progress is not None:
+            progress(out.rows)
         keep = _equal(batch.column(5), weights)
         if not keep.all():
             out.other_weights += int((~keep).sum())

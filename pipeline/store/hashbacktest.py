@@ -109,6 +109,7 @@ def backtest_hashes(
         baseline_incidents=_sorted(old_found),
         labels=labels,
         seconds=time.perf_counter() - started,
+        stream_spans={name: (group[0].ts, group[-1].ts) for name, group in streams if group},
     )
 
 
@@ -131,7 +132,18 @@ def combine(clip: BacktestResult, hashes: BacktestResult) -> BacktestResult:
         baseline_incidents=_sorted([*clip.baseline_incidents, *hashes.baseline_incidents]),
         labels={**clip.labels, **hashes.labels},
         seconds=clip.seconds + hashes.seconds,
+        stream_spans=_spans(clip.stream_spans, hashes.stream_spans),
     )
+
+
+def _spans(*parts: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Per stream, the first and last judged frame's time over several results."""
+    out: dict[str, tuple[float, float]] = {}
+    for part in parts:
+        for name, (first, last) in part.items():
+            seen = out.get(name)
+            out[name] = (first, last) if seen is None else (min(seen[0], first), max(seen[1], last))
+    return out
 
 
 def _key(p: HashPolicy) -> str:

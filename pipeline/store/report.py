@@ -20,6 +20,7 @@ from typing import Final
 
 from pipeline.scan.report import REPORT_STYLE, SEVERITY_RANK
 from pipeline.store.backtest import BacktestResult, Incident, LabelDiff
+from pipeline.store.groundtruth import ReviewSummary
 from pipeline.store.search import SearchHit
 
 __all__ = ["MAX_SHOWN", "render_backtest", "render_gallery"]
@@ -87,6 +88,7 @@ def render_backtest(result: BacktestResult, *, thumbnails: Thumbnails | None = N
         f"{result.seconds:.2f} s</p>",
         '<p class="demo">Thumbnails show stored frames, including what policies flag.</p>',
         _label_table(result.labels),
+        _review_table(result.review),
     ]
     for d in sorted(result.labels.values(), key=lambda d: d.key):
         body.append(_label_section(d, pictures))
@@ -119,6 +121,54 @@ def _label_table(labels: Mapping[str, LabelDiff]) -> str:
         )
     rows.append("</table>")
     return "".join(rows)
+
+
+def _review_table(review: ReviewSummary | None) -> str:
+    """Precision and recall against the review labels."""
+    if review is None:
+        return ""
+    head = (
+        f'<h2 id="review">Review labels</h2><p class="meta">From '
+        f"<code>{_e(review.source)}</code>. Scored at {_e(review.rule)}</p>"
+    )
+    if not review.labels:
+        return head + '<p class="meta">No reviewed incident of these labels.</p>'
+    rows = [
+        '<table class="review"><tr><th>label</th><th>reviewed</th><th>correct</th>'
+        "<th>incorrect</th><th>unsure</th><th>not in these frames</th>"
+        "<th>precision</th><th>recall</th><th>TP / FP / FN</th>"
+        "<th>precision before</th><th>recall before</th><th>TP / FP / FN before</th></tr>"
+    ]
+    for key, r in sorted(review.labels.items()):
+        cells = [
+            f"<td>{_e(key)}</td>",
+            *(
+                f'<td class="num">{n}</td>'
+                for n in (
+                    r.labelled,
+                    r.verdicts.get("correct", 0),
+                    r.verdicts.get("incorrect", 0),
+                    r.verdicts.get("unsure", 0),
+                    r.outside,
+                )
+            ),
+        ]
+        for s in (r.edited, r.deployed):
+            cells.append(f'<td class="num">{_ratio(s.precision)}</td>')
+            cells.append(f'<td class="num">{_ratio(s.recall)}</td>')
+            cells.append(f'<td class="num">{s.tp} / {s.fp} / {s.fn}</td>')
+        rows.append(f'<tr id="review-{_e(_anchor(key))}">{"".join(cells)}</tr>')
+    rows.append("</table>")
+    if review.unplaced:
+        rows.append(
+            f'<p class="meta">{review.unplaced} labels name no span (made by an older studio '
+            "for incidents no longer queued) and are left out.</p>"
+        )
+    return head + "".join(rows)
+
+
+def _ratio(x: float | None) -> str:
+    return "&mdash;" if x is None else f"{x:.3f}"
 
 
 def _anchor(key: str) -> str:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from pipeline.store.groundtruth import ReviewSummary
 
 __all__ = ["HISTOGRAM_BINS", "BacktestResult", "Incident", "LabelDiff", "Scores", "fill_diffs"]
 
@@ -196,6 +199,9 @@ class BacktestResult:
     baseline_incidents: list[Incident]
     labels: dict[str, LabelDiff]
     seconds: float = 0.0
+    # stream -> (first, last) time of its judged frames (which reviewed spans a backtest saw)
+    stream_spans: dict[str, tuple[float, float]] = field(default_factory=dict)
+    review: ReviewSummary | None = None  # precision and recall against review labels, if given
 
     @property
     def added(self) -> list[Incident]:
@@ -237,6 +243,7 @@ class BacktestResult:
             },
             "labels": {k: d.to_json() for k, d in sorted(self.labels.items())},
             "incidents": [i.to_json() for i in self.incidents],
+            **({} if self.review is None else {"review": self.review.to_json()}),
         }
 
 

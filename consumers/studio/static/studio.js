@@ -205,6 +205,11 @@ function setupTune() {
     figures.forEach((f) => f.classList.add("stale"));
     const response = await fetch(`${live.dataset.url}&threshold=${encodeURIComponent(t)}`);
     if (mine !== asked) return; // the slider has moved since: a newer answer is coming
+    if (response.status === 202) { // the stored traffic is still being scored: ask again
+      status.textContent = (await response.json()).preparing;
+      setTimeout(() => { if (mine === asked) countStored(t); }, 1000);
+      return;
+    }
     if (!response.ok) { status.textContent = `could not count (${response.status})`; return; }
     const answer = await response.json();
     document.getElementById("stored-passing").textContent = String(answer.frames);
@@ -228,7 +233,26 @@ function setupBlur() {
   });
 }
 
+// ---------------------------------------------------- store answers still being prepared
+// A page shown before its stored-traffic part was ready says how far the work has got and
+// reloads itself once what it waits for is no longer being prepared.
+function setupPreparing() {
+  const line = document.getElementById("preparing");
+  if (!line) return;
+  const poll = async () => {
+    try {
+      const response = await fetch(line.dataset.preparing);
+      const answer = await response.json();
+      if (!answer.busy || !answer.status.includes(line.dataset.waitingFor)) { window.location.replace(window.location.href.replace(/[?&]queuing=1/, "")); return; }
+      line.textContent = answer.status;
+    } catch (e) { /* the server is busy or restarting: ask again */ }
+    setTimeout(poll, 700);
+  };
+  setTimeout(poll, 700);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  setupPreparing();
   setupEditor();
   setupTry();
   setupTune();

@@ -340,6 +340,8 @@ def produce_file(
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
+    from consumers.kafka_auth import client_security
+
     key = stream_id.encode()
     records: Iterator[_Record] = (
         _raw_records(Path(path), chunk_bytes, key)
@@ -357,6 +359,7 @@ def produce_file(
             max_block_ms=int(_SEND_TIMEOUT * 1000),
             bootstrap_timeout_ms=int(connect_timeout * 1000),
             linger_ms=5,
+            **client_security(),
         )
     except KafkaError as e:
         raise ProduceError(f"cannot connect to the broker at {bootstrap}: {e}") from e

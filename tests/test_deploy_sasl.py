@@ -29,6 +29,7 @@ COMPOSE = DOCKER / "compose.yaml"
 SASL = DOCKER / "compose.sasl.yaml"
 BROKER_SCRIPT = DOCKER / "kafka" / "sasl-broker.sh"
 SETUP_SCRIPT = DOCKER / "kafka" / "sasl-setup.sh"
+SECRET_SCRIPT = DOCKER / "kafka" / "secret.sh"  # sourced by both
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|JAAS|CREDENTIAL|PASSWD", re.I)
 
 needs_shellcheck = pytest.mark.skipif(
@@ -111,7 +112,7 @@ def test_the_workers_sasl_environment_is_valid_settings(
 
 @needs_shellcheck
 def test_the_sasl_scripts_pass_shellcheck() -> None:
-    _run("shellcheck", BROKER_SCRIPT, SETUP_SCRIPT)
+    _run("shellcheck", "--external-sources", BROKER_SCRIPT, SETUP_SCRIPT, SECRET_SCRIPT)
 
 
 # --- the broker's start-up script, with stand-ins for Kafka's tools ---------------------------

@@ -8,6 +8,7 @@ from typing import Any
 
 from consumers.argtypes import positive_float, positive_int
 from consumers.cli.common import DEFAULT_BOOTSTRAP, add_bootstrap_servers, add_command, quiet_kafka
+from consumers.kafka_auth import client_security
 from pipeline.errors import ClipguardError
 
 __all__ = ["add_parser"]
@@ -71,6 +72,7 @@ def _run(args: argparse.Namespace) -> int:
             enable_auto_commit=False,
             request_timeout_ms=10_000,
             bootstrap_timeout_ms=10_000,
+            **client_security(),
         )
     except KafkaError as e:
         raise ClipguardError(f"cannot connect to Kafka at {args.bootstrap_servers}: {e}") from e

@@ -48,6 +48,7 @@ from consumers.cli.common import (
     plural,
     quiet_kafka,
 )
+from consumers.kafka_auth import client_security
 
 if TYPE_CHECKING:
     from consumers.jobs import JobOutcome
@@ -571,9 +572,9 @@ def _follow_jobs(
             f"{topics.job_status}",
             file=sys.stderr,
         )
-        return JobClient(args.bootstrap_servers, topics=topics).run(
-            requests, timeout=args.timeout, on_status=on_status
-        )
+        return JobClient(
+            args.bootstrap_servers, topics=topics, client_config=client_security()
+        ).run(requests, timeout=args.timeout, on_status=on_status)
 
 
 def _write_jobs(

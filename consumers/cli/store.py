@@ -26,6 +26,7 @@ from consumers.cli.common import (
     plural,
     quiet_kafka,
 )
+from consumers.kafka_auth import client_security
 
 if TYPE_CHECKING:
     from pipeline.models.base import ImageTextModel
@@ -424,7 +425,10 @@ def _publish(args: argparse.Namespace, result: Any) -> int:
     events = retro_events(result)
     try:
         producer = KafkaProducer(
-            bootstrap_servers=args.bootstrap_servers.split(","), acks="all", retries=5
+            bootstrap_servers=args.bootstrap_servers.split(","),
+            acks="all",
+            retries=5,
+            **client_security(),
         )
     except KafkaError as e:
         raise StoreError(f"cannot reach Kafka at {args.bootstrap_servers}: {e}") from e
@@ -518,6 +522,7 @@ def _sink(args: argparse.Namespace) -> int:
         group_id=args.group_id,
         batch_rows=args.batch_rows,
         max_wait_s=args.max_wait,
+        consumer_config=client_security(),
     )
     signal.signal(signal.SIGTERM, lambda *_: sink.stop())
     print(f"sink: {args.topic} -> {args.store} (group {args.group_id})", flush=True)

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
+from consumers.kafka_auth import client_security
 from consumers.studio.incidents import StudioIncident, incident_of
 from consumers.studio.queue import ReviewQueue
 from pipeline.events import FlagEvent
@@ -139,6 +140,7 @@ class FlagFeed:
                 request_timeout_ms=10_000,
                 bootstrap_timeout_ms=10_000,
                 client_id="clipguard-studio",
+                **client_security(),
             )
             self._partitions = set()
         return self._consumer

@@ -38,20 +38,9 @@ die() {
     exit 2
 }
 
-# read_secret FILE: the password in FILE (one line of letters, digits and . _ ~ -, as
-# `openssl rand -hex 32` writes), so that it needs no quoting in JAAS or the format tool
-read_secret() {
-    local file="$1" value
-    [[ -f "$file" ]] || die "$file: no such file (create the secret: docker/README.md)"
-    [[ -r "$file" ]] || die "$file: not readable by $(id -un 2>/dev/null || id -u)"
-    value="$(head -c 4097 "$file")"
-    value="${value%$'\n'}"
-    [[ -n "$value" ]] || die "$file: empty"
-    ((${#value} <= 4096)) || die "$file: over 4096 bytes"
-    [[ "$value" =~ ^[A-Za-z0-9._~-]+$ ]] ||
-        die "$file: use letters, digits and . _ ~ - only (e.g. openssl rand -hex 32)"
-    printf '%s' "$value"
-}
+# read_secret FILE: the password in FILE, checked (docker/kafka/secret.sh)
+# shellcheck source-path=SCRIPTDIR source=secret.sh
+. "$(dirname "${BASH_SOURCE[0]}")/secret.sh"
 
 [[ -n "${CLUSTER_ID:-}" ]] || die "CLUSTER_ID is not set"
 [[ "$ADMIN_USER" =~ ^[A-Za-z0-9._-]+$ ]] || die "ADMIN_USER: letters, digits and . _ - only"

@@ -40,19 +40,9 @@ die() {
     exit 2
 }
 
-# read_secret FILE: one line of letters, digits and . _ ~ - (see sasl-broker.sh)
-read_secret() {
-    local file="$1" value
-    [[ -f "$file" ]] || die "$file: no such file (create the secret: docker/README.md)"
-    [[ -r "$file" ]] || die "$file: not readable"
-    value="$(head -c 4097 "$file")"
-    value="${value%$'\n'}"
-    [[ -n "$value" ]] || die "$file: empty"
-    ((${#value} <= 4096)) || die "$file: over 4096 bytes"
-    [[ "$value" =~ ^[A-Za-z0-9._~-]+$ ]] ||
-        die "$file: use letters, digits and . _ ~ - only (e.g. openssl rand -hex 32)"
-    printf '%s' "$value"
-}
+# read_secret FILE: the password in FILE, checked (docker/kafka/secret.sh)
+# shellcheck source-path=SCRIPTDIR source=secret.sh
+. "$HERE/secret.sh"
 
 [[ "$WORKER_GROUP" =~ ^[A-Za-z0-9._-]+$ ]] || die "WORKER_GROUP: letters, digits and . _ - only"
 umask 077

@@ -53,12 +53,13 @@ def scan_videos(model: str, videos: list[Path], fps: float | None) -> dict[str, 
             for p in sets
             for lab in p["labels"]
         }
-        frames = above = 0
+        frames = above = flagged = 0
         peak: dict[str, float] = {}
         for line in (out / "scores.jsonl").read_text().splitlines():
             rec = json.loads(line)
             frames += 1
             above += any(v > thresholds[k] for k, v in rec["scores"].items())
+            flagged += bool(rec["flagged"])  # the label's whole rule met (margin included)
             for k, v in rec["scores"].items():
                 peak[k] = max(peak.get(k, -1.0), v)
         opened = [
@@ -71,6 +72,8 @@ def scan_videos(model: str, videos: list[Path], fps: float | None) -> dict[str, 
         "frames": frames,
         "frames_above_threshold": above,
         "share_above_threshold": round(above / max(frames, 1), 4),
+        "frames_flagged": flagged,
+        "share_flagged": round(flagged / max(frames, 1), 4),
         "incidents": len(opened),
         "incident_policies": sorted(f["policy"] for f in opened),
         "peak_scores": {k: round(v, 3) for k, v in sorted(peak.items())},

@@ -199,8 +199,9 @@ def main() -> int:
 
     scores, flags, dead = (records[t] for t in TOPICS)
     print(
-        f"   drained in {drained:.1f} s (including joining the group): {len(scores)} frames "
-        f"scored, {len(flags)} flag events, {len(dead)} dead letters\n"
+        f"   drained in {drained:.1f} s (including joining the group and, on a new host, "
+        f"converting the model once): {len(scores)} frames scored, {len(flags)} flag events, "
+        f"{len(dead)} dead letters\n"
     )
     print("5. flag events (incidents: open -> closed)")
     header = f"   {'policy':<14}{'label':<14}{'start s':>8}{'end s':>8}{'peak':>7}  at s  event id"

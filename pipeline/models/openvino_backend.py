@@ -179,18 +179,26 @@ def _quantize(ov_model: Any, model: ImageTextModel, calibration: npt.NDArray[np.
     dataset = nncf.Dataset(items, lambda item: item[0])  # (1, R, R, 3) each
     vit = getattr(getattr(model, "config", None), "vision", None)
     vit = getattr(vit, "kind", "vit") == "vit"  # SigLIP's towers are ViTs too
-    return nncf.quantize_with_accuracy_control(
-        ov_model,
-        dataset,
-        dataset,
-        validation_fn=_mean_cosine,
-        max_drop=_MAX_COSINE_DROP,
-        model_type=nncf.ModelType.TRANSFORMER if vit else None,
-        subset_size=len(items),
-        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-            max_num_iterations=_MAX_REVERTED
-        ),
-    )
+    # NNCF logs every step of the search (each reverted operation by name) at INFO: a
+    # worker's or the demo's log should say that a conversion ran, not how it went
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(max(level, logging.WARNING))
+    try:
+        return nncf.quantize_with_accuracy_control(
+            ov_model,
+            dataset,
+            dataset,
+            validation_fn=_mean_cosine,
+            max_drop=_MAX_COSINE_DROP,
+            model_type=nncf.ModelType.TRANSFORMER if vit else None,
+            subset_size=len(items),
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                max_num_iterations=_MAX_REVERTED
+            ),
+        )
+    finally:
+        nncf_log.setLevel(level)
 
 
 def _mean_cosine(compiled: Any, items: Any) -> tuple[float, list[float]]:

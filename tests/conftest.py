@@ -97,3 +97,23 @@ def browser() -> Iterator[Any]:
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield b
         b.close()
+
+
+@pytest.fixture
+def policy_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One compiled-policy cache for the session, never the user's (modules that compile
+    policies take it with ``pytestmark = pytest.mark.usefixtures("policy_cache")``)."""
+    monkeypatch.setenv("CLIPGUARD_POLICY_CACHE", str(tmp_path_factory.getbasetemp() / "pc"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for a module: batch-1 CPU inference with several intra-op threads
+    crawls when the cores are busy (measured: 0.75 s instead of 2 ms an image on 2 shared
+    cores), and the 64 px demo model needs no more; more only fight the decoders."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

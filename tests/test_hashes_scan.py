@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,8 @@ import pytest
 
 from consumers.cli import main
 from pipeline.policies.bundled import DEMO_POLICIES
+
+pytestmark = pytest.mark.usefixtures("policy_cache", "one_torch_thread")
 
 _POLICY = """\
 id: known-files
@@ -30,21 +31,6 @@ action: block
 banks: [known]
 """
 DEMO = DEMO_POLICIES
-
-
-@pytest.fixture(autouse=True)
-def _policy_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("CLIPGUARD_POLICY_CACHE", str(tmp_path_factory.getbasetemp() / "pc"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _matches(entry: dict[str, Any]) -> set[tuple[str, str, str]]:

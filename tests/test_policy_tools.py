@@ -25,32 +25,14 @@ from pipeline.policies import load_policy
 from pipeline.policies import tools as policy_tools
 from pipeline.policies.bundled import DEMO_POLICIES
 
+pytestmark = pytest.mark.usefixtures("policy_cache", "one_torch_thread")
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = DEMO_POLICIES
 RED_TRIANGLE = DEMO / "red-triangle.yaml"
 # the shipped threshold line of the red-triangle label, whatever its calibrated value
 THRESHOLD_LINE = re.search(r"^    threshold: .*\n", RED_TRIANGLE.read_text(), re.M).group(0)
 FPS = 10
-
-
-@pytest.fixture(autouse=True)
-def _policy_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """One policy cache for the module, never the user's."""
-    cache = tmp_path_factory.getbasetemp() / "policy-cache"
-    monkeypatch.setenv("CLIPGUARD_POLICY_CACHE", str(cache))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Batch-1 CPU inference with several intra-op threads crawls when the cores are busy
-    (measured: 0.75 s instead of 2 ms an image on 2 shared cores); one thread is plenty for
-    the 64 px demo model."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -49,10 +49,7 @@ from pipeline.store.schema import embeddings_of
 ROOT = Path(__file__).resolve().parent.parent
 from pipeline.policies.bundled import DEMO_POLICIES  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _policy_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("CLIPGUARD_POLICY_CACHE", str(tmp_path_factory.getbasetemp() / "pc"))
+pytestmark = pytest.mark.usefixtures("policy_cache")
 
 
 def _run(*argv: str) -> tuple[int, str, str]:

@@ -13,7 +13,6 @@ threshold give the incidents this test works out from the stored hashes by brute
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +27,7 @@ from pipeline.hashes.signals import hamming
 from pipeline.policies.bundled import DEMO_POLICIES
 from pipeline.store import open_store
 
-
-@pytest.fixture(autouse=True)
-def _policy_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("CLIPGUARD_POLICY_CACHE", str(tmp_path_factory.getbasetemp() / "pc"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("policy_cache", "one_torch_thread")
 
 
 @pytest.fixture(scope="module")

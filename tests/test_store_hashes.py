@@ -39,10 +39,7 @@ from pipeline.store.bankmatch import match_stored_frames
 from pipeline.store.records import frames_value, read_frames_value
 from pipeline.store.schema import FILE_SCHEMA, HASH_COLUMNS, RECORD_SCHEMA, frame_hashes
 
-
-@pytest.fixture(autouse=True)
-def _policy_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("CLIPGUARD_POLICY_CACHE", str(tmp_path_factory.getbasetemp() / "pc"))
+pytestmark = pytest.mark.usefixtures("policy_cache")
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

@@ -687,13 +687,25 @@ def test_an_idle_stream_closes_its_incident_and_is_forgotten(
 
 class HeldEncoder(TorchImageEncoder):
     """The real encoder, held while ``running`` is clear (a busy device: segments stay in
-    flight)."""
+    flight). ``close_when`` is asked before each batch: once it says so, the encoder clears
+    ``running`` itself, so the hold starts at a known point and not when a test thread gets
+    round to it."""
 
-    def __init__(self, model: Any, running: threading.Event, *, batch_size: int) -> None:
+    def __init__(
+        self,
+        model: Any,
+        running: threading.Event,
+        *,
+        batch_size: int,
+        close_when: Callable[[], bool] = lambda: False,
+    ) -> None:
         super().__init__(model, "fp32", batch_size=batch_size)
         self._running = running
+        self._close_when = close_when
 
     def encode(self, frames: Any) -> Any:
+        if self._close_when():
+            self._running.clear()
         self._running.wait(60)
         return super().encode(frames)
 
@@ -718,17 +730,27 @@ def test_a_partition_revoked_and_given_back_loses_nothing(
     opts = {"max_batch_size": 4, "jobs_enabled": False, "session_timeout_ms": 6000}
     running = threading.Event()
     running.set()
+    held = threading.Event()  # set once the test has seen the hold; the gate stays open after
+
+    def busy() -> bool:  # one's device turns busy after two segments, until two has partitions
+        return not held.is_set() and one.segments_done >= 2
+
     one = Worker(
         streaming.settings(kafka, **opts),
-        encoder=lambda model, size: HeldEncoder(model, running, batch_size=size),
+        encoder=lambda model, size: HeldEncoder(
+            model, running, batch_size=size, close_when=busy
+        ),
     )
     thread = threading.Thread(target=one.run, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: one.segments_done >= 2, 60, "the first worker to be busy")
-        running.clear()  # one's device is busy until two has its partitions
-        assert one.pauses > 0
-        assert one.in_flight > one.settings.max_inflight_segments // 2  # ... so still paused
+        half = one.settings.max_inflight_segments // 2
+        wait_for(
+            lambda: not running.is_set() and one.pauses > 0 and one.in_flight > half,
+            60,
+            "the first worker to be held with its consumption paused",
+        )
+        held.set()
         with worker_thread(streaming.settings(kafka, **opts)) as two:
             wait_for(lambda: bool(two.assigned), 60, "the second worker's partitions")
             running.set()

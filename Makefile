@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned first so a CPU build is used where one is available locally
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test lint demo bench fuzz clean test-tools deploy-tools browser build-headers
+.PHONY: venv test lint style demo bench fuzz clean test-tools deploy-tools browser build-headers
 
 venv: $(STAMP)
 
@@ -42,10 +42,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps "open_clip_torch==3.3.0" "timm==1.0.31"
 	touch $(STAMP)
 
-lint: $(STAMP)
+lint: style $(STAMP)
+	$(VENV)/bin/mypy
+
+style: $(STAMP)
 	$(VENV)/bin/ruff check pipeline consumers tests bench scripts
 	$(VENV)/bin/ruff format --check pipeline consumers tests bench scripts
-	$(VENV)/bin/mypy
 
 # two pytest processes, each test file whole in one of them (module fixtures built once):
 # most long tests wait on brokers and worker processes, so two share two cores well
@@ -57,8 +59,14 @@ $(TEST_STAMP): $(STAMP) | build-headers
 	touch $(TEST_STAMP)
 
 # test-tools first: on a new machine its one apt-get brings the build headers vpdq needs too
-test: test-tools lint $(TEST_STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+# mypy (about 40 s from a cold cache) checks types beside the tests rather than before them:
+# the test processes spend much of their time waiting on brokers and child processes. Its
+# report follows the tests' and either one failing fails the target.
+test: test-tools style $(TEST_STAMP)
+	@$(VENV)/bin/mypy > $(VENV)/mypy.log 2>&1 & types=$$!; \
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile; tests=$$?; \
+	wait $$types; typed=$$?; echo "mypy:"; cat $(VENV)/mypy.log; \
+	exit $$(( tests != 0 ? tests : typed ))
 
 # The system tools the tests use, Debian packages installed only when missing (one
 # `apt-get update` for all of them): docker-compose, promtool and shellcheck for

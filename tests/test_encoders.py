@@ -14,7 +14,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,13 +49,30 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("converted")
+def demo() -> CLIP:
+    return load_clip("clipguard-demo")
+
+
+@dataclass(frozen=True)
+class FirstStart:
+    folder: Path
+    encoder: Any
+    seconds: float
 
 
 @pytest.fixture(scope="module")
-def demo() -> CLIP:
-    return load_clip("clipguard-demo")
+def first_int8(tmp_path_factory: pytest.TempPathFactory, demo: CLIP) -> FirstStart:
+    """The module's one int8 conversion of the demo model into a new cache (the slowest step
+    here: NNCF's accuracy control), timed; every test that takes ``cache`` finds it there."""
+    folder = tmp_path_factory.mktemp("converted")
+    start = time.perf_counter()
+    encoder = load_encoder(demo, precision="int8", cache_dir=folder)
+    return FirstStart(folder, encoder, time.perf_counter() - start)
+
+
+@pytest.fixture(scope="module")
+def cache(first_int8: FirstStart) -> Path:
+    return first_int8.folder
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -136,11 +155,16 @@ def test_models_list_shows_the_converted_models_and_their_guard_figures(
     row = next(r for r in listed if r["precision"] == "int8")
     assert row["name"] == "clipguard-demo" and row["backend"] == "openvino"
     assert row["weights_sha256"] == demo.fingerprint()
-    assert row["mean_cosine"] == pytest.approx(encoder.guard.mean_cosine)
+    # the list shows the newest guard verdict stored with the conversion (the module's other
+    # tests check it on other validation sets too); this start's verdict is among them
+    (entry,) = [e for e in list_converted(cache) if e.precision == "int8"]
+    assert encoder.guard.mean_cosine in [c.mean_cosine for c in entry.checks]
+    newest = entry.checks[-1]
+    assert row["mean_cosine"] == pytest.approx(newest.mean_cosine)
     assert row["changed"] == 0
     table = subprocess.run(cli, env=env, capture_output=True, text=True, check=True).stdout
     line = next(x for x in table.splitlines() if "clipguard-demo" in x and " int8 " in x)
-    assert f"{encoder.guard.mean_cosine:.5f}" in line
+    assert f"{newest.mean_cosine:.5f}" in line
     empty = {**env, "CLIPGUARD_CONVERTED_DIR": str(cache / "nothing-here")}
     table = subprocess.run(cli, env=empty, capture_output=True, text=True, check=True).stdout
     assert "converted models: none yet" in table
@@ -196,21 +220,21 @@ def test_a_changed_regression_decision_refuses_the_precision(cache: Path, demo: 
         load_encoder(demo, precision=lower, cache_dir=cache, regressions=[strict])
 
 
-def test_conversion_is_reused_on_the_second_start(tmp_path: Path, demo: CLIP) -> None:
+def test_conversion_is_reused_on_the_second_start(
+    cache: Path, demo: CLIP, first_int8: FirstStart
+) -> None:
+    first, first_s = first_int8.encoder, first_int8.seconds
     start = time.perf_counter()
-    first = load_encoder(demo, precision="int8", cache_dir=tmp_path)
-    first_s = time.perf_counter() - start
-    start = time.perf_counter()
-    second = load_encoder(demo, precision="int8", cache_dir=tmp_path)
+    second = load_encoder(demo, precision="int8", cache_dir=cache)
     second_s = time.perf_counter() - start
     print(f"first start {first_s:.2f} s (converted), second start {second_s:.2f} s")
-    assert first.converted_now and not second.converted_now  # type: ignore[attr-defined]
+    assert first.converted_now and not second.converted_now
     assert second_s < first_s
     assert second.guard == first.guard  # the stored figures, not measured again
-    (entry,) = list_converted(tmp_path)
-    assert (entry.precision, entry.backend, entry.name) == ("int8", "openvino", "clipguard-demo")
+    (entry,) = [e for e in list_converted(cache) if e.precision == "int8"]
+    assert (entry.backend, entry.name) == ("openvino", "clipguard-demo")
     assert entry.weights_sha256 == demo.fingerprint() and entry.conversion_s > 0
-    assert [c.mean_cosine for c in entry.checks] == [first.guard.mean_cosine]  # type: ignore[union-attr]
+    assert first.guard.mean_cosine in [c.mean_cosine for c in entry.checks]
     frames = generated_frames(demo.input_resolution, 4, seed=3)
     np.testing.assert_array_equal(first.encode(frames), second.encode(frames))
 

@@ -161,7 +161,9 @@ def test_a_scan_with_a_siglip_model_reports_sigmoid_scores(siglip_dir, tmp_path)
     cv2.imwrite(str(image), picture)
     out = tmp_path / "out"
     args = ["scan", str(image), "--model", str(siglip_dir), "--policies", str(policies)]
-    code = main([*args, "--out", str(out)])
+    # fp32: the sigmoid scores are compared with the reference to 1e-5 (the default, auto,
+    # would first convert the random tower to int8 only for the guard to refuse it)
+    code = main([*args, "--precision", "fp32", "--out", str(out)])
     assert code == 0
     (record,) = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
     assert record["kinds"] == {"p/thing": "sigmoid"}
@@ -183,7 +185,8 @@ def test_a_stream_worker_with_a_siglip_model_publishes_sigmoid_scores(siglip_dir
     )
     kafka.create()
     sent = produce_file(kafka.bootstrap, video, stream_id="cam-siglip", topic=kafka.names.segments)
-    s = streaming.settings(kafka, model=str(siglip_dir), policies=[str(policies)])
+    # fp32: the random tower's int8 would only be converted for the guard to refuse it
+    s = streaming.settings(kafka, model=str(siglip_dir), policies=[str(policies)], precision="fp32")
     with worker_thread(s) as worker:
         streaming.wait_for(lambda: worker.segments_done >= sent, 120, "segments done")
     scores = [r.json() for r in read_topic(kafka.bootstrap, kafka.names.scores)]
@@ -213,6 +216,7 @@ def test_a_store_backtest_with_a_siglip_model_rescores_in_sigmoid(siglip_dir, tm
     write_video(clip, demo_shots(shot_seconds=1.0)[:3])
     out, store = tmp_path / "out", tmp_path / "store"
     args = ["scan", str(clip), "--model", str(siglip_dir), "--policies", str(policies)]
+    args += ["--precision", "fp32"]  # the random tower's int8 would be refused by the guard
     assert main([*args, "--sample-fps", "5", "--out", str(out), "--store", str(store)]) == 0
     scanned = {
         (f["event_id"], f["start_ts"], f["end_ts"])

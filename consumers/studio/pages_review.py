@@ -17,10 +17,11 @@ from consumers.studio.app import Studio, studio_of
 from consumers.studio.frames import page_frames
 from consumers.studio.handoff import handoff
 from consumers.studio.hashes import summary
-from consumers.studio.labels import MAX_NOTE
+from consumers.studio.labels import MAX_NOTE, Label
 from consumers.studio.pages_policies import policy_file
 from consumers.studio.preparing import PAGE_WAIT_S, NotReady
 from consumers.studio.scoring import LabeledScore
+from consumers.studio.traffic import Count
 from consumers.studio.tune import at_threshold, tune_data
 from consumers.studio.versions import add_example
 from consumers.studio.warm import prepared_examples
@@ -163,29 +164,29 @@ async def tune(
     rule = lp.policy.label(chosen)
     await run_in_threadpool(studio.sync_file)
     examples, preparing = await _examples(studio, lp)
-    data = tune_data(
-        policy=lp.policy.id,
-        label=chosen,
-        rule=rule.rule,
-        cutoff=rule.cutoff,
-        examples=examples,
-        labels=studio.labels.all(policy=lp.policy.id, label=chosen),
-        queue_peaks=studio.queue.peaks(lp.policy.id, chosen),
-    )
+    reviews = studio.labels.all(policy=lp.policy.id, label=chosen)
     stored, unlabelled, store_note, live = 0, list[float](), None, None
+    frames: dict[str, list[tuple[float, bool]]] = {}
+    cutoff = rule.cutoff
     if studio.config.store is not None and preparing is None:
-        model_name = studio.scorer.model_name(lp)
         try:
-            stored, unlabelled = await run_in_threadpool(
-                studio.store.label_scores, lp, chosen, studio.scorer, model_name, PAGE_WAIT_S
-            )
-            live = await run_in_threadpool(
-                studio.store.count, lp, chosen, data.cutoff, studio.scorer, model_name
+            stored, unlabelled, live, frames = await run_in_threadpool(
+                _stored_traffic, studio, lp, chosen, cutoff, reviews
             )
         except NotReady as e:  # the page now; the stored traffic's part once it is ready
             preparing = e
         except ClipguardError as e:
             store_note = str(e)
+    data = tune_data(
+        policy=lp.policy.id,
+        label=chosen,
+        rule=rule.rule,
+        cutoff=cutoff,
+        examples=examples,
+        labels=reviews,
+        queue_peaks=studio.queue.peaks(lp.policy.id, chosen),
+        frames=frames,
+    )
     payload = {
         "stored": stored,
         "unlabelled": unlabelled,
@@ -209,6 +210,19 @@ async def tune(
         live=live,
         preparing=preparing,
     )
+
+
+def _stored_traffic(
+    studio: Studio, lp: LoadedPolicy, label: str, cutoff: float, reviews: list[Label]
+) -> tuple[int, list[float], Count, dict[str, list[tuple[float, bool]]]]:
+    """Tune's stored-traffic part: stored frames, the unlabelled sample, the count at the
+    cutoff and the reviewed incidents' stored frames."""
+    model_name = studio.scorer.model_name(lp)
+    store = studio.store
+    stored, unlabelled = store.label_scores(lp, label, studio.scorer, model_name, PAGE_WAIT_S)
+    live = store.count(lp, label, cutoff, studio.scorer, model_name)
+    frames = store.review_frames(lp, label, reviews, studio.scorer, model_name)
+    return stored, unlabelled, live, frames
 
 
 async def _examples(studio: Studio, lp: LoadedPolicy) -> tuple[list[LabeledScore], Any]:

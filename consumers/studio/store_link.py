@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,10 +33,11 @@ from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
 from pipeline.policies.tools.judging import compile_policies
 
 if TYPE_CHECKING:
+    from consumers.studio.labels import Label
     from consumers.studio.scoring import Scorer
     from pipeline.hashes.store import BankSnapshot
 
-__all__ = ["MAX_QUEUED", "SAMPLE", "StoreLink", "StoreStatus"]
+__all__ = ["MAX_QUEUED", "MAX_SPAN_FRAMES", "SAMPLE", "StoreLink", "StoreStatus"]
 
 _MAX_QUERY = 300
 _MAX_HITS = 48
@@ -45,6 +47,9 @@ _QUESTIONS_KEPT = 64  # which cached answer a policy file's question has
 SAMPLE = 20_000
 #: The most incidents one click queues from the store.
 MAX_QUEUED: Final = 5_000
+#: The most stored frames of one reviewed incident's span Tune takes as labelled points (a
+#: longer span is sampled evenly).
+MAX_SPAN_FRAMES: Final = 2_000
 
 
 @dataclass(frozen=True)
@@ -273,6 +278,32 @@ class StoreLink:
         even sample of at most :data:`SAMPLE` of them, sorted."""
         traffic = self.traffic(lp, scorer, model_name, wait).labels[f"{lp.policy.id}/{label}"]
         return traffic.frames, traffic.sample(SAMPLE)
+
+    def review_frames(
+        self,
+        lp: LoadedPolicy,
+        label: str,
+        reviews: Sequence[Label],
+        scorer: Scorer,
+        model_name: str,
+        wait: float | None = None,
+    ) -> dict[str, list[tuple[float, bool]]]:
+        """Tune's labelled points from the stored frames: for each reviewed incident of
+        ``label`` (of ``model_name``'s frames, or of no recorded model), ``label``'s score on
+        every stored frame of its stream inside its span, and whether the frame passes the
+        margin rule (incidents without a stored frame there are left out)."""
+        traffic = self.traffic(lp, scorer, model_name, wait)
+        key = f"{lp.policy.id}/{label}"
+        out = {}
+        for r in reviews:
+            if r.stream_id is None or r.start_ts is None or r.end_ts is None:
+                continue
+            if r.model is not None and r.model != model_name:
+                continue
+            points = traffic.span(key, r.stream_id, r.start_ts, r.end_ts, MAX_SPAN_FRAMES)
+            if points:
+                out[r.incident] = points
+        return out
 
     def count(
         self,

@@ -63,6 +63,7 @@ class _Order:
     frame_start: _I64 | None  # (F,) first row of each frame; None when no frame is tiled
     ts: npt.NDArray[np.float64]  # (F,)
     layout: Any  # pipeline.store.temporal.StreamLayout of the F frames
+    stream: _I64  # (F,) each frame's stream code (sorted: a stream's frames are together)
 
 
 class LabelTraffic:
@@ -92,6 +93,34 @@ class LabelTraffic:
         """An even sample of at most ``most`` frame scores, sorted (Tune's histogram)."""
         step = max(1, -(-self.frames // most))
         return sorted(float(v) for v in self.frame_score[::step])
+
+    def span(self, stream: int, start: float, end: float, most: int) -> list[tuple[float, bool]]:
+        """The frames of stream code ``stream`` from ``start`` to ``end`` (stream time, both
+        included; at most ``most``, evenly spread): each as (score, passes the margin rule)
+        such that the frame passes a threshold exactly when the score reaches it and the
+        margin rule holds: a tiled frame's best score among its tiles that pass the margin
+        rule (any tile passing passes the frame), else its best tile's score."""
+        order = self._order
+        lo, hi = (int(v) for v in np.searchsorted(order.stream, [stream, stream + 1]))
+        a = lo + int(np.searchsorted(order.ts[lo:hi], start, side="left"))
+        b = lo + int(np.searchsorted(order.ts[lo:hi], end, side="right"))
+        frames = np.arange(a, b)[:: max(1, -(-(b - a) // most))]
+        if order.frame_start is None:
+            rows = [np.array([f]) for f in frames.tolist()]
+        else:
+            starts, last = order.frame_start, len(order.frame_start) - 1
+            rows = [
+                np.arange(starts[f], starts[f + 1] if f < last else len(self._score))
+                for f in frames.tolist()
+            ]
+        out = []
+        for f, r in zip(frames.tolist(), rows, strict=True):
+            ok = self._margin_ok[r]
+            if ok.any():
+                out.append((float(self._score[r][ok].max()), True))
+            else:
+                out.append((float(self.frame_score[f]), False))
+        return out
 
     def count(self, threshold: float) -> Count:
         """Frames reaching ``threshold`` and the incidents the rule opens with it."""
@@ -123,10 +152,27 @@ class LabelTraffic:
 class TrafficScores:
     """Every label of one policy set on the stored frames of one model and weights."""
 
-    def __init__(self, labels: dict[str, LabelTraffic], frames: int, seconds: float) -> None:
+    def __init__(
+        self,
+        labels: dict[str, LabelTraffic],
+        frames: int,
+        seconds: float,
+        streams: dict[str, int] | None = None,
+    ) -> None:
         self.labels = labels
         self.frames = frames
         self.seconds = seconds  # how long the pass over the store took
+        self.streams = streams or {}  # stream id -> code
+
+    def span(
+        self, key: str, stream_id: str, start: float, end: float, most: int
+    ) -> list[tuple[float, bool]]:
+        """Label ``key``'s points on the stored frames of ``stream_id`` from ``start`` to
+        ``end`` (:meth:`LabelTraffic.span`); none when the stream has no stored frame."""
+        code = self.streams.get(stream_id)
+        if code is None or key not in self.labels:
+            return []
+        return self.labels[key].span(code, start, end, most)
 
     @classmethod
     def compute(
@@ -174,7 +220,7 @@ class TrafficScores:
             margins.append(ok)
         if not streams:
             empty = np.zeros(0, np.int64)
-            order = _Order(empty, None, np.zeros(0), module.StreamLayout.of([], 0))
+            order = _Order(empty, None, np.zeros(0), module.StreamLayout.of([], 0), empty)
             score = np.zeros((0, len(labels)), np.float32)
             margin = np.zeros((0, len(labels)), bool)
         else:
@@ -194,7 +240,7 @@ class TrafficScores:
             )
             for j, lab in enumerate(labels)
         }
-        return cls(out, len(order.ts), time.perf_counter() - started)
+        return cls(out, len(order.ts), time.perf_counter() - started, names)
 
 
 class TrafficCache:
@@ -283,4 +329,5 @@ def _order(stream: _I64, ts: npt.NDArray[np.float64], place: _I64, module: Any) 
         frame_start=None if len(starts) == len(order) else starts,
         ts=ft,
         layout=module.StreamLayout.of(stream_starts, len(fs)),
+        stream=fs,
     )

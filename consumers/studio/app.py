@@ -150,6 +150,7 @@ def studio_of(request: Request) -> Studio:
 def create_app(config: StudioConfig) -> FastAPI:
     """The studio as an ASGI app (serve it with uvicorn)."""
     from consumers.studio import (
+        pages_hashtune,
         pages_incident,
         pages_policies,
         pages_review,
@@ -170,7 +171,14 @@ def create_app(config: StudioConfig) -> FastAPI:
     )
     app.state.studio = studio
     app.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
-    for module in (pages_policies, pages_try, pages_review, pages_incident, pages_store):
+    for module in (
+        pages_policies,
+        pages_try,
+        pages_review,
+        pages_hashtune,
+        pages_incident,
+        pages_store,
+    ):
         app.include_router(module.router)
 
     @app.exception_handler(ClipguardError)

@@ -16,8 +16,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from consumers.studio.app import Studio, studio_of
 from consumers.studio.frames import page_frames
 from consumers.studio.handoff import handoff
-from consumers.studio.hashes import summary
 from consumers.studio.labels import MAX_NOTE, Label
+from consumers.studio.pages_hashtune import hash_tune
 from consumers.studio.pages_policies import policy_file
 from consumers.studio.preparing import PAGE_WAIT_S, NotReady
 from consumers.studio.scoring import LabeledScore
@@ -153,9 +153,8 @@ async def tune(
     request: Request, name: str, studio: StudioDep, label: str | None = None
 ) -> HTMLResponse:
     pf = policy_file(studio, name)
-    if pf.hashed is not None:  # a distance, not a score threshold: the page says so
-        h = summary(pf.hashed.policy, studio.banks())
-        return studio.page(request, "tune_hash.html", pf=pf, h=h)
+    if pf.hashed is not None:  # a distance, not a score threshold
+        return await hash_tune(request, pf, studio)
     lp = pf.loaded
     if lp is None:
         raise HTTPException(409, "the policy does not load; fix it first")

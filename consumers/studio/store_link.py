@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
 
+from consumers.studio.hashtune import HashTraffic
 from consumers.studio.incidents import StudioIncident, incident_id
 from consumers.studio.preparing import Preparation
 from consumers.studio.traffic import Count, TrafficCache, TrafficScores
 from pipeline.errors import ClipguardError, ConfigError, StoreError
 from pipeline.policies.hashing import check_banks
-from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
+from pipeline.policies.schema import LoadedHashPolicy, LoadedPolicies, LoadedPolicy
 from pipeline.policies.tools.judging import compile_policies
 
 if TYPE_CHECKING:
@@ -355,6 +356,26 @@ class StoreLink:
 
         total = self.status().frames.get(model_name, 0)
         return self.preparation.get(question, _traffic_what(lp), total, make, wait)
+
+    def hash_traffic(
+        self, hp: LoadedHashPolicy, banks: BankSnapshot, wait: float | None = None
+    ) -> HashTraffic:
+        """Hash policy ``hp``'s nearest distances on every stored hashed frame (all models),
+        for Tune's distance slider; made once per policy (its distance aside), banks and
+        store contents (:class:`~consumers.studio.preparing.NotReady` after ``wait`` s)."""
+        store = self._open()
+        check_banks([hp], frozenset(banks.banks))
+        same = hp.policy.model_copy(update={"max_distance": 0, "version": 1})
+        question = ("hash-traffic", same.model_dump_json(), banks.digest, self._stamp(store))
+        what = f"{hp.policy.id} on stored hashed frames"
+        return self.preparation.get(
+            question,
+            what,
+            0,
+            lambda _: HashTraffic.compute(hp.policy, store, banks),
+            wait,
+            keep=True,
+        )
 
     def window(
         self, stream_id: str, model_name: str, since: float, until: float, *, limit: int

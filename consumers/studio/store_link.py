@@ -90,6 +90,7 @@ class StoreLink:
                 self._kernels = SimpleNamespace(
                     FrameFilter=self._module.FrameFilter,
                     embeddings_of=importlib.import_module("pipeline.store.schema").embeddings_of,
+                    CosineKernel=importlib.import_module("pipeline.store.cosines").CosineKernel,
                     **{
                         name: getattr(importlib.import_module("pipeline.store.temporal"), name)
                         for name in ("StreamLayout", "find_incidents")

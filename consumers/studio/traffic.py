@@ -35,7 +35,14 @@ from pipeline.errors import ConfigError
 from pipeline.policies.schema import Temporal
 from pipeline.policies.snapshot import PolicySet
 
-__all__ = ["CACHED_POLICIES", "Count", "LabelTraffic", "TrafficCache", "TrafficScores"]
+__all__ = [
+    "CACHED_POLICIES",
+    "Count",
+    "LabelTraffic",
+    "TrafficCache",
+    "TrafficScores",
+    "order_of",
+]
 
 #: Policy versions whose stored-traffic scores are kept (about 50 MB each at 1 M frames).
 CACHED_POLICIES: Final = 4
@@ -75,9 +82,9 @@ class LabelTraffic:
     ) -> None:
         self.key = key
         self.rule = rule
-        self._order = order
-        self._score = score  # (R,) per ordered row
-        self._margin_ok = margin_ok  # (R,)
+        self.order = order
+        self.score = score  # (R,) per ordered row
+        self.margin_ok = margin_ok  # (R,)
         self._find = kernel
         if order.frame_start is None:
             self.frame_score = score
@@ -101,7 +108,7 @@ class LabelTraffic:
         such that the frame passes a threshold exactly when the score reaches it and the
         margin rule holds: a tiled frame's best score among its tiles that pass the margin
         rule (any tile passing passes the frame), else its best tile's score."""
-        order = self._order
+        order = self.order
         lo, hi = (int(v) for v in np.searchsorted(order.stream, [stream, stream + 1]))
         a = lo + int(np.searchsorted(order.ts[lo:hi], start, side="left"))
         b = lo + int(np.searchsorted(order.ts[lo:hi], end, side="right"))
@@ -111,14 +118,14 @@ class LabelTraffic:
         else:
             starts, last = order.frame_start, len(order.frame_start) - 1
             rows = [
-                np.arange(starts[f], starts[f + 1] if f < last else len(self._score))
+                np.arange(starts[f], starts[f + 1] if f < last else len(self.score))
                 for f in frames.tolist()
             ]
         out = []
         for f, r in zip(frames.tolist(), rows, strict=True):
-            ok = self._margin_ok[r]
+            ok = self.margin_ok[r]
             if ok.any():
-                out.append((float(self._score[r][ok].max()), True))
+                out.append((float(self.score[r][ok].max()), True))
             else:
                 out.append((float(self.frame_score[f]), False))
         return out
@@ -132,10 +139,10 @@ class LabelTraffic:
                 self._counts.move_to_end(threshold)
                 return self._counts[threshold]
         started = time.perf_counter()
-        passed = (self._score >= np.float32(threshold)) & self._margin_ok  # (R,)
-        if self._order.frame_start is not None:
-            passed = np.logical_or.reduceat(passed, self._order.frame_start)  # (F,)
-        found = self._find(self._order.ts, passed, self.frame_score, self.rule, self._order.layout)
+        passed = (self.score >= np.float32(threshold)) & self.margin_ok  # (R,)
+        if self.order.frame_start is not None:
+            passed = np.logical_or.reduceat(passed, self.order.frame_start)  # (F,)
+        found = self._find(self.order.ts, passed, self.frame_score, self.rule, self.order.layout)
         count = Count(
             threshold=threshold,
             frames=int(np.count_nonzero(passed)),
@@ -287,6 +294,31 @@ class TrafficCache:
                 while len(self._kept) > CACHED_POLICIES:
                     self._kept.popitem(last=False)
             return made
+
+
+def order_of(
+    ts: npt.NDArray[np.float64],
+    stream: _I64,
+    starts: _I64,
+    frame_start: _I64 | None,
+    module: Any,
+) -> _Order:
+    """The frame order of kept arrays (:mod:`consumers.studio.kept`), checked: ``ValueError``
+    when they do not fit together."""
+    frames = len(ts)
+    if ts.dtype != np.float64 or stream.dtype != np.int64 or len(stream) != frames:
+        raise ValueError("frame times and streams of the wrong type or length")
+    if frame_start is not None and (
+        frame_start.dtype != np.int64
+        or len(frame_start) != frames
+        or (frames and frame_start[0] != 0)
+        or np.any(np.diff(frame_start) <= 0)
+    ):
+        raise ValueError("frame starts that do not increase from 0")
+    if np.any(np.diff(stream) < 0) or (frames and stream.min() < 0):
+        raise ValueError("stream codes out of order")
+    layout = module.StreamLayout.of(starts.astype(np.int64), frames)
+    return _Order(np.zeros(0, np.int64), frame_start, ts, layout, stream)
 
 
 def _same_weights(batch: pa.RecordBatch, weights: str) -> pa.RecordBatch:

@@ -163,3 +163,33 @@ def test_a_record_made_under_other_weights_is_dropped(
         assert not path.exists()
         page = whole_page(c, "/policies/red-triangle/tune")  # computed again, and kept
         assert "of 1200 stored frames reach it" in page and path.exists()
+
+
+def test_a_page_waits_for_an_answer_that_is_nearly_ready() -> None:
+    """Past its first wait, a page waits on for work whose progress says it ends within the
+    budget, and shows the progress line at once for work that will not."""
+    import time
+
+    from consumers.studio.preparing import PAGE_BUDGET_S, NotReady, Preparation
+
+    def job(seconds: float) -> Any:
+        def make(progress: Any) -> str:
+            for n in range(10):
+                progress(n + 1)
+                time.sleep(seconds / 10)
+            return f"done in {seconds}"
+
+        return make
+
+    prep = Preparation()
+    try:
+        asked = time.monotonic()
+        assert prep.get("quick", "a quick answer", 10, job(1.0), 0.3) == "done in 1.0"
+        assert 0.9 < time.monotonic() - asked < PAGE_BUDGET_S + 0.2
+        asked = time.monotonic()
+        with pytest.raises(NotReady) as e:
+            prep.get("slow", "a slow answer", 10, job(8.0), 0.3)
+        assert time.monotonic() - asked < 0.8  # its progress said: not within the budget
+        assert "a slow answer" in e.value.status
+    finally:
+        prep.close()

@@ -97,10 +97,11 @@ def test_pages_answer_at_once_while_the_store_answers_are_prepared(
     is done."""
     import time
 
-    from consumers.studio import pages_review, pages_store
+    from consumers.studio import pages_review, pages_store, preparing
 
     monkeypatch.setattr(pages_review, "PAGE_WAIT_S", 0.0)
     monkeypatch.setattr(pages_store, "PAGE_WAIT_S", 0.0)
+    monkeypatch.setattr(preparing, "PAGE_BUDGET_S", 0.0)
     policies, store = stored
     config = StudioConfig(
         policies_dir=policies, data_dir=tmp_path / "data", store=store, warm=False

@@ -100,19 +100,20 @@ class Preparation:
 
     def _more(self, what: str, wait: float | None, asked: float) -> float:
         """How much longer a page that waited ``wait`` s (from ``asked``) waits for ``what``:
-        the rest of :data:`PAGE_BUDGET_S` when the work's progress says it ends by then,
-        else nothing (the page shows the progress line)."""
+        the rest of :data:`PAGE_BUDGET_S` when the work's progress says it ends by then, or
+        says nothing yet (no rows read: loading the model, one small batch), else nothing
+        (the page shows the progress line)."""
         if wait is None or wait >= PAGE_BUDGET_S:
             return 0.0
         now = time.monotonic()
+        left = PAGE_BUDGET_S - (now - asked)
         with self._lock:
             found = [w for w in self._work.values() if w[0] == what]
-        if not found:
-            return 0.0
+        if not found or left <= 0:
+            return max(0.0, left)  # not started yet (its turn comes), or past the budget
         done, total, started = (float(v) for v in found[0][1:])  # type: ignore[arg-type]
-        left = PAGE_BUDGET_S - (now - asked)
-        if not total or not done or left <= 0:
-            return 0.0
+        if not total or not done:
+            return left
         rate = done / max(1e-6, now - started)  # rows a second
         # the rows still to read, then what follows the last one (ordering, a backtest's diff)
         needed = (total - done) / rate + _TAIL * total / rate

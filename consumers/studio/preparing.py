@@ -26,7 +26,7 @@ __all__ = ["PAGE_BUDGET_S", "PAGE_WAIT_S", "NotReady", "Preparation"]
 PAGE_WAIT_S: Final = 0.5
 #: How long a page may wait in all: past :data:`PAGE_WAIT_S` it waits on only for an answer
 #: whose rows read so far, at the rate they were read, say it is done within this.
-PAGE_BUDGET_S: Final = 1.8
+PAGE_BUDGET_S: Final = 1.5
 _WORKERS: Final = 2  # the warmer's question and a page's, side by side
 _KEPT: Final = 64  # small answers remembered (get(keep=True))
 _TAIL: Final = 0.25  # the work after the last row read, as a share of reading every row

@@ -163,14 +163,35 @@ def test_a_record_made_under_other_weights_is_dropped(
         assert not path.exists()
         page = whole_page(c, "/policies/red-triangle/tune")  # computed again, and kept
         assert "of 1200 stored frames reach it" in page and path.exists()
+        whole_page(c, "/backtest?run=1")
+    # a backtest kept under other weights
+    from dataclasses import replace
+
+    from consumers.studio.kept import _ResultUnpickler
+
+    (pickled,) = (data / "prepared").glob("*.pickle")
+    with pickled.open("rb") as f:
+        result = _ResultUnpickler(f).load()
+    pickled.write_bytes(pickle.dumps(replace(result, weights_sha256="0" * 64)))
+    app = create_app(config)
+    with TestClient(app, base_url=BASE) as c:
+        assert SUMMARY.search(c.get("/backtest?run=1").text) is not None  # read from disk
+        studio = app.state.studio
+        assert not studio.store.check_kept_backtest(studio.scorer, "clipguard-demo")
+        assert not pickled.exists()
+        assert studio.store.check_kept_backtest(studio.scorer, "clipguard-demo")  # none left
+        whole_page(c, "/backtest?run=1")
+    with pickled.open("rb") as f:
+        assert _ResultUnpickler(f).load().weights_sha256 == result.weights_sha256
 
 
 def test_a_page_waits_for_an_answer_that_is_nearly_ready() -> None:
     """Past its first wait, a page waits on for work whose progress says it ends within the
     budget, and shows the progress line at once for work that will not."""
+    import contextvars
     import time
 
-    from consumers.studio.preparing import PAGE_BUDGET_S, NotReady, Preparation
+    from consumers.studio.preparing import PAGE_BUDGET_S, NotReady, Preparation, page_budget
 
     def job(seconds: float) -> Any:
         def make(progress: Any) -> str:
@@ -191,5 +212,15 @@ def test_a_page_waits_for_an_answer_that_is_nearly_ready() -> None:
             prep.get("slow", "a slow answer", 10, job(8.0), 0.3)
         assert time.monotonic() - asked < 0.8  # its progress said: not within the budget
         assert "a slow answer" in e.value.status
+
+        def page() -> None:  # two answers asked by one page share its budget
+            page_budget()
+            assert prep.get("first", "a first answer", 10, job(1.0), 0.3) == "done in 1.0"
+            with pytest.raises(NotReady):
+                prep.get("second", "a second answer", 10, job(1.0), 0.3)
+
+        asked = time.monotonic()
+        contextvars.copy_context().run(page)
+        assert time.monotonic() - asked < PAGE_BUDGET_S + 0.3
     finally:
         prep.close()

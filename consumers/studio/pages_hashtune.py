@@ -17,7 +17,7 @@ from consumers.studio.hashes import summary
 from consumers.studio.labels import MAX_NOTE
 from consumers.studio.library import PolicyFile
 from consumers.studio.pages_policies import policy_file
-from consumers.studio.preparing import PAGE_WAIT_S, NotReady
+from consumers.studio.preparing import PAGE_WAIT_S, NotReady, page_budget
 from pipeline.errors import ClipguardError, PolicyError
 from pipeline.hashes.signals import MAX_DISTANCE
 from pipeline.policies.schema import LoadedHashPolicy
@@ -82,6 +82,7 @@ async def distance_count(
     distance: Annotated[int, Query(ge=0, le=MAX_DISTANCE)],
 ) -> JSONResponse:
     """What ``distance`` as ``max_distance`` would match and raise on the stored traffic."""
+    page_budget()
     hp = _hashed(studio, name)
     banks = studio.banks()
     if studio.config.store is None or banks is None:

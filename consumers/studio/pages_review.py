@@ -19,7 +19,7 @@ from consumers.studio.handoff import handoff
 from consumers.studio.labels import MAX_NOTE, Label
 from consumers.studio.pages_hashtune import hash_tune
 from consumers.studio.pages_policies import policy_file
-from consumers.studio.preparing import PAGE_WAIT_S, NotReady
+from consumers.studio.preparing import PAGE_WAIT_S, NotReady, page_budget
 from consumers.studio.scoring import LabeledScore
 from consumers.studio.traffic import Count
 from consumers.studio.tune import at_threshold, tune_data
@@ -152,6 +152,7 @@ def thumb(incident: str, number: int, studio: StudioDep) -> FileResponse:
 async def tune(
     request: Request, name: str, studio: StudioDep, label: str | None = None
 ) -> HTMLResponse:
+    page_budget()
     pf = policy_file(studio, name)
     if pf.hashed is not None:  # a distance, not a score threshold
         return await hash_tune(request, pf, studio)
@@ -246,6 +247,7 @@ async def tune_count(
 ) -> JSONResponse:
     """What ``threshold`` would do on the stored traffic: frames reaching it and the incidents
     the store backtest would raise (the Tune page asks as the slider moves)."""
+    page_budget()
     pf = policy_file(studio, name)
     lp = pf.loaded
     if lp is None:

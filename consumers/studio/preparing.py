@@ -18,15 +18,27 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextvars import ContextVar
 from typing import Final, TypeVar
 
-__all__ = ["PAGE_BUDGET_S", "PAGE_WAIT_S", "NotReady", "Preparation"]
+__all__ = ["PAGE_BUDGET_S", "PAGE_WAIT_S", "NotReady", "Preparation", "page_budget"]
+
+
+def page_budget() -> None:
+    """Start the page's budget: the answers it asks for from now on (in this context) are
+    waited for :data:`PAGE_BUDGET_S` in all."""
+    _PAGE_DEADLINE.set(time.monotonic() + PAGE_BUDGET_S)
+
 
 #: How long a page waits for an answer before it looks at how far the work has got.
 PAGE_WAIT_S: Final = 0.5
 #: How long a page may wait in all: past :data:`PAGE_WAIT_S` it waits on only for an answer
 #: whose rows read so far, at the rate they were read, say it is done within this.
-PAGE_BUDGET_S: Final = 1.5
+PAGE_BUDGET_S: Final = 1.3
+#: When the page being answered must be sent at the latest (``time.monotonic()``), set by
+#: :func:`page_budget`; threads the page's work runs on inherit it (``run_in_threadpool``
+#: copies the context), so that a page asking two answers waits the budget once, not twice.
+_PAGE_DEADLINE: ContextVar[float | None] = ContextVar("page_deadline", default=None)
 _WORKERS: Final = 2  # the warmer's question and a page's, side by side
 _KEPT: Final = 64  # small answers remembered (get(keep=True))
 _TAIL: Final = 0.25  # the work after the last row read, as a share of reading every row
@@ -80,6 +92,9 @@ class Preparation:
             else:
                 future = known[0]
         asked = time.monotonic()
+        deadline = _PAGE_DEADLINE.get()
+        if wait is not None and deadline is not None:
+            wait = max(0.0, min(wait, deadline - asked))
         try:
             try:
                 return future.result(timeout=wait)  # type: ignore[return-value]  # made by make
@@ -106,7 +121,8 @@ class Preparation:
         if wait is None or wait >= PAGE_BUDGET_S:
             return 0.0
         now = time.monotonic()
-        left = PAGE_BUDGET_S - (now - asked)
+        deadline = _PAGE_DEADLINE.get()
+        left = (asked + PAGE_BUDGET_S if deadline is None else deadline) - now
         with self._lock:
             found = [w for w in self._work.values() if w[0] == what]
         if not found or left <= 0:

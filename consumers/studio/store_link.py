@@ -452,6 +452,20 @@ class StoreLink:
             self.kept.drop(question, ".npz")
         return False
 
+    def check_kept_backtest(self, scorer: Scorer, model_name: str) -> bool:
+        """Whether the backtest in memory (read from disk, perhaps) scored ``model_name``'s
+        frames with the model's weights as they are now; one made otherwise is dropped."""
+        with self._lock:
+            kept = [(k, r) for k, r in self._backtests.items() if k[1] == model_name]
+        weights = scorer.model(model_name).fingerprint() if kept else ""
+        stale = [k for k, r in kept if r.weights_sha256 and r.weights_sha256 != weights]
+        for key in stale:
+            with self._lock:
+                self._backtests.pop(key, None)
+            if self.kept is not None:
+                self.kept.drop(("backtest", *key), ".pickle")
+        return not stale
+
     def window(
         self, stream_id: str, model_name: str, since: float, until: float, *, limit: int
     ) -> Any:

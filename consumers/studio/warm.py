@@ -72,6 +72,13 @@ class Warmer:
             name = studio.scorer.model_name(lp)
             if not self._stop.is_set() and not studio.store.check_kept(lp, studio.scorer, name):
                 studio.store.traffic(lp, studio.scorer, name)
+        one = models[0] if len(models) == 1 else None
+        if (
+            one
+            and not self._stop.is_set()
+            and not studio.store.check_kept_backtest(studio.scorer, one)
+        ):
+            studio.store.incidents(LoadedPolicies(loaded), studio.scorer, one)
         self.warmed = key
         return bool(loaded)
 

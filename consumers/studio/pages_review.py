@@ -168,13 +168,13 @@ async def tune(
     stored, unlabelled, store_note, live = 0, list[float](), None, None
     frames: dict[str, list[tuple[float, bool]]] = {}
     cutoff = rule.cutoff
-    if studio.config.store is not None and preparing is None:
-        try:
-            stored, unlabelled, live, frames = await run_in_threadpool(
-                _stored_traffic, studio, lp, chosen, cutoff, reviews
-            )
+    if studio.config.store is not None:  # asked even while the examples are being scored:
+        try:  # both are then prepared side by side
+            part = await run_in_threadpool(_stored_traffic, studio, lp, chosen, cutoff, reviews)
+            if preparing is None:  # else the page waits for the examples: shown with them
+                stored, unlabelled, live, frames = part
         except NotReady as e:  # the page now; the stored traffic's part once it is ready
-            preparing = e
+            preparing = preparing or e
         except ClipguardError as e:
             store_note = str(e)
     data = tune_data(

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from consumers.studio.preparing import NotReady
 from consumers.studio.scoring import LabeledScore
 from pipeline.errors import ClipguardError, PolicyError
 from pipeline.policies import policy_files
@@ -64,8 +66,10 @@ class Warmer:
         for lp in loaded:  # what a page needs first, read from disk when kept there
             if self._stop.is_set():
                 return False
-            prepared_examples(studio, lp, None)
+            with suppress(NotReady):  # the examples scored beside the stored traffic
+                prepared_examples(studio, lp, 0.0)  # (the pool has two threads)
             studio.store.traffic(lp, studio.scorer, studio.scorer.model_name(lp))
+            prepared_examples(studio, lp, None)
         if len(models) == 1 and not self._stop.is_set():
             studio.store.incidents(LoadedPolicies(loaded), studio.scorer, models[0])
         for lp in loaded:  # answers read from disk: made with these prompts and weights?

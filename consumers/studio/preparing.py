@@ -34,7 +34,7 @@ def page_budget() -> None:
 PAGE_WAIT_S: Final = 0.5
 #: How long a page may wait in all: past :data:`PAGE_WAIT_S` it waits on only for an answer
 #: whose rows read so far, at the rate they were read, say it is done within this.
-PAGE_BUDGET_S: Final = 1.3
+PAGE_BUDGET_S: Final = 1.0
 #: When the page being answered must be sent at the latest (``time.monotonic()``), set by
 #: :func:`page_budget`; threads the page's work runs on inherit it (``run_in_threadpool``
 #: copies the context), so that a page asking two answers waits the budget once, not twice.

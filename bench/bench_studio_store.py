@@ -21,7 +21,10 @@ while the background preparation runs: each request's time to the first response
 page, or the page with a progress line), and the time until the whole answer is shown.
 
     python bench/bench_studio_store.py [--frames 1000000] [--repeats 5] [--fresh] [--no-warm]
-        [--during-preparation]
+        [--during-preparation] [--data DIR]
+
+The studio keeps what it prepares in its data folder (``prepared/``): with ``--data DIR`` given
+twice, the second run times a studio restarted on an unchanged store.
 """
 
 from __future__ import annotations
@@ -137,6 +140,13 @@ def main() -> None:
         action="store_true",
         help="time the pages that need the prepared answers while the preparation runs",
     )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="the studio's data folder, kept between runs (default: a new one each run); a "
+        "second run with the same folder times a restarted studio, which reads the answers "
+        "it prepared before from it",
+    )
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench_studio_store")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -161,7 +171,7 @@ def main() -> None:
     port = free_port()
     config = StudioConfig(
         policies_dir=policies,
-        data_dir=tmp / "data",
+        data_dir=args.data or tmp / "data",
         port=port,
         store=where,
         warm=not args.no_warm,

@@ -2,8 +2,9 @@
 real banks: a stream holding a known clip scanned with the policy deployed at 31 bits
 (tests/knownclips.py), then the policy file edited down to 10 bits. The Policies page lists it
 with its bank's entry counts and thresholds, the editor lints it (bank names against the banks
-in force), Tune says it applies to CLIP policies, the Backtest page runs the hash backtest and
-shows the incident the edit changes with the bank entry matched, and the review queue takes it.
+in force), Tune has a distance slider over the stored frames, the Backtest page runs the hash
+backtest and shows the incident the edit changes with the bank entry matched, and the review
+queue takes it.
 """
 
 from __future__ import annotations
@@ -100,11 +101,11 @@ def test_the_editor_lints_a_hash_policy_with_the_banks_in_force(
     assert re.search(r'class="version">3<', row)
 
 
-def test_tune_says_it_applies_to_clip_policies(client: TestClient) -> None:
+def test_tune_shows_the_distance_slider(client: TestClient) -> None:
     page = client.get("/policies/known-clips/tune")
     assert page.status_code == 200
-    assert "Tune applies to CLIP policies" in page.text
-    assert "within 10 of 256 bits" in _text(page.text)
+    assert 'id="distance-slider"' in page.text and 'id="distance-now">10<' in page.text
+    assert "stored hashed frames match at it" in _text(page.text)
 
 
 def test_the_backtest_page_runs_the_hash_backtest(client: TestClient) -> None:

@@ -97,10 +97,11 @@ def test_pages_answer_at_once_while_the_store_answers_are_prepared(
     is done."""
     import time
 
-    from consumers.studio import pages_review, pages_store
+    from consumers.studio import pages_review, pages_store, preparing
 
     monkeypatch.setattr(pages_review, "PAGE_WAIT_S", 0.0)
     monkeypatch.setattr(pages_store, "PAGE_WAIT_S", 0.0)
+    monkeypatch.setattr(preparing, "PAGE_BUDGET_S", 0.0)
     policies, store = stored
     config = StudioConfig(
         policies_dir=policies, data_dir=tmp_path / "data", store=store, warm=False
@@ -140,3 +141,92 @@ def test_pages_answer_at_once_while_the_store_answers_are_prepared(
         found = int(page.split('id="origin-store">', 1)[1].split("<", 1)[0])
         _, incidents = backtest_at(policies, store, 0.55, tmp_path)
         assert found >= incidents > 0  # every red-triangle incident queued, and spam-text's
+
+
+def _frame_points(policies: Path, store: Path, spans: list[tuple[str, float, float]], folder: Path):  # type: ignore[no-untyped-def]
+    """red-triangle's (score, passes the margin rule) on every stored frame inside each span,
+    read from the store's Parquet files and scored with the compiled policy here."""
+    import numpy as np
+
+    from pipeline.models import load_model
+    from pipeline.policies import load_policies
+    from pipeline.policies.compile import PolicyCompiler
+    from pipeline.store import FrameFilter, open_store
+    from pipeline.store.schema import embeddings_of
+
+    model = load_model("clipguard-demo")
+    compiled = PolicyCompiler(model, cache_dir=folder / "compiled").compile(
+        load_policies([policies / "red-triangle.yaml"])
+    )
+    table = open_store(store).frames(
+        FrameFilter(model=model.name), ("stream_id", "ts", "embedding")
+    )
+    streams = np.asarray(table.column("stream_id").to_pylist())
+    ts = table.column("ts").to_numpy()
+    judged = compiled.compiled.evaluate(embeddings_of(table.column("embedding")).astype(np.float32))
+    out = []
+    for stream, start, end in spans:
+        inside = np.flatnonzero((streams == stream) & (ts >= start) & (ts <= end))
+        assert len(inside) > 0
+        out.append(
+            [
+                (float(judged.score[i, 0]), bool(judged.margin[i, 0] >= 0.02))
+                for i in inside[np.argsort(ts[inside])]
+            ]
+        )
+    return out
+
+
+def test_tune_labels_are_the_stored_frames_of_reviewed_incidents(
+    stored: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Three store incidents reviewed (two correct, one incorrect): Tune's labelled points are
+    the scores of the stored frames inside each incident's span, and its precision and recall
+    at the cutoff are those of these frames (with the regression examples)."""
+    import html
+    import json
+    import time
+
+    policies, store = stored
+    config = StudioConfig(
+        policies_dir=policies, data_dir=tmp_path / "data", store=store, warm=False
+    )
+    origin = {"Origin": BASE}
+    with TestClient(create_app(config), base_url=BASE) as c:
+        whole_page(c, "/policies/red-triangle/tune")
+        c.post("/store/queue", headers=origin)
+        deadline = time.monotonic() + 60
+        while c.get("/store/preparing").json()["busy"]:
+            assert time.monotonic() < deadline, "the store's incidents were never queued"
+            time.sleep(0.05)
+        found = re.findall(
+            r'href="/review/([0-9a-f]{16})"', c.get("/review?policy=red-triangle").text
+        )
+        chosen = list(dict.fromkeys(found))[:3]
+        verdicts = ("correct", "correct", "incorrect")
+        for incident, verdict in zip(chosen, verdicts, strict=True):
+            c.post(f"/review/{incident}", data={"verdict": verdict}, headers=origin)
+        reviewed = {i.id: i for i in c.app.state.studio.incidents()}  # type: ignore[attr-defined]
+        page = whole_page(c, "/policies/red-triangle/tune")
+    payload = json.loads(
+        html.unescape(page.split('id="tune-data">', 1)[1].split("</script>", 1)[0])
+    )
+    spans = [(reviewed[i].stream_id, reviewed[i].start_ts, reviewed[i].end_ts) for i in chosen]
+    want = _frame_points(policies, store, spans, tmp_path)  # type: ignore[no-untyped-call]
+    for incident, points, verdict in zip(chosen, want, verdicts, strict=True):
+        side = payload["positives" if verdict == "correct" else "negatives"]
+        got = [(p["score"], p["margin_ok"]) for p in side if incident in p["source"]]
+        assert len(got) == len(points) > 1
+        assert all(
+            g[1] == w[1] and abs(g[0] - w[0]) < 1e-5 for g, w in zip(got, points, strict=True)
+        )
+    examples = {
+        k: [p for p in payload[k] if p["source"].startswith("example:")]
+        for k in ("positives", "negatives")
+    }
+    pos = [(p["score"], p["margin_ok"]) for p in examples["positives"]] + want[0] + want[1]
+    neg = [(p["score"], p["margin_ok"]) for p in examples["negatives"]] + want[2]
+    tp = sum(s >= 0.55 and ok for s, ok in pos)
+    fp = sum(s >= 0.55 and ok for s, ok in neg)
+    assert f'id="precision">{tp / (tp + fp):.3f}<' in page
+    assert f'id="recall">{tp / len(pos):.3f}<' in page

@@ -21,20 +21,22 @@ module                                      what it holds
 :mod:`~consumers.studio.database`           their SQLite file (beside a local store), versions
 :mod:`~consumers.studio.tune`               labelled scores, precision and recall
 :mod:`~consumers.studio.traffic`            stored traffic's scores: Tune's live count
+:mod:`~consumers.studio.hashtune`           hash policies: nearest distances, distance count
 :mod:`~consumers.studio.handoff`            the JSON export for review tools
 :mod:`~consumers.studio.store_link`         the frame store, when there is one (lazy)
 :mod:`~consumers.studio.preparing`          slow store answers, shared; pages wait briefly
 :mod:`~consumers.studio.warm`               those answers prepared in the background
+:mod:`~consumers.studio.kept`               those answers kept on disk for a restart
 ``pages_policies``, ``pages_try``,          the routers: one per page group
-``pages_review``, ``pages_incident``,
-``pages_store``
+``pages_review``, ``pages_hashtune``,
+``pages_incident``, ``pages_store``
 ==========================================  ================================================
 
 The policy files stay the source of truth: the studio writes new versions of them and an
 audit log, never a hidden database of policies. Its own files (uploads, thumbnails, version
-history, audit log, compiled policies) live in one data folder; the review queue and labels
-too, unless a store on this machine is connected: then beside its frames, where
-``clipguard policy backtest`` reads the labels as ground truth.
+history, audit log, compiled policies, the store's prepared answers) live in one data
+folder; the review queue and labels too, unless a store on this machine is connected: then
+beside its frames, where ``clipguard policy backtest`` reads the labels as ground truth.
 """
 
 from consumers.studio.app import Studio, create_app

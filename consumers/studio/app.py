@@ -21,6 +21,7 @@ from consumers.studio.config import StudioConfig
 from consumers.studio.database import database_path
 from consumers.studio.flagfeed import FlagFeed
 from consumers.studio.incidents import StudioIncident, read_incidents
+from consumers.studio.kept import KeptAnswers
 from consumers.studio.labels import LabelStore
 from consumers.studio.library import PolicyLibrary
 from consumers.studio.queue import ReviewQueue
@@ -66,7 +67,7 @@ class Studio:
             sample_fps=config.sample_fps,
             precision=config.precision,
         )
-        self.store = StoreLink(config.store)
+        self.store = StoreLink(config.store, KeptAnswers(config.data_dir / "prepared"))
         self._banks: BankStore | None = None
         if config.banks:  # read now: a broken bank file stops the start, as in a worker
             from pipeline.hashes.store import BankStore
@@ -124,7 +125,9 @@ class Studio:
         return self.templates.TemplateResponse(request, template, ctx, status_code=status)
 
     def start(self) -> None:
-        """Start what runs beside the pages (the flags topic reader)."""
+        """Open the store (its libraries load in seconds: before the first page, not during
+        it), and start what runs beside the pages (the flags topic reader, the warmer)."""
+        self.store.open_now()
         if self.feed is not None:
             self.feed.start()
         if self.warmer is not None:
@@ -135,7 +138,7 @@ class Studio:
             self.feed.stop()
         if self.warmer is not None:
             self.warmer.stop()
-        self.store.preparation.close()
+        self.store.close()
         self.scorer.close()
         self.queue.close()
         self.labels.close()
@@ -150,6 +153,7 @@ def studio_of(request: Request) -> Studio:
 def create_app(config: StudioConfig) -> FastAPI:
     """The studio as an ASGI app (serve it with uvicorn)."""
     from consumers.studio import (
+        pages_hashtune,
         pages_incident,
         pages_policies,
         pages_review,
@@ -170,7 +174,14 @@ def create_app(config: StudioConfig) -> FastAPI:
     )
     app.state.studio = studio
     app.mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static")
-    for module in (pages_policies, pages_try, pages_review, pages_incident, pages_store):
+    for module in (
+        pages_policies,
+        pages_try,
+        pages_review,
+        pages_hashtune,
+        pages_incident,
+        pages_store,
+    ):
         app.include_router(module.router)
 
     @app.exception_handler(ClipguardError)

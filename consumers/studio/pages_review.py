@@ -16,11 +16,12 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from consumers.studio.app import Studio, studio_of
 from consumers.studio.frames import page_frames
 from consumers.studio.handoff import handoff
-from consumers.studio.hashes import summary
-from consumers.studio.labels import MAX_NOTE
+from consumers.studio.labels import MAX_NOTE, Label
+from consumers.studio.pages_hashtune import hash_tune
 from consumers.studio.pages_policies import policy_file
-from consumers.studio.preparing import PAGE_WAIT_S, NotReady
+from consumers.studio.preparing import PAGE_WAIT_S, NotReady, page_budget
 from consumers.studio.scoring import LabeledScore
+from consumers.studio.traffic import Count
 from consumers.studio.tune import at_threshold, tune_data
 from consumers.studio.versions import add_example
 from consumers.studio.warm import prepared_examples
@@ -151,10 +152,10 @@ def thumb(incident: str, number: int, studio: StudioDep) -> FileResponse:
 async def tune(
     request: Request, name: str, studio: StudioDep, label: str | None = None
 ) -> HTMLResponse:
+    page_budget()
     pf = policy_file(studio, name)
-    if pf.hashed is not None:  # a distance, not a score threshold: the page says so
-        h = summary(pf.hashed.policy, studio.banks())
-        return studio.page(request, "tune_hash.html", pf=pf, h=h)
+    if pf.hashed is not None:  # a distance, not a score threshold
+        return await hash_tune(request, pf, studio)
     lp = pf.loaded
     if lp is None:
         raise HTTPException(409, "the policy does not load; fix it first")
@@ -163,29 +164,29 @@ async def tune(
     rule = lp.policy.label(chosen)
     await run_in_threadpool(studio.sync_file)
     examples, preparing = await _examples(studio, lp)
+    reviews = studio.labels.all(policy=lp.policy.id, label=chosen)
+    stored, unlabelled, store_note, live = 0, list[float](), None, None
+    frames: dict[str, list[tuple[float, bool]]] = {}
+    cutoff = rule.cutoff
+    if studio.config.store is not None:  # asked even while the examples are being scored:
+        try:  # both are then prepared side by side
+            part = await run_in_threadpool(_stored_traffic, studio, lp, chosen, cutoff, reviews)
+            if preparing is None:  # else the page waits for the examples: shown with them
+                stored, unlabelled, live, frames = part
+        except NotReady as e:  # the page now; the stored traffic's part once it is ready
+            preparing = preparing or e
+        except ClipguardError as e:
+            store_note = str(e)
     data = tune_data(
         policy=lp.policy.id,
         label=chosen,
         rule=rule.rule,
-        cutoff=rule.cutoff,
+        cutoff=cutoff,
         examples=examples,
-        labels=studio.labels.all(policy=lp.policy.id, label=chosen),
+        labels=reviews,
         queue_peaks=studio.queue.peaks(lp.policy.id, chosen),
+        frames=frames,
     )
-    stored, unlabelled, store_note, live = 0, list[float](), None, None
-    if studio.config.store is not None and preparing is None:
-        model_name = studio.scorer.model_name(lp)
-        try:
-            stored, unlabelled = await run_in_threadpool(
-                studio.store.label_scores, lp, chosen, studio.scorer, model_name, PAGE_WAIT_S
-            )
-            live = await run_in_threadpool(
-                studio.store.count, lp, chosen, data.cutoff, studio.scorer, model_name
-            )
-        except NotReady as e:  # the page now; the stored traffic's part once it is ready
-            preparing = e
-        except ClipguardError as e:
-            store_note = str(e)
     payload = {
         "stored": stored,
         "unlabelled": unlabelled,
@@ -211,6 +212,19 @@ async def tune(
     )
 
 
+def _stored_traffic(
+    studio: Studio, lp: LoadedPolicy, label: str, cutoff: float, reviews: list[Label]
+) -> tuple[int, list[float], Count, dict[str, list[tuple[float, bool]]]]:
+    """Tune's stored-traffic part: stored frames, the unlabelled sample, the count at the
+    cutoff and the reviewed incidents' stored frames."""
+    model_name = studio.scorer.model_name(lp)
+    store = studio.store
+    stored, unlabelled = store.label_scores(lp, label, studio.scorer, model_name, PAGE_WAIT_S)
+    live = store.count(lp, label, cutoff, studio.scorer, model_name)
+    frames = store.review_frames(lp, label, reviews, studio.scorer, model_name)
+    return stored, unlabelled, live, frames
+
+
 async def _examples(studio: Studio, lp: LoadedPolicy) -> tuple[list[LabeledScore], Any]:
     """The policy's examples scored for Tune; with a store, while the store's answers are
     being prepared (the model may still be loading), the page does not wait long for them:
@@ -233,6 +247,7 @@ async def tune_count(
 ) -> JSONResponse:
     """What ``threshold`` would do on the stored traffic: frames reaching it and the incidents
     the store backtest would raise (the Tune page asks as the slider moves)."""
+    page_budget()
     pf = policy_file(studio, name)
     lp = pf.loaded
     if lp is None:

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from consumers.studio.app import Studio, studio_of
-from consumers.studio.preparing import PAGE_WAIT_S, NotReady
+from consumers.studio.preparing import PAGE_WAIT_S, NotReady, page_budget
 from consumers.studio.scoring import DEMO_MODEL
 from pipeline.errors import ClipguardError
 from pipeline.policies.schema import LoadedPolicies
@@ -31,6 +31,7 @@ _FRAME_ID = re.compile(r"^[0-9a-f-]{8,64}$")
 
 @router.get("/backtest", response_class=HTMLResponse)
 async def backtest(request: Request, studio: StudioDep, run: bool = False) -> HTMLResponse:
+    page_budget()
     status = await run_in_threadpool(studio.store.status)
     result: dict[str, Any] | None = None
     error = None
@@ -91,6 +92,7 @@ def _model(models: list[str]) -> str | None:
 async def queue_from_store(studio: StudioDep) -> Response:
     """Queue for review what the policy files as they are now find in the stored frames
     (shadow policies included: the only way to review what a shadow policy would flag)."""
+    page_budget()
     policies, models = _policies(studio)
     banks = await run_in_threadpool(studio.banks)
     model = _model(models)

@@ -15,7 +15,9 @@ frames around it.
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,19 +25,24 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
 
+from consumers.studio.hashtune import HashTraffic
 from consumers.studio.incidents import StudioIncident, incident_id
+from consumers.studio.kept import KeptAnswers
 from consumers.studio.preparing import Preparation
 from consumers.studio.traffic import Count, TrafficCache, TrafficScores
 from pipeline.errors import ClipguardError, ConfigError, StoreError
 from pipeline.policies.hashing import check_banks
-from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
+from pipeline.policies.schema import LoadedHashPolicy, LoadedPolicies, LoadedPolicy
 from pipeline.policies.tools.judging import compile_policies
 
 if TYPE_CHECKING:
+    from consumers.studio.labels import Label
     from consumers.studio.scoring import Scorer
     from pipeline.hashes.store import BankSnapshot
 
-__all__ = ["MAX_QUEUED", "SAMPLE", "StoreLink", "StoreStatus"]
+_log = logging.getLogger(__name__)
+
+__all__ = ["MAX_QUEUED", "MAX_SPAN_FRAMES", "SAMPLE", "StoreLink", "StoreStatus"]
 
 _MAX_QUERY = 300
 _MAX_HITS = 48
@@ -45,6 +52,9 @@ _QUESTIONS_KEPT = 64  # which cached answer a policy file's question has
 SAMPLE = 20_000
 #: The most incidents one click queues from the store.
 MAX_QUEUED: Final = 5_000
+#: The most stored frames of one reviewed incident's span Tune takes as labelled points (a
+#: longer span is sampled evenly).
+MAX_SPAN_FRAMES: Final = 2_000
 
 
 @dataclass(frozen=True)
@@ -57,8 +67,9 @@ class StoreStatus:
 class StoreLink:
     """Backtests and searches over one frame store (or none)."""
 
-    def __init__(self, root: Path | None) -> None:
+    def __init__(self, root: Path | None, kept: KeptAnswers | None = None) -> None:
         self.root = root
+        self.kept = kept  # the prepared answers on disk (None: in memory only)
         self._module: Any = None
         self._store: Any = None
         self._lock = threading.Lock()
@@ -69,6 +80,7 @@ class StoreLink:
         self._backtests: dict[tuple[str, str, str, tuple[str, ...]], Any] = {}
         self.last: dict[str, dict[str, int]] = {}  # policy id -> its last backtest's counts
         self.preparation = Preparation()  # the slow answers, shared, waited for a while
+        self._blas: Any = None  # OpenBLAS held to one thread while the studio runs
         self._answers: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # question -> cache key
 
     def _open(self) -> Any:
@@ -84,12 +96,41 @@ class StoreLink:
                 self._kernels = SimpleNamespace(
                     FrameFilter=self._module.FrameFilter,
                     embeddings_of=importlib.import_module("pipeline.store.schema").embeddings_of,
+                    CosineKernel=importlib.import_module("pipeline.store.cosines").CosineKernel,
                     **{
                         name: getattr(importlib.import_module("pipeline.store.temporal"), name)
                         for name in ("StreamLayout", "find_incidents")
                     },
                 )
             return self._store
+
+    def open_now(self) -> None:
+        """Open the store now if there is one (a store that does not open says so on the
+        pages that use it), and hold OpenBLAS to one thread until :meth:`close`.
+
+        The store's cosine kernel runs OpenBLAS on one thread while it is open and gives the
+        threads back when it closes; two kernels open at once (the stored-traffic scores and
+        a backtest, prepared side by side) would give them back under each other, and a
+        product's last bit can change with OpenBLAS's thread count. Held at one thread for
+        the studio's life, every kernel's numbers are those of ``clipguard policy backtest``,
+        bit for bit, however the work overlaps (the kernel runs its own threads)."""
+        if self.root is None:
+            return
+        if self._blas is None:
+            from threadpoolctl import threadpool_limits
+
+            self._blas = threadpool_limits(limits=1, user_api="blas")
+        try:
+            self._open()
+        except ClipguardError as e:
+            _log.warning("studio: the store does not open: %s", e)
+
+    def close(self) -> None:
+        """Stop preparing, and give OpenBLAS its threads back."""
+        self.preparation.close()
+        if self._blas is not None:
+            self._blas.restore_original_limits()
+            self._blas = None
 
     def status(self) -> StoreStatus:
         if self.root is None:
@@ -212,6 +253,16 @@ class StoreLink:
             with self._lock:
                 if key in self._backtests:
                     return self._backtests[key]
+            found = None if self.kept is None else self.kept.result(("backtest", *key))
+            if found is None:
+                found = compute(progress)
+                if self.kept is not None:
+                    self.kept.put_result(("backtest", *key), found)
+            with self._lock:
+                self._backtests = {key: found}  # the last one: the policies as they are now
+            return found
+
+        def compute(progress: Any) -> Any:
             results = []
             if len(loaded):
                 assert model_name is not None
@@ -236,10 +287,7 @@ class StoreLink:
                 )
                 if len(results) == 2:
                     results = [hashbacktest.combine(*results)]
-            result = results[0]
-            with self._lock:
-                self._backtests = {key: result}  # the last one: the policies as they are now
-            return result
+            return results[0]
 
         frames = self.status().frames
         total = frames.get(model_name, 0) if model_name else sum(frames.values())
@@ -274,6 +322,32 @@ class StoreLink:
         traffic = self.traffic(lp, scorer, model_name, wait).labels[f"{lp.policy.id}/{label}"]
         return traffic.frames, traffic.sample(SAMPLE)
 
+    def review_frames(
+        self,
+        lp: LoadedPolicy,
+        label: str,
+        reviews: Sequence[Label],
+        scorer: Scorer,
+        model_name: str,
+        wait: float | None = None,
+    ) -> dict[str, list[tuple[float, bool]]]:
+        """Tune's labelled points from the stored frames: for each reviewed incident of
+        ``label`` (of ``model_name``'s frames, or of no recorded model), ``label``'s score on
+        every stored frame of its stream inside its span, and whether the frame passes the
+        margin rule (incidents without a stored frame there are left out)."""
+        traffic = self.traffic(lp, scorer, model_name, wait)
+        key = f"{lp.policy.id}/{label}"
+        out = {}
+        for r in reviews:
+            if r.stream_id is None or r.start_ts is None or r.end_ts is None:
+                continue
+            if r.model is not None and r.model != model_name:
+                continue
+            points = traffic.span(key, r.stream_id, r.start_ts, r.end_ts, MAX_SPAN_FRAMES)
+            if points:
+                out[r.incident] = points
+        return out
+
     def count(
         self,
         lp: LoadedPolicy,
@@ -304,26 +378,93 @@ class StoreLink:
             return kept
 
         def make(progress: Any) -> TrafficScores:
+            made_with: tuple[Any, ...] = ()
+            found = None
+            if self.kept is not None:
+                made_with, found = self.kept.traffic(question, self._kernels)
+            if found is not None:  # computed by this studio before it was restarted
+                known: tuple[Any, ...] = (*made_with, question[-1])
+                with self._lock:
+                    self._remember(question, known)
+                return self.traffic_cache.get(known, lambda: found)
             model = scorer.model(model_name)
             policies = compile_policies(LoadedPolicies([lp]), model, scorer.cache_dir)
-            weights = model.fingerprint()
-            key = (policies.id, model_name, weights, question[-1])
+            key: tuple[Any, ...] = (policies.id, model_name, model.fingerprint(), question[-1])
             with self._lock:
                 self._remember(question, key)
-            return self.traffic_cache.get(
-                key,
-                lambda: TrafficScores.compute(
+
+            def compute() -> TrafficScores:
+                made = TrafficScores.compute(
                     store,
                     self._kernels,
                     policies,
                     model=model_name,
-                    weights_sha256=weights,
+                    weights_sha256=key[2],
                     progress=progress,
-                ),
-            )
+                )
+                if self.kept is not None:
+                    self.kept.put_traffic(question, key[:3], made)
+                return made
+
+            return self.traffic_cache.get(key, compute)
 
         total = self.status().frames.get(model_name, 0)
         return self.preparation.get(question, _traffic_what(lp), total, make, wait)
+
+    def hash_traffic(
+        self, hp: LoadedHashPolicy, banks: BankSnapshot, wait: float | None = None
+    ) -> HashTraffic:
+        """Hash policy ``hp``'s nearest distances on every stored hashed frame (all models),
+        for Tune's distance slider; made once per policy (its distance aside), banks and
+        store contents (:class:`~consumers.studio.preparing.NotReady` after ``wait`` s)."""
+        store = self._open()
+        check_banks([hp], frozenset(banks.banks))
+        same = hp.policy.model_copy(update={"max_distance": 0, "version": 1})
+        question = ("hash-traffic", same.model_dump_json(), banks.digest, self._stamp(store))
+        what = f"{hp.policy.id} on stored hashed frames"
+        return self.preparation.get(
+            question,
+            what,
+            0,
+            lambda _: HashTraffic.compute(hp.policy, store, banks),
+            wait,
+            keep=True,
+        )
+
+    def check_kept(self, lp: LoadedPolicy, scorer: Scorer, model_name: str) -> bool:
+        """Whether ``lp``'s stored-traffic scores in memory, when read from disk, were made
+        with the policy's prompts and the model's weights as they are now; a record made
+        otherwise is dropped (computed again when next asked). Loads the model."""
+        if self.root is None:
+            return True
+        question = ("traffic", lp.sha256, model_name, self.stamp())
+        with self._lock:
+            key = self._answers.get(question)
+        if key is None:
+            return True
+        model = scorer.model(model_name)
+        policies = compile_policies(LoadedPolicies([lp]), model, scorer.cache_dir)
+        if tuple(key[:3]) == (policies.id, model_name, model.fingerprint()):
+            return True
+        with self._lock:
+            self._answers.pop(question, None)
+        if self.kept is not None:
+            self.kept.drop(question, ".npz")
+        return False
+
+    def check_kept_backtest(self, scorer: Scorer, model_name: str) -> bool:
+        """Whether the backtest in memory (read from disk, perhaps) scored ``model_name``'s
+        frames with the model's weights as they are now; one made otherwise is dropped."""
+        with self._lock:
+            kept = [(k, r) for k, r in self._backtests.items() if k[1] == model_name]
+        weights = scorer.model(model_name).fingerprint() if kept else ""
+        stale = [k for k, r in kept if r.weights_sha256 and r.weights_sha256 != weights]
+        for key in stale:
+            with self._lock:
+                self._backtests.pop(key, None)
+            if self.kept is not None:
+                self.kept.drop(("backtest", *key), ".pickle")
+        return not stale
 
     def window(
         self, stream_id: str, model_name: str, since: float, until: float, *, limit: int

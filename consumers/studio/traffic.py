@@ -29,12 +29,20 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.errors import ConfigError
 from pipeline.policies.schema import Temporal
 from pipeline.policies.snapshot import PolicySet
 
-__all__ = ["CACHED_POLICIES", "Count", "LabelTraffic", "TrafficCache", "TrafficScores"]
+__all__ = [
+    "CACHED_POLICIES",
+    "Count",
+    "LabelTraffic",
+    "TrafficCache",
+    "TrafficScores",
+    "order_of",
+]
 
 #: Policy versions whose stored-traffic scores are kept (about 50 MB each at 1 M frames).
 CACHED_POLICIES: Final = 4
@@ -63,6 +71,7 @@ class _Order:
     frame_start: _I64 | None  # (F,) first row of each frame; None when no frame is tiled
     ts: npt.NDArray[np.float64]  # (F,)
     layout: Any  # pipeline.store.temporal.StreamLayout of the F frames
+    stream: _I64  # (F,) each frame's stream code (sorted: a stream's frames are together)
 
 
 class LabelTraffic:
@@ -73,9 +82,9 @@ class LabelTraffic:
     ) -> None:
         self.key = key
         self.rule = rule
-        self._order = order
-        self._score = score  # (R,) per ordered row
-        self._margin_ok = margin_ok  # (R,)
+        self.order = order
+        self.score = score  # (R,) per ordered row
+        self.margin_ok = margin_ok  # (R,)
         self._find = kernel
         if order.frame_start is None:
             self.frame_score = score
@@ -93,6 +102,34 @@ class LabelTraffic:
         step = max(1, -(-self.frames // most))
         return sorted(float(v) for v in self.frame_score[::step])
 
+    def span(self, stream: int, start: float, end: float, most: int) -> list[tuple[float, bool]]:
+        """The frames of stream code ``stream`` from ``start`` to ``end`` (stream time, both
+        included; at most ``most``, evenly spread): each as (score, passes the margin rule)
+        such that the frame passes a threshold exactly when the score reaches it and the
+        margin rule holds: a tiled frame's best score among its tiles that pass the margin
+        rule (any tile passing passes the frame), else its best tile's score."""
+        order = self.order
+        lo, hi = (int(v) for v in np.searchsorted(order.stream, [stream, stream + 1]))
+        a = lo + int(np.searchsorted(order.ts[lo:hi], start, side="left"))
+        b = lo + int(np.searchsorted(order.ts[lo:hi], end, side="right"))
+        frames = np.arange(a, b)[:: max(1, -(-(b - a) // most))]
+        if order.frame_start is None:
+            rows = [np.array([f]) for f in frames.tolist()]
+        else:
+            starts, last = order.frame_start, len(order.frame_start) - 1
+            rows = [
+                np.arange(starts[f], starts[f + 1] if f < last else len(self.score))
+                for f in frames.tolist()
+            ]
+        out = []
+        for f, r in zip(frames.tolist(), rows, strict=True):
+            ok = self.margin_ok[r]
+            if ok.any():
+                out.append((float(self.score[r][ok].max()), True))
+            else:
+                out.append((float(self.frame_score[f]), False))
+        return out
+
     def count(self, threshold: float) -> Count:
         """Frames reaching ``threshold`` and the incidents the rule opens with it."""
         if not np.isfinite(threshold):
@@ -102,10 +139,10 @@ class LabelTraffic:
                 self._counts.move_to_end(threshold)
                 return self._counts[threshold]
         started = time.perf_counter()
-        passed = (self._score >= np.float32(threshold)) & self._margin_ok  # (R,)
-        if self._order.frame_start is not None:
-            passed = np.logical_or.reduceat(passed, self._order.frame_start)  # (F,)
-        found = self._find(self._order.ts, passed, self.frame_score, self.rule, self._order.layout)
+        passed = (self.score >= np.float32(threshold)) & self.margin_ok  # (R,)
+        if self.order.frame_start is not None:
+            passed = np.logical_or.reduceat(passed, self.order.frame_start)  # (F,)
+        found = self._find(self.order.ts, passed, self.frame_score, self.rule, self.order.layout)
         count = Count(
             threshold=threshold,
             frames=int(np.count_nonzero(passed)),
@@ -123,10 +160,27 @@ class LabelTraffic:
 class TrafficScores:
     """Every label of one policy set on the stored frames of one model and weights."""
 
-    def __init__(self, labels: dict[str, LabelTraffic], frames: int, seconds: float) -> None:
+    def __init__(
+        self,
+        labels: dict[str, LabelTraffic],
+        frames: int,
+        seconds: float,
+        streams: dict[str, int] | None = None,
+    ) -> None:
         self.labels = labels
         self.frames = frames
         self.seconds = seconds  # how long the pass over the store took
+        self.streams = streams or {}  # stream id -> code
+
+    def span(
+        self, key: str, stream_id: str, start: float, end: float, most: int
+    ) -> list[tuple[float, bool]]:
+        """Label ``key``'s points on the stored frames of ``stream_id`` from ``start`` to
+        ``end`` (:meth:`LabelTraffic.span`); none when the stream has no stored frame."""
+        code = self.streams.get(stream_id)
+        if code is None or key not in self.labels:
+            return []
+        return self.labels[key].span(code, start, end, most)
 
     @classmethod
     def compute(
@@ -147,34 +201,42 @@ class TrafficScores:
         names: dict[str, int] = {}
         streams, times, places, scores, margins = [], [], [], [], []
         read = 0
-        for batch in store.batches(_COLUMNS, module.FrameFilter(model=model)):
-            read += batch.num_rows
-            if progress is not None:
-                progress(read)
-            batch = _same_weights(batch, weights_sha256)
-            if batch.num_rows == 0:
-                continue
-            emb = module.embeddings_of(batch.column(6))  # (B, E) float16
-            if emb.shape[1] != compiled.matrix.shape[1]:
-                raise ConfigError(
-                    f"stored embeddings have {emb.shape[1]} values, the policy was compiled for "
-                    f"{compiled.matrix.shape[1]} (another model?)"
+        matrix_t = np.ascontiguousarray(compiled.matrix.T)  # (E, rows)
+        with module.CosineKernel() as kernel:
+            for batch in store.batches(_COLUMNS, module.FrameFilter(model=model)):
+                read += batch.num_rows
+                if progress is not None:
+                    progress(read)
+                batch = _same_weights(batch, weights_sha256)
+                if batch.num_rows == 0:
+                    continue
+                emb = module.embeddings_of(batch.column(6))  # (B, E) float16
+                if emb.shape[1] != compiled.matrix.shape[1]:
+                    raise ConfigError(
+                        f"stored embeddings have {emb.shape[1]} values, the policy was compiled "
+                        f"for {compiled.matrix.shape[1]} (another model?)"
+                    )
+                # the backtest's own scoring: the store's cosine kernel, no softmax unless a
+                # rule judges it
+                judged = compiled.evaluate_cosines(
+                    kernel.unit_cosines(emb, matrix_t), probability=False
                 )
-            judged = compiled.evaluate(emb)
-            streams.append(_codes(batch.column(0), names))
-            times.append(batch.column(1).to_numpy().astype(np.float64))
-            places.append(
-                np.stack([batch.column(i).to_numpy().astype(np.int64) for i in (2, 3, 4)], axis=1)
-            )  # 3 x (B,) -> (B, 3)
-            scores.append(judged.score)  # (B, L)
-            ok = np.ones(judged.margin.shape, dtype=bool)  # (B, L)
-            for j, lab in enumerate(labels):
-                if lab.margin is not None:
-                    ok[:, j] = judged.margin[:, j] >= lab.margin
-            margins.append(ok)
+                streams.append(_codes(batch.column(0), names))
+                times.append(batch.column(1).to_numpy().astype(np.float64))
+                places.append(
+                    np.stack(
+                        [batch.column(i).to_numpy().astype(np.int64) for i in (2, 3, 4)], axis=1
+                    )
+                )  # 3 x (B,) -> (B, 3)
+                scores.append(judged.score)  # (B, L)
+                ok = np.ones(judged.margin.shape, dtype=bool)  # (B, L)
+                for j, lab in enumerate(labels):
+                    if lab.margin is not None:
+                        ok[:, j] = judged.margin[:, j] >= lab.margin
+                margins.append(ok)
         if not streams:
             empty = np.zeros(0, np.int64)
-            order = _Order(empty, None, np.zeros(0), module.StreamLayout.of([], 0))
+            order = _Order(empty, None, np.zeros(0), module.StreamLayout.of([], 0), empty)
             score = np.zeros((0, len(labels)), np.float32)
             margin = np.zeros((0, len(labels)), bool)
         else:
@@ -194,7 +256,7 @@ class TrafficScores:
             )
             for j, lab in enumerate(labels)
         }
-        return cls(out, len(order.ts), time.perf_counter() - started)
+        return cls(out, len(order.ts), time.perf_counter() - started, names)
 
 
 class TrafficCache:
@@ -234,16 +296,38 @@ class TrafficCache:
             return made
 
 
+def order_of(
+    ts: npt.NDArray[np.float64],
+    stream: _I64,
+    starts: _I64,
+    frame_start: _I64 | None,
+    module: Any,
+) -> _Order:
+    """The frame order of kept arrays (:mod:`consumers.studio.kept`), checked: ``ValueError``
+    when they do not fit together."""
+    frames = len(ts)
+    if ts.dtype != np.float64 or stream.dtype != np.int64 or len(stream) != frames:
+        raise ValueError("frame times and streams of the wrong type or length")
+    if frame_start is not None and (
+        frame_start.dtype != np.int64
+        or len(frame_start) != frames
+        or (frames and frame_start[0] != 0)
+        or np.any(np.diff(frame_start) <= 0)
+    ):
+        raise ValueError("frame starts that do not increase from 0")
+    if np.any(np.diff(stream) < 0) or (frames and stream.min() < 0):
+        raise ValueError("stream codes out of order")
+    layout = module.StreamLayout.of(starts.astype(np.int64), frames)
+    return _Order(np.zeros(0, np.int64), frame_start, ts, layout, stream)
+
+
 def _same_weights(batch: pa.RecordBatch, weights: str) -> pa.RecordBatch:
+    """The rows of ``batch`` scored with ``weights`` (compared in Arrow: no Python strings)."""
     column = batch.column(5)
     if isinstance(column, pa.DictionaryArray):
-        match = np.array([v == weights for v in column.dictionary.to_pylist()], dtype=bool)
-        keep = match[column.indices.to_numpy(zero_copy_only=False)] if len(match) else None
-    else:
-        keep = np.asarray(column.to_numpy(zero_copy_only=False) == weights, dtype=bool)
-    if keep is None:
-        return batch.slice(0, 0)
-    return batch if keep.all() else batch.filter(pa.array(keep))
+        column = column.dictionary_decode()
+    keep = pc.fill_null(pc.equal(column, pa.scalar(weights, column.type)), False)
+    return batch if pc.all(keep).as_py() else batch.filter(keep)
 
 
 def _codes(column: pa.Array, names: dict[str, int]) -> _I64:
@@ -257,15 +341,27 @@ def _codes(column: pa.Array, names: dict[str, int]) -> _I64:
     return codes
 
 
+def _place_keys(place: _I64) -> tuple[_I64, ...]:
+    """The sort keys of (seq, frame index, tile), least significant first: one packed key
+    when they fit in 39, 12 and 12 bits (a sort pass over a million rows instead of three),
+    else the three columns."""
+    if len(place) and place.min() >= 0:
+        top = place.max(axis=0)
+        if top[0] < 1 << 39 and top[1] < 1 << 12 and top[2] < 1 << 12:
+            return ((place[:, 0] << 24) | (place[:, 1] << 12) | place[:, 2],)
+    return place[:, 2], place[:, 1], place[:, 0]
+
+
 def _order(stream: _I64, ts: npt.NDArray[np.float64], place: _I64, module: Any) -> _Order:
     """Rows in stream, time and place order; replays dropped (the same stream, segment, frame
     index and tile as the row before); frames grouped; a stream's frames whose time does not
     pass the frame before dropped, as the live tracker ignores them."""
-    order = np.lexsort((place[:, 2], place[:, 1], place[:, 0], ts, stream))
+    order = np.lexsort((*_place_keys(place), ts, stream))
     s, t, p = stream[order], ts[order], place[order]
     same = s[1:] == s[:-1]
     dup = np.concatenate([[False], same & np.all(p[1:] == p[:-1], axis=1)])
-    order, s, t, p = order[~dup], s[~dup], t[~dup], p[~dup]
+    if dup.any():
+        order, s, t, p = order[~dup], s[~dup], t[~dup], p[~dup]
     new_frame = np.ones(len(order), bool)
     new_frame[1:] = (s[1:] != s[:-1]) | np.any(p[1:, :2] != p[:-1, :2], axis=1)
     starts = np.flatnonzero(new_frame)
@@ -283,4 +379,5 @@ def _order(stream: _I64, ts: npt.NDArray[np.float64], place: _I64, module: Any) 
         frame_start=None if len(starts) == len(order) else starts,
         ts=ft,
         layout=module.StreamLayout.of(stream_starts, len(fs)),
+        stream=fs,
     )

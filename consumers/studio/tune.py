@@ -5,7 +5,7 @@ reference."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from consumers.studio.labels import Label
@@ -67,10 +67,13 @@ def tune_data(
     examples: Sequence[LabeledScore],
     labels: Sequence[Label],
     queue_peaks: Sequence[float],
+    frames: Mapping[str, Sequence[tuple[float, bool]]] | None = None,
 ) -> TuneData:
-    """The points of one label: its regression examples' scores, and the peak scores of the
-    incidents reviewers marked correct (positives) or incorrect (negatives); ``queue_peaks``
-    are the peak scores of the label's queued incidents."""
+    """The points of one label: its regression examples' scores, and the incidents reviewers
+    marked correct (positives) or incorrect (negatives): with a store, every stored frame
+    inside the incident's span (``frames``: incident id -> each frame's score and whether it
+    passes the margin rule), else (no stored frame there) the incident's peak score;
+    ``queue_peaks`` are the peak scores of the label's queued incidents."""
     data = TuneData(policy=policy, label=label, rule=rule, cutoff=cutoff)
     for ex in examples:
         if ex.label != label:
@@ -81,10 +84,14 @@ def tune_data(
         if lab.policy != policy or lab.label != label:
             continue
         data.reviewed[lab.verdict] = data.reviewed.get(lab.verdict, 0) + 1
-        point = Point(lab.peak_score, True, f"review: {lab.incident}")
-        if lab.verdict == "correct":
-            data.positives.append(point)
-        elif lab.verdict == "incorrect":
-            data.negatives.append(point)
+        if lab.verdict not in ("correct", "incorrect"):
+            continue
+        stored = (frames or {}).get(lab.incident)
+        points = (
+            [Point(s, ok, f"review: {lab.incident} (stored frame)") for s, ok in stored]
+            if stored
+            else [Point(lab.peak_score, True, f"review: {lab.incident}")]
+        )
+        (data.positives if lab.verdict == "correct" else data.negatives).extend(points)
     data.queue_peaks.extend(queue_peaks)
     return data

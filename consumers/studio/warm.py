@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from consumers.studio.preparing import NotReady
+from consumers.studio.scoring import LabeledScore
 from pipeline.errors import ClipguardError, PolicyError
 from pipeline.policies import policy_files
 from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
 
 if TYPE_CHECKING:
     from consumers.studio.app import Studio
-    from consumers.studio.scoring import LabeledScore
 
 __all__ = ["CHECK_S", "Warmer", "prepared_examples"]
 
@@ -61,13 +63,26 @@ class Warmer:
             return False
         loaded = [pf.loaded for pf in studio.library.files() if pf.loaded is not None]
         models = sorted({studio.scorer.model_name(lp) for lp in loaded})
-        for lp in loaded:
+        for lp in loaded:  # what a page needs first, read from disk when kept there
             if self._stop.is_set():
                 return False
-            prepared_examples(studio, lp, None)
+            with suppress(NotReady):  # the examples scored beside the stored traffic
+                prepared_examples(studio, lp, 0.0)  # (the pool has two threads)
             studio.store.traffic(lp, studio.scorer, studio.scorer.model_name(lp))
+            prepared_examples(studio, lp, None)
         if len(models) == 1 and not self._stop.is_set():
             studio.store.incidents(LoadedPolicies(loaded), studio.scorer, models[0])
+        for lp in loaded:  # answers read from disk: made with these prompts and weights?
+            name = studio.scorer.model_name(lp)
+            if not self._stop.is_set() and not studio.store.check_kept(lp, studio.scorer, name):
+                studio.store.traffic(lp, studio.scorer, name)
+        one = models[0] if len(models) == 1 else None
+        if (
+            one
+            and not self._stop.is_set()
+            and not studio.store.check_kept_backtest(studio.scorer, one)
+        ):
+            studio.store.incidents(LoadedPolicies(loaded), studio.scorer, one)
         self.warmed = key
         return bool(loaded)
 
@@ -84,14 +99,18 @@ def prepared_examples(studio: Studio, lp: LoadedPolicy, wait: float | None) -> l
     """Tune's scores of ``lp``'s regression examples, as a prepared question (the model may
     still be loading; :class:`~consumers.studio.preparing.NotReady` after ``wait`` seconds)."""
     question = ("examples", lp.sha256, _examples_stamp(lp), studio.scorer.model_name(lp))
-    return studio.store.preparation.get(
-        question,
-        f"{lp.policy.id}'s examples",
-        0,
-        lambda _: studio.scorer.example_scores(lp),
-        wait,
-        keep=True,
-    )
+    kept = studio.store.kept
+
+    def make(_: object) -> list[LabeledScore]:
+        found = None if kept is None else kept.examples(question)
+        if found is None:
+            found = studio.scorer.example_scores(lp)
+            if kept is not None:
+                kept.put_examples(question, found)
+        return found
+
+    what = f"{lp.policy.id}'s examples"
+    return studio.store.preparation.get(question, what, 0, make, wait, keep=True)
 
 
 def _examples_stamp(lp: LoadedPolicy) -> tuple[tuple[int, int], ...]:

@@ -223,6 +223,77 @@ function setupTune() {
   update(number.value);
 }
 
+// ------------------------------------------------------- tune a hash policy: distance slider
+function setupHashTune() {
+  const holder = document.getElementById("hash-tune-data");
+  if (!holder) return;
+  const data = JSON.parse(holder.textContent);
+  const slider = document.getElementById("distance-slider");
+  const number = document.getElementById("distance");
+  const svg = document.getElementById("distance-histogram");
+  const NS = "http://www.w3.org/2000/svg";
+  const W = 640, H = 140, n = data.max + 1;
+  const x = (d) => ((d + 0.5) / n) * W;
+  const top = Math.max(1, ...data.histogram);
+  data.histogram.forEach((c, d) => {
+    if (!c) return;
+    const r = document.createElementNS(NS, "rect");
+    const h = Math.max(1, (c / top) * (H - 10));
+    r.setAttribute("x", String((d * W) / n)); r.setAttribute("width", String(Math.max(1, W / n - 1)));
+    r.setAttribute("y", String(H - h)); r.setAttribute("height", String(h));
+    r.setAttribute("class", "unl");
+    svg.appendChild(r);
+  });
+  for (let i = 0; i <= 4; i++) {
+    const tick = document.createElementNS(NS, "text");
+    const v = Math.round((data.max * i) / 4);
+    tick.setAttribute("x", String(Math.min(W - 20, Math.max(2, x(v) - 6))));
+    tick.setAttribute("y", String(H + 16)); tick.setAttribute("class", "tick");
+    tick.textContent = String(v);
+    svg.appendChild(tick);
+  }
+  const vline = (d, cls) => {
+    const l = document.createElementNS(NS, "line");
+    l.setAttribute("x1", String(x(d))); l.setAttribute("x2", String(x(d)));
+    l.setAttribute("y1", "0"); l.setAttribute("y2", String(H)); l.setAttribute("class", cls);
+    svg.appendChild(l);
+    return l;
+  };
+  vline(data.cutoff, "current");
+  const line = vline(data.cutoff, "threshold");
+  const live = document.getElementById("hash-live");
+  let asked = 0;
+  const count = debounce(async (d) => {
+    if (!live) return;
+    const mine = ++asked;
+    const figures = live.querySelectorAll(".live");
+    const status = document.getElementById("hash-status");
+    figures.forEach((f) => f.classList.add("stale"));
+    const response = await fetch(`${live.dataset.url}?distance=${d}`);
+    if (mine !== asked) return;
+    if (response.status === 202) {
+      status.textContent = (await response.json()).preparing;
+      setTimeout(() => { if (mine === asked) count(d); }, 1000);
+      return;
+    }
+    if (!response.ok) { status.textContent = `could not count (${response.status})`; return; }
+    const answer = await response.json();
+    document.getElementById("hash-matched").textContent = String(answer.frames);
+    document.getElementById("hash-incidents").textContent = String(answer.incidents);
+    status.textContent = `at ${answer.distance}`;
+    figures.forEach((f) => f.classList.remove("stale"));
+  }, 200);
+  function update(value) {
+    const d = Math.round(Number(value));
+    if (!Number.isFinite(d) || d < 0 || d > data.max) return;
+    line.setAttribute("x1", String(x(d))); line.setAttribute("x2", String(x(d)));
+    document.getElementById("similarity").textContent = (1 - d / data.bits).toFixed(3);
+    count(d);
+  }
+  slider.addEventListener("input", () => { number.value = slider.value; update(slider.value); });
+  number.addEventListener("input", () => { slider.value = number.value; update(number.value); });
+}
+
 // ---------------------------------------------------------------- review: click to reveal
 function setupBlur() {
   document.addEventListener("click", (event) => {
@@ -256,5 +327,6 @@ document.addEventListener("DOMContentLoaded", () => {
   setupEditor();
   setupTry();
   setupTune();
+  setupHashTune();
   setupBlur();
 });

@@ -206,11 +206,11 @@ def test_a_page_waits_for_an_answer_that_is_nearly_ready() -> None:
     try:
         asked = time.monotonic()
         assert prep.get("quick", "a quick answer", 10, job(0.6), 0.3) == "done in 0.6"
-        assert 0.5 < time.monotonic() - asked < PAGE_BUDGET_S + 0.2
+        assert 0.5 < time.monotonic() - asked < PAGE_BUDGET_S + 0.5  # + a loaded machine's delays
         asked = time.monotonic()
         with pytest.raises(NotReady) as e:
             prep.get("slow", "a slow answer", 10, job(8.0), 0.3)
-        assert time.monotonic() - asked < 0.8  # its progress said: not within the budget
+        assert time.monotonic() - asked < 0.9  # its progress said: not within the budget
         assert "a slow answer" in e.value.status
 
         def page() -> None:  # two answers asked by one page share its budget
@@ -221,6 +221,6 @@ def test_a_page_waits_for_an_answer_that_is_nearly_ready() -> None:
 
         asked = time.monotonic()
         contextvars.copy_context().run(page)
-        assert time.monotonic() - asked < PAGE_BUDGET_S + 0.3
+        assert time.monotonic() - asked < PAGE_BUDGET_S + 0.5
     finally:
         prep.close()

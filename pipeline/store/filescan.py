@@ -1,0 +1,323 @@
+"""Stored frames with their cosines, row group by row group: cached cosines where the cache
+has them, the embeddings read and multiplied only where it does not.
+
+:func:`scan_cosines` reads a store's Parquet files row group by row group (a row group is the
+unit pyarrow decodes; the writer makes them 64k rows). For each one it reads the columns the
+caller asks for, keeps the rows the filter and the weights keep, asks the caller which prompt
+rows those frames need (a backtest: the edited set's rows and the rows of the sets stored with
+them, registered in a :class:`RowRegistry` so each distinct row has one column), and gets their
+cosines:
+
+- from the :class:`~pipeline.store.cosinecache.CosineCache`, one entry per row group and
+  prompt row, when it has them;
+- else from the row group's embeddings (read only then) through the
+  :class:`~pipeline.store.cosines.CosineKernel`, the cosines then kept in the cache for the
+  whole row group (the next run may filter other rows).
+
+A thread reads and decodes the next row group (pyarrow releases the GIL) while the caller
+scores this one, so reading and computing overlap on a machine with two cores or more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.errors import StoreError
+from pipeline.store.cosinecache import CosineCache, FileKey, row_key
+from pipeline.store.cosines import CosineKernel
+from pipeline.store.location import StoredFile
+from pipeline.store.query import FrameFilter, FrameStore
+from pipeline.store.schema import embeddings_of
+
+__all__ = ["RowRegistry", "ScannedGroup", "scan_cosines"]
+
+_F32 = npt.NDArray[np.float32]
+_Cols = npt.NDArray[np.intp]
+_DICTIONARIES: Final = ("stream_id", "policy_set", "weights_sha256")
+_AHEAD: Final = 2  # row groups read ahead of the one being scored
+_DONE: Final = object()
+
+
+class RowRegistry:
+    """Distinct prompt rows (E float32 values each), each with a stable column number and its
+    cache key; rows are added from any thread."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.keys: list[str] = []
+        self._rows: list[_F32] = []
+        self._index: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, matrix: npt.ArrayLike) -> _Cols:
+        """The column of each row of the (R, E) ``matrix``, rows seen before reusing theirs."""
+        rows = np.asarray(matrix, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise StoreError(f"prompt rows of shape {rows.shape} for embeddings of {self.dim}")
+        out = np.empty(len(rows), np.intp)
+        with self._lock:
+            for i, row in enumerate(rows):
+                key = row_key(row)
+                column = self._index.get(key)
+                if column is None:
+                    column = self._index[key] = len(self.keys)
+                    self.keys.append(key)
+                    self._rows.append(np.array(row, dtype=np.float32))
+                out[i] = column
+        return out
+
+    def matrix(self, columns: Sequence[int]) -> _F32:
+        """The (E, len(columns)) matrix of those rows, for a product."""
+        with self._lock:
+            picked = [self._rows[c] for c in columns]
+        return np.ascontiguousarray(np.stack(picked).T)
+
+
+@dataclass(eq=False)
+class ScannedGroup:
+    """One row group's kept rows: the columns asked for, and their cosines."""
+
+    table: pa.RecordBatch
+    cosines: _F32  # (rows, registered rows at the time), column-major: the needed columns
+    # filled, others 0
+    extra: Any  # what ``prepare`` returned for these rows
+    read: int  # rows the filter keeps (before the weights)
+    other_weights: int  # of those, rows of other weights (left out)
+
+
+@dataclass(eq=False)
+class _Loaded:
+    table: pa.RecordBatch
+    extra: Any
+    read: int
+    other_weights: int
+    columns: _Cols  # the needed registry columns
+    rows: npt.NDArray[np.int64] | None  # kept rows' positions in the row group (None: all)
+    group_rows: int
+    key: FileKey | None
+    found: dict[int, _F32] = field(default_factory=dict)  # column -> cached, whole group
+    missing: list[int] = field(default_factory=list)
+    emb: npt.NDArray[np.float16] | None = None  # whole group when cached, else kept rows
+
+
+Prepare = Callable[[pa.RecordBatch], tuple[Sequence[int] | _Cols, Any]]
+
+
+def scan_cosines(
+    store: FrameStore,
+    flt: FrameFilter,
+    columns: Sequence[str],
+    *,
+    weights: str,
+    registry: RowRegistry,
+    prepare: Prepare,
+    kernel: CosineKernel,
+    cache: CosineCache | None,
+) -> Iterator[ScannedGroup]:
+    """The row groups of the frames ``flt`` keeps and of weights ``weights``, in file order,
+    with ``columns`` and the cosines of the registry columns ``prepare`` (called with the kept
+    rows' table, in a reading thread) names for them (see the module docstring)."""
+    reader = _Reader(store, flt, columns, weights, registry, prepare, cache)
+    for loaded in reader:
+        yield _finish(loaded, registry, kernel, cache)
+    if cache is not None:
+        cache.trim()
+
+
+def _finish(
+    loaded: _Loaded, registry: RowRegistry, kernel: CosineKernel, cache: CosineCache | None
+) -> ScannedGroup:
+    """The row group's cosines: computed where missing (and kept), gathered for the kept rows."""
+    n = loaded.table.num_rows
+    # column-major: each row's cosines contiguous, as the scoring reads them (a label's column,
+    # its negatives' columns) and as the cache gives them
+    out = np.zeros((len(registry), n), np.float32).T
+    picked = loaded.rows
+    for column, values in loaded.found.items():
+        out[:, column] = values if picked is None else values[picked]
+    if loaded.missing:
+        assert loaded.emb is not None
+        if loaded.emb.shape[1] != registry.dim:
+            raise StoreError(
+                f"stored embeddings have {loaded.emb.shape[1]} values, the policies were "
+                f"compiled for {registry.dim} (another model?)"
+            )
+        computed = kernel.unit_cosines(loaded.emb, registry.matrix(loaded.missing))
+        whole = loaded.key is not None and cache is not None
+        for j, column in enumerate(loaded.missing):
+            values = computed[:, j]
+            if whole:
+                assert cache is not None and loaded.key is not None
+                cache.put(loaded.key, registry.keys[column], values)
+                values = values if picked is None else values[picked]
+            out[:, column] = values
+    return ScannedGroup(loaded.table, out, loaded.extra, loaded.read, loaded.other_weights)
+
+
+class _Reader:
+    """Reads and prepares row groups in a thread of its own, a few ahead of the consumer."""
+
+    def __init__(
+        self,
+        store: FrameStore,
+        flt: FrameFilter,
+        columns: Sequence[str],
+        weights: str,
+        registry: RowRegistry,
+        prepare: Prepare,
+        cache: CosineCache | None,
+    ) -> None:
+        self.store, self.flt, self.weights = store, flt, weights
+        self.registry, self.prepare, self.cache = registry, prepare, cache
+        wanted = [*columns, "weights_sha256"]
+        if flt.since is not None or flt.until is not None:
+            wanted.append("scored_at")
+        if flt.streams:
+            wanted.append("stream_id")
+        self.columns = list(dict.fromkeys(wanted))
+        self.out_columns = list(columns)
+        self._queue: queue.Queue[Any] = queue.Queue(_AHEAD)
+        self._stop = threading.Event()
+
+    def __iter__(self) -> Iterator[_Loaded]:
+        worker = threading.Thread(target=self._produce, name="store-reader", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._stop.set()
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._queue.get_nowait()
+            worker.join()
+
+    def _send(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        try:
+            for f in self.store.files(self.flt):
+                for loaded in self._file(f):
+                    if not self._send(loaded):
+                        return
+        except BaseException as e:  # handed to the consumer, raised there
+            self._send(e)
+            return
+        self._send(_DONE)
+
+    def _file(self, f: StoredFile) -> Iterator[_Loaded]:
+        location = self.store.location
+        key = None if self.cache is None else FileKey.of(f, location.root)
+        try:
+            with location.fs.open_input_file(f.path) as source:
+                parquet = pq.ParquetFile(source, read_dictionary=list(_DICTIONARIES))
+                for group in range(parquet.num_row_groups):
+                    if self._stop.is_set():
+                        return
+                    yield self._group(parquet, group, key)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise StoreError(f"{location.uri}: cannot read the frames in {f.path}: {e}") from e
+
+    def _group(self, parquet: pq.ParquetFile, group: int, file_key: FileKey | None) -> _Loaded:
+        names = self.columns if file_key is not None else [*self.columns, "embedding"]
+        table = parquet.read_row_group(group, columns=names)
+        n = table.num_rows
+        in_range = _in_filter(table, self.flt)
+        right = _equal(table.column("weights_sha256"), self.weights)
+        keep = right if in_range is None else right & in_range
+        read = n if in_range is None else int(in_range.sum())
+        rows = None if keep.all() else np.flatnonzero(keep)
+        kept = table if rows is None else table.take(pa.array(rows))
+        out = _one_batch(kept.select(self.out_columns))
+        needed, extra = self.prepare(out)
+        key = (
+            None if file_key is None else FileKey(f"{file_key.path}#{group}", n, file_key.mtime_ns)
+        )
+        loaded = _Loaded(
+            table=out,
+            extra=extra,
+            read=read,
+            other_weights=read - len(kept),
+            columns=np.asarray(needed, np.intp),
+            rows=rows,
+            group_rows=n,
+            key=key,
+        )
+        if len(kept) == 0:
+            return loaded
+        if key is None:
+            loaded.missing = [int(c) for c in loaded.columns]
+            loaded.emb = embeddings_of(kept.column("embedding"))
+            return loaded
+        assert self.cache is not None
+        for column in loaded.columns.tolist():
+            values = self.cache.get(key, self.registry.keys[column], n)
+            if values is None:
+                loaded.missing.append(column)
+            else:
+                loaded.found[column] = values
+        if loaded.missing:
+            loaded.emb = embeddings_of(parquet.read_row_group(group, columns=["embedding"])[0])
+        return loaded
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    """``table`` as one record batch (dictionaries of several chunks unified)."""
+    whole = table.combine_chunks()
+    arrays = [
+        c.chunk(0) if c.num_chunks == 1 else pa.array([], c.type) for c in whole.itercolumns()
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=whole.schema)
+
+
+def _in_filter(table: pa.Table, flt: FrameFilter) -> npt.NDArray[np.bool_] | None:
+    """Per row, whether ``flt``'s time range and streams keep it (None: all kept)."""
+    parts = []
+    stamp = pa.timestamp("ms", tz="UTC")
+    if flt.since is not None:
+        parts.append(pc.greater_equal(table["scored_at"], pa.scalar(flt.since, stamp)))
+    if flt.until is not None:
+        parts.append(pc.less(table["scored_at"], pa.scalar(flt.until, stamp)))
+    if flt.streams:
+        streams = table["stream_id"]
+        if pa.types.is_dictionary(streams.type):
+            streams = streams.cast(pa.string())
+        parts.append(pc.is_in(streams, value_set=pa.array(list(flt.streams), pa.string())))
+    if not parts:
+        return None
+    out = np.ones(table.num_rows, bool)
+    for p in parts:
+        out &= np.asarray(p.to_numpy(zero_copy_only=False), dtype=bool)
+    return out
+
+
+def _equal(column: pa.ChunkedArray, value: str) -> npt.NDArray[np.bool_]:
+    """Per row, whether a string (or dictionary) column holds ``value``."""
+    out = pc.equal(column, pa.scalar(value, pa.string())).to_numpy(zero_copy_only=False)
+    return np.asarray(out, dtype=bool)

@@ -105,3 +105,17 @@ def test_rows_the_edited_and_stored_sets_share_are_multiplied_once() -> None:
     np.testing.assert_allclose(c[:, old], whole[:, 8:], rtol=0, atol=1e-6)
     with pytest.raises(Exception, match="prompt rows of shape"):
         registry.add(np.zeros((2, 32), np.float32))
+
+
+def test_widen_converts_every_float16_exactly() -> None:
+    from pipeline.store.halfs import widen
+
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    out = np.empty(every.shape, np.float32)
+    widen(every, out)
+    # bit for bit NumPy's conversion: zeros of both signs, subnormals, infinities, NaNs
+    assert np.array_equal(out.view(np.uint32), every.astype(np.float32).view(np.uint32))
+    with pytest.raises(ValueError, match="shape"):
+        widen(every, np.empty((256, 255), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        widen(every[:, ::2], np.empty((256, 128), np.float32))

@@ -40,7 +40,7 @@ from pipeline.store.location import StoredFile
 from pipeline.store.query import FrameFilter, FrameStore
 from pipeline.store.schema import embeddings_of
 
-__all__ = ["RowRegistry", "ScannedGroup", "scan_cosines"]
+__all__ = ["RowRegistry", "ScannedGroup", "prefetched", "row_groups", "scan_cosines"]
 
 _F32 = npt.NDArray[np.float32]
 _Cols = npt.NDArray[np.intp]
@@ -169,7 +169,7 @@ def _finish(
 
 
 class _Reader:
-    """Reads and prepares row groups in a thread of its own, a few ahead of the consumer."""
+    """Reads and prepares row groups (in a thread of its own: :func:`prefetched`)."""
 
     def __init__(
         self,
@@ -183,53 +183,15 @@ class _Reader:
     ) -> None:
         self.store, self.flt, self.weights = store, flt, weights
         self.registry, self.prepare, self.cache = registry, prepare, cache
-        wanted = [*columns, "weights_sha256"]
-        if flt.since is not None or flt.until is not None:
-            wanted.append("scored_at")
-        if flt.streams:
-            wanted.append("stream_id")
-        self.columns = list(dict.fromkeys(wanted))
+        self.columns = _with_filter_columns([*columns, "weights_sha256"], flt)
         self.out_columns = list(columns)
-        self._queue: queue.Queue[Any] = queue.Queue(_AHEAD)
-        self._stop = threading.Event()
 
     def __iter__(self) -> Iterator[_Loaded]:
-        worker = threading.Thread(target=self._produce, name="store-reader", daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = self._queue.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            self._stop.set()
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    self._queue.get_nowait()
-            worker.join()
+        return prefetched(self._all())
 
-    def _send(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _produce(self) -> None:
-        try:
-            for f in self.store.files(self.flt):
-                for loaded in self._file(f):
-                    if not self._send(loaded):
-                        return
-        except BaseException as e:  # handed to the consumer, raised there
-            self._send(e)
-            return
-        self._send(_DONE)
+    def _all(self) -> Iterator[_Loaded]:
+        for f in self.store.files(self.flt):
+            yield from self._file(f)
 
     def _file(self, f: StoredFile) -> Iterator[_Loaded]:
         location = self.store.location
@@ -238,15 +200,12 @@ class _Reader:
             with location.fs.open_input_file(f.path) as source:
                 parquet = pq.ParquetFile(source, read_dictionary=list(_DICTIONARIES))
                 for group in range(parquet.num_row_groups):
-                    if self._stop.is_set():
-                        return
                     yield self._group(parquet, group, key)
         except (OSError, pa.ArrowInvalid) as e:
             raise StoreError(f"{location.uri}: cannot read the frames in {f.path}: {e}") from e
 
     def _group(self, parquet: pq.ParquetFile, group: int, file_key: FileKey | None) -> _Loaded:
-        names = self.columns if file_key is not None else [*self.columns, "embedding"]
-        table = parquet.read_row_group(group, columns=names)
+        table = parquet.read_row_group(group, columns=self.columns)
         n = table.num_rows
         in_range = _in_filter(table, self.flt)
         right = _equal(table.column("weights_sha256"), self.weights)
@@ -273,7 +232,8 @@ class _Reader:
             return loaded
         if key is None:
             loaded.missing = [int(c) for c in loaded.columns]
-            loaded.emb = embeddings_of(kept.column("embedding"))
+            emb = parquet.read_row_group(group, columns=["embedding"]).column(0)
+            loaded.emb = embeddings_of(emb if rows is None else emb.take(pa.array(rows)))
             return loaded
         assert self.cache is not None
         for column in loaded.columns.tolist():
@@ -287,8 +247,114 @@ class _Reader:
         return loaded
 
 
+def prefetched(items: Iterator[Any], ahead: int = _AHEAD) -> Iterator[Any]:
+    """``items``, produced by a thread of their own at most ``ahead`` ahead of the consumer
+    (pyarrow's reads release the GIL: reading overlaps the consumer's work); an error there
+    is raised here, and a consumer that stops early stops the thread."""
+    channel: queue.Queue[Any] = queue.Queue(ahead)
+    stop = threading.Event()
+
+    def send(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                channel.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not send(item):
+                    return
+        except BaseException as e:  # handed to the consumer, raised there
+            send(_Failed(e))
+            return
+        send(_DONE)
+
+    worker = threading.Thread(target=produce, name="store-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = channel.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                channel.get_nowait()
+        worker.join()
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+def row_groups(
+    store: FrameStore, flt: FrameFilter, columns: Sequence[str]
+) -> Iterator[pa.RecordBatch]:
+    """``columns`` of the frames ``flt`` keeps, one record batch per row group, in file order,
+    read ahead in a thread (:func:`prefetched`)."""
+
+    def read() -> Iterator[pa.RecordBatch]:
+        for f in store.files(flt):
+            for table in _groups_of(store, f, columns, flt):
+                yield _one_batch(table.select(list(columns)))
+
+    return prefetched(read())
+
+
+def _groups_of(
+    store: FrameStore, f: StoredFile, columns: Sequence[str], flt: FrameFilter
+) -> Iterator[pa.Table]:
+    """Per row group of ``f`` with rows ``flt`` keeps, those rows' ``columns`` (the filter's
+    columns read first: a row group it keeps nothing of is not read further)."""
+    location = store.location
+    told_by = _with_filter_columns([], flt)
+    rest = [c for c in columns if c not in told_by]
+    try:
+        with location.fs.open_input_file(f.path) as source:
+            parquet = pq.ParquetFile(source, read_dictionary=list(_DICTIONARIES))
+            for group in range(parquet.num_row_groups):
+                if not told_by:
+                    yield parquet.read_row_group(group, columns=list(columns))
+                    continue
+                first = parquet.read_row_group(group, columns=told_by)
+                keep = _in_filter(first, flt)
+                assert keep is not None
+                if not keep.any():
+                    continue
+                table = parquet.read_row_group(group, columns=rest)
+                for name in told_by:
+                    table = table.append_column(name, first.column(name))
+                yield table if keep.all() else table.filter(pa.array(keep))
+    except (OSError, pa.ArrowInvalid) as e:
+        raise StoreError(f"{location.uri}: cannot read the frames in {f.path}: {e}") from e
+
+
+def _with_filter_columns(columns: Sequence[str], flt: FrameFilter) -> list[str]:
+    """``columns`` and those ``flt``'s rows are told by."""
+    wanted = list(columns)
+    if flt.since is not None or flt.until is not None:
+        wanted.append("scored_at")
+    if flt.streams:
+        wanted.append("stream_id")
+    return list(dict.fromkeys(wanted))
+
+
 def _one_batch(table: pa.Table) -> pa.RecordBatch:
-    """``table`` as one record batch (dictionaries of several chunks unified)."""
+    """``table`` as one record batch (no copy when every column is one chunk, as a row
+    group's are; else chunks concatenated, dictionaries unified)."""
+    if table.num_rows and all(c.num_chunks == 1 for c in table.itercolumns()):
+        return pa.RecordBatch.from_arrays(
+            [c.chunk(0) for c in table.itercolumns()], schema=table.schema
+        )
     whole = table.combine_chunks()
     arrays = [
         c.chunk(0) if c.num_chunks == 1 else pa.array([], c.type) for c in whole.itercolumns()

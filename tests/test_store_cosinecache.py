@@ -284,3 +284,34 @@ def test_without_a_writable_cache_or_off_the_local_disk_the_backtest_runs_uncach
     _write(remote, model, deployed)
     assert CosineCache.beside(remote) is None
     _same(_run(model, edited, remote, True), plain)
+
+
+def test_the_backtest_command_takes_a_cache_folder_or_none(model, tmp_path: Path) -> None:
+    import contextlib
+    import io
+    import json
+
+    from consumers.cli import main
+
+    deployed = _compile(model)
+    _write(tmp_path / "store", model, deployed)
+
+    def run(*extra: str) -> dict[str, object]:
+        out = tmp_path / "report"
+        argv = ["policy", "backtest", str(DEMO_POLICIES), "--store", str(tmp_path / "store")]
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main([*argv, "--out", str(out), *extra]) == 0
+        doc = json.loads((out / "backtest.json").read_text())
+        doc.pop("seconds", None)
+        return doc  # type: ignore[no-any-return]
+
+    plain = run("--no-cache")
+    assert not (tmp_path / "store" / CACHE_DIR).exists()
+    elsewhere = tmp_path / "elsewhere"
+    assert run("--cache-dir", str(elsewhere)) == plain
+    entries = _entries(elsewhere)
+    assert entries and not (tmp_path / "store" / CACHE_DIR).exists()
+    assert run("--cache-dir", str(elsewhere)) == plain  # warm
+    assert _entries(elsewhere) == entries
+    assert run() == plain  # the store's own cache
+    assert _entries(tmp_path / "store" / CACHE_DIR / "cosines")

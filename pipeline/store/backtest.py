@@ -26,6 +26,7 @@ may fall the other way than it did live.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -105,9 +106,27 @@ def backtest(
         _check_model(against, model, "--against policy")
     if cache is True:
         cache = CosineCache.beside(store.location)
-    with CosineKernel() as kernel:
-        scan = _Scan(kernel, cache or None, progress)
-        read = _read(store, flt, weights_sha256, policies, against, scan)
+    collecting = gc.isenabled()
+    gc.disable()  # a run makes millions of arrays and thousands of incidents, no cycles
+    try:
+        with CosineKernel() as kernel:
+            scan = _Scan(kernel, cache or None, progress)
+            read = _read(store, flt, weights_sha256, policies, against, scan)
+        return _judged(policies, read, flt, model, weights_sha256, started)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _judged(
+    policies: PolicySet,
+    read: _Read,
+    flt: FrameFilter,
+    model: str,
+    weights_sha256: str,
+    started: float,
+) -> BacktestResult:
+    """The temporal rules and the diff over what :func:`_read` scored."""
     frames = _order(read)
     new = {
         lab.key: _LabelArrays.of(read.new[lab.key], frames, read.sizes)
@@ -259,7 +278,8 @@ def _read(
         place = [np.asarray(batch.column(i).to_numpy(), dtype=np.int64) for i in (2, 3, 4)]
         out.place.append(np.stack(place, axis=1))  # 3 x (B,) -> (B, 3)
         out.sizes.append(batch.num_rows)
-        scores = edited.evaluate_cosines(group.cosines, probability=False)
+        shared: dict[tuple[Any, ...], Any] = {}  # arrays of labels both sets score alike
+        scores = edited.evaluate_cosines(group.cosines, probability=False, shared=shared)
         for j, lab in enumerate(policies.compiled.labels):
             p = out.new[lab.key]
             p.score.append(scores.score[:, j])
@@ -267,7 +287,7 @@ def _read(
             p.passed.append(scores.passed[:, j])
             p.top.append(scores.top_prompt[:, j])
             p.origin.append(None)
-        _score_baseline(out, group.cosines, group.extra, scorers)
+        _score_baseline(out, group.cosines, group.extra, scorers, shared)
     if not out.sizes:
         raise StoreError(_nothing(store, flt, weights, out.other_weights))
     return out
@@ -308,16 +328,24 @@ def _remapped(compiled: CompiledPolicies, columns: npt.NDArray[np.intp]) -> Comp
     return replace(compiled, labels=labels)
 
 
-def _score_baseline(out: _Read, c: _F32, codes: _I64, scorers: Sequence[CompiledPolicies]) -> None:
+def _score_baseline(
+    out: _Read,
+    c: _F32,
+    codes: _I64,
+    scorers: Sequence[CompiledPolicies],
+    shared: dict[tuple[Any, ...], Any],
+) -> None:
     """Score the last batch's rows, each with the set in force for it (``codes``: index in
-    ``out.sets``; ``c`` the batch's cosines with the registry's rows); labels a row's set
-    lacks stay NaN and not passing."""
+    ``out.sets``; ``c`` the batch's cosines with the registry's rows; ``shared``: what the
+    edited set's scoring of ``c`` left to share); labels a row's set lacks stay NaN and not
+    passing."""
     batch, size = len(out.sizes) - 1, out.sizes[-1]
     for code in np.unique(codes):
         rows = np.flatnonzero(codes == code)
         s = out.sets[int(code)]
+        whole = len(rows) == size
         scores = scorers[int(code)].evaluate_cosines(
-            c if len(rows) == size else c[rows], probability=False
+            c if whole else c[rows], probability=False, shared=shared if whole else None
         )
         for j, lab in enumerate(s.compiled.labels):
             p = out.old.setdefault(lab.key, _Parts())

@@ -144,8 +144,12 @@ def _finish(
     """The row group's cosines: computed where missing (and kept), gathered for the kept rows."""
     n = loaded.table.num_rows
     # column-major: each row's cosines contiguous, as the scoring reads them (a label's column,
-    # its negatives' columns) and as the cache gives them
-    out = np.zeros((len(registry), n), np.float32).T
+    # its negatives' columns) and as the cache gives them; rows these frames do not need are
+    # NaN (never read: their sets score none of these frames)
+    out = np.empty((len(registry), n), np.float32).T
+    unused = np.ones(len(registry), bool)
+    unused[loaded.columns] = False
+    out[:, unused] = np.nan
     picked = loaded.rows
     for column, values in loaded.found.items():
         out[:, column] = values if picked is None else values[picked]

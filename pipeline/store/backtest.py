@@ -104,13 +104,12 @@ def backtest(
     _check_model(policies, model, "policy")
     if against is not None:
         _check_model(against, model, "--against policy")
-    if cache is True:
-        cache = CosineCache.beside(store.location)
+    cosines = CosineCache.beside(store.location) if cache is True else cache or None
     collecting = gc.isenabled()
     gc.disable()  # a run makes millions of arrays and thousands of incidents, no cycles
     try:
         with CosineKernel() as kernel:
-            scan = _Scan(kernel, cache or None, progress)
+            scan = _Scan(kernel, cosines, progress)
             read = _read(store, flt, weights_sha256, policies, against, scan)
         return _judged(policies, read, flt, model, weights_sha256, started)
     finally:

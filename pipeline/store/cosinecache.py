@@ -131,11 +131,13 @@ class CosineCache:
             self.misses += 1
             return None
         except OSError:  # a link (O_NOFOLLOW), no permission...
-            return self._reject(path, "cannot be opened")
+            self._reject(path, "cannot be opened")
+            return None
         with os.fdopen(fd, "rb", buffering=0) as fh:
             values, why = _read_entry(fh, fd, key, row, rows)
         if values is None:
-            return self._reject(path, why)
+            self._reject(path, why)
+            return None
         with contextlib.suppress(OSError):
             os.utime(path)  # used now: the last to be trimmed
         self.hits += 1
@@ -145,7 +147,6 @@ class CosineCache:
         self.rejected += 1
         self.misses += 1
         _log.debug("cosine cache entry %s ignored: %s", path, why)
-        return None
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -163,7 +164,7 @@ class CosineCache:
                 "mtime_ns": key.mtime_ns,
                 "row": row,
                 "rows": int(data.shape[0]),
-                "crc32c": crc32c.crc32c(data),
+                "crc32c": crc32c.crc32c(data.data),
             },
             separators=(",", ":"),
         ).encode()
@@ -173,7 +174,7 @@ class CosineCache:
             self.folder.mkdir(parents=True, exist_ok=True)
             with open(tmp, "xb") as fh:
                 fh.write(_MAGIC + struct.pack("<I", len(header)) + header)
-                fh.write(memoryview(data).cast("B"))
+                fh.write(data.data.cast("B"))
             os.replace(tmp, path)
         except OSError as e:
             with contextlib.suppress(OSError):
@@ -242,10 +243,10 @@ def _read_entry(fh: object, fd: int, key: FileKey, row: str, rows: int) -> tuple
     if st.st_size != len(head) + length + 4 * rows:
         return None, f"{st.st_size} bytes, not the {len(head) + length + 4 * rows} announced"
     values = np.empty(rows, dtype="<f4")
-    got = fh.readinto(memoryview(values).cast("B"))  # type: ignore[attr-defined]
+    got = fh.readinto(values.data.cast("B"))  # type: ignore[attr-defined]
     if got != 4 * rows:
         return None, "truncated"
-    if header.get("crc32c") != crc32c.crc32c(values):
+    if header.get("crc32c") != crc32c.crc32c(values.data):
         return None, "its checksum does not match"
     if rows and not (values.max() <= _LIMIT and values.min() >= -_LIMIT):  # NaN fails too
         return None, "values that are not cosines"

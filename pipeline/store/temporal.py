@@ -212,8 +212,8 @@ class _Kernel:
                 out, (start, end, start, opened, closed, int(lay.stream[opened])), strict=True
             ):
                 column.append(value)
-        found = _collect(*out)
-        return replace(found, peak=self._peaks(found.start, found.end))
+        incidents = _collect(*out)
+        return replace(incidents, peak=self._peaks(incidents.start, incidents.end))
 
     def _peaks(self, start: _Index, end: _Index) -> _Index:
         """Per incident, its first highest-scoring passing frame from ``start`` to ``end``

@@ -109,6 +109,8 @@ class _Loaded:
     rows: npt.NDArray[np.int64] | None  # kept rows' positions in the row group (None: all)
     group_rows: int
     key: FileKey | None
+    path: str  # the stored file and row group, to read the embeddings again
+    group: int
     found: dict[int, _F32] = field(default_factory=dict)  # column -> cached, whole group
     missing: list[int] = field(default_factory=list)
     emb: npt.NDArray[np.float16] | None = None  # whole group when cached, else kept rows
@@ -133,9 +135,43 @@ def scan_cosines(
     rows' table, in a reading thread) names for them (see the module docstring)."""
     reader = _Reader(store, flt, columns, weights, registry, prepare, cache)
     for loaded in reader:
+        if cache is not None and loaded.key is not None:
+            _look_up(loaded, registry, cache, store)
+            # a group that missed: the next probably will too (a first run), so the reading
+            # thread reads their embeddings ahead; one that hit: the next probably will too
+            reader.speculate = bool(loaded.missing)
         yield _finish(loaded, registry, kernel, cache)
     if cache is not None:
         cache.trim()
+
+
+def _look_up(loaded: _Loaded, registry: RowRegistry, cache: CosineCache, store: FrameStore) -> None:
+    """Fill ``loaded.found`` from the cache and ``loaded.missing`` with the rest, and read
+    the group's embeddings for those if the reading thread did not. On this thread: the
+    cache's many small reads in the reading thread each wait for the GIL behind the scoring
+    (measured: the warm run's reading took several times its own CPU time there)."""
+    assert loaded.key is not None
+    if len(loaded.table) == 0:
+        return
+    for column in loaded.columns.tolist():
+        values = cache.get(loaded.key, registry.keys[column], loaded.group_rows)
+        if values is None:
+            loaded.missing.append(column)
+        else:
+            loaded.found[column] = values
+    if loaded.missing and loaded.emb is None:
+        loaded.emb = _embeddings(store, loaded.path, loaded.group)
+
+
+def _embeddings(store: FrameStore, path: str, group: int) -> npt.NDArray[np.float16]:
+    """The embeddings of row group ``group`` of the stored file ``path``."""
+    location = store.location
+    try:
+        with location.fs.open_input_file(path) as source:
+            column = pq.ParquetFile(source).read_row_group(group, columns=["embedding"])[0]
+    except (OSError, pa.ArrowInvalid) as e:
+        raise StoreError(f"{location.uri}: cannot read the frames in {path}: {e}") from e
+    return embeddings_of(column)
 
 
 def _finish(
@@ -189,6 +225,7 @@ class _Reader:
         self.registry, self.prepare, self.cache = registry, prepare, cache
         self.columns = _with_filter_columns([*columns, "weights_sha256"], flt)
         self.out_columns = list(columns)
+        self.speculate = False  # read cached groups' embeddings too (a cold cache)
 
     def __iter__(self) -> Iterator[_Loaded]:
         return prefetched(self._all())
@@ -204,11 +241,13 @@ class _Reader:
             with location.fs.open_input_file(f.path) as source:
                 parquet = pq.ParquetFile(source, read_dictionary=list(_DICTIONARIES))
                 for group in range(parquet.num_row_groups):
-                    yield self._group(parquet, group, key)
+                    yield self._group(parquet, group, key, f.path)
         except (OSError, pa.ArrowInvalid) as e:
             raise StoreError(f"{location.uri}: cannot read the frames in {f.path}: {e}") from e
 
-    def _group(self, parquet: pq.ParquetFile, group: int, file_key: FileKey | None) -> _Loaded:
+    def _group(
+        self, parquet: pq.ParquetFile, group: int, file_key: FileKey | None, path: str
+    ) -> _Loaded:
         table = parquet.read_row_group(group, columns=self.columns)
         n = table.num_rows
         in_range = _in_filter(table, self.flt)
@@ -231,6 +270,8 @@ class _Reader:
             rows=rows,
             group_rows=n,
             key=key,
+            path=path,
+            group=group,
         )
         if len(kept) == 0:
             return loaded
@@ -239,14 +280,7 @@ class _Reader:
             emb = parquet.read_row_group(group, columns=["embedding"]).column(0)
             loaded.emb = embeddings_of(emb if rows is None else emb.take(pa.array(rows)))
             return loaded
-        assert self.cache is not None
-        for column in loaded.columns.tolist():
-            values = self.cache.get(key, self.registry.keys[column], n)
-            if values is None:
-                loaded.missing.append(column)
-            else:
-                loaded.found[column] = values
-        if loaded.missing:
+        if self.speculate:  # the cache is looked up on the consumer's thread
             loaded.emb = embeddings_of(parquet.read_row_group(group, columns=["embedding"])[0])
         return loaded
 

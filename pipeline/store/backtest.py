@@ -5,10 +5,14 @@ how does that differ from what was in force?" without decoding anything:
 
 1. **Frames.** The stored frames of one model and weights (frames of other weights are
    counted and left out; none at all is refused), a few columns straight from Parquet.
-2. **Re-score.** Each batch of float16 embeddings goes through the edited set's compiled matrix
-   (:meth:`~pipeline.policies.score.CompiledPolicies.evaluate`: one matrix product); the
-   baseline is scored the same way, each frame with the snapshot of the policy set that was in
-   force when it was stored (or with ``against`` for all of them). Embeddings are not kept.
+2. **Re-score.** Row group by row group (:func:`pipeline.store.filescan.scan_cosines`), the
+   cosines of the frames with every distinct prompt row of the edited set and of the sets
+   stored with the frames (or ``against``): from the cosine cache beside the store where it
+   has them (:mod:`pipeline.store.cosinecache`: a re-run with edited thresholds reads 4
+   bytes a frame and row instead of the embeddings), else one matrix product of the float16
+   embeddings. Each frame is scored with the edited set and with the snapshot of the policy
+   set in force when it was stored (or ``against``); a label both read alike is scored once
+   and only its pass differs. Embeddings are not kept.
 3. **Order.** Rows are put in stream and timestamp order, replays dropped (one row per stream,
    segment, frame index and tile), the tiles of a frame merged as the judge merges them (the
    best tile's score; passing when any tile passes), and frames whose time does not advance

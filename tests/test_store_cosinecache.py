@@ -6,10 +6,12 @@ ignored (and replaced), the cache keeps to its bound, and a store where it canno
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import struct
 from pathlib import Path
 
+import crc32c
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -155,13 +157,12 @@ def test_a_cached_backtest_finds_exactly_what_an_uncached_one_finds(model, tmp_p
 
     cold = CosineCache(tmp_path / "store" / CACHE_DIR / "cosines")
     _same(_run(model, edited, tmp_path / "store", cold), plain)
-    entries = len(_entries(cold.folder))
-    # one entry per row group (3 files of 480 rows: 200, 200, 80) and distinct prompt row
-    assert cold.hits == 0 and entries > 0 and entries % 9 == 0
+    # one entry per row group (3 files of 480 rows: 200, 200, 80), each with every row
+    assert cold.hits == 0 and len(_entries(cold.folder)) == 9
 
     warm = CosineCache(cold.folder)
     _same(_run(model, edited, tmp_path / "store", warm), plain)
-    assert warm.misses == 0 and warm.hits == entries  # no embedding read at all
+    assert warm.misses == 0 and warm.hits == cold.misses  # no embedding read at all
 
     # another edit of thresholds only: the same rows, every cosine from the cache
     other = _compile(model, threshold=0.3)
@@ -211,23 +212,20 @@ def _spoil(entries: list[Path]) -> None:
     entries[2].symlink_to(entries[3])  # a link (to another row's entry)
     entries[4].unlink()
     os.mkfifo(entries[4])  # a pipe: must not block the reader
-    entries[5].write_bytes(b"CGCOS01\n" + struct.pack("<I", 1 << 30) + b"{}")  # huge header
-    entries[6].write_bytes(b"CGCOS01\n" + struct.pack("<I", 5) + b"{nope" + b"\0" * 64)
+    magic = entries[5].read_bytes()[:8]
+    entries[5].write_bytes(magic + struct.pack("<I", 1 << 30) + b"{}")  # huge header
+    entries[6].write_bytes(magic + struct.pack("<I", 5) + b"{nope" + b"\0" * 64)
     entries[7].write_bytes(b"PAR1" + os.urandom(100))  # not an entry at all
-    # a well-formed entry, right checksum, for the right file and row, of values that are
-    # not cosines
-    head_len = struct.unpack("<I", entries[8].read_bytes()[8:12])[0]
-    header = entries[8].read_bytes()[12 : 12 + head_len]
-    count = (entries[8].stat().st_size - 12 - head_len) // 4
-    bad = np.full(count, np.nan, "<f4")
-    import json
-
-    import crc32c
-
-    fields = json.loads(header)
-    fields["crc32c"] = crc32c.crc32c(bad)
+    # a well-formed entry, right checksums, for the right row group and rows, of values that
+    # are not cosines
+    data = entries[8].read_bytes()
+    head_len = struct.unpack("<I", data[8:12])[0]
+    fields = json.loads(data[12 : 12 + head_len])
+    bad = np.full(fields["count"], np.nan, "<f4")
+    fields["crc32c"] = [crc32c.crc32c(bad)] * len(fields["rows"])
     new = json.dumps(fields, separators=(",", ":")).encode()
-    entries[8].write_bytes(b"CGCOS01\n" + struct.pack("<I", len(new)) + new + bad.tobytes())
+    payload = bad.tobytes() * len(fields["rows"])
+    entries[8].write_bytes(data[:8] + struct.pack("<I", len(new)) + new + payload)
 
 
 def test_corrupt_and_hostile_cache_entries_are_ignored_and_replaced(model, tmp_path: Path) -> None:
@@ -238,7 +236,7 @@ def test_corrupt_and_hostile_cache_entries_are_ignored_and_replaced(model, tmp_p
     folder = tmp_path / "store" / CACHE_DIR / "cosines"
     _run(model, edited, tmp_path / "store", CosineCache(folder))
     entries = _entries(folder)
-    assert len(entries) >= 9
+    assert len(entries) == 9
     _spoil(entries)
     spoiled = CosineCache(folder)
     _same(_run(model, edited, tmp_path / "store", spoiled), plain)
@@ -289,7 +287,6 @@ def test_without_a_writable_cache_or_off_the_local_disk_the_backtest_runs_uncach
 def test_the_backtest_command_takes_a_cache_folder_or_none(model, tmp_path: Path) -> None:
     import contextlib
     import io
-    import json
 
     from consumers.cli import main
 

@@ -5,7 +5,8 @@ A policy author's loop re-runs a backtest with edited thresholds and mostly unch
 Each run reads every stored embedding (512 float16 values, 1 KB a frame) only to multiply it
 with the same prompt rows as the run before. The cosines of one stored file with one prompt
 row are a fact of that file's bytes and that row's values, so they are kept here, one entry per
-(file, row): 4 bytes a frame. A warm backtest reads those and the few small columns it needs.
+row group of a stored file, holding its cosines with each prompt row a run needed: 4 bytes a
+frame and row. A warm backtest reads those and the few small columns it needs.
 
 Entries live in ``<store>/_cache/cosines/`` (the ``_`` keeps the folder out of the frames for
 clipguard, DuckDB, Spark, Trino and Athena alike), or in any local folder given. A store
@@ -13,10 +14,11 @@ on another filesystem (``s3://``...) has no default cache: its backtests compute
 unless given a local folder. When the folder cannot be written, the run goes on uncached.
 
 An entry is ``MAGIC``, the header's length (4 bytes, little-endian), a JSON header and the
-float32 values. The header names the stored file by its path in the store, size and
-modification time (nanoseconds), the row by the SHA-256 of its float32 values
-(:func:`row_key`), the number of values and their CRC-32C. An entry is used only when all of
-these match the file as it is now, its size is exactly what the header says and its values are
+float32 values, row after row. The header names the row group by its stored file's path in the
+store (and the group's number), size and modification time (nanoseconds), the number of
+frames, and each row it holds by the SHA-256 of its float32 values (:func:`row_key`) with the
+CRC-32C of its cosines. An entry is used only when all of these match the file as it is
+now, its size is exactly what the header says and its values are
 finite cosines; anything else (a rewritten store file, a truncated or corrupt entry, a link, a
 pipe, a header of the wrong shape) is a miss, and the entry is replaced when the run computes
 those cosines again. The cache is bounded (:data:`DEFAULT_MAX_BYTES`): entries used least
@@ -35,9 +37,10 @@ import stat
 import struct
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import crc32c
 import numpy as np
@@ -48,6 +51,7 @@ from pipeline.store.location import StoredFile, StoreLocation
 __all__ = [
     "CACHE_DIR",
     "DEFAULT_MAX_BYTES",
+    "MAX_ROWS",
     "CosineCache",
     "FileKey",
     "row_key",
@@ -58,9 +62,11 @@ CACHE_DIR: Final = "_cache"
 #: The default bound on the cosine entries' total size.
 DEFAULT_MAX_BYTES: Final = 4 << 30
 #: Bump when the cosines' computation changes: older entries are then misses.
-_FORMAT: Final = 1
-_MAGIC: Final = b"CGCOS01\n"
-_MAX_HEADER: Final = 4096
+_FORMAT: Final = 2
+_MAGIC: Final = b"CGCOS02\n"
+_MAX_HEADER: Final = 64 * 1024
+#: The most prompt rows one row group's entry holds (a run keeps the rows it needs first).
+MAX_ROWS: Final = 256
 _LIMIT: Final = np.float32(1.0001)  # a cosine of unit vectors, with float16 rounding
 _STALE_TMP_S: Final = 3600.0
 _F32 = npt.NDArray[np.float32]
@@ -116,65 +122,74 @@ class CosineCache:
             return None
         return cls(Path(location.root) / CACHE_DIR / "cosines", max_bytes=max_bytes)
 
-    def path(self, key: FileKey, row: str) -> Path:
-        name = hashlib.sha256(f"{key.path}\0{row}".encode()).hexdigest()[:40]
+    def path(self, key: FileKey) -> Path:
+        name = hashlib.sha256(key.path.encode()).hexdigest()[:40]
         return self.folder / f"{name}.cos"
 
     # -- reading ----------------------------------------------------------------------------
 
-    def get(self, key: FileKey, row: str, rows: int) -> _F32 | None:
-        """The ``rows`` cosines of the file ``key`` with the row ``row``, or None."""
-        path = self.path(key, row)
+    def get(self, key: FileKey, rows: Sequence[str], count: int) -> dict[str, _F32]:
+        """Of the prompt rows ``rows`` (keys), those the cache has for the row group ``key``
+        (``count`` frames): row key -> its ``count`` cosines. Counted in :attr:`hits` and
+        :attr:`misses` per row."""
+        path = self.path(key)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
-            self.misses += 1
-            return None
+            self.misses += len(rows)
+            return {}
         except OSError:  # a link (O_NOFOLLOW), no permission...
-            self._reject(path, "cannot be opened")
-            return None
+            self._reject(path, "cannot be opened", len(rows))
+            return {}
         with os.fdopen(fd, "rb", buffering=0) as fh:
-            values, why = _read_entry(fh, fd, key, row, rows)
-        if values is None:
-            self._reject(path, why)
-            return None
+            found, why = _read_entry(fh, fd, key, rows, count)
+        if found is None:
+            self._reject(path, why, len(rows))
+            return {}
         with contextlib.suppress(OSError):
             os.utime(path)  # used now: the last to be trimmed
-        self.hits += 1
-        return values
+        self.hits += len(found)
+        self.misses += len(rows) - len(found)
+        return found
 
-    def _reject(self, path: Path, why: str) -> None:
+    def _reject(self, path: Path, why: str, rows: int) -> None:
         self.rejected += 1
-        self.misses += 1
+        self.misses += rows
         _log.debug("cosine cache entry %s ignored: %s", path, why)
 
     # -- writing ----------------------------------------------------------------------------
 
-    def put(self, key: FileKey, row: str, values: npt.ArrayLike) -> bool:
-        """Keep the cosines ``values`` of the file ``key`` with the row ``row``; False when
+    def put(self, key: FileKey, cosines: Mapping[str, npt.ArrayLike]) -> bool:
+        """Keep the cosines of the row group ``key`` with these prompt rows (row key ->
+        values; at most :data:`MAX_ROWS`, the first kept), replacing its entry; False when
         the folder cannot be written (the cache then stops writing for this object)."""
-        if not self.writable:
+        if not self.writable or not cosines:
             return False
-        data = np.ascontiguousarray(np.asarray(values, dtype="<f4").reshape(-1))
+        keys = list(cosines)[:MAX_ROWS]
+        data = [np.ascontiguousarray(np.asarray(cosines[k], dtype="<f4").reshape(-1)) for k in keys]
+        count = int(data[0].shape[0])
+        if any(d.shape[0] != count for d in data):
+            raise ValueError("cosines of different lengths for one row group")
         header = json.dumps(
             {
                 "format": _FORMAT,
                 "path": key.path,
                 "size": key.size,
                 "mtime_ns": key.mtime_ns,
-                "row": row,
-                "rows": int(data.shape[0]),
-                "crc32c": crc32c.crc32c(data.data),
+                "count": count,
+                "rows": keys,
+                "crc32c": [crc32c.crc32c(d.data) for d in data],
             },
             separators=(",", ":"),
         ).encode()
-        path = self.path(key, row)
+        path = self.path(key)
         tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with open(tmp, "xb") as fh:
                 fh.write(_MAGIC + struct.pack("<I", len(header)) + header)
-                fh.write(data.data.cast("B"))
+                for d in data:
+                    fh.write(d.data.cast("B"))
             os.replace(tmp, path)
         except OSError as e:
             with contextlib.suppress(OSError):
@@ -214,20 +229,22 @@ class CosineCache:
         return removed
 
 
-def _read_entry(fh: object, fd: int, key: FileKey, row: str, rows: int) -> tuple[_F32 | None, str]:
-    """An open entry's values if it is the one asked for and whole (else None and why)."""
+def _read_entry(
+    fh: Any, fd: int, key: FileKey, rows: Sequence[str], count: int
+) -> tuple[dict[str, _F32] | None, str]:
+    """An open entry's cosines with those of ``rows`` it holds, if it is the entry of the row
+    group ``key`` and whole (else None and why)."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         return None, "not a regular file"
-    read = fh.read  # type: ignore[attr-defined]
-    head = read(len(_MAGIC) + 4)
+    head = fh.read(len(_MAGIC) + 4)
     if len(head) != len(_MAGIC) + 4 or head[: len(_MAGIC)] != _MAGIC:
         return None, "not a cosine cache entry"
     (length,) = struct.unpack("<I", head[len(_MAGIC) :])
     if length > _MAX_HEADER:
         return None, f"a header of {length} bytes"
     try:
-        header = json.loads(read(length))
+        header = json.loads(fh.read(length))
     except (ValueError, UnicodeDecodeError):
         return None, "an unreadable header"
     want = {
@@ -235,22 +252,38 @@ def _read_entry(fh: object, fd: int, key: FileKey, row: str, rows: int) -> tuple
         "path": key.path,
         "size": key.size,
         "mtime_ns": key.mtime_ns,
-        "row": row,
-        "rows": rows,
+        "count": count,
     }
     if not isinstance(header, dict) or any(header.get(k) != v for k, v in want.items()):
-        return None, "written for another file, version or row"
-    if st.st_size != len(head) + length + 4 * rows:
-        return None, f"{st.st_size} bytes, not the {len(head) + length + 4 * rows} announced"
-    values = np.empty(rows, dtype="<f4")
-    got = fh.readinto(values.data.cast("B"))  # type: ignore[attr-defined]
-    if got != 4 * rows:
-        return None, "truncated"
-    if header.get("crc32c") != crc32c.crc32c(values.data):
-        return None, "its checksum does not match"
-    if rows and not (values.max() <= _LIMIT and values.min() >= -_LIMIT):  # NaN fails too
-        return None, "values that are not cosines"
-    return values.astype(np.float32, copy=False), ""
+        return None, "written for another file or version"
+    held, sums = header.get("rows"), header.get("crc32c")
+    if not (
+        isinstance(held, list)
+        and isinstance(sums, list)
+        and len(held) == len(sums) <= MAX_ROWS
+        and all(isinstance(k, str) for k in held)
+        and all(isinstance(c, int) for c in sums)
+    ):
+        return None, "a header of the wrong shape"
+    start = len(head) + length
+    if st.st_size != start + 4 * count * len(held):
+        return None, f"{st.st_size} bytes, not the {start + 4 * count * len(held)} announced"
+    out: dict[str, _F32] = {}
+    place = {k: i for i, k in enumerate(held)}
+    for row in rows:
+        i = place.get(row)
+        if i is None:
+            continue
+        values = np.empty(count, dtype="<f4")
+        fh.seek(start + 4 * count * i)
+        if fh.readinto(values.data.cast("B")) != 4 * count:
+            return None, "truncated"
+        if sums[i] != crc32c.crc32c(values.data):
+            return None, "its checksum does not match"
+        if count and not (values.max() <= _LIMIT and values.min() >= -_LIMIT):  # NaN fails too
+            return None, "values that are not cosines"
+        out[row] = values.astype(np.float32, copy=False)
+    return out, ""
 
 
 def _unlink(path: Path, size: int) -> int:

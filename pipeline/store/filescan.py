@@ -153,8 +153,10 @@ def _look_up(loaded: _Loaded, registry: RowRegistry, cache: CosineCache, store: 
     assert loaded.key is not None
     if len(loaded.table) == 0:
         return
-    for column in loaded.columns.tolist():
-        values = cache.get(loaded.key, registry.keys[column], loaded.group_rows)
+    columns = loaded.columns.tolist()
+    found = cache.get(loaded.key, [registry.keys[c] for c in columns], loaded.group_rows)
+    for column in columns:
+        values = found.get(registry.keys[column])
         if values is None:
             loaded.missing.append(column)
         else:
@@ -200,11 +202,12 @@ def _finish(
         whole = loaded.key is not None and cache is not None
         for j, column in enumerate(loaded.missing):
             values = computed[:, j]
-            if whole:
-                assert cache is not None and loaded.key is not None
-                cache.put(loaded.key, registry.keys[column], values)
-                values = values if picked is None else values[picked]
-            out[:, column] = values
+            out[:, column] = values if picked is None or not whole else values[picked]
+        if whole:  # the group's entry: these rows first, then the others it already held
+            assert cache is not None and loaded.key is not None
+            kept = {registry.keys[c]: computed[:, j] for j, c in enumerate(loaded.missing)}
+            kept.update((registry.keys[c], v) for c, v in loaded.found.items())
+            cache.put(loaded.key, kept)
     return ScannedGroup(loaded.table, out, loaded.extra, loaded.read, loaded.other_weights)
 
 

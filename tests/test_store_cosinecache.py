@@ -47,7 +47,9 @@ def model():  # type: ignore[no-untyped-def]
     return load_clip(DEMO_MODEL)
 
 
-def _compile(model, threshold: float | None = None) -> PolicySet:  # type: ignore[no-untyped-def]
+def _compile(model, threshold: float | None = None, rolled: bool = False) -> PolicySet:  # type: ignore[no-untyped-def]
+    """The demo policies (another threshold; ``rolled``: every prompt row's values rotated,
+    rows the cache has not seen)."""
     policies = load_policies([DEMO_POLICIES])
     if threshold is not None:
         policies = type(policies)(
@@ -67,7 +69,10 @@ def _compile(model, threshold: float | None = None) -> PolicySet:  # type: ignor
                 for lp in policies
             ]
         )
-    return PolicySet.of(policies, PolicyCompiler(model).compile(policies).compiled)
+    compiled = PolicyCompiler(model).compile(policies).compiled
+    if rolled:
+        compiled = dataclasses.replace(compiled, matrix=np.roll(compiled.matrix, 1, axis=1))
+    return PolicySet.of(policies, compiled)
 
 
 def _tables(model, policies: PolicySet, seed: int) -> list[pa.Table]:  # type: ignore[no-untyped-def]
@@ -171,6 +176,20 @@ def test_a_cached_backtest_finds_exactly_what_an_uncached_one_finds(model, tmp_p
         _run(model, other, tmp_path / "store", again), _run(model, other, tmp_path / "store", False)
     )
     assert again.misses == 0
+
+    # other prompts (rows the cache has not seen): computed and added to the entries, which
+    # keep the first prompts' cosines too
+    moved = _compile(model, threshold=0.2, rolled=True)
+    first = CosineCache(cold.folder)
+    _same(
+        _run(model, moved, tmp_path / "store", first),
+        _run(model, moved, tmp_path / "store", False),
+    )
+    assert first.hits > 0 and first.misses > 0  # the stored set's rows hit, the new ones miss
+    for policies in (moved, edited):
+        both = CosineCache(cold.folder)
+        _run(model, policies, tmp_path / "store", both)
+        assert both.misses == 0
 
     # a time range and a stream: the cached whole-group cosines, the right rows taken
     flt = FrameFilter(streams=("cam-1", "cam-4"))

@@ -157,12 +157,24 @@ class CosineCache:
         self.misses += rows
         _log.debug("cosine cache entry %s ignored: %s", path, why)
 
+    def _held(self, key: FileKey, count: int) -> dict[str, _F32]:
+        """Every row the entry of ``key`` holds, if it is whole (else nothing)."""
+        path = self.path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return {}
+        with os.fdopen(fd, "rb", buffering=0) as fh:
+            found, _ = _read_entry(fh, fd, key, None, count)
+        return found or {}
+
     # -- writing ----------------------------------------------------------------------------
 
     def put(self, key: FileKey, cosines: Mapping[str, npt.ArrayLike]) -> bool:
         """Keep the cosines of the row group ``key`` with these prompt rows (row key ->
-        values; at most :data:`MAX_ROWS`, the first kept), replacing its entry; False when
-        the folder cannot be written (the cache then stops writing for this object)."""
+        values), with the other rows its entry held, at most :data:`MAX_ROWS` (these first);
+        False when the folder cannot be written (the cache then stops writing for this
+        object)."""
         if not self.writable or not cosines:
             return False
         keys = list(cosines)[:MAX_ROWS]
@@ -170,6 +182,11 @@ class CosineCache:
         count = int(data[0].shape[0])
         if any(d.shape[0] != count for d in data):
             raise ValueError("cosines of different lengths for one row group")
+        # the rows the entry held besides (another run's prompts), while there is room
+        for k, v in self._held(key, count).items():
+            if len(keys) < MAX_ROWS and k not in cosines:
+                keys.append(k)
+                data.append(v)
         header = json.dumps(
             {
                 "format": _FORMAT,
@@ -230,10 +247,10 @@ class CosineCache:
 
 
 def _read_entry(
-    fh: Any, fd: int, key: FileKey, rows: Sequence[str], count: int
+    fh: Any, fd: int, key: FileKey, rows: Sequence[str] | None, count: int
 ) -> tuple[dict[str, _F32] | None, str]:
-    """An open entry's cosines with those of ``rows`` it holds, if it is the entry of the row
-    group ``key`` and whole (else None and why)."""
+    """An open entry's cosines with those of ``rows`` (None: all) it holds, if it is the entry
+    of the row group ``key`` and whole (else None and why)."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         return None, "not a regular file"
@@ -270,7 +287,7 @@ def _read_entry(
         return None, f"{st.st_size} bytes, not the {start + 4 * count * len(held)} announced"
     out: dict[str, _F32] = {}
     place = {k: i for i, k in enumerate(held)}
-    for row in rows:
+    for row in held if rows is None else rows:
         i = place.get(row)
         if i is None:
             continue

@@ -88,24 +88,34 @@ def test_a_zero_vector_scores_zero_and_bad_shapes_are_refused() -> None:
 
 
 def test_rows_the_edited_and_stored_sets_share_are_multiplied_once() -> None:
-    from types import SimpleNamespace
-
-    from pipeline.store.backtest import _cosines, _Stacked
+    from pipeline.store.filescan import RowRegistry
 
     rng = np.random.default_rng(5)
     emb = _stored(rng, 3000, 64)
     shared = unit_rows(rng.normal(size=(6, 64)))
     edited = unit_rows(rng.normal(size=(2, 64)))  # a prompt the edit added
-    new = SimpleNamespace(
-        id="v2", compiled=SimpleNamespace(matrix=np.concatenate([shared, edited]))
-    )
-    old = SimpleNamespace(id="v1", compiled=SimpleNamespace(matrix=shared))
-    stacked = _Stacked()
+    registry = RowRegistry(64)
+    new = registry.add(np.concatenate([shared, edited]))
+    old = registry.add(shared)
+    assert len(registry) == 8 and new.tolist() == list(range(8)) and old.tolist() == list(range(6))
     with CosineKernel(threads=2) as kernel:
-        c = _cosines(emb, new, [old], stacked, kernel)  # type: ignore[arg-type]
-    assert stacked.matrix.shape == (64, 8)  # 14 stacked rows, 8 of them distinct
-    assert stacked.offsets == [8]
+        c = kernel.unit_cosines(emb, registry.matrix(range(8)))
     whole = reference_unit_cosines(emb, np.concatenate([shared, edited, shared]).T)
-    assert c.shape == whole.shape == (3000, 14)
-    np.testing.assert_allclose(c, whole, rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(c[:, :6], c[:, 8:])  # the shared rows' cosines, once
+    np.testing.assert_allclose(c[:, new], whole[:, :8], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(c[:, old], whole[:, 8:], rtol=0, atol=1e-6)
+    with pytest.raises(Exception, match="prompt rows of shape"):
+        registry.add(np.zeros((2, 32), np.float32))
+
+
+def test_widen_converts_every_float16_exactly() -> None:
+    from pipeline.store.halfs import widen
+
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    out = np.empty(every.shape, np.float32)
+    widen(every, out)
+    # bit for bit NumPy's conversion: zeros of both signs, subnormals, infinities, NaNs
+    assert np.array_equal(out.view(np.uint32), every.astype(np.float32).view(np.uint32))
+    with pytest.raises(ValueError, match="shape"):
+        widen(every, np.empty((256, 255), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        widen(every[:, ::2], np.empty((256, 128), np.float32))

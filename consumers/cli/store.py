@@ -212,6 +212,17 @@ def add_backtest_parser(commands: Any) -> None:
         "--against", nargs="+", metavar="PATH", help="compare with these policies instead"
     )
     backtest.add_argument("--out", default="clipguard-backtest", metavar="DIR")
+    cache = backtest.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="keep the frames' cosines with the policies' prompts here, so a re-run with "
+        "edited thresholds reads them instead of the embeddings (default: _cache/cosines in "
+        "a store on this machine; none for other filesystems)",
+    )
+    cache.add_argument(
+        "--no-cache", action="store_true", help="neither read nor write the cosine cache"
+    )
     labels = backtest.add_mutually_exclusive_group()
     labels.add_argument(
         "--labels",
@@ -367,7 +378,19 @@ def _clip_backtest(
         weights_sha256=model.fingerprint(),
         flt=_filter(args, model.name),
         against=None if against is None else compiler.compile(against),
+        cache=_cosine_cache(args),
     )
+
+
+def _cosine_cache(args: argparse.Namespace) -> Any:
+    """The cosine cache --cache-dir or --no-cache asks for (True: the store's own)."""
+    if args.no_cache:
+        return False
+    if args.cache_dir:
+        from pipeline.store.cosinecache import CosineCache
+
+        return CosineCache(Path(args.cache_dir).expanduser())
+    return True
 
 
 def _hash_backtest(

@@ -184,11 +184,21 @@ class CompiledPolicies:
         """Every label's score, margin, probability, pass and top prompt on every frame."""
         return self.evaluate_cosines(self.cosines(embeddings))
 
-    def evaluate_cosines(self, c: _F32, *, probability: bool = True) -> FrameScores:
+    def evaluate_cosines(
+        self,
+        c: _F32,
+        *,
+        probability: bool = True,
+        shared: dict[tuple[Any, ...], tuple[_F32, _F32, _F32, Any]] | None = None,
+    ) -> FrameScores:
         """:meth:`evaluate` from the (B, rows) cosines of the frames with the matrix's rows
         (for callers that compute several sets' cosines in one product). ``probability=False``
         leaves the probability NaN where the score is not that probability (the softmax is
-        the costliest step; a backtest reads only scores, margins, passes and top prompts)."""
+        the costliest step; a backtest reads only scores, margins, passes and top prompts).
+        ``shared``: a dict the caller passes to every call on the same ``c`` (a backtest
+        scores the edited set and the stored one on the same cosines); a label reading the
+        same rows with the same rule kind as one scored before takes its score, margin,
+        probability and top prompt from there, and only its pass is computed."""
         frames, count = c.shape[0], len(self.labels)
         cosine = np.empty((frames, count), dtype=np.float32)
         score = np.empty((frames, count), dtype=np.float32)
@@ -199,20 +209,26 @@ class CompiledPolicies:
         for j, lab in enumerate(self.labels):
             s = c[:, lab.row]
             cosine[:, j] = s
-            if lab.negative_rows:
-                negs = c[:, list(lab.negative_rows)]  # (B, negatives)
-                margin[:, j] = s - negs.max(axis=1)
-                if probability or lab.kind == "softmax":
-                    prob[:, j] = _softmax_first(self.logit_scale, s, negs)
-            score[:, j] = self._score(lab, s, prob[:, j])
+            key = (
+                lab.row,
+                lab.negative_rows,
+                lab.prompt_rows,
+                lab.kind,
+                self.logit_scale,
+                self.logit_bias,
+                probability or lab.kind == "softmax",
+            )
+            known = None if shared is None else shared.get(key)
+            if known is not None:
+                score[:, j], margin[:, j], prob[:, j], top[:, j] = known
+            else:
+                self._label_arrays(lab, c, s, probability, j, (score, margin, prob, top))
+                if shared is not None:
+                    shared[key] = (score[:, j], margin[:, j], prob[:, j], top[:, j])
             ok = score[:, j] >= lab.cutoff
             if lab.margin is not None:
                 ok &= margin[:, j] >= lab.margin  # NaN (no negatives) compares False
             passed[:, j] = ok
-            if len(lab.prompt_rows) == 1:
-                top[:, j] = 0
-            else:
-                top[:, j] = np.argmax(c[:, list(lab.prompt_rows)], axis=1)
         return FrameScores(
             cosines=c,
             cosine=cosine,
@@ -222,6 +238,28 @@ class CompiledPolicies:
             passed=passed,
             top_prompt=top,
         )
+
+    def _label_arrays(
+        self,
+        lab: CompiledLabel,
+        c: _F32,
+        s: _F32,
+        probability: bool,
+        j: int,
+        out: tuple[_F32, _F32, _F32, Any],
+    ) -> None:
+        """Label ``lab``'s score, margin, probability and top prompt into column ``j``."""
+        score, margin, prob, top = out
+        if lab.negative_rows:
+            negs = c[:, list(lab.negative_rows)]  # (B, negatives)
+            margin[:, j] = s - negs.max(axis=1)
+            if probability or lab.kind == "softmax":
+                prob[:, j] = _softmax_first(self.logit_scale, s, negs)
+        score[:, j] = self._score(lab, s, prob[:, j])
+        if len(lab.prompt_rows) == 1:
+            top[:, j] = 0
+        else:
+            top[:, j] = np.argmax(c[:, list(lab.prompt_rows)], axis=1)
 
     def _score(self, lab: CompiledLabel, cosine: _F32, softmax: _F32) -> _F32:
         if lab.kind == "cosine":

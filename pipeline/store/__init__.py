@@ -29,7 +29,9 @@ Backtesting a policy edit (:mod:`pipeline.store.backtest`)::
 
     from pipeline.store import backtest
     result = backtest(edited_policy_set, store, model="clipguard-demo",
-                      weights_sha256=model.fingerprint(), flt=flt, against=None)
+                      weights_sha256=model.fingerprint(), flt=flt, against=None,
+                      cache=True)               # the cosine cache in <store>/_cache/ (local
+                                                # stores); False: none; or a CosineCache
     result.added, result.removed, result.changed     # incidents, per label in result.labels
     result.to_json()                                 # the report's data
     retro_events(result)                             # FlagEvents, retro: true, live ids

@@ -5,10 +5,14 @@ how does that differ from what was in force?" without decoding anything:
 
 1. **Frames.** The stored frames of one model and weights (frames of other weights are
    counted and left out; none at all is refused), a few columns straight from Parquet.
-2. **Re-score.** Each batch of float16 embeddings goes through the edited set's compiled matrix
-   (:meth:`~pipeline.policies.score.CompiledPolicies.evaluate`: one matrix product); the
-   baseline is scored the same way, each frame with the snapshot of the policy set that was in
-   force when it was stored (or with ``against`` for all of them). Embeddings are not kept.
+2. **Re-score.** Row group by row group (:func:`pipeline.store.filescan.scan_cosines`), the
+   cosines of the frames with every distinct prompt row of the edited set and of the sets
+   stored with the frames (or ``against``): from the cosine cache beside the store where it
+   has them (:mod:`pipeline.store.cosinecache`: a re-run with edited thresholds reads 4
+   bytes a frame and row instead of the embeddings), else one matrix product of the float16
+   embeddings. Each frame is scored with the edited set and with the snapshot of the policy
+   set in force when it was stored (or ``against``); a label both read alike is scored once
+   and only its pass differs. Embeddings are not kept.
 3. **Order.** Rows are put in stream and timestamp order, replays dropped (one row per stream,
    segment, frame index and tile), the tiles of a frame merged as the judge merges them (the
    best tile's score; passing when any tile passes), and frames whose time does not advance
@@ -26,22 +30,24 @@ may fall the other way than it did live.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.errors import StoreError
 from pipeline.policies.schema import Temporal
-from pipeline.policies.score import CompiledLabel
+from pipeline.policies.score import CompiledLabel, CompiledPolicies
 from pipeline.policies.snapshot import PolicySet
 from pipeline.policies.temporal import incident_event_id
+from pipeline.store.cosinecache import CosineCache
 from pipeline.store.cosines import CosineKernel
+from pipeline.store.filescan import RowRegistry, scan_cosines
 from pipeline.store.query import FrameFilter, FrameStore
 from pipeline.store.results import (
     HISTOGRAM_BINS,
@@ -50,7 +56,6 @@ from pipeline.store.results import (
     LabelDiff,
     fill_diffs,
 )
-from pipeline.store.schema import embeddings_of
 from pipeline.store.temporal import StreamLayout, find_incidents
 
 __all__ = ["HISTOGRAM_BINS", "BacktestResult", "Incident", "LabelDiff", "backtest"]
@@ -83,13 +88,16 @@ def backtest(
     flt: FrameFilter | None = None,
     against: PolicySet | None = None,
     progress: Callable[[int], None] | None = None,
+    cache: CosineCache | bool = True,
 ) -> BacktestResult:
     """Re-score with ``policies`` the frames of ``model`` under weights ``weights_sha256``
     that ``flt`` keeps, find their incidents, and compare with ``against`` or, by default,
     the policy sets stored with the frames. :class:`StoreError` when the store holds no such
     frames, a policy names another model, the embeddings do not fit the compiled matrix, or a
     stored set's snapshot is missing (then pass ``against``). ``progress`` is told the number
-    of stored rows read so far, batch by batch."""
+    of stored rows read so far, batch by batch. ``cache``: the cosine cache to read and fill
+    (True: the store's own, for a local store; False: none; see
+    :mod:`pipeline.store.cosinecache`)."""
     started = time.perf_counter()
     flt = FrameFilter(
         model=model,
@@ -100,8 +108,28 @@ def backtest(
     _check_model(policies, model, "policy")
     if against is not None:
         _check_model(against, model, "--against policy")
-    with CosineKernel() as kernel:
-        read = _read(store, flt, weights_sha256, policies, against, kernel, progress)
+    cosines = CosineCache.beside(store.location) if cache is True else cache or None
+    collecting = gc.isenabled()
+    gc.disable()  # a run makes millions of arrays and thousands of incidents, no cycles
+    try:
+        with CosineKernel() as kernel:
+            scan = _Scan(kernel, cosines, progress)
+            read = _read(store, flt, weights_sha256, policies, against, scan)
+        return _judged(policies, read, flt, model, weights_sha256, started)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _judged(
+    policies: PolicySet,
+    read: _Read,
+    flt: FrameFilter,
+    model: str,
+    weights_sha256: str,
+    started: float,
+) -> BacktestResult:
+    """The temporal rules and the diff over what :func:`_read` scored."""
     frames = _order(read)
     new = {
         lab.key: _LabelArrays.of(read.new[lab.key], frames, read.sizes)
@@ -208,44 +236,53 @@ def _read(
     weights: str,
     policies: PolicySet,
     against: PolicySet | None,
-    kernel: CosineKernel,
-    progress: Callable[[int], None] | None = None,
+    scan: _Scan,
 ) -> _Read:
     out = _Read()
     out.new = {lab.key: _Parts() for lab in policies.compiled.labels}
     if against is not None:
         out.sets.append(against)
+    registry = RowRegistry(policies.compiled.matrix.shape[1])
+    edited = _remapped(policies.compiled, registry.add(policies.compiled.matrix))
+    wanted = _label_rows(edited)
     set_index: dict[str, int] = {}
-    stacked = _Stacked()
-    dim = policies.compiled.matrix.shape[1]
-    for batch in store.batches(_COLUMNS, flt):
-        out.rows += batch.num_rows
-        if progress is not None:
-            progress(out.rows)
-        keep = _equal(batch.column(5), weights)
-        if not keep.all():
-            out.other_weights += int((~keep).sum())
-            batch = batch.filter(pa.array(keep))
+    scorers: list[CompiledPolicies] = []  # per baseline set, its rows as registry columns
+
+    def prepare(batch: pa.RecordBatch) -> tuple[npt.NDArray[np.intp], _I64]:
+        """(in the reading thread) the stored sets of these rows, their rows registered."""
+        if against is not None:
+            codes = np.zeros(batch.num_rows, np.int64)
+        else:
+            codes = _set_codes(batch.column(6), set_index, out.sets, store, flt)
+        for s in out.sets[len(scorers) :]:
+            scorers.append(_remapped(s.compiled, registry.add(s.compiled.matrix)))
+        needed = [wanted, *(_label_rows(scorers[int(c)]) for c in np.unique(codes))]
+        return np.unique(np.concatenate(needed)), codes
+
+    for group in scan_cosines(
+        store,
+        flt,
+        _COLUMNS,
+        weights=weights,
+        registry=registry,
+        prepare=prepare,
+        kernel=scan.kernel,
+        cache=scan.cache,
+    ):
+        out.rows += group.read
+        out.other_weights += group.other_weights
+        if scan.progress is not None:
+            scan.progress(out.rows)
+        batch = group.table
         if batch.num_rows == 0:
             continue
-        emb = embeddings_of(batch.column(7))  # (B, E) float16
-        if emb.shape[1] != dim:
-            raise StoreError(
-                f"stored embeddings have {emb.shape[1]} values, the policies were compiled "
-                f"for {dim} (another model?)"
-            )
         out.stream.append(_codes(batch.column(0), out.names))
         out.ts.append(np.asarray(batch.column(1).to_numpy(), dtype=np.float64))
         place = [np.asarray(batch.column(i).to_numpy(), dtype=np.int64) for i in (2, 3, 4)]
         out.place.append(np.stack(place, axis=1))  # 3 x (B,) -> (B, 3)
         out.sizes.append(batch.num_rows)
-        if against is not None:
-            codes = np.zeros(batch.num_rows, np.int64)
-        else:
-            codes = _set_codes(batch.column(6), set_index, out.sets, store, flt)
-        c = _cosines(emb, policies, out.sets, stacked, kernel)  # (B, rows of every set)
-        width = policies.compiled.matrix.shape[0]
-        scores = policies.compiled.evaluate_cosines(c[:, :width], probability=False)
+        shared: dict[tuple[Any, ...], Any] = {}  # arrays of labels both sets score alike
+        scores = edited.evaluate_cosines(group.cosines, probability=False, shared=shared)
         for j, lab in enumerate(policies.compiled.labels):
             p = out.new[lab.key]
             p.score.append(scores.score[:, j])
@@ -253,63 +290,65 @@ def _read(
             p.passed.append(scores.passed[:, j])
             p.top.append(scores.top_prompt[:, j])
             p.origin.append(None)
-        _score_baseline(out, c, codes, stacked.offsets)
+        _score_baseline(out, group.cosines, group.extra, scorers, shared)
     if not out.sizes:
         raise StoreError(_nothing(store, flt, weights, out.other_weights))
     return out
 
 
-@dataclass
-class _Stacked:
-    """The edited set's matrix with every baseline set's below it: one product scores a
-    batch for all of them."""
+@dataclass(frozen=True)
+class _Scan:
+    """How a backtest reads: the kernel, the cosine cache (None: none), the progress hook."""
 
-    ids: tuple[str, ...] = ()
-    matrix: _F32 = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (E, unique)
-    offsets: list[int] = field(default_factory=list)  # first row of each baseline set
-    # the stacked row each column of the product stands for: a row that several sets share
-    # (an edit that changes thresholds changes no prompt) is multiplied once; None: all unique
-    columns: npt.NDArray[np.intp] | None = None
+    kernel: CosineKernel
+    cache: CosineCache | None
+    progress: Callable[[int], None] | None
 
 
-def _cosines(
-    emb: npt.NDArray[np.float16],
-    policies: PolicySet,
-    sets: Sequence[PolicySet],
-    st: _Stacked,
-    kernel: CosineKernel,
-) -> _F32:
-    """(B, E) stored embeddings -> (B, rows) cosines with the stacked rows of ``policies``
-    and ``sets`` (float32; the float16 vectors re-normalised: see
-    :func:`~pipeline.store.cosines.reference_unit_cosines`, computed by the kernel)."""
-    ids = (policies.id, *(s.id for s in sets))
-    if ids != st.ids:
-        blocks = [policies.compiled.matrix, *(s.compiled.matrix for s in sets)]
-        rows = np.concatenate(blocks)
-        _, first, columns = np.unique(rows, axis=0, return_index=True, return_inverse=True)
-        keep = np.sort(first)  # the unique rows in stacked order
-        st.ids = ids
-        st.matrix = np.ascontiguousarray(rows[keep].T)  # (E, unique rows)
-        place = np.empty(len(rows), np.intp)
-        place[keep] = np.arange(len(keep))
-        st.columns = None if len(keep) == len(rows) else place[first[columns.ravel()]]
-        st.offsets = list(np.cumsum([len(b) for b in blocks])[:-1])
-    c = kernel.unit_cosines(emb, st.matrix)
-    return c if st.columns is None else c[:, st.columns]
+def _label_rows(compiled: CompiledPolicies) -> npt.NDArray[np.intp]:
+    """Every matrix row the labels of ``compiled`` read."""
+    rows = [r for lab in compiled.labels for r in (lab.row, *lab.negative_rows, *lab.prompt_rows)]
+    return np.asarray(sorted(set(rows)), np.intp)
 
 
-def _score_baseline(out: _Read, c: _F32, codes: _I64, offsets: Sequence[int]) -> None:
+def _remapped(compiled: CompiledPolicies, columns: npt.NDArray[np.intp]) -> CompiledPolicies:
+    """``compiled`` with its labels reading the registry columns of their rows, so every set
+    is scored from one array of the distinct rows' cosines (rows that several sets share,
+    as an edit that changes only thresholds shares all, are multiplied once)."""
+
+    def moved(rows: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(int(columns[r]) for r in rows)
+
+    labels = tuple(
+        replace(
+            lab,
+            row=int(columns[lab.row]),
+            negative_rows=moved(lab.negative_rows),
+            prompt_rows=moved(lab.prompt_rows),
+        )
+        for lab in compiled.labels
+    )
+    return replace(compiled, labels=labels)
+
+
+def _score_baseline(
+    out: _Read,
+    c: _F32,
+    codes: _I64,
+    scorers: Sequence[CompiledPolicies],
+    shared: dict[tuple[Any, ...], Any],
+) -> None:
     """Score the last batch's rows, each with the set in force for it (``codes``: index in
-    ``out.sets``; ``c`` the batch's stacked cosines); labels a row's set lacks stay NaN and
-    not passing."""
+    ``out.sets``; ``c`` the batch's cosines with the registry's rows; ``shared``: what the
+    edited set's scoring of ``c`` left to share); labels a row's set lacks stay NaN and not
+    passing."""
     batch, size = len(out.sizes) - 1, out.sizes[-1]
     for code in np.unique(codes):
         rows = np.flatnonzero(codes == code)
         s = out.sets[int(code)]
-        first = int(offsets[int(code)])
-        block = c[:, first : first + s.compiled.matrix.shape[0]]
-        scores = s.compiled.evaluate_cosines(
-            block if len(rows) == size else block[rows], probability=False
+        whole = len(rows) == size
+        scores = scorers[int(code)].evaluate_cosines(
+            c if whole else c[rows], probability=False, shared=shared if whole else None
         )
         for j, lab in enumerate(s.compiled.labels):
             p = out.old.setdefault(lab.key, _Parts())
@@ -344,13 +383,6 @@ def _nothing(store: FrameStore, flt: FrameFilter, weights: str, other: int) -> s
         f"refused: the store holds no frames of model {flt.model} in this range "
         f"(models stored: {models}); a policy is backtested on frames of its own model"
     )
-
-
-def _equal(column: pa.Array, value: str) -> _Bool:
-    """Per row, whether a string (or dictionary) column holds ``value`` (Arrow compares: no
-    Python string per row)."""
-    out: _Bool = pc.equal(column, pa.scalar(value, pa.string())).to_numpy(zero_copy_only=False)
-    return out
 
 
 def _codes(column: pa.Array, names: dict[str, int]) -> _I64:

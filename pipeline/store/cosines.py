@@ -9,15 +9,18 @@ streamed through memory several times.
 
 :class:`CosineKernel` runs the same steps chunk by chunk:
 
-- the float16 -> float32 conversion by torch (``Tensor.copy_``, vectorised; the conversion is
-  exact either way) into a float32 buffer of a few thousand rows that each thread reuses, so
-  it stays in cache;
+- the float16 -> float32 conversion by :func:`pipeline.store.halfs.widen` (one compiled call
+  a chunk, exact) into a float32 buffer of a few thousand rows that each thread reuses, so it
+  stays in cache;
 - then the reference's own NumPy steps on that buffer (``einsum`` norms, ``sqrt``,
-  ``maximum``, the division, the ``matmul`` against the same float32 matrix);
-- chunks shared between threads (NumPy and torch release the GIL), each library call on one
-  thread: OpenBLAS limited to one thread (threadpoolctl) while the kernel is open, torch's
-  copies cut below its parallel grain size. Their own thread pools, woken on a busy 2-core
-  machine from threads of ours, were measured to stall each other for milliseconds a chunk.
+  ``maximum``, the ``matmul`` against the same float32 matrix, the division of the (C, R)
+  product by the norms: stored vectors are unit length to float16 rounding, so each cosine is
+  the dot product over the row's norm, and dividing the R products costs far less than
+  dividing the E values of the row);
+- chunks shared between threads (NumPy and the conversion release the GIL), each library call
+  on one thread: OpenBLAS limited to one thread (threadpoolctl) while the kernel is open. Its
+  own thread pool, woken on a busy 2-core machine from threads of ours, was measured to stall
+  them for milliseconds a chunk.
 
 Nothing is approximated: each chunk's numbers are bit for bit the reference's on that chunk
 (``tests/test_store_cosines.py``). OpenBLAS's result for one row can change in the last bit
@@ -26,14 +29,13 @@ run on a whole batch the cosines agree to float32 rounding (a few 1e-8), as the 
 already did from one batch size to another. No library offers "float16 rows times a float32
 matrix in float32" on the CPU without either the slow conversion or a lower-precision
 product (torch's float16/bfloat16 products round the matrix), hence this small driver around
-NumPy and torch.
+NumPy.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -41,8 +43,9 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from threadpoolctl import threadpool_limits
+
+from pipeline.store.halfs import widen
 
 __all__ = ["CHUNK_ROWS", "CosineKernel", "reference_dots", "reference_unit_cosines"]
 
@@ -51,8 +54,6 @@ CHUNK_ROWS: Final = 2048
 _F16 = npt.NDArray[np.float16]
 _F32 = npt.NDArray[np.float32]
 _TINY: Final = np.float32(1e-12)
-#: torch runs a copy of more values than this on its own threads (ATen's GRAIN_SIZE).
-_TORCH_GRAIN: Final = 32768
 
 
 def reference_unit_cosines(emb: _F16, matrix_t: _F32) -> _F32:
@@ -60,8 +61,8 @@ def reference_unit_cosines(emb: _F16, matrix_t: _F32) -> _F32:
     ``matrix_t``: (B, R) cosines. The plain path :class:`CosineKernel` reproduces."""
     x = emb.astype(np.float32)
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    x /= np.maximum(norms, _TINY)[:, None]
     out: _F32 = x @ matrix_t
+    out /= np.maximum(norms, _TINY)[:, None]
     return out
 
 
@@ -110,7 +111,7 @@ class CosineKernel:
             raise ValueError(f"embeddings of {dim} values for a matrix of {matrix_t.shape[0]}")
         matrix = np.ascontiguousarray(matrix_t, dtype=np.float32)
         out = np.empty((rows, matrix.shape[1]), dtype=np.float32)
-        source = _half_tensor(emb)
+        source = _rows(emb)
 
         def chunk(lo: int, hi: int) -> None:
             x = self._convert(source, lo, hi, dim)  # (C, E) float32 view of the thread's buffer
@@ -118,8 +119,9 @@ class CosineKernel:
             np.einsum("ij,ij->i", x, x, out=norms)
             np.sqrt(norms, out=norms)
             np.maximum(norms, _TINY, out=norms)
-            np.divide(x, norms[:, None], out=x)
-            np.matmul(x, matrix, out=out[lo:hi])
+            product = out[lo:hi]
+            np.matmul(x, matrix, out=product)
+            np.divide(product, norms[:, None], out=product)
 
         self._run(rows, chunk)
         return out
@@ -131,7 +133,7 @@ class CosineKernel:
             raise ValueError(f"embeddings of {dim} values for a query of shape {query.shape}")
         q = np.ascontiguousarray(query, dtype=np.float32)
         out = np.empty(rows, dtype=np.float32)
-        source = _half_tensor(emb)
+        source = _rows(emb)
 
         def chunk(lo: int, hi: int) -> None:
             np.matmul(self._convert(source, lo, hi, dim), q, out=out[lo:hi])
@@ -146,19 +148,15 @@ class CosineKernel:
         for done in [self._pool.submit(chunk, lo, hi) for lo, hi in bounds]:
             done.result()  # re-raises a chunk's error
 
-    def _convert(self, source: torch.Tensor, lo: int, hi: int, dim: int) -> _F32:
+    def _convert(self, source: _F16, lo: int, hi: int, dim: int) -> _F32:
         """Rows ``lo:hi`` of ``source`` as float32, in this thread's reused buffer."""
-        local = self._local
-        buf: _F32 | None = getattr(local, "buf", None)
+        buf: _F32 | None = getattr(self._local, "buf", None)
         if buf is None or buf.shape[1] != dim or buf.shape[0] < self.chunk_rows:
             buf = np.empty((self.chunk_rows, dim), dtype=np.float32)
-            local.buf, local.tensor = buf, torch.from_numpy(buf)
-        step = max(1, (_TORCH_GRAIN - 1) // dim)  # rows a copy converts on this thread
-        target: torch.Tensor = local.tensor
-        for first in range(0, hi - lo, step):
-            last = min(first + step, hi - lo)
-            target[first:last].copy_(source[lo + first : lo + last])
-        return buf[: hi - lo]
+            self._local.buf = buf
+        target = buf[: hi - lo]
+        widen(source[lo:hi], target)
+        return target
 
     def _norms(self, count: int) -> _F32:
         norms: _F32 | None = getattr(self._local, "norms", None)
@@ -168,16 +166,11 @@ class CosineKernel:
         return norms[:count]
 
 
-def _half_tensor(emb: _F16) -> torch.Tensor:
-    """``emb`` as a torch tensor sharing its memory. Stored embeddings are views of read-only
-    Arrow buffers, which torch accepts with a warning that writing is undefined: the kernel
-    only reads them."""
+def _rows(emb: _F16) -> _F16:
+    """``emb`` checked: (rows, values) float16, C-contiguous (stored embeddings are views of
+    Arrow buffers, read only: the kernel only reads them)."""
     if emb.dtype != np.float16:
         raise ValueError(f"expected float16 embeddings, not {emb.dtype}")
     if emb.ndim != 2:
         raise ValueError(f"expected (rows, values) embeddings, not shape {emb.shape}")
-    if emb.flags.writeable:
-        return torch.from_numpy(np.ascontiguousarray(emb))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-        return torch.from_numpy(np.ascontiguousarray(emb))
+    return np.ascontiguousarray(emb)

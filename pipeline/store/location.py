@@ -48,6 +48,7 @@ class StoredFile:
     date: dt.date
     name: str  # without .parquet
     size: int
+    mtime_ns: int | None = None  # its last modification (None: the filesystem gives none)
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,6 +116,7 @@ class StoreLocation:
             date=day,
             name=match.group(3),
             size=int(info.size or 0),
+            mtime_ns=info.mtime_ns,
         )
 
     def read_bytes(self, path: str, *, limit: int) -> bytes | None:

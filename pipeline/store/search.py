@@ -2,11 +2,12 @@
 
 A query is one embedding of the store's model (a text prompt through the text tower, or a
 picture through the image tower; :func:`search` takes the vector). Every stored embedding the
-filter keeps is scored with one matrix product per batch (by
+filter keeps is scored with one matrix product per row group (by
 :class:`~pipeline.store.cosines.CosineKernel`: float16 converted chunk by chunk, on every
-core) and the best ``top`` kept with a partial sort; only the winners' other columns are
-kept. No index: exact results, and a scan of 1 million 512-d float16 embeddings is about a
-gigabyte read from Parquet.
+core; the next row group read meanwhile, :func:`~pipeline.store.filescan.row_groups`) and the
+best ``top`` kept with a partial sort; only the winners' other columns are kept. No index:
+exact results. A scan of 1 million 512-d float16 embeddings is about a gigabyte read from
+Parquet; decoding that column is most of a search's time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pyarrow as pa
 
 from pipeline.errors import StoreError
 from pipeline.store.cosines import CosineKernel
+from pipeline.store.filescan import row_groups
 from pipeline.store.query import FrameFilter, FrameStore
 from pipeline.store.schema import embeddings_of
 
@@ -95,7 +97,7 @@ def search(
     best: list[pa.Table] = []
     scores: list[npt.NDArray[np.float32]] = []
     with CosineKernel() as kernel:
-        for batch in store.batches(("embedding", *_META), flt):
+        for batch in row_groups(store, flt, ("embedding", *_META)):
             if batch.num_rows == 0:
                 continue
             emb = embeddings_of(batch.column(0))  # (B, E) float16

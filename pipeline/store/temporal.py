@@ -31,7 +31,7 @@ Time comparisons use the tracker's own float expressions (``ts - start < min_dur
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import numpy as np
@@ -208,13 +208,35 @@ class _Kernel:
                 if self.cooldown > 0 and p <= last:
                     until = ts[end] + self.cooldown
                     p += int(np.searchsorted(ts[p : last + 1], until, side="left"))
-            window = self.score[start : end + 1]
-            peak = start + int(np.argmax(np.where(self.passed[start : end + 1], window, -np.inf)))
             for column, value in zip(
-                out, (start, end, peak, opened, closed, int(lay.stream[opened])), strict=True
+                out, (start, end, start, opened, closed, int(lay.stream[opened])), strict=True
             ):
                 column.append(value)
-        return _collect(*out)
+        incidents = _collect(*out)
+        return replace(incidents, peak=self._peaks(incidents.start, incidents.end))
+
+    def _peaks(self, start: _Index, end: _Index) -> _Index:
+        """Per incident, its first highest-scoring passing frame from ``start`` to ``end``
+        (incidents disjoint and in order), for all incidents at once: the frames of every
+        incident gathered, each incident's best by ``maximum.reduceat``, its first frame
+        reaching it."""
+        if len(start) == 0:
+            return start
+        lengths = end - start + 1
+        offsets = np.cumsum(lengths) - lengths
+        incident = np.repeat(np.arange(len(start)), lengths)
+        frames = np.arange(int(lengths.sum()), dtype=np.int64) + (start - offsets)[incident]
+        masked = np.where(self.passed[frames], self.score[frames], -np.inf)
+        if np.isnan(masked).any():  # argmax takes a NaN as the highest: one incident at a time
+            pieces = zip(start.tolist(), offsets.tolist(), lengths.tolist(), strict=True)
+            return np.asarray(
+                [a + int(np.argmax(masked[o : o + n])) for a, o, n in pieces], dtype=np.int64
+            )
+        best = np.maximum.reduceat(masked, offsets)
+        hits = np.flatnonzero(masked == best[incident])
+        _, first = np.unique(incident[hits], return_index=True)
+        peaks: _Index = frames[hits[first]]
+        return peaks
 
     def _next_open(self, p: int, last: int) -> tuple[int, int] | None:
         """The frame at which an incident opens, the window having restarted at ``p``, and

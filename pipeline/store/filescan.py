@@ -1,0 +1,465 @@
+"""Stored frames with their cosines, row group by row group: cached cosines where the cache
+has them, the embeddings read and multiplied only where it does not.
+
+:func:`scan_cosines` reads a store's Parquet files row group by row group (a row group is the
+unit pyarrow decodes; the writer makes them 64k rows). For each one it reads the columns the
+caller asks for, keeps the rows the filter and the weights keep, asks the caller which prompt
+rows those frames need (a backtest: the edited set's rows and the rows of the sets stored with
+them, registered in a :class:`RowRegistry` so each distinct row has one column), and gets their
+cosines:
+
+- from the :class:`~pipeline.store.cosinecache.CosineCache`, one entry per row group and
+  prompt row, when it has them;
+- else from the row group's embeddings (read only then) through the
+  :class:`~pipeline.store.cosines.CosineKernel`, the cosines then kept in the cache for the
+  whole row group (the next run may filter other rows).
+
+A thread reads and decodes the next row group (pyarrow releases the GIL) while the caller
+scores this one, so reading and computing overlap on a machine with two cores or more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.errors import StoreError
+from pipeline.store.cosinecache import CosineCache, FileKey, row_key
+from pipeline.store.cosines import CosineKernel
+from pipeline.store.location import StoredFile
+from pipeline.store.query import FrameFilter, FrameStore
+from pipeline.store.schema import embeddings_of
+
+__all__ = ["RowRegistry", "ScannedGroup", "prefetched", "row_groups", "scan_cosines"]
+
+_F32 = npt.NDArray[np.float32]
+_Cols = npt.NDArray[np.intp]
+_DICTIONARIES: Final = ("stream_id", "policy_set", "weights_sha256")
+_AHEAD: Final = 2  # row groups read ahead of the one being scored
+_DONE: Final = object()
+
+
+class RowRegistry:
+    """Distinct prompt rows (E float32 values each), each with a stable column number and its
+    cache key; rows are added from any thread."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.keys: list[str] = []
+        self._rows: list[_F32] = []
+        self._index: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, matrix: npt.ArrayLike) -> _Cols:
+        """The column of each row of the (R, E) ``matrix``, rows seen before reusing theirs."""
+        rows = np.asarray(matrix, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise StoreError(f"prompt rows of shape {rows.shape} for embeddings of {self.dim}")
+        out = np.empty(len(rows), np.intp)
+        with self._lock:
+            for i, row in enumerate(rows):
+                key = row_key(row)
+                column = self._index.get(key)
+                if column is None:
+                    column = self._index[key] = len(self.keys)
+                    self.keys.append(key)
+                    self._rows.append(np.array(row, dtype=np.float32))
+                out[i] = column
+        return out
+
+    def matrix(self, columns: Sequence[int]) -> _F32:
+        """The (E, len(columns)) matrix of those rows, for a product."""
+        with self._lock:
+            picked = [self._rows[c] for c in columns]
+        return np.ascontiguousarray(np.stack(picked).T)
+
+
+@dataclass(eq=False)
+class ScannedGroup:
+    """One row group's kept rows: the columns asked for, and their cosines."""
+
+    table: pa.RecordBatch
+    cosines: _F32  # (rows, registered rows at the time), column-major: the needed columns
+    # filled, others 0
+    extra: Any  # what ``prepare`` returned for these rows
+    read: int  # rows the filter keeps (before the weights)
+    other_weights: int  # of those, rows of other weights (left out)
+
+
+@dataclass(eq=False)
+class _Loaded:
+    table: pa.RecordBatch
+    extra: Any
+    read: int
+    other_weights: int
+    columns: _Cols  # the needed registry columns
+    rows: npt.NDArray[np.int64] | None  # kept rows' positions in the row group (None: all)
+    group_rows: int
+    key: FileKey | None
+    path: str  # the stored file and row group, to read the embeddings again
+    group: int
+    found: dict[int, _F32] = field(default_factory=dict)  # column -> cached, whole group
+    missing: list[int] = field(default_factory=list)
+    emb: npt.NDArray[np.float16] | None = None  # whole group when cached, else kept rows
+
+
+Prepare = Callable[[pa.RecordBatch], tuple[Sequence[int] | _Cols, Any]]
+
+
+def scan_cosines(
+    store: FrameStore,
+    flt: FrameFilter,
+    columns: Sequence[str],
+    *,
+    weights: str,
+    registry: RowRegistry,
+    prepare: Prepare,
+    kernel: CosineKernel,
+    cache: CosineCache | None,
+) -> Iterator[ScannedGroup]:
+    """The row groups of the frames ``flt`` keeps and of weights ``weights``, in file order,
+    with ``columns`` and the cosines of the registry columns ``prepare`` (called with the kept
+    rows' table, in a reading thread) names for them (see the module docstring)."""
+    if cache is None:  # nothing to look up: pyarrow's scanner, which decodes ahead in parallel
+        for loaded in _scanned(store, flt, columns, weights, prepare):
+            yield _finish(loaded, registry, kernel, None)
+        return
+    reader = _Reader(store, flt, columns, weights, registry, prepare, cache)
+    for loaded in reader:
+        if cache is not None and loaded.key is not None:
+            _look_up(loaded, registry, cache, store)
+            # a group that missed: the next probably will too (a first run), so the reading
+            # thread reads their embeddings ahead; one that hit: the next probably will too
+            reader.speculate = bool(loaded.missing)
+        yield _finish(loaded, registry, kernel, cache)
+    if cache is not None:
+        cache.trim()
+
+
+def _scanned(
+    store: FrameStore, flt: FrameFilter, columns: Sequence[str], weights: str, prepare: Prepare
+) -> Iterator[_Loaded]:
+    """Uncached: record batches with their embeddings from the store's dataset scanner
+    (measured: as fast as or faster than row groups read ahead in one thread, as it decodes
+    several at once), each ready to be multiplied."""
+    names = list(dict.fromkeys([*columns, "weights_sha256", "embedding"]))
+    for batch in store.batches(names, flt):
+        n = batch.num_rows
+        keep = _equal(batch.column("weights_sha256"), weights)
+        kept = batch if keep.all() else batch.filter(pa.array(keep))
+        out = kept.select(list(columns))
+        needed, extra = prepare(out)
+        loaded = _Loaded(
+            table=out,
+            extra=extra,
+            read=n,
+            other_weights=n - kept.num_rows,
+            columns=np.asarray(needed, np.intp),
+            rows=None,
+            group_rows=kept.num_rows,
+            key=None,
+            path="",
+            group=-1,
+        )
+        if kept.num_rows:
+            loaded.missing = [int(c) for c in loaded.columns]
+            loaded.emb = embeddings_of(kept.column("embedding"))
+        yield loaded
+
+
+def _look_up(loaded: _Loaded, registry: RowRegistry, cache: CosineCache, store: FrameStore) -> None:
+    """Fill ``loaded.found`` from the cache and ``loaded.missing`` with the rest, and read
+    the group's embeddings for those if the reading thread did not. On this thread: the
+    cache's many small reads in the reading thread each wait for the GIL behind the scoring
+    (measured: the warm run's reading took several times its own CPU time there)."""
+    assert loaded.key is not None
+    if len(loaded.table) == 0:
+        return
+    columns = loaded.columns.tolist()
+    found = cache.get(loaded.key, [registry.keys[c] for c in columns], loaded.group_rows)
+    for column in columns:
+        values = found.get(registry.keys[column])
+        if values is None:
+            loaded.missing.append(column)
+        else:
+            loaded.found[column] = values
+    if loaded.missing and loaded.emb is None:
+        loaded.emb = _embeddings(store, loaded.path, loaded.group)
+
+
+def _embeddings(store: FrameStore, path: str, group: int) -> npt.NDArray[np.float16]:
+    """The embeddings of row group ``group`` of the stored file ``path``."""
+    location = store.location
+    try:
+        with location.fs.open_input_file(path) as source:
+            column = pq.ParquetFile(source).read_row_group(group, columns=["embedding"])[0]
+    except (OSError, pa.ArrowInvalid) as e:
+        raise StoreError(f"{location.uri}: cannot read the frames in {path}: {e}") from e
+    return embeddings_of(column)
+
+
+def _finish(
+    loaded: _Loaded, registry: RowRegistry, kernel: CosineKernel, cache: CosineCache | None
+) -> ScannedGroup:
+    """The row group's cosines: computed where missing (and kept), gathered for the kept rows."""
+    n = loaded.table.num_rows
+    # column-major: each row's cosines contiguous, as the scoring reads them (a label's column,
+    # its negatives' columns) and as the cache gives them; rows these frames do not need are
+    # NaN (never read: their sets score none of these frames)
+    out = np.empty((len(registry), n), np.float32).T
+    unused = np.ones(len(registry), bool)
+    unused[loaded.columns] = False
+    out[:, unused] = np.nan
+    picked = loaded.rows
+    for column, values in loaded.found.items():
+        out[:, column] = values if picked is None else values[picked]
+    if loaded.missing:
+        assert loaded.emb is not None
+        if loaded.emb.shape[1] != registry.dim:
+            raise StoreError(
+                f"stored embeddings have {loaded.emb.shape[1]} values, the policies were "
+                f"compiled for {registry.dim} (another model?)"
+            )
+        computed = kernel.unit_cosines(loaded.emb, registry.matrix(loaded.missing))
+        whole = loaded.key is not None and cache is not None
+        for j, column in enumerate(loaded.missing):
+            values = computed[:, j]
+            out[:, column] = values if picked is None or not whole else values[picked]
+        if whole:  # the group's entry: these rows first, then the others it already held
+            assert cache is not None and loaded.key is not None
+            kept = {registry.keys[c]: computed[:, j] for j, c in enumerate(loaded.missing)}
+            kept.update((registry.keys[c], v) for c, v in loaded.found.items())
+            cache.put(loaded.key, kept)
+    return ScannedGroup(loaded.table, out, loaded.extra, loaded.read, loaded.other_weights)
+
+
+class _Reader:
+    """Reads and prepares row groups (in a thread of its own: :func:`prefetched`)."""
+
+    def __init__(
+        self,
+        store: FrameStore,
+        flt: FrameFilter,
+        columns: Sequence[str],
+        weights: str,
+        registry: RowRegistry,
+        prepare: Prepare,
+        cache: CosineCache | None,
+    ) -> None:
+        self.store, self.flt, self.weights = store, flt, weights
+        self.registry, self.prepare, self.cache = registry, prepare, cache
+        self.columns = _with_filter_columns([*columns, "weights_sha256"], flt)
+        self.out_columns = list(columns)
+        self.speculate = False  # read cached groups' embeddings too (a cold cache)
+
+    def __iter__(self) -> Iterator[_Loaded]:
+        return prefetched(self._all())
+
+    def _all(self) -> Iterator[_Loaded]:
+        for f in self.store.files(self.flt):
+            yield from self._file(f)
+
+    def _file(self, f: StoredFile) -> Iterator[_Loaded]:
+        location = self.store.location
+        key = None if self.cache is None else FileKey.of(f, location.root)
+        try:
+            with location.fs.open_input_file(f.path) as source:
+                parquet = pq.ParquetFile(source, read_dictionary=list(_DICTIONARIES))
+                for group in range(parquet.num_row_groups):
+                    yield self._group(parquet, group, key, f.path)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise StoreError(f"{location.uri}: cannot read the frames in {f.path}: {e}") from e
+
+    def _group(
+        self, parquet: pq.ParquetFile, group: int, file_key: FileKey | None, path: str
+    ) -> _Loaded:
+        table = parquet.read_row_group(group, columns=self.columns)
+        n = table.num_rows
+        in_range = _in_filter(table, self.flt)
+        right = _equal(table.column("weights_sha256"), self.weights)
+        keep = right if in_range is None else right & in_range
+        read = n if in_range is None else int(in_range.sum())
+        rows = None if keep.all() else np.flatnonzero(keep)
+        kept = table if rows is None else table.take(pa.array(rows))
+        out = _one_batch(kept.select(self.out_columns))
+        needed, extra = self.prepare(out)
+        key = (
+            None if file_key is None else FileKey(f"{file_key.path}#{group}", n, file_key.mtime_ns)
+        )
+        loaded = _Loaded(
+            table=out,
+            extra=extra,
+            read=read,
+            other_weights=read - len(kept),
+            columns=np.asarray(needed, np.intp),
+            rows=rows,
+            group_rows=n,
+            key=key,
+            path=path,
+            group=group,
+        )
+        if len(kept) == 0:
+            return loaded
+        if key is None:
+            loaded.missing = [int(c) for c in loaded.columns]
+            emb = parquet.read_row_group(group, columns=["embedding"]).column(0)
+            loaded.emb = embeddings_of(emb if rows is None else emb.take(pa.array(rows)))
+            return loaded
+        if self.speculate:  # the cache is looked up on the consumer's thread
+            loaded.emb = embeddings_of(parquet.read_row_group(group, columns=["embedding"])[0])
+        return loaded
+
+
+def prefetched(items: Iterator[Any], ahead: int = _AHEAD) -> Iterator[Any]:
+    """``items``, produced by a thread of their own at most ``ahead`` ahead of the consumer
+    (pyarrow's reads release the GIL: reading overlaps the consumer's work); an error there
+    is raised here, and a consumer that stops early stops the thread."""
+    channel: queue.Queue[Any] = queue.Queue(ahead)
+    stop = threading.Event()
+
+    def send(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                channel.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not send(item):
+                    return
+        except BaseException as e:  # handed to the consumer, raised there
+            send(_Failed(e))
+            return
+        send(_DONE)
+
+    worker = threading.Thread(target=produce, name="store-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = channel.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                channel.get_nowait()
+        worker.join()
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+def row_groups(
+    store: FrameStore, flt: FrameFilter, columns: Sequence[str]
+) -> Iterator[pa.RecordBatch]:
+    """``columns`` of the frames ``flt`` keeps, one record batch per row group, in file order,
+    read ahead in a thread (:func:`prefetched`)."""
+
+    def read() -> Iterator[pa.RecordBatch]:
+        for f in store.files(flt):
+            for table in _groups_of(store, f, columns, flt):
+                yield _one_batch(table.select(list(columns)))
+
+    return prefetched(read())
+
+
+def _groups_of(
+    store: FrameStore, f: StoredFile, columns: Sequence[str], flt: FrameFilter
+) -> Iterator[pa.Table]:
+    """Per row group of ``f`` with rows ``flt`` keeps, those rows' ``columns`` (the filter's
+    columns read first: a row group it keeps nothing of is not read further)."""
+    location = store.location
+    told_by = _with_filter_columns([], flt)
+    rest = [c for c in columns if c not in told_by]
+    try:
+        with location.fs.open_input_file(f.path) as source:
+            parquet = pq.ParquetFile(source, read_dictionary=list(_DICTIONARIES))
+            for group in range(parquet.num_row_groups):
+                if not told_by:
+                    yield parquet.read_row_group(group, columns=list(columns))
+                    continue
+                first = parquet.read_row_group(group, columns=told_by)
+                keep = _in_filter(first, flt)
+                assert keep is not None
+                if not keep.any():
+                    continue
+                table = parquet.read_row_group(group, columns=rest)
+                for name in told_by:
+                    table = table.append_column(name, first.column(name))
+                yield table if keep.all() else table.filter(pa.array(keep))
+    except (OSError, pa.ArrowInvalid) as e:
+        raise StoreError(f"{location.uri}: cannot read the frames in {f.path}: {e}") from e
+
+
+def _with_filter_columns(columns: Sequence[str], flt: FrameFilter) -> list[str]:
+    """``columns`` and those ``flt``'s rows are told by."""
+    wanted = list(columns)
+    if flt.since is not None or flt.until is not None:
+        wanted.append("scored_at")
+    if flt.streams:
+        wanted.append("stream_id")
+    return list(dict.fromkeys(wanted))
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    """``table`` as one record batch (no copy when every column is one chunk, as a row
+    group's are; else chunks concatenated, dictionaries unified)."""
+    if table.num_rows and all(c.num_chunks == 1 for c in table.itercolumns()):
+        return pa.RecordBatch.from_arrays(
+            [c.chunk(0) for c in table.itercolumns()], schema=table.schema
+        )
+    whole = table.combine_chunks()
+    arrays = [
+        c.chunk(0) if c.num_chunks == 1 else pa.array([], c.type) for c in whole.itercolumns()
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=whole.schema)
+
+
+def _in_filter(table: pa.Table, flt: FrameFilter) -> npt.NDArray[np.bool_] | None:
+    """Per row, whether ``flt``'s time range and streams keep it (None: all kept)."""
+    parts = []
+    stamp = pa.timestamp("ms", tz="UTC")
+    if flt.since is not None:
+        parts.append(pc.greater_equal(table["scored_at"], pa.scalar(flt.since, stamp)))
+    if flt.until is not None:
+        parts.append(pc.less(table["scored_at"], pa.scalar(flt.until, stamp)))
+    if flt.streams:
+        streams = table["stream_id"]
+        if pa.types.is_dictionary(streams.type):
+            streams = streams.cast(pa.string())
+        parts.append(pc.is_in(streams, value_set=pa.array(list(flt.streams), pa.string())))
+    if not parts:
+        return None
+    out = np.ones(table.num_rows, bool)
+    for p in parts:
+        out &= np.asarray(p.to_numpy(zero_copy_only=False), dtype=bool)
+    return out
+
+
+def _equal(column: pa.ChunkedArray | pa.Array, value: str) -> npt.NDArray[np.bool_]:
+    """Per row, whether a string (or dictionary) column holds ``value``."""
+    out = pc.equal(column, pa.scalar(value, pa.string())).to_numpy(zero_copy_only=False)
+    return np.asarray(out, dtype=bool)

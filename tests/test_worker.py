@@ -737,9 +737,7 @@ def test_a_partition_revoked_and_given_back_loses_nothing(
 
     one = Worker(
         streaming.settings(kafka, **opts),
-        encoder=lambda model, size: HeldEncoder(
-            model, running, batch_size=size, close_when=busy
-        ),
+        encoder=lambda model, size: HeldEncoder(model, running, batch_size=size, close_when=busy),
     )
     thread = threading.Thread(target=one.run, daemon=True)
     thread.start()

@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         help="metrics JSON (default: beside --out, .metrics.json)",
     )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--warmup", type=int, default=None, help="warm-up steps (default: min(150, steps/10))"
     )
@@ -66,15 +66,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--variety",
         type=float,
-        default=0.0,
+        default=0.5,
         help="share of scenes drawn with varied geometry, backgrounds and artefacts "
         "(pipeline/demo/variety.py; photo backgrounds need the train extra)",
     )
     ap.add_argument(
         "--photo-negatives",
         type=float,
-        default=0.0,
+        default=0.08,
         help="share of scenes that are bare photograph crops captioned as an empty background",
+    )
+    ap.add_argument(
+        "--textures",
+        type=float,
+        default=0.04,
+        help="share of scenes that are bare procedural textures captioned as an empty background",
+    )
+    ap.add_argument(
+        "--decoded",
+        type=float,
+        default=0.12,
+        help="share of scenes taken from a pool of frames encoded with H.264, decoded and "
+        "fitted by the decode stage (pipeline/demo/decoded.py)",
+    )
+    ap.add_argument("--decoded-pool", type=int, default=768, help="frames in that pool")
+    ap.add_argument(
+        "--render-workers",
+        type=int,
+        default=1,
+        help="processes drawing batches ahead of training (0: draw them in the training "
+        "process; the weights are the same either way)",
     )
     ap.add_argument(
         "--eval-drawn-per-pair",
@@ -85,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--max-minutes",
         type=float,
-        default=20.0,
+        default=90.0,
         help="safety stop: end training after this many minutes even if steps remain (the "
         "result then depends on machine speed; the default run takes about 16 minutes on "
         "2 cores)",
@@ -116,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup if args.warmup is not None else min(150, max(1, args.steps // 10)),
         variety=args.variety,
         photo_negatives=args.photo_negatives,
+        textures=args.textures,
+        decoded=args.decoded,
+        decoded_pool=args.decoded_pool,
+        render_workers=args.render_workers,
         init=args.init,
     )
     result = train(cfg, progress=print)
@@ -139,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         "init": args.init,
         "variety": args.variety,
         "photo_negatives": args.photo_negatives,
+        "textures": args.textures,
+        "decoded": args.decoded,
+        "decoded_pool": args.decoded_pool if args.decoded else 0,
+        "render_workers": args.render_workers,
         "torch": torch.__version__,
         "machine": platform.machine(),
         "loss_curve": [round(x, 4) for x in result.losses],

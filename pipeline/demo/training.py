@@ -162,9 +162,7 @@ class _Recipe:
     pool: tuple[np.ndarray, list[scenes.SceneSpec]] | None  # decoded frames and their specs
 
 
-def _scene(
-    rng: np.random.Generator, recipe: _Recipe
-) -> tuple[np.ndarray, scenes.SceneSpec]:
+def _scene(rng: np.random.Generator, recipe: _Recipe) -> tuple[np.ndarray, scenes.SceneSpec]:
     """One training scene: a photograph, a texture, a decoded frame, a varied or a plain
     rendering, by the recipe's shares."""
     cfg, size = recipe.cfg, recipe.size

@@ -87,7 +87,7 @@ def _video(
         canvas, spec = _canvas_scene(rng, width, height)
         dx = int(rng.integers(-3, 4))
         for k in range(_HOLD):  # a slow pan: the encoder codes motion, as in real footage
-            m = np.float32([[1, 0, dx * k / _HOLD], [0, 1, 0]])
+            m = np.array([[1.0, 0.0, dx * k / _HOLD], [0.0, 1.0, 0.0]], dtype=np.float32)
             frames.append(
                 np.asarray(
                     cv2.warpAffine(canvas, m, (width, height), borderMode=cv2.BORDER_REPLICATE),

@@ -17,7 +17,7 @@ import multiprocessing
 import resource
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -153,6 +153,9 @@ def _letterbox(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+_Batch = tuple[np.ndarray, list[str], list[tuple[tuple[str, str, int], ...]]]
+
+
 @dataclass(frozen=True)
 class _Recipe:
     """What every batch is drawn from (sent once to the render process)."""
@@ -180,9 +183,7 @@ def _scene(rng: np.random.Generator, recipe: _Recipe) -> tuple[np.ndarray, scene
     return scenes.render(spec, size), spec
 
 
-def _batch(
-    recipe: _Recipe, step: int
-) -> tuple[np.ndarray, list[str], list[tuple[tuple[str, str, int], ...]]]:
+def _batch(recipe: _Recipe, step: int) -> _Batch:
     """Batch ``step``, from its own seeded generator: the same whoever draws it, in any order."""
     rng = np.random.default_rng([recipe.cfg.seed, 0, step])
     n, size = recipe.cfg.batch_size, recipe.size
@@ -207,15 +208,11 @@ def _init_worker(recipe: _Recipe) -> None:
     _WORKER_RECIPE[:] = [recipe]
 
 
-def _worker_batch(
-    step: int,
-) -> tuple[np.ndarray, list[str], list[tuple[tuple[str, str, int], ...]]]:
+def _worker_batch(step: int) -> _Batch:
     return _batch(_WORKER_RECIPE[0], step)
 
 
-def _batches(
-    recipe: _Recipe, steps: int, workers: int
-) -> Iterator[tuple[np.ndarray, list[str], list[tuple[tuple[str, str, int], ...]]]]:
+def _batches(recipe: _Recipe, steps: int, workers: int) -> Generator[_Batch, None, None]:
     """Batches 0, 1, ... in order; with ``workers`` they are drawn ahead in other processes
     while this one trains (each batch has its own seed, so the result is the same)."""
     if workers == 0:

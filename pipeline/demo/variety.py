@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from functools import lru_cache
-from typing import Final
+from typing import Final, Literal
 
 import cv2
 import numpy as np
@@ -236,7 +236,7 @@ def render_varied(
     return _degrade(rng, img), spec
 
 
-def empty_spec(kind: str) -> scenes.SceneSpec:
+def empty_spec(kind: Literal["flat", "gradient", "noise", "clutter"]) -> scenes.SceneSpec:
     """A spec with no objects and a ``kind`` background, to caption a negative by."""
     bg = scenes.BackgroundSpec(kind=kind, colour=(128, 128, 128), colour2=(128, 128, 128))
     return scenes.SceneSpec(background=bg)

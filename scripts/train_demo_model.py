@@ -32,6 +32,7 @@ from pipeline.demo.training import (
     evaluate_zero_shot,
     train,
 )
+from pipeline.errors import ConfigError
 from pipeline.models.loading import save_clip
 from pipeline.models.registry import DEMO_MODEL, get_model_info
 
@@ -131,23 +132,26 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    cfg = TrainConfig(
-        model=get_model_info(DEMO_MODEL).config,
-        seed=args.seed,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        threads=args.threads,
-        max_seconds=args.max_minutes * 60,
-        warmup=args.warmup if args.warmup is not None else min(150, max(1, args.steps // 10)),
-        variety=args.variety,
-        photo_negatives=args.photo_negatives,
-        textures=args.textures,
-        decoded=args.decoded,
-        decoded_pool=args.decoded_pool,
-        render_workers=args.render_workers,
-        init=args.init,
-    )
+    try:
+        cfg = TrainConfig(
+            model=get_model_info(DEMO_MODEL).config,
+            seed=args.seed,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            threads=args.threads,
+            max_seconds=args.max_minutes * 60,
+            warmup=args.warmup if args.warmup is not None else min(150, max(1, args.steps // 10)),
+            variety=args.variety,
+            photo_negatives=args.photo_negatives,
+            textures=args.textures,
+            decoded=args.decoded,
+            decoded_pool=args.decoded_pool,
+            render_workers=args.render_workers,
+            init=args.init,
+        )
+    except ConfigError as e:
+        ap.error(str(e))
     result = train(cfg, progress=print)
     save_clip(result.model, args.out, dtype=torch.float16)
     print(

@@ -67,6 +67,25 @@ def test_texture_negatives_are_textured_and_captioned_as_empty():
     assert photo.shape == (50, 90, 3) and photo.std() > 3
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"decoded": -0.1},
+        {"textures": 1.5},
+        {"variety": 0.7, "decoded": 0.4},
+        {"render_workers": -1},
+        {"render_workers": 64},
+    ],
+)
+def test_training_shares_and_workers_are_bounded(bad):
+    from pipeline.demo.training import TrainConfig
+    from pipeline.models.registry import DEMO_MODEL, get_model_info
+
+    config = get_model_info(DEMO_MODEL).config
+    with pytest.raises(ConfigError):
+        TrainConfig(model=config, **bad)  # type: ignore[arg-type]
+
+
 def _weights(tmp: Path, workers: int) -> dict[str, object]:
     out = tmp / f"w{workers}.safetensors"
     cmd = [sys.executable, str(ROOT / "scripts" / "train_demo_model.py"), "--out", str(out)]

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.demo import decoded, scenes, variety
+from pipeline.errors import ConfigError
 from pipeline.models.encoders import reference_encoder
 from pipeline.models.loading import load_clip
 from pipeline.models.model import CLIP, CLIPConfig
@@ -68,6 +69,16 @@ class TrainConfig:
     decoded_pool: int = 1024  # frames in that pool (made once per run, pipeline.demo.decoded)
     render_workers: int = 0  # processes drawing batches ahead of training (0: in this one)
     init: str | None = None  # start from these weights (same architecture) instead of random
+
+    def __post_init__(self) -> None:
+        shares = (self.variety, self.photo_negatives, self.textures, self.decoded)
+        if not all(0.0 <= x <= 1.0 for x in shares) or sum(shares) > 1.0:
+            raise ConfigError(
+                "variety, photo_negatives, textures and decoded are shares of a batch: each "
+                f"0 to 1 and together at most 1, not {shares!r}"
+            )
+        if not 0 <= self.render_workers <= 8:
+            raise ConfigError(f"render_workers must be 0 to 8, not {self.render_workers!r}")
 
 
 @dataclass

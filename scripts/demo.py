@@ -104,6 +104,7 @@ def _backtest(where: Path, frames: int, flags: list[dict[str, object]]) -> bool:
     shutil.copytree(DEMO_POLICIES, edited, dirs_exist_ok=True)
     path = edited / "red-triangle.yaml"
     doc = yaml.safe_load(path.read_text())
+    shipped = doc["labels"][0]["threshold"]
     doc["labels"][0]["threshold"], doc["version"] = 0.3, 2
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     lowered = backtest(
@@ -114,7 +115,7 @@ def _backtest(where: Path, frames: int, flags: list[dict[str, object]]) -> bool:
     )
     d = lowered.labels["red-triangle/red-triangle"]
     print(
-        f"   red-triangle threshold 0.55 -> 0.3: {d.incidents} incidents (before "
+        f"   red-triangle threshold {shipped} -> 0.3: {d.incidents} incidents (before "
         f"{d.baseline_incidents}): +{len(d.added)} added, -{len(d.removed)} removed, "
         f"{len(d.changed)} changed"
     )

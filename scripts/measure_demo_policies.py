@@ -3,10 +3,14 @@
 For each label of the policies bundled for the demo: generated scenes that contain its concept
 (single objects and busy multi-object scenes, both splits) against scenes that do not (random
 scenes and near misses: the same shape in another colour, another shape in the same colour,
-other words). Prints score quantiles and the lowest threshold whose precision on these scenes
-is at least --precision, with its recall.
+other words). With ``--wide`` (default 0.3) that share of the scenes is drawn by the wider training
+rendering (pipeline/demo/variety.py), and as many again of the negatives are frames with
+nothing the model knows: procedural textures, photographs and frames taken through H.264 and
+the decode stage (pipeline/demo/decoded.py). Everything is generated here; real clips are never
+used to calibrate. Prints score quantiles and the lowest threshold whose precision on these
+scenes is at least --precision, with its recall.
 
-    python scripts/measure_demo_policies.py [--per-class 400] [--precision 0.98]
+    python scripts/measure_demo_policies.py [--per-class 400] [--precision 0.98] [--wide 0.3]
 """
 
 from __future__ import annotations
@@ -65,6 +69,33 @@ def _scenes(rng, concept, colour, n, *, positive):
     return specs
 
 
+def _frames(
+    rng: np.random.Generator, specs: list[scenes.SceneSpec], size: int, wide: float
+) -> np.ndarray:
+    """The scenes drawn by the generator, or by the wider rendering for a ``wide`` share."""
+    from pipeline.demo import variety
+
+    out = []
+    for spec in specs:
+        if rng.random() < wide:
+            out.append(variety.render_varied(rng, spec, size)[0])
+        else:
+            out.append(scenes.render(spec, size))
+    return np.stack(out)
+
+
+def _blank_frames(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """``n`` frames with nothing the model knows: textures, photographs, decoded empty frames."""
+    from pipeline.demo import decoded, variety
+
+    pool, specs = decoded.decoded_pool(rng, 2 * n, size)
+    empty = [img for img, spec in zip(pool, specs, strict=True) if not spec.objects]
+    out = [variety.texture_negative(rng, size)[0] for _ in range(n // 2)]
+    out += [variety.photo_negative(rng, size)[0] for _ in range(n // 4)]
+    out += empty[: n - len(out)]
+    return np.stack(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -73,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-class", type=int, default=400)
     ap.add_argument("--precision", type=float, default=0.98)
     ap.add_argument("--seed", type=int, default=99)
+    ap.add_argument("--wide", type=float, default=0.3, help="share drawn by the wider rendering")
     args = ap.parse_args(argv)
     model = load_clip(DEMO_MODEL)
     policies = load_policies([args.policies])
@@ -87,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         result = {}
         for positive in (True, False):
             specs = _scenes(rng, concept, colour, args.per_class, positive=positive)
-            frames = np.stack([scenes.render(s, model.input_resolution) for s in specs])
+            frames = _frames(rng, specs, model.input_resolution, args.wide)
+            if not positive and args.wide > 0:
+                extra = round(args.per_class * args.wide)
+                frames = np.concatenate([frames, _blank_frames(rng, extra, frames.shape[1])])
             cos = compiled.cosines(encoder.encode(frames))
             negs = cos[:, list(lab.negative_rows)].max(axis=1) if lab.negative_rows else None
             margins = cos[:, lab.row] - negs if negs is not None else None

@@ -1,10 +1,15 @@
-"""Train clipguard-demo, the tiny CLIP bundled with clipguard, from scratch on synthetic scenes.
+"""Train clipguard-demo, the tiny CLIP bundled with clipguard, on synthetic scenes.
 
-Seeded and deterministic (same seed and thread count, same weights). The default budget fits
-in about 16 minutes on 2 CPU cores; it writes the checkpoint (OpenAI state-dict layout,
-safetensors, fp16) and a metrics JSON the model card quotes.
+The defaults train from scratch on the generator's scenes (the first run of the bundled
+model's recipe); the wider options (varied renderings, photographs and procedural textures as
+empty negatives, frames taken through H.264 encoding, PyAV decoding and the decode stage's fit)
+and ``--init`` make the later runs: the model card gives the exact commands. Batches are drawn
+ahead in a render process while this one trains, so two cores are used. Seeded and
+deterministic (same seed and thread count, same weights, with or without the render process).
+It writes the checkpoint (OpenAI state-dict layout, safetensors, fp16) and a metrics JSON the
+model card quotes.
 
-    python scripts/train_demo_model.py                      # the bundled model
+    python scripts/train_demo_model.py                      # from scratch, the first run
     python scripts/train_demo_model.py --steps 200 --out /tmp/demo.safetensors   # quick check
 """
 
@@ -27,6 +32,7 @@ from pipeline.demo.training import (
     evaluate_zero_shot,
     train,
 )
+from pipeline.errors import ConfigError
 from pipeline.models.loading import save_clip
 from pipeline.models.registry import DEMO_MODEL, get_model_info
 
@@ -53,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--warmup", type=int, default=None, help="warm-up steps (default: min(150, steps/10))"
     )
@@ -77,6 +83,27 @@ def main(argv: list[str] | None = None) -> int:
         help="share of scenes that are bare photograph crops captioned as an empty background",
     )
     ap.add_argument(
+        "--textures",
+        type=float,
+        default=0.0,
+        help="share of scenes that are bare procedural textures captioned as an empty background",
+    )
+    ap.add_argument(
+        "--decoded",
+        type=float,
+        default=0.0,
+        help="share of scenes taken from a pool of frames encoded with H.264, decoded and "
+        "fitted by the decode stage (pipeline/demo/decoded.py)",
+    )
+    ap.add_argument("--decoded-pool", type=int, default=768, help="frames in that pool")
+    ap.add_argument(
+        "--render-workers",
+        type=int,
+        default=1,
+        help="processes drawing batches ahead of training (0: draw them in the training "
+        "process; the weights are the same either way)",
+    )
+    ap.add_argument(
         "--eval-drawn-per-pair",
         type=int,
         default=10,
@@ -85,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--max-minutes",
         type=float,
-        default=20.0,
+        default=90.0,
         help="safety stop: end training after this many minutes even if steps remain (the "
-        "result then depends on machine speed; the default run takes about 16 minutes on "
-        "2 cores)",
+        "result then depends on machine speed; see the model card for the default run's "
+        "time)",
     )
     ap.add_argument(
         "--eval-images",
@@ -105,19 +132,26 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    cfg = TrainConfig(
-        model=get_model_info(DEMO_MODEL).config,
-        seed=args.seed,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        threads=args.threads,
-        max_seconds=args.max_minutes * 60,
-        warmup=args.warmup if args.warmup is not None else min(150, max(1, args.steps // 10)),
-        variety=args.variety,
-        photo_negatives=args.photo_negatives,
-        init=args.init,
-    )
+    try:
+        cfg = TrainConfig(
+            model=get_model_info(DEMO_MODEL).config,
+            seed=args.seed,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            threads=args.threads,
+            max_seconds=args.max_minutes * 60,
+            warmup=args.warmup if args.warmup is not None else min(150, max(1, args.steps // 10)),
+            variety=args.variety,
+            photo_negatives=args.photo_negatives,
+            textures=args.textures,
+            decoded=args.decoded,
+            decoded_pool=args.decoded_pool,
+            render_workers=args.render_workers,
+            init=args.init,
+        )
+    except ConfigError as e:
+        ap.error(str(e))
     result = train(cfg, progress=print)
     save_clip(result.model, args.out, dtype=torch.float16)
     print(
@@ -139,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         "init": args.init,
         "variety": args.variety,
         "photo_negatives": args.photo_negatives,
+        "textures": args.textures,
+        "decoded": args.decoded,
+        "decoded_pool": args.decoded_pool if args.decoded else 0,
+        "render_workers": args.render_workers,
         "torch": torch.__version__,
         "machine": platform.machine(),
         "loss_curve": [round(x, 4) for x in result.losses],

@@ -171,7 +171,7 @@ def backtest_at(policies: Path, store: Path, threshold: float, folder: Path) -> 
     if not edited.exists():
         shutil.copytree(policies, edited)
         red = edited / "red-triangle.yaml"
-        red.write_text(red.read_text().replace("threshold: 0.55", f"threshold: {threshold}"))
+        red.write_text(red.read_text().replace("threshold: 0.63", f"threshold: {threshold}"))
     model = load_model("clipguard-demo")
     compiled = PolicyCompiler(model, cache_dir=folder / "compiled").compile(load_policies([edited]))
     result = backtest(

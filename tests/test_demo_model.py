@@ -84,6 +84,8 @@ def _train(
         str(eval_images),
         "--eval-per-pair",
         "2",
+        "--decoded-pool",  # the default recipe's pool of H.264-decoded frames, smaller
+        "64",
         # one torch thread beside the other pytest process of `make test`, two when alone
         "--threads",
         "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2",

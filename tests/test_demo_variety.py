@@ -45,6 +45,7 @@ def _run(tmp: Path, name: str) -> dict[str, object]:
     cmd = [sys.executable, str(ROOT / "scripts" / "train_demo_model.py"), "--out", str(out)]
     cmd += ["--init", "clipguard-demo", "--variety", "0.5", "--photo-negatives", "0.2"]
     cmd += ["--steps", "6", "--batch-size", "16", "--eval-images", "0", "--threads", "1"]
+    cmd += ["--decoded-pool", "16"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from safetensors.torch import load_file

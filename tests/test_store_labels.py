@@ -172,7 +172,7 @@ def test_backtest_scores_both_versions_against_studio_labels(
     edited = tmp_path / "edited"
     shutil.copytree(policies, edited)
     red = edited / "red-triangle.yaml"
-    red.write_text(red.read_text().replace("threshold: 0.55", "threshold: 0.99"))
+    red.write_text(red.read_text().replace("threshold: 0.63", "threshold: 0.99"))
     out = tmp_path / "bt"
     code, stdout, err = _run(
         "policy", "backtest", str(edited), "--store", str(store), "--out", str(out)

@@ -380,7 +380,7 @@ def test_queue_pages_and_a_timeline_from_the_source(tmp_path: Path) -> None:
         page = c.get(f"/review/{first.id}").text
         # no store: the scanned file decoded around the incident (4 s, 4 frames a second)
         assert 'data-origin="source"' in page and 'data-points="16"' in page
-        assert 'data-value="0.55"' in page  # the threshold line: the file's threshold
+        assert 'data-value="0.63"' in page  # the threshold line: the file's threshold
         thumbs = re.findall(r'src="(/timeline/[^"]+\.jpg)"', page)
         assert thumbs and all(c.get(t).content[:2] == b"\xff\xd8" for t in thumbs)
         form = {"verdict": "unsure", "back": "incident"}

@@ -113,7 +113,7 @@ def test_editor_shows_a_yaml_error_at_its_line(served: Served, page: Any, tmp_pa
     original = (served.policies / "red-triangle.yaml").read_text()
     area = page.locator("#yaml")
     assert area.input_value() == original
-    broken = original.replace("threshold: 0.55", "threshold: 5.5")
+    broken = original.replace("threshold: 0.63", "threshold: 5.5")
     line, _ = _line_col(broken, "threshold: 5.5")
     col = _line_col(broken, "threshold: 5.5")[1] + len("threshold: ")
     area.fill(broken)
@@ -122,7 +122,7 @@ def test_editor_shows_a_yaml_error_at_its_line(served: Served, page: Any, tmp_pa
     playwright_api.expect(page.locator(f"#gutter-{line}")).to_have_class("err")
     playwright_api.expect(page.locator("#lint-status")).to_have_text("1 problem")
     shot(page, tmp_path, "edit-error")
-    area.fill(broken.replace("threshold: 5.5", "threshold: 0.55"))
+    area.fill(broken.replace("threshold: 5.5", "threshold: 0.63"))
     playwright_api.expect(page.locator("#lint-status")).to_have_text("No problems")
     playwright_api.expect(page.locator("#problems li")).to_have_count(0)
     assert (served.policies / "red-triangle.yaml").read_text() == original  # nothing saved
@@ -138,7 +138,7 @@ def test_editor_shows_a_yaml_error_at_its_line(served: Served, page: Any, tmp_pa
     label = yaml.safe_load(area.input_value())["labels"][0]
     assert label["negatives"][-1] == "a red kite: drawn"
     assert label["negatives"][:-1] == yaml.safe_load(original)["labels"][0]["negatives"]
-    assert label["threshold"] == 0.55
+    assert label["threshold"] == 0.63
     shot(page, tmp_path, "edit-lists")
     assert (served.policies / "red-triangle.yaml").read_text() == original  # still not saved
 
@@ -192,7 +192,7 @@ def test_tune_threshold_and_review_labels(served: Served, page: Any, tmp_path: P
     everything = sorted(pos + neg)
     # a threshold just above the second-lowest positive: recall drops below 1
     t = round(sorted(pos)[1] + 0.0005, 3)
-    assert _expected(pos, neg, t) != _expected(pos, neg, 0.55)
+    assert _expected(pos, neg, t) != _expected(pos, neg, 0.63)
     assert everything  # scores were computed
 
     page.goto(served.url + "/policies/red-triangle/tune")

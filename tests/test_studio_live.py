@@ -81,7 +81,7 @@ def test_slider_count_follows_the_backtest(served: Served, page: Any, tmp_path: 
     asked: list[str] = []
     page.on("request", lambda r: asked.append(r.url) if "/tune/count" in r.url else None)
     page.goto(served.url + "/policies/red-triangle/tune")
-    frames, incidents = backtest_at(served.policies, served.store, 0.55, tmp_path)
+    frames, incidents = backtest_at(served.policies, served.store, 0.63, tmp_path)
     expect(page.locator("#stored-passing")).to_have_text(str(frames))
     expect(page.locator("#live-incidents")).to_have_text(str(incidents))
     page.wait_for_timeout(400)  # the count asked for on load has come back
@@ -116,7 +116,7 @@ def test_store_incident_timeline(served: Served, page: Any, tmp_path: Path) -> N
     expect(figure).to_have_attribute("data-origin", "store")
     assert int(figure.get_attribute("data-points") or 0) > 20  # 10 s each side at 2 fps
     expect(page.locator("#timeline svg polyline.score")).to_have_count(1)
-    assert page.locator("#cutoff-line").get_attribute("data-value") == "0.55"
+    assert page.locator("#cutoff-line").get_attribute("data-value") == "0.63"
     images = page.locator("#timeline-thumbs img")
     assert images.count() >= 5
     assert all(images.nth(n).evaluate("i => i.naturalWidth") > 0 for n in range(images.count()))

@@ -43,7 +43,7 @@ def test_backtest_page_shows_what_an_edit_removes(
         else:
             target.write_text(f.read_text())
     red_file = edited / "red-triangle.yaml"
-    red_file.write_text(red_file.read_text().replace("threshold: 0.55", "threshold: 0.99"))
+    red_file.write_text(red_file.read_text().replace("threshold: 0.63", "threshold: 0.99"))
     config = StudioConfig(policies_dir=edited, data_dir=tmp_path / "data", store=store)
     with TestClient(create_app(config), base_url=BASE) as c:
         page = c.get("/backtest").text

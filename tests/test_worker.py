@@ -180,9 +180,9 @@ def test_red_triangle_opens_and_closes_one_incident(run: Run) -> None:
     assert closed.end_ts is not None and RED_END - interval <= closed.end_ts < RED_END
     assert opened.event_id == closed.event_id and opened.start_ts == closed.start_ts
     assert opened.end_ts is None
-    assert RED_START <= closed.peak_ts < RED_END and closed.peak_score >= 0.55
+    assert RED_START <= closed.peak_ts < RED_END and closed.peak_score >= 0.63
     assert (closed.severity, closed.action, closed.policy_version) == ("medium", "flag", 1)
-    assert closed.threshold == 0.55 and closed.model == "clipguard-demo"
+    assert closed.threshold == 0.63 and closed.model == "clipguard-demo"
 
 
 def test_every_sampled_frame_has_one_scores_record(run: Run) -> None:

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import resource
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.demo import scenes, variety
+from pipeline.demo import decoded, scenes, variety
+from pipeline.errors import ConfigError
 from pipeline.models.encoders import reference_encoder
 from pipeline.models.loading import load_clip
 from pipeline.models.model import CLIP, CLIPConfig
@@ -59,7 +64,21 @@ class TrainConfig:
     log_every: int = 50  # steps between progress lines
     variety: float = 0.0  # share of scenes drawn by pipeline.demo.variety (wider rendering)
     photo_negatives: float = 0.0  # share of scenes that are bare photographs ("empty")
+    textures: float = 0.0  # share of scenes that are bare procedural textures ("empty")
+    decoded: float = 0.0  # share of scenes taken from a pool of H.264-decoded frames
+    decoded_pool: int = 1024  # frames in that pool (made once per run, pipeline.demo.decoded)
+    render_workers: int = 0  # processes drawing batches ahead of training (0: in this one)
     init: str | None = None  # start from these weights (same architecture) instead of random
+
+    def __post_init__(self) -> None:
+        shares = (self.variety, self.photo_negatives, self.textures, self.decoded)
+        if not all(0.0 <= x <= 1.0 for x in shares) or sum(shares) > 1.0:
+            raise ConfigError(
+                "variety, photo_negatives, textures and decoded are shares of a batch: each "
+                f"0 to 1 and together at most 1, not {shares!r}"
+            )
+        if not 0 <= self.render_workers <= 8:
+            raise ConfigError(f"render_workers must be 0 to 8, not {self.render_workers!r}")
 
 
 @dataclass
@@ -145,28 +164,84 @@ def _letterbox(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _batch(
-    rng: np.random.Generator, n: int, size: int, cfg: TrainConfig
-) -> tuple[np.ndarray, list[str], list[tuple[tuple[str, str, int], ...]]]:
+_Batch = tuple[np.ndarray, list[str], list[tuple[tuple[str, str, int], ...]]]
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """What every batch is drawn from (sent once to the render process)."""
+
+    cfg: TrainConfig
+    size: int
+    pool: tuple[np.ndarray, list[scenes.SceneSpec]] | None  # decoded frames and their specs
+
+
+def _scene(rng: np.random.Generator, recipe: _Recipe) -> tuple[np.ndarray, scenes.SceneSpec]:
+    """One training scene: a photograph, a texture, a decoded frame, a varied or a plain
+    rendering, by the recipe's shares."""
+    cfg, size = recipe.cfg, recipe.size
+    u = rng.random()
+    if (u := u - cfg.photo_negatives) < 0:
+        return variety.photo_negative(rng, size)
+    if (u := u - cfg.textures) < 0:
+        return variety.texture_negative(rng, size)
+    if (u := u - cfg.decoded) < 0 and recipe.pool is not None:
+        i = int(rng.integers(len(recipe.pool[1])))
+        return recipe.pool[0][i], recipe.pool[1][i]
+    spec = scenes.sample_spec(rng, split="train")
+    if u - cfg.variety < 0:
+        return variety.render_varied(rng, spec, size)
+    return scenes.render(spec, size), spec
+
+
+def _batch(recipe: _Recipe, step: int) -> _Batch:
+    """Batch ``step``, from its own seeded generator: the same whoever draws it, in any order."""
+    rng = np.random.default_rng([recipe.cfg.seed, 0, step])
+    n, size = recipe.cfg.batch_size, recipe.size
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     captions: list[str] = []
     keys: list[tuple[tuple[str, str, int], ...]] = []
-    # the default recipe draws no extra random numbers, so its runs stay byte-identical
-    wide = cfg.variety > 0 or cfg.photo_negatives > 0
     for i in range(n):
-        u = rng.random() if wide else 1.0
-        if u < cfg.photo_negatives:
-            img, spec = variety.photo_negative(rng, size)
-        else:
-            spec = scenes.sample_spec(rng, split="train")
-            if u < cfg.photo_negatives + cfg.variety:
-                img, spec = variety.render_varied(rng, spec, size)
-            else:
-                img = scenes.render(spec, size)
-        images[i] = _letterbox(img, rng) if rng.random() < cfg.p_letterbox else img
+        img, spec = _scene(rng, recipe)
+        images[i] = _letterbox(img, rng) if rng.random() < recipe.cfg.p_letterbox else img
         captions.append(scenes.caption(spec, rng))
         keys.append(_content_key(spec))
     return images, captions, keys
+
+
+_WORKER_RECIPE: list[_Recipe] = []  # the render process's recipe, set by its initializer
+
+
+def _init_worker(recipe: _Recipe) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    _WORKER_RECIPE[:] = [recipe]
+
+
+def _worker_batch(step: int) -> _Batch:
+    return _batch(_WORKER_RECIPE[0], step)
+
+
+def _batches(recipe: _Recipe, steps: int, workers: int) -> Generator[_Batch, None, None]:
+    """Batches 0, 1, ... in order; with ``workers`` they are drawn ahead in other processes
+    while this one trains (each batch has its own seed, so the result is the same)."""
+    if workers == 0:
+        for step in range(steps):
+            yield _batch(recipe, step)
+        return
+    ctx = multiprocessing.get_context("spawn")  # no torch or OpenMP state forked
+    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(recipe,))
+    try:
+        ahead = min(steps, 2 * workers + 1)
+        pending = deque(ex.submit(_worker_batch, s) for s in range(ahead))
+        for step in range(steps):
+            batch = pending.popleft().result()
+            if step + ahead < steps:
+                pending.append(ex.submit(_worker_batch, step + ahead))
+            yield batch
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _param_groups(model: CLIP, weight_decay: float) -> list[dict[str, object]]:
@@ -189,7 +264,6 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = None) ->
     say = progress or _log.info
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     model = CLIP(cfg.model)
     model.init_weights(torch.Generator().manual_seed(cfg.seed))
     if cfg.init is not None:  # warm start: spend the budget on the new distribution
@@ -207,11 +281,18 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = None) ->
     ctx = cfg.model.text.context_length
     start = time.perf_counter()
     cpu_start = time.process_time()
+    children_start = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pool = None
+    if cfg.decoded > 0:
+        pool = decoded.decoded_pool(np.random.default_rng([cfg.seed, 1]), cfg.decoded_pool, size)
+        say(f"decoded pool: {cfg.decoded_pool} frames in {time.perf_counter() - start:.0f}s")
+    batches = _batches(_Recipe(cfg, size, pool), cfg.steps, cfg.render_workers)
     losses: list[float] = []
     window: list[float] = []
     step = 0
-    while step < cfg.steps and time.perf_counter() - start < cfg.max_seconds:
-        images, captions, keys = _batch(rng, cfg.batch_size, size, cfg)
+    for images, captions, keys in batches:
+        if time.perf_counter() - start > cfg.max_seconds:
+            break
         tokens = tokenize(captions, context_length=ctx, truncate=True)
         match = _match_matrix(keys, cfg.partial_credit)  # (images, captions)
         targets = match / match.sum(dim=1, keepdim=True)
@@ -237,12 +318,17 @@ def train(cfg: TrainConfig, *, progress: Callable[[str], None] | None = None) ->
                 f"scale {model.logit_scale.exp().item():.1f} "
                 f"{time.perf_counter() - start:.0f}s"
             )
+    batches.close()  # ends the render processes, so their CPU time is counted
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child_cpu = (children.ru_utime + children.ru_stime) - (
+        children_start.ru_utime + children_start.ru_stime
+    )
     model.eval().requires_grad_(False)
     return TrainResult(
         model=model,
         steps=step,
         seconds=time.perf_counter() - start,
-        cpu_seconds=time.process_time() - cpu_start,
+        cpu_seconds=time.process_time() - cpu_start + child_cpu,
         losses=losses,
     )
 

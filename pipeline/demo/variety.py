@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from functools import lru_cache
-from typing import Final
+from typing import Final, Literal
 
 import cv2
 import numpy as np
@@ -30,7 +30,16 @@ from pipeline.demo.scenes.geometry import object_box
 from pipeline.demo.scenes.render import canvas_bounds, object_mask
 from pipeline.errors import ConfigError
 
-__all__ = ["PHOTOS", "photo_negative", "photos", "render_varied"]
+__all__ = [
+    "PHOTOS",
+    "empty_spec",
+    "photo_canvas",
+    "photo_negative",
+    "photos",
+    "render_varied",
+    "texture_canvas",
+    "texture_negative",
+]
 
 #: scikit-image sample images used as backgrounds and negatives, all CC0 or public domain
 #: per their docstrings in ``skimage.data`` (the text, page, coins, horse and logo images are
@@ -123,8 +132,9 @@ def _polygon(rng: np.random.Generator, concept: str, stroke: float) -> np.ndarra
             ]
         )  # fmt: skip
     if concept == "cross":
-        w = float(rng.uniform(0.7, 1.3)) * stroke / 2.0
-        w = min(max(w, 0.08), 0.24)
+        # thin to stubby arms: a cross stays a cross at any arm width
+        w = float(rng.uniform(0.45, 1.35)) * stroke / 2.0
+        w = min(max(w, 0.06), 0.25)
         return np.array(
             [(-w, -0.5), (w, -0.5), (w, -w), (0.5, -w), (0.5, w), (w, w),
              (w, 0.5), (-w, 0.5), (-w, w), (-0.5, w), (-0.5, -w), (-w, -w)]
@@ -226,8 +236,53 @@ def render_varied(
     return _degrade(rng, img), spec
 
 
+def empty_spec(kind: Literal["flat", "gradient", "noise", "clutter"]) -> scenes.SceneSpec:
+    """A spec with no objects and a ``kind`` background, to caption a negative by."""
+    bg = scenes.BackgroundSpec(kind=kind, colour=(128, 128, 128), colour2=(128, 128, 128))
+    return scenes.SceneSpec(background=bg)
+
+
 def photo_negative(rng: np.random.Generator, side: int) -> tuple[np.ndarray, scenes.SceneSpec]:
     """A natural photograph crop with nothing on it, and an empty spec to caption it by."""
-    img = _degrade(rng, _photo_crop(rng, side))
-    bg = scenes.BackgroundSpec(kind="clutter", colour=(128, 128, 128), colour2=(128, 128, 128))
-    return img, scenes.SceneSpec(background=bg)
+    return _degrade(rng, _photo_crop(rng, side)), empty_spec("clutter")
+
+
+def photo_canvas(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A ``width`` x ``height`` crop of a photograph (uint8 RGB), any aspect ratio."""
+    img = photos()[int(rng.integers(len(PHOTOS)))]
+    h, w = img.shape[:2]
+    scale = min(w / width, h / height) * float(rng.uniform(0.25, 1.0))
+    cw, ch = max(8, round(width * scale)), max(8, round(height * scale))
+    y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+    out = cv2.resize(img[y : y + ch, x : x + cw], (width, height), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(out if rng.random() < 0.5 else out[:, ::-1], dtype=np.uint8)
+
+
+def texture_canvas(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A natural-looking procedural texture (uint8 RGB): fractal noise, sometimes bent into
+    veins like wood or marble, mapped through a random palette of two or three colours."""
+    side = max(width, height)
+    field = np.zeros((side, side), np.float32)
+    slope = float(rng.uniform(0.5, 1.5))  # how fast fine octaves fade: rough to smooth
+    for grid in (2, 4, 8, 16, 32, 64):
+        if grid > side:
+            break
+        noise = rng.standard_normal((grid, grid)).astype(np.float32) * grid ** (-slope)
+        field += cv2.resize(noise, (side, side), interpolation=cv2.INTER_CUBIC)
+    field = (field - field.mean()) / (field.std() + 1e-6)
+    if rng.random() < 0.35:  # veins
+        freq = float(rng.uniform(1.0, 5.0))
+        axis = np.linspace(0, 2 * np.pi * freq, side, dtype=np.float32)[None, :]
+        field = np.sin(axis + field * float(rng.uniform(1.5, 4.0)))
+    t = np.clip((field - field.min()) / (np.ptp(field) + 1e-6), 0.0, 1.0)
+    stops = rng.uniform(0, 255, size=(int(rng.integers(2, 4)), 3)).astype(np.float32)
+    pos = np.linspace(0.0, 1.0, len(stops), dtype=np.float32)
+    img = np.stack([np.interp(t, pos, stops[:, c]) for c in range(3)], axis=-1)
+    img = img[:height, :width]
+    return np.ascontiguousarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
+
+
+def texture_negative(rng: np.random.Generator, side: int) -> tuple[np.ndarray, scenes.SceneSpec]:
+    """A procedural texture with nothing on it, and an empty spec to caption it by."""
+    img = texture_canvas(rng, side, side).astype(np.float32)
+    return _degrade(rng, img), empty_spec("noise")

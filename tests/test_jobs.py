@@ -40,6 +40,7 @@ from pipeline.models import load_clip
 from pipeline.models.encoders import load_encoder
 from pipeline.policies import load_policies
 from pipeline.policies.compile import PolicyCompiler
+from pipeline.policies.guard import regression_set
 from pipeline.scan import FileScan, Scanner, discover
 
 pytestmark = [
@@ -78,7 +79,10 @@ def local(library: Path) -> dict[str, FileScan]:
     policies = load_policies([streaming.DEMO_POLICIES])
     policy_set = PolicyCompiler(model).compile(policies)
     with DecodePool(2) as pool:
-        scanner = Scanner(load_encoder(model), policy_set, pool=pool)  # as the workers
+        # the encoder as the workers choose it: the policies' examples are guard regressions
+        examples = regression_set(policy_set, model.input_resolution)
+        encoder = load_encoder(model, regressions=[examples] if examples is not None else [])
+        scanner = Scanner(encoder, policy_set, pool=pool)
         return {Path(r.source).name: r for r in scanner.scan(i.source for i in discover([library]))}
 
 

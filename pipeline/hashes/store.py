@@ -148,8 +148,9 @@ class BankStore:
                 errors.pop(f, None)
                 changed = True
             except (BankError, OSError, ValueError) as e:
+                if errors.get(f) != str(e):  # the same error again (a two-step save): once
+                    self._fail(str(e))
                 errors[f] = str(e)
-                self._fail(str(e))
         self._stamps = stamps
         if not changed and errors == dict(self.snapshot.errors):
             return False

@@ -5,7 +5,9 @@ policy paths; when a file was added, edited or removed it reloads the policies a
 (unchanged policies come from the compile cache), then replaces :attr:`PolicyStore.current`
 in one assignment. Readers take ``store.current`` once and use that snapshot for a whole
 batch. A broken edit keeps the last good set in force: the error is logged and counted in
-``reload_errors``, and retried at the next refresh only if the files change again.
+``reload_errors``, and retried at the next refresh only if the files change again. The same
+error again (an editor that writes a file in two steps is seen between them and after) is
+counted and logged once.
 
 Hash policies (``kind: hash``) must name banks in force: ``banks`` (a function giving the bank
 store's bank names) is asked at every load, and a policy naming any other bank is an error
@@ -81,9 +83,10 @@ class PolicyStore:
                 return False
             fresh = self.compiler.compile(policies)
         except (PolicyError, ValueError, OSError) as e:
-            self.reload_errors += 1
-            self.last_error = str(e)
-            _log.error("policy reload failed; keeping the last good policies: %s", e)
+            if str(e) != self.last_error:
+                self.reload_errors += 1
+                self.last_error = str(e)
+                _log.error("policy reload failed; keeping the last good policies: %s", e)
             return False
         self.current = fresh
         self.last_error = None

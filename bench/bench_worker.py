@@ -295,12 +295,21 @@ def _embeddings_ratio(segments: list[Segment], streams: int, repeats: int) -> in
     """End to end (sampling 2 frames/s) with and without every scored frame's embedding and
     thumbnail published to clipguard.embeddings, runs interleaved; the ratio of medians."""
     off, on = [], []
+    cpu: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+    frames = streams * sum(seg.frames for seg in segments)
     for _ in range(repeats):
-        off.append(end_to_end(segments, "fps", streams)[0])
-        on.append(end_to_end(segments, "fps", streams, embeddings=True)[0])
+        for embeddings, rates in ((False, off), (True, on)):
+            rate, used = end_to_end(segments, "fps", streams, embeddings=embeddings)
+            rates.append(rate)
+            cpu[embeddings].append(used)
     a, b = statistics.median(off), statistics.median(on)
     print("\nframe store records (store_embeddings), sampling 2 frames/s, input frames/s:")
     print(f"  off {a:8.1f}   on {b:8.1f}   on / off: {b / a:.2f} (goal 0.95)")
+    print("CPU ms per 1,000 input frames (medians), off -> on:")
+    for part in cpu[False][0]:
+        was = statistics.median(u[part] for u in cpu[False]) * 1e6 / frames
+        now = statistics.median(u[part] for u in cpu[True]) * 1e6 / frames
+        print(f"  {part:17s} {was:8.0f} -> {now:8.0f}")
     return 0
 
 

@@ -66,15 +66,17 @@ class Warmer:
             return False
         loaded = [pf.loaded for pf in studio.library.files() if pf.loaded is not None]
         models = sorted({studio.scorer.model_name(lp) for lp in loaded})
-        for lp in loaded:  # what a page needs first, read from disk when kept there
+        for n, lp in enumerate(loaded):  # what a page needs first, read from disk if kept
             if self._stop.is_set():
                 return False
             with suppress(NotReady):  # the examples scored beside the stored traffic
                 prepared_examples(studio, lp, 0.0)  # (the pool has two threads)
             studio.store.traffic(lp, studio.scorer, studio.scorer.model_name(lp))
             prepared_examples(studio, lp, None)
-        if len(models) == 1 and not self._stop.is_set():
-            studio.store.incidents(LoadedPolicies(loaded), studio.scorer, models[0])
+            if n == 0 and len(models) == 1 and not self._stop.is_set():
+                # the backtest (every policy's Backtest and Review) next: the first pass
+                # filled the cosine cache it reads
+                studio.store.incidents(LoadedPolicies(loaded), studio.scorer, models[0])
         for lp in loaded:  # answers read from disk: made with these prompts and weights?
             name = studio.scorer.model_name(lp)
             if not self._stop.is_set() and not studio.store.check_kept(lp, studio.scorer, name):

@@ -183,8 +183,7 @@ def _shot(page: Any, tmp_path: Path, name: str) -> None:
 
 
 def test_nearest_distances_are_the_hamming_distances() -> None:
-    """The vectorised pass against the bit-by-bit distance of every pair, over several blocks
-    of queries (3,000 bank rows: blocks of 349 queries)."""
+    """The compiled pass against the bit-by-bit distance of every pair (3,000 bank rows)."""
     import numpy as np
 
     from consumers.studio.hashtune import nearest_distances

@@ -5,11 +5,11 @@ The stored frames with a PDQ hash are read as the hash backtest reads them
 (:func:`pipeline.store.bankmatch.hashed_frames`: tile 0, each frame id once) in columns, and
 put in its order (stream, time; a frame whose time does not advance dropped). Each frame's
 nearest distance to the hashes the bank matcher would compare it with (the banks' PDQ entries,
-their videos' good frames for signal ``vpdq``; frames under ``min_quality`` none) is one XOR
-and popcount pass over all frames (:func:`nearest_distances`). Which frames a banked video's
-vPDQ window matches does not depend on the distance and is a stream's running state: with
-banked videos and the ``vpdq`` signal, each stream is judged with the worker's own judging
-(:func:`pipeline.policies.hashing.judge_frames`) at distance 0. At a distance ``d`` a frame
+their videos' good frames for signal ``vpdq``; frames under ``min_quality`` none) is one
+compiled XOR and popcount pass over all frames (:func:`nearest_distances`). Which frames a
+banked video's vPDQ window matches does not depend on the distance and is a stream's running
+state: with banked videos and the ``vpdq`` signal, each stream is judged with the worker's own
+judging (:func:`pipeline.policies.hashing.judge_frames`) at distance 0. At a distance ``d`` a frame
 then passes when its nearest distance is at most ``d`` or a window matches it, with the score
 the judge gives it (``1 - distance / 256``, the threshold's own for a window match), and the
 policy's temporal rule runs over every stream with the store's kernel:
@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
+import numba
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
@@ -38,7 +39,6 @@ __all__ = ["HashCount", "HashTraffic", "nearest_distances"]
 
 _NONE: Final = -1  # no bank entry within MAX_DISTANCE, or a frame under min_quality
 _READ: Final = ("frame_id", "stream_id", "ts", "seq", "frame_index", "pdq", "pdq_quality", "tile")
-_BLOCK: Final = 1 << 20  # query-row pairs compared at once (32 MiB of XORed words)
 _I64 = npt.NDArray[np.int64]
 _Bool = npt.NDArray[np.bool_]
 
@@ -122,18 +122,43 @@ class HashTraffic:
 
 def nearest_distances(queries: npt.NDArray[np.uint8], rows: npt.NDArray[np.uint8]) -> _I64:
     """Each query hash's (Q, 32) smallest Hamming distance to the bank hashes ``rows`` (M, 32),
-    in bits (M >= 1): XOR and popcount over four 64-bit words, a block of queries against
-    every row at a time. Written here because the bank index answers range searches (every
-    entry within a distance): at the 127 bits the slider reaches that is most of the bank
-    per frame, where this needs one number a frame."""
+    in bits (M >= 1): XOR and popcount over four 64-bit words, compiled (numba), the GIL
+    released. Written here because the bank index answers range searches (every entry within
+    a distance): at the 127 bits the slider reaches that is most of the bank for each frame,
+    where this needs one number a frame."""
     q = np.ascontiguousarray(queries).view(np.uint64)  # (Q, 32) -> (Q, 4)
     r = np.ascontiguousarray(rows).view(np.uint64)  # (M, 4)
     out = np.empty(len(q), np.int64)
-    block = max(1, _BLOCK // len(r))
-    for lo in range(0, len(q), block):
-        x = q[lo : lo + block, None, :] ^ r[None, :, :]  # (b, M, 4)
-        out[lo : lo + block] = np.bitwise_count(x).sum(axis=2, dtype=np.int64).min(axis=1)
+    if len(q):
+        _nearest(q, r, out)
     return out
+
+
+@numba.njit(inline="always")  # type: ignore[misc]
+def _popcount(x: Any) -> Any:
+    """Set bits of a uint64 (the SWAR sum: no popcount instruction is exposed to numba)."""
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@numba.njit(nogil=True, cache=True)  # type: ignore[misc]
+def _nearest(queries, rows, out):  # type: ignore[no-untyped-def]
+    for i in range(queries.shape[0]):
+        q = queries[i]
+        best = np.int64(PDQ_BITS + 1)
+        for j in range(rows.shape[0]):
+            r = rows[j]
+            d = (
+                _popcount(q[0] ^ r[0])
+                + _popcount(q[1] ^ r[1])
+                + _popcount(q[2] ^ r[2])
+                + _popcount(q[3] ^ r[3])
+            )
+            if d < best:
+                best = d
+        out[i] = best
 
 
 @dataclass(frozen=True, eq=False)

@@ -116,7 +116,10 @@ def main() -> None:
         shutil.rmtree(where)
     if not where.exists():
         print(f"building {where}")
-        build(where, args.frames, args.entries)
+        partial = where.with_name(where.name + ".partial")  # an interrupted build is not used
+        shutil.rmtree(partial, ignore_errors=True)
+        build(partial, args.frames, args.entries)
+        partial.rename(where)
     folder = where / "policy"
     folder.mkdir(exist_ok=True)
     (folder / "known-clips.yaml").write_text(POLICY.format(distance=31))

@@ -147,6 +147,12 @@ def main() -> None:
         "second run with the same folder times a restarted studio, which reads the answers "
         "it prepared before from it",
     )
+    parser.add_argument(
+        "--prepare-store",
+        action="store_true",
+        help="the studio prepares the store's answers before serving (clipguard studio "
+        "--prepare-store)",
+    )
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench_studio_store")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -175,9 +181,10 @@ def main() -> None:
         port=port,
         store=where,
         warm=not args.no_warm,
+        prepare_store=args.prepare_store,
     )
     started = time.perf_counter()
-    app = create_app(config)
+    app = create_app(config, say=lambda line: print(f"  studio: {line}", flush=True))
     server, thread = serve(app, port)
     warmer = app.state.studio.warmer
     if args.during_preparation:

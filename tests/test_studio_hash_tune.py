@@ -180,3 +180,96 @@ def _shot(page: Any, tmp_path: Path, name: str) -> None:
     if extra:
         Path(extra).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(extra) / path.name)
+
+
+def test_nearest_distances_are_the_hamming_distances() -> None:
+    """The compiled pass against the bit-by-bit distance of every pair (3,000 bank rows)."""
+    import numpy as np
+
+    from consumers.studio.hashtune import nearest_distances
+    from pipeline.hashes.signals import hamming
+
+    rng = np.random.default_rng(7)
+    rows = rng.integers(0, 256, (3000, 32), dtype=np.uint8)
+    queries = rng.integers(0, 256, (800, 32), dtype=np.uint8)
+    queries[5] = rows[17]  # distance 0
+    queries[600] = rows[2999] ^ np.uint8(1)  # 32 bits off (one a byte)
+    got = nearest_distances(queries, rows)
+    sample = [0, 5, 348, 349, 600, 799]
+    want = [min(hamming(q.tobytes(), r.tobytes()) for r in rows) for q in queries[sample]]
+    assert got[sample].tolist() == want
+    assert got[5] == 0 and got[600] <= 32
+    assert nearest_distances(queries[:0], rows).shape == (0,)
+
+
+def test_distances_and_windows_are_the_workers_judging(
+    scanned: ScannedStore, tmp_path: Path
+) -> None:
+    """With a banked video too (its vPDQ window matches frames past any distance): each stored
+    frame's nearest distance and window match equal those of the worker's own judging
+    (judge_frames, per stream, frame by frame), and the slider's counts the hash backtest."""
+    import numpy as np
+    from knownclips import frames, write
+
+    from consumers.cli import main
+    from consumers.studio.hashtune import HashTraffic
+    from pipeline.hashes.pdq import PdqHash
+    from pipeline.hashes.signals import MAX_DISTANCE
+    from pipeline.hashes.store import BankStore
+    from pipeline.policies import load_policies
+    from pipeline.policies.hashing import judge_frames
+    from pipeline.store import open_store
+    from pipeline.store.bankmatch import BankBacktest, hashed_frames
+    from pipeline.store.hashbacktest import backtest_hashes
+
+    banks = tmp_path / "banks"
+    shutil.copytree(scanned.banks, banks)
+    clip = write(tmp_path / "clip.mp4", frames(2, 6.0))
+    argv = ["banks", "add", "known", "--video", str(clip), "--id", "case-77", "--dir", str(banks)]
+    assert main(argv) == 0
+    snapshot = BankStore([banks]).snapshot
+    assert len(snapshot.video) > 0
+
+    def video_policy(folder: Path, distance: int) -> Path:
+        path = hash_policy(folder, 2, distance)
+        path.write_text(
+            path.read_text().replace(
+                "signals: [pdq]",
+                "signals: [pdq, vpdq]\nvideo: {window_s: 3, query_match_percent: 80, "
+                "compared_match_percent: 0}",
+            )
+        )
+        return folder
+
+    policy = load_policies([video_policy(tmp_path / "p", 31)]).hashes[0].policy
+    store = open_store(scanned.store)
+    got = HashTraffic.compute(policy, store, snapshot)
+
+    read = [f for batch in hashed_frames(store, None, BankBacktest()) for f in batch]
+    read.sort(key=lambda f: (f.stream_id, f.ts, f.seq, f.frame_index))
+    kept: list[Any] = []
+    for f in read:
+        if not (kept and kept[-1].stream_id == f.stream_id and f.ts <= kept[-1].ts):
+            kept.append(f)
+    loose = policy.model_copy(update={"max_distance": MAX_DISTANCE})
+    exact = policy.model_copy(update={"max_distance": 0})
+    nearest, window = [], []
+    for stream in dict.fromkeys(f.stream_id for f in kept):
+        mine = [f for f in kept if f.stream_id == stream]
+        hashes = [PdqHash(f.pdq, f.quality) for f in mine]
+        times = [f.ts for f in mine]
+        far = judge_frames([loose], hashes, times, snapshot, windows={})
+        at0 = judge_frames([exact], hashes, times, snapshot, windows={})
+        for near, decisions in zip(far.nearest, at0.decisions, strict=True):
+            found = [d for d in (near or {}).values() if d is not None]
+            nearest.append(min(found) if found else -1)
+            window.append(any(d.passed for d in decisions) and nearest[-1] != 0)
+    assert got.nearest.tolist() == nearest
+    assert got.window.tolist() == window
+    assert np.count_nonzero(got.window) > 0  # the window matters here: the check can fail
+    for d in (0, 10, 31, 90):
+        edited = video_policy(tmp_path / f"at-{d}", d)
+        result = backtest_hashes(load_policies([edited]), store, snapshot)
+        diff = result.labels["known-clips/match"]
+        count = got.count(d)
+        assert (count.frames, count.incidents) == (diff.frames_passing, diff.incidents), d

@@ -76,6 +76,12 @@ def add_parser(subparsers: Any) -> None:
         help="hash bank files (*.bank.tsv) or folders: what hash policies (kind: hash) match "
         "(their entry counts on the Policies page, their backtest)",
     )
+    studio.add_argument(
+        "--prepare-store",
+        action="store_true",
+        help="with --store: score the stored traffic and backtest the policies before serving "
+        "(a longer start; every page whole from the first request), not in the background",
+    )
     studio.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
     studio.add_argument("--port", type=int, default=8600, help="port (default: %(default)s)")
     studio.add_argument(
@@ -113,12 +119,15 @@ def _studio(args: argparse.Namespace) -> int:
         flags_topic=args.flags_topic,
         bootstrap_servers=args.bootstrap_servers,
         store=Path(args.store) if args.store else None,
+        prepare_store=args.prepare_store,
         banks=tuple(Path(p) for p in args.banks or ()),
         max_upload_bytes=args.max_upload_mb * 1024**2,
         precision=args.precision,
     )
-    app = create_app(config)
+    app = create_app(config, say=lambda line: print(f"studio: {line}", flush=True))
     where = f"http://{args.host}:{args.port}/"
     print(f"clipguard studio on {where}" + ("?token=..." if config.token else ""), flush=True)
+    if config.store is not None:
+        print("studio: preparing before serving (the first start takes longest)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

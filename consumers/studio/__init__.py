@@ -25,7 +25,7 @@ module                                      what it holds
 :mod:`~consumers.studio.handoff`            the JSON export for review tools
 :mod:`~consumers.studio.store_link`         the frame store, when there is one (lazy)
 :mod:`~consumers.studio.preparing`          slow store answers, shared; pages wait briefly
-:mod:`~consumers.studio.warm`               those answers prepared in the background
+:mod:`~consumers.studio.warm`               start-up work; store answers in the background
 :mod:`~consumers.studio.kept`               those answers kept on disk for a restart
 ``pages_policies``, ``pages_try``,          the routers: one per page group
 ``pages_review``, ``pages_hashtune``,

@@ -4,8 +4,10 @@ log in one :class:`Studio`, and :func:`create_app`, which builds the FastAPI app
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +30,7 @@ from consumers.studio.queue import ReviewQueue
 from consumers.studio.scoring import Scorer
 from consumers.studio.store_link import StoreLink
 from consumers.studio.versions import PolicyWriter
-from consumers.studio.warm import Warmer
+from consumers.studio.warm import Warmer, prepare_at_start
 from pipeline.errors import ClipguardError
 
 if TYPE_CHECKING:
@@ -37,13 +39,15 @@ if TYPE_CHECKING:
 __all__ = ["Studio", "create_app", "studio_of"]
 
 _HERE = Path(__file__).parent
+_log = logging.getLogger(__name__)
 
 
 class Studio:
     """Everything a page needs, made once per app."""
 
-    def __init__(self, config: StudioConfig) -> None:
+    def __init__(self, config: StudioConfig, say: Callable[[str], None] | None = None) -> None:
         self.config = config
+        self.say = say or _log.info  # start-up progress (the command line prints it)
         data = config.data_dir
         for sub in ("uploads", "thumbs", "history", "compiled"):
             (data / sub).mkdir(parents=True, exist_ok=True)
@@ -125,9 +129,24 @@ class Studio:
         return self.templates.TemplateResponse(request, template, ctx, status_code=status)
 
     def start(self) -> None:
-        """Open the store (its libraries load in seconds: before the first page, not during
-        it), and start what runs beside the pages (the flags topic reader, the warmer)."""
-        self.store.open_now()
+        """Before serving, with a store and its preparation on: open the store (its libraries
+        load in seconds), load the models and score the policies' examples
+        (:func:`~consumers.studio.warm.prepare_at_start`), so no page waits for those; then
+        start what runs beside the pages (the flags topic reader, the warmer)."""
+        started = time.perf_counter()
+        if self.config.store is not None:
+            self.say(f"opening the store {self.config.store}")
+            self.store.open_now()
+            self.say(f"store open in {time.perf_counter() - started:.1f} s")
+        if self.warmer is not None:
+            prepare_at_start(self, self.say)
+            if self.config.prepare_store:
+                self.say("preparing the store's answers (stored traffic, backtest)")
+                try:
+                    self.warmer.warm_once()
+                except (ClipguardError, OSError) as e:  # the pages say it again when asked
+                    self.say(f"the store's answers are not prepared: {e}")
+            self.say(f"prepared in {time.perf_counter() - started:.1f} s; serving")
         if self.feed is not None:
             self.feed.start()
         if self.warmer is not None:
@@ -150,8 +169,9 @@ def studio_of(request: Request) -> Studio:
     return studio
 
 
-def create_app(config: StudioConfig) -> FastAPI:
-    """The studio as an ASGI app (serve it with uvicorn)."""
+def create_app(config: StudioConfig, say: Callable[[str], None] | None = None) -> FastAPI:
+    """The studio as an ASGI app (serve it with uvicorn); ``say`` is told the start-up's
+    progress (default: logged)."""
     from consumers.studio import (
         pages_hashtune,
         pages_incident,
@@ -161,7 +181,7 @@ def create_app(config: StudioConfig) -> FastAPI:
         pages_try,
     )
 
-    studio = Studio(config)
+    studio = Studio(config, say)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -54,6 +54,7 @@ class StudioConfig:
     store: Path | None = None  # stored frame embeddings (`clipguard store`), when there are
     banks: tuple[Path, ...] = ()  # hash bank files or folders, for hash policies (kind: hash)
     warm: bool = True  # compute the store's answers in the background (consumers.studio.warm)
+    prepare_store: bool = False  # compute them before serving instead (a longer start)
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     sample_fps: float = 2.0  # frames a second scored in uploaded videos
     precision: str = (

@@ -82,6 +82,11 @@ class StoreLink:
         self.preparation = Preparation()  # the slow answers, shared, waited for a while
         self._blas: Any = None  # OpenBLAS held to one thread while the studio runs
         self._answers: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # question -> cache key
+        # one pass over the store's frames at a time: the first fills the store's cosine
+        # cache, and the next (another policy's stored traffic, the backtest) reads 4 bytes a
+        # frame and prompt row from it instead of the embeddings; two at once would both read
+        # the embeddings, each on half the cores
+        self._passes = threading.Lock()
 
     def _open(self) -> Any:
         if self.root is None:
@@ -97,6 +102,11 @@ class StoreLink:
                     FrameFilter=self._module.FrameFilter,
                     embeddings_of=importlib.import_module("pipeline.store.schema").embeddings_of,
                     CosineKernel=importlib.import_module("pipeline.store.cosines").CosineKernel,
+                    CosineCache=importlib.import_module("pipeline.store.cosinecache").CosineCache,
+                    **{
+                        name: getattr(importlib.import_module("pipeline.store.filescan"), name)
+                        for name in ("RowRegistry", "scan_cosines")
+                    },
                     **{
                         name: getattr(importlib.import_module("pipeline.store.temporal"), name)
                         for name in ("StreamLayout", "find_incidents")
@@ -268,15 +278,16 @@ class StoreLink:
                 assert model_name is not None
                 model = scorer.model(model_name)
                 policies = compile_policies(loaded, model, scorer.cache_dir)
-                results.append(
-                    self._module.backtest(
-                        policies,
-                        store,
-                        model=model_name,
-                        weights_sha256=model.fingerprint(),
-                        progress=progress,
+                with self._passes:
+                    results.append(
+                        self._module.backtest(
+                            policies,
+                            store,
+                            model=model_name,
+                            weights_sha256=model.fingerprint(),
+                            progress=progress,
+                        )
                     )
-                )
             if loaded.hashes:
                 hashbacktest = importlib.import_module("pipeline.store.hashbacktest")
                 flt = self._module.FrameFilter(model=model_name if len(loaded) else None)
@@ -394,14 +405,15 @@ class StoreLink:
                 self._remember(question, key)
 
             def compute() -> TrafficScores:
-                made = TrafficScores.compute(
-                    store,
-                    self._kernels,
-                    policies,
-                    model=model_name,
-                    weights_sha256=key[2],
-                    progress=progress,
-                )
+                with self._passes:
+                    made = TrafficScores.compute(
+                        store,
+                        self._kernels,
+                        policies,
+                        model=model_name,
+                        weights_sha256=key[2],
+                        progress=progress,
+                    )
                 if self.kept is not None:
                     self.kept.put_traffic(question, key[:3], made)
                 return made

@@ -2,9 +2,14 @@
 every stored frame, so that moving a threshold tells at once how many stored frames it would
 pass and how many incidents the store backtest would raise on past traffic.
 
-One pass over the store reads the few columns needed (stream, time, place, weights and the
-float16 embedding; never the thumbnails), scores each batch with one matrix product and keeps
-only the scores: a few bytes a frame and label instead of the embedding's 1 KB. Frames are put
+One pass over the store, row group by row group, reads the few columns needed (stream, time,
+place, weights, the policy set in force; never the thumbnails) with each frame's cosines with
+the policy's prompt rows, as the backtest reads them
+(:func:`pipeline.store.filescan.scan_cosines`): from the store's cosine cache where it has them,
+else from the float16 embeddings (one matrix product), then kept in the cache with those of the
+rows of the policy sets stored with the frames, so the backtest that follows (and the next
+policy, and the next pass once the store has grown) reads 4 bytes a frame and row instead of
+the embeddings. Only the scores are kept: a few bytes a frame and label. Frames are put
 in stream and time order as the backtest orders them (replays dropped, a stream's frames whose
 time does not advance dropped, the tiles of a frame merged: the best tile's score, passing when
 any tile passes), so :meth:`LabelTraffic.count` runs the policy's temporal rule over every
@@ -29,9 +34,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ClipguardError, ConfigError
 from pipeline.policies.schema import Temporal
 from pipeline.policies.snapshot import PolicySet
 
@@ -46,7 +50,7 @@ __all__ = [
 
 #: Policy versions whose stored-traffic scores are kept (about 50 MB each at 1 M frames).
 CACHED_POLICIES: Final = 4
-_COLUMNS: Final = ("stream_id", "ts", "seq", "frame_index", "tile", "weights_sha256", "embedding")
+_COLUMNS: Final = ("stream_id", "ts", "seq", "frame_index", "tile", "policy_set")
 _COUNTS_KEPT: Final = 512  # thresholds remembered per label
 
 _F32 = npt.NDArray[np.float32]
@@ -201,26 +205,29 @@ class TrafficScores:
         names: dict[str, int] = {}
         streams, times, places, scores, margins = [], [], [], [], []
         read = 0
-        matrix_t = np.ascontiguousarray(compiled.matrix.T)  # (E, rows)
+        registry = module.RowRegistry(compiled.matrix.shape[1])
+        edited = registry.add(compiled.matrix)  # (rows,) registry columns of the policy's rows
+        baseline = _BaselineRows(store, model, registry)
         with module.CosineKernel() as kernel:
-            for batch in store.batches(_COLUMNS, module.FrameFilter(model=model)):
-                read += batch.num_rows
+            for group in module.scan_cosines(
+                store,
+                module.FrameFilter(model=model),
+                _COLUMNS,
+                weights=weights_sha256,
+                registry=registry,
+                prepare=lambda batch: (baseline.needed(batch, edited), None),
+                kernel=kernel,
+                cache=module.CosineCache.beside(store.location),
+            ):
+                read += group.read
                 if progress is not None:
                     progress(read)
-                batch = _same_weights(batch, weights_sha256)
+                batch = group.table
                 if batch.num_rows == 0:
                     continue
-                emb = module.embeddings_of(batch.column(6))  # (B, E) float16
-                if emb.shape[1] != compiled.matrix.shape[1]:
-                    raise ConfigError(
-                        f"stored embeddings have {emb.shape[1]} values, the policy was compiled "
-                        f"for {compiled.matrix.shape[1]} (another model?)"
-                    )
-                # the backtest's own scoring: the store's cosine kernel, no softmax unless a
-                # rule judges it
-                judged = compiled.evaluate_cosines(
-                    kernel.unit_cosines(emb, matrix_t), probability=False
-                )
+                # the backtest's own scoring of the backtest's cosines (computed by the store's
+                # kernel, or read from its cosine cache), no softmax unless a rule judges it
+                judged = compiled.evaluate_cosines(group.cosines[:, edited], probability=False)
                 streams.append(_codes(batch.column(0), names))
                 times.append(batch.column(1).to_numpy().astype(np.float64))
                 places.append(
@@ -321,13 +328,39 @@ def order_of(
     return _Order(np.zeros(0, np.int64), frame_start, ts, layout, stream)
 
 
-def _same_weights(batch: pa.RecordBatch, weights: str) -> pa.RecordBatch:
-    """The rows of ``batch`` scored with ``weights`` (compared in Arrow: no Python strings)."""
-    column = batch.column(5)
-    if isinstance(column, pa.DictionaryArray):
-        column = column.dictionary_decode()
-    keep = pc.fill_null(pc.equal(column, pa.scalar(weights, column.type)), False)
-    return batch if pc.all(keep).as_py() else batch.filter(keep)
+class _BaselineRows:
+    """The prompt rows of the policy sets stored with the frames, registered as they are met,
+    so that the pass asks for their cosines too: the store's cosine cache then holds every row
+    the backtest of the same frames reads (edited set and stored sets), and the backtest that
+    follows reads 4 bytes a frame and row instead of the embeddings. A stored set that cannot
+    be read is left out here (the backtest says what is wrong with it)."""
+
+    def __init__(self, store: Any, model: str, registry: Any) -> None:
+        self.store, self.model, self.registry = store, model, registry
+        self._columns: dict[str, _I64] = {}  # set id -> its rows' registry columns
+
+    def needed(self, batch: pa.RecordBatch, edited: _I64) -> _I64:
+        """Registry columns whose cosines ``batch``'s frames need (reading thread)."""
+        column = batch.column(5)
+        if not isinstance(column, pa.DictionaryArray):
+            column = column.dictionary_encode()
+        wanted = [edited]
+        for set_id in column.dictionary.to_pylist():
+            if set_id is None:
+                continue
+            if set_id not in self._columns:
+                self._columns[set_id] = self._register(set_id)
+            wanted.append(self._columns[set_id])
+        return np.unique(np.concatenate(wanted))
+
+    def _register(self, set_id: str) -> _I64:
+        try:
+            stored = self.store.policy_set(set_id)
+            if stored is None or stored.model != self.model:
+                return np.zeros(0, np.int64)
+            return np.asarray(self.registry.add(stored.policies.compiled.matrix), np.int64)
+        except ClipguardError:
+            return np.zeros(0, np.int64)
 
 
 def _codes(column: pa.Array, names: dict[str, int]) -> _I64:

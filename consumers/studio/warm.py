@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -22,11 +24,12 @@ from consumers.studio.scoring import LabeledScore
 from pipeline.errors import ClipguardError, PolicyError
 from pipeline.policies import policy_files
 from pipeline.policies.schema import LoadedPolicies, LoadedPolicy
+from pipeline.policies.tools.judging import compile_policies
 
 if TYPE_CHECKING:
     from consumers.studio.app import Studio
 
-__all__ = ["CHECK_S", "Warmer", "prepared_examples"]
+__all__ = ["CHECK_S", "Warmer", "prepare_at_start", "prepared_examples"]
 
 _log = logging.getLogger(__name__)
 
@@ -63,15 +66,17 @@ class Warmer:
             return False
         loaded = [pf.loaded for pf in studio.library.files() if pf.loaded is not None]
         models = sorted({studio.scorer.model_name(lp) for lp in loaded})
-        for lp in loaded:  # what a page needs first, read from disk when kept there
+        for n, lp in enumerate(loaded):  # what a page needs first, read from disk if kept
             if self._stop.is_set():
                 return False
             with suppress(NotReady):  # the examples scored beside the stored traffic
                 prepared_examples(studio, lp, 0.0)  # (the pool has two threads)
             studio.store.traffic(lp, studio.scorer, studio.scorer.model_name(lp))
             prepared_examples(studio, lp, None)
-        if len(models) == 1 and not self._stop.is_set():
-            studio.store.incidents(LoadedPolicies(loaded), studio.scorer, models[0])
+            if n == 0 and len(models) == 1 and not self._stop.is_set():
+                # the backtest (every policy's Backtest and Review) next: the first pass
+                # filled the cosine cache it reads
+                studio.store.incidents(LoadedPolicies(loaded), studio.scorer, models[0])
         for lp in loaded:  # answers read from disk: made with these prompts and weights?
             name = studio.scorer.model_name(lp)
             if not self._stop.is_set() and not studio.store.check_kept(lp, studio.scorer, name):
@@ -93,6 +98,40 @@ class Warmer:
             except (ClipguardError, OSError) as e:
                 _log.warning("studio: could not prepare the store's answers: %s", e)
             self._stop.wait(CHECK_S)
+
+
+def prepare_at_start(studio: Studio, say: Callable[[str], None]) -> float:
+    """Before the studio serves: what does not depend on the store's frames, done once so that
+    no page waits for it: each policy's model loaded (the first load imports much of torch),
+    its prompts compiled and its regression examples decoded (in the sandboxed decode pool)
+    and scored (Tune's labelled data; kept in the data folder, so a restart reads them). Each
+    step is told to ``say``; a policy that fails a step is said so and left to its pages.
+    The seconds it took."""
+    started = time.perf_counter()
+    loaded = [pf.loaded for pf in studio.library.files() if pf.loaded is not None]
+    for name in sorted({studio.scorer.model_name(lp) for lp in loaded}):
+        step = time.perf_counter()
+        try:
+            studio.scorer.model(name)
+        except (ClipguardError, OSError) as e:
+            say(f"model {name} does not load: {e}")
+            continue
+        say(f"model {name} loaded in {time.perf_counter() - step:.1f} s")
+    for lp in loaded:
+        step = time.perf_counter()
+        try:
+            model = studio.scorer.model(studio.scorer.model_name(lp))
+            compile_policies(LoadedPolicies([lp]), model, studio.scorer.cache_dir)
+            examples = prepared_examples(studio, lp, None)
+        except (ClipguardError, OSError) as e:
+            say(f"{lp.policy.id}: not prepared: {e}")
+            continue
+        say(
+            f"{lp.policy.id} v{lp.policy.version}: prompts compiled, {len(lp.policy.examples)} "
+            f"examples scored ({len(examples)} label scores) in "
+            f"{time.perf_counter() - step:.1f} s"
+        )
+    return time.perf_counter() - started
 
 
 def prepared_examples(studio: Studio, lp: LoadedPolicy, wait: float | None) -> list[LabeledScore]:

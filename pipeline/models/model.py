@@ -30,6 +30,7 @@ from pipeline.models.configs import (
     TextConfig,
     VisionConfig,
 )
+from pipeline.models.skeleton import skeleton
 from pipeline.models.text_tokenizers import ClipBpeTokenizer, TextTokenizer
 
 __all__ = [
@@ -547,7 +548,7 @@ def build_model(
     load it strictly, and return it on ``device`` in ``dtype``, in eval mode, without grads."""
     sd = {k: v for k, v in state_dict.items() if k not in _IGNORED_KEYS}
     cfg = config or config_from_state_dict(sd)
-    with torch.device("meta"):
+    with skeleton():
         model = CLIP(cfg)
     # BatchNorm step counters are bookkeeping, not weights: absent ones start at zero.
     for key in model.state_dict():

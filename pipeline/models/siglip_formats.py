@@ -43,6 +43,7 @@ from pipeline.models.configs import (
     SiglipVisionConfig,
 )
 from pipeline.models.siglip import SigLIP
+from pipeline.models.skeleton import skeleton
 from pipeline.models.text_tokenizers import load_text_tokenizer
 
 __all__ = [
@@ -386,7 +387,7 @@ def build_siglip(
 ) -> SigLIP:
     """Instantiate SigLIP for ``weights``, load them strictly, and return it on ``device`` in
     ``dtype``, in eval mode, without grads, with the tokenizer found in ``tokenizer_dir``."""
-    with torch.device("meta"):
+    with skeleton():
         model = SigLIP(weights.config)
     _check_keys(model, weights.state_dict, source)
     model.load_state_dict(weights.state_dict, strict=True, assign=True)

@@ -273,3 +273,20 @@ def test_distances_and_windows_are_the_workers_judging(
         diff = result.labels["known-clips/match"]
         count = got.count(d)
         assert (count.frames, count.incidents) == (diff.frames_passing, diff.incidents), d
+
+
+def test_prepare_store_makes_the_distances_before_serving(
+    scanned: ScannedStore, tmp_path: Path
+) -> None:
+    config = _config(scanned, tmp_path, prepare_store=True)
+    app = create_app(config)
+    with TestClient(app, base_url=BASE) as c:
+        studio = app.state.studio
+        (pf,) = [pf for pf in studio.library.files() if pf.hashed is not None]
+        kept = studio.store.preparation.kept()
+        assert [k for k in kept if k[0] == "hash-traffic"]  # made before the first request
+        ready = studio.store.hash_traffic(pf.hashed, studio.banks(), 0.0)
+        want = _backtest_at(scanned, 31, tmp_path)
+        assert (ready.count(31).frames, ready.count(31).incidents) == want
+        page = c.get("/policies/known-clips/tune").text
+        assert 'id="hash-matched" class="live">' in page and "preparing" not in page

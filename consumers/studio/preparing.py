@@ -67,6 +67,11 @@ class Preparation:
         self._tokens = 0
         self._kept: OrderedDict[Hashable, object] = OrderedDict()  # answers asked to be kept
 
+    def kept(self) -> list[Hashable]:
+        """The questions whose answers are kept (answered at once when asked)."""
+        with self._lock:
+            return list(self._kept)
+
     def get(
         self,
         key: Hashable,

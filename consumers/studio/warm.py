@@ -2,11 +2,12 @@
 files change (and once at start), computes in the background what the store pages would
 otherwise compute on the first request: each policy's regression examples scored (Tune's
 labelled data; the model loaded), its scores on the stored traffic (Tune and its live count)
-and the backtest of the policy files as they are now (Backtest, Review's queue from the
-store). On a store of a million frames these are seconds of work each; with them ready every
-page answers from memory. They are questions of the store link's
-:class:`~consumers.studio.preparing.Preparation`: a page asking one that is being computed
-shares that computation, waiting for it half a second at most.
+the backtest of the policy files as they are now (Backtest, Review's queue from the
+store), and each hash policy's nearest distances on the stored hashed frames (its Tune page's
+histogram and distance slider; with banks). On a store of a million frames these are
+seconds of work each; with them ready every page answers from memory. They are questions of
+the store link's :class:`~consumers.studio.preparing.Preparation`: a page asking one that is
+being computed shares that computation, waiting for it half a second at most.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class Warmer:
         """Warm the caches if the policies or the store changed since last time; whether it
         did."""
         studio = self.studio
-        key = (_stat(studio.library.folder), studio.store.stamp())
+        banks = studio.banks()
+        key = (_stat(studio.library.folder), studio.store.stamp(), banks and banks.digest)
         if key == self.warmed:
             return False
         loaded = [pf.loaded for pf in studio.library.files() if pf.loaded is not None]
@@ -88,8 +90,14 @@ class Warmer:
             and not studio.store.check_kept_backtest(studio.scorer, one)
         ):
             studio.store.incidents(LoadedPolicies(loaded), studio.scorer, one)
+        hashed = [pf.hashed for pf in studio.library.files() if pf.hashed is not None]
+        for hp in hashed if banks is not None else []:
+            if self._stop.is_set():
+                return False
+            with suppress(PolicyError):  # names a bank not there: its page says so
+                studio.store.hash_traffic(hp, banks)
         self.warmed = key
-        return bool(loaded)
+        return bool(loaded or hashed)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -91,11 +91,12 @@ class Warmer:
         ):
             studio.store.incidents(LoadedPolicies(loaded), studio.scorer, one)
         hashed = [pf.hashed for pf in studio.library.files() if pf.hashed is not None]
-        for hp in hashed if banks is not None else []:
+        for hp in hashed:
             if self._stop.is_set():
                 return False
-            with suppress(PolicyError):  # names a bank not there: its page says so
-                studio.store.hash_traffic(hp, banks)
+            if banks is not None:
+                with suppress(PolicyError):  # names a bank not there: its page says so
+                    studio.store.hash_traffic(hp, banks)
         self.warmed = key
         return bool(loaded or hashed)
 

@@ -104,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         "process; the weights are the same either way)",
     )
     ap.add_argument(
+        "--plain-steps",
+        type=int,
+        default=0,
+        help="curriculum: the first this many steps draw plain generator scenes only (fast to "
+        "learn from); the shares above apply to the steps after them. One learning-rate "
+        "schedule spans both parts",
+    )
+    ap.add_argument(
         "--eval-drawn-per-pair",
         type=int,
         default=10,
@@ -148,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             decoded=args.decoded,
             decoded_pool=args.decoded_pool,
             render_workers=args.render_workers,
+            plain_steps=args.plain_steps,
             init=args.init,
         )
     except ConfigError as e:
@@ -177,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "decoded": args.decoded,
         "decoded_pool": args.decoded_pool if args.decoded else 0,
         "render_workers": args.render_workers,
+        "plain_steps": args.plain_steps,
         "torch": torch.__version__,
         "machine": platform.machine(),
         "loss_curve": [round(x, 4) for x in result.losses],

@@ -33,6 +33,7 @@ from pipeline.demo.training import (
     train,
 )
 from pipeline.errors import ConfigError
+from pipeline.models.configs import CLIPConfig
 from pipeline.models.loading import save_clip
 from pipeline.models.registry import DEMO_MODEL, get_model_info
 
@@ -140,9 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
+    architecture = get_model_info(DEMO_MODEL).config
+    if not isinstance(architecture, CLIPConfig):  # the registry entry is a CLIP; say so if not
+        ap.error(f"{DEMO_MODEL} is registered with a {type(architecture).__name__}, not a CLIP")
     try:
         cfg = TrainConfig(
-            model=get_model_info(DEMO_MODEL).config,
+            model=architecture,
             seed=args.seed,
             steps=args.steps,
             batch_size=args.batch_size,

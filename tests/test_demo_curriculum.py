@@ -11,12 +11,14 @@ import pytest
 
 from pipeline.demo.training import TrainConfig, _batch, _Recipe
 from pipeline.errors import ConfigError
+from pipeline.models.configs import CLIPConfig
 from pipeline.models.registry import DEMO_MODEL, get_model_info
 
 pytest.importorskip("skimage")  # photographs: the train extra (in the test extra too)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = get_model_info(DEMO_MODEL).config
+assert isinstance(CONFIG, CLIPConfig)
 
 
 def test_plain_steps_draw_generator_scenes_then_the_wide_mix():

@@ -7,7 +7,8 @@ and ``--init`` make the later runs: the model card gives the exact commands. Bat
 ahead in a render process while this one trains, so two cores are used. Seeded and
 deterministic (same seed and thread count, same weights, with or without the render process).
 It writes the checkpoint (OpenAI state-dict layout, safetensors, fp16) and a metrics JSON the
-model card quotes.
+model card quotes. ``--plain-steps N`` makes one run a curriculum: the first N steps draw the
+generator's plain scenes, the later ones the wider mix, under one learning-rate schedule.
 
     python scripts/train_demo_model.py                      # from scratch, the first run
     python scripts/train_demo_model.py --steps 200 --out /tmp/demo.safetensors   # quick check

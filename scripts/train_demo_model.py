@@ -7,7 +7,8 @@ and ``--init`` make the later runs: the model card gives the exact commands. Bat
 ahead in a render process while this one trains, so two cores are used. Seeded and
 deterministic (same seed and thread count, same weights, with or without the render process).
 It writes the checkpoint (OpenAI state-dict layout, safetensors, fp16) and a metrics JSON the
-model card quotes.
+model card quotes. ``--plain-steps N`` makes one run a curriculum: the first N steps draw the
+generator's plain scenes, the later ones the wider mix, under one learning-rate schedule.
 
     python scripts/train_demo_model.py                      # from scratch, the first run
     python scripts/train_demo_model.py --steps 200 --out /tmp/demo.safetensors   # quick check
@@ -33,6 +34,7 @@ from pipeline.demo.training import (
     train,
 )
 from pipeline.errors import ConfigError
+from pipeline.models.configs import CLIPConfig
 from pipeline.models.loading import save_clip
 from pipeline.models.registry import DEMO_MODEL, get_model_info
 
@@ -104,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         "process; the weights are the same either way)",
     )
     ap.add_argument(
+        "--plain-steps",
+        type=int,
+        default=0,
+        help="curriculum: the first this many steps draw plain generator scenes only (fast to "
+        "learn from); the shares above apply to the steps after them. One learning-rate "
+        "schedule spans both parts",
+    )
+    ap.add_argument(
         "--eval-drawn-per-pair",
         type=int,
         default=10,
@@ -132,9 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
+    architecture = get_model_info(DEMO_MODEL).config
+    if not isinstance(architecture, CLIPConfig):  # the registry entry is a CLIP; say so if not
+        ap.error(f"{DEMO_MODEL} is registered with a {type(architecture).__name__}, not a CLIP")
     try:
         cfg = TrainConfig(
-            model=get_model_info(DEMO_MODEL).config,
+            model=architecture,
             seed=args.seed,
             steps=args.steps,
             batch_size=args.batch_size,
@@ -148,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             decoded=args.decoded,
             decoded_pool=args.decoded_pool,
             render_workers=args.render_workers,
+            plain_steps=args.plain_steps,
             init=args.init,
         )
     except ConfigError as e:
@@ -177,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "decoded": args.decoded,
         "decoded_pool": args.decoded_pool if args.decoded else 0,
         "render_workers": args.render_workers,
+        "plain_steps": args.plain_steps,
         "torch": torch.__version__,
         "machine": platform.machine(),
         "loss_curve": [round(x, 4) for x in result.losses],

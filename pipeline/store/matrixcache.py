@@ -100,8 +100,14 @@ class Matrix:
         return out
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        """Close the file (again: nothing)."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:  # one read ahead and dropped (a search that failed)
+        self.close()
 
     def __enter__(self) -> Matrix:
         return self

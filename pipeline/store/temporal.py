@@ -145,33 +145,25 @@ class _Kernel:
             rule.close_after,
             rule.cooldown_s,
         )
-        idx = lay.index
         self.pass_idx: _Index = np.flatnonzero(passed).astype(np.int64)
-        counts = np.zeros(len(idx) + 1, dtype=np.int64)
-        np.cumsum(passed, out=counts[1:])
-        # k of the last n frames, the window starting no earlier than the stream's first frame
-        low = np.maximum(idx - (self.n - 1), lay.first)
-        holds = (counts[idx + 1] - counts[low]) >= self.k
-        self.holds = holds
-        before = np.zeros_like(holds)
-        before[1:] = holds[:-1]
-        before[lay.starts] = False
-        after = np.zeros_like(holds)
-        after[:-1] = holds[1:]
-        after[lay.last[lay.starts]] = False
-        self.run_start: _Index = np.flatnonzero(holds & ~before)
-        self.run_end: _Index = np.flatnonzero(holds & ~after)
+        # k of the last n frames (the window starting no earlier than the stream's first
+        # frame), its runs, the last passing frame so far and the frames that close: one
+        # compiled pass (_windows)
+        holds, last_pass, run_start, run_end, close_at = _windows(
+            passed, lay.first, lay.last, self.k, self.n, self.close_after
+        )
+        self.holds: npt.NDArray[np.bool_] = holds
+        self.run_start: _Index = run_start
+        self.run_end: _Index = run_end
         # the first passing frame in each run's first window, and the frame where it opens
-        self.run_first = self.pass_idx[np.searchsorted(self.pass_idx, low[self.run_start])]
+        low = np.maximum(run_start - (self.n - 1), lay.first[run_start])
+        self.run_first = self.pass_idx[np.searchsorted(self.pass_idx, low)]
         run_open = self._run_opens()
         self.good = np.flatnonzero(run_open != _NONE)
         self.good_start = self.run_start[self.good]
         self.run_open = run_open
-        # failing frames in a row ending at each frame (0 on a passing frame), per stream
-        last_pass = np.maximum.accumulate(np.where(passed, idx, _NONE))
         self.last_pass: _Index = last_pass
-        fails = idx - np.maximum(last_pass, lay.first - 1)
-        self.close_at: _Index = np.flatnonzero(~passed & (fails == self.close_after))
+        self.close_at: _Index = close_at
 
     def _run_opens(self) -> _Index:
         """Per run: the first passing frame of it at least ``min_duration_s`` after its first
@@ -241,6 +233,47 @@ class _Kernel:
         _, first = np.unique(incident[hits], return_index=True)
         peaks: _Index = frames[hits[first]]
         return peaks
+
+
+@numba.njit(cache=True, nogil=True)  # type: ignore[misc]
+def _windows(passed, first, last, k, n, close_after):  # type: ignore[no-untyped-def]
+    """Per frame: whether k of the last n frames of its stream pass (``holds``) and the last
+    passing frame up to it (-1: none yet, across streams); the frames where a run of
+    ``holds`` starts and ends (within a stream), and the failing frames ending
+    ``close_after`` failing frames in a row in their stream."""
+    frames = passed.shape[0]
+    counts = np.zeros(frames + 1, np.int64)
+    for i in range(frames):
+        counts[i + 1] = counts[i] + (1 if passed[i] else 0)
+    holds = np.empty(frames, np.bool_)
+    for i in range(frames):
+        holds[i] = counts[i + 1] - counts[max(i - (n - 1), first[i])] >= k
+    last_pass = np.empty(frames, np.int64)
+    starts = np.empty(frames, np.int64)
+    ends = np.empty(frames, np.int64)
+    closes = np.empty(frames, np.int64)
+    n_starts = n_ends = n_closes = 0
+    seen = _NONE
+    for i in range(frames):
+        if holds[i] and (i == first[i] or not holds[i - 1]):
+            starts[n_starts] = i
+            n_starts += 1
+        if holds[i] and (i == last[i] or not holds[i + 1]):
+            ends[n_ends] = i
+            n_ends += 1
+        if passed[i]:
+            seen = i
+        last_pass[i] = seen
+        if not passed[i] and i - max(seen, first[i] - 1) == close_after:
+            closes[n_closes] = i
+            n_closes += 1
+    return (
+        holds,
+        last_pass,
+        starts[:n_starts].copy(),
+        ends[:n_ends].copy(),
+        closes[:n_closes].copy(),
+    )
 
 
 # The per-incident steps, compiled: one pass over the incidents of every stream with the arrays

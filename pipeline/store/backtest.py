@@ -69,8 +69,7 @@ _COLUMNS: Final = (
     "tile",
     "weights_sha256",
     "policy_set",
-    "embedding",
-)
+)  # the embeddings are read by scan_cosines, and only where the cosine cache misses
 _F32 = npt.NDArray[np.float32]
 _F64 = npt.NDArray[np.float64]
 _I64 = npt.NDArray[np.int64]

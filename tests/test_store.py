@@ -410,6 +410,16 @@ def test_search_by_text_and_by_image_finds_the_concept_first(scanned, tmp_path: 
     code, stdout, err = _run("store", "search", str(picture), "--store", str(store), "--top", "1")
     assert code == 0, err
     assert str(clips / "triangle.mp4") in stdout.splitlines()[0]
+    # the matrix cache elsewhere, or none: the same frames
+    argv = ("store", "search", "a red triangle", "--store", str(store), "--top", "3")
+    code, plain, err = _run(*argv, "--no-cache")
+    assert code == 0, err
+    elsewhere = tmp_path / "matrices"
+    for _ in range(2):  # cold, then warm
+        code, cached, err = _run(*argv, "--cache-dir", str(elsewhere))
+        assert code == 0, err
+        assert cached == plain and plain.count("triangle.mp4") == 3
+    assert list(elsewhere.glob("*.f16"))
 
 
 def test_search_equals_brute_force_over_every_stored_frame(scanned, model) -> None:

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from pipeline.policies.bundled import DEMO_POLICIES
 from pipeline.policies.schema import Temporal
-from pipeline.policies.temporal import IncidentEvent, IncidentTracker
+from pipeline.policies.temporal import IncidentEvent, IncidentTracker, incident_event_id
+from pipeline.store.eventids import EventIds
 from pipeline.store.temporal import IncidentArrays, StreamLayout, find_incidents
 
 
@@ -284,3 +285,21 @@ def test_min_duration_is_compared_as_the_tracker_does(t0: float, m: float, t1: f
         ts = [t0 - 30 + i for i in range(8)] + [t0, t1, later]
         mine, ref = _both(ts, [0] * 8 + [1, 1, 1], rule)
         assert mine == ref and len(ref) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    stream=st.text(max_size=12),
+    policy=st.text(min_size=1, max_size=8),
+    version=st.integers(0, 2**31 - 1),
+    label=st.text(min_size=1, max_size=8),
+    start=st.floats(-1e9, 1e12, allow_nan=False),
+)
+def test_event_ids_in_bulk_equal_the_judges(
+    stream: str, policy: str, version: int, label: str, start: float
+) -> None:
+    ids = EventIds()
+    for ts in (start, start + 0.0004, start + 1.5, start):  # the prefix reused, then again
+        assert ids(stream, policy, version, label, ts) == incident_event_id(
+            stream, policy, version, label, ts
+        )

@@ -116,6 +116,17 @@ def add_parser(subparsers: Any) -> None:
     search.add_argument("--top", type=positive_int, default=50, metavar="N")
     _add_range(search)
     search.add_argument("--out", metavar="DIR", help="write search.json and gallery.html here")
+    cache = search.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="keep the stored embeddings as raw float16 here, so a search reads them instead "
+        "of decoding Parquet (default: _cache/matrices in a store on this machine; none for "
+        "other filesystems)",
+    )
+    cache.add_argument(
+        "--no-cache", action="store_true", help="neither read nor write the matrix cache"
+    )
     search.set_defaults(func=_search)
 
     stats = add_command(
@@ -382,6 +393,17 @@ def _clip_backtest(
     )
 
 
+def _matrix_cache(args: argparse.Namespace) -> Any:
+    """The matrix cache --cache-dir or --no-cache asks for (True: the store's own)."""
+    if args.no_cache:
+        return False
+    if args.cache_dir:
+        from pipeline.store.matrixcache import MatrixCache
+
+        return MatrixCache(Path(args.cache_dir).expanduser())
+    return True
+
+
 def _cosine_cache(args: argparse.Namespace) -> Any:
     """The cosine cache --cache-dir or --no-cache asks for (True: the store's own)."""
     if args.no_cache:
@@ -484,7 +506,7 @@ def _search(args: argparse.Namespace) -> int:
         0
     ]
     flt = _filter(args, model.name)
-    hits = search(store, query, model=model.name, top=args.top, flt=flt)
+    hits = search(store, query, model=model.name, top=args.top, flt=flt, cache=_matrix_cache(args))
     for rank, hit in enumerate(hits, 1):
         print(f"{rank:>4}  {hit.score:.4f}  {hit.stream_id}  {hit.ts:.2f}s  {hit.frame_id}")
     if args.out:

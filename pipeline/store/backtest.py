@@ -31,6 +31,7 @@ may fall the other way than it did live.
 from __future__ import annotations
 
 import gc
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,9 +45,9 @@ from pipeline.errors import StoreError
 from pipeline.policies.schema import Temporal
 from pipeline.policies.score import CompiledLabel, CompiledPolicies
 from pipeline.policies.snapshot import PolicySet
-from pipeline.policies.temporal import incident_event_id
 from pipeline.store.cosinecache import CosineCache
 from pipeline.store.cosines import CosineKernel
+from pipeline.store.eventids import EventIds
 from pipeline.store.filescan import RowRegistry, scan_cosines
 from pipeline.store.query import FrameFilter, FrameStore
 from pipeline.store.results import (
@@ -68,8 +69,7 @@ _COLUMNS: Final = (
     "tile",
     "weights_sha256",
     "policy_set",
-    "embedding",
-)
+)  # the embeddings are read by scan_cosines, and only where the cosine cache misses
 _F32 = npt.NDArray[np.float32]
 _F64 = npt.NDArray[np.float64]
 _I64 = npt.NDArray[np.int64]
@@ -450,9 +450,9 @@ def _order(read: _Read) -> _Order:
     stream = np.concatenate(read.stream)
     ts = np.concatenate(read.ts)
     place = np.concatenate(read.place)
-    order = np.argsort(stream, kind="stable")
-    # stores written stream by stream are read in order: no copies then
-    identity = bool(np.array_equal(order, np.arange(len(order))))
+    # stores written stream by stream are read in order: no sort, no copies then
+    identity = bool(np.all(stream[1:] >= stream[:-1]))
+    order = np.arange(len(stream)) if identity else np.argsort(stream, kind="stable")
     s, t = (stream, ts) if identity else (stream[order], ts[order])
     same = s[1:] == s[:-1]
     if np.any(same & (t[1:] <= t[:-1])):  # not in time order, or replayed rows: sort fully
@@ -497,19 +497,43 @@ def _order(read: _Read) -> _Order:
 
 
 @dataclass(eq=False)
+class _Column:
+    """A per-row column kept as its batches' pieces (None: ``fill`` for that batch), read at
+    the few rows incidents need (their peaks and starts) instead of joined whole."""
+
+    pieces: Sequence[Any]
+    fill: Any
+    dtype: Any
+    starts: _I64  # each batch's first row in the rows as read, and the total
+
+    def at(self, rows: _I64) -> Any:
+        """The values at ``rows`` (positions in the rows as read)."""
+        out = np.full(len(rows), self.fill, self.dtype)
+        batch = np.searchsorted(self.starts, rows, side="right") - 1
+        for b in np.unique(batch).tolist():
+            piece = self.pieces[b]
+            if piece is not None:
+                hit = batch == b
+                out[hit] = piece[rows[hit] - self.starts[b]]
+        return out
+
+
+@dataclass(eq=False)
 class _LabelArrays:
-    """One label under one set, per frame (tiles merged) and per ordered row."""
+    """One label under one set, per frame (tiles merged), and per row as read."""
 
     score: _F32  # (F,) the best tile's score
     passed: _Bool  # (F,) passing on any tile
     best: _I64  # (F,) the row (position in _Order.rows) of the best tile
-    margin: _F32  # (R,)
-    top: npt.NDArray[np.intp]  # (R,)
-    origin: _I64  # (R,) baseline: the set that scored the row (-1: none had the label)
+    margin: _Column  # float32
+    top: _Column  # intp
+    origin: _Column  # int64, baseline: the set that scored the row (-1: none had the label)
 
     @classmethod
     def of(cls, parts: _Parts, order: _Order, sizes: Sequence[int]) -> _LabelArrays:
         parts.pad(len(sizes))
+        starts = np.zeros(len(sizes) + 1, np.int64)
+        np.cumsum(sizes, out=starts[1:])
 
         def whole(column: Sequence[Any], fill: Any, dtype: Any) -> Any:
             pieces = [
@@ -521,9 +545,9 @@ class _LabelArrays:
 
         score = whole(parts.score, np.nan, np.float32)
         passed = whole(parts.passed, False, bool)
-        margin = whole(parts.margin, np.nan, np.float32)
-        top = whole(parts.top, 0, np.intp)
-        origin = whole(parts.origin, -1, np.int64)
+        margin = _Column(parts.margin, np.nan, np.float32, starts)
+        top = _Column(parts.top, 0, np.intp, starts)
+        origin = _Column(parts.origin, -1, np.int64, starts)
         if not order.tiled:
             best = np.arange(len(score), dtype=np.int64)
             return cls(score, passed, best, margin, top, origin)
@@ -555,26 +579,42 @@ def _incidents(
     facts: Mapping[int, CompiledLabel] | None = None,
 ) -> list[Incident]:
     """The incidents ``rule`` finds for label ``lab``; ``facts`` (baseline) gives, per set,
-    the label as that set had it, taken from the set in force at each incident's start."""
+    the label as that set had it, taken from the set in force at each incident's start.
+    Every incident's values are gathered with one array operation each, then made objects."""
     found = find_incidents(order.ts, arrays.passed, arrays.score, rule, order.layout)
+    if len(found.start) == 0:
+        return []
+    peak_rows = arrays.best[found.peak]  # positions in order.rows
+    read_rows = peak_rows if order.identity else order.rows[peak_rows]
+    margins = arrays.margin.at(read_rows).tolist()
+    tops = arrays.top.at(read_rows).tolist()
+    places = order.place[peak_rows].tolist()
+    if facts is None:
+        known_of = [lab] * len(found.start)
+    else:
+        start_rows = arrays.best[found.start]
+        origins = arrays.origin.at(start_rows if order.identity else order.rows[start_rows])
+        known_of = [facts.get(o, lab) for o in origins.tolist()]
+    ts = order.ts
+    columns = zip(
+        known_of,
+        order.stream[found.start].tolist(),
+        ts[found.start].tolist(),
+        ts[found.end].tolist(),
+        ts[found.peak].tolist(),
+        arrays.score[found.peak].tolist(),
+        margins,
+        tops,
+        places,
+        strict=True,
+    )
+    ids = EventIds()
     out = []
-    for start, end, peak in zip(
-        found.start.tolist(), found.end.tolist(), found.peak.tolist(), strict=True
-    ):
-        row = int(arrays.best[peak])
-        known = lab
-        if facts is not None:
-            origin = int(arrays.origin[int(arrays.best[start])])
-            known = facts.get(origin, lab)
-        stream_id = names[int(order.stream[start])]
-        start_ts = float(order.ts[start])
-        margin = float(arrays.margin[row])
-        seq, frame_index, tile = (int(v) for v in order.place[row])
+    for known, stream, start_ts, end_ts, peak_ts, score, margin, top, place in columns:
+        stream_id = names[stream]
         out.append(
             Incident(
-                event_id=incident_event_id(
-                    stream_id, known.policy, known.version, known.label, start_ts
-                ),
+                event_id=ids(stream_id, known.policy, known.version, known.label, start_ts),
                 stream_id=stream_id,
                 policy=known.policy,
                 label=known.label,
@@ -583,15 +623,15 @@ def _incidents(
                 action=known.action,
                 mode=known.mode,
                 start_ts=start_ts,
-                end_ts=float(order.ts[end]),
-                peak_ts=float(order.ts[peak]),
-                peak_score=round(float(arrays.score[peak]), 6),
+                end_ts=end_ts,
+                peak_ts=peak_ts,
+                peak_score=round(score, 6),
                 threshold=known.cutoff,
-                margin=None if np.isnan(margin) else round(margin, 6),
-                top_prompt=known.prompts[int(arrays.top[row])],
-                peak_seq=seq,
-                peak_frame_index=frame_index,
-                peak_tile=tile,
+                margin=None if math.isnan(margin) else round(margin, 6),
+                top_prompt=known.prompts[top],
+                peak_seq=place[0],
+                peak_frame_index=place[1],
+                peak_tile=place[2],
             )
         )
     return out

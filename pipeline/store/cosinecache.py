@@ -55,6 +55,7 @@ __all__ = [
     "CosineCache",
     "FileKey",
     "row_key",
+    "trim_folder",
 ]
 
 #: The cache folder inside a local store.
@@ -221,29 +222,35 @@ class CosineCache:
     def trim(self) -> int:
         """Remove the entries used least recently until the rest fit the bound, and stale
         temporary files; the bytes removed."""
-        entries: list[tuple[float, int, Path]] = []
-        now = time.time()
-        removed = 0
+        return trim_folder(self.folder, ".cos", self.max_bytes)
+
+
+def trim_folder(folder: Path, suffix: str, max_bytes: int) -> int:
+    """In a cache ``folder``: remove the entries (names ending in ``suffix``) used least
+    recently until the rest fit ``max_bytes``, and stale temporary files; the bytes removed."""
+    entries: list[tuple[float, int, Path]] = []
+    now = time.time()
+    removed = 0
+    try:
+        listing = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for e in listing:
         try:
-            listing = list(os.scandir(self.folder))
+            st = e.stat(follow_symlinks=False)
         except OSError:
-            return 0
-        for e in listing:
-            try:
-                st = e.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if e.name.startswith(".tmp-") and now - st.st_mtime > _STALE_TMP_S:
-                removed += _unlink(Path(e.path), st.st_size)
-            elif e.name.endswith(".cos"):
-                entries.append((st.st_mtime, st.st_size, Path(e.path)))
-        total = sum(size for _, size, _ in entries)
-        for _, size, path in sorted(entries, key=lambda e: e[0]):
-            if total <= self.max_bytes:
-                break
-            removed += _unlink(path, size)
-            total -= size
-        return removed
+            continue
+        if e.name.startswith(".tmp-") and now - st.st_mtime > _STALE_TMP_S:
+            removed += _unlink(Path(e.path), st.st_size)
+        elif e.name.endswith(suffix):
+            entries.append((st.st_mtime, st.st_size, Path(e.path)))
+    total = sum(size for _, size, _ in entries)
+    for _, size, path in sorted(entries, key=lambda e: e[0]):
+        if total <= max_bytes:
+            break
+        removed += _unlink(path, size)
+        total -= size
+    return removed
 
 
 def _read_entry(

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Final
@@ -141,12 +141,17 @@ class CosineKernel:
         self._run(rows, chunk)
         return out
 
+    def map(self, bounds: Sequence[tuple[int, int]], chunk: Callable[[int, int], None]) -> None:
+        """Call ``chunk(lo, hi)`` for each of ``bounds`` on the kernel's threads (OpenBLAS on
+        one thread each) and wait for all; a chunk's error is raised here."""
+        for done in [self._pool.submit(chunk, lo, hi) for lo, hi in bounds]:
+            done.result()
+
     # -- helpers --------------------------------------------------------------------------------
 
     def _run(self, rows: int, chunk: Callable[[int, int], None]) -> None:
         bounds = [(lo, min(lo + self.chunk_rows, rows)) for lo in range(0, rows, self.chunk_rows)]
-        for done in [self._pool.submit(chunk, lo, hi) for lo, hi in bounds]:
-            done.result()  # re-raises a chunk's error
+        self.map(bounds, chunk)
 
     def _convert(self, source: _F16, lo: int, hi: int, dim: int) -> _F32:
         """Rows ``lo:hi`` of ``source`` as float32, in this thread's reused buffer."""

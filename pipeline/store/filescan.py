@@ -40,7 +40,15 @@ from pipeline.store.location import StoredFile
 from pipeline.store.query import FrameFilter, FrameStore
 from pipeline.store.schema import embeddings_of
 
-__all__ = ["RowRegistry", "ScannedGroup", "prefetched", "row_groups", "scan_cosines"]
+__all__ = [
+    "RowRegistry",
+    "ScannedGroup",
+    "filter_columns",
+    "in_filter",
+    "prefetched",
+    "row_groups",
+    "scan_cosines",
+]
 
 _F32 = npt.NDArray[np.float32]
 _Cols = npt.NDArray[np.intp]
@@ -261,7 +269,7 @@ class _Reader:
     ) -> None:
         self.store, self.flt, self.weights = store, flt, weights
         self.registry, self.prepare, self.cache = registry, prepare, cache
-        self.columns = _with_filter_columns([*columns, "weights_sha256"], flt)
+        self.columns = filter_columns([*columns, "weights_sha256"], flt)
         self.out_columns = list(columns)
         self.speculate = False  # read cached groups' embeddings too (a cold cache)
 
@@ -288,7 +296,7 @@ class _Reader:
     ) -> _Loaded:
         table = parquet.read_row_group(group, columns=self.columns)
         n = table.num_rows
-        in_range = _in_filter(table, self.flt)
+        in_range = in_filter(table, self.flt)
         right = _equal(table.column("weights_sha256"), self.weights)
         keep = right if in_range is None else right & in_range
         read = n if in_range is None else int(in_range.sum())
@@ -392,7 +400,7 @@ def _groups_of(
     """Per row group of ``f`` with rows ``flt`` keeps, those rows' ``columns`` (the filter's
     columns read first: a row group it keeps nothing of is not read further)."""
     location = store.location
-    told_by = _with_filter_columns([], flt)
+    told_by = filter_columns([], flt)
     rest = [c for c in columns if c not in told_by]
     try:
         with location.fs.open_input_file(f.path) as source:
@@ -402,7 +410,7 @@ def _groups_of(
                     yield parquet.read_row_group(group, columns=list(columns))
                     continue
                 first = parquet.read_row_group(group, columns=told_by)
-                keep = _in_filter(first, flt)
+                keep = in_filter(first, flt)
                 assert keep is not None
                 if not keep.any():
                     continue
@@ -414,7 +422,7 @@ def _groups_of(
         raise StoreError(f"{location.uri}: cannot read the frames in {f.path}: {e}") from e
 
 
-def _with_filter_columns(columns: Sequence[str], flt: FrameFilter) -> list[str]:
+def filter_columns(columns: Sequence[str], flt: FrameFilter) -> list[str]:
     """``columns`` and those ``flt``'s rows are told by."""
     wanted = list(columns)
     if flt.since is not None or flt.until is not None:
@@ -438,7 +446,7 @@ def _one_batch(table: pa.Table) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=whole.schema)
 
 
-def _in_filter(table: pa.Table, flt: FrameFilter) -> npt.NDArray[np.bool_] | None:
+def in_filter(table: pa.Table, flt: FrameFilter) -> npt.NDArray[np.bool_] | None:
     """Per row, whether ``flt``'s time range and streams keep it (None: all kept)."""
     parts = []
     stamp = pa.timestamp("ms", tz="UTC")

@@ -114,12 +114,18 @@ class LabelDiff:
         """Fill the counts, added, removed, changed and unchanged from this label's incidents
         under the edited set (``mine``) and the baseline (``theirs``)."""
         self.incidents, self.baseline_incidents = len(mine), len(theirs)
-        by_stream: dict[str, list[Incident]] = {}
+        # Incident.overlaps, with the stream and label compared once per group
+        by_stream: dict[tuple[str, str], list[Incident]] = {}
         for i in theirs:
-            by_stream.setdefault(i.stream_id, []).append(i)
+            by_stream.setdefault((i.stream_id, i.key), []).append(i)
         matched: set[int] = set()
         for i in mine:
-            overlapping = [o for o in by_stream.get(i.stream_id, []) if i.overlaps(o)]
+            start, end = i.start_ts, i.end_ts
+            overlapping = [
+                o
+                for o in by_stream.get((i.stream_id, i.key), [])
+                if o.start_ts <= end and start <= o.end_ts
+            ]
             matched.update(id(o) for o in overlapping)
             if not overlapping:
                 self.added.append(i)

@@ -5,9 +5,10 @@
 stream needs and about a million times too slow for a backtest over stored frames.
 :func:`find_incidents` gives the same incidents (same first passing frame, last passing frame,
 peak, and so the same event ids) for many streams laid end to end, with NumPy doing the
-per-frame work and Python stepping once per incident. No library implements these rules
-(they are clipguard's own), hence the hand-written kernel; ``tests/test_store_temporal.py``
-proves it equal to the tracker on random sequences (hypothesis) and on real streams.
+per-frame work and a compiled loop (numba) stepping once per incident. No library implements
+these rules (they are clipguard's own), hence the hand-written kernel;
+``tests/test_store_temporal.py`` proves it equal to the tracker on random sequences
+(hypothesis) and on real streams.
 
 How it works, for frames ``0..N-1`` of one stream (each stream restarts the same reasoning):
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Final
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -143,33 +145,25 @@ class _Kernel:
             rule.close_after,
             rule.cooldown_s,
         )
-        idx = lay.index
         self.pass_idx: _Index = np.flatnonzero(passed).astype(np.int64)
-        counts = np.zeros(len(idx) + 1, dtype=np.int64)
-        np.cumsum(passed, out=counts[1:])
-        # k of the last n frames, the window starting no earlier than the stream's first frame
-        low = np.maximum(idx - (self.n - 1), lay.first)
-        holds = (counts[idx + 1] - counts[low]) >= self.k
-        self.holds = holds
-        before = np.zeros_like(holds)
-        before[1:] = holds[:-1]
-        before[lay.starts] = False
-        after = np.zeros_like(holds)
-        after[:-1] = holds[1:]
-        after[lay.last[lay.starts]] = False
-        self.run_start: _Index = np.flatnonzero(holds & ~before)
-        self.run_end: _Index = np.flatnonzero(holds & ~after)
+        # k of the last n frames (the window starting no earlier than the stream's first
+        # frame), its runs, the last passing frame so far and the frames that close: one
+        # compiled pass (_windows)
+        holds, last_pass, run_start, run_end, close_at = _windows(
+            passed, lay.first, lay.last, self.k, self.n, self.close_after
+        )
+        self.holds: npt.NDArray[np.bool_] = holds
+        self.run_start: _Index = run_start
+        self.run_end: _Index = run_end
         # the first passing frame in each run's first window, and the frame where it opens
-        self.run_first = self.pass_idx[np.searchsorted(self.pass_idx, low[self.run_start])]
+        low = np.maximum(run_start - (self.n - 1), lay.first[run_start])
+        self.run_first = self.pass_idx[np.searchsorted(self.pass_idx, low)]
         run_open = self._run_opens()
         self.good = np.flatnonzero(run_open != _NONE)
         self.good_start = self.run_start[self.good]
         self.run_open = run_open
-        # failing frames in a row ending at each frame (0 on a passing frame), per stream
-        last_pass = np.maximum.accumulate(np.where(passed, idx, _NONE))
         self.last_pass: _Index = last_pass
-        fails = idx - np.maximum(last_pass, lay.first - 1)
-        self.close_at: _Index = np.flatnonzero(~passed & (fails == self.close_after))
+        self.close_at: _Index = close_at
 
     def _run_opens(self) -> _Index:
         """Per run: the first passing frame of it at least ``min_duration_s`` after its first
@@ -189,30 +183,32 @@ class _Kernel:
         return opens
 
     def run(self) -> IncidentArrays:
-        lay, ts = self.lay, self.ts
-        out: list[list[int]] = [[], [], [], [], [], []]
-        p, frames = 0, len(lay)
-        while p < frames:
-            last = int(lay.last[p])
-            found = self._next_open(p, last)
-            if found is None:
-                p = last + 1
-                continue
-            opened, start = found
-            c = int(np.searchsorted(self.close_at, opened, side="right"))
-            closing = int(self.close_at[c]) if c < len(self.close_at) else frames
-            if closing > last:  # still open at the stream's end: finish() closes it
-                end, closed, p = int(self.last_pass[last]), _NONE, last + 1
-            else:
-                end, closed, p = int(self.last_pass[closing]), closing, closing + 1
-                if self.cooldown > 0 and p <= last:
-                    until = ts[end] + self.cooldown
-                    p += int(np.searchsorted(ts[p : last + 1], until, side="left"))
-            for column, value in zip(
-                out, (start, end, start, opened, closed, int(lay.stream[opened])), strict=True
-            ):
-                column.append(value)
-        incidents = _collect(*out)
+        lay = self.lay
+        out = np.empty((5, len(self.pass_idx)), dtype=np.int64)  # an incident a passing frame
+        count = _steps(
+            self.ts,
+            self.holds,
+            self.pass_idx,
+            self.run_start,
+            self.run_end,
+            self.run_open,
+            self.run_first,
+            self.good,
+            self.good_start,
+            self.last_pass,
+            self.close_at,
+            lay.last,
+            lay.stream,
+            self.k,
+            self.n,
+            float(self.min_s),
+            float(self.cooldown),
+            out,
+        )
+        start, end, opened, closed, stream = (np.ascontiguousarray(c[:count]) for c in out)
+        incidents = IncidentArrays(
+            start=start, end=end, peak=start, opened=opened, closed=closed, stream=stream
+        )
         return replace(incidents, peak=self._peaks(incidents.start, incidents.end))
 
     def _peaks(self, start: _Index, end: _Index) -> _Index:
@@ -238,50 +234,159 @@ class _Kernel:
         peaks: _Index = frames[hits[first]]
         return peaks
 
-    def _next_open(self, p: int, last: int) -> tuple[int, int] | None:
-        """The frame at which an incident opens, the window having restarted at ``p``, and
-        the first passing frame of its run; None if none opens before ``last`` (the stream's
-        last frame)."""
-        q = int(np.searchsorted(self.pass_idx, p))
-        if q >= len(self.pass_idx) or self.pass_idx[q] > last:
-            return None
-        first = int(self.pass_idx[q])
-        full = min(p + self.n - 1, last + 1)  # from here on the window is the last n frames
-        kth = q + self.k - 1
-        local = int(self.pass_idx[kth]) if kth < len(self.pass_idx) else last + 1
-        begin = local if local < full else (full if full <= last and self.holds[full] else None)
-        after = full
-        if begin is not None:
-            end = full - 1 if begin < full else full
-            if full <= last and self.holds[full]:
-                r = int(np.searchsorted(self.run_start, full, side="right")) - 1
-                end = int(self.run_end[r])
-            opened = self._open_within(begin, end, first)
-            if opened is not None:
-                return opened, first
-            after = end + 1
-        g = int(np.searchsorted(self.good_start, after))
-        if g < len(self.good) and self.good_start[g] <= last:
-            r = int(self.good[g])
-            return int(self.run_open[r]), int(self.run_first[r])
-        return None
 
-    def _open_within(self, begin: int, end: int, first: int) -> int | None:
-        """The first passing frame in ``begin..end`` at least ``min_duration_s`` after
-        ``first`` (``begin`` is a passing frame)."""
-        if self.min_s <= 0:
-            return begin
-        ts, t0, m = self.ts, self.ts[first], self.min_s
-        # a guess by binary search, then settled with the tracker's own comparison
-        i = begin + int(np.searchsorted(ts[begin : end + 1], t0 + m))
-        while i > begin and not (ts[i - 1] - t0 < m):
-            i -= 1
-        while i <= end and ts[i] - t0 < m:
-            i += 1
-        q = int(np.searchsorted(self.pass_idx, i))
-        if q < len(self.pass_idx) and self.pass_idx[q] <= end:
-            return int(self.pass_idx[q])
-        return None
+@numba.njit(cache=True, nogil=True)  # type: ignore[misc]
+def _windows(passed, first, last, k, n, close_after):  # type: ignore[no-untyped-def]
+    """Per frame: whether k of the last n frames of its stream pass (``holds``) and the last
+    passing frame up to it (-1: none yet, across streams); the frames where a run of
+    ``holds`` starts and ends (within a stream), and the failing frames ending
+    ``close_after`` failing frames in a row in their stream."""
+    frames = passed.shape[0]
+    counts = np.zeros(frames + 1, np.int64)
+    for i in range(frames):
+        counts[i + 1] = counts[i] + (1 if passed[i] else 0)
+    holds = np.empty(frames, np.bool_)
+    for i in range(frames):
+        holds[i] = counts[i + 1] - counts[max(i - (n - 1), first[i])] >= k
+    last_pass = np.empty(frames, np.int64)
+    starts = np.empty(frames, np.int64)
+    ends = np.empty(frames, np.int64)
+    closes = np.empty(frames, np.int64)
+    n_starts = n_ends = n_closes = 0
+    seen = _NONE
+    for i in range(frames):
+        if holds[i] and (i == first[i] or not holds[i - 1]):
+            starts[n_starts] = i
+            n_starts += 1
+        if holds[i] and (i == last[i] or not holds[i + 1]):
+            ends[n_ends] = i
+            n_ends += 1
+        if passed[i]:
+            seen = i
+        last_pass[i] = seen
+        if not passed[i] and i - max(seen, first[i] - 1) == close_after:
+            closes[n_closes] = i
+            n_closes += 1
+    return (
+        holds,
+        last_pass,
+        starts[:n_starts].copy(),
+        ends[:n_ends].copy(),
+        closes[:n_closes].copy(),
+    )
+
+
+# The per-incident steps, compiled: one pass over the incidents of every stream with the arrays
+# _Kernel computed (a Python loop of a few NumPy calls per incident cost about 30 us each).
+
+
+@numba.njit(cache=True, nogil=True)  # type: ignore[misc]
+def _steps(  # type: ignore[no-untyped-def]
+    ts,
+    holds,
+    pass_idx,
+    run_start,
+    run_end,
+    run_open,
+    run_first,
+    good,
+    good_start,
+    last_pass,
+    close_at,
+    last_of,
+    stream_of,
+    k,
+    n,
+    min_s,
+    cooldown,
+    out,
+):
+    """Write each incident's start, end, opening frame, closing frame and stream into the
+    columns of ``out``; the number of incidents."""
+    frames = ts.shape[0]
+    count = 0
+    p = 0
+    while p < frames:
+        last = last_of[p]
+        opened, start = _next_open(
+            ts, holds, pass_idx, run_start, run_end, run_open, run_first, good, good_start,
+            k, n, min_s, p, last,
+        )  # fmt: skip
+        if opened == _NONE:
+            p = last + 1
+            continue
+        c = np.searchsorted(close_at, opened, side="right")
+        closing = close_at[c] if c < close_at.shape[0] else frames
+        if closing > last:  # still open at the stream's end: finish() closes it
+            end, closed, p = last_pass[last], _NONE, last + 1
+        else:
+            end, closed, p = last_pass[closing], closing, closing + 1
+            if cooldown > 0 and p <= last:
+                until = ts[end] + cooldown
+                p += np.searchsorted(ts[p : last + 1], until, side="left")
+        out[0, count] = start
+        out[1, count] = end
+        out[2, count] = opened
+        out[3, count] = closed
+        out[4, count] = stream_of[opened]
+        count += 1
+    return count
+
+
+@numba.njit(cache=True, nogil=True)  # type: ignore[misc]
+def _next_open(  # type: ignore[no-untyped-def]
+    ts, holds, pass_idx, run_start, run_end, run_open, run_first, good, good_start, k, n, min_s,
+    p, last,
+):  # fmt: skip
+    """The frame at which an incident opens, the window having restarted at ``p``, and the
+    first passing frame of its run; (-1, -1) if none opens before ``last`` (the stream's last
+    frame)."""
+    q = np.searchsorted(pass_idx, p, side="left")
+    if q >= pass_idx.shape[0] or pass_idx[q] > last:
+        return _NONE, _NONE
+    first = pass_idx[q]
+    full = min(p + n - 1, last + 1)  # from here on the window is the last n frames
+    kth = q + k - 1
+    local = pass_idx[kth] if kth < pass_idx.shape[0] else last + 1
+    begin = _NONE
+    if local < full:
+        begin = local
+    elif full <= last and holds[full]:
+        begin = full
+    after = full
+    if begin != _NONE:
+        end = full - 1 if begin < full else full
+        if full <= last and holds[full]:
+            r = np.searchsorted(run_start, full, side="right") - 1
+            end = run_end[r]
+        opened = _open_within(ts, pass_idx, min_s, begin, end, first)
+        if opened != _NONE:
+            return opened, first
+        after = end + 1
+    g = np.searchsorted(good_start, after, side="left")
+    if g < good.shape[0] and good_start[g] <= last:
+        r = good[g]
+        return run_open[r], run_first[r]
+    return _NONE, _NONE
+
+
+@numba.njit(cache=True, nogil=True)  # type: ignore[misc]
+def _open_within(ts, pass_idx, min_s, begin, end, first):  # type: ignore[no-untyped-def]
+    """The first passing frame in ``begin..end`` at least ``min_s`` seconds after ``first``
+    (``begin`` is a passing frame), or -1."""
+    if min_s <= 0:
+        return begin
+    t0 = ts[first]
+    # a guess by binary search, then settled with the tracker's own comparison
+    i = begin + np.searchsorted(ts[begin : end + 1], t0 + min_s, side="left")
+    while i > begin and not (ts[i - 1] - t0 < min_s):
+        i -= 1
+    while i <= end and ts[i] - t0 < min_s:
+        i += 1
+    q = np.searchsorted(pass_idx, i, side="left")
+    if q < pass_idx.shape[0] and pass_idx[q] <= end:
+        return pass_idx[q]
+    return _NONE
 
 
 def _collect(*columns: list[int]) -> IncidentArrays:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 from pathlib import Path
 
 import crc32c
@@ -248,3 +249,44 @@ def test_without_a_writable_cache_or_off_the_local_disk_the_search_runs_uncached
     assert [h.frame_id for h in search(open_store(remote), _query(), model=MODEL, top=20)] == [
         h.frame_id for h in plain
     ]
+
+
+def test_written_behind_the_search_returns_first_and_fills_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    where = tmp_path / "store"
+    _write(where)
+    plain = _search(where, False)
+    folder = where / CACHE_DIR / "matrices"
+    behind = MatrixCache(folder)
+    got = search(open_store(where), _query(), model=MODEL, top=20, cache=behind, write_behind=True)
+    assert _found(got) == _found(plain)
+    behind.flush()  # the writer thread ends once its entries are written
+    assert len(_entries(folder)) == 2 * FILES
+    warm = MatrixCache(folder)
+    assert _found(_search(where, warm)) == _found(plain)
+    assert warm.misses == 0 and warm.hits == 2 * FILES
+
+    # at most MAX_BEHIND_BYTES wait: beyond that an entry is left for a later search
+    import pipeline.store.matrixcache as matrixcache
+
+    for entry in _entries(folder):
+        entry.unlink()
+    monkeypatch.setattr(matrixcache, "MAX_BEHIND_BYTES", 5000 * DIM * 2)  # one big group
+    small = MatrixCache(folder)
+    blocker = threading.Event()
+    real_put = small.put
+
+    def slow_put(key, emb):  # type: ignore[no-untyped-def]
+        blocker.wait(30)  # the disk is slow: nothing is written while the search runs
+        return real_put(key, emb)
+
+    monkeypatch.setattr(small, "put", slow_put)
+    got = search(open_store(where), _query(), model=MODEL, top=20, cache=small, write_behind=True)
+    assert _found(got) == _found(plain)
+    blocker.set()
+    small.flush()
+    assert 1 <= len(_entries(folder)) < 2 * FILES  # some written, the rest left out
+    later = MatrixCache(folder)
+    _search(where, later)  # a later search fills in the rest
+    assert len(_entries(folder)) == 2 * FILES

@@ -506,7 +506,11 @@ def _search(args: argparse.Namespace) -> int:
         0
     ]
     flt = _filter(args, model.name)
-    hits = search(store, query, model=model.name, top=args.top, flt=flt, cache=_matrix_cache(args))
+    # the matrix cache is written behind: the results print first, the process ends after it
+    cache = _matrix_cache(args)
+    hits = search(
+        store, query, model=model.name, top=args.top, flt=flt, cache=cache, write_behind=True
+    )
     for rank, hit in enumerate(hits, 1):
         print(f"{rank:>4}  {hit.score:.4f}  {hit.stream_id}  {hit.ts:.2f}s  {hit.frame_id}")
     if args.out:

@@ -545,7 +545,7 @@ class StoreLink:
     def search_embedding(self, query: Any, model_name: str) -> list[dict[str, Any]]:
         """The stored frames nearest to an image embedding (E,), best first."""
         store = self._open()
-        hits = self._module.search(store, query, model=model_name, top=_MAX_HITS)
+        hits = self._module.search(store, query, model=model_name, top=_MAX_HITS, write_behind=True)
         return [h.to_json() for h in hits]
 
     def _searched(self, key: tuple[Any, ...]) -> list[dict[str, Any]] | None:

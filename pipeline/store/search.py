@@ -94,11 +94,14 @@ def search(
     top: int = 50,
     flt: FrameFilter | None = None,
     cache: MatrixCache | bool = True,
+    write_behind: bool = False,
 ) -> list[SearchHit]:
     """The ``top`` stored frames of ``model`` nearest to ``query`` (an (E,) embedding of that
     model, any scale) by cosine, best first (ties in store order); a replayed frame counts
     once. ``cache``: the matrix cache to read and fill (True: the store's own, for a local
-    store; False: none; see :mod:`pipeline.store.matrixcache`)."""
+    store; False: none; see :mod:`pipeline.store.matrixcache`). ``write_behind``: fill it on
+    the cache's writer thread (:meth:`~pipeline.store.matrixcache.MatrixCache.put_behind`),
+    so a first search returns as soon as an uncached one would."""
     if not 1 <= top <= MAX_TOP:
         raise StoreError(f"top must be between 1 and {MAX_TOP}, not {top}")
     q = np.asarray(query, dtype=np.float32).reshape(-1)
@@ -116,14 +119,17 @@ def search(
     want = top + _SLACK
     found: list[_Found] = []
     with CosineKernel() as kernel:
-        scorer = _Scorer(store, q, kernel, matrices)
+        scorer = _Scorer(store, q, kernel, matrices, write_behind)
         for group in prefetched(_groups(store, flt, matrices, len(q))):
             sim = scorer.scores(group)
             keep = _best(sim, want)
             found.append(_Found(group.path, group.group, group.rows[keep], sim[keep]))
-    if matrices is not None:
+    hits = _hits(store, found, top, want)
+    if matrices is not None and write_behind:
+        matrices.flush(wait=False)  # the writer trims the folder when it is done
+    elif matrices is not None:
         matrices.trim()
-    return _hits(store, found, top, want)
+    return hits
 
 
 @dataclass(eq=False)
@@ -198,6 +204,7 @@ class _Scorer:
     q: _F32
     kernel: CosineKernel
     matrices: MatrixCache | None
+    write_behind: bool = False
     local: threading.local = field(default_factory=threading.local)
 
     def scores(self, group: _Group) -> _F32:
@@ -223,7 +230,8 @@ class _Scorer:
             ]
             self.kernel.map(bounds, lambda lo, hi: half_dots(emb[lo:hi], self.q, out[lo:hi]))
             if group.key is not None and self.matrices is not None:
-                self.matrices.put(group.key, emb)
+                put = self.matrices.put_behind if self.write_behind else self.matrices.put
+                put(group.key, emb)
         return out if len(group.rows) == group.count else out[group.rows]
 
     def _cached(self, matrix: Matrix, out: _F32) -> bool:

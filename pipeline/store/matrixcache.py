@@ -138,6 +138,7 @@ class MatrixCache:
         self._behind_lock = threading.Lock()
         self._behind_bytes = 0
         self._queue: _Behind = queue.SimpleQueue()
+        self._go = threading.Event()
         self._writer: threading.Thread | None = None
         self._ending: list[threading.Thread] = []  # told to end once their queue is written
 
@@ -233,27 +234,31 @@ class MatrixCache:
         return True
 
     def put_behind(self, key: FileKey, emb: npt.NDArray[np.float16]) -> bool:
-        """:meth:`put` on a writer thread of the cache's own, so that the search filling the
-        cache does not wait for the disk (a million frames are a gigabyte to write: seconds,
-        against under one for the search). At most :data:`MAX_BEHIND_BYTES` wait to be
-        written; an entry beyond that is left out (a later search writes it): False. The
-        thread is not a daemon: a process ends once what it was given is written."""
+        """:meth:`put` on a writer thread of the cache's own, which starts writing at
+        :meth:`flush`: the search filling the cache neither waits for the disk (a million
+        frames are a gigabyte to write) nor shares the cores with the writing. At most
+        :data:`MAX_BEHIND_BYTES` wait to be written; an entry beyond that is left out (a
+        later search writes it): False. The thread is not a daemon: a process ends once what
+        it was given is written."""
         if not self.writable:
             return False
         with self._behind_lock:
             if self._behind_bytes + emb.nbytes > MAX_BEHIND_BYTES:
                 return False
             self._behind_bytes += emb.nbytes
-            if self._writer is None:  # each writer has a queue of its own
-                self._queue = queue.SimpleQueue()
+            if self._writer is None:  # each writer has a queue and a start signal of its own
+                self._queue, self._go = queue.SimpleQueue(), threading.Event()
                 self._writer = threading.Thread(
-                    target=self._write_behind, args=(self._queue,), name="matrix-cache-writer"
+                    target=self._write_behind,
+                    args=(self._queue, self._go),
+                    name="matrix-cache-writer",
                 )
                 self._writer.start()
             self._queue.put((key, emb))
         return True
 
-    def _write_behind(self, todo: _Behind) -> None:
+    def _write_behind(self, todo: _Behind, go: threading.Event) -> None:
+        go.wait()  # written once the search is done: writing beside it slowed it down 2x
         while (item := todo.get()) is not None:
             key, emb = item
             try:
@@ -271,6 +276,7 @@ class MatrixCache:
         with self._behind_lock:
             writer, self._writer = self._writer, None
             if writer is not None:
+                self._go.set()
                 self._queue.put(None)
                 self._ending.append(writer)
             ending = list(self._ending)

@@ -118,16 +118,18 @@ def search(
     matrices = MatrixCache.beside(store.location) if cache is True else cache or None
     want = top + _SLACK
     found: list[_Found] = []
-    with CosineKernel() as kernel:
-        scorer = _Scorer(store, q, kernel, matrices, write_behind)
-        for group in prefetched(_groups(store, flt, matrices, len(q))):
-            sim = scorer.scores(group)
-            keep = _best(sim, want)
-            found.append(_Found(group.path, group.group, group.rows[keep], sim[keep]))
-    hits = _hits(store, found, top, want)
-    if matrices is not None and write_behind:
-        matrices.flush(wait=False)  # the writer trims the folder when it is done
-    elif matrices is not None:
+    try:
+        with CosineKernel() as kernel:
+            scorer = _Scorer(store, q, kernel, matrices, write_behind)
+            for group in prefetched(_groups(store, flt, matrices, len(q))):
+                sim = scorer.scores(group)
+                keep = _best(sim, want)
+                found.append(_Found(group.path, group.group, group.rows[keep], sim[keep]))
+        hits = _hits(store, found, top, want)
+    finally:  # the writer starts now (a failed search too: it must not wait for ever)
+        if matrices is not None and write_behind:
+            matrices.flush(wait=False)  # and trims the folder when it is done
+    if matrices is not None and not write_behind:
         matrices.trim()
     return hits
 

@@ -388,3 +388,34 @@ def test_queue_pages_and_a_timeline_from_the_source(tmp_path: Path) -> None:
         assert back.headers["location"] == f"/review/{first.id}"
         form["back"] = "elsewhere"
         assert c.post(f"/review/{first.id}", data=form, headers=SAME).status_code == 422
+
+
+def test_a_page_of_incidents_decodes_their_shared_source_once(tmp_path: Path) -> None:
+    from consumers.studio.frames import incident_frames, page_frames
+    from consumers.studio.scoring import Scorer
+    from consumers.studio.store_link import StoreLink
+
+    incidents = read_incidents(make_incidents(tmp_path))
+    assert len({i.source for i in incidents}) == 1 and len(incidents) == 3
+    scorer = Scorer(model=None, data_dir=tmp_path / "d", max_upload_bytes=1 << 20, sample_fps=2.0)
+    try:
+        pool = scorer.pool()
+        real = pool.decode_uri
+        calls: list[object] = []
+
+        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(args[0])
+            return real(*args, **kwargs)
+
+        pool.decode_uri = counted  # type: ignore[method-assign]
+        paged = page_frames(incidents, scorer, tmp_path / "paged", StoreLink(None))
+        assert len(calls) == 1  # one decode for the page, not one per incident
+        one_by_one = {i.id: incident_frames(i, scorer, tmp_path / "single") for i in incidents}
+        assert len(calls) == 1 + len(incidents)
+    finally:
+        scorer.close()
+    for incident in incidents:
+        assert [t for t, _ in paged[incident.id]] == [-1.0, 0.0, 1.0]
+        got = [p.read_bytes() for _, p in paged[incident.id]]
+        want = [p.read_bytes() for _, p in one_by_one[incident.id]]
+        assert got == want  # the same frames as decoding for each incident

@@ -19,6 +19,7 @@ from pipeline.errors import ClipguardError, DecodeError
 if TYPE_CHECKING:
     from consumers.studio.scoring import Scorer
     from consumers.studio.store_link import StoreLink
+    from pipeline.decode import Frame
 
 __all__ = ["AROUND_S", "incident_frames", "page_frames"]
 
@@ -38,18 +39,31 @@ def incident_frames(
     source = incident.source
     if source is None or "://" in source or not Path(source).is_file():
         return [] if store is None else _from_store(incident, store, folder)
+    return _around(incident, _decoded(source, scorer), folder)
+
+
+def _decoded(source: str, scorer: Scorer) -> list[Frame]:
+    """The frames of a local source file, 4 a second, decoded in the sandboxed pool."""
     options = DecodeOptions(_SIZE, fit="pad", sampling=Sampling(mode="fps", fps=4.0))
     try:
-        result = scorer.pool().decode_uri(Path(source), options)
+        return list(scorer.pool().decode_uri(Path(source), options).frames)
     except DecodeError:
         return []
-    if not result.frames:
+
+
+def _around(
+    incident: StudioIncident, frames: list[Frame], folder: Path
+) -> list[tuple[float, Path]]:
+    """The frames nearest the peak's offsets written as JPEGs in ``folder`` with their
+    index; empty without frames."""
+    if not frames:
         return []
+    index = folder / "frames.json"
     folder.mkdir(parents=True, exist_ok=True)
     out: list[tuple[float, str]] = []
     for offset in AROUND_S:
         want = incident.peak_ts + offset
-        frame = min(result.frames, key=lambda f: abs(f.t - want))
+        frame = min(frames, key=lambda f: abs(f.t - want))
         name = f"{len(out)}.jpg"
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
         if ok:
@@ -66,11 +80,17 @@ def page_frames(
     query (one scan of the store, not one per incident)."""
     out: dict[str, list[tuple[float, Path]]] = {}
     from_store: list[StudioIncident] = []
+    decoded: dict[str, list[Frame]] = {}  # a source many incidents share is decoded once
     for incident in incidents:
         index = thumbs_dir / incident.id / "frames.json"
         source = incident.source
         local = source is not None and "://" not in source and Path(source).is_file()
-        if index.exists() or local or store.root is None:
+        if not index.exists() and local:
+            assert source is not None
+            if source not in decoded:
+                decoded[source] = _decoded(source, scorer)
+            out[incident.id] = _around(incident, decoded[source], thumbs_dir / incident.id)
+        elif index.exists() or local or store.root is None:
             out[incident.id] = incident_frames(incident, scorer, thumbs_dir)
         else:
             from_store.append(incident)

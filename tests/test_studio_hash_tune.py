@@ -22,7 +22,7 @@ from knownclips import ScannedStore, hash_policy
 from starlette.testclient import TestClient
 
 from consumers.studio import StudioConfig, create_app
-from tests.studio_fixtures import CHROMIUM, free_port, serve
+from tests.studio_fixtures import CHROMIUM, free_port, serve, whole_page
 
 pytest.importorskip("pipeline.store")
 pytestmark = pytest.mark.usefixtures("policy_cache", "one_torch_thread")
@@ -82,7 +82,8 @@ def _nearest(scanned: ScannedStore) -> list[int]:
 
 def test_distance_counts_are_the_hash_backtest(scanned: ScannedStore, tmp_path: Path) -> None:
     with TestClient(create_app(_config(scanned, tmp_path, warm=False)), base_url=BASE) as c:
-        page = c.get("/policies/known-clips/tune").text
+        # the first pass compiles its distance loop on a new machine: the page may ask again
+        page = whole_page(c, "/policies/known-clips/tune")
         payload = json.loads(page.split('id="hash-tune-data">', 1)[1].split("</script>", 1)[0])
         seen = {}
         for d in (0, 4, 10, 20, 31, 60, 127):
@@ -92,7 +93,7 @@ def test_distance_counts_are_the_hash_backtest(scanned: ScannedStore, tmp_path: 
             seen[d] = want
         assert len(set(seen.values())) >= 3  # the distance changes the figures: the check can fail
         live = re.search(r'id="hash-matched" class="live">(\d+)<', page)
-        assert live is not None and int(live.group(1)) == seen[31][0]  # the first render
+        assert live is not None and int(live.group(1)) == seen[31][0]  # the page as rendered
         # the hostile and the wrong
         assert c.get(COUNT, params={"distance": -1}).status_code == 422
         assert c.get(COUNT, params={"distance": 128}).status_code == 422

@@ -621,6 +621,12 @@ def test_a_failed_encoder_batch_is_retried_and_never_dead_lettered(
         ("cam-x", seg.data, _headers("cam-x", seg.seq, seg.start_ts)) for seg in segments[:3]
     ]
     _send(kafka, records)
+    made: list[FlakyEncoder] = []
+
+    def flaky(model: CLIP, size: int) -> FlakyEncoder:
+        made.append(FlakyEncoder(model, size, failures))
+        return made[-1]
+
     worker = Worker(
         streaming.settings(
             kafka,
@@ -629,10 +635,19 @@ def test_a_failed_encoder_batch_is_retried_and_never_dead_lettered(
             shutdown_deadline_s=1.0,
             retry_backoff_ms=100,
         ),
-        encoder=lambda model, size: FlakyEncoder(model, size, failures),
+        encoder=flaky,
     )
-    # a lasting fault: the worker keeps the segments and stops at its timeout
-    assert worker.run(count=3, timeout=None if failures == 1 else 10) == 0
+
+    def stop_after_three_failures() -> None:  # however long the start took on a busy machine
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (made and made[0].failures <= failures - 3):
+            time.sleep(0.05)
+        worker.stop("test")
+
+    # a lasting fault: the worker keeps the segments; stopped once it failed and retried
+    if failures > 1:
+        threading.Thread(target=stop_after_three_failures, daemon=True).start()
+    assert worker.run(count=3, timeout=None) == 0
     exposition = worker.metrics.exposition().decode()
     scores = read_topic(kafka.bootstrap, kafka.names.scores)
     dlq = read_topic(kafka.bootstrap, kafka.names.dlq)

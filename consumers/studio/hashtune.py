@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.errors import ConfigError, StoreError
+from pipeline.hashes.index import popcount64
 from pipeline.hashes.signals import DEFAULT_MIN_QUALITY, MAX_DISTANCE, PDQ_BITS, PDQ_BYTES
 from pipeline.policies.schema import HashPolicy
 
@@ -134,15 +135,6 @@ def nearest_distances(queries: npt.NDArray[np.uint8], rows: npt.NDArray[np.uint8
     return out
 
 
-@numba.njit(inline="always")  # type: ignore[misc]
-def _popcount(x: Any) -> Any:
-    """Set bits of a uint64 (the SWAR sum: no popcount instruction is exposed to numba)."""
-    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
-    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
-    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
-
-
 @numba.njit(nogil=True, cache=True)  # type: ignore[misc]
 def _nearest(queries, rows, out):  # type: ignore[no-untyped-def]
     for i in range(queries.shape[0]):
@@ -151,10 +143,10 @@ def _nearest(queries, rows, out):  # type: ignore[no-untyped-def]
         for j in range(rows.shape[0]):
             r = rows[j]
             d = (
-                _popcount(q[0] ^ r[0])
-                + _popcount(q[1] ^ r[1])
-                + _popcount(q[2] ^ r[2])
-                + _popcount(q[3] ^ r[3])
+                popcount64(q[0] ^ r[0])
+                + popcount64(q[1] ^ r[1])
+                + popcount64(q[2] ^ r[2])
+                + popcount64(q[3] ^ r[3])
             )
             if d < best:
                 best = d

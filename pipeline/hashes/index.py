@@ -50,6 +50,7 @@ __all__ = [
     "PdqIndex",
     "RangeResult",
     "brute_force_search",
+    "popcount64",
 ]
 
 IndexKind = Literal["auto", "flat", "mih"]
@@ -82,7 +83,9 @@ class RangeResult:
 
 
 @numba.njit(inline="always")  # type: ignore[misc]
-def _popcount(x: Any) -> Any:
+def popcount64(x: Any) -> Any:
+    """Set bits of a uint64 inside compiled code (the SWAR sum: numba exposes no popcount
+    instruction)."""
     x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
     x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
     x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
@@ -107,17 +110,17 @@ def _mih_search(rows, order, starts, masks, nflip, queries, radius, out_q, out_r
                     r = order[t, k]
                     row = rows[r]
                     d = (
-                        _popcount(row[0] ^ q[0])
-                        + _popcount(row[1] ^ q[1])
-                        + _popcount(row[2] ^ q[2])
-                        + _popcount(row[3] ^ q[3])
+                        popcount64(row[0] ^ q[0])
+                        + popcount64(row[1] ^ q[1])
+                        + popcount64(row[2] ^ q[2])
+                        + popcount64(row[3] ^ q[3])
                     )
                     if d > radius:
                         continue
                     # reported already from an earlier table where it was also within nflip?
                     seen = False
                     for u in range(t):
-                        if _popcount(np.uint64(_word(row, u) ^ _word(q, u))) <= nflip:
+                        if popcount64(np.uint64(_word(row, u) ^ _word(q, u))) <= nflip:
                             seen = True
                             break
                     if seen:
@@ -168,21 +171,21 @@ def _mih_search_fp(  # type: ignore[no-untyped-def]
             for m in range(nm):
                 b = t * nm + m
                 for k in range(lo[b], hi[b]):
-                    if _popcount(fp[t, k, 0] ^ qa) + _popcount(fp[t, k, 1] ^ qb) > radius:
+                    if popcount64(fp[t, k, 0] ^ qa) + popcount64(fp[t, k, 1] ^ qb) > radius:
                         continue
                     r = order[t, k]
                     row = rows[r]
                     d = (
-                        _popcount(row[0] ^ q[0])
-                        + _popcount(row[1] ^ q[1])
-                        + _popcount(row[2] ^ q[2])
-                        + _popcount(row[3] ^ q[3])
+                        popcount64(row[0] ^ q[0])
+                        + popcount64(row[1] ^ q[1])
+                        + popcount64(row[2] ^ q[2])
+                        + popcount64(row[3] ^ q[3])
                     )
                     if d > radius:
                         continue
                     seen = False
                     for u in range(t):
-                        if _popcount(np.uint64(_word(row, u) ^ _word(q, u))) <= nflip:
+                        if popcount64(np.uint64(_word(row, u) ^ _word(q, u))) <= nflip:
                             seen = True
                             break
                     if seen:
@@ -205,10 +208,10 @@ def _flat_search(rows, queries, radius, out_q, out_r, out_d):  # type: ignore[no
         for r in range(rows.shape[0]):
             row = rows[r]
             d = (
-                _popcount(row[0] ^ q[0])
-                + _popcount(row[1] ^ q[1])
-                + _popcount(row[2] ^ q[2])
-                + _popcount(row[3] ^ q[3])
+                popcount64(row[0] ^ q[0])
+                + popcount64(row[1] ^ q[1])
+                + popcount64(row[2] ^ q[2])
+                + popcount64(row[3] ^ q[3])
             )
             if d <= radius:
                 if n >= out_q.shape[0]:

@@ -53,7 +53,9 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "MAX_ROWS",
     "CosineCache",
+    "EntryHead",
     "FileKey",
+    "read_head",
     "row_key",
     "trim_folder",
 ]
@@ -253,24 +255,46 @@ def trim_folder(folder: Path, suffix: str, max_bytes: int) -> int:
     return removed
 
 
+@dataclass(frozen=True, slots=True)
+class EntryHead:
+    """The checked head of a cache entry: its JSON header, where the header ends, the file's
+    size."""
+
+    header: dict[str, Any]
+    end: int
+    size: int
+
+
+def read_head(
+    fd: int, magic: bytes, kind: str, want: Mapping[str, object]
+) -> tuple[EntryHead | None, str]:
+    """The head of the cache entry open on ``fd`` (the cosine and the matrix caches share the
+    layout: ``magic``, a little-endian 4-byte header length of at most 64 KiB, a JSON object)
+    if it is a regular file of that kind whose header holds ``want``'s values (the stored file
+    and format it was written for); else None and why."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return None, "not a regular file"
+    head = os.pread(fd, len(magic) + 4, 0)
+    if len(head) != len(magic) + 4 or head[: len(magic)] != magic:
+        return None, f"not a {kind} cache entry"
+    (length,) = struct.unpack("<I", head[len(magic) :])
+    if length > _MAX_HEADER:
+        return None, f"a header of {length} bytes"
+    try:
+        header: Any = json.loads(os.pread(fd, length, len(head)))
+    except (ValueError, UnicodeDecodeError):
+        return None, "an unreadable header"
+    if not isinstance(header, dict) or any(header.get(k) != v for k, v in want.items()):
+        return None, "written for another file or version"
+    return EntryHead(header, len(head) + length, st.st_size), ""
+
+
 def _read_entry(
     fh: Any, fd: int, key: FileKey, rows: Sequence[str] | None, count: int
 ) -> tuple[dict[str, _F32] | None, str]:
     """An open entry's cosines with those of ``rows`` (None: all) it holds, if it is the entry
     of the row group ``key`` and whole (else None and why)."""
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        return None, "not a regular file"
-    head = fh.read(len(_MAGIC) + 4)
-    if len(head) != len(_MAGIC) + 4 or head[: len(_MAGIC)] != _MAGIC:
-        return None, "not a cosine cache entry"
-    (length,) = struct.unpack("<I", head[len(_MAGIC) :])
-    if length > _MAX_HEADER:
-        return None, f"a header of {length} bytes"
-    try:
-        header = json.loads(fh.read(length))
-    except (ValueError, UnicodeDecodeError):
-        return None, "an unreadable header"
     want = {
         "format": _FORMAT,
         "path": key.path,
@@ -278,9 +302,10 @@ def _read_entry(
         "mtime_ns": key.mtime_ns,
         "count": count,
     }
-    if not isinstance(header, dict) or any(header.get(k) != v for k, v in want.items()):
-        return None, "written for another file or version"
-    held, sums = header.get("rows"), header.get("crc32c")
+    entry, why = read_head(fd, _MAGIC, "cosine", want)
+    if entry is None:
+        return None, why
+    held, sums = entry.header.get("rows"), entry.header.get("crc32c")
     if not (
         isinstance(held, list)
         and isinstance(sums, list)
@@ -289,9 +314,9 @@ def _read_entry(
         and all(isinstance(c, int) for c in sums)
     ):
         return None, "a header of the wrong shape"
-    start = len(head) + length
-    if st.st_size != start + 4 * count * len(held):
-        return None, f"{st.st_size} bytes, not the {start + 4 * count * len(held)} announced"
+    start = entry.end
+    if entry.size != start + 4 * count * len(held):
+        return None, f"{entry.size} bytes, not the {start + 4 * count * len(held)} announced"
     out: dict[str, _F32] = {}
     place = {k: i for i, k in enumerate(held)}
     for row in held if rows is None else rows:

@@ -37,19 +37,18 @@ import json
 import logging
 import os
 import queue
-import stat
 import struct
 import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import crc32c
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.store.cosinecache import CACHE_DIR, FileKey, trim_folder
+from pipeline.store.cosinecache import CACHE_DIR, FileKey, read_head, trim_folder
 from pipeline.store.location import StoreLocation
 
 __all__ = ["CHECK_ROWS", "DEFAULT_MAX_BYTES", "MAX_BEHIND_BYTES", "Matrix", "MatrixCache"]
@@ -64,7 +63,6 @@ MAX_BEHIND_BYTES: Final = 512 << 20
 CHECK_ROWS: Final = 4096
 _FORMAT: Final = 1
 _MAGIC: Final = b"CGMAT01\n"
-_MAX_HEADER: Final = 64 * 1024
 _ALIGN: Final = 4096  # the values start on a page boundary
 _MAX_DIM: Final = 8192
 _U16 = npt.NDArray[np.uint16]
@@ -295,20 +293,6 @@ class MatrixCache:
 def _open_entry(fd: int, key: FileKey, count: int, dim: int | None) -> tuple[Matrix | None, str]:
     """The entry open on ``fd`` if it is the whole entry of the row group ``key`` (else None
     and why)."""
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        return None, "not a regular file"
-    head = os.pread(fd, len(_MAGIC) + 4, 0)
-    if len(head) != len(_MAGIC) + 4 or head[: len(_MAGIC)] != _MAGIC:
-        return None, "not a matrix cache entry"
-    (length,) = struct.unpack("<I", head[len(_MAGIC) :])
-    if length > _MAX_HEADER:
-        return None, f"a header of {length} bytes"
-    raw = os.pread(fd, length, len(head))
-    try:
-        header: Any = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None, "an unreadable header"
     want = {
         "format": _FORMAT,
         "path": key.path,
@@ -317,9 +301,10 @@ def _open_entry(fd: int, key: FileKey, count: int, dim: int | None) -> tuple[Mat
         "count": count,
         "check_rows": CHECK_ROWS,
     }
-    if not isinstance(header, dict) or any(header.get(k) != v for k, v in want.items()):
-        return None, "written for another file or version"
-    width, sums = header.get("dim"), header.get("crc32c")
+    entry, why = read_head(fd, _MAGIC, "matrix", want)
+    if entry is None:
+        return None, why
+    width, sums = entry.header.get("dim"), entry.header.get("crc32c")
     if not (
         isinstance(width, int)
         and not isinstance(width, bool)
@@ -333,8 +318,7 @@ def _open_entry(fd: int, key: FileKey, count: int, dim: int | None) -> tuple[Mat
         and all(isinstance(c, int) and not isinstance(c, bool) for c in sums)
     ):
         return None, "a header of the wrong shape"
-    start = len(head) + length
-    start += -start % _ALIGN
-    if st.st_size != start + 2 * width * count:
-        return None, f"{st.st_size} bytes, not the {start + 2 * width * count} announced"
+    start = entry.end + -entry.end % _ALIGN
+    if entry.size != start + 2 * width * count:
+        return None, f"{entry.size} bytes, not the {start + 2 * width * count} announced"
     return Matrix(fd, start, count, width, sums), ""

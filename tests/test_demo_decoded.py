@@ -1,11 +1,8 @@
-"""Training frames through the real video path (pipeline.demo.decoded), procedural texture
-negatives, and batches drawn in a render process giving the same weights as in-process."""
+"""Training frames through the real video path (pipeline.demo.decoded) and procedural texture
+negatives (that a render process draws them into the same weights as this process does:
+tests/test_demo_variety.py)."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +13,6 @@ from pipeline.errors import ConfigError
 pytest.importorskip("skimage")  # photographs: the train extra (in the test extra too)
 
 from pipeline.demo import decoded, variety
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_pool_frames_are_decoded_fitted_and_seeded():
@@ -84,23 +79,3 @@ def test_training_shares_and_workers_are_bounded(bad):
     config = get_model_info(DEMO_MODEL).config
     with pytest.raises(ConfigError):
         TrainConfig(model=config, **bad)  # type: ignore[arg-type]
-
-
-def _weights(tmp: Path, workers: int) -> dict[str, object]:
-    out = tmp / f"w{workers}.safetensors"
-    cmd = [sys.executable, str(ROOT / "scripts" / "train_demo_model.py"), "--out", str(out)]
-    cmd += ["--steps", "3", "--batch-size", "16", "--eval-images", "0", "--threads", "1"]
-    cmd += ["--decoded", "0.3", "--decoded-pool", "24", "--render-workers", str(workers)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    from safetensors.torch import load_file
-
-    return load_file(str(out))
-
-
-def test_a_render_process_gives_the_same_weights(tmp_path):
-    import torch
-
-    a, b = _weights(tmp_path, 0), _weights(tmp_path, 1)
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -40,12 +40,13 @@ def test_photo_negatives_are_photographs_captioned_as_empty():
     assert len(variety.photos()) == len(variety.PHOTOS)
 
 
-def _run(tmp: Path, name: str) -> dict[str, object]:
+def _run(tmp: Path, name: str, render_workers: int) -> dict[str, object]:
     out = tmp / f"{name}.safetensors"
     cmd = [sys.executable, str(ROOT / "scripts" / "train_demo_model.py"), "--out", str(out)]
-    cmd += ["--init", "clipguard-demo", "--variety", "0.5", "--photo-negatives", "0.2"]
+    cmd += ["--init", "clipguard-demo", "--variety", "0.4", "--photo-negatives", "0.2"]
+    cmd += ["--textures", "0.1", "--decoded", "0.2", "--decoded-pool", "16"]
     cmd += ["--steps", "6", "--batch-size", "16", "--eval-images", "0", "--threads", "1"]
-    cmd += ["--decoded-pool", "16"]
+    cmd += ["--render-workers", str(render_workers)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from safetensors.torch import load_file
@@ -53,9 +54,11 @@ def _run(tmp: Path, name: str) -> dict[str, object]:
     return load_file(str(out))
 
 
-def test_warm_started_wide_training_is_deterministic(tmp_path):
+def test_warm_started_wide_training_is_deterministic_with_or_without_a_render_process(tmp_path):
+    """Every kind of scene (varied, photographs, textures, H.264-decoded frames), once drawn in
+    this process and once in a render process: the same weights, bit for bit."""
     import torch
 
-    a, b = _run(tmp_path, "a"), _run(tmp_path, "b")
+    a, b = _run(tmp_path, "a", 0), _run(tmp_path, "b", 1)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -30,7 +30,22 @@ from pipeline.decode.options import HashMode
 if TYPE_CHECKING:
     from pipeline.hashes.pdq import DihedralHashes, PdqHash
 
-__all__ = ["FrameHasher", "hash_size"]
+__all__ = ["FrameHasher", "hash_size", "prepare_hashing"]
+
+_prepared = False
+
+
+def prepare_hashing() -> None:
+    """Compile the PDQ code (or load it from numba's disk cache) in this process, once. The
+    decode pool calls it before it sends the first task that hashes, so that its decode
+    processes load the machine code from the cache instead of compiling it (seconds) on their
+    first hashed frame."""
+    global _prepared
+    if not _prepared:
+        from pipeline.hashes import pdq_kernel
+
+        pdq_kernel.compile_kernels()
+        _prepared = True
 
 
 def hash_size(width: int, height: int, side: int) -> tuple[int, int]:

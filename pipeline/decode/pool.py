@@ -68,6 +68,7 @@ from pipeline.decode.endings import call_error, how_it_ended
 from pipeline.decode.frames import DecodeResult, Frame
 from pipeline.decode.launch import DecodeProcess, hide_from_decoders
 from pipeline.decode.media import RawCodec, media_kind
+from pipeline.decode.hashing import prepare_hashing
 from pipeline.decode.options import DecodeOptions, Limits, check_threads
 from pipeline.decode.sandbox import SandboxSettings, test_calls_allowed
 from pipeline.decode.sources import redact
@@ -405,6 +406,8 @@ class DecodePool:
     ) -> tuple[DecodeOptions, Limits]:
         """``options`` with the pool's limits and ``threads`` where unset, and those limits."""
         resolved = DecodeOptions.check(options).resolve(limits=self._limits, threads=threads)
+        if resolved.hashes != "none":  # compiled here first: decode processes load it
+            prepare_hashing()
         return resolved.as_options(), resolved.limits
 
     def _task(

@@ -147,7 +147,9 @@ class DecodePool:
     URLs (scan jobs). ``executable``: the Python interpreter to run (default
     ``sys.executable``). The constructor returns once every child has started and confined
     itself (or none can be started: see :attr:`available`); ``wait`` False: at once (calls
-    wait for the children; :attr:`started` says when the first is up).
+    wait for the children; :attr:`started` says when the first is up). ``hashing`` True: calls
+    will ask for PDQ hashes; the compiled hashing code is readied now and each child loads it
+    as it starts (otherwise at the first call that hashes, which then waits about a second).
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class DecodePool:
         network: bool = False,
         executable: str | None = None,
         wait: bool = True,
+        hashing: bool = False,
     ) -> None:
         if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
             raise ConfigError(f"processes must be a positive integer, not {processes!r}")
@@ -184,7 +187,10 @@ class DecodePool:
             max_file=self._limits.max_input_bytes,
             network=self.network,
             test_calls=test_calls_allowed(),
+            preload_hashing=hashing,
         )
+        if hashing:  # compiled here first: the processes load it from the cache as they start
+            prepare_hashing()
         #: the children's system-call filter: None until one has started, then "on" or
         #: "unavailable: <why>" (logged once as a warning)
         self.seccomp: str | None = None

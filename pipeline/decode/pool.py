@@ -66,9 +66,9 @@ from typing import Any, Final, Literal
 from pipeline.decode.access import InputAccess
 from pipeline.decode.endings import call_error, how_it_ended
 from pipeline.decode.frames import DecodeResult, Frame
+from pipeline.decode.hashing import prepare_hashing
 from pipeline.decode.launch import DecodeProcess, hide_from_decoders
 from pipeline.decode.media import RawCodec, media_kind
-from pipeline.decode.hashing import prepare_hashing
 from pipeline.decode.options import DecodeOptions, Limits, check_threads
 from pipeline.decode.sandbox import SandboxSettings, test_calls_allowed
 from pipeline.decode.sources import redact

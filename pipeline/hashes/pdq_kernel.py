@@ -339,9 +339,7 @@ def _run(rgb: npt.NDArray[np.uint8], variants: int) -> tuple[npt.NDArray[np.uint
     h, w = int(rgb.shape[0]), int(rgb.shape[1])
     picture = np.ascontiguousarray(rgb, dtype=np.uint8)
     work = _work(h, w) if h >= MIN_SIDE and w >= MIN_SIDE else _work(MIN_SIDE, MIN_SIDE)
-    out, quality = _hash(
-        picture, work, _decimation(h), _decimation(w), variants, _DCT, _DCT_T
-    )
+    out, quality = _hash(picture, work, _decimation(h), _decimation(w), variants, _DCT, _DCT_T)
     return out, int(quality)
 
 

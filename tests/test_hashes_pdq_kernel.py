@@ -151,7 +151,8 @@ def test_decode_processes_load_the_compiled_code_as_they_start(tmp_path: Path) -
     data = knownclips.write(tmp_path / "three.mp4", pictures, fps=1).read_bytes()
     options = DecodeOptions(64, sampling=Sampling(mode="all"), hashes="pdq")
     expected = [f.pdq for f in decode_bytes(data, "video/mp4", options).frames]
-    with DecodePool(1, hashing=True) as pool:
+    with DecodePool(1, hashing=True, wait=False) as pool:
+        assert pool.wait_started(60)
         assert pool.submit_call(decode_faults.loaded, *_HASHING).result(timeout=60) == list(
             _HASHING
         )

@@ -221,10 +221,15 @@ class DecodePool:
         )
         self._manager.start()
         if wait:  # every child sandboxed and ready, or none can be started
-            with self._up:
-                self._up.wait_for(self._all_up_or_unavailable, timeout=_START_TIMEOUT)
+            self.wait_started(_START_TIMEOUT)
 
     # ------------------------------------------------------------------ public API
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Wait until every process has started (sandboxed, hashing code loaded if asked) or
+        none can be; False if ``timeout`` seconds passed first."""
+        with self._up:
+            return self._up.wait_for(self._all_up_or_unavailable, timeout=timeout)
 
     def __enter__(self) -> DecodePool:
         return self

@@ -33,11 +33,14 @@ def _reference_dihedral(picture: np.ndarray) -> tuple[tuple[bytes, ...], int]:
 
 
 def _agrees(picture: np.ndarray) -> bool:
+    """Our hashes of ``picture`` are the reference's of the same pixels (row-major: the
+    bindings read a column-major array's memory as rows)."""
     ours, ours_all = pdq_hash(picture), pdq_dihedral(picture)
-    return (ours.hash, ours.quality) == _reference(picture) and (
+    rows = np.ascontiguousarray(picture)
+    return (ours.hash, ours.quality) == _reference(rows) and (
         ours_all.hashes,
         ours_all.quality,
-    ) == _reference_dihedral(picture)
+    ) == _reference_dihedral(rows)
 
 
 def _shapes() -> list[tuple[int, int]]:
@@ -103,6 +106,20 @@ def test_decoded_frames_hash_as_the_reference(tmp_path: Path) -> None:
         assert both.hashes == _reference_dihedral(np.ascontiguousarray(picture))[0]
     result = decode_bytes(path.read_bytes(), "video/mp4", DecodeOptions(64, hashes="pdq"))
     assert [f.pdq for f in result.frames] == [hasher(f) for f in frames]
+
+
+def test_one_compiled_signature_for_every_picture() -> None:
+    """Read-only, strided and differently sized pictures run the machine code compiled (or
+    loaded from the cache) at start: a new signature would compile for seconds in a decode
+    process."""
+    pdq_kernel.compile_kernels()
+    rng = np.random.default_rng(6)
+    picture = rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    frozen = picture.copy()
+    frozen.flags.writeable = False
+    for p in (frozen, picture[::2, ::3], picture[:, ::-1], np.asfortranarray(picture)):
+        assert _agrees(p)
+    assert len(pdq_kernel._hash.signatures) == 1
 
 
 def test_threads_hash_at_once_with_their_own_memory() -> None:

@@ -12,7 +12,7 @@ no ``fastmath``), so the hash and quality are the same bits, but is laid out for
   bindings form it (NumPy on the uint8 picture);
 * each box-filter pass runs along the first axis of a row-major array, so its running sums
   for all the positions across are one vector (SIMD over contiguous memory); a pass along the
-  other axis transposes first (in tiles that fit the cache);
+  other axis transposes first (in 8 x 8 blocks);
 * the second pass along each axis computes only what the 64 x 64 decimation reads: its running
   sums must still cover every pixel (a float running sum depends on all it has seen), but it
   divides only at the sampled columns, and the last pass runs only over the 64 sampled
@@ -338,6 +338,8 @@ def _decimation(dim: int) -> npt.NDArray[np.int64]:
 def _run(rgb: npt.NDArray[np.uint8], variants: int) -> tuple[npt.NDArray[np.uint8], int]:
     h, w = int(rgb.shape[0]), int(rgb.shape[1])
     picture = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if not picture.flags.writeable:  # a read-only array is another type: compiled again
+        picture = picture.copy()
     work = _work(h, w) if h >= MIN_SIDE and w >= MIN_SIDE else _work(MIN_SIDE, MIN_SIDE)
     out, quality = _hash(picture, work, _decimation(h), _decimation(w), variants, _DCT, _DCT_T)
     return out, int(quality)

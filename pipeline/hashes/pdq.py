@@ -122,7 +122,9 @@ def pdq_hash(frame: npt.NDArray[np.uint8]) -> PdqHash:
 
 def pdq_dihedral(frame: npt.NDArray[np.uint8]) -> DihedralHashes:
     """The eight dihedral PDQ hashes of an RGB uint8 picture in one pass (see
-    :data:`DIHEDRAL_NAMES`); ``hashes[0]`` equals :func:`pdq_hash`'s."""
+    :data:`DIHEDRAL_NAMES`); ``hashes[0]`` equals :func:`pdq_hash`'s (for a picture of exactly
+    64 x 64 up to rounding: as in the reference, the single hash takes it unfiltered and this
+    path runs it through the one-pixel filter)."""
     _check_frame(frame)
     values, quality = pdq_kernel.dihedral_bytes(frame)
     return DihedralHashes(tuple(values), quality)

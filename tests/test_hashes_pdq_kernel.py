@@ -17,6 +17,7 @@ from av.video.reformatter import Interpolation
 
 from pipeline.decode import DecodeOptions, DecodePool, Sampling, decode_bytes
 from pipeline.decode.hashing import FrameHasher
+from pipeline.decode.launch import minimal_environment
 from pipeline.hashes import pdq_kernel
 from pipeline.hashes.pdq import DihedralHashes, PdqHash, pdq_dihedral, pdq_hash
 from pipeline.hashes.signals import hamming
@@ -180,3 +181,10 @@ def test_decode_processes_load_the_compiled_code_as_they_start(tmp_path: Path) -
         assert pool.submit_call(decode_faults.loaded, *_HASHING).result(timeout=60) == list(
             _HASHING
         )
+
+
+def test_decode_processes_look_for_compiled_code_where_the_parent_put_it() -> None:
+    """A numba cache folder set for the worker is passed on (a process compiling the code
+    again would take seconds); nothing else of the environment is."""
+    given = {"NUMBA_CACHE_DIR": "/var/cache/numba", "CLIPGUARD_SASL_PASSWORD": "x", "HOME": "/h"}
+    assert minimal_environment(given) == {"NUMBA_CACHE_DIR": "/var/cache/numba"}

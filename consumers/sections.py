@@ -107,8 +107,8 @@ class DecodeSettings(_Section):
         ge=0,
         le=8192,
         description="Hash policies: sampled frames are divided by a whole factor to at most this "
-        "many pixels on the long side before their PDQ hash (a few ms a frame; within a few "
-        "bits of the full-size hash, see the README); 0: hash the full frame (exact, about 60 "
+        "many pixels on the long side before their PDQ hash (about 2 ms a frame; within a few "
+        "bits of the full-size hash, see the README); 0: hash the full frame (exact, about 10 "
         "ms a 1080p frame).",
     )
 

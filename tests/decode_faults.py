@@ -97,3 +97,10 @@ def forge_reply(path: str) -> None:
 
     conn = next(o for o in gc.get_objects() if isinstance(o, Connection))
     conn.send(("ok", 0, Shell(path), False))
+
+
+def loaded(*modules: str) -> list[str]:
+    """Which of ``modules`` this process has imported (not misbehaviour: what it loaded)."""
+    import sys
+
+    return sorted(m for m in modules if m in sys.modules)

@@ -274,7 +274,10 @@ class Worker:
             max_ts_jump_s=s.max_ts_jump_s,
             on_timeline_reset=self.metrics.timeline_resets.inc,
         )
-        self._pool = DecodePool(s.decode.processes, limits=s.decode.limits(), wait=False)
+        hashing = banks.hash_mode(self.store.current) != "none"  # frames hashed from the start
+        self._pool = DecodePool(
+            s.decode.processes, limits=s.decode.limits(), wait=False, hashing=hashing
+        )
         sandbox = self.metrics.decode_sandbox  # the processes start while the worker goes on
         self._pool.started.add_done_callback(lambda f: sandbox.info({"seccomp": f.result()}))
         options = DecodeOptions(

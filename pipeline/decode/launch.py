@@ -2,11 +2,11 @@
 
 :class:`DecodeProcess` runs ``python -I -c <bootstrap>`` with an environment built from an
 allow-list (:func:`minimal_environment`: ``PATH``, ``LANG``, ``LANGUAGE``, ``LC_*``, ``TZ``,
-``TMPDIR``, ``SSL_CERT_FILE``, ``SSL_CERT_DIR``, ``LD_LIBRARY_PATH``), so the process never
-holds the worker's secrets (``CLIPGUARD_SASL_PASSWORD`` and the like): not in ``os.environ``,
-and not in ``/proc/<pid>/environ``, which the kernel fills from the environment an ``execve``
-passed and which no later change in the process removes. ``-I`` (isolated) also ignores
-``PYTHON*`` variables and the user's site folder.
+``TMPDIR``, ``SSL_CERT_FILE``, ``SSL_CERT_DIR``, ``LD_LIBRARY_PATH``, ``NUMBA_CACHE_DIR``), so
+the process never holds the worker's secrets (``CLIPGUARD_SASL_PASSWORD`` and the like): not
+in ``os.environ``, and not in ``/proc/<pid>/environ``, which the kernel fills from the
+environment an ``execve`` passed and which no later change in the process removes. ``-I``
+(isolated) also ignores ``PYTHON*`` variables and the user's site folder.
 
 Why not :mod:`multiprocessing`'s ``spawn``: it starts children with the parent's whole
 environment, and its one knob (``set_executable``) is global to the parent process, so a pool
@@ -48,6 +48,7 @@ _KEPT: Final = frozenset(
         "SSL_CERT_FILE",
         "SSL_CERT_DIR",
         "LD_LIBRARY_PATH",
+        "NUMBA_CACHE_DIR",  # where the parent compiled the hashing code: the process loads it
     }
 )
 # First (capabilities are per thread, so before any import starts one) the process gives up
@@ -86,8 +87,8 @@ def hide_from_decoders() -> bool:
 
 def minimal_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The variables of ``environ`` a decode process is given: locale, time zone, search
-    path, temporary folder and TLS trust store; nothing else (no credentials, no
-    ``PYTHON*``, no ``LD_PRELOAD``)."""
+    path, temporary folder, TLS trust store and numba's cache folder; nothing else (no
+    credentials, no ``PYTHON*``, no ``LD_PRELOAD``)."""
     return {k: v for k, v in environ.items() if k in _KEPT or k.startswith("LC_")}
 
 

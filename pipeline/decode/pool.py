@@ -66,6 +66,7 @@ from typing import Any, Final, Literal
 from pipeline.decode.access import InputAccess
 from pipeline.decode.endings import call_error, how_it_ended
 from pipeline.decode.frames import DecodeResult, Frame
+from pipeline.decode.hashing import prepare_hashing
 from pipeline.decode.launch import DecodeProcess, hide_from_decoders
 from pipeline.decode.media import RawCodec, media_kind
 from pipeline.decode.options import DecodeOptions, Limits, check_threads
@@ -146,7 +147,9 @@ class DecodePool:
     URLs (scan jobs). ``executable``: the Python interpreter to run (default
     ``sys.executable``). The constructor returns once every child has started and confined
     itself (or none can be started: see :attr:`available`); ``wait`` False: at once (calls
-    wait for the children; :attr:`started` says when the first is up).
+    wait for the children; :attr:`started` says when the first is up). ``hashing`` True: calls
+    will ask for PDQ hashes; the compiled hashing code is readied now and each child loads it
+    as it starts (otherwise at the first call that hashes, which then waits about a second).
     """
 
     def __init__(
@@ -159,6 +162,7 @@ class DecodePool:
         network: bool = False,
         executable: str | None = None,
         wait: bool = True,
+        hashing: bool = False,
     ) -> None:
         if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
             raise ConfigError(f"processes must be a positive integer, not {processes!r}")
@@ -183,7 +187,10 @@ class DecodePool:
             max_file=self._limits.max_input_bytes,
             network=self.network,
             test_calls=test_calls_allowed(),
+            preload_hashing=hashing,
         )
+        if hashing:  # compiled here first: the processes load it from the cache as they start
+            prepare_hashing()
         #: the children's system-call filter: None until one has started, then "on" or
         #: "unavailable: <why>" (logged once as a warning)
         self.seccomp: str | None = None
@@ -214,10 +221,15 @@ class DecodePool:
         )
         self._manager.start()
         if wait:  # every child sandboxed and ready, or none can be started
-            with self._up:
-                self._up.wait_for(self._all_up_or_unavailable, timeout=_START_TIMEOUT)
+            self.wait_started(_START_TIMEOUT)
 
     # ------------------------------------------------------------------ public API
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Wait until every process has started (sandboxed, hashing code loaded if asked) or
+        none can be; False if ``timeout`` seconds passed first."""
+        with self._up:
+            return self._up.wait_for(self._all_up_or_unavailable, timeout=timeout)
 
     def __enter__(self) -> DecodePool:
         return self
@@ -405,6 +417,8 @@ class DecodePool:
     ) -> tuple[DecodeOptions, Limits]:
         """``options`` with the pool's limits and ``threads`` where unset, and those limits."""
         resolved = DecodeOptions.check(options).resolve(limits=self._limits, threads=threads)
+        if resolved.hashes != "none":  # compiled here first: decode processes load it
+            prepare_hashing()
         return resolved.as_options(), resolved.limits
 
     def _task(

@@ -14,6 +14,7 @@ process replies and exits at once, so the pool starts a fresh one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from multiprocessing.connection import Connection
@@ -40,6 +41,8 @@ def child_main(
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     status = enter(settings)
     watch_allocations()
+    if settings.preload_hashing:
+        _preload_hashing()
     try:
         conn.send(("hello", status, capabilities_dropped))
     except (OSError, EOFError):
@@ -87,6 +90,16 @@ def child_main(
             conn.send(("ready",))
         except (OSError, EOFError):
             return
+
+
+def _preload_hashing() -> None:
+    """Load the compiled PDQ code (numba's disk cache, filled by the pool) before the first
+    task, so that no task waits for it; a failure here shows again at the first hashed frame,
+    as that frame's error."""
+    from pipeline.decode.hashing import prepare_hashing
+
+    with contextlib.suppress(Exception):
+        prepare_hashing()
 
 
 def _child_task(

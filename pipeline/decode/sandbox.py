@@ -89,6 +89,7 @@ class SandboxSettings:
     max_file: int  # RLIMIT_FSIZE, bytes
     network: bool = False  # keep sockets (a pool that fetches job URLs)
     test_calls: bool = False  # accept "call" tasks (tests only: allow_test_calls)
+    preload_hashing: bool = False  # load the compiled PDQ code before the first task
 
 
 def allow_test_calls() -> None:

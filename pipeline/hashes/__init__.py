@@ -18,7 +18,7 @@ The ``kind: hash`` policy that names banks is part of the policy format
 and files with it, and the decode stage hashes sampled frames (:mod:`pipeline.decode.hashing`).
 
 Importing the package is cheap: each name loads its module on first use (the matching index
-pulls in numba, hashing the PDQ library), so the command line's help stays fast.
+pulls in numba, and so does PDQ), so the command line's help stays fast.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PDQ perceptual hashes (and their quality) of RGB frames, through Meta's reference C++ code.
+"""PDQ perceptual hashes (and their quality) of RGB frames, bit for bit as Meta's reference.
 
 PDQ (Meta, 2019; ``hashing.pdf`` in facebook/ThreatExchange) turns a picture into 256 bits:
 
@@ -15,11 +15,13 @@ PDQ (Meta, 2019; ``hashing.pdf`` in facebook/ThreatExchange) turns a picture int
 The eight dihedral variants (rotations and mirrors) fall out of the 16 x 16 DCT by sign flips
 and transposition, so mirrored or rotated copies can be matched without hashing them again.
 
-The hashing itself is the ``pdqhash`` package: Python bindings around the C++ sources of
-facebook/ThreatExchange ``pdq/cpp`` (the reference implementation), which is also what
-ThreatExchange's own Python hasher and so HMA call for photos (``pdqhash.compute`` on the
-full-size RGB array). vPDQ (HMA's video hasher) runs the same C++ on each full-size RGB24
-frame; ``tests/test_hashes_pdq.py`` shows both give identical hashes on identical pixels.
+The hashing is Meta's reference algorithm (the C++ sources of facebook/ThreatExchange
+``pdq/cpp``), computed by :mod:`pipeline.hashes.pdq_kernel`: the same float32 arithmetic in the
+same order, laid out for SIMD and the cache, so every hash and quality is the one the reference
+gives, about ten times sooner. The tests hold it to the ``pdqhash`` package (Python bindings
+around that C++, which ThreatExchange's own Python hasher and so HMA call for photos:
+``pdqhash.compute`` on the full-size RGB array) on generated pictures, decoded video frames
+and odd shapes, and to vPDQ (HMA's video hasher, the same C++ on each full-size RGB24 frame).
 
 Only the reference *command-line* photo hasher differs: it first resizes pictures larger than
 512 pixels on a side to 512 x 512 (a speed measure, "the two-pass Jarosz filter is
@@ -35,10 +37,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pdqhash
 
 from pipeline.errors import HashError
-from pipeline.hashes.signals import PDQ_BITS
+from pipeline.hashes import pdq_kernel
 
 __all__ = [
     "DIHEDRAL_NAMES",
@@ -53,9 +54,9 @@ __all__ = [
 
 MAX_SIDE = 16_384  # a bound on either side of a picture to hash
 MAX_PIXELS = 80_000_000  # and on its area (8K UHD is 33 MP)
-MIN_SIDE = 5  # below this on a side the reference returns the all-zero hash with quality 0
+MIN_SIDE = pdq_kernel.MIN_SIDE  # below this on a side: the all-zero hash, quality 0
 
-# The order of pdqhash.compute_dihedral and of the reference's pdqDihedralHash256es
+# The order of the reference's pdqDihedralHash256es (and of pdqhash.compute_dihedral)
 DIHEDRAL_NAMES = (
     "original",
     "rotate90",
@@ -115,24 +116,18 @@ def pdq_hash(frame: npt.NDArray[np.uint8]) -> PdqHash:
     all-zero hash with quality 0, as in the reference.
     """
     _check_frame(frame)
-    bits, quality = pdqhash.compute(frame)
-    return PdqHash(_pack(bits), int(quality))
+    value, quality = pdq_kernel.hash_bytes(frame)
+    return PdqHash(value, quality)
 
 
 def pdq_dihedral(frame: npt.NDArray[np.uint8]) -> DihedralHashes:
     """The eight dihedral PDQ hashes of an RGB uint8 picture in one pass (see
-    :data:`DIHEDRAL_NAMES`); ``hashes[0]`` equals :func:`pdq_hash`'s."""
+    :data:`DIHEDRAL_NAMES`); ``hashes[0]`` equals :func:`pdq_hash`'s (for a picture of exactly
+    64 x 64 up to rounding: as in the reference, the single hash takes it unfiltered and this
+    path runs it through the one-pixel filter)."""
     _check_frame(frame)
-    vectors, quality = pdqhash.compute_dihedral(frame)
-    return DihedralHashes(tuple(_pack(v) for v in vectors), int(quality))
-
-
-def _pack(bits: Any) -> bytes:
-    # pdqhash returns 256 ints, most significant bit first: the order of ThreatExchange's hex
-    vec = np.asarray(bits)
-    if vec.shape != (PDQ_BITS,):
-        raise HashError(f"the PDQ library returned shape {vec.shape}, expected ({PDQ_BITS},)")
-    return np.packbits(vec.astype(np.uint8)).tobytes()
+    values, quality = pdq_kernel.dihedral_bytes(frame)
+    return DihedralHashes(tuple(values), quality)
 
 
 def _check_frame(frame: Any) -> None:

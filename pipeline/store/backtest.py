@@ -48,7 +48,7 @@ from pipeline.policies.snapshot import PolicySet
 from pipeline.store.cosinecache import CosineCache
 from pipeline.store.cosines import CosineKernel
 from pipeline.store.eventids import EventIds
-from pipeline.store.filescan import RowRegistry, scan_cosines
+from pipeline.store.filescan import Needed, RowRegistry, ScannedGroup, scan_cosines
 from pipeline.store.query import FrameFilter, FrameStore
 from pipeline.store.results import (
     HISTOGRAM_BINS,
@@ -89,6 +89,7 @@ def backtest(
     against: PolicySet | None = None,
     progress: Callable[[int], None] | None = None,
     cache: CosineCache | bool = True,
+    write_behind: bool = False,
 ) -> BacktestResult:
     """Re-score with ``policies`` the frames of ``model`` under weights ``weights_sha256``
     that ``flt`` keeps, find their incidents, and compare with ``against`` or, by default,
@@ -97,7 +98,9 @@ def backtest(
     stored set's snapshot is missing (then pass ``against``). ``progress`` is told the number
     of stored rows read so far, batch by batch. ``cache``: the cosine cache to read and fill
     (True: the store's own, for a local store; False: none; see
-    :mod:`pipeline.store.cosinecache`)."""
+    :mod:`pipeline.store.cosinecache`). ``write_behind``: fill it on the cache's writer
+    thread once the result is made (:meth:`CosineCache.put_behind`), so a first backtest
+    answers as soon as an uncached one would; the process ends once it is written."""
     started = time.perf_counter()
     flt = FrameFilter(
         model=model,
@@ -113,12 +116,14 @@ def backtest(
     gc.disable()  # a run makes millions of arrays and thousands of incidents, no cycles
     try:
         with CosineKernel() as kernel:
-            scan = _Scan(kernel, cosines, progress)
+            scan = _Scan(kernel, cosines, progress, write_behind)
             read = _read(store, flt, weights_sha256, policies, against, scan)
         return _judged(policies, read, flt, model, weights_sha256, started)
     finally:
         if collecting:
             gc.enable()
+        if cosines is not None and write_behind:  # a failed run too: the writer must end
+            cosines.flush(wait=False)  # and trims the folder when it is done
 
 
 def _judged(
@@ -244,11 +249,11 @@ def _read(
         out.sets.append(against)
     registry = RowRegistry(policies.compiled.matrix.shape[1])
     edited = _remapped(policies.compiled, registry.add(policies.compiled.matrix))
-    wanted = _label_rows(edited)
+    wanted = _rows_of(edited)
     set_index: dict[str, int] = {}
     scorers: list[CompiledPolicies] = []  # per baseline set, its rows as registry columns
 
-    def prepare(batch: pa.RecordBatch) -> tuple[npt.NDArray[np.intp], _I64]:
+    def prepare(batch: pa.RecordBatch) -> tuple[Needed, _I64]:
         """(in the reading thread) the stored sets of these rows, their rows registered."""
         if against is not None:
             codes = np.zeros(batch.num_rows, np.int64)
@@ -256,8 +261,9 @@ def _read(
             codes = _set_codes(batch.column(6), set_index, out.sets, store, flt)
         for s in out.sets[len(scorers) :]:
             scorers.append(_remapped(s.compiled, registry.add(s.compiled.matrix)))
-        needed = [wanted, *(_label_rows(scorers[int(c)]) for c in np.unique(codes))]
-        return np.unique(np.concatenate(needed)), codes
+        rows = [wanted, *(_rows_of(scorers[int(c)]) for c in np.unique(codes))]
+        every = np.unique(np.concatenate([r[0] for r in rows]))
+        return Needed(every, np.unique(np.concatenate([r[1] for r in rows]))), codes
 
     for group in scan_cosines(
         store,
@@ -268,6 +274,7 @@ def _read(
         prepare=prepare,
         kernel=scan.kernel,
         cache=scan.cache,
+        write_behind=scan.write_behind,
     ):
         out.rows += group.read
         out.other_weights += group.other_weights
@@ -281,34 +288,83 @@ def _read(
         place = [np.asarray(batch.column(i).to_numpy(), dtype=np.int64) for i in (2, 3, 4)]
         out.place.append(np.stack(place, axis=1))  # 3 x (B,) -> (B, 3)
         out.sizes.append(batch.num_rows)
-        shared: dict[tuple[Any, ...], Any] = {}  # arrays of labels both sets score alike
-        scores = edited.evaluate_cosines(group.cosines, probability=False, shared=shared)
-        for j, lab in enumerate(policies.compiled.labels):
-            p = out.new[lab.key]
-            p.score.append(scores.score[:, j])
-            p.margin.append(scores.margin[:, j])
-            p.passed.append(scores.passed[:, j])
-            p.top.append(scores.top_prompt[:, j])
-            p.origin.append(None)
-        _score_baseline(out, group.cosines, group.extra, scorers, shared)
+        _score_group(out, group, edited, scorers, policies.compiled.labels)
     if not out.sizes:
         raise StoreError(_nothing(store, flt, weights, out.other_weights))
     return out
 
 
+def _score_group(
+    out: _Read,
+    group: ScannedGroup,
+    edited: CompiledPolicies,
+    scorers: Sequence[CompiledPolicies],
+    labels: Sequence[CompiledLabel],
+) -> None:
+    """Score the last batch's rows with the edited set and each with its baseline set: scores
+    and passes of every row, margins and top prompts (what an incident reports) only of the
+    rows some label scores at or above its cutoff, in either set (an incident's peak is such
+    a row: a passing frame's best tile), their cosines completed for that
+    (:meth:`ScannedGroup.complete`)."""
+    c, codes = group.cosines, group.extra
+    shared: dict[tuple[Any, ...], Any] = {}  # arrays of labels both sets score alike
+    scores = edited.evaluate_cosines(c, probability=False, shared=shared, details=False)
+    for j, lab in enumerate(labels):
+        p = out.new[lab.key]
+        p.score.append(scores.score[:, j])
+        p.margin.append(scores.margin[:, j])
+        p.passed.append(scores.passed[:, j])
+        p.top.append(scores.top_prompt[:, j])
+        p.origin.append(None)
+    reach = _reached(scores.score, edited)
+    reach |= _score_baseline(out, c, codes, scorers, shared)
+    at = np.flatnonzero(reach)
+    if len(at) == 0:
+        return
+    full = group.complete(at)
+    detail = edited.evaluate_cosines(full, probability=False)
+    for j, lab in enumerate(labels):
+        p = out.new[lab.key]
+        _put(p.margin[-1], at, detail.margin[:, j])
+        _put(p.top[-1], at, detail.top_prompt[:, j])
+    _score_baseline(out, full, codes[at], scorers, {}, at=at)
+
+
+def _reached(score: _F32, compiled: CompiledPolicies) -> _Bool:
+    """Per row, whether some label's score is at or above its cutoff (NaN: not)."""
+    cutoffs = np.asarray([lab.cutoff for lab in compiled.labels], np.float32)
+    reached: _Bool = np.any(score >= cutoffs, axis=1)
+    return reached
+
+
+def _put(target: Any, at: npt.NDArray[np.intp], values: Any) -> None:
+    assert target is not None
+    target[at] = values
+
+
 @dataclass(frozen=True)
 class _Scan:
-    """How a backtest reads: the kernel, the cosine cache (None: none), the progress hook."""
+    """How a backtest reads: the kernel, the cosine cache (None: none), the progress hook,
+    whether the cache is written behind."""
 
     kernel: CosineKernel
     cache: CosineCache | None
     progress: Callable[[int], None] | None
+    write_behind: bool = False
 
 
-def _label_rows(compiled: CompiledPolicies) -> npt.NDArray[np.intp]:
-    """Every matrix row the labels of ``compiled`` read."""
-    rows = [r for lab in compiled.labels for r in (lab.row, *lab.negative_rows, *lab.prompt_rows)]
-    return np.asarray(sorted(set(rows)), np.intp)
+def _rows_of(compiled: CompiledPolicies) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """The matrix rows the labels of ``compiled`` read for every frame (a label's row, its
+    negatives where its score or pass reads them), and those they read only for what an
+    incident reports (the other negatives: a margin; the prompts: the top prompt)."""
+    every: set[int] = set()
+    some: set[int] = set()
+    for lab in compiled.labels:
+        every.add(lab.row)
+        judged = lab.margin is not None or lab.kind == "softmax"
+        (every if judged else some).update(lab.negative_rows)
+        some.update(lab.prompt_rows)
+    return np.asarray(sorted(every), np.intp), np.asarray(sorted(some - every), np.intp)
 
 
 def _remapped(compiled: CompiledPolicies, columns: npt.NDArray[np.intp]) -> CompiledPolicies:
@@ -337,19 +393,32 @@ def _score_baseline(
     codes: _I64,
     scorers: Sequence[CompiledPolicies],
     shared: dict[tuple[Any, ...], Any],
-) -> None:
+    at: npt.NDArray[np.intp] | None = None,
+) -> _Bool:
     """Score the last batch's rows, each with the set in force for it (``codes``: index in
     ``out.sets``; ``c`` the batch's cosines with the registry's rows; ``shared``: what the
     edited set's scoring of ``c`` left to share); labels a row's set lacks stay NaN and not
-    passing."""
+    passing. ``at``: ``c`` holds only these rows' completed cosines, of which margins and top
+    prompts are filled in. Per row, whether some label reached its cutoff."""
     batch, size = len(out.sizes) - 1, out.sizes[-1]
+    reach = np.zeros(len(c), bool)
     for code in np.unique(codes):
         rows = np.flatnonzero(codes == code)
         s = out.sets[int(code)]
-        whole = len(rows) == size
+        whole = len(rows) == len(c)
         scores = scorers[int(code)].evaluate_cosines(
-            c if whole else c[rows], probability=False, shared=shared if whole else None
+            c if whole else c[rows],
+            probability=False,
+            shared=shared if whole else None,
+            details=at is not None,
         )
+        if at is not None:
+            for j, lab in enumerate(s.compiled.labels):
+                p = out.old[lab.key]
+                _put(p.margin[batch], at[rows], scores.margin[:, j])
+                _put(p.top[batch], at[rows], scores.top_prompt[:, j])
+            continue
+        reach[rows] = _reached(scores.score, scorers[int(code)])
         for j, lab in enumerate(s.compiled.labels):
             p = out.old.setdefault(lab.key, _Parts())
             p.pad(batch + 1)
@@ -369,6 +438,7 @@ def _score_baseline(
                 target = column[batch]
                 assert target is not None
                 target[rows] = values
+    return reach
 
 
 def _nothing(store: FrameStore, flt: FrameFilter, weights: str, other: int) -> str:

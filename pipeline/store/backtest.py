@@ -226,7 +226,7 @@ class _Read:
     names: dict[str, int] = field(default_factory=dict)  # stream id -> code
     stream: list[_I64] = field(default_factory=list)
     ts: list[_F64] = field(default_factory=list)
-    place: list[_I64] = field(default_factory=list)  # (B, 3) seq, frame_index, tile
+    place: list[_I64] = field(default_factory=list)  # (3, B) seq, frame_index, tile
     sizes: list[int] = field(default_factory=list)
     new: dict[str, _Parts] = field(default_factory=dict)
     old: dict[str, _Parts] = field(default_factory=dict)
@@ -286,7 +286,7 @@ def _read(
         out.stream.append(_codes(batch.column(0), out.names))
         out.ts.append(np.asarray(batch.column(1).to_numpy(), dtype=np.float64))
         place = [np.asarray(batch.column(i).to_numpy(), dtype=np.int64) for i in (2, 3, 4)]
-        out.place.append(np.stack(place, axis=1))  # 3 x (B,) -> (B, 3)
+        out.place.append(np.stack(place))  # 3 x (B,) -> (3, B): each a contiguous row
         out.sizes.append(batch.num_rows)
         _score_group(out, group, edited, scorers, policies.compiled.labels)
     if not out.sizes:
@@ -503,7 +503,7 @@ class _Order:
     """Stored rows in stream and time order, replays dropped, grouped into frames."""
 
     rows: _I64  # (R,) indices into the rows as read
-    place: _I64  # (R, 3) seq, frame_index, tile of each
+    place: _I64  # (3, R) seq, frame_index, tile of each
     frame_start: _I64  # (F,) first row (position in ``rows``) of each frame
     ts: _F64  # (F,)
     layout: StreamLayout  # streams of the F frames
@@ -519,25 +519,30 @@ class _Order:
 def _order(read: _Read) -> _Order:
     stream = np.concatenate(read.stream)
     ts = np.concatenate(read.ts)
-    place = np.concatenate(read.place)
+    place = np.concatenate(read.place, axis=1)
     # stores written stream by stream are read in order: no sort, no copies then
     identity = bool(np.all(stream[1:] >= stream[:-1]))
     order = np.arange(len(stream)) if identity else np.argsort(stream, kind="stable")
     s, t = (stream, ts) if identity else (stream[order], ts[order])
     same = s[1:] == s[:-1]
     if np.any(same & (t[1:] <= t[:-1])):  # not in time order, or replayed rows: sort fully
-        order = np.lexsort((place[:, 2], place[:, 1], place[:, 0], ts, stream))
+        order = np.lexsort((place[2], place[1], place[0], ts, stream))
         identity = False
         s, t = stream[order], ts[order]
         same = s[1:] == s[:-1]
-    p = place if identity else place[order]
+    p = place if identity else place[:, order]
     # a replayed row: the same stream, segment, frame index and tile as the row before
-    dup = np.concatenate([[False], same & np.all(p[1:] == p[:-1], axis=1)])
+    # (compared a column at a time: contiguous rows of ``p``)
+    moved = [p[k, 1:] != p[k, :-1] for k in range(3)]
+    frame_moved = moved[0] | moved[1]
+    dup = np.concatenate([[False], same & ~(frame_moved | moved[2])])
     if dup.any():
-        order, s, t, p = order[~dup], s[~dup], t[~dup], p[~dup]
+        keep = ~dup
+        order, s, t, p = order[keep], s[keep], t[keep], p[:, keep]
         identity = False
+        frame_moved = (p[0, 1:] != p[0, :-1]) | (p[1, 1:] != p[1, :-1])
     new_frame = np.ones(len(order), bool)
-    new_frame[1:] = (s[1:] != s[:-1]) | np.any(p[1:, :2] != p[:-1, :2], axis=1)
+    new_frame[1:] = (s[1:] != s[:-1]) | frame_moved
     starts = np.flatnonzero(new_frame)
     fs, ft = s[starts], t[starts]
     # the tracker ignores a frame whose time does not advance past the stream's last one
@@ -546,7 +551,7 @@ def _order(read: _Read) -> _Order:
     if stale.any():
         frame_of_row = np.cumsum(new_frame) - 1
         keep_rows = ~stale[frame_of_row]
-        order, s, p = order[keep_rows], s[keep_rows], p[keep_rows]
+        order, s, p = order[keep_rows], s[keep_rows], p[:, keep_rows]
         identity = False
         new_frame = new_frame[keep_rows]
         starts = np.flatnonzero(new_frame)
@@ -658,7 +663,7 @@ def _incidents(
     read_rows = peak_rows if order.identity else order.rows[peak_rows]
     margins = arrays.margin.at(read_rows).tolist()
     tops = arrays.top.at(read_rows).tolist()
-    places = order.place[peak_rows].tolist()
+    places = order.place[:, peak_rows].T.tolist()
     if facts is None:
         known_of = [lab] * len(found.start)
     else:

@@ -199,8 +199,10 @@ def test_entries_past_the_writers_bound_are_left_for_a_later_run(
     _write(where, model, deployed)
     plain = _run(model, edited, where, False)
     folder = where / CACHE_DIR / "cosines"
-    # room for the cosines a run keeps of about two row groups (200 frames, a few rows)
-    monkeypatch.setattr(cosinecache, "MAX_BEHIND_BYTES", 2 * 200 * 4 * 20)
+    # room for the cosines a first run keeps of two row groups of 200 frames: their labels'
+    # rows (the others are computed on the writer thread)
+    per_group = 200 * 4 * len(deployed.compiled.labels)
+    monkeypatch.setattr(cosinecache, "MAX_BEHIND_BYTES", 2 * per_group + 100)
     small = CosineCache(folder)
     release = _held(small, monkeypatch)
     assert _doc(_behind(model, edited, where, small)) == _doc(plain)

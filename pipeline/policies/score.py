@@ -199,10 +199,12 @@ class CompiledPolicies:
         ``shared``: a dict the caller passes to every call on the same ``c`` (a backtest
         scores the edited set and the stored one on the same cosines); a label reading the
         same rows with the same rule kind as one scored before takes its score, margin,
-        probability and top prompt from there, and only its pass is computed. ``details=False``
-        computes a label's margin only where its pass or score reads it (a margin rule, a
-        softmax) and no top prompt (0): what a backtest reports of the few frames in its
-        incidents, computed for those alone."""
+        probability and top prompt from there, and only its pass is computed. ``details=False``:
+        scores only (from the label's row, and its negatives for a softmax), margins NaN and
+        top prompts 0 (unless the score needed them), and ``passed`` the score reaching the
+        cutoff, the margin rule not applied: a backtest finds the few frames that reach a
+        cutoff this way, then scores those alone in full (their margins, passes, top
+        prompts), so the other rows' cosines are never computed for most frames."""
         frames, count = c.shape[0], len(self.labels)
         cosine = np.empty((frames, count), dtype=np.float32)
         score = np.empty((frames, count), dtype=np.float32)
@@ -232,7 +234,7 @@ class CompiledPolicies:
                 if shared is not None:
                     shared[key] = (score[:, j], margin[:, j], prob[:, j], top[:, j])
             ok = score[:, j] >= lab.cutoff
-            if lab.margin is not None:
+            if lab.margin is not None and details:
                 ok &= margin[:, j] >= lab.margin  # NaN (no negatives) compares False
             passed[:, j] = ok
         return FrameScores(
@@ -258,8 +260,7 @@ class CompiledPolicies:
         (``wanted``: the probability, the details; see :meth:`evaluate_cosines`)."""
         score, margin, prob, top = out
         probability, details = wanted
-        reads_negatives = probability or lab.margin is not None or lab.kind == "softmax"
-        if lab.negative_rows and (details or reads_negatives):
+        if lab.negative_rows and (details or probability or lab.kind == "softmax"):
             negs = c[:, list(lab.negative_rows)]  # (B, negatives)
             margin[:, j] = s - negs.max(axis=1)
             if probability or lab.kind == "softmax":

@@ -301,11 +301,12 @@ def _score_group(
     scorers: Sequence[CompiledPolicies],
     labels: Sequence[CompiledLabel],
 ) -> None:
-    """Score the last batch's rows with the edited set and each with its baseline set: scores
-    and passes of every row, margins and top prompts (what an incident reports) only of the
-    rows some label scores at or above its cutoff, in either set (an incident's peak is such
-    a row: a passing frame's best tile), their cosines completed for that
-    (:meth:`ScannedGroup.complete`)."""
+    """Score the last batch's rows with the edited set and each with its baseline set: the
+    scores of every row, then margins, passes and top prompts of the rows where some label's
+    score reaches its cutoff in either set (no other row passes: a margin rule only takes
+    passes away; an incident's peak is a passing frame's best tile, which reaches it), their
+    cosines completed for that (:meth:`ScannedGroup.complete`). Other rows keep a NaN
+    margin and top prompt 0, never read."""
     c, codes = group.cosines, group.extra
     shared: dict[tuple[Any, ...], Any] = {}  # arrays of labels both sets score alike
     scores = edited.evaluate_cosines(c, probability=False, shared=shared, details=False)
@@ -316,7 +317,7 @@ def _score_group(
         p.passed.append(scores.passed[:, j])
         p.top.append(scores.top_prompt[:, j])
         p.origin.append(None)
-    reach = _reached(scores.score, edited)
+    reach = np.any(scores.passed, axis=1)  # the cutoff reached, the margin rule not applied
     reach |= _score_baseline(out, c, codes, scorers, shared)
     at = np.flatnonzero(reach)
     if len(at) == 0:
@@ -325,16 +326,13 @@ def _score_group(
     detail = edited.evaluate_cosines(full, probability=False)
     for j, lab in enumerate(labels):
         p = out.new[lab.key]
-        _put(p.margin[-1], at, detail.margin[:, j])
-        _put(p.top[-1], at, detail.top_prompt[:, j])
+        for column, values in (
+            (p.margin, detail.margin[:, j]),
+            (p.passed, detail.passed[:, j]),
+            (p.top, detail.top_prompt[:, j]),
+        ):
+            _put(column[-1], at, values)
     _score_baseline(out, full, codes[at], scorers, {}, at=at)
-
-
-def _reached(score: _F32, compiled: CompiledPolicies) -> _Bool:
-    """Per row, whether some label's score is at or above its cutoff (NaN: not)."""
-    cutoffs = np.asarray([lab.cutoff for lab in compiled.labels], np.float32)
-    reached: _Bool = np.any(score >= cutoffs, axis=1)
-    return reached
 
 
 def _put(target: Any, at: npt.NDArray[np.intp], values: Any) -> None:
@@ -354,15 +352,15 @@ class _Scan:
 
 
 def _rows_of(compiled: CompiledPolicies) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-    """The matrix rows the labels of ``compiled`` read for every frame (a label's row, its
-    negatives where its score or pass reads them), and those they read only for what an
-    incident reports (the other negatives: a margin; the prompts: the top prompt)."""
+    """The matrix rows the labels of ``compiled`` read for every frame (a label's row, and
+    its negatives where its score reads them: a softmax) and those they read only for the
+    frames that reach a cutoff (negatives: a margin, the margin rule; prompts: the top
+    prompt)."""
     every: set[int] = set()
     some: set[int] = set()
     for lab in compiled.labels:
         every.add(lab.row)
-        judged = lab.margin is not None or lab.kind == "softmax"
-        (every if judged else some).update(lab.negative_rows)
+        (every if lab.kind == "softmax" else some).update(lab.negative_rows)
         some.update(lab.prompt_rows)
     return np.asarray(sorted(every), np.intp), np.asarray(sorted(some - every), np.intp)
 
@@ -398,8 +396,9 @@ def _score_baseline(
     """Score the last batch's rows, each with the set in force for it (``codes``: index in
     ``out.sets``; ``c`` the batch's cosines with the registry's rows; ``shared``: what the
     edited set's scoring of ``c`` left to share); labels a row's set lacks stay NaN and not
-    passing. ``at``: ``c`` holds only these rows' completed cosines, of which margins and top
-    prompts are filled in. Per row, whether some label reached its cutoff."""
+    passing. Scores only (``evaluate_cosines`` without details), or with ``at``: ``c`` holds
+    only these rows' completed cosines, of which margins, passes and top prompts are filled
+    in. Per row, whether some label's score reached its cutoff."""
     batch, size = len(out.sizes) - 1, out.sizes[-1]
     reach = np.zeros(len(c), bool)
     for code in np.unique(codes):
@@ -416,9 +415,10 @@ def _score_baseline(
             for j, lab in enumerate(s.compiled.labels):
                 p = out.old[lab.key]
                 _put(p.margin[batch], at[rows], scores.margin[:, j])
+                _put(p.passed[batch], at[rows], scores.passed[:, j])
                 _put(p.top[batch], at[rows], scores.top_prompt[:, j])
             continue
-        reach[rows] = _reached(scores.score, scorers[int(code)])
+        reach[rows] = np.any(scores.passed, axis=1)
         for j, lab in enumerate(s.compiled.labels):
             p = out.old.setdefault(lab.key, _Parts())
             p.pad(batch + 1)

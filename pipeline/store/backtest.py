@@ -6,13 +6,21 @@ how does that differ from what was in force?" without decoding anything:
 1. **Frames.** The stored frames of one model and weights (frames of other weights are
    counted and left out; none at all is refused), a few columns straight from Parquet.
 2. **Re-score.** Row group by row group (:func:`pipeline.store.filescan.scan_cosines`), the
-   cosines of the frames with every distinct prompt row of the edited set and of the sets
+   cosines of the frames with the distinct prompt rows of the edited set and of the sets
    stored with the frames (or ``against``): from the cosine cache beside the store where it
    has them (:mod:`pipeline.store.cosinecache`: a re-run with edited thresholds reads 4
-   bytes a frame and row instead of the embeddings), else one matrix product of the float16
-   embeddings. Each frame is scored with the edited set and with the snapshot of the policy
-   set in force when it was stored (or ``against``); a label both read alike is scored once
-   and only its pass differs. Embeddings are not kept.
+   bytes a frame and row instead of the embeddings), else from the float16 embeddings
+   (:func:`pipeline.store.halfs.half_cosines`, which gives a frame the same cosines in any
+   batch). Each frame is scored with the edited set and with the snapshot of the policy set
+   in force when it was stored (or ``against``); a label both read alike is scored once and
+   only its pass differs. A frame whose score reaches no cutoff in either set passes no
+   label (a margin rule only takes passes away) and is the peak of no incident, so its
+   margins and top prompt are never read: only the labels' own rows (and a softmax label's
+   negatives) are multiplied for every frame, the negatives and prompts only for the few
+   frames that reach a cutoff (a first backtest multiplied all 38 rows of the demo layout
+   for every frame; now 2, and 36 for about one frame in twenty). With ``write_behind``,
+   the cache gets every row's cosines for the whole row group after the answer, on its
+   writer thread. Embeddings are not kept.
 3. **Order.** Rows are put in stream and timestamp order, replays dropped (one row per stream,
    segment, frame index and tile), the tiles of a frame merged as the judge merges them (the
    best tile's score; passing when any tile passes), and frames whose time does not advance

@@ -12,6 +12,8 @@ Entries live in ``<store>/_cache/cosines/`` (the ``_`` keeps the folder out of t
 clipguard, DuckDB, Spark, Trino and Athena alike), or in any local folder given. A store
 on another filesystem (``s3://``...) has no default cache: its backtests compute every time
 unless given a local folder. When the folder cannot be written, the run goes on uncached.
+A first backtest hands its entries to the cache's writer thread (:meth:`CosineCache.put_behind`,
+:class:`~pipeline.store.behind.WriteBehind`), which writes them once the answer is out.
 
 An entry is ``MAGIC``, the header's length (4 bytes, little-endian), a JSON header and the
 float32 values, row after row. The header names the row group by its stored file's path in the

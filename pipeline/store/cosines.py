@@ -22,6 +22,10 @@ streamed through memory several times.
   own thread pool, woken on a busy 2-core machine from threads of ours, was measured to stall
   them for milliseconds a chunk.
 
+:meth:`CosineKernel.half_cosines` shares the chunks between threads the same way for
+:func:`pipeline.store.halfs.half_cosines` (conversion and products in one compiled loop; a
+row's numbers independent of its batch), which the backtest uses.
+
 Nothing is approximated: each chunk's numbers are bit for bit the reference's on that chunk
 (``tests/test_store_cosines.py``). OpenBLAS's result for one row can change in the last bit
 with the size of the product it is part of and its thread count, so against the reference

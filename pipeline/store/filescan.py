@@ -14,6 +14,12 @@ cosines:
   :class:`~pipeline.store.cosines.CosineKernel`, the cosines then kept in the cache for the
   whole row group (the next run may filter other rows).
 
+The caller may name some rows as needed only for some frames (:class:`Needed`): without a
+cache to fill in the scan, those are computed only for the frames the caller then asks
+(:meth:`ScannedGroup.complete`), and a cache written behind
+(:meth:`~pipeline.store.cosinecache.CosineCache.put_behind`) computes them for the whole row
+group on its writer thread, after the answer, from the embeddings read again.
+
 A thread reads and decodes the next row group (pyarrow releases the GIL) while the caller
 scores this one, so reading and computing overlap on a machine with two cores or more.
 """
@@ -191,13 +197,13 @@ def scan_cosines(
         cache.trim()  # else the writer trims once it is done
 
 
-def _split(needed: Needed | Sequence[int] | _Cols) -> dict[str, _Cols]:
+def _split(needed: Needed | Sequence[int] | _Cols) -> tuple[_Cols, _Cols]:
     """``prepare``'s answer as the needed columns and those of them only some frames need."""
     if isinstance(needed, Needed):
         every = np.asarray(needed.every, np.intp)
         some = np.setdiff1d(np.asarray(needed.some, np.intp), every).astype(np.intp)
-        return {"columns": np.union1d(every, some).astype(np.intp), "some": some}
-    return {"columns": np.asarray(needed, np.intp), "some": np.zeros(0, np.intp)}
+        return np.union1d(every, some).astype(np.intp), some
+    return np.asarray(needed, np.intp), np.zeros(0, np.intp)
 
 
 def _look_up(loaded: _Loaded, registry: RowRegistry, cache: CosineCache, store: FrameStore) -> None:
@@ -374,6 +380,7 @@ class _Reader:
         kept = table if rows is None else table.take(pa.array(rows))
         out = _one_batch(kept.select(self.out_columns))
         needed, extra = self.prepare(out)
+        columns, some = _split(needed)
         key = (
             None if file_key is None else FileKey(f"{file_key.path}#{group}", n, file_key.mtime_ns)
         )
@@ -382,7 +389,8 @@ class _Reader:
             extra=extra,
             read=read,
             other_weights=read - len(kept),
-            **_split(needed),
+            columns=columns,
+            some=some,
             rows=rows,
             group_rows=n,
             key=key,

@@ -9,7 +9,12 @@ the float32 layout and multiplied by 2**112, which rescales the exponent and nor
 subnormals in one rounding-free step; infinities and NaNs (whose exponent the multiply would
 not carry) are set by a mask. ``tests/test_store_cosines.py`` checks all 65 536 float16 values
 against NumPy's conversion, bit for bit. :func:`half_dots` does the same conversion inside a
-dot product with one float32 query (a search), so the float32 rows are never written out.
+dot product with one float32 query (a search), so the float32 rows are never written out;
+:func:`half_cosines` with a few float32 rows at once (a backtest's prompt rows): four stored
+rows converted into a small buffer, then each prompt row's four sums in one pass, so a prompt
+value is loaded once for four frames, and the row's norm summed alongside. Their sums do not
+depend on the batch a row is in (unlike a BLAS product's), so a backtest may score some frames
+apart from the others and get the same numbers.
 NumPy offers no faster conversion and numba's float16 support is GPU only, hence these few lines.
 """
 

@@ -356,7 +356,8 @@ def _backtest(args: argparse.Namespace) -> int:
             "with other weights were left out",
             file=sys.stderr,
         )
-    if cosines:
+    if cosines and cosines.writing:
+        print("writing the cosine cache for the next run...", file=sys.stderr, flush=True)
         cosines.flush()
     return 0
 

@@ -68,6 +68,12 @@ class WriteBehind:
                     self._bytes -= nbytes
         self._done()
 
+    @property
+    def busy(self) -> bool:
+        """Whether items wait to be written, or are being written."""
+        with self._lock:
+            return self._writer is not None or any(t.is_alive() for t in self._ending)
+
     def flush(self, *, wait: bool = True) -> None:
         """Let the writer thread write what it holds, then end (and call ``done``); ``wait``:
         return only then."""

@@ -260,6 +260,11 @@ class CosineCache:
         the folder; ``wait``: return only then."""
         self._behind.flush(wait=wait)
 
+    @property
+    def writing(self) -> bool:
+        """Whether entries given to :meth:`put_behind` are still to be written."""
+        return self._behind.busy
+
     def trim(self) -> int:
         """Remove the entries used least recently until the rest fit the bound, and stale
         temporary files; the bytes removed."""

@@ -216,3 +216,37 @@ def test_entries_past_the_writers_bound_are_left_for_a_later_run(
     warm = CosineCache(folder)
     assert _doc(_run(model, edited, where, warm)) == _doc(plain)
     assert warm.misses == 0 and len(_entries(folder)) == 9
+
+
+def test_frames_of_other_weights_in_a_row_group_are_counted_and_left_out(
+    model, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    from pipeline.store import StoreWriter, snapshot_bytes
+    from tests.test_store_cosinecache import _tables
+
+    deployed = _compile(model)
+    edited = _compile(model, threshold=0.2)
+    tables = _tables(model, deployed, seed=3)
+    other = []
+    for t in tables[3:]:  # half the streams scored with other weights, in the same files
+        at = t.schema.get_field_index("weights_sha256")
+        column = t.schema.field(at)  # its type and nullability kept
+        other.append(t.set_column(at, column, pa.array(["f" * 64] * len(t), column.type)))
+    for where, parts in (("mixed", [*tables[:3], *other]), ("alone", tables[:3])):
+        writer = StoreWriter(tmp_path / where, row_group_size=500)  # groups of both weights
+        writer.write_snapshot(
+            deployed.id,
+            snapshot_bytes(deployed, model=model.name, weights_sha256=model.fingerprint()),
+        )
+        writer.write(pa.concat_tables(parts), "part-0")
+    alone = _run(model, edited, tmp_path / "alone", False)
+    for cache in (False, CosineCache(tmp_path / "cache")):
+        mixed = _run(model, edited, tmp_path / "mixed", cache)
+        assert mixed.other_weights == sum(len(t) for t in other)
+        assert mixed.rows == alone.rows + mixed.other_weights
+        a, b = _doc(mixed), _doc(alone)
+        for doc in (a, b):
+            doc.pop("rows"), doc.pop("other_weights")
+        assert a == b

@@ -464,12 +464,18 @@ def _nothing(store: FrameStore, flt: FrameFilter, weights: str, other: int) -> s
 
 
 def _codes(column: pa.Array, names: dict[str, int]) -> _I64:
-    """Codes (in ``names``, extended on sight) of a string or dictionary column's values."""
+    """Codes (in ``names``, extended on sight) of a string or dictionary column's values; a
+    dictionary's values no row holds (the rows of other weights left out) are not named."""
     if not isinstance(column, pa.DictionaryArray):
         column = column.dictionary_encode()
-    lookup = [names.setdefault(v, len(names)) for v in column.dictionary.to_pylist()]
-    table = np.asarray(lookup, dtype=np.int64)
-    codes: _I64 = table[column.indices.to_numpy(zero_copy_only=False)]
+    indices = column.indices.to_numpy(zero_copy_only=False)
+    held = np.zeros(len(column.dictionary), bool)
+    held[indices] = True
+    lookup = [
+        names.setdefault(v, len(names)) if h else -1
+        for v, h in zip(column.dictionary.to_pylist(), held.tolist(), strict=True)
+    ]
+    codes: _I64 = np.asarray(lookup, dtype=np.int64)[indices]
     return codes
 
 

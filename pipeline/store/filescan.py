@@ -546,6 +546,15 @@ def in_filter(table: pa.Table, flt: FrameFilter) -> npt.NDArray[np.bool_] | None
 
 
 def _equal(column: pa.ChunkedArray | pa.Array, value: str) -> npt.NDArray[np.bool_]:
-    """Per row, whether a string (or dictionary) column holds ``value``."""
+    """Per row, whether a string (or dictionary) column holds ``value`` (a dictionary column
+    without nulls: its few distinct values compared, the rows' codes looked up)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    if all(isinstance(c, pa.DictionaryArray) and c.null_count == 0 for c in chunks):
+        parts = []
+        for c in chunks:
+            hit = pc.equal(c.dictionary, pa.scalar(value, pa.string()))
+            known = np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
+            parts.append(known[c.indices.to_numpy(zero_copy_only=False)])
+        return np.concatenate(parts) if parts else np.zeros(0, bool)
     out = pc.equal(column, pa.scalar(value, pa.string())).to_numpy(zero_copy_only=False)
     return np.asarray(out, dtype=bool)

@@ -119,3 +119,45 @@ def test_widen_converts_every_float16_exactly() -> None:
         widen(every, np.empty((256, 255), np.float32))
     with pytest.raises(ValueError, match="C-contiguous"):
         widen(every[:, ::2], np.empty((256, 128), np.float32))
+
+
+def test_half_cosines_give_a_frame_the_same_numbers_in_any_batch() -> None:
+    from pipeline.store.halfs import half_cosines
+
+    rng = np.random.default_rng(11)
+    emb = _stored(rng, 1003, 512).copy()  # not a multiple of the 4-row block
+    emb[::5] *= np.float16(0.5)  # stored vectors are not all unit: the norms matter
+    emb[7] = 0  # a zero vector scores 0
+    emb[9, 3] = np.float16(np.inf)  # the conversion is exact for any value, infinities too
+    matrix = unit_rows(rng.normal(size=(9, 512)))
+    whole = np.empty((1003, 9), np.float32)
+    half_cosines(emb, matrix, whole)
+    assert np.array_equal(whole[7], np.zeros(9, np.float32))
+    assert np.isnan(whole[9]).all()  # inf / inf, as the plain path gives
+    ok = np.ones(1003, bool)
+    ok[9] = False
+    with np.errstate(invalid="ignore"):  # the inf row: inf / inf
+        plain = reference_unit_cosines(emb, np.ascontiguousarray(matrix.T))
+    assert np.array_equal(np.isnan(plain[9]), np.isnan(whole[9]))
+    assert np.max(np.abs(whole[ok] - plain[ok])) <= 4e-7  # float32 rounding
+    # a frame alone, in another block slot, among other frames, in a column-major output,
+    # or through the kernel's threads: bit for bit the same numbers
+    picked = np.array([1002, 3, 500, 4, 7, 0, 999])
+    some = np.empty((len(picked), 9), np.float32)
+    half_cosines(np.ascontiguousarray(emb[picked]), matrix, some)
+    assert np.array_equal(some, whole[picked])
+    for i in (0, 1, 2, 3, 1000):
+        one = np.empty((9, 1), np.float32).T
+        half_cosines(emb[i : i + 1], matrix, one)
+        assert np.array_equal(one[0], whole[i])
+    with CosineKernel(threads=3, chunk_rows=100) as kernel:
+        threaded = kernel.half_cosines(emb, matrix)
+        assert np.array_equal(threaded, whole, equal_nan=True) and threaded.flags.f_contiguous
+        with pytest.raises(ValueError, match="matrix"):
+            kernel.half_cosines(emb, np.zeros((2, 64), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        half_cosines(emb[:, ::2], matrix[:, ::2].copy(), np.empty((1003, 9), np.float32))
+    with pytest.raises(ValueError, match="a matrix of"):
+        half_cosines(emb, matrix.T.copy().T, whole)  # not C-contiguous
+    with pytest.raises(ValueError, match="an output of"):
+        half_cosines(emb, matrix, np.empty((1003, 8), np.float32))

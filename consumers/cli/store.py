@@ -316,8 +316,10 @@ def _backtest(args: argparse.Namespace) -> int:
     policies = load_policies(args.paths)
     against = load_policies(args.against) if args.against else None
     results = []
+    # the cosine cache is written behind: the results print first, the command ends after it
+    cosines = _cosine_cache(args, store)
     if len(policies):  # CLIP policies
-        results.append(_clip_backtest(args, store, policies, against))
+        results.append(_clip_backtest(args, store, policies, against, cosines))
     # hash policies: beside CLIP ones, the frames of their model; alone, of any (or --model)
     model = results[0].model if results else args.model
     if policies.hashes:
@@ -354,6 +356,9 @@ def _backtest(args: argparse.Namespace) -> int:
             "with other weights were left out",
             file=sys.stderr,
         )
+    if cosines and cosines.writing:
+        print("writing the cosine cache for the next run...", file=sys.stderr, flush=True)
+        cosines.flush()
     return 0
 
 
@@ -375,6 +380,7 @@ def _clip_backtest(
     store: FrameStore,
     policies: LoadedPolicies,
     against: LoadedPolicies | None,
+    cosines: Any,
 ) -> BacktestResult:
     from pipeline.policies.compile import PolicyCompiler
     from pipeline.store import backtest
@@ -389,7 +395,8 @@ def _clip_backtest(
         weights_sha256=model.fingerprint(),
         flt=_filter(args, model.name),
         against=None if against is None else compiler.compile(against),
-        cache=_cosine_cache(args),
+        cache=cosines or False,
+        write_behind=True,
     )
 
 
@@ -404,15 +411,16 @@ def _matrix_cache(args: argparse.Namespace) -> Any:
     return True
 
 
-def _cosine_cache(args: argparse.Namespace) -> Any:
-    """The cosine cache --cache-dir or --no-cache asks for (True: the store's own)."""
-    if args.no_cache:
-        return False
-    if args.cache_dir:
-        from pipeline.store.cosinecache import CosineCache
+def _cosine_cache(args: argparse.Namespace, store: FrameStore) -> Any:
+    """The cosine cache --cache-dir or --no-cache asks for (by default the store's own; None:
+    none)."""
+    from pipeline.store.cosinecache import CosineCache
 
+    if args.no_cache:
+        return None
+    if args.cache_dir:
         return CosineCache(Path(args.cache_dir).expanduser())
-    return True
+    return CosineCache.beside(store.location)
 
 
 def _hash_backtest(

@@ -286,6 +286,7 @@ class StoreLink:
                             model=model_name,
                             weights_sha256=model.fingerprint(),
                             progress=progress,
+                            write_behind=True,
                         )
                     )
             if loaded.hashes:

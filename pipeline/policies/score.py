@@ -190,6 +190,7 @@ class CompiledPolicies:
         *,
         probability: bool = True,
         shared: dict[tuple[Any, ...], tuple[_F32, _F32, _F32, Any]] | None = None,
+        details: bool = True,
     ) -> FrameScores:
         """:meth:`evaluate` from the (B, rows) cosines of the frames with the matrix's rows
         (for callers that compute several sets' cosines in one product). ``probability=False``
@@ -198,7 +199,12 @@ class CompiledPolicies:
         ``shared``: a dict the caller passes to every call on the same ``c`` (a backtest
         scores the edited set and the stored one on the same cosines); a label reading the
         same rows with the same rule kind as one scored before takes its score, margin,
-        probability and top prompt from there, and only its pass is computed."""
+        probability and top prompt from there, and only its pass is computed. ``details=False``:
+        scores only (from the label's row, and its negatives for a softmax), margins NaN and
+        top prompts 0 (unless the score needed them), and ``passed`` the score reaching the
+        cutoff, the margin rule not applied: a backtest finds the few frames that reach a
+        cutoff this way, then scores those alone in full (their margins, passes, top
+        prompts), so the other rows' cosines are never computed for most frames."""
         frames, count = c.shape[0], len(self.labels)
         cosine = np.empty((frames, count), dtype=np.float32)
         score = np.empty((frames, count), dtype=np.float32)
@@ -217,16 +223,18 @@ class CompiledPolicies:
                 self.logit_scale,
                 self.logit_bias,
                 probability or lab.kind == "softmax",
+                details,
             )
             known = None if shared is None else shared.get(key)
             if known is not None:
                 score[:, j], margin[:, j], prob[:, j], top[:, j] = known
             else:
-                self._label_arrays(lab, c, s, probability, j, (score, margin, prob, top))
+                wanted = (probability, details)
+                self._label_arrays(lab, c, s, wanted, j, (score, margin, prob, top))
                 if shared is not None:
                     shared[key] = (score[:, j], margin[:, j], prob[:, j], top[:, j])
             ok = score[:, j] >= lab.cutoff
-            if lab.margin is not None:
+            if lab.margin is not None and details:
                 ok &= margin[:, j] >= lab.margin  # NaN (no negatives) compares False
             passed[:, j] = ok
         return FrameScores(
@@ -244,19 +252,21 @@ class CompiledPolicies:
         lab: CompiledLabel,
         c: _F32,
         s: _F32,
-        probability: bool,
+        wanted: tuple[bool, bool],
         j: int,
         out: tuple[_F32, _F32, _F32, Any],
     ) -> None:
-        """Label ``lab``'s score, margin, probability and top prompt into column ``j``."""
+        """Label ``lab``'s score, margin, probability and top prompt into column ``j``
+        (``wanted``: the probability, the details; see :meth:`evaluate_cosines`)."""
         score, margin, prob, top = out
-        if lab.negative_rows:
+        probability, details = wanted
+        if lab.negative_rows and (details or probability or lab.kind == "softmax"):
             negs = c[:, list(lab.negative_rows)]  # (B, negatives)
             margin[:, j] = s - negs.max(axis=1)
             if probability or lab.kind == "softmax":
                 prob[:, j] = _softmax_first(self.logit_scale, s, negs)
         score[:, j] = self._score(lab, s, prob[:, j])
-        if len(lab.prompt_rows) == 1:
+        if len(lab.prompt_rows) == 1 or not details:
             top[:, j] = 0
         else:
             top[:, j] = np.argmax(c[:, list(lab.prompt_rows)], axis=1)

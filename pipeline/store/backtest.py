@@ -6,13 +6,21 @@ how does that differ from what was in force?" without decoding anything:
 1. **Frames.** The stored frames of one model and weights (frames of other weights are
    counted and left out; none at all is refused), a few columns straight from Parquet.
 2. **Re-score.** Row group by row group (:func:`pipeline.store.filescan.scan_cosines`), the
-   cosines of the frames with every distinct prompt row of the edited set and of the sets
+   cosines of the frames with the distinct prompt rows of the edited set and of the sets
    stored with the frames (or ``against``): from the cosine cache beside the store where it
    has them (:mod:`pipeline.store.cosinecache`: a re-run with edited thresholds reads 4
-   bytes a frame and row instead of the embeddings), else one matrix product of the float16
-   embeddings. Each frame is scored with the edited set and with the snapshot of the policy
-   set in force when it was stored (or ``against``); a label both read alike is scored once
-   and only its pass differs. Embeddings are not kept.
+   bytes a frame and row instead of the embeddings), else from the float16 embeddings
+   (:func:`pipeline.store.halfs.half_cosines`, which gives a frame the same cosines in any
+   batch). Each frame is scored with the edited set and with the snapshot of the policy set
+   in force when it was stored (or ``against``); a label both read alike is scored once and
+   only its pass differs. A frame whose score reaches no cutoff in either set passes no
+   label (a margin rule only takes passes away) and is the peak of no incident, so its
+   margins and top prompt are never read: only the labels' own rows (and a softmax label's
+   negatives) are multiplied for every frame, the negatives and prompts only for the few
+   frames that reach a cutoff (a first backtest multiplied all 38 rows of the demo layout
+   for every frame; now 2, and 36 for about one frame in twenty). With ``write_behind``,
+   the cache gets every row's cosines for the whole row group after the answer, on its
+   writer thread. Embeddings are not kept.
 3. **Order.** Rows are put in stream and timestamp order, replays dropped (one row per stream,
    segment, frame index and tile), the tiles of a frame merged as the judge merges them (the
    best tile's score; passing when any tile passes), and frames whose time does not advance
@@ -48,7 +56,7 @@ from pipeline.policies.snapshot import PolicySet
 from pipeline.store.cosinecache import CosineCache
 from pipeline.store.cosines import CosineKernel
 from pipeline.store.eventids import EventIds
-from pipeline.store.filescan import RowRegistry, scan_cosines
+from pipeline.store.filescan import Needed, RowRegistry, ScannedGroup, scan_cosines
 from pipeline.store.query import FrameFilter, FrameStore
 from pipeline.store.results import (
     HISTOGRAM_BINS,
@@ -89,6 +97,7 @@ def backtest(
     against: PolicySet | None = None,
     progress: Callable[[int], None] | None = None,
     cache: CosineCache | bool = True,
+    write_behind: bool = False,
 ) -> BacktestResult:
     """Re-score with ``policies`` the frames of ``model`` under weights ``weights_sha256``
     that ``flt`` keeps, find their incidents, and compare with ``against`` or, by default,
@@ -97,7 +106,9 @@ def backtest(
     stored set's snapshot is missing (then pass ``against``). ``progress`` is told the number
     of stored rows read so far, batch by batch. ``cache``: the cosine cache to read and fill
     (True: the store's own, for a local store; False: none; see
-    :mod:`pipeline.store.cosinecache`)."""
+    :mod:`pipeline.store.cosinecache`). ``write_behind``: fill it on the cache's writer
+    thread once the result is made (:meth:`CosineCache.put_behind`), so a first backtest
+    answers as soon as an uncached one would; the process ends once it is written."""
     started = time.perf_counter()
     flt = FrameFilter(
         model=model,
@@ -113,12 +124,14 @@ def backtest(
     gc.disable()  # a run makes millions of arrays and thousands of incidents, no cycles
     try:
         with CosineKernel() as kernel:
-            scan = _Scan(kernel, cosines, progress)
+            scan = _Scan(kernel, cosines, progress, write_behind)
             read = _read(store, flt, weights_sha256, policies, against, scan)
         return _judged(policies, read, flt, model, weights_sha256, started)
     finally:
         if collecting:
             gc.enable()
+        if cosines is not None and write_behind:  # a failed run too: the writer must end
+            cosines.flush(wait=False)  # and trims the folder when it is done
 
 
 def _judged(
@@ -221,7 +234,7 @@ class _Read:
     names: dict[str, int] = field(default_factory=dict)  # stream id -> code
     stream: list[_I64] = field(default_factory=list)
     ts: list[_F64] = field(default_factory=list)
-    place: list[_I64] = field(default_factory=list)  # (B, 3) seq, frame_index, tile
+    place: list[_I64] = field(default_factory=list)  # (3, B) seq, frame_index, tile
     sizes: list[int] = field(default_factory=list)
     new: dict[str, _Parts] = field(default_factory=dict)
     old: dict[str, _Parts] = field(default_factory=dict)
@@ -244,11 +257,11 @@ def _read(
         out.sets.append(against)
     registry = RowRegistry(policies.compiled.matrix.shape[1])
     edited = _remapped(policies.compiled, registry.add(policies.compiled.matrix))
-    wanted = _label_rows(edited)
+    wanted = _rows_of(edited)
     set_index: dict[str, int] = {}
     scorers: list[CompiledPolicies] = []  # per baseline set, its rows as registry columns
 
-    def prepare(batch: pa.RecordBatch) -> tuple[npt.NDArray[np.intp], _I64]:
+    def prepare(batch: pa.RecordBatch) -> tuple[Needed, _I64]:
         """(in the reading thread) the stored sets of these rows, their rows registered."""
         if against is not None:
             codes = np.zeros(batch.num_rows, np.int64)
@@ -256,8 +269,9 @@ def _read(
             codes = _set_codes(batch.column(6), set_index, out.sets, store, flt)
         for s in out.sets[len(scorers) :]:
             scorers.append(_remapped(s.compiled, registry.add(s.compiled.matrix)))
-        needed = [wanted, *(_label_rows(scorers[int(c)]) for c in np.unique(codes))]
-        return np.unique(np.concatenate(needed)), codes
+        rows = [wanted, *(_rows_of(scorers[int(c)]) for c in np.unique(codes))]
+        every = np.unique(np.concatenate([r[0] for r in rows]))
+        return Needed(every, np.unique(np.concatenate([r[1] for r in rows]))), codes
 
     for group in scan_cosines(
         store,
@@ -268,6 +282,7 @@ def _read(
         prepare=prepare,
         kernel=scan.kernel,
         cache=scan.cache,
+        write_behind=scan.write_behind,
     ):
         out.rows += group.read
         out.other_weights += group.other_weights
@@ -279,36 +294,83 @@ def _read(
         out.stream.append(_codes(batch.column(0), out.names))
         out.ts.append(np.asarray(batch.column(1).to_numpy(), dtype=np.float64))
         place = [np.asarray(batch.column(i).to_numpy(), dtype=np.int64) for i in (2, 3, 4)]
-        out.place.append(np.stack(place, axis=1))  # 3 x (B,) -> (B, 3)
+        out.place.append(np.stack(place))  # 3 x (B,) -> (3, B): each a contiguous row
         out.sizes.append(batch.num_rows)
-        shared: dict[tuple[Any, ...], Any] = {}  # arrays of labels both sets score alike
-        scores = edited.evaluate_cosines(group.cosines, probability=False, shared=shared)
-        for j, lab in enumerate(policies.compiled.labels):
-            p = out.new[lab.key]
-            p.score.append(scores.score[:, j])
-            p.margin.append(scores.margin[:, j])
-            p.passed.append(scores.passed[:, j])
-            p.top.append(scores.top_prompt[:, j])
-            p.origin.append(None)
-        _score_baseline(out, group.cosines, group.extra, scorers, shared)
+        _score_group(out, group, edited, scorers, policies.compiled.labels)
     if not out.sizes:
         raise StoreError(_nothing(store, flt, weights, out.other_weights))
     return out
 
 
+def _score_group(
+    out: _Read,
+    group: ScannedGroup,
+    edited: CompiledPolicies,
+    scorers: Sequence[CompiledPolicies],
+    labels: Sequence[CompiledLabel],
+) -> None:
+    """Score the last batch's rows with the edited set and each with its baseline set: the
+    scores of every row, then margins, passes and top prompts of the rows where some label's
+    score reaches its cutoff in either set (no other row passes: a margin rule only takes
+    passes away; an incident's peak is a passing frame's best tile, which reaches it), their
+    cosines completed for that (:meth:`ScannedGroup.complete`). Other rows keep a NaN
+    margin and top prompt 0, never read."""
+    c, codes = group.cosines, group.extra
+    shared: dict[tuple[Any, ...], Any] = {}  # arrays of labels both sets score alike
+    scores = edited.evaluate_cosines(c, probability=False, shared=shared, details=False)
+    for j, lab in enumerate(labels):
+        p = out.new[lab.key]
+        p.score.append(scores.score[:, j])
+        p.margin.append(scores.margin[:, j])
+        p.passed.append(scores.passed[:, j])
+        p.top.append(scores.top_prompt[:, j])
+        p.origin.append(None)
+    reach = np.any(scores.passed, axis=1)  # the cutoff reached, the margin rule not applied
+    reach |= _score_baseline(out, c, codes, scorers, shared)
+    at = np.flatnonzero(reach)
+    if len(at) == 0:
+        return
+    full = group.complete(at)
+    detail = edited.evaluate_cosines(full, probability=False)
+    for j, lab in enumerate(labels):
+        p = out.new[lab.key]
+        for column, values in (
+            (p.margin, detail.margin[:, j]),
+            (p.passed, detail.passed[:, j]),
+            (p.top, detail.top_prompt[:, j]),
+        ):
+            _put(column[-1], at, values)
+    _score_baseline(out, full, codes[at], scorers, {}, at=at)
+
+
+def _put(target: Any, at: npt.NDArray[np.intp], values: Any) -> None:
+    assert target is not None
+    target[at] = values
+
+
 @dataclass(frozen=True)
 class _Scan:
-    """How a backtest reads: the kernel, the cosine cache (None: none), the progress hook."""
+    """How a backtest reads: the kernel, the cosine cache (None: none), the progress hook,
+    whether the cache is written behind."""
 
     kernel: CosineKernel
     cache: CosineCache | None
     progress: Callable[[int], None] | None
+    write_behind: bool = False
 
 
-def _label_rows(compiled: CompiledPolicies) -> npt.NDArray[np.intp]:
-    """Every matrix row the labels of ``compiled`` read."""
-    rows = [r for lab in compiled.labels for r in (lab.row, *lab.negative_rows, *lab.prompt_rows)]
-    return np.asarray(sorted(set(rows)), np.intp)
+def _rows_of(compiled: CompiledPolicies) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """The matrix rows the labels of ``compiled`` read for every frame (a label's row, and
+    its negatives where its score reads them: a softmax) and those they read only for the
+    frames that reach a cutoff (negatives: a margin, the margin rule; prompts: the top
+    prompt)."""
+    every: set[int] = set()
+    some: set[int] = set()
+    for lab in compiled.labels:
+        every.add(lab.row)
+        (every if lab.kind == "softmax" else some).update(lab.negative_rows)
+        some.update(lab.prompt_rows)
+    return np.asarray(sorted(every), np.intp), np.asarray(sorted(some - every), np.intp)
 
 
 def _remapped(compiled: CompiledPolicies, columns: npt.NDArray[np.intp]) -> CompiledPolicies:
@@ -337,19 +399,34 @@ def _score_baseline(
     codes: _I64,
     scorers: Sequence[CompiledPolicies],
     shared: dict[tuple[Any, ...], Any],
-) -> None:
+    at: npt.NDArray[np.intp] | None = None,
+) -> _Bool:
     """Score the last batch's rows, each with the set in force for it (``codes``: index in
     ``out.sets``; ``c`` the batch's cosines with the registry's rows; ``shared``: what the
     edited set's scoring of ``c`` left to share); labels a row's set lacks stay NaN and not
-    passing."""
+    passing. Scores only (``evaluate_cosines`` without details), or with ``at``: ``c`` holds
+    only these rows' completed cosines, of which margins, passes and top prompts are filled
+    in. Per row, whether some label's score reached its cutoff."""
     batch, size = len(out.sizes) - 1, out.sizes[-1]
+    reach = np.zeros(len(c), bool)
     for code in np.unique(codes):
         rows = np.flatnonzero(codes == code)
         s = out.sets[int(code)]
-        whole = len(rows) == size
+        whole = len(rows) == len(c)
         scores = scorers[int(code)].evaluate_cosines(
-            c if whole else c[rows], probability=False, shared=shared if whole else None
+            c if whole else c[rows],
+            probability=False,
+            shared=shared if whole else None,
+            details=at is not None,
         )
+        if at is not None:
+            for j, lab in enumerate(s.compiled.labels):
+                p = out.old[lab.key]
+                _put(p.margin[batch], at[rows], scores.margin[:, j])
+                _put(p.passed[batch], at[rows], scores.passed[:, j])
+                _put(p.top[batch], at[rows], scores.top_prompt[:, j])
+            continue
+        reach[rows] = np.any(scores.passed, axis=1)
         for j, lab in enumerate(s.compiled.labels):
             p = out.old.setdefault(lab.key, _Parts())
             p.pad(batch + 1)
@@ -369,6 +446,7 @@ def _score_baseline(
                 target = column[batch]
                 assert target is not None
                 target[rows] = values
+    return reach
 
 
 def _nothing(store: FrameStore, flt: FrameFilter, weights: str, other: int) -> str:
@@ -386,12 +464,18 @@ def _nothing(store: FrameStore, flt: FrameFilter, weights: str, other: int) -> s
 
 
 def _codes(column: pa.Array, names: dict[str, int]) -> _I64:
-    """Codes (in ``names``, extended on sight) of a string or dictionary column's values."""
+    """Codes (in ``names``, extended on sight) of a string or dictionary column's values; a
+    dictionary's values no row holds (the rows of other weights left out) are not named."""
     if not isinstance(column, pa.DictionaryArray):
         column = column.dictionary_encode()
-    lookup = [names.setdefault(v, len(names)) for v in column.dictionary.to_pylist()]
-    table = np.asarray(lookup, dtype=np.int64)
-    codes: _I64 = table[column.indices.to_numpy(zero_copy_only=False)]
+    indices = column.indices.to_numpy(zero_copy_only=False)
+    held = np.zeros(len(column.dictionary), bool)
+    held[indices] = True
+    lookup = [
+        names.setdefault(v, len(names)) if h else -1
+        for v, h in zip(column.dictionary.to_pylist(), held.tolist(), strict=True)
+    ]
+    codes: _I64 = np.asarray(lookup, dtype=np.int64)[indices]
     return codes
 
 
@@ -433,7 +517,7 @@ class _Order:
     """Stored rows in stream and time order, replays dropped, grouped into frames."""
 
     rows: _I64  # (R,) indices into the rows as read
-    place: _I64  # (R, 3) seq, frame_index, tile of each
+    place: _I64  # (3, R) seq, frame_index, tile of each
     frame_start: _I64  # (F,) first row (position in ``rows``) of each frame
     ts: _F64  # (F,)
     layout: StreamLayout  # streams of the F frames
@@ -449,25 +533,30 @@ class _Order:
 def _order(read: _Read) -> _Order:
     stream = np.concatenate(read.stream)
     ts = np.concatenate(read.ts)
-    place = np.concatenate(read.place)
+    place = np.concatenate(read.place, axis=1)
     # stores written stream by stream are read in order: no sort, no copies then
     identity = bool(np.all(stream[1:] >= stream[:-1]))
     order = np.arange(len(stream)) if identity else np.argsort(stream, kind="stable")
     s, t = (stream, ts) if identity else (stream[order], ts[order])
     same = s[1:] == s[:-1]
     if np.any(same & (t[1:] <= t[:-1])):  # not in time order, or replayed rows: sort fully
-        order = np.lexsort((place[:, 2], place[:, 1], place[:, 0], ts, stream))
+        order = np.lexsort((place[2], place[1], place[0], ts, stream))
         identity = False
         s, t = stream[order], ts[order]
         same = s[1:] == s[:-1]
-    p = place if identity else place[order]
+    p = place if identity else place[:, order]
     # a replayed row: the same stream, segment, frame index and tile as the row before
-    dup = np.concatenate([[False], same & np.all(p[1:] == p[:-1], axis=1)])
+    # (compared a column at a time: contiguous rows of ``p``)
+    moved = [p[k, 1:] != p[k, :-1] for k in range(3)]
+    frame_moved = moved[0] | moved[1]
+    dup = np.concatenate([[False], same & ~(frame_moved | moved[2])])
     if dup.any():
-        order, s, t, p = order[~dup], s[~dup], t[~dup], p[~dup]
+        keep = ~dup
+        order, s, t, p = order[keep], s[keep], t[keep], p[:, keep]
         identity = False
+        frame_moved = (p[0, 1:] != p[0, :-1]) | (p[1, 1:] != p[1, :-1])
     new_frame = np.ones(len(order), bool)
-    new_frame[1:] = (s[1:] != s[:-1]) | np.any(p[1:, :2] != p[:-1, :2], axis=1)
+    new_frame[1:] = (s[1:] != s[:-1]) | frame_moved
     starts = np.flatnonzero(new_frame)
     fs, ft = s[starts], t[starts]
     # the tracker ignores a frame whose time does not advance past the stream's last one
@@ -476,7 +565,7 @@ def _order(read: _Read) -> _Order:
     if stale.any():
         frame_of_row = np.cumsum(new_frame) - 1
         keep_rows = ~stale[frame_of_row]
-        order, s, p = order[keep_rows], s[keep_rows], p[keep_rows]
+        order, s, p = order[keep_rows], s[keep_rows], p[:, keep_rows]
         identity = False
         new_frame = new_frame[keep_rows]
         starts = np.flatnonzero(new_frame)
@@ -588,7 +677,7 @@ def _incidents(
     read_rows = peak_rows if order.identity else order.rows[peak_rows]
     margins = arrays.margin.at(read_rows).tolist()
     tops = arrays.top.at(read_rows).tolist()
-    places = order.place[peak_rows].tolist()
+    places = order.place[:, peak_rows].T.tolist()
     if facts is None:
         known_of = [lab] * len(found.start)
     else:

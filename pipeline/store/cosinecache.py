@@ -12,6 +12,8 @@ Entries live in ``<store>/_cache/cosines/`` (the ``_`` keeps the folder out of t
 clipguard, DuckDB, Spark, Trino and Athena alike), or in any local folder given. A store
 on another filesystem (``s3://``...) has no default cache: its backtests compute every time
 unless given a local folder. When the folder cannot be written, the run goes on uncached.
+A first backtest hands its entries to the cache's writer thread (:meth:`CosineCache.put_behind`,
+:class:`~pipeline.store.behind.WriteBehind`), which writes them once the answer is out.
 
 An entry is ``MAGIC``, the header's length (4 bytes, little-endian), a JSON header and the
 float32 values, row after row. The header names the row group by its stored file's path in the
@@ -37,7 +39,7 @@ import stat
 import struct
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -46,11 +48,13 @@ import crc32c
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.store.behind import WriteBehind
 from pipeline.store.location import StoredFile, StoreLocation
 
 __all__ = [
     "CACHE_DIR",
     "DEFAULT_MAX_BYTES",
+    "MAX_BEHIND_BYTES",
     "MAX_ROWS",
     "CosineCache",
     "EntryHead",
@@ -64,9 +68,11 @@ __all__ = [
 CACHE_DIR: Final = "_cache"
 #: The default bound on the cosine entries' total size.
 DEFAULT_MAX_BYTES: Final = 4 << 30
+#: Most bytes of cosines :meth:`CosineCache.put_behind` holds waiting for the disk.
+MAX_BEHIND_BYTES: Final = 512 << 20
 #: Bump when the cosines' computation changes: older entries are then misses.
-_FORMAT: Final = 2
-_MAGIC: Final = b"CGCOS02\n"
+_FORMAT: Final = 3
+_MAGIC: Final = b"CGCOS03\n"
 _MAX_HEADER: Final = 64 * 1024
 #: The most prompt rows one row group's entry holds (a run keeps the rows it needs first).
 MAX_ROWS: Final = 256
@@ -114,6 +120,7 @@ class CosineCache:
         self.hits = 0
         self.misses = 0
         self.rejected = 0  # entries present but not usable (stale, corrupt, hostile)
+        self._behind = WriteBehind("cosine-cache-writer", self._write_held, self.trim)
 
     @classmethod
     def beside(
@@ -220,6 +227,43 @@ class CosineCache:
             )
             return False
         return True
+
+    def put_behind(
+        self,
+        key: FileKey,
+        cosines: Mapping[str, _F32],
+        more: Callable[[], Mapping[str, _F32]] | None = None,
+    ) -> bool:
+        """:meth:`put` on a writer thread of the cache's own
+        (:class:`~pipeline.store.behind.WriteBehind`), which starts at :meth:`flush`: a first
+        backtest answers without writing beside its scan. ``more``, called on that thread
+        before the entry is written, gives the row group's cosines with further prompt rows
+        (a backtest computes some rows only for the frames it reports, and the whole group's
+        afterwards). At most :data:`MAX_BEHIND_BYTES` of cosines wait; an entry beyond that is
+        left out (a later run writes it): False."""
+        if not self.writable:
+            return False
+        size = sum(int(np.asarray(v).nbytes) for v in cosines.values())
+        return self._behind.offer((key, cosines, more), size, MAX_BEHIND_BYTES)
+
+    def _write_held(
+        self,
+        item: tuple[FileKey, Mapping[str, _F32], Callable[[], Mapping[str, _F32]] | None],
+    ) -> None:
+        key, cosines, more = item
+        if more is not None:
+            cosines = {**cosines, **more()}
+        self.put(key, cosines)
+
+    def flush(self, *, wait: bool = True) -> None:
+        """End the writer thread once what :meth:`put_behind` was given is written, then trim
+        the folder; ``wait``: return only then."""
+        self._behind.flush(wait=wait)
+
+    @property
+    def writing(self) -> bool:
+        """Whether entries given to :meth:`put_behind` are still to be written."""
+        return self._behind.busy
 
     def trim(self) -> int:
         """Remove the entries used least recently until the rest fit the bound, and stale

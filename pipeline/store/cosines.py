@@ -22,6 +22,10 @@ streamed through memory several times.
   own thread pool, woken on a busy 2-core machine from threads of ours, was measured to stall
   them for milliseconds a chunk.
 
+:meth:`CosineKernel.half_cosines` shares the chunks between threads the same way for
+:func:`pipeline.store.halfs.half_cosines` (conversion and products in one compiled loop; a
+row's numbers independent of its batch), which the backtest uses.
+
 Nothing is approximated: each chunk's numbers are bit for bit the reference's on that chunk
 (``tests/test_store_cosines.py``). OpenBLAS's result for one row can change in the last bit
 with the size of the product it is part of and its thread count, so against the reference
@@ -45,7 +49,7 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
-from pipeline.store.halfs import widen
+from pipeline.store.halfs import half_cosines, widen
 
 __all__ = ["CHUNK_ROWS", "CosineKernel", "reference_dots", "reference_unit_cosines"]
 
@@ -124,6 +128,19 @@ class CosineKernel:
             np.divide(product, norms[:, None], out=product)
 
         self._run(rows, chunk)
+        return out
+
+    def half_cosines(self, emb: _F16, matrix: _F32) -> _F32:
+        """:func:`pipeline.store.halfs.half_cosines` of ``emb`` (N, E) with the (R, E)
+        ``matrix`` rows, chunk by chunk on the kernel's threads: (N, R) column-major (each
+        row's cosines contiguous). A frame's cosines are the same whatever batch it is in."""
+        rows, dim = emb.shape
+        if matrix.ndim != 2 or matrix.shape[1] != dim:
+            raise ValueError(f"embeddings of {dim} values for a matrix of {matrix.shape}")
+        m = np.ascontiguousarray(matrix, dtype=np.float32)
+        out = np.empty((m.shape[0], rows), dtype=np.float32).T
+        source = _rows(emb)
+        self._run(rows, lambda lo, hi: half_cosines(source[lo:hi], m, out[lo:hi]))
         return out
 
     def dots(self, emb: _F16, query: _F32) -> _F32:

@@ -14,6 +14,12 @@ cosines:
   :class:`~pipeline.store.cosines.CosineKernel`, the cosines then kept in the cache for the
   whole row group (the next run may filter other rows).
 
+The caller may name some rows as needed only for some frames (:class:`Needed`): without a
+cache to fill in the scan, those are computed only for the frames the caller then asks
+(:meth:`ScannedGroup.complete`), and a cache written behind
+(:meth:`~pipeline.store.cosinecache.CosineCache.put_behind`) computes them for the whole row
+group on its writer thread, after the answer, from the embeddings read again.
+
 A thread reads and decodes the next row group (pyarrow releases the GIL) while the caller
 scores this one, so reading and computing overlap on a machine with two cores or more.
 """
@@ -36,11 +42,13 @@ import pyarrow.parquet as pq
 from pipeline.errors import StoreError
 from pipeline.store.cosinecache import CosineCache, FileKey, row_key
 from pipeline.store.cosines import CosineKernel
+from pipeline.store.halfs import half_cosines
 from pipeline.store.location import StoredFile
 from pipeline.store.query import FrameFilter, FrameStore
 from pipeline.store.schema import embeddings_of
 
 __all__ = [
+    "Needed",
     "RowRegistry",
     "ScannedGroup",
     "filter_columns",
@@ -90,9 +98,24 @@ class RowRegistry:
 
     def matrix(self, columns: Sequence[int]) -> _F32:
         """The (E, len(columns)) matrix of those rows, for a product."""
+        return np.ascontiguousarray(self.rows(columns).T)
+
+    def rows(self, columns: Sequence[int]) -> _F32:
+        """The (len(columns), E) rows themselves (C-contiguous)."""
         with self._lock:
             picked = [self._rows[c] for c in columns]
-        return np.ascontiguousarray(np.stack(picked).T)
+        return np.stack(picked) if picked else np.zeros((0, self.dim), np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class Needed:
+    """The registry columns a row group's frames need: ``every`` for every frame (what decides
+    their scores and passes), ``some`` only for the frames the caller later names
+    (:meth:`ScannedGroup.complete`: what it reports of a few frames, such as an incident's
+    margin and top prompt)."""
+
+    every: _Cols
+    some: _Cols
 
 
 @dataclass(eq=False)
@@ -101,10 +124,22 @@ class ScannedGroup:
 
     table: pa.RecordBatch
     cosines: _F32  # (rows, registered rows at the time), column-major: the needed columns
-    # filled, others 0
+    # filled (``pending`` ones only by ``complete``), others NaN
     extra: Any  # what ``prepare`` returned for these rows
     read: int  # rows the filter keeps (before the weights)
     other_weights: int  # of those, rows of other weights (left out)
+    pending: list[int] = field(default_factory=list)  # ``some`` columns not computed yet
+    _fill: Callable[[npt.NDArray[np.intp], list[int]], _F32] | None = None
+
+    def complete(self, rows: npt.NDArray[np.intp]) -> _F32:
+        """The (len(rows), registered) cosines of the kept rows ``rows``, every needed column
+        filled (the pending ones computed from these rows' embeddings: the same numbers as
+        for the whole group, :func:`pipeline.store.halfs.half_cosines`)."""
+        out: _F32 = self.cosines[rows]
+        if self.pending and len(rows):
+            assert self._fill is not None
+            out[:, self.pending] = self._fill(rows, self.pending)
+        return out
 
 
 @dataclass(eq=False)
@@ -114,6 +149,7 @@ class _Loaded:
     read: int
     other_weights: int
     columns: _Cols  # the needed registry columns
+    some: _Cols  # of those, the ones needed only for frames named later (Needed.some)
     rows: npt.NDArray[np.int64] | None  # kept rows' positions in the row group (None: all)
     group_rows: int
     key: FileKey | None
@@ -124,7 +160,7 @@ class _Loaded:
     emb: npt.NDArray[np.float16] | None = None  # whole group when cached, else kept rows
 
 
-Prepare = Callable[[pa.RecordBatch], tuple[Sequence[int] | _Cols, Any]]
+Prepare = Callable[[pa.RecordBatch], tuple[Needed | Sequence[int] | _Cols, Any]]
 
 
 def scan_cosines(
@@ -137,14 +173,18 @@ def scan_cosines(
     prepare: Prepare,
     kernel: CosineKernel,
     cache: CosineCache | None,
+    write_behind: bool = False,
 ) -> Iterator[ScannedGroup]:
     """The row groups of the frames ``flt`` keeps and of weights ``weights``, in file order,
     with ``columns`` and the cosines of the registry columns ``prepare`` (called with the kept
-    rows' table, in a reading thread) names for them (see the module docstring)."""
-    if cache is None:  # nothing to look up: pyarrow's scanner, which decodes ahead in parallel
-        for loaded in _scanned(store, flt, columns, weights, prepare):
-            yield _finish(loaded, registry, kernel, None)
-        return
+    rows' table, in a reading thread) names for them (see the module docstring).
+    ``write_behind``: the cache's entries are written by its writer thread
+    (:meth:`CosineCache.put_behind`; the caller flushes it once it has answered), the
+    ``Needed.some`` columns computed there for the whole group; else they are computed
+    whole in the scan where a cache is to be filled."""
+    # row group by row group in a reading thread, also uncached: pyarrow's dataset scanner
+    # decodes several at once but was measured to take 3 times the CPU time (1.7 s a million
+    # frames against 0.6 s), which a 2-core machine does not have to spare
     reader = _Reader(store, flt, columns, weights, registry, prepare, cache)
     for loaded in reader:
         if cache is not None and loaded.key is not None:
@@ -152,40 +192,18 @@ def scan_cosines(
             # a group that missed: the next probably will too (a first run), so the reading
             # thread reads their embeddings ahead; one that hit: the next probably will too
             reader.speculate = bool(loaded.missing)
-        yield _finish(loaded, registry, kernel, cache)
-    if cache is not None:
-        cache.trim()
+        yield _finish(loaded, registry, kernel, cache, store, lazy=write_behind or cache is None)
+    if cache is not None and not write_behind:
+        cache.trim()  # else the writer trims once it is done
 
 
-def _scanned(
-    store: FrameStore, flt: FrameFilter, columns: Sequence[str], weights: str, prepare: Prepare
-) -> Iterator[_Loaded]:
-    """Uncached: record batches with their embeddings from the store's dataset scanner
-    (measured: as fast as or faster than row groups read ahead in one thread, as it decodes
-    several at once), each ready to be multiplied."""
-    names = list(dict.fromkeys([*columns, "weights_sha256", "embedding"]))
-    for batch in store.batches(names, flt):
-        n = batch.num_rows
-        keep = _equal(batch.column("weights_sha256"), weights)
-        kept = batch if keep.all() else batch.filter(pa.array(keep))
-        out = kept.select(list(columns))
-        needed, extra = prepare(out)
-        loaded = _Loaded(
-            table=out,
-            extra=extra,
-            read=n,
-            other_weights=n - kept.num_rows,
-            columns=np.asarray(needed, np.intp),
-            rows=None,
-            group_rows=kept.num_rows,
-            key=None,
-            path="",
-            group=-1,
-        )
-        if kept.num_rows:
-            loaded.missing = [int(c) for c in loaded.columns]
-            loaded.emb = embeddings_of(kept.column("embedding"))
-        yield loaded
+def _split(needed: Needed | Sequence[int] | _Cols) -> tuple[_Cols, _Cols]:
+    """``prepare``'s answer as the needed columns and those of them only some frames need."""
+    if isinstance(needed, Needed):
+        every = np.asarray(needed.every, np.intp)
+        some = np.setdiff1d(np.asarray(needed.some, np.intp), every).astype(np.intp)
+        return np.union1d(every, some).astype(np.intp), some
+    return np.asarray(needed, np.intp), np.zeros(0, np.intp)
 
 
 def _look_up(loaded: _Loaded, registry: RowRegistry, cache: CosineCache, store: FrameStore) -> None:
@@ -220,38 +238,96 @@ def _embeddings(store: FrameStore, path: str, group: int) -> npt.NDArray[np.floa
 
 
 def _finish(
-    loaded: _Loaded, registry: RowRegistry, kernel: CosineKernel, cache: CosineCache | None
+    loaded: _Loaded,
+    registry: RowRegistry,
+    kernel: CosineKernel,
+    cache: CosineCache | None,
+    store: FrameStore,
+    *,
+    lazy: bool,
 ) -> ScannedGroup:
-    """The row group's cosines: computed where missing (and kept), gathered for the kept rows."""
+    """The row group's cosines: computed where missing (and kept), gathered for the kept rows.
+    ``lazy``: the ``some`` columns the cache lacks are left pending (computed by
+    :meth:`ScannedGroup.complete` for the rows asked, and for the cache on its writer
+    thread)."""
     n = loaded.table.num_rows
     # column-major: each row's cosines contiguous, as the scoring reads them (a label's column,
-    # its negatives' columns) and as the cache gives them; rows these frames do not need are
-    # NaN (never read: their sets score none of these frames)
-    out = np.empty((len(registry), n), np.float32).T
-    unused = np.ones(len(registry), bool)
-    unused[loaded.columns] = False
-    out[:, unused] = np.nan
+    # its negatives' columns) and as the cache gives them; rows these frames do not need (or
+    # pending) are NaN (never read: their sets score none of these frames)
+    out = np.full((len(registry), n), np.nan, np.float32).T
     picked = loaded.rows
     for column, values in loaded.found.items():
         out[:, column] = values if picked is None else values[picked]
+    later = set(loaded.some.tolist()) if lazy else set()
+    now = [c for c in loaded.missing if c not in later]
+    pending = [c for c in loaded.missing if c in later]
+    emb = loaded.emb
     if loaded.missing:
-        assert loaded.emb is not None
-        if loaded.emb.shape[1] != registry.dim:
+        assert emb is not None
+        if emb.shape[1] != registry.dim:
             raise StoreError(
-                f"stored embeddings have {loaded.emb.shape[1]} values, the policies were "
+                f"stored embeddings have {emb.shape[1]} values, the policies were "
                 f"compiled for {registry.dim} (another model?)"
             )
-        computed = kernel.unit_cosines(loaded.emb, registry.matrix(loaded.missing))
-        whole = loaded.key is not None and cache is not None
-        for j, column in enumerate(loaded.missing):
+    whole = loaded.key is not None and cache is not None  # emb: the whole group
+    kept: dict[str, _F32] = {}
+    if now:
+        assert emb is not None
+        computed = kernel.half_cosines(emb, registry.rows(now))
+        for j, column in enumerate(now):
             values = computed[:, j]
             out[:, column] = values if picked is None or not whole else values[picked]
-        if whole:  # the group's entry: these rows first, then the others it already held
-            assert cache is not None and loaded.key is not None
-            kept = {registry.keys[c]: computed[:, j] for j, c in enumerate(loaded.missing)}
-            kept.update((registry.keys[c], v) for c, v in loaded.found.items())
+            kept[registry.keys[column]] = values
+    group = ScannedGroup(
+        loaded.table, out, loaded.extra, loaded.read, loaded.other_weights, pending
+    )
+    if pending:
+        assert emb is not None
+        group._fill = _filler(emb, picked if whole else None, registry, kernel)
+    if whole and (kept or pending):  # the group's entry: these rows first, then those it held
+        assert cache is not None and loaded.key is not None
+        kept.update((registry.keys[c], v) for c, v in loaded.found.items())
+        if lazy:
+            more = None if not pending else _later(store, loaded, registry, pending)
+            cache.put_behind(loaded.key, kept, more)
+        else:
             cache.put(loaded.key, kept)
-    return ScannedGroup(loaded.table, out, loaded.extra, loaded.read, loaded.other_weights)
+    return group
+
+
+def _filler(
+    emb: npt.NDArray[np.float16],
+    rows: npt.NDArray[np.int64] | None,
+    registry: RowRegistry,
+    kernel: CosineKernel,
+) -> Callable[[npt.NDArray[np.intp], list[int]], _F32]:
+    """Computes columns for some kept rows (``rows``: their places in ``emb``; None: the same)."""
+
+    def fill(wanted: npt.NDArray[np.intp], columns: list[int]) -> _F32:
+        at = wanted if rows is None else rows[wanted]
+        return kernel.half_cosines(np.ascontiguousarray(emb[at]), registry.rows(columns))
+
+    return fill
+
+
+def _later(
+    store: FrameStore, loaded: _Loaded, registry: RowRegistry, columns: list[int]
+) -> Callable[[], dict[str, _F32]]:
+    """The whole row group's cosines with ``columns``, for the cache's writer thread: its
+    embeddings read again (the scan kept none) and multiplied there."""
+    path, group, keys = loaded.path, loaded.group, [registry.keys[c] for c in columns]
+    matrix = registry.rows(columns)
+
+    def compute() -> dict[str, _F32]:
+        # a StoreError (a ValueError) when the file went since: no entry, a later run's
+        emb = np.ascontiguousarray(_embeddings(store, path, group))
+        if emb.shape[1] != matrix.shape[1]:
+            raise ValueError(f"stored embeddings of {emb.shape[1]} values")
+        out = np.empty((matrix.shape[0], len(emb)), np.float32).T
+        half_cosines(emb, matrix, out)
+        return {k: out[:, j] for j, k in enumerate(keys)}
+
+    return compute
 
 
 class _Reader:
@@ -304,6 +380,7 @@ class _Reader:
         kept = table if rows is None else table.take(pa.array(rows))
         out = _one_batch(kept.select(self.out_columns))
         needed, extra = self.prepare(out)
+        columns, some = _split(needed)
         key = (
             None if file_key is None else FileKey(f"{file_key.path}#{group}", n, file_key.mtime_ns)
         )
@@ -312,7 +389,8 @@ class _Reader:
             extra=extra,
             read=read,
             other_weights=read - len(kept),
-            columns=np.asarray(needed, np.intp),
+            columns=columns,
+            some=some,
             rows=rows,
             group_rows=n,
             key=key,
@@ -468,6 +546,15 @@ def in_filter(table: pa.Table, flt: FrameFilter) -> npt.NDArray[np.bool_] | None
 
 
 def _equal(column: pa.ChunkedArray | pa.Array, value: str) -> npt.NDArray[np.bool_]:
-    """Per row, whether a string (or dictionary) column holds ``value``."""
+    """Per row, whether a string (or dictionary) column holds ``value`` (a dictionary column
+    without nulls: its few distinct values compared, the rows' codes looked up)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    if all(isinstance(c, pa.DictionaryArray) and c.null_count == 0 for c in chunks):
+        parts = []
+        for c in chunks:
+            hit = pc.equal(c.dictionary, pa.scalar(value, pa.string()))
+            known = np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
+            parts.append(known[c.indices.to_numpy(zero_copy_only=False)])
+        return np.concatenate(parts) if parts else np.zeros(0, bool)
     out = pc.equal(column, pa.scalar(value, pa.string())).to_numpy(zero_copy_only=False)
     return np.asarray(out, dtype=bool)

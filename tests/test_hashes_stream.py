@@ -12,6 +12,7 @@ interval of the clip's first frame, with the bank's entry id.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import knownclips
@@ -83,7 +84,11 @@ def test_a_spliced_known_clip_is_flagged_once_its_bank_has_it(
              "--tags", "spam", "--dir", str(banks)]
         )  # fmt: skip
         assert added == 0
-        (banks / "broken.bank.tsv").write_text("# not a bank\n")
+        # the broken file lands whole (written aside, renamed in): a reload that read it half
+        # written would count an error of its own besides the broken file's
+        aside = banks.parent / "broken.bank.tsv.new"
+        aside.write_text("# not a bank\n")
+        os.replace(aside, banks / "broken.bank.tsv")
         store = worker.banks.store
         assert store is not None
         wait_for(lambda: len(store.snapshot.banks["known"].vpdq) == 1, 30, "the bank reload")

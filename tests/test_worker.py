@@ -11,6 +11,7 @@ the output topics back. The process-level tests (kill -9, SIGTERM, two workers) 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import threading
@@ -283,6 +284,13 @@ def test_metrics_count_what_happened(run: Run) -> None:
 # ------------------------------------------------------------------------------ policy reload
 
 
+def _replace(path: Path, text: str) -> None:
+    """Replace ``path``'s content at once, as an editor saving or a deployment does."""
+    aside = path.parent.parent / f"{path.name}.new"  # outside the watched folder
+    aside.write_text(text)
+    os.replace(aside, path)
+
+
 def test_policy_edit_takes_effect_and_a_broken_edit_does_not_stop_the_worker(
     kafka: KafkaSpace, tmp_path: Path, video: Path
 ) -> None:
@@ -297,13 +305,16 @@ def test_policy_edit_takes_effect_and_a_broken_edit_does_not_stop_the_worker(
         wait_for(lambda: worker.segments_done >= sent, 60, "first stream")
         text = target.read_text()
         assert "version: 1" in text and "severity: medium" in text
-        target.write_text(
-            text.replace("version: 1", "version: 2").replace("severity: medium", "severity: high")
+        # edits land whole (written aside, then renamed): a reload reading a half-written file
+        # would count an error of its own ("the file is empty") besides the broken edit's
+        _replace(
+            target,
+            text.replace("version: 1", "version: 2").replace("severity: medium", "severity: high"),
         )
         wait_for(lambda: worker.store.current.get("red-triangle").policy.version == 2, 30, "reload")
         sent += produce_file(kafka.bootstrap, video, stream_id="after", **into)
         wait_for(lambda: worker.segments_done >= sent, 60, "second stream")
-        target.write_text("id: red-triangle\nversion: [not, a, number\n")
+        _replace(target, "id: red-triangle\nversion: [not, a, number\n")
         wait_for(lambda: worker.store.reload_errors >= 1, 30, "the broken edit seen")
         sent += produce_file(kafka.bootstrap, video, stream_id="broken", **into)
         wait_for(lambda: worker.segments_done >= sent, 60, "third stream")

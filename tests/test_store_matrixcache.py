@@ -290,3 +290,44 @@ def test_written_behind_the_search_returns_first_and_fills_the_cache(
     later = MatrixCache(folder)
     _search(where, later)  # a later search fills in the rest
     assert len(_entries(folder)) == 2 * FILES
+
+
+def test_the_writer_reads_the_groups_again_and_skips_a_file_rewritten_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search writing behind hands the writer no arrays of its own: the writer reads each
+    row group again once the answer is out, and leaves out a file that changed meanwhile."""
+    where = tmp_path / "store"
+    _write(where)
+    folder = where / CACHE_DIR / "matrices"
+    cache = MatrixCache(folder)
+    offered: list[object] = []
+    real_offer = cache._behind.offer
+
+    def offer(item, nbytes, max_bytes):  # type: ignore[no-untyped-def]
+        offered.append(item[1])
+        return real_offer(item, nbytes, max_bytes)
+
+    monkeypatch.setattr(cache._behind, "offer", offer)
+    first = threading.Event()
+    blocker = threading.Event()
+    real_put = cache.put
+
+    def held_put(key, emb):  # type: ignore[no-untyped-def]
+        first.set()
+        blocker.wait(30)  # the writer stops after reading its first group
+        return real_put(key, emb)
+
+    monkeypatch.setattr(cache, "put", held_put)
+    got = search(open_store(where), _query(), model=MODEL, top=20, cache=cache, write_behind=True)
+    assert offered and all(callable(x) for x in offered)  # functions, not the search's arrays
+    assert first.wait(30)
+    store_files = sorted(where.rglob("*.parquet"))
+    for f in store_files:  # every stored file changes under the waiting writer
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    blocker.set()
+    cache.flush()
+    assert len(_entries(folder)) == 1  # the group read before the change, no other
+    later = MatrixCache(folder)
+    assert _found(_search(where, later)) == _found(got)  # the stale entry is never served
+    assert later.hits == 0 and later.misses == 2 * FILES

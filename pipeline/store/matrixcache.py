@@ -38,6 +38,7 @@ import logging
 import os
 import struct
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -54,7 +55,10 @@ __all__ = ["CHECK_ROWS", "DEFAULT_MAX_BYTES", "MAX_BEHIND_BYTES", "Matrix", "Mat
 
 #: The default bound on the entries' total size (8 million 512-d frames).
 DEFAULT_MAX_BYTES: Final = 8 << 30
-#: Most bytes :meth:`MatrixCache.put_behind` holds waiting for the disk.
+_Embeddings = npt.NDArray[np.float16]
+
+#: Most bytes of entries :meth:`MatrixCache.put_behind` takes for its writer at a time (held in
+#: memory, or to be read again by the writer).
 MAX_BEHIND_BYTES: Final = 512 << 20
 #: Rows per checksum, and per chunk a search reads and scores at a time (4 MiB at 512-d).
 CHECK_ROWS: Final = 4096
@@ -130,7 +134,7 @@ class MatrixCache:
         self.hits = 0
         self.misses = 0
         self.rejected = 0  # entries present but not usable (stale, corrupt, hostile)
-        self._behind = WriteBehind("matrix-cache-writer", lambda item: self.put(*item), self.trim)
+        self._behind = WriteBehind("matrix-cache-writer", self._write_held, self.trim)
 
     @classmethod
     def beside(
@@ -223,17 +227,39 @@ class MatrixCache:
             return False
         return True
 
-    def put_behind(self, key: FileKey, emb: npt.NDArray[np.float16]) -> bool:
+    def put_behind(
+        self,
+        key: FileKey,
+        emb: _Embeddings | Callable[[], _Embeddings | None],
+        nbytes: int | None = None,
+    ) -> bool:
         """:meth:`put` on a writer thread of the cache's own
         (:class:`~pipeline.store.behind.WriteBehind`), which starts writing at :meth:`flush`:
         the search filling the cache neither waits for the disk (a million frames are a
         gigabyte to write) nor shares the cores with the writing (measured: writing beside it
-        made a first search twice as slow). At most :data:`MAX_BEHIND_BYTES` wait to be
-        written; an entry beyond that is left out (a later search writes it): False. A
+        made a first search twice as slow). ``emb`` is the embeddings, or a function the writer
+        calls for them (``nbytes`` of them; None: nothing to write), so that the search need not
+        keep its arrays alive until then. At most :data:`MAX_BEHIND_BYTES` of entries wait to
+        be written; an entry beyond that is left out (a later search writes it): False. A
         process ends once what it was given is written."""
         if not self.writable:
             return False
-        return self._behind.offer((key, emb), emb.nbytes, MAX_BEHIND_BYTES)
+        if callable(emb):
+            if nbytes is None:
+                raise ValueError("the size of the embeddings a function gives is needed")
+            size = nbytes
+        else:
+            size = emb.nbytes
+        return self._behind.offer((key, emb), size, MAX_BEHIND_BYTES)
+
+    def _write_held(
+        self,
+        item: tuple[FileKey, _Embeddings | Callable[[], _Embeddings | None]],
+    ) -> None:
+        key, given = item
+        emb = given() if callable(given) else given
+        if emb is not None:  # None: nothing to write (the stored file changed since)
+            self.put(key, emb)
 
     def flush(self, *, wait: bool = True) -> None:
         """End the writer thread once what :meth:`put_behind` was given is written, then trim

@@ -57,14 +57,20 @@ def _held(cache: CosineCache, monkeypatch: pytest.MonkeyPatch) -> threading.Even
     return release
 
 
-def test_written_behind_the_backtest_answers_first_and_the_next_reads_no_embedding(
-    model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _stored(model, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The demo policies as deployed, the same with a threshold of 0.2, a store written under
+    the deployed ones, and the edit's backtest without a cache (the reference)."""
     deployed = _compile(model)
     edited = _compile(model, threshold=0.2)
     where = tmp_path / "store"
     _write(where, model, deployed)
-    plain = _run(model, edited, where, False)
+    return deployed, edited, where, _run(model, edited, where, False)
+
+
+def test_written_behind_the_backtest_answers_first_and_the_next_reads_no_embedding(
+    model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, edited, where, plain = _stored(model, tmp_path)
     assert len(plain.incidents) >= 10
     folder = where / CACHE_DIR / "cosines"
     first = CosineCache(folder)
@@ -169,11 +175,7 @@ def test_an_entry_for_a_file_rewritten_before_the_writer_ran_is_never_served(
 
 
 def test_corrupt_entries_are_misses_and_the_writer_replaces_them(model, tmp_path: Path) -> None:
-    deployed = _compile(model)
-    edited = _compile(model, threshold=0.2)
-    where = tmp_path / "store"
-    _write(where, model, deployed)
-    plain = _run(model, edited, where, False)
+    _, edited, where, plain = _stored(model, tmp_path)
     folder = where / CACHE_DIR / "cosines"
     first = CosineCache(folder)
     _behind(model, edited, where, first)
@@ -193,11 +195,7 @@ def test_entries_past_the_writers_bound_are_left_for_a_later_run(
 ) -> None:
     import pipeline.store.cosinecache as cosinecache
 
-    deployed = _compile(model)
-    edited = _compile(model, threshold=0.2)
-    where = tmp_path / "store"
-    _write(where, model, deployed)
-    plain = _run(model, edited, where, False)
+    deployed, edited, where, plain = _stored(model, tmp_path)
     folder = where / CACHE_DIR / "cosines"
     # room for the cosines a first run keeps of two row groups of 200 frames: their labels'
     # rows (the others are computed on the writer thread)

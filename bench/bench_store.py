@@ -168,16 +168,25 @@ def build(where: Path, frames: int, streams: int, baseline: PolicySet) -> None:
             print(f"  writing: {s}/{streams} streams ({time.perf_counter() - started:.0f} s)")
 
 
-def best_of(repeats: int, run) -> tuple[tuple[float, float], object]:  # type: ignore[no-untyped-def]
+def best_of(repeats: int, run, between=None) -> tuple[tuple[float, float], object]:  # type: ignore[no-untyped-def]
     """The best run's wall and CPU seconds (CPU: every thread of the process), and its
-    result. On a shared machine the wall time depends on the load; the CPU time much less."""
+    result. On a shared machine the wall time depends on the load; the CPU time much less.
+    ``between``, untimed, runs before every run after the first (a cache made cold again)."""
     best, result = (float("inf"), float("inf")), None
-    for _ in range(repeats):
+    for i in range(repeats):
+        if between is not None and i:
+            between()
         t, c = time.perf_counter(), time.process_time()
         result = run()
         took = (time.perf_counter() - t, time.process_time() - c)
         best = min(best, took)
     return best, result
+
+
+def _cold_again(cache: CosineCache | MatrixCache, folder: Path) -> None:
+    """The last run's entries written (its writer done), then removed: the cache cold again."""
+    cache.flush()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def cosines(store, baseline: PolicySet, edited: PolicySet, repeats: int) -> None:  # type: ignore[no-untyped-def]
@@ -254,7 +263,7 @@ def main() -> None:
         (
             "cold cache (first run, as `clipguard policy backtest` and the studio run it: as "
             "uncached, the cosines written behind on a thread)",
-            1,
+            args.repeats,
             cold,
             True,
         ),
@@ -270,6 +279,7 @@ def main() -> None:
             lambda c=cache, b=behind: backtest(
                 edited, store, model=MODEL, weights_sha256=WEIGHTS, cache=c, write_behind=b
             ),
+            between=(lambda: _cold_again(cold, cache_dir / "cosines")) if behind else None,
         )
         r = result  # BacktestResult
         print(
@@ -304,7 +314,7 @@ def main() -> None:
         (
             "cold matrix cache (first run, as `clipguard store search` and the studio run it: "
             "as uncached, the float16 matrix written behind on a thread)",
-            1,
+            args.repeats,
             cold,
             True,
         ),
@@ -320,6 +330,7 @@ def main() -> None:
             lambda c=cache, b=behind: search(
                 store, query, model=MODEL, top=50, flt=day, cache=c, write_behind=b
             ),
+            between=(lambda: _cold_again(cold, matrices)) if behind else None,
         )
         found[name] = [(h.frame_id, h.score) for h in hits]  # type: ignore[attr-defined]
         print(

@@ -669,6 +669,31 @@ def test_dockerfile_runtime_stage() -> None:
     assert _dockerfile_env()["CLIPGUARD_METRICS_HOST"] == "0.0.0.0"
 
 
+def test_compiled_kernels_are_cached_on_the_containers_tmpfs(tmp_path: Path) -> None:
+    """With the root filesystem read-only numba cannot cache beside the package or in $HOME
+    (it then refuses the kernels: "no locator available"); the image names a folder on /tmp,
+    which every read-only clipguard service mounts as a tmpfs, and numba uses that folder."""
+    folder = _dockerfile_env()["NUMBA_CACHE_DIR"]
+    assert folder.startswith("/tmp/")
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    ours = [
+        svc
+        for svc in compose["services"].values()
+        if svc.get("read_only") and "clipguard" in str(svc.get("image", ""))
+    ]
+    assert ours
+    for svc in ours:
+        assert any(str(t).split(":")[0] == "/tmp" for t in svc.get("tmpfs", [])), svc
+    cache_dir = tmp_path / "numba"
+    code = (
+        "import numpy as np; from pipeline.hashes.pdq import pdq_hash; "
+        "pdq_hash(np.zeros((40, 60, 3), np.uint8))"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT, timeout=300)
+    assert list(cache_dir.rglob("*.nbi"))  # the kernels were cached where the variable says
+
+
 def _healthcheck_command() -> list[str]:
     final = dict(_dockerfile_instructions(final_stage=True))
     _, _, command = final["HEALTHCHECK"].partition("CMD ")

@@ -19,6 +19,7 @@ import cv2
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from scanclips import clip, showing, write_clip
@@ -44,6 +45,7 @@ from pipeline.store import (
     snapshot_bytes,
     stats,
 )
+from pipeline.store.results import HISTOGRAM_BINS, LabelDiff
 from pipeline.store.schema import embeddings_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -295,6 +297,66 @@ def test_replayed_frames_count_once(scanned, model, tmp_path: Path) -> None:
     query = PolicyCompiler(model).encode_text(["a red triangle"])[0]
     hits = search(store, query, model=model.name, top=10)
     assert len({h.frame_id for h in hits}) == 10
+
+
+def test_files_of_format_2_read_as_those_of_format_3(scanned, model, tmp_path: Path) -> None:
+    """Format 3 files hold the embeddings as fixed_size_binary; a store whose files hold them
+    as binary (format 2) gives the same frames, backtest and search, and a rewrite of such a
+    file writes format 3."""
+    _, store_dir, clips = scanned
+    files = sorted(store_dir.glob("model=*/date=*/*.parquet"))
+    width = 2 * model.embed_dim
+    for f in files:
+        meta = pq.ParquetFile(f).schema_arrow
+        assert meta.field("embedding").type == pa.binary(width)
+        assert meta.metadata[b"clipguard.store"] == b"3"
+    old_dir = _copy_store(store_dir, tmp_path)
+    parts = sorted(old_dir.glob("model=*/date=*/*.parquet"))
+    assert len({f.parent for f in parts}) == 1  # one day: one file of format 2 holds them all
+    table = pa.concat_tables([pq.read_table(f) for f in parts])
+    at = table.schema.get_field_index("embedding")
+    binary = table.column(at).cast(pa.binary())
+    table = table.set_column(at, pa.field("embedding", pa.binary(), nullable=False), binary)
+    for f in parts:
+        f.unlink()
+    pq.write_table(table.replace_schema_metadata({b"clipguard.store": b"2"}), parts[0])
+    new, old = open_store(store_dir), open_store(old_dir)
+    assert new.frames().equals(old.frames())
+    ids, emb = new.embeddings(FrameFilter(model=model.name))
+    old_ids, old_emb = old.embeddings(FrameFilter(model=model.name))
+    assert ids == old_ids and emb.tobytes() == old_emb.tobytes() and len(ids) == 20
+    blobs = "SELECT frame_id, embedding FROM frames ORDER BY frame_id"
+    assert new.sql(blobs).to_pylist() == old.sql(blobs).to_pylist()
+    policies = _compile(model, _edited(tmp_path, threshold=0.2))
+    results = [
+        backtest(policies, s, model=model.name, weights_sha256=model.fingerprint(), cache=False)
+        for s in (new, old)
+    ]
+    a, b = (r.to_json() for r in results)
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b and results[0].labels["red-triangle/red-triangle"].added
+    query = PolicyCompiler(model).encode_text(["a red triangle"])[0]
+    hits = [search(s, query, model=model.name, top=20, cache=False) for s in (new, old)]
+    assert [(h.frame_id, h.score) for h in hits[0]] == [(h.frame_id, h.score) for h in hits[1]]
+    # a rewrite (one stream deleted) of format 2 files writes format 3 with the same vectors
+    kept = FrameFilter(model=model.name, streams=(str(clips / "triangle.mp4"),))
+    before = old.embeddings(kept)[1].tobytes()
+    assert delete_streams(old, [str(clips / "spam.mkv")]) > 0
+    assert old.embeddings(kept)[1].tobytes() == before
+    rewritten = pq.ParquetFile(parts[0]).schema_arrow
+    assert rewritten.field("embedding").type == pa.binary(width)
+    assert rewritten.metadata[b"clipguard.store"] == b"3"
+
+
+def test_fixed_size_embeddings_of_an_odd_width_or_missing_are_refused() -> None:
+    odd = pa.FixedSizeBinaryArray.from_buffers(pa.binary(3), 2, [None, pa.py_buffer(b"\0" * 6)])
+    with pytest.raises(StoreError, match="odd byte size"):
+        embeddings_of(odd)
+    with pytest.raises(StoreError, match="missing"):
+        embeddings_of(pa.array([b"\0\0", None], pa.binary(2)))
+    two = np.arange(12, dtype="<f2").reshape(3, 4)
+    column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(8), 3, [None, pa.py_buffer(two)])
+    assert np.array_equal(embeddings_of(column.slice(1, 2)), two[1:])
 
 
 def test_backtest_of_a_time_range_and_a_stream(scanned, model) -> None:
@@ -580,3 +642,26 @@ def test_exported_names() -> None:
     }
     for name in store.__all__:
         assert hasattr(store, name), name
+
+
+def test_histograms_count_each_finite_score_in_the_bin_its_edges_give() -> None:
+    """The histograms' equal bins (NumPy's arithmetic path) place every score as comparing it
+    with the edges would, scores on an edge and float32 rounding included."""
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        new = (rng.random(5000) * rng.random() + rng.random()).astype(np.float32)
+        old = rng.normal(0.3, 0.1, 3000).astype(np.float32)
+        if trial % 2:
+            new = np.round(new, 2).astype(np.float32)  # many scores on or next to an edge
+        new[::97], old[::89] = np.nan, -np.inf
+        diff = LabelDiff(key="p/l", mode="enforce", kind="cosine", cutoff=0.25 + trial / 100)
+        diff.fill_histograms(new, old if trial % 3 else None)
+        finite = [x[np.isfinite(x)].astype(np.float64) for x in (new, old)]
+        shown = [*finite[: 2 if trial % 3 else 1], np.array([diff.cutoff])]
+        lo, hi = min(float(x.min()) for x in shown), max(float(x.max()) for x in shown)
+        edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)  # compared value by value (sorted)
+        assert diff.bins == [round(float(e), 6) for e in edges]
+        assert diff.histogram == np.histogram(finite[0], bins=edges)[0].tolist()
+        assert sum(diff.histogram) == np.isfinite(new).sum()
+        want_old = np.histogram(finite[1], bins=edges)[0] if trial % 3 else [0] * HISTOGRAM_BINS
+        assert diff.baseline_histogram == list(want_old)

@@ -141,8 +141,9 @@ class LabelDiff:
     def fill_histograms(self, new: _F32 | None, old: _F32 | None) -> None:
         """The score histograms of the edited set (``new``) and the baseline (``old``), on
         shared bins that take in the cutoff."""
-        finite = [x[np.isfinite(x)] for x in (new, old) if x is not None]
-        values = [x for x in finite if len(x)]
+        # each side's finite scores, in float64 as the edges are
+        sides = [None if x is None else x[np.isfinite(x)].astype(np.float64) for x in (new, old)]
+        values = [x for x in sides if x is not None and len(x)]
         if not values:
             return
         lo = min(float(x.min()) for x in values)
@@ -154,13 +155,16 @@ class LabelDiff:
         edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
         self.bins = [round(float(e), 6) for e in edges]
 
-        def counts(x: _F32 | None) -> list[int]:
+        def counts(x: npt.NDArray[np.float64] | None) -> list[int]:
             if x is None:
                 return [0] * HISTOGRAM_BINS
-            h, _ = np.histogram(x[np.isfinite(x)], bins=edges)
+            # bins by count and range, on these same edges: NumPy's arithmetic path, which
+            # checks each value against them (an array of edges makes it sort every value:
+            # 0.15 s of a 2-million-frame backtest)
+            h, _ = np.histogram(x, bins=HISTOGRAM_BINS, range=(lo, hi))
             return [int(c) for c in h]
 
-        self.histogram, self.baseline_histogram = counts(new), counts(old)
+        self.histogram, self.baseline_histogram = counts(sides[0]), counts(sides[1])
 
     def to_json(self) -> dict[str, Any]:
         return {

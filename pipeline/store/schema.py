@@ -24,7 +24,8 @@ weights_sha256      string                      fingerprint of the model's weigh
 precision           string                      the image encoder's precision (fp32, int8, ...)
 preprocess          string                      how frames were fitted: ``<fit>@<resolution>``
 embedding           binary                      the L2-normalised image embedding, float16
-                                                little-endian, ``embed_dim`` values
+                    (in a file: fixed_size_     little-endian, ``embed_dim`` values
+                    binary[2 x embed_dim])
 policy_set          string                      the policy set in force (digest)
 policy_versions     map<string, int32>          policy id -> version in that set
 thumbnail           binary, nullable            JPEG of the model's input picture, at most
@@ -38,7 +39,13 @@ date                date (partition)            UTC day of ``scored_at``
 
 Files of format 1 (before the ``pdq`` columns) stay readable: every reader sees those
 columns as null there (:func:`as_file_schema` for a file read whole; the dataset scans of
-:mod:`pipeline.store.query` fill them).
+:mod:`pipeline.store.query` fill them). Format 3 changed the files only: their embedding
+column is ``fixed_size_binary`` of the vectors' byte width (:func:`file_table`; one file
+holds one model's frames, so one width), which Parquet stores without a length per value:
+pyarrow decodes it 2.3-2.9 times as fast as the binary column of earlier files (0.21 s
+against 0.49-0.85 s for 700,000 512-d vectors, measured in one run), and decoding is most of
+the time a first backtest or search of a store takes. Readers take both (:func:`embeddings_of`),
+and DuckDB reads both as ``BLOB``.
 
 A frame is identified by :func:`frame_id`: the model, its weights, the stream, the input
 segment's partition and offset, the segment number, the frame index and the tile. A replayed
@@ -78,6 +85,7 @@ __all__ = [
     "FrameInfo",
     "as_file_schema",
     "embeddings_of",
+    "file_table",
     "frame_hashes",
     "frame_id",
     "frame_table",
@@ -88,8 +96,10 @@ __all__ = [
 ]
 
 #: The version of the record layout, in every file's metadata (``clipguard.store``); 2 added
-#: the nullable ``pdq`` and ``pdq_quality`` columns (format 1 files read with them null).
-STORE_FORMAT: Final = 2
+#: the nullable ``pdq`` and ``pdq_quality`` columns (format 1 files read with them null); 3
+#: made a file's embedding column fixed_size_binary (records keep binary; format 2 files
+#: are read as they are).
+STORE_FORMAT: Final = 3
 #: How an embedding is stored: float16, little-endian.
 EMBEDDING_DTYPE: Final = np.dtype("<f2")
 #: The uuid5 namespace of frame ids.
@@ -288,6 +298,21 @@ def as_file_schema(table: pa.Table) -> pa.Table:
     return table.select(FILE_SCHEMA.names).cast(FILE_SCHEMA)
 
 
+def file_table(table: pa.Table) -> pa.Table:
+    """``table`` (:data:`FILE_SCHEMA`) as a file of the current format holds it: the
+    embeddings as one ``fixed_size_binary`` column of their byte width (checked: every vector
+    of one size, none missing). A table without rows is left as it is."""
+    if table.num_rows == 0:
+        return table
+    at = table.schema.get_field_index("embedding")
+    emb = np.ascontiguousarray(embeddings_of(table.column(at)))
+    width = emb.shape[1] * EMBEDDING_DTYPE.itemsize
+    column = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), len(emb), [None, pa.py_buffer(emb)]
+    )
+    return table.set_column(at, pa.field("embedding", pa.binary(width), nullable=False), column)
+
+
 def _embedding_array(emb: npt.NDArray[np.float32]) -> pa.Array:
     """(N, E) -> a binary array of N float16 little-endian vectors, without a copy per row."""
     count, dim = emb.shape
@@ -299,8 +324,9 @@ def _embedding_array(emb: npt.NDArray[np.float32]) -> pa.Array:
 
 
 def embeddings_of(column: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.float16]:
-    """The (N, E) float16 embeddings of a binary ``embedding`` column (views of its buffers
-    where it is one chunk). :class:`StoreError` when the vectors are not all of one size."""
+    """The (N, E) float16 embeddings of an ``embedding`` column, binary or fixed-size (views
+    of its buffers where it is one chunk). :class:`StoreError` when the vectors are not all
+    of one size."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     parts = [_chunk_embeddings(c) for c in chunks if len(c)]
     if not parts:
@@ -314,6 +340,15 @@ def embeddings_of(column: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.float16]
 def _chunk_embeddings(chunk: pa.Array) -> npt.NDArray[np.float16]:
     if chunk.null_count:
         raise StoreError("an embedding is missing (null)")
+    if pa.types.is_fixed_size_binary(chunk.type):  # files of format 3
+        width = chunk.type.byte_width
+        if width <= 0 or width % EMBEDDING_DTYPE.itemsize:
+            raise StoreError("embeddings of an odd byte size (not float16 vectors)")
+        data_buf = chunk.buffers()[1]
+        assert data_buf is not None
+        start = chunk.offset * width
+        data = np.frombuffer(data_buf, dtype=np.uint8)[start : start + len(chunk) * width]
+        return data.view(EMBEDDING_DTYPE).reshape(len(chunk), width // EMBEDDING_DTYPE.itemsize)
     if pa.types.is_large_binary(chunk.type):
         chunk = chunk.cast(pa.binary())
     if not pa.types.is_binary(chunk.type):

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
 from pipeline.store.location import POLICY_SETS_DIR, StoredFile, StoreLocation, open_location
-from pipeline.store.schema import FILE_SCHEMA, RECORD_SCHEMA, utc_day
+from pipeline.store.schema import FILE_SCHEMA, RECORD_SCHEMA, file_table, utc_day
 
 __all__ = ["ROW_GROUP_SIZE", "StoreWriter"]
 
@@ -76,7 +76,9 @@ class StoreWriter:
 
     def write_file(self, path: str, table: pa.Table) -> None:
         """Put ``table`` (:data:`FILE_SCHEMA`) in place at ``path``, whole (see the module
-        docstring); an existing file there is replaced."""
+        docstring), its embeddings as a file holds them (:func:`file_table`); an existing
+        file there is replaced."""
+        table = file_table(table)
         options = {
             "row_group_size": self.row_group_size,
             "compression": {

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -386,7 +386,7 @@ class _Reader:
         self.speculate = False  # read cached groups' embeddings too (a cold cache)
         self._decoders = ThreadPoolExecutor(_DECODERS, thread_name_prefix="store-embeddings")
 
-    def __iter__(self) -> Iterator[_Loaded]:
+    def __iter__(self) -> Generator[_Loaded, None, None]:
         return prefetched(self._all())
 
     def close(self) -> None:
@@ -496,7 +496,7 @@ def _decoded(
     return _Decoded(emb, {c: out[:, j] for j, c in enumerate(columns)})
 
 
-def prefetched(items: Iterator[Any], ahead: int = _AHEAD) -> Iterator[Any]:
+def prefetched(items: Iterator[Any], ahead: int = _AHEAD) -> Generator[Any, None, None]:
     """``items``, produced by a thread of their own at most ``ahead`` ahead of the consumer
     (pyarrow's reads release the GIL: reading overlaps the consumer's work); an error there
     is raised here, and a consumer that stops early stops the thread."""

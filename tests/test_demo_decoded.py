@@ -79,3 +79,16 @@ def test_training_shares_and_workers_are_bounded(bad):
     config = get_model_info(DEMO_MODEL).config
     with pytest.raises(ConfigError):
         TrainConfig(model=config, **bad)  # type: ignore[arg-type]
+
+
+def test_the_same_frames_encode_alike_whatever_the_process_freed_before():
+    # the encoder reads memory it has not written: what earlier work left in the heap must
+    # not change the stream
+    rng = np.random.default_rng(5)
+    frames = [variety.photo_canvas(rng, 192, 108) for _ in range(12)]
+    streams = set()
+    for _ in range(16):
+        litter = [rng.bytes(int(n)) for n in rng.integers(1_000, 200_000, 40)]
+        del litter  # freed: the heap holds random bytes where the encoder allocates next
+        streams.add(decoded._encode(frames, 24, 192, 108))
+    assert len(streams) == 1

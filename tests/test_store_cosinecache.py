@@ -161,9 +161,11 @@ def test_a_cached_backtest_finds_exactly_what_an_uncached_one_finds(model, tmp_p
     assert not (tmp_path / "store" / CACHE_DIR).exists()  # cache=False writes nothing
 
     cold = CosineCache(tmp_path / "store" / CACHE_DIR / "cosines")
+    assert cold.empty()  # no folder yet: the scan reads embeddings ahead from the first group
     _same(_run(model, edited, tmp_path / "store", cold), plain)
     # one entry per row group (3 files of 480 rows: 200, 200, 80), each with every row
     assert cold.hits == 0 and len(_entries(cold.folder)) == 9
+    assert not cold.empty()
 
     warm = CosineCache(cold.folder)
     _same(_run(model, edited, tmp_path / "store", warm), plain)

@@ -132,6 +132,14 @@ class CosineCache:
             return None
         return cls(Path(location.root) / CACHE_DIR / "cosines", max_bytes=max_bytes)
 
+    def empty(self) -> bool:
+        """Whether the folder holds no entry at all (every look-up of a run would miss)."""
+        try:
+            with os.scandir(self.folder) as found:
+                return not any(e.name.endswith(".cos") for e in found)
+        except OSError:  # no folder yet
+            return True
+
     def path(self, key: FileKey) -> Path:
         name = hashlib.sha256(key.path.encode()).hexdigest()[:40]
         return self.folder / f"{name}.cos"

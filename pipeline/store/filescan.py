@@ -208,6 +208,8 @@ def scan_cosines(
     # frames against 0.6 s), which a 2-core machine does not have to spare
     lazy = write_behind or cache is None
     reader = _Reader(store, flt, columns, weights, registry, prepare, cache, lazy=lazy)
+    # an empty cache (a store's first run) misses from the first group on: read ahead at once
+    reader.speculate = cache is not None and cache.empty()
     groups = iter(reader)
     try:
         for loaded in groups:

@@ -482,8 +482,8 @@ def _decoded(
     """The embeddings of row group ``group`` (of the rows ``rows``; None: all), read from the
     open file ``source`` (positioned reads: threads share it), and their cosines with the
     registry ``multiply`` gives (columns, their rows): the numbers
-    :meth:`CosineKernel.half_cosines` gives, on this thread alone. None where the embeddings
-    do not fit the rows (the caller's thread says so)."""
+    :meth:`CosineKernel.half_cosines` gives, on this thread alone; no cosines where the
+    embeddings are not as long as the rows (the caller's thread then says so)."""
     try:
         parquet = pq.ParquetFile(source, metadata=metadata)
         column = parquet.read_row_group(group, columns=["embedding"]).column(0)

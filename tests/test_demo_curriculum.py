@@ -55,3 +55,45 @@ def test_the_script_rejects_a_curriculum_longer_than_the_run(tmp_path):
     assert proc.returncode == 2
     assert "plain_steps must be 0 to steps (5)" in proc.stderr
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_class_targets_share_a_scene_among_the_classes_it_shows():
+    from pipeline.demo import scenes
+    from pipeline.demo.training import _class_targets, _content_key, class_prompts
+
+    prompts = class_prompts()
+    red_triangle = scenes.ObjectSpec("shape", "triangle", "red", (0.5, 0.5), 0.3)
+    spam = scenes.ObjectSpec("word", "SPAM", "yellow", (0.3, 0.2), 0.3)
+    black = scenes.BackgroundSpec("flat", (0, 0, 0), (0, 0, 0))
+    specs = [
+        scenes.SceneSpec(background=black),
+        scenes.SceneSpec(background=black, objects=(red_triangle,)),
+        scenes.SceneSpec(background=black, objects=(red_triangle, spam)),
+        scenes.SceneSpec(background=black, objects=(red_triangle, red_triangle)),
+    ]
+    targets = _class_targets([_content_key(s) for s in specs])
+    assert targets.shape == (4, len(prompts))
+    assert targets.sum(dim=1).tolist() == [1.0, 1.0, 1.0, 1.0]
+    named = [{prompts[j]: float(v) for j, v in enumerate(row) if v} for row in targets]
+    assert named[0] == {"an empty background": 1.0}
+    assert named[1] == named[3] == {"a red triangle": 1.0}
+    assert named[2] == {"a red triangle": 0.5, "the word spam": 0.5}
+
+
+def test_every_prepared_batch_carries_class_targets_that_match_its_captions():
+    import torch
+
+    from pipeline.demo.training import _prepared, class_prompts
+
+    cfg = TrainConfig(model=CONFIG, steps=2, batch_size=32, variety=0.5, photo_negatives=0.2)
+    images, tokens, match, targets = _prepared(_Recipe(cfg, 64, None), 1)
+    _, captions, keys = _batch(_Recipe(cfg, 64, None), 1)
+    assert images.shape == (32, 64, 64, 3) and tokens.shape == (32, CONFIG.text.context_length)
+    assert match.shape == (32, 32) and targets.shape == (32, len(class_prompts()))
+    assert torch.allclose(targets.sum(dim=1), torch.ones(32))
+    empty = class_prompts().index("an empty background")
+    assert sum(not k for k in keys) >= 2  # photographs among them
+    for caption, key, row in zip(captions, keys, targets, strict=True):
+        # a photograph or an empty scene is the empty background only; a scene with objects
+        # never is
+        assert (row[empty] == 1.0) == (not key), caption

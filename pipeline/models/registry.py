@@ -324,8 +324,8 @@ def resolve_weights(name: str) -> Path:
     if info.bundled:
         raise WeightsNotFound(
             f"the bundled weights of {name} are missing from the installed package "
-            f"(expected at {path}); reinstall clipguard, or rebuild them with "
-            "`python scripts/train_demo_model.py`"
+            f"(expected at {path}); reinstall clipguard, or train a model with "
+            f"`python scripts/train_demo_model.py --out {path}` (its card: {name}.md)"
         )
     raise WeightsNotFound(
         f"weights for {name} are not in the cache (expected at {path}); fetch them with "

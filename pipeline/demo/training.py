@@ -2,8 +2,9 @@
 
 The demo model is our own CLIP architecture (:class:`~pipeline.models.model.CLIP`) with the
 real BPE tokenizer, trained contrastively on :mod:`pipeline.demo.scenes` scenes and their
-captions. It exists so that the demo and the end-to-end tests show real zero-shot moderation
-without downloadable weights; it knows nothing but shapes, colours and four printed words.
+captions, and against all its zero-shot class prompts at once (:func:`_class_targets`). It
+exists so that the demo and the end-to-end tests show real zero-shot moderation without
+downloadable weights; it knows nothing but shapes, colours and four printed words.
 
 ``scripts/train_demo_model.py`` is the command line around :func:`train`; the evaluation
 functions here are what the model card's accuracy table and the tests measure.

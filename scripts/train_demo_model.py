@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="everything random derives from it")
     ap.add_argument("--steps", type=int, default=4800, help="optimiser steps (default: 4800)")
     ap.add_argument("--batch-size", type=int, default=128, help="scenes per step (default: 128)")
-    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
     ap.add_argument(
         "--threads",
         type=int,

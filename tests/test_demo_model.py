@@ -64,7 +64,8 @@ def test_model_card_reports_the_shipped_metrics():
     assert "python scripts/train_demo_model.py" in card
     assert f"{metrics['zero_shot_accuracy']:.3f}" in card
     assert metrics["zero_shot_images"] >= 500
-    assert metrics["train_seconds"] <= 20 * 60
+    # the whole recipe is one run of the script, from scratch, within half an hour here
+    assert metrics["init"] is None and metrics["train_seconds"] <= 30 * 60
 
 
 def _train(

@@ -1,20 +1,20 @@
 """Train clipguard-demo, the tiny CLIP bundled with clipguard, on synthetic scenes.
 
-The defaults are the one-run recipe of the model card's "One run within 30 minutes" (about
-29 minutes on a two-core machine; it does not yet reach the bundled model's figures, which took
-three runs: the card gives their commands). A curriculum: the first steps (``--plain-steps``)
-draw the generator's plain scenes, which teach shapes, colours and words fast, and the later
-steps draw the wider mix: varied renderings (``--variety``), photographs and procedural
-textures as empty negatives, and frames taken through H.264 encoding, PyAV decoding and the
-decode stage's fit (``--decoded``), under one learning-rate schedule. Besides the contrastive
-loss, every image is set against all 53 class prompts (``--class-loss``). Batches are drawn
-ahead in a render process while this one trains, so two cores are used; the towers run under
-bfloat16 autocast. Seeded and deterministic (same seed and thread count, same weights, with or
-without the render process). It writes the checkpoint (OpenAI state-dict layout, safetensors,
-fp16) and a metrics JSON the model card quotes. ``--init`` starts from other weights instead
-(a fine-tuning run).
+The defaults are the bundled model's whole recipe, one run from scratch (27 minutes of
+training on a two-core machine; the model card gives its figures and how it was chosen). A
+curriculum: the first steps (``--plain-steps``) draw the generator's plain scenes, which teach
+shapes, colours and words fast, and the later steps draw the wider mix: varied renderings
+(``--variety``), photographs and procedural textures as empty negatives, and frames taken
+through H.264 encoding, PyAV decoding and the decode stage's fit (``--decoded``), under one
+learning-rate schedule. Besides the contrastive loss, every image is set against all 53 class
+prompts (``--class-loss``). Batches are drawn ahead in a render process while this one trains,
+so two cores are used; the towers run under bfloat16 autocast. Seeded and deterministic (same
+seed and thread count, same weights, with or without the render process). It writes the
+checkpoint (OpenAI state-dict layout, safetensors, fp16) and a metrics JSON the model card
+quotes; ``--out pipeline/models/data/clipguard-demo.safetensors`` replaces the bundled one.
+``--init`` starts from other weights instead (a fine-tuning run).
 
-    python scripts/train_demo_model.py                      # the one-run recipe, ~30 min
+    python scripts/train_demo_model.py                      # the bundled model, ~30 min
     python scripts/train_demo_model.py --steps 200 --out /tmp/demo.safetensors   # quick check
 """
 

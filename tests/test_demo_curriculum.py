@@ -97,3 +97,9 @@ def test_every_prepared_batch_carries_class_targets_that_match_its_captions():
         # a photograph or an empty scene is the empty background only; a scene with objects
         # never is
         assert (row[empty] == 1.0) == (not key), caption
+
+
+@pytest.mark.parametrize("weight", [-0.5, 11.0, float("nan")])
+def test_the_class_loss_weight_is_bounded(weight):
+    with pytest.raises(ConfigError, match="class_loss must be 0 to 10"):
+        TrainConfig(model=CONFIG, steps=10, class_loss=weight)
